@@ -1,0 +1,388 @@
+//! The TOML file that seeds a control plane (and, in `s3gate serve`, also
+//! carries the data plane's listen address, region and base domains).
+//!
+//! Secrets may be written inline or as `env:VAR` references, resolved once at
+//! load time. Every secret is held in [`Secret`], whose `Debug` is redacted.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid config: {0}")]
+    Parse(String),
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+/// A secret string. `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// Resolves an `env:VAR` reference in place.
+    fn resolve(&mut self, what: &str) -> Result<(), ConfigError> {
+        if let Some(var) = self.0.strip_prefix("env:") {
+            self.0 = std::env::var(var).map_err(|_| {
+                ConfigError::Invalid(format!("{what}: environment variable {var} is not set"))
+            })?;
+        }
+        if self.0.is_empty() {
+            return Err(ConfigError::Invalid(format!("{what}: secret is empty")));
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// Address of the S3 listener (data plane).
+    pub listen: Option<SocketAddr>,
+    /// The region clients sign requests for.
+    #[serde(default = "default_region")]
+    pub region: String,
+    /// Base domains for virtual-host-style requests (`<bucket>.<domain>`).
+    #[serde(default)]
+    pub base_domains: Vec<String>,
+    #[serde(default)]
+    pub cache: CacheConfig,
+    #[serde(default)]
+    pub backends: Vec<BackendConfig>,
+    #[serde(default)]
+    pub buckets: Vec<BucketConfig>,
+    #[serde(default)]
+    pub keys: Vec<KeyConfig>,
+    #[serde(default)]
+    pub rules: Vec<RuleConfig>,
+}
+
+/// How long the data plane may keep what the control plane told it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheConfig {
+    #[serde(default = "default_decision_ttl", with = "humantime_serde_compat")]
+    pub decision_ttl: Duration,
+    #[serde(default = "default_key_ttl", with = "humantime_serde_compat")]
+    pub key_ttl: Duration,
+    #[serde(default = "default_route_ttl", with = "humantime_serde_compat")]
+    pub route_ttl: Duration,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            decision_ttl: default_decision_ttl(),
+            key_ttl: default_key_ttl(),
+            route_ttl: default_route_ttl(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendConfig {
+    pub name: String,
+    pub endpoint: String,
+    #[serde(default = "default_region")]
+    pub region: String,
+    #[serde(default)]
+    pub addressing_style: AddressingStyleConfig,
+    pub access_key: String,
+    pub secret_key: Secret,
+    #[serde(default)]
+    pub session_token: Option<Secret>,
+    #[serde(default)]
+    pub ca_bundle: Option<String>,
+    #[serde(default)]
+    pub insecure_skip_verify: bool,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum AddressingStyleConfig {
+    #[default]
+    Path,
+    Virtual,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BucketConfig {
+    pub name: String,
+    pub backend: String,
+    #[serde(default)]
+    pub backend_bucket: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyConfig {
+    pub access_key: String,
+    pub secret_key: Secret,
+    pub principal: String,
+    #[serde(default)]
+    pub groups: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleConfig {
+    pub effect: Effect,
+    pub principals: Vec<String>,
+    pub actions: Vec<String>,
+    pub resources: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Effect {
+    Allow,
+    Deny,
+}
+
+fn default_region() -> String {
+    "us-east-1".to_owned()
+}
+fn default_decision_ttl() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_key_ttl() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_route_ttl() -> Duration {
+    Duration::from_secs(300)
+}
+
+/// `"30s"`-style durations in TOML.
+mod humantime_serde_compat {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+impl FileConfig {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::parse(&text)
+    }
+
+    /// Parses, resolves `env:` secrets and validates cross references.
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        let mut cfg: FileConfig =
+            toml::from_str(text).map_err(|e| ConfigError::Parse(e.message().to_owned()))?;
+        cfg.resolve_and_validate()?;
+        Ok(cfg)
+    }
+
+    fn resolve_and_validate(&mut self) -> Result<(), ConfigError> {
+        let invalid = |msg: String| Err(ConfigError::Invalid(msg));
+        let mut names = HashSet::new();
+        for b in &mut self.backends {
+            if !names.insert(b.name.clone()) {
+                return invalid(format!("duplicate backend {:?}", b.name));
+            }
+            b.secret_key
+                .resolve(&format!("backend {:?} secret_key", b.name))?;
+            if let Some(t) = &mut b.session_token {
+                t.resolve(&format!("backend {:?} session_token", b.name))?;
+            }
+            let rest = b
+                .endpoint
+                .strip_prefix("http://")
+                .or_else(|| b.endpoint.strip_prefix("https://"));
+            match rest {
+                Some(authority)
+                    if !authority.is_empty() && !authority.trim_end_matches('/').contains('/') =>
+                {
+                    b.endpoint = b.endpoint.trim_end_matches('/').to_owned();
+                }
+                _ => {
+                    return invalid(format!(
+                        "backend {:?}: endpoint must be http(s)://host[:port] without a path",
+                        b.name
+                    ))
+                }
+            }
+        }
+        let mut buckets = HashSet::new();
+        for b in &self.buckets {
+            if !buckets.insert(b.name.clone()) {
+                return invalid(format!("duplicate bucket {:?}", b.name));
+            }
+            if !names.contains(&b.backend) {
+                return invalid(format!(
+                    "bucket {:?} names unknown backend {:?}",
+                    b.name, b.backend
+                ));
+            }
+            let valid = |n: &str| {
+                !n.is_empty()
+                    && n.bytes()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'-' | b'_'))
+            };
+            if !valid(&b.name) || !b.backend_bucket.as_deref().is_none_or(valid) {
+                return invalid(format!("bucket {:?}: invalid bucket name", b.name));
+            }
+        }
+        let mut keys = HashSet::new();
+        for k in &mut self.keys {
+            if !keys.insert(k.access_key.clone()) {
+                return invalid(format!("duplicate access key {:?}", k.access_key));
+            }
+            if k.access_key.is_empty()
+                || !k
+                    .access_key
+                    .bytes()
+                    .all(|c| c.is_ascii_graphic() && c != b'/')
+            {
+                return invalid(format!(
+                    "access key {:?} must be printable ASCII without '/'",
+                    k.access_key
+                ));
+            }
+            if k.principal.is_empty() || k.principal == s3gate_proto::Principal::ANONYMOUS {
+                return invalid(format!("access key {:?}: invalid principal", k.access_key));
+            }
+            k.secret_key
+                .resolve(&format!("key {:?} secret_key", k.access_key))?;
+        }
+        for (i, r) in self.rules.iter().enumerate() {
+            if r.principals.is_empty() || r.actions.is_empty() || r.resources.is_empty() {
+                return invalid(format!(
+                    "rule #{}: principals, actions and resources must not be empty",
+                    i + 1
+                ));
+            }
+            for a in &r.actions {
+                if !a.starts_with("s3:") && a != "*" {
+                    return invalid(format!(
+                        "rule #{}: action {a:?} must start with 's3:'",
+                        i + 1
+                    ));
+                }
+            }
+            for res in &r.resources {
+                if res.is_empty() || res.starts_with('/') {
+                    return invalid(format!(
+                        "rule #{}: resource {res:?} must be 'bucket' or 'bucket/key-glob'",
+                        i + 1
+                    ));
+                }
+            }
+        }
+        for d in &mut self.base_domains {
+            *d = d.trim_end_matches('.').to_ascii_lowercase();
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    const SAMPLE: &str = r#"
+listen = "127.0.0.1:9080"
+region = "us-east-1"
+[[backends]]
+name = "local"
+endpoint = "http://127.0.0.1:9000/"
+region = "us-east-1"
+addressing_style = "path"
+access_key = "BACKENDKEY"
+secret_key = "BACKENDSECRET"
+[[buckets]]
+name = "data"
+backend = "local"
+backend_bucket = "data-prod"
+[[keys]]
+access_key = "S3GATEALICE01"
+secret_key = "alice-secret-000000000"
+principal = "alice"
+groups = ["analysts"]
+[[rules]]
+effect = "allow"
+principals = ["alice", "group:analysts"]
+actions = ["s3:GetObject", "s3:PutObject", "s3:ListBucket"]
+resources = ["data", "data/reports/*"]
+"#;
+
+    #[test]
+    fn parses_issue_sample() {
+        let cfg = FileConfig::parse(SAMPLE).unwrap();
+        assert_eq!(cfg.backends[0].endpoint, "http://127.0.0.1:9000");
+        assert_eq!(cfg.buckets[0].backend_bucket.as_deref(), Some("data-prod"));
+        assert_eq!(cfg.rules[0].effect, Effect::Allow);
+        assert_eq!(cfg.cache.decision_ttl, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn debug_never_shows_secrets() {
+        let cfg = FileConfig::parse(SAMPLE).unwrap();
+        let dbg = format!("{cfg:?}");
+        assert!(!dbg.contains("BACKENDSECRET"), "{dbg}");
+        assert!(!dbg.contains("alice-secret"), "{dbg}");
+    }
+
+    #[test]
+    fn env_secrets_resolve_or_fail() {
+        let text = SAMPLE.replace("\"BACKENDSECRET\"", "\"env:S3GATE_TEST_UNSET_VAR_XYZ\"");
+        let err = FileConfig::parse(&text).unwrap_err().to_string();
+        assert!(err.contains("S3GATE_TEST_UNSET_VAR_XYZ"), "{err}");
+        // PATH is always set: it resolves
+        let text = SAMPLE.replace("\"BACKENDSECRET\"", "\"env:PATH\"");
+        let cfg = FileConfig::parse(&text).unwrap();
+        assert_eq!(
+            cfg.backends[0].secret_key.expose(),
+            std::env::var("PATH").unwrap()
+        );
+    }
+
+    #[test]
+    fn rejects_bad_references() {
+        let text = SAMPLE.replace("backend = \"local\"", "backend = \"nope\"");
+        assert!(FileConfig::parse(&text).is_err());
+        let text = SAMPLE.replace("effect = \"allow\"", "effect = \"maybe\"");
+        assert!(FileConfig::parse(&text).is_err());
+        let text = SAMPLE.replace("http://127.0.0.1:9000/", "http://127.0.0.1:9000/prefix");
+        assert!(FileConfig::parse(&text).is_err());
+        let text = format!("{SAMPLE}\nunknown_field = 1\n");
+        assert!(FileConfig::parse(&text).is_err());
+    }
+}

@@ -1,0 +1,142 @@
+//! The s3gate control plane: who a key belongs to, what a principal may do,
+//! and how to reach (and sign for) the backend of a bucket.
+//!
+//! Today this crate holds the config-backed decision source that `s3gate
+//! serve` runs in-process ([`Embedded`]). The data plane reaches it only
+//! through [`s3gate_proto::ControlPlane`], the same trait a gRPC client will
+//! implement, so both deployment modes run one code path.
+//!
+//! This crate never sees request bodies and never talks to backends.
+
+pub mod config;
+pub mod policy;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use s3gate_proto::{
+    AddressingStyle, AuthorizeRequest, Backend, BackendCredentials, ControlPlane,
+    ControlPlaneError, Decision, Principal, Route, SigningKey, SigningKeyGrant, SigningKeyRequest,
+};
+
+use crate::config::{AddressingStyleConfig, CacheConfig, FileConfig, Secret};
+use crate::policy::Policy;
+
+/// A control plane whose state is one parsed config file, in memory.
+pub struct Embedded {
+    keys: HashMap<String, KeyEntry>,
+    policy: Policy,
+    routes: HashMap<String, Route>,
+    cache: CacheConfig,
+}
+
+struct KeyEntry {
+    secret: Secret,
+    principal: Principal,
+}
+
+impl Embedded {
+    pub fn new(cfg: &FileConfig) -> Self {
+        let keys = cfg
+            .keys
+            .iter()
+            .map(|k| {
+                let principal = Principal {
+                    name: Arc::from(k.principal.as_str()),
+                    groups: k.groups.iter().map(|g| Arc::from(g.as_str())).collect(),
+                    access_key: Some(Arc::from(k.access_key.as_str())),
+                };
+                (
+                    k.access_key.clone(),
+                    KeyEntry {
+                        secret: k.secret_key.clone(),
+                        principal,
+                    },
+                )
+            })
+            .collect();
+        let backends: HashMap<&str, (Arc<Backend>, Arc<BackendCredentials>)> = cfg
+            .backends
+            .iter()
+            .map(|b| {
+                let backend = Backend {
+                    name: b.name.clone(),
+                    endpoint: b.endpoint.clone(),
+                    region: b.region.clone(),
+                    addressing_style: match b.addressing_style {
+                        AddressingStyleConfig::Path => AddressingStyle::Path,
+                        AddressingStyleConfig::Virtual => AddressingStyle::Virtual,
+                    },
+                    ca_bundle: b.ca_bundle.clone(),
+                    insecure_skip_verify: b.insecure_skip_verify,
+                };
+                let creds = BackendCredentials {
+                    access_key: b.access_key.clone(),
+                    secret_key: b.secret_key.expose().to_owned(),
+                    session_token: b.session_token.as_ref().map(|t| t.expose().to_owned()),
+                };
+                (b.name.as_str(), (Arc::new(backend), Arc::new(creds)))
+            })
+            .collect();
+        let routes = cfg
+            .buckets
+            .iter()
+            .filter_map(|b| {
+                let (backend, credentials) = backends.get(b.backend.as_str())?;
+                let route = Route {
+                    bucket: b.name.clone(),
+                    backend_bucket: b.backend_bucket.clone().unwrap_or_else(|| b.name.clone()),
+                    backend: backend.clone(),
+                    credentials: credentials.clone(),
+                    ttl: cfg.cache.route_ttl,
+                };
+                Some((b.name.clone(), route))
+            })
+            .collect();
+        Self {
+            keys,
+            policy: Policy::new(&cfg.rules),
+            routes,
+            cache: cfg.cache.clone(),
+        }
+    }
+}
+
+#[async_trait]
+impl ControlPlane for Embedded {
+    async fn signing_key(
+        &self,
+        req: SigningKeyRequest,
+    ) -> Result<SigningKeyGrant, ControlPlaneError> {
+        let entry = self
+            .keys
+            .get(&req.access_key)
+            .ok_or(ControlPlaneError::UnknownAccessKey)?;
+        Ok(SigningKeyGrant {
+            key: SigningKey::derive(entry.secret.expose(), &req.date, &req.region, &req.service),
+            principal: entry.principal.clone(),
+            ttl: self.cache.key_ttl,
+        })
+    }
+
+    async fn authorize(&self, req: AuthorizeRequest) -> Result<Decision, ControlPlaneError> {
+        Ok(self.policy.decide(&req, self.cache.decision_ttl))
+    }
+
+    async fn route(&self, bucket: &str) -> Result<Route, ControlPlaneError> {
+        self.routes
+            .get(bucket)
+            .cloned()
+            .ok_or(ControlPlaneError::NoSuchBucket)
+    }
+
+    async fn visible_buckets(
+        &self,
+        principal: &Principal,
+    ) -> Result<Vec<String>, ControlPlaneError> {
+        Ok(self
+            .policy
+            .visible(principal, self.routes.keys().map(String::as_str)))
+    }
+}

@@ -1,0 +1,251 @@
+//! Body types and the streaming verifiers that sit between the client and
+//! the backend.
+//!
+//! Both verifiers hold back the most recent frame until the next one arrives,
+//! and release the last one only after the whole body verified. A backend
+//! therefore never receives all the bytes a request declared unless they were
+//! proven authentic; on failure the stream errors, the upstream request is
+//! aborted, and the reason is left in a [`FailureSlot`] for the handler.
+
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
+use std::task::{ready, Context, Poll};
+
+use bytes::{Bytes, BytesMut};
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::Incoming;
+use s3gate_s3::chunked::ChunkedDecoder;
+use s3gate_s3::{S3Error, S3ErrorCode};
+use sha2::{Digest, Sha256};
+
+use crate::error::BoxError;
+
+pub type Body = UnsyncBoxBody<Bytes, BoxError>;
+
+pub fn empty() -> Body {
+    Empty::new().map_err(|never| match never {}).boxed_unsync()
+}
+
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+pub fn incoming(body: Incoming) -> Body {
+    body.map_err(BoxError::from).boxed_unsync()
+}
+
+/// Where a body verifier records why it failed. Shared with the handler,
+/// which otherwise would only see "the upstream request failed".
+#[derive(Clone, Default)]
+pub struct FailureSlot(Arc<OnceLock<S3Error>>);
+
+impl FailureSlot {
+    pub fn set(&self, err: S3Error) -> BoxError {
+        let boxed: BoxError = Box::new(err.clone());
+        let _ = self.0.set(err);
+        boxed
+    }
+
+    pub fn get(&self) -> Option<&S3Error> {
+        self.0.get()
+    }
+}
+
+// === Sha256Body ===
+
+/// Checks the body against the hex `x-amz-content-sha256` the client signed.
+pub struct Sha256Body {
+    inner: Incoming,
+    expected: [u8; 32],
+    hasher: Sha256,
+    held: Option<Bytes>,
+    done: bool,
+    len: Option<u64>,
+    slot: FailureSlot,
+}
+
+impl Sha256Body {
+    pub fn new(inner: Incoming, expected: [u8; 32], len: Option<u64>, slot: FailureSlot) -> Self {
+        Self {
+            inner,
+            expected,
+            hasher: Sha256::new(),
+            held: None,
+            done: false,
+            len,
+            slot,
+        }
+    }
+}
+
+impl HttpBody for Sha256Body {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        loop {
+            if this.done {
+                return Poll::Ready(this.held.take().map(|b| Ok(Frame::data(b))));
+            }
+            match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
+                Some(Ok(frame)) => {
+                    let Ok(data) = frame.into_data() else {
+                        continue;
+                    };
+                    if data.is_empty() {
+                        continue;
+                    }
+                    this.hasher.update(&data);
+                    if let Some(prev) = this.held.replace(data) {
+                        return Poll::Ready(Some(Ok(Frame::data(prev))));
+                    }
+                }
+                Some(Err(e)) => {
+                    this.done = true;
+                    this.held = None;
+                    return Poll::Ready(Some(Err(e.into())));
+                }
+                None => {
+                    this.done = true;
+                    let digest: [u8; 32] = std::mem::take(&mut this.hasher).finalize().into();
+                    if digest != this.expected {
+                        this.held = None;
+                        let err = S3Error::new(
+                            S3ErrorCode::XAmzContentSHA256Mismatch,
+                            "The provided 'x-amz-content-sha256' header does not match what was computed.",
+                        );
+                        return Poll::Ready(Some(Err(this.slot.set(err))));
+                    }
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done && self.held.is_none()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.len {
+            Some(n) => SizeHint::with_exact(n),
+            None => SizeHint::default(),
+        }
+    }
+}
+
+// === ChunkedBody ===
+
+/// Decodes an aws-chunked body, verifying chunk signatures and the trailing
+/// checksum, and yields the decoded payload.
+pub struct ChunkedBody {
+    inner: Incoming,
+    buf: BytesMut,
+    decoder: ChunkedDecoder,
+    held: Option<Bytes>,
+    done: bool,
+    decoded_len: u64,
+    slot: FailureSlot,
+}
+
+impl ChunkedBody {
+    pub fn new(
+        inner: Incoming,
+        decoder: ChunkedDecoder,
+        decoded_len: u64,
+        slot: FailureSlot,
+    ) -> Self {
+        Self {
+            inner,
+            buf: BytesMut::new(),
+            decoder,
+            held: None,
+            done: false,
+            decoded_len,
+            slot,
+        }
+    }
+
+    fn fail(&mut self, err: S3Error) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.done = true;
+        self.held = None;
+        Poll::Ready(Some(Err(self.slot.set(err))))
+    }
+}
+
+impl HttpBody for ChunkedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        loop {
+            if this.done {
+                return Poll::Ready(this.held.take().map(|b| Ok(Frame::data(b))));
+            }
+            match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
+                Some(Ok(frame)) => {
+                    let Ok(data) = frame.into_data() else {
+                        continue;
+                    };
+                    this.buf.extend_from_slice(&data);
+                    match this.decoder.decode(&mut this.buf) {
+                        Ok(out) if out.is_empty() => {}
+                        Ok(out) => {
+                            if let Some(prev) = this.held.replace(out) {
+                                return Poll::Ready(Some(Ok(Frame::data(prev))));
+                            }
+                        }
+                        Err(e) => return this.fail(S3Error::new(e.code(), e.to_string())),
+                    }
+                }
+                Some(Err(e)) => {
+                    this.done = true;
+                    this.held = None;
+                    return Poll::Ready(Some(Err(e.into())));
+                }
+                None => {
+                    if let Err(e) = this.decoder.finish() {
+                        return this.fail(S3Error::new(e.code(), e.to_string()));
+                    }
+                    this.done = true;
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done && self.held.is_none()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.decoded_len)
+    }
+}
+
+/// Collects a (small) body, failing with `EntityTooLarge` past `limit` bytes.
+pub async fn collect_limited(mut body: Body, limit: usize) -> Result<Bytes, BoxError> {
+    let mut out = BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame?.into_data() {
+            if out.len() + data.len() > limit {
+                return Err(Box::new(S3Error::new(
+                    S3ErrorCode::EntityTooLarge,
+                    "request body is too large for this operation",
+                )));
+            }
+            out.extend_from_slice(&data);
+        }
+    }
+    Ok(out.freeze())
+}

@@ -1,0 +1,68 @@
+//! The data plane's own failures. Only `pipeline::respond` turns them into
+//! S3 error responses; backend errors never pass through here.
+
+use s3gate_s3::chunked::ChunkError;
+use s3gate_s3::sigv4::VerifyError;
+use s3gate_s3::{S3Error, S3ErrorCode};
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A request the gateway refuses on its face (bad path, unsupported op…).
+    #[error("{0}")]
+    S3(#[from] S3Error),
+    #[error("authentication failed: {0}")]
+    Auth(#[from] VerifyError),
+    #[error("invalid aws-chunked body: {0}")]
+    Chunk(#[from] ChunkError),
+    #[error("unknown access key")]
+    UnknownAccessKey,
+    #[error("access denied: {reason}")]
+    Denied { reason: String },
+    #[error("no such bucket")]
+    NoSuchBucket,
+    #[error("control plane unavailable: {0}")]
+    ControlPlane(String),
+    #[error("upstream request failed: {0}")]
+    Upstream(#[source] BoxError),
+}
+
+impl Error {
+    /// The S3 error a client sees. Messages never carry secrets or backend
+    /// addresses.
+    pub fn to_s3(&self) -> S3Error {
+        match self {
+            Self::S3(e) => e.clone(),
+            Self::Auth(e) => S3Error::new(e.code(), auth_message(e)),
+            Self::Chunk(e) => S3Error::new(e.code(), e.to_string()),
+            Self::UnknownAccessKey => S3Error::new(
+                S3ErrorCode::InvalidAccessKeyId,
+                "The AWS Access Key Id you provided does not exist in our records.",
+            ),
+            Self::Denied { .. } => S3Error::new(S3ErrorCode::AccessDenied, "Access Denied"),
+            Self::NoSuchBucket => S3Error::new(S3ErrorCode::NoSuchBucket, "The specified bucket does not exist"),
+            Self::ControlPlane(_) => S3Error::new(
+                S3ErrorCode::ServiceUnavailable,
+                "Please reduce your request rate or retry: the authorization service is unavailable.",
+            ),
+            Self::Upstream(_) => S3Error::new(S3ErrorCode::BadGateway, "The storage backend could not be reached."),
+        }
+    }
+
+    /// Whether this is the gateway's (or a backend's) fault rather than the
+    /// client's: decides the log level.
+    pub fn is_server_fault(&self) -> bool {
+        matches!(self, Self::ControlPlane(_) | Self::Upstream(_))
+    }
+}
+
+fn auth_message(e: &VerifyError) -> String {
+    match e.code() {
+        S3ErrorCode::SignatureDoesNotMatch => {
+            "The request signature we calculated does not match the signature you provided. Check your key and signing method."
+                .to_owned()
+        }
+        _ => e.to_string(),
+    }
+}

@@ -1,0 +1,122 @@
+//! The s3gate data plane: a stateless S3 proxy.
+//!
+//! Each request runs through the stages in [`pipeline`]: parse → authenticate
+//! → route → authorize → forward → respond. Keys, decisions and routes come
+//! from a [`ControlPlane`] and are cached locally with the TTL the control
+//! plane names; the data plane holds no durable state and reads no policy
+//! configuration of its own.
+//!
+//! Bodies are never buffered (DeleteObjects' small XML document is the one
+//! exception, because authorizing it needs the keys inside). Payload hashes and
+//! aws-chunked signatures are verified while streaming, and the final bytes of
+//! an upload are held back until verification succeeds, so a forged body never
+//! completes at the backend.
+
+mod body;
+mod cache;
+mod error;
+pub mod pipeline;
+mod upstream;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use s3gate_proto::ControlPlane;
+use s3gate_s3::request::HostConfig;
+use tokio::net::TcpListener;
+use tracing::{debug, info, warn};
+
+pub use crate::error::Error;
+
+/// Data plane settings. Buckets, keys and rules are not here: they come from
+/// the control plane.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The region clients sign for; other regions are refused.
+    pub region: String,
+    /// Base domains for virtual-host-style addressing.
+    pub hosts: HostConfig,
+    /// Largest aws-chunked chunk accepted (the decoder holds one chunk).
+    pub max_chunk_size: usize,
+    /// Upper bounds on cache sizes (entries).
+    pub key_cache_capacity: u64,
+    pub decision_cache_capacity: u64,
+    pub route_cache_capacity: u64,
+    /// Connect timeout towards backends.
+    pub upstream_connect_timeout: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            region: "us-east-1".to_owned(),
+            hosts: HostConfig::default(),
+            max_chunk_size: 16 << 20,
+            key_cache_capacity: 100_000,
+            decision_cache_capacity: 1_000_000,
+            route_cache_capacity: 10_000,
+            upstream_connect_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Serves S3 on `listener` until `shutdown` resolves, then drains in-flight
+/// requests (bounded by `drain_timeout`).
+pub async fn serve(
+    listener: TcpListener,
+    cfg: Config,
+    control_plane: Arc<dyn ControlPlane>,
+    shutdown: impl std::future::Future<Output = ()>,
+    drain_timeout: Duration,
+) {
+    let cx = Arc::new(pipeline::Ctx::new(cfg, control_plane));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut http = http1::Builder::new();
+    http.timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(30))
+        .keep_alive(true);
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(a) => a,
+                    Err(error) => {
+                        // Usually EMFILE: back off instead of spinning.
+                        warn!(%error, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let cx = cx.clone();
+                let svc = service_fn(move |req| {
+                    let cx = cx.clone();
+                    async move { Ok::<_, std::convert::Infallible>(pipeline::handle(cx, peer, req).await) }
+                });
+                let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), svc));
+                tokio::spawn(async move {
+                    if let Err(error) = conn.await {
+                        debug!(%error, %peer, "connection ended with error");
+                    }
+                });
+            }
+            () = &mut shutdown => break,
+        }
+    }
+    drop(listener);
+    info!("shutting down, draining connections");
+    tokio::select! {
+        () = graceful.shutdown() => info!("all connections drained"),
+        () = tokio::time::sleep(drain_timeout) => warn!("drain timeout reached, closing remaining connections"),
+    }
+}
+
+/// Where the data plane listens, as written to a ready file.
+pub fn ready_json(s3: SocketAddr) -> String {
+    format!("{{\"s3\": \"{s3}\"}}")
+}

@@ -1,0 +1,288 @@
+//! Stage 6: rebuild the request for the backend — its address, its bucket
+//! name, its addressing style — keep the S3 semantics headers, drop hop-by-hop
+//! and client auth, re-sign with the backend credentials, and stream.
+
+use std::time::SystemTime;
+
+use aws_sigv4::http_request::{
+    sign, PayloadChecksumKind, PercentEncodingMode, SignableBody, SignableRequest, SigningSettings,
+    UriPathNormalizationMode,
+};
+use aws_sigv4::sign::v4;
+use http::header::{HeaderName, HeaderValue, CONNECTION, CONTENT_ENCODING, CONTENT_LENGTH, HOST};
+use http::request::Parts;
+use http::{HeaderMap, Request, Response};
+use hyper::body::Incoming;
+use s3gate_proto::AddressingStyle;
+use s3gate_s3::request::{decode, encode_component, encode_key, Query, S3Request};
+use s3gate_s3::{S3Error, S3ErrorCode};
+use std::fmt::Write as _;
+
+use super::authz::Granted;
+use super::payload::PayloadPlan;
+use super::route::RouteEntry;
+use super::Ctx;
+use crate::body::Body;
+use crate::error::Error;
+
+/// Request headers never forwarded: hop-by-hop, and the client's own
+/// authentication (the backend request is signed anew).
+const DROP_REQUEST: &[&str] = &[
+    "authorization",
+    "connection",
+    "expect",
+    "host",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "x-amz-content-sha256",
+    "x-amz-date",
+    "x-amz-security-token",
+];
+
+/// Extra request headers dropped when an aws-chunked body is forwarded decoded.
+const DROP_DECODED: &[&str] = &[
+    "x-amz-decoded-content-length",
+    "x-amz-trailer",
+    "x-amz-sdk-checksum-algorithm",
+];
+
+/// Response headers never passed back.
+const DROP_RESPONSE: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Presign parameters: they authenticated the client, not us.
+const PRESIGN_PARAMS: &[&str] = &[
+    "X-Amz-Algorithm",
+    "X-Amz-Credential",
+    "X-Amz-Date",
+    "X-Amz-Expires",
+    "X-Amz-SignedHeaders",
+    "X-Amz-Signature",
+    "X-Amz-Security-Token",
+];
+
+#[allow(clippy::too_many_arguments)]
+pub async fn send(
+    _cx: &Ctx,
+    route: &RouteEntry,
+    source: Option<&std::sync::Arc<RouteEntry>>,
+    head: &Parts,
+    req: &S3Request,
+    _grant: &Granted,
+    body: Body,
+    plan: PayloadPlan,
+) -> Result<Response<Body>, Error> {
+    let backend = &route.route.backend;
+    let (scheme, authority) = backend
+        .endpoint
+        .split_once("://")
+        .ok_or_else(|| Error::ControlPlane("backend endpoint has no scheme".to_owned()))?;
+    let bucket = &route.route.backend_bucket;
+    let object_key = if req.is_list() {
+        None
+    } else {
+        req.key.as_deref()
+    };
+
+    let mut target = String::with_capacity(128);
+    let host = match backend.addressing_style {
+        AddressingStyle::Path => {
+            let _ = write!(target, "{scheme}://{authority}/{bucket}");
+            if let Some(k) = object_key {
+                let _ = write!(target, "/{}", encode_key(k));
+            }
+            authority.to_owned()
+        }
+        AddressingStyle::Virtual => {
+            let host = format!("{bucket}.{authority}");
+            let _ = write!(target, "{scheme}://{host}/");
+            if let Some(k) = object_key {
+                let _ = write!(target, "{}", encode_key(k));
+            }
+            host
+        }
+    };
+    append_query(&mut target, head.uri.query().unwrap_or(""))?;
+
+    let headers = upstream_headers(head, &host, &plan, req, source)?;
+
+    // Sign. aws-sigv4 wants &str values: S3 headers must be visible ASCII anyway.
+    let mut pairs = Vec::with_capacity(headers.len());
+    for (name, value) in &headers {
+        let value = value.to_str().map_err(|_| {
+            S3Error::new(
+                S3ErrorCode::InvalidArgument,
+                format!("header {name} must be US-ASCII (encode non-ASCII metadata per RFC 2047)"),
+            )
+        })?;
+        pairs.push((name.as_str(), value));
+    }
+    let signable_body = match &plan.upstream_sha256 {
+        Some(hex) => SignableBody::Precomputed(hex.clone()),
+        None => SignableBody::UnsignedPayload,
+    };
+    let signable = SignableRequest::new(
+        head.method.as_str(),
+        target.as_str(),
+        pairs.into_iter(),
+        signable_body,
+    )
+    .map_err(|e| {
+        Error::S3(S3Error::new(
+            S3ErrorCode::InvalidRequest,
+            format!("cannot sign request: {e}"),
+        ))
+    })?;
+    let mut settings = SigningSettings::default();
+    settings.percent_encoding_mode = PercentEncodingMode::Single;
+    settings.uri_path_normalization_mode = UriPathNormalizationMode::Disabled;
+    settings.payload_checksum_kind = PayloadChecksumKind::XAmzSha256;
+    let params = v4::SigningParams::builder()
+        .identity(&route.identity)
+        .region(&backend.region)
+        .name("s3")
+        .time(SystemTime::now())
+        .settings(settings)
+        .build()
+        .map_err(|e| Error::ControlPlane(format!("signing parameters: {e}")))?
+        .into();
+    let (instructions, _signature) = sign(signable, &params)
+        .map_err(|e| {
+            Error::S3(S3Error::new(
+                S3ErrorCode::InvalidRequest,
+                format!("cannot sign request: {e}"),
+            ))
+        })?
+        .into_parts();
+
+    let mut upstream = Request::builder()
+        .method(head.method.clone())
+        .uri(target.as_str())
+        .body(body)
+        .map_err(|e| {
+            Error::S3(S3Error::new(
+                S3ErrorCode::InvalidURI,
+                format!("invalid upstream request: {e}"),
+            ))
+        })?;
+    *upstream.headers_mut() = headers;
+    instructions.apply_to_request_http1x(&mut upstream);
+
+    let response = route
+        .client
+        .request(upstream)
+        .await
+        .map_err(|e| Error::Upstream(Box::new(e)))?;
+    Ok(downstream_response(response))
+}
+
+fn append_query(target: &mut String, raw: &str) -> Result<(), Error> {
+    let query = Query::parse(raw)?;
+    let mut sep = '?';
+    for (name, value) in query.pairs() {
+        if PRESIGN_PARAMS.contains(&name) {
+            continue;
+        }
+        target.push(sep);
+        sep = '&';
+        let name = decode(name)?;
+        let _ = write!(target, "{}", encode_component(&name));
+        if let Some(value) = value {
+            let value = decode(value)?;
+            let _ = write!(target, "={}", encode_component(&value));
+        }
+    }
+    Ok(())
+}
+
+fn upstream_headers(
+    head: &Parts,
+    host: &str,
+    plan: &PayloadPlan,
+    req: &S3Request,
+    source: Option<&std::sync::Arc<RouteEntry>>,
+) -> Result<HeaderMap, Error> {
+    // Headers named in Connection are hop-by-hop too.
+    let connection_listed: Vec<&str> = head
+        .headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect();
+    let decoded = plan.decoded_length.is_some();
+    let mut out = HeaderMap::with_capacity(head.headers.len() + 4);
+    for (name, value) in &head.headers {
+        let n = name.as_str();
+        if DROP_REQUEST.contains(&n)
+            || (decoded && DROP_DECODED.contains(&n))
+            || connection_listed.iter().any(|c| c.eq_ignore_ascii_case(n))
+        {
+            continue;
+        }
+        out.append(name.clone(), value.clone());
+    }
+    let host = HeaderValue::from_str(host)
+        .map_err(|_| Error::ControlPlane("invalid backend host".to_owned()))?;
+    out.insert(HOST, host);
+    if let Some(len) = plan.decoded_length {
+        out.insert(CONTENT_LENGTH, HeaderValue::from(len));
+        // Drop the aws-chunked coding; keep any other content coding.
+        let codings: Vec<String> = out
+            .get_all(CONTENT_ENCODING)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .filter(|c| !c.is_empty() && !c.eq_ignore_ascii_case("aws-chunked"))
+            .map(str::to_owned)
+            .collect();
+        out.remove(CONTENT_ENCODING);
+        if !codings.is_empty() {
+            if let Ok(v) = HeaderValue::from_str(&codings.join(",")) {
+                out.insert(CONTENT_ENCODING, v);
+            }
+        }
+    }
+    if let (Some(src), Some(src_route)) = (&req.copy_source, source) {
+        let mut value = format!(
+            "/{}/{}",
+            src_route.route.backend_bucket,
+            encode_key(&src.key)
+        );
+        if let Some(v) = &src.version_id {
+            let _ = write!(value, "?versionId={v}");
+        }
+        let value = HeaderValue::from_str(&value).map_err(|_| {
+            S3Error::new(
+                S3ErrorCode::InvalidArgument,
+                "invalid x-amz-copy-source header",
+            )
+        })?;
+        out.insert(HeaderName::from_static("x-amz-copy-source"), value);
+    }
+    Ok(out)
+}
+
+fn downstream_response(response: Response<Incoming>) -> Response<Body> {
+    let (mut parts, body) = response.into_parts();
+    for name in DROP_RESPONSE {
+        parts.headers.remove(*name);
+    }
+    Response::from_parts(parts, crate::body::incoming(body))
+}

@@ -1,0 +1,163 @@
+//! The request pipeline. Each stage is one module with one job and a typed
+//! output that proves it ran:
+//!
+//! | stage     | in → out                                        | I/O                       |
+//! |-----------|-------------------------------------------------|---------------------------|
+//! | parse     | request head → `S3Request`                      | none                      |
+//! | authn     | head + `S3Request` → `Authenticated`            | control plane on miss     |
+//! | route     | bucket → `RouteEntry` (backend, creds, client)  | control plane on miss     |
+//! | authz     | principal + `S3Request` → `Granted`             | control plane on miss     |
+//! | payload   | body + payload mode → verified `Body`           | none (wraps the stream)   |
+//! | forward   | `RouteEntry` + head + body → backend response   | backend                   |
+//! | respond   | result → response, S3 error XML, access log     | none                      |
+
+pub mod authn;
+pub mod authz;
+pub mod forward;
+pub mod parse;
+pub mod payload;
+pub mod respond;
+pub mod route;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use s3gate_proto::ControlPlane;
+use s3gate_s3::request::Op;
+
+use crate::body::{self, Body, FailureSlot};
+use crate::error::Error;
+use crate::upstream::Upstreams;
+use crate::Config;
+
+/// Everything a request needs, shared by all connections.
+pub struct Ctx {
+    pub(crate) cfg: Config,
+    pub(crate) control_plane: Arc<dyn ControlPlane>,
+    pub(crate) keys: authn::KeyCache,
+    pub(crate) decisions: authz::DecisionCache,
+    pub(crate) routes: route::RouteCache,
+    pub(crate) upstreams: Upstreams,
+    request_ids: RequestIds,
+}
+
+impl Ctx {
+    pub fn new(cfg: Config, control_plane: Arc<dyn ControlPlane>) -> Self {
+        Self {
+            keys: crate::cache::bounded(cfg.key_cache_capacity),
+            decisions: crate::cache::bounded(cfg.decision_cache_capacity),
+            routes: route::cache(cfg.route_cache_capacity),
+            upstreams: Upstreams::new(cfg.upstream_connect_timeout),
+            request_ids: RequestIds::new(),
+            control_plane,
+            cfg,
+        }
+    }
+}
+
+/// What the access log line says about a request, filled in as stages run.
+#[derive(Default)]
+pub struct Trace {
+    pub principal: Option<Arc<str>>,
+    pub op: Option<Op>,
+    pub bucket: Option<String>,
+    pub key: Option<String>,
+    pub decision: Option<&'static str>,
+}
+
+pub async fn handle(cx: Arc<Ctx>, peer: SocketAddr, req: Request<Incoming>) -> Response<Body> {
+    let start = Instant::now();
+    let request_id = cx.request_ids.next();
+    let (head, body) = req.into_parts();
+    let mut trace = Trace::default();
+    let slot = FailureSlot::default();
+    let result = run(&cx, &head, body, &mut trace, &slot).await;
+    respond::finish(&head, result, &slot, &request_id, peer, start, &trace)
+}
+
+async fn run(
+    cx: &Ctx,
+    head: &http::request::Parts,
+    body: Incoming,
+    trace: &mut Trace,
+    slot: &FailureSlot,
+) -> Result<Response<Body>, Error> {
+    let req = parse::s3_request(&cx.cfg.hosts, head)?;
+    trace.op = Some(req.op);
+    trace.bucket.clone_from(&req.bucket);
+    trace.key.clone_from(&req.key);
+
+    let who = authn::verify(cx, head, &req).await?;
+    trace.principal = Some(who.principal.name.clone());
+
+    let Some(bucket) = req.bucket.as_deref() else {
+        // Only ListBuckets has no bucket.
+        return respond::list_buckets(cx, &who.principal).await;
+    };
+    let route = route::lookup(cx, bucket).await?;
+    let grant = authz::check(cx, &who, &req).await;
+    trace.decision = Some(if grant.is_ok() { "allow" } else { "deny" });
+    let grant = grant?;
+    let source_route = match &req.copy_source {
+        Some(src) => Some(route::lookup_copy_source(cx, &route, src).await?),
+        None => None,
+    };
+
+    let (body, payload) = payload::verify(cx, head, body, &who, slot)?;
+    let body = if req.op == Op::DeleteObjects {
+        authz::check_delete_objects(cx, &who, bucket, body).await?
+    } else if payload.decoded_length == Some(0) {
+        // An empty decoded body would complete at the backend before its
+        // final chunk and trailer were verified: verify first.
+        body::collect_limited(body, 64 << 10).await.map_err(|e| {
+            match e.downcast::<s3gate_s3::S3Error>() {
+                Ok(s3) => Error::S3(*s3),
+                Err(other) => Error::Upstream(other),
+            }
+        })?;
+        body::empty()
+    } else {
+        body
+    };
+    forward::send(
+        cx,
+        &route,
+        source_route.as_ref(),
+        head,
+        &req,
+        &grant,
+        body,
+        payload,
+    )
+    .await
+}
+
+/// Request ids: a per-process random prefix and a counter. Unique enough to
+/// find a request in logs, cheap, and without a lock.
+struct RequestIds {
+    prefix: u32,
+    next: AtomicU64,
+}
+
+impl RequestIds {
+    fn new() -> Self {
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos() ^ (d.as_secs() as u32))
+            .unwrap_or(0)
+            ^ std::process::id().rotate_left(16);
+        Self {
+            prefix: seed,
+            next: AtomicU64::new(1),
+        }
+    }
+
+    fn next(&self) -> String {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        format!("{:08X}{:012X}", self.prefix, n)
+    }
+}

@@ -1,0 +1,165 @@
+//! Stage 5: bind the body to the signature. Wraps the client body in the
+//! verifier its `x-amz-content-sha256` mode asks for; never buffers it.
+
+use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::request::Parts;
+use http::Method;
+use hyper::body::Incoming;
+use s3gate_s3::checksum::ChecksumAlgorithm;
+use s3gate_s3::chunked::{ChunkedDecoder, DecoderConfig};
+use s3gate_s3::sigv4::{PayloadMode, EMPTY_SHA256_HEX};
+use s3gate_s3::{S3Error, S3ErrorCode};
+
+use super::authn::Authenticated;
+use super::Ctx;
+use crate::body::{self, Body, ChunkedBody, FailureSlot, Sha256Body};
+use crate::error::Error;
+
+/// What the forward stage must tell the backend about the body it sends.
+#[derive(Debug)]
+pub struct PayloadPlan {
+    /// The `x-amz-content-sha256` to sign upstream: the client's hex digest
+    /// (so the backend checks it too), or UNSIGNED-PAYLOAD.
+    pub upstream_sha256: Option<String>,
+    /// Set when the body was aws-chunked and is forwarded decoded: the
+    /// decoded length becomes the Content-Length.
+    pub decoded_length: Option<u64>,
+}
+
+pub fn verify(
+    cx: &Ctx,
+    head: &Parts,
+    body: Incoming,
+    who: &Authenticated,
+    slot: &FailureSlot,
+) -> Result<(Body, PayloadPlan), Error> {
+    let content_length = match head.headers.get(CONTENT_LENGTH) {
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(|s| s.parse::<u64>().ok())
+                .ok_or_else(|| {
+                    S3Error::new(S3ErrorCode::InvalidArgument, "invalid Content-Length")
+                })?,
+        ),
+        None => None,
+    };
+    let chunked_transfer = head.headers.contains_key(TRANSFER_ENCODING);
+    let has_body = content_length.is_some_and(|n| n > 0) || chunked_transfer;
+    if chunked_transfer
+        && content_length.is_none()
+        && !who.payload.is_streaming()
+        && writes_body(&head.method)
+    {
+        return Err(S3Error::new(
+            S3ErrorCode::MissingContentLength,
+            "You must provide the Content-Length HTTP header.",
+        )
+        .into());
+    }
+
+    match who.payload {
+        PayloadMode::Sha256(expected) => {
+            let hex = hex::encode(expected);
+            if !has_body {
+                // Nothing to stream: check now, before anything goes upstream.
+                if hex != EMPTY_SHA256_HEX {
+                    return Err(S3Error::new(
+                        S3ErrorCode::XAmzContentSHA256Mismatch,
+                        "The provided 'x-amz-content-sha256' header does not match what was computed.",
+                    )
+                    .into());
+                }
+                return Ok((
+                    body::empty(),
+                    PayloadPlan {
+                        upstream_sha256: Some(hex),
+                        decoded_length: None,
+                    },
+                ));
+            }
+            let body = Sha256Body::new(body, expected, content_length, slot.clone());
+            Ok((
+                http_body_util::BodyExt::boxed_unsync(body),
+                PayloadPlan {
+                    upstream_sha256: Some(hex),
+                    decoded_length: None,
+                },
+            ))
+        }
+        PayloadMode::Unsigned => Ok((
+            if has_body {
+                body::incoming(body)
+            } else {
+                body::empty()
+            },
+            PayloadPlan {
+                upstream_sha256: None,
+                decoded_length: None,
+            },
+        )),
+        PayloadMode::StreamingSigned
+        | PayloadMode::StreamingSignedTrailer
+        | PayloadMode::StreamingUnsignedTrailer => {
+            let decoded = head
+                .headers
+                .get("x-amz-decoded-content-length")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|s| s.parse::<u64>().ok())
+                .ok_or_else(|| {
+                    S3Error::new(
+                        S3ErrorCode::MissingContentLength,
+                        "aws-chunked uploads need a valid x-amz-decoded-content-length header",
+                    )
+                })?;
+            let trailer = if who.payload.has_trailer() {
+                let name = head
+                    .headers
+                    .get("x-amz-trailer")
+                    .and_then(|v| v.to_str().ok())
+                    .ok_or_else(|| {
+                        S3Error::new(S3ErrorCode::InvalidRequest, "missing x-amz-trailer header")
+                    })?;
+                Some(
+                    ChecksumAlgorithm::from_header_name(name.trim()).ok_or_else(|| {
+                        S3Error::new(
+                            S3ErrorCode::InvalidRequest,
+                            "unsupported x-amz-trailer checksum",
+                        )
+                    })?,
+                )
+            } else {
+                None
+            };
+            let signing = match who.payload {
+                PayloadMode::StreamingSigned | PayloadMode::StreamingSignedTrailer => {
+                    Some(who.chunk_signing.clone().ok_or_else(|| {
+                        S3Error::new(
+                            S3ErrorCode::AccessDenied,
+                            "signed chunks need a signed request",
+                        )
+                    })?)
+                }
+                _ => None,
+            };
+            let decoder = ChunkedDecoder::new(DecoderConfig {
+                signing,
+                trailer,
+                decoded_length: Some(decoded),
+                max_chunk_size: cx.cfg.max_chunk_size,
+            });
+            let body = ChunkedBody::new(body, decoder, decoded, slot.clone());
+            Ok((
+                http_body_util::BodyExt::boxed_unsync(body),
+                PayloadPlan {
+                    upstream_sha256: None,
+                    decoded_length: Some(decoded),
+                },
+            ))
+        }
+    }
+}
+
+fn writes_body(method: &Method) -> bool {
+    matches!(*method, Method::PUT | Method::POST)
+}

@@ -1,0 +1,112 @@
+//! Stage 7: the response. Backend responses pass through untouched; the
+//! gateway's own errors become S3 error XML here and nowhere else. Every
+//! request gets one access-log line.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use http::request::Parts;
+use http::{HeaderValue, Method, Response};
+use s3gate_proto::Principal;
+use s3gate_s3::xml::escape;
+use s3gate_s3::S3Error;
+use tracing::{debug, info, warn};
+
+use super::{Ctx, Trace};
+use crate::body::{self, Body, FailureSlot};
+use crate::error::Error;
+
+pub fn finish(
+    head: &Parts,
+    result: Result<Response<Body>, Error>,
+    slot: &FailureSlot,
+    request_id: &str,
+    peer: SocketAddr,
+    start: Instant,
+    trace: &Trace,
+) -> Response<Body> {
+    let response = match result {
+        Ok(r) => r,
+        Err(err) => {
+            // A body verifier's verdict beats the transport error it caused.
+            let s3 = match (&err, slot.get()) {
+                (Error::Upstream(_), Some(verdict)) => verdict.clone(),
+                _ => err.to_s3(),
+            };
+            if err.is_server_fault() && slot.get().is_none() {
+                warn!(request_id, error = %err, "request failed");
+            } else {
+                debug!(request_id, error = %err, code = s3.code.as_str(), "request refused");
+            }
+            error_response(&s3, request_id, head.method == Method::HEAD)
+        }
+    };
+    info!(
+        target: "s3gate::access",
+        request_id,
+        %peer,
+        principal = trace.principal.as_deref().unwrap_or("-"),
+        op = ?trace.op,
+        bucket = trace.bucket.as_deref().unwrap_or("-"),
+        key = trace.key.as_deref().unwrap_or("-"),
+        decision = trace.decision.unwrap_or("-"),
+        status = response.status().as_u16(),
+        latency_us = start.elapsed().as_micros() as u64,
+    );
+    response
+}
+
+pub fn error_response(err: &S3Error, request_id: &str, head_only: bool) -> Response<Body> {
+    let xml = err.to_xml(request_id);
+    let mut response = Response::new(if head_only {
+        body::empty()
+    } else {
+        body::full(xml.clone())
+    });
+    *response.status_mut() = err.code.status();
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/xml"));
+    if !head_only {
+        headers.insert(CONTENT_LENGTH, HeaderValue::from(xml.len()));
+    }
+    if let Ok(v) = HeaderValue::from_str(request_id) {
+        headers.insert("x-amz-request-id", v);
+    }
+    response
+}
+
+/// ListBuckets, answered by the gateway: the configured buckets the caller
+/// may see, not whatever the backends hold.
+pub async fn list_buckets(cx: &Ctx, principal: &Principal) -> Result<Response<Body>, Error> {
+    if principal.is_anonymous() {
+        return Err(Error::Denied {
+            reason: "anonymous ListBuckets".to_owned(),
+        });
+    }
+    let buckets = cx
+        .control_plane
+        .visible_buckets(principal)
+        .await
+        .map_err(|e| Error::ControlPlane(e.to_string()))?;
+    let mut xml = String::with_capacity(256 + buckets.len() * 128);
+    xml.push_str(r#"<?xml version="1.0" encoding="UTF-8"?>"#);
+    xml.push_str(
+        "\n<ListAllMyBucketsResult xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Owner><ID>",
+    );
+    escape(&mut xml, &principal.name);
+    xml.push_str("</ID><DisplayName>");
+    escape(&mut xml, &principal.name);
+    xml.push_str("</DisplayName></Owner><Buckets>");
+    for b in &buckets {
+        xml.push_str("<Bucket><Name>");
+        escape(&mut xml, b);
+        xml.push_str("</Name><CreationDate>2000-01-01T00:00:00.000Z</CreationDate></Bucket>");
+    }
+    xml.push_str("</Buckets></ListAllMyBucketsResult>");
+    let mut response = Response::new(body::full(xml));
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/xml"));
+    Ok(response)
+}

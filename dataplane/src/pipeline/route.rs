@@ -1,0 +1,105 @@
+//! Stage 3: where does this bucket live, and with which credentials do we
+//! sign for it? Routes come from the control plane, cached per bucket for
+//! the TTL it names, together with the pooled client for the backend.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aws_credential_types::Credentials;
+use aws_smithy_runtime_api::client::identity::Identity;
+use moka::future::Cache;
+use moka::Expiry;
+use s3gate_proto::{ControlPlaneError, Route};
+use s3gate_s3::request::CopySource;
+use s3gate_s3::{S3Error, S3ErrorCode};
+
+use super::Ctx;
+use crate::error::Error;
+use crate::upstream::HttpClient;
+
+pub type RouteCache = Cache<String, Arc<RouteEntry>>;
+
+/// A route plus what it takes to use it, built once per cache fill.
+pub struct RouteEntry {
+    pub route: Route,
+    pub client: HttpClient,
+    /// The backend credentials in the form aws-sigv4 signs with.
+    pub identity: Identity,
+}
+
+struct RouteTtl;
+
+impl Expiry<String, Arc<RouteEntry>> for RouteTtl {
+    fn expire_after_create(
+        &self,
+        _key: &String,
+        value: &Arc<RouteEntry>,
+        _at: Instant,
+    ) -> Option<Duration> {
+        Some(value.route.ttl)
+    }
+}
+
+pub fn cache(capacity: u64) -> RouteCache {
+    Cache::builder()
+        .max_capacity(capacity)
+        .expire_after(RouteTtl)
+        .build()
+}
+
+pub async fn lookup(cx: &Ctx, bucket: &str) -> Result<Arc<RouteEntry>, Error> {
+    if let Some(entry) = cx.routes.get(bucket).await {
+        return Ok(entry);
+    }
+    cx.routes
+        .try_get_with(bucket.to_owned(), fill(cx, bucket))
+        .await
+        .map_err(|e| match &*e {
+            Error::NoSuchBucket => Error::NoSuchBucket,
+            Error::ControlPlane(m) => Error::ControlPlane(m.clone()),
+            other => Error::ControlPlane(other.to_string()),
+        })
+}
+
+async fn fill(cx: &Ctx, bucket: &str) -> Result<Arc<RouteEntry>, Error> {
+    let route = cx.control_plane.route(bucket).await.map_err(|e| match e {
+        ControlPlaneError::NoSuchBucket => Error::NoSuchBucket,
+        other => Error::ControlPlane(other.to_string()),
+    })?;
+    let client = cx
+        .upstreams
+        .client_for(&route.backend)
+        .map_err(|m| Error::ControlPlane(format!("backend {}: {m}", route.backend.name)))?;
+    let creds = &route.credentials;
+    let identity = Credentials::new(
+        creds.access_key.clone(),
+        creds.secret_key.clone(),
+        creds.session_token.clone(),
+        None,
+        "s3gate-backend",
+    )
+    .into();
+    Ok(Arc::new(RouteEntry {
+        route,
+        client,
+        identity,
+    }))
+}
+
+/// The route of a CopyObject source. A copy runs inside one backend, so the
+/// source bucket must live on the same backend as the destination.
+pub async fn lookup_copy_source(
+    cx: &Ctx,
+    dest: &RouteEntry,
+    src: &CopySource,
+) -> Result<Arc<RouteEntry>, Error> {
+    let entry = lookup(cx, &src.bucket).await?;
+    if entry.route.backend.name != dest.route.backend.name {
+        return Err(S3Error::new(
+            S3ErrorCode::NotImplemented,
+            "copying between buckets on different backends is not supported",
+        )
+        .into());
+    }
+    Ok(entry)
+}

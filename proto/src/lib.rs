@@ -1,0 +1,227 @@
+//! The contract between the data plane and the control plane.
+//!
+//! The data plane never reads configuration: everything it knows about keys,
+//! policy and backends it asks through [`ControlPlane`]. `s3gate serve` plugs
+//! the embedded control plane in directly; the distributed mode puts a gRPC
+//! client behind the same trait, generated from `proto/s3gate/v1/*.proto`
+//! (the message types here mirror those messages one to one).
+//!
+//! Nothing here carries a client's long-term secret: the control plane hands
+//! out derived SigV4 signing keys, scoped to one date, region and service.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use s3gate_s3::sigv4::SigningKey;
+
+/// Everything the data plane may ask the control plane.
+#[async_trait::async_trait]
+pub trait ControlPlane: Send + Sync + 'static {
+    /// The derived signing key of an access key for one credential scope.
+    async fn signing_key(
+        &self,
+        req: SigningKeyRequest,
+    ) -> Result<SigningKeyGrant, ControlPlaneError>;
+
+    /// An authorization decision for one principal, action and resource.
+    async fn authorize(&self, req: AuthorizeRequest) -> Result<Decision, ControlPlaneError>;
+
+    /// How to reach the backend of a bucket, with credentials to sign for it.
+    async fn route(&self, bucket: &str) -> Result<Route, ControlPlaneError>;
+
+    /// The configured buckets `principal` may see (for ListBuckets).
+    async fn visible_buckets(
+        &self,
+        principal: &Principal,
+    ) -> Result<Vec<String>, ControlPlaneError>;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlPlaneError {
+    #[error("unknown access key")]
+    UnknownAccessKey,
+    #[error("no such bucket")]
+    NoSuchBucket,
+    /// The control plane could not decide. The data plane fails closed.
+    #[error("control plane unavailable: {0}")]
+    Unavailable(String),
+}
+
+// === identity ===
+
+/// Who is making a request.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Principal {
+    /// The principal name; `*anonymous*` for unauthenticated requests.
+    pub name: Arc<str>,
+    pub groups: Arc<[Arc<str>]>,
+    /// The access key that authenticated the request, if any.
+    pub access_key: Option<Arc<str>>,
+}
+
+impl Principal {
+    pub const ANONYMOUS: &'static str = "*anonymous*";
+
+    pub fn anonymous() -> Self {
+        Self {
+            name: Arc::from(Self::ANONYMOUS),
+            groups: Arc::from([]),
+            access_key: None,
+        }
+    }
+
+    pub fn is_anonymous(&self) -> bool {
+        &*self.name == Self::ANONYMOUS
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SigningKeyRequest {
+    pub access_key: String,
+    /// `YYYYMMDD` from the credential scope.
+    pub date: String,
+    pub region: String,
+    pub service: String,
+}
+
+#[derive(Clone)]
+pub struct SigningKeyGrant {
+    pub key: SigningKey,
+    pub principal: Principal,
+    /// How long the data plane may cache this grant.
+    pub ttl: Duration,
+}
+
+impl fmt::Debug for SigningKeyGrant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SigningKeyGrant")
+            .field("key", &"<redacted>")
+            .field("principal", &self.principal)
+            .field("ttl", &self.ttl)
+            .finish()
+    }
+}
+
+// === authorization ===
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct AuthorizeRequest {
+    pub principal: Principal,
+    /// IAM-style action, e.g. `s3:GetObject`.
+    pub action: &'static str,
+    pub bucket: String,
+    pub resource: Resource,
+}
+
+/// What inside the bucket a request touches.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Resource {
+    /// The bucket itself (HeadBucket, bucket sub-resources, …).
+    Bucket,
+    /// One object.
+    Object(String),
+    /// A listing of the keys under this prefix (`""` = the whole bucket).
+    Prefix(String),
+}
+
+impl Resource {
+    /// The kind, without the key: part of every cache key, because the same
+    /// action (`s3:ListBucket`) can address both a bucket and a prefix.
+    pub fn kind(&self) -> ResourceKind {
+        match self {
+            Self::Bucket => ResourceKind::Bucket,
+            Self::Object(_) => ResourceKind::Object,
+            Self::Prefix(_) => ResourceKind::Prefix,
+        }
+    }
+
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            Self::Bucket => None,
+            Self::Object(k) | Self::Prefix(k) => Some(k),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ResourceKind {
+    Bucket,
+    Object,
+    Prefix,
+}
+
+/// What a decision is valid for, so the data plane can cache it for every
+/// request the decision equally covers.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Scope {
+    /// Only this exact (principal, action, bucket, key).
+    Exact,
+    /// Every key of the bucket starting with this prefix.
+    Prefix(String),
+    /// Every key of the bucket, and the bucket itself.
+    Bucket,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub allow: bool,
+    /// Human-readable: which rule decided, or why nothing matched.
+    pub reason: String,
+    pub scope: Scope,
+    pub ttl: Duration,
+}
+
+// === routing ===
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AddressingStyle {
+    Path,
+    Virtual,
+}
+
+/// How to reach a backend. Shared by all buckets on that backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Backend {
+    pub name: String,
+    /// `http://host:port` or `https://host[:port]`, without path.
+    pub endpoint: String,
+    pub region: String,
+    pub addressing_style: AddressingStyle,
+    /// PEM file of extra CA certificates trusted for this backend.
+    pub ca_bundle: Option<String>,
+    /// Development only: accept any certificate.
+    pub insecure_skip_verify: bool,
+}
+
+/// Credentials the gateway signs backend requests with.
+#[derive(Clone, PartialEq, Eq)]
+pub struct BackendCredentials {
+    pub access_key: String,
+    pub secret_key: String,
+    pub session_token: Option<String>,
+}
+
+impl fmt::Debug for BackendCredentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BackendCredentials")
+            .field("access_key", &self.access_key)
+            .field("secret_key", &"<redacted>")
+            .field(
+                "session_token",
+                &self.session_token.as_ref().map(|_| "<redacted>"),
+            )
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// The name clients use.
+    pub bucket: String,
+    /// The bucket's name at the backend.
+    pub backend_bucket: String,
+    pub backend: Arc<Backend>,
+    pub credentials: Arc<BackendCredentials>,
+    pub ttl: Duration,
+}

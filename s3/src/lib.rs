@@ -1,0 +1,25 @@
+//! The S3 protocol, without I/O.
+//!
+//! Everything the gateway needs to understand an S3 request lives here as pure
+//! functions and state machines over `http` types and byte buffers:
+//!
+//! - [`sigv4`]: parse and verify AWS Signature Version 4 (header and presigned),
+//!   derive signing keys. Signatures are compared in constant time.
+//! - [`chunked`]: a sans-IO decoder for `aws-chunked` bodies that verifies every
+//!   chunk signature and the trailing checksum.
+//! - [`checksum`]: the `x-amz-checksum-*` algorithms.
+//! - [`request`]: classify a request into an S3 operation, the IAM-style action it
+//!   needs and the bucket/key it touches (path- and virtual-host-style).
+//! - [`error`]: S3 error codes and the error XML document.
+//!
+//! This crate deliberately knows nothing about sockets, tokio, the control plane
+//! or configuration: it must stay cheap to fuzz and property-test.
+
+pub mod checksum;
+pub mod chunked;
+pub mod error;
+pub mod request;
+pub mod sigv4;
+pub mod xml;
+
+pub use error::{S3Error, S3ErrorCode};
