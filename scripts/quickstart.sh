@@ -108,10 +108,10 @@ Try, in another terminal:
   export AWS_ACCESS_KEY_ID=$CLIENT_ACCESS_KEY
   export AWS_SECRET_ACCESS_KEY=$CLIENT_SECRET_KEY
   export AWS_DEFAULT_REGION=us-east-1
-  aws --endpoint-url http://$ADDR s3 cp README.md s3://demo/README.md
+  echo hello > hello.txt
+  aws --endpoint-url http://$ADDR s3 cp hello.txt s3://demo/hello.txt
   aws --endpoint-url http://$ADDR s3 ls s3://demo
-  aws --endpoint-url http://$ADDR s3 cp s3://demo/README.md -
-  aws --endpoint-url http://$ADDR s3 presign s3://demo/README.md
+  aws --endpoint-url http://$ADDR s3 cp s3://demo/hello.txt -
 
 or in one line:
 

@@ -7,6 +7,7 @@
 //! proven authentic; on failure the stream errors, the upstream request is
 //! aborted, and the reason is left in a [`FailureSlot`] for the handler.
 
+use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 use std::task::{ready, Context, Poll};
@@ -17,6 +18,7 @@ use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 use s3gate_s3::chunked::ChunkedDecoder;
+use s3gate_s3::chunked_encoder::TrailerEncoder;
 use s3gate_s3::{S3Error, S3ErrorCode};
 use sha2::{Digest, Sha256};
 
@@ -144,31 +146,43 @@ impl HttpBody for Sha256Body {
 // === ChunkedBody ===
 
 /// Decodes an aws-chunked body, verifying chunk signatures and the trailing
-/// checksum, and yields the decoded payload.
+/// checksum. Yields either the decoded payload, or — when the client sent a
+/// trailing checksum — the payload re-framed as an unsigned aws-chunked body
+/// whose trailer carries that checksum on to the backend.
 pub struct ChunkedBody {
     inner: Incoming,
     buf: BytesMut,
     decoder: ChunkedDecoder,
+    encoder: Option<TrailerEncoder>,
+    /// Decoded mode: the most recent piece, released when the next arrives
+    /// or once everything verified.
     held: Option<Bytes>,
+    /// Frames ready to go out.
+    out: VecDeque<Bytes>,
     done: bool,
-    decoded_len: u64,
+    len: u64,
     slot: FailureSlot,
 }
 
 impl ChunkedBody {
+    /// `encoder`: re-frame with a trailer (then `len` is the encoded length)
+    /// instead of forwarding the decoded payload (`len` = decoded length).
     pub fn new(
         inner: Incoming,
         decoder: ChunkedDecoder,
-        decoded_len: u64,
+        encoder: Option<TrailerEncoder>,
+        len: u64,
         slot: FailureSlot,
     ) -> Self {
         Self {
             inner,
             buf: BytesMut::new(),
             decoder,
+            encoder,
             held: None,
+            out: VecDeque::new(),
             done: false,
-            decoded_len,
+            len,
             slot,
         }
     }
@@ -176,7 +190,34 @@ impl ChunkedBody {
     fn fail(&mut self, err: S3Error) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         self.done = true;
         self.held = None;
+        self.out.clear();
         Poll::Ready(Some(Err(self.slot.set(err))))
+    }
+
+    fn emit(&mut self, data: Bytes) {
+        match &mut self.encoder {
+            // The encoder only writes the final chunk after `finish`, so the
+            // backend cannot complete early: no hold-back needed.
+            Some(enc) => enc.push(&data, &mut self.out),
+            None => {
+                if let Some(prev) = self.held.replace(data) {
+                    self.out.push_back(prev);
+                }
+            }
+        }
+    }
+
+    fn end(&mut self) -> Result<(), S3Error> {
+        match &mut self.encoder {
+            Some(enc) => {
+                let (_, value) = self.decoder.trailer().ok_or_else(|| {
+                    S3Error::new(S3ErrorCode::InvalidRequest, "missing trailing checksum")
+                })?;
+                enc.finish(value, &mut self.out);
+            }
+            None => self.out.extend(self.held.take()),
+        }
+        Ok(())
     }
 }
 
@@ -190,8 +231,11 @@ impl HttpBody for ChunkedBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         loop {
+            if let Some(frame) = this.out.pop_front() {
+                return Poll::Ready(Some(Ok(Frame::data(frame))));
+            }
             if this.done {
-                return Poll::Ready(this.held.take().map(|b| Ok(Frame::data(b))));
+                return Poll::Ready(None);
             }
             match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
                 Some(Ok(frame)) => {
@@ -201,22 +245,22 @@ impl HttpBody for ChunkedBody {
                     this.buf.extend_from_slice(&data);
                     match this.decoder.decode(&mut this.buf) {
                         Ok(out) if out.is_empty() => {}
-                        Ok(out) => {
-                            if let Some(prev) = this.held.replace(out) {
-                                return Poll::Ready(Some(Ok(Frame::data(prev))));
-                            }
-                        }
+                        Ok(out) => this.emit(out),
                         Err(e) => return this.fail(S3Error::new(e.code(), e.to_string())),
                     }
                 }
                 Some(Err(e)) => {
                     this.done = true;
                     this.held = None;
+                    this.out.clear();
                     return Poll::Ready(Some(Err(e.into())));
                 }
                 None => {
                     if let Err(e) = this.decoder.finish() {
                         return this.fail(S3Error::new(e.code(), e.to_string()));
+                    }
+                    if let Err(e) = this.end() {
+                        return this.fail(e);
                     }
                     this.done = true;
                 }
@@ -225,11 +269,11 @@ impl HttpBody for ChunkedBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.done && self.held.is_none()
+        self.done && self.out.is_empty()
     }
 
     fn size_hint(&self) -> SizeHint {
-        SizeHint::with_exact(self.decoded_len)
+        SizeHint::with_exact(self.len)
     }
 }
 

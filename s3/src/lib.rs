@@ -17,6 +17,7 @@
 
 pub mod checksum;
 pub mod chunked;
+pub mod chunked_encoder;
 pub mod error;
 pub mod request;
 pub mod sigv4;

@@ -133,7 +133,9 @@ pub fn classify(
     let key = if raw_key.is_empty() {
         None
     } else {
-        Some(decode(raw_key)?.into_owned())
+        let key = decode(raw_key)?.into_owned();
+        validate_key(&key)?;
+        Some(key)
     };
     if let Some(b) = &bucket {
         validate_bucket(b)?;
@@ -172,7 +174,9 @@ pub fn classify(
                 | Op::ListObjectsV2
                 | Op::ListObjectVersions
                 | Op::ListMultipartUploads => {
-                    Some(query.get("prefix").unwrap_or_default().into_owned())
+                    let prefix = query.get("prefix").unwrap_or_default().into_owned();
+                    validate_key(&prefix)?;
+                    Some(prefix)
                 }
                 _ => None,
             };
@@ -220,6 +224,7 @@ pub fn parse_copy_source(value: &str) -> Result<CopySource, S3Error> {
     if bucket.is_empty() || key.is_empty() {
         return Err(bad_copy_source());
     }
+    validate_key(&key)?;
     validate_bucket(&bucket)?;
     Ok(CopySource {
         bucket,
@@ -263,6 +268,22 @@ fn validate_bucket(bucket: &str) -> Result<(), S3Error> {
             S3ErrorCode::InvalidBucketName,
             "the specified bucket is not valid",
         ))
+    }
+}
+
+/// Refuses keys (and list prefixes) with `.` or `..` segments or a leading
+/// `/`. S3 itself treats keys as opaque, but many backends (file-system
+/// stores, some gateways) resolve them as paths: `reports/../secret/x` would
+/// then escape a rule on `reports/*`, and `./secret/x` a deny on `secret/*`.
+pub fn validate_key(key: &str) -> Result<(), S3Error> {
+    let bad = key.starts_with('/') || key.split('/').any(|seg| seg == "." || seg == "..");
+    if bad {
+        Err(S3Error::new(
+            S3ErrorCode::InvalidArgument,
+            "object keys with '.' or '..' segments or a leading '/' are not accepted",
+        ))
+    } else {
+        Ok(())
     }
 }
 
@@ -795,6 +816,22 @@ mod tests {
         check("POST", "/", None);
         check("GET", "/b%ff/k", None);
         check("GET", "/bad%2Fbucket/k", None);
+        check("GET", "/b/reports/../secret", None);
+        check("GET", "/b/reports/%2E%2E/secret", None);
+        check("GET", "/b/./secret/x", None);
+        check("GET", "/b//secret/x", None);
+        check("GET", "/b/..", None);
+        check("GET", "/b?prefix=reports/../", None);
+        check(
+            "GET",
+            "/b/a..b/.c/d.",
+            Some((GetObject, "s3:GetObject", Some("b"), Some("a..b/.c/d."))),
+        );
+        check(
+            "GET",
+            "/b/a//b/",
+            Some((GetObject, "s3:GetObject", Some("b"), Some("a//b/"))),
+        );
     }
 
     #[test]
@@ -809,5 +846,6 @@ mod tests {
         assert!(parse_copy_source("src").is_err());
         assert!(parse_copy_source("/src/").is_err());
         assert!(parse_copy_source("/src/k?acl").is_err());
+        assert!(parse_copy_source("/src/a/../b").is_err());
     }
 }

@@ -138,6 +138,11 @@ pub enum VerifyError {
     Expired,
     #[error("Request is not valid yet")]
     NotYetValid,
+    /// An `x-amz-*` header the client did not sign. S3 refuses these, and so
+    /// must we: the gateway re-signs every header it forwards, so an unsigned
+    /// one would otherwise become authentic at the backend.
+    #[error("There were headers present in the request which were not signed")]
+    UnsignedAmzHeader,
 }
 
 // === impl SigningKey ===
@@ -310,7 +315,9 @@ impl VerifyError {
                 S3ErrorCode::InvalidRequest
             }
             Self::Ambiguous | Self::InvalidPayloadMode => S3ErrorCode::InvalidArgument,
-            Self::MissingDate | Self::Expired | Self::NotYetValid => S3ErrorCode::AccessDenied,
+            Self::MissingDate | Self::Expired | Self::NotYetValid | Self::UnsignedAmzHeader => {
+                S3ErrorCode::AccessDenied
+            }
             Self::SignedHeaderMissing | Self::SignatureMismatch => {
                 S3ErrorCode::SignatureDoesNotMatch
             }
@@ -577,11 +584,29 @@ pub fn verify(
     let canonical = canonical_request(auth, method, uri, headers)?;
     let sts = string_to_sign(&auth.amz_date, &auth.scope.to_scope_string(), &canonical);
     let expected = key.sign(sts.as_bytes());
-    if bool::from(expected.ct_eq(&auth.signature)) {
-        Ok(())
-    } else {
-        Err(VerifyError::SignatureMismatch)
+    if !bool::from(expected.ct_eq(&auth.signature)) {
+        return Err(VerifyError::SignatureMismatch);
     }
+    check_amz_headers_signed(auth, headers)
+}
+
+/// Every `x-amz-*` header must be among the signed headers.
+/// `x-amz-content-sha256` is exempt for header auth: its value is the
+/// payload line of the canonical request, so it is bound anyway.
+fn check_amz_headers_signed(auth: &AuthRequest, headers: &HeaderMap) -> Result<(), VerifyError> {
+    for name in headers.keys() {
+        let name = name.as_str();
+        if !name.starts_with("x-amz-") {
+            continue;
+        }
+        if name == "x-amz-content-sha256" && !auth.is_presigned() {
+            continue;
+        }
+        if !auth.signed_headers.iter().any(|h| h == name) {
+            return Err(VerifyError::UnsignedAmzHeader);
+        }
+    }
+    Ok(())
 }
 
 /// The canonical request:
@@ -1531,6 +1556,22 @@ mod tests {
             check_time(&other_day, t).unwrap_err().code(),
             S3ErrorCode::AuthorizationQueryParametersError
         );
+    }
+
+    #[test]
+    fn unsigned_amz_headers_are_refused() {
+        let extra = vec![("x-amz-meta-a".to_owned(), "1".to_owned())];
+        let (m, u, mut h) = sign_request("PUT", "/k", "", &extra, "secret");
+        assert!(check(&(m.clone(), u.clone(), h.clone()), "secret").is_ok());
+        // an x-amz header added after signing
+        h.insert("x-amz-meta-injected", HeaderValue::from_static("yes"));
+        let err = check(&(m.clone(), u.clone(), h.clone()), "secret").unwrap_err();
+        assert_eq!(err, VerifyError::UnsignedAmzHeader);
+        assert_eq!(err.code(), S3ErrorCode::AccessDenied);
+        // a plain header added after signing is tolerated, as S3 does
+        h.remove("x-amz-meta-injected");
+        h.insert("content-type", HeaderValue::from_static("text/plain"));
+        assert!(check(&(m, u, h), "secret").is_ok());
     }
 
     #[test]

@@ -191,6 +191,13 @@ class Backend:
             config=Config(s3={"addressing_style": "path"}, retries={"total_max_attempts": 1, "mode": "standard"}),
         )
 
+    def put(self, bucket: str, key: str, body: bytes) -> None:
+        """Write an object straight to the backend. Plain http.client rather than
+        boto3: botocore's `Expect: 100-continue` handling against s3s-fs
+        occasionally hangs for the full read timeout on a busy machine."""
+        r = Raw(self.addr, self.creds).request("PUT", f"/{bucket}/{key}", body=body)
+        assert r.status == 200, f"backend PUT {bucket}/{key}: {r.describe()}"
+
     def file(self, bucket: str, key: str) -> Path:
         return self.root / bucket / key
 

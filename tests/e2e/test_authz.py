@@ -14,7 +14,6 @@ from s3util import assert_s3_error, list_keys_xml
 @pytest.fixture(scope="module")
 def seeded(backend):
     """data-prod: notes.txt, reports/r1, reports/sub/r2, secret/x; public: hello.txt."""
-    b = backend.client()
     objs = {
         ("data-prod", "authz/notes.txt"): b"notes",
         ("data-prod", "reports/authz-r1"): b"r1",
@@ -23,7 +22,7 @@ def seeded(backend):
         ("public", "authz/hello.txt"): b"hello world",
     }
     for (bucket, key), body in objs.items():
-        b.put_object(Bucket=bucket, Key=key, Body=body)
+        backend.put(bucket, key, body)
     return objs
 
 
@@ -116,7 +115,7 @@ def test_copy_needs_write_on_destination(client_as, backend, seeded, k):
 
 def test_delete_objects_checks_every_key(client_as, backend, seeded, k):
     alice = client_as("alice")
-    backend.client().put_object(Bucket="data-prod", Key=f"authz/del-{k}", Body=b"d")
+    backend.put("data-prod", f"authz/del-{k}", b"d")
     try:
         r = alice.delete_objects(
             Bucket="data", Delete={"Objects": [{"Key": f"authz/del-{k}"}, {"Key": "secret/authz-x"}]}

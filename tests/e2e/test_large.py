@@ -27,25 +27,33 @@ def test_1gib_put_and_get_in_bounded_memory(fresh_gateway, backend):
     path = f"/data/{key}"
     creds = gw.keys["alice"].creds
 
-    t0 = time.monotonic()
-    h = sign("PUT", path, (), {"host": f"127.0.0.1:{gw.port}"}, "UNSIGNED-PAYLOAD", creds).headers
-    h["content-length"] = str(GiB)
-    conn = http.client.HTTPConnection(*gw.addr, timeout=120)
-    conn.putrequest("PUT", target_for(path), skip_host=True, skip_accept_encoding=True)
-    for k, v in h.items():
-        conn.putheader(k, v)
-    conn.endheaders()
+    def put(payload_hash: str) -> str:
+        h = sign("PUT", path, (), {"host": f"127.0.0.1:{gw.port}"}, payload_hash, creds).headers
+        h["content-length"] = str(GiB)
+        conn = http.client.HTTPConnection(*gw.addr, timeout=120)
+        conn.putrequest("PUT", target_for(path), skip_host=True, skip_accept_encoding=True)
+        for k, v in h.items():
+            conn.putheader(k, v)
+        conn.endheaders()
+        for block in pattern_stream(GiB):
+            conn.send(block)
+        r = conn.getresponse()
+        body = r.read()
+        conn.close()
+        assert r.status == 200, f"PUT ({payload_hash}): HTTP {r.status} {body[:500]!r}"
+        return r.getheader("ETag", "")
+
     sent = hashlib.md5()
+    sha = hashlib.sha256()
     for block in pattern_stream(GiB):
         sent.update(block)
-        conn.send(block)
-    r = conn.getresponse()
-    body = r.read()
-    conn.close()
-    assert r.status == 200, f"PUT: HTTP {r.status} {body[:500]!r}"
+        sha.update(block)
+
+    t0 = time.monotonic()
+    etag = put("UNSIGNED-PAYLOAD")
     t_put = time.monotonic() - t0
     try:
-        assert r.getheader("ETag", "").strip('"') == sent.hexdigest()
+        assert etag.strip('"') == sent.hexdigest()
         assert backend.file("data-prod", key).stat().st_size == GiB
 
         t0 = time.monotonic()
@@ -70,8 +78,17 @@ def test_1gib_put_and_get_in_bounded_memory(fresh_gateway, backend):
         assert n == GiB
         assert got.hexdigest() == sent.hexdigest()
 
+        # and once more with the body's SHA-256 in x-amz-content-sha256, which the
+        # gateway must verify without holding the body
+        t0 = time.monotonic()
+        assert put(sha.hexdigest()).strip('"') == sent.hexdigest()
+        t_put_hex = time.monotonic() - t0
+
         peak_mib = peak_rss_kib(gw.proc.pid) / 1024
-        print(f"\ns3gate peak RSS (VmHWM) after 1 GiB PUT + GET: {peak_mib:.1f} MiB (PUT {t_put:.1f}s, GET {t_get:.1f}s)")
+        print(
+            f"\ns3gate peak RSS (VmHWM) after 1 GiB PUT (unsigned) + GET + PUT (hex sha256): {peak_mib:.1f} MiB "
+            f"(PUT {t_put:.1f}s, GET {t_get:.1f}s, PUT hex {t_put_hex:.1f}s)"
+        )
         assert peak_mib < PEAK_RSS_LIMIT_MIB, f"peak RSS {peak_mib:.1f} MiB >= {PEAK_RSS_LIMIT_MIB} MiB"
     finally:
         backend.client().delete_object(Bucket="data-prod", Key=key)

@@ -63,7 +63,7 @@ def test_streaming_tampered_trailer_signature_rejected(gateway, backend, key):
 def test_rejected_upload_keeps_previous_version(gateway, backend, tamper, status, code, key):
     """A rejected overwrite must leave the old object untouched."""
     old = b"the old version"
-    backend.client().put_object(Bucket="data-prod", Key=key, Body=old)
+    backend.put("data-prod", key, old)
     new = payload(300 * KiB)
     r = streaming_put(gateway.addr, f"/data/{key}", new, gateway.keys["alice"].creds, "signed-trailer", tamper=tamper)
     assert_s3_error(r, status, code)
@@ -87,7 +87,7 @@ def test_hex_sha256_mismatch_rejected(gateway, backend, size, key):
 
 
 def test_hex_sha256_mismatch_keeps_previous_version(gateway, backend, key):
-    backend.client().put_object(Bucket="data-prod", Key=key, Body=b"old")
+    backend.put("data-prod", key, b"old")
     body = payload(3 << 20)
     r = gateway.raw("alice").request("PUT", f"/data/{key}", body=body, payload_hash=sha256_hex(b"something else"))
     assert_s3_error(r, 400, "XAmzContentSHA256Mismatch")

@@ -80,7 +80,12 @@ def rclone(gateway, tmp_path_factory):
     }
 
     def rc(*args, check=True):
-        return run([exe, "--low-level-retries", "1", "--retries", "1", *args], env=env, check=check)
+        # --disable ListR: rclone's recursive listing sends "delimiter=" (empty),
+        # which s3s-fs 0.14.1 mistakes for a one-character delimiter and answers
+        # with garbage CommonPrefixes (also when talking to s3s-fs directly).
+        # Walking directory by directory ("delimiter=/") works.
+        argv = [exe, "--low-level-retries", "1", "--retries", "1", "--disable", "ListR", *args]
+        return run(argv, env=env, check=check)
 
     return rc
 
@@ -146,13 +151,19 @@ def test_s3cmd_put_ls_get(s3cmd, backend, tree, tmp_path, prefix):
     out = s3cmd("ls", "--recursive", f"s3://data/s3cmd/{prefix}/").stdout
     urls = sorted(line.split(None, 3)[3] for line in out.splitlines() if "s3://" in line)
     assert urls == sorted(f"s3://data/s3cmd/{prefix}/{r}" for r in ["a.txt", "big.bin", "dir/b.bin", "dir/c d.txt"])
+    # One file at a time: `s3cmd get --recursive` needs <ETag> in ListObjects
+    # entries, which s3s-fs 0.14.1 leaves out (s3cmd dies with KeyError: 'ETag',
+    # against s3s-fs directly too).
     dst = tmp_path / "out"
-    dst.mkdir()
-    s3cmd("get", "--recursive", f"s3://data/s3cmd/{prefix}/", str(dst) + "/")
+    for p in tree.rglob("*"):
+        if p.is_file():
+            rel = p.relative_to(tree)
+            (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+            s3cmd("get", f"s3://data/s3cmd/{prefix}/{rel}", str(dst / rel))
     same_tree(tree, dst)
 
 
 def test_s3cmd_del(s3cmd, backend, prefix):
-    backend.client().put_object(Bucket="data-prod", Key=f"s3cmd/{prefix}/gone", Body=b"x")
+    backend.put("data-prod", f"s3cmd/{prefix}/gone", b"x")
     s3cmd("del", f"s3://data/s3cmd/{prefix}/gone")
     assert not backend.exists("data-prod", f"s3cmd/{prefix}/gone")

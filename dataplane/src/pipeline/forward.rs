@@ -14,12 +14,12 @@ use http::request::Parts;
 use http::{HeaderMap, Request, Response};
 use hyper::body::Incoming;
 use s3gate_proto::AddressingStyle;
-use s3gate_s3::request::{decode, encode_component, encode_key, Query, S3Request};
+use s3gate_s3::request::{decode, encode_component, encode_key, Op, Query, S3Request};
 use s3gate_s3::{S3Error, S3ErrorCode};
 use std::fmt::Write as _;
 
 use super::authz::Granted;
-use super::payload::PayloadPlan;
+use super::payload::{PayloadPlan, UpstreamPayload};
 use super::route::RouteEntry;
 use super::Ctx;
 use crate::body::Body;
@@ -131,9 +131,10 @@ pub async fn send(
         })?;
         pairs.push((name.as_str(), value));
     }
-    let signable_body = match &plan.upstream_sha256 {
-        Some(hex) => SignableBody::Precomputed(hex.clone()),
-        None => SignableBody::UnsignedPayload,
+    let signable_body = match &plan.upstream {
+        UpstreamPayload::Sha256(hex) => SignableBody::Precomputed(hex.clone()),
+        UpstreamPayload::Unsigned => SignableBody::UnsignedPayload,
+        UpstreamPayload::UnsignedTrailer { .. } => SignableBody::StreamingUnsignedPayloadTrailer,
     };
     let signable = SignableRequest::new(
         head.method.as_str(),
@@ -187,7 +188,82 @@ pub async fn send(
         .request(upstream)
         .await
         .map_err(|e| Error::Upstream(Box::new(e)))?;
-    Ok(downstream_response(response))
+    let response = downstream_response(response);
+    if needs_rewrite(req, route, head, response.status()) {
+        rewrite_bucket(response, route, head, req).await
+    } else {
+        Ok(response)
+    }
+}
+
+/// Responses whose XML names the backend's bucket (or, for
+/// CompleteMultipartUpload, the backend's endpoint). These are small
+/// documents; object bodies are never rewritten.
+fn needs_rewrite(
+    req: &S3Request,
+    route: &RouteEntry,
+    head: &Parts,
+    status: http::StatusCode,
+) -> bool {
+    if head.method == http::Method::HEAD {
+        return false;
+    }
+    let renamed = route.route.backend_bucket != route.route.bucket;
+    match req.op {
+        Op::CompleteMultipartUpload => true,
+        Op::ListObjects
+        | Op::ListObjectsV2
+        | Op::ListObjectVersions
+        | Op::ListMultipartUploads
+        | Op::CreateMultipartUpload
+        | Op::ListParts => renamed,
+        _ => renamed && !status.is_success(),
+    }
+}
+
+/// Largest response document the gateway rewrites.
+const MAX_REWRITE_BODY: usize = 64 << 20;
+
+async fn rewrite_bucket(
+    response: Response<Body>,
+    route: &RouteEntry,
+    head: &Parts,
+    req: &S3Request,
+) -> Result<Response<Body>, Error> {
+    let (mut parts, body) = response.into_parts();
+    let bytes = crate::body::collect_limited(body, MAX_REWRITE_BODY)
+        .await
+        .map_err(Error::Upstream)?;
+    let Ok(text) = std::str::from_utf8(&bytes) else {
+        // Not a text document: pass it on untouched.
+        return Ok(Response::from_parts(parts, crate::body::full(bytes)));
+    };
+    let location = match (req.op, req.key.as_deref()) {
+        (Op::CompleteMultipartUpload, Some(key)) => {
+            let host = head
+                .headers
+                .get(HOST)
+                .and_then(|h| h.to_str().ok())
+                .unwrap_or("localhost");
+            Some(format!(
+                "http://{host}/{}/{}",
+                route.route.bucket,
+                encode_key(key)
+            ))
+        }
+        _ => None,
+    };
+    let doc = s3gate_s3::xml::rename_bucket(
+        text,
+        &route.route.backend_bucket,
+        &route.route.bucket,
+        location.as_deref(),
+    );
+    parts
+        .headers
+        .insert(CONTENT_LENGTH, HeaderValue::from(doc.len()));
+    parts.headers.remove("content-md5");
+    Ok(Response::from_parts(parts, crate::body::full(doc)))
 }
 
 fn append_query(target: &mut String, raw: &str) -> Result<(), Error> {
@@ -225,7 +301,12 @@ fn upstream_headers(
         .flat_map(|v| v.split(','))
         .map(str::trim)
         .collect();
-    let decoded = plan.decoded_length.is_some();
+    // Decoded: the aws-chunked framing is gone. Re-framed: it stays, with
+    // the trailer headers, and only the length changes.
+    let (decoded, reframed_len) = match plan.upstream {
+        UpstreamPayload::UnsignedTrailer { encoded_length } => (false, Some(encoded_length)),
+        _ => (plan.decoded_length.is_some(), None),
+    };
     let mut out = HeaderMap::with_capacity(head.headers.len() + 4);
     for (name, value) in &head.headers {
         let n = name.as_str();
@@ -240,7 +321,9 @@ fn upstream_headers(
     let host = HeaderValue::from_str(host)
         .map_err(|_| Error::ControlPlane("invalid backend host".to_owned()))?;
     out.insert(HOST, host);
-    if let Some(len) = plan.decoded_length {
+    if let Some(len) = reframed_len {
+        out.insert(CONTENT_LENGTH, HeaderValue::from(len));
+    } else if let (true, Some(len)) = (decoded, plan.decoded_length) {
         out.insert(CONTENT_LENGTH, HeaderValue::from(len));
         // Drop the aws-chunked coding; keep any other content coding.
         let codings: Vec<String> = out

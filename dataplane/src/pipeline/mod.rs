@@ -110,7 +110,9 @@ async fn run(
     let (body, payload) = payload::verify(cx, head, body, &who, slot)?;
     let body = if req.op == Op::DeleteObjects {
         authz::check_delete_objects(cx, &who, bucket, body).await?
-    } else if payload.decoded_length == Some(0) {
+    } else if payload.decoded_length == Some(0)
+        && matches!(payload.upstream, payload::UpstreamPayload::Unsigned)
+    {
         // An empty decoded body would complete at the backend before its
         // final chunk and trailer were verified: verify first.
         body::collect_limited(body, 64 << 10).await.map_err(|e| {

@@ -7,6 +7,7 @@ use http::Method;
 use hyper::body::Incoming;
 use s3gate_s3::checksum::ChecksumAlgorithm;
 use s3gate_s3::chunked::{ChunkedDecoder, DecoderConfig};
+use s3gate_s3::chunked_encoder::TrailerEncoder;
 use s3gate_s3::sigv4::{PayloadMode, EMPTY_SHA256_HEX};
 use s3gate_s3::{S3Error, S3ErrorCode};
 
@@ -18,12 +19,21 @@ use crate::error::Error;
 /// What the forward stage must tell the backend about the body it sends.
 #[derive(Debug)]
 pub struct PayloadPlan {
-    /// The `x-amz-content-sha256` to sign upstream: the client's hex digest
-    /// (so the backend checks it too), or UNSIGNED-PAYLOAD.
-    pub upstream_sha256: Option<String>,
-    /// Set when the body was aws-chunked and is forwarded decoded: the
-    /// decoded length becomes the Content-Length.
+    pub upstream: UpstreamPayload,
+    /// For aws-chunked input: the decoded length.
     pub decoded_length: Option<u64>,
+}
+
+/// How the body goes upstream, which decides `x-amz-content-sha256` there.
+#[derive(Debug)]
+pub enum UpstreamPayload {
+    /// As received; signed with the client's hex digest so the backend checks it too.
+    Sha256(String),
+    /// As received, or aws-chunked decoded to plain bytes: UNSIGNED-PAYLOAD.
+    Unsigned,
+    /// Re-framed as unsigned aws-chunked with the client's trailing checksum;
+    /// `encoded_length` is the new Content-Length.
+    UnsignedTrailer { encoded_length: u64 },
 }
 
 pub fn verify(
@@ -73,7 +83,7 @@ pub fn verify(
                 return Ok((
                     body::empty(),
                     PayloadPlan {
-                        upstream_sha256: Some(hex),
+                        upstream: UpstreamPayload::Sha256(hex),
                         decoded_length: None,
                     },
                 ));
@@ -82,7 +92,7 @@ pub fn verify(
             Ok((
                 http_body_util::BodyExt::boxed_unsync(body),
                 PayloadPlan {
-                    upstream_sha256: Some(hex),
+                    upstream: UpstreamPayload::Sha256(hex),
                     decoded_length: None,
                 },
             ))
@@ -94,7 +104,7 @@ pub fn verify(
                 body::empty()
             },
             PayloadPlan {
-                upstream_sha256: None,
+                upstream: UpstreamPayload::Unsigned,
                 decoded_length: None,
             },
         )),
@@ -148,11 +158,22 @@ pub fn verify(
                 decoded_length: Some(decoded),
                 max_chunk_size: cx.cfg.max_chunk_size,
             });
-            let body = ChunkedBody::new(body, decoder, decoded, slot.clone());
+            let encoder = trailer.map(TrailerEncoder::new);
+            let (len, upstream) = match &encoder {
+                Some(enc) => {
+                    let encoded_length = enc.encoded_len(decoded);
+                    (
+                        encoded_length,
+                        UpstreamPayload::UnsignedTrailer { encoded_length },
+                    )
+                }
+                None => (decoded, UpstreamPayload::Unsigned),
+            };
+            let body = ChunkedBody::new(body, decoder, encoder, len, slot.clone());
             Ok((
                 http_body_util::BodyExt::boxed_unsync(body),
                 PayloadPlan {
-                    upstream_sha256: None,
+                    upstream,
                     decoded_length: Some(decoded),
                 },
             ))
