@@ -6,10 +6,15 @@
 //! request path only clones an `Arc`.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::dns::{GaiResolver, Name};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -22,7 +27,7 @@ use s3gate_proto::Backend;
 
 use crate::body::Body;
 
-pub type HttpClient = Client<HttpsConnector<HttpConnector>, Body>;
+pub type HttpClient = Client<HttpsConnector<HttpConnector<Resolver>>, Body>;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct TlsKey {
@@ -88,7 +93,7 @@ fn build(key: &TlsKey, connect_timeout: Duration) -> Result<HttpClient, String> 
         }
         builder.with_root_certificates(roots).with_no_client_auth()
     };
-    let mut http = HttpConnector::new();
+    let mut http = HttpConnector::new_with_resolver(Resolver(GaiResolver::new()));
     http.enforce_http(false);
     http.set_nodelay(true);
     http.set_connect_timeout(Some(connect_timeout));
@@ -101,6 +106,45 @@ fn build(key: &TlsKey, connect_timeout: Duration) -> Result<HttpClient, String> 
         .pool_idle_timeout(Duration::from_secs(30))
         .pool_max_idle_per_host(256)
         .build(https))
+}
+
+/// The system resolver, except that `localhost` and `*.localhost` are
+/// loopback without asking it (RFC 6761 §6.3): virtual-host-style requests
+/// to a backend on `localhost` need `<bucket>.localhost` to resolve, and
+/// glibc does not do that by itself.
+#[derive(Clone)]
+pub struct Resolver(GaiResolver);
+
+impl tower_service::Service<Name> for Resolver {
+    type Response = std::vec::IntoIter<SocketAddr>;
+    type Error = std::io::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, name: Name) -> Self::Future {
+        if is_localhost(name.as_str()) {
+            let addrs = vec![
+                SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+                SocketAddr::from((Ipv6Addr::LOCALHOST, 0)),
+            ];
+            return Box::pin(std::future::ready(Ok(addrs.into_iter())));
+        }
+        let lookup = self.0.call(name);
+        Box::pin(async move { Ok(lookup.await?.collect::<Vec<_>>().into_iter()) })
+    }
+}
+
+fn is_localhost(host: &str) -> bool {
+    let host = host.trim_end_matches('.');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .len()
+            .checked_sub(".localhost".len())
+            .and_then(|i| host.get(i..))
+            .is_some_and(|tail| tail.eq_ignore_ascii_case(".localhost"))
 }
 
 /// Accepts any server certificate. Only reachable through a backend's
@@ -150,5 +194,32 @@ impl ServerCertVerifier for NoVerify {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn localhost_names() {
+        for h in [
+            "localhost",
+            "LOCALHOST",
+            "data.localhost",
+            "a.b.localhost.",
+            "x.LocalHost",
+        ] {
+            assert!(is_localhost(h), "{h}");
+        }
+        for h in [
+            "localhost.com",
+            "notlocalhost",
+            "example.com",
+            "",
+            "localhos",
+        ] {
+            assert!(!is_localhost(h), "{h}");
+        }
     }
 }

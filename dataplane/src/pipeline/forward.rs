@@ -87,36 +87,18 @@ pub async fn send(
     plan: PayloadPlan,
 ) -> Result<Response<Body>, Error> {
     let backend = &route.route.backend;
-    let (scheme, authority) = backend
-        .endpoint
-        .split_once("://")
-        .ok_or_else(|| Error::ControlPlane("backend endpoint has no scheme".to_owned()))?;
-    let bucket = &route.route.backend_bucket;
     let object_key = if req.is_list() {
         None
     } else {
         req.key.as_deref()
     };
-
-    let mut target = String::with_capacity(128);
-    let host = match backend.addressing_style {
-        AddressingStyle::Path => {
-            let _ = write!(target, "{scheme}://{authority}/{bucket}");
-            if let Some(k) = object_key {
-                let _ = write!(target, "/{}", encode_key(k));
-            }
-            authority.to_owned()
-        }
-        AddressingStyle::Virtual => {
-            let host = format!("{bucket}.{authority}");
-            let _ = write!(target, "{scheme}://{host}/");
-            if let Some(k) = object_key {
-                let _ = write!(target, "{}", encode_key(k));
-            }
-            host
-        }
-    };
-    append_query(&mut target, head.uri.query().unwrap_or(""))?;
+    let (target, host) = upstream_target(
+        &backend.endpoint,
+        backend.addressing_style,
+        &route.route.backend_bucket,
+        object_key,
+        head.uri.query().unwrap_or(""),
+    )?;
 
     let headers = upstream_headers(head, &host, &plan, req, source)?;
 
@@ -266,6 +248,44 @@ async fn rewrite_bucket(
     Ok(Response::from_parts(parts, crate::body::full(doc)))
 }
 
+/// The backend URL of a request and the Host it must carry: path style
+/// `scheme://authority/bucket/key`, or virtual style
+/// `scheme://bucket.authority/key`. Keys and query parameters are re-encoded
+/// strictly, so the URL is exactly what aws-sigv4 signs; presign parameters
+/// are dropped.
+fn upstream_target(
+    endpoint: &str,
+    style: AddressingStyle,
+    bucket: &str,
+    object_key: Option<&str>,
+    query: &str,
+) -> Result<(String, String), Error> {
+    let (scheme, authority) = endpoint
+        .split_once("://")
+        .ok_or_else(|| Error::ControlPlane("backend endpoint has no scheme".to_owned()))?;
+    let mut target =
+        String::with_capacity(64 + object_key.map_or(0, |k| k.len() * 3) + query.len());
+    let host = match style {
+        AddressingStyle::Path => {
+            let _ = write!(target, "{scheme}://{authority}/{bucket}");
+            if let Some(k) = object_key {
+                let _ = write!(target, "/{}", encode_key(k));
+            }
+            authority.to_owned()
+        }
+        AddressingStyle::Virtual => {
+            let host = format!("{bucket}.{authority}");
+            let _ = write!(target, "{scheme}://{host}/");
+            if let Some(k) = object_key {
+                let _ = write!(target, "{}", encode_key(k));
+            }
+            host
+        }
+    };
+    append_query(&mut target, query)?;
+    Ok((target, host))
+}
+
 fn append_query(target: &mut String, raw: &str) -> Result<(), Error> {
     let query = Query::parse(raw)?;
     let mut sep = '?';
@@ -368,4 +388,66 @@ fn downstream_response(response: Response<Incoming>) -> Response<Body> {
         parts.headers.remove(*name);
     }
     Response::from_parts(parts, crate::body::incoming(body))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn check(style: AddressingStyle, key: Option<&str>, query: &str, want: (&str, &str)) {
+        let (target, host) =
+            upstream_target("http://localhost:9000", style, "data-prod", key, query).unwrap();
+        assert_eq!((target.as_str(), host.as_str()), want);
+    }
+
+    #[test]
+    fn path_and_virtual_targets() {
+        use AddressingStyle::*;
+        check(
+            Path,
+            Some("a b/ü+%"),
+            "",
+            (
+                "http://localhost:9000/data-prod/a%20b/%C3%BC%2B%25",
+                "localhost:9000",
+            ),
+        );
+        check(
+            Virtual,
+            Some("a b/c"),
+            "",
+            (
+                "http://data-prod.localhost:9000/a%20b/c",
+                "data-prod.localhost:9000",
+            ),
+        );
+        check(
+            Path,
+            None,
+            "list-type=2&prefix=a+b%2Fc",
+            (
+                "http://localhost:9000/data-prod?list-type=2&prefix=a%2Bb%2Fc",
+                "localhost:9000",
+            ),
+        );
+        check(
+            Virtual,
+            None,
+            "uploads",
+            (
+                "http://data-prod.localhost:9000/?uploads",
+                "data-prod.localhost:9000",
+            ),
+        );
+        check(
+            Path,
+            Some("k"),
+            "X-Amz-Algorithm=AWS4-HMAC-SHA256&versionId=v1&X-Amz-Signature=abc&X-Amz-Credential=x",
+            (
+                "http://localhost:9000/data-prod/k?versionId=v1",
+                "localhost:9000",
+            ),
+        );
+    }
 }
