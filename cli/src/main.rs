@@ -145,9 +145,18 @@ async fn shutdown_signal() {
 fn init_tracing(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("S3GATE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    // aws-sigv4 logs canonical requests at debug/trace, which carry header
+    // values such as a backend session token: never let them through,
+    // whatever S3GATE_LOG says.
+    let filter = match "aws_sigv4=warn".parse() {
+        Ok(directive) => filter.add_directive(directive),
+        Err(_) => filter,
+    };
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),

@@ -848,4 +848,29 @@ mod tests {
         assert!(parse_copy_source("/src/k?acl").is_err());
         assert!(parse_copy_source("/src/a/../b").is_err());
     }
+
+    proptest::proptest! {
+        #[test]
+        fn classify_never_panics(
+            method in "(GET|PUT|POST|DELETE|HEAD|PATCH|OPTIONS)",
+            path in "/[a-z0-9%./ +?=&~-]{0,48}",
+            host in proptest::option::of("[a-zA-Z0-9.:\\[\\]-]{0,40}"),
+            copy in proptest::option::of("[a-z0-9%./?=-]{0,40}"),
+        ) {
+            let Ok(uri) = path.parse::<Uri>() else { return Ok(()) };
+            let method: Method = method.parse().unwrap();
+            let mut headers = HeaderMap::new();
+            if let Some(c) = copy.as_deref().and_then(|c| c.parse().ok()) {
+                headers.insert("x-amz-copy-source", c);
+            }
+            let hosts = HostConfig { base_domains: vec!["s3.example.com".into()] };
+            if let Ok(req) = classify(&hosts, &method, &uri, host.as_deref(), &headers) {
+                // whatever is accepted names a valid bucket and a key without dot segments
+                if let Some(k) = &req.key {
+                    proptest::prop_assert!(validate_key(k).is_ok());
+                }
+                proptest::prop_assert!(req.action.starts_with("s3:"));
+            }
+        }
+    }
 }

@@ -383,7 +383,11 @@ def read_ready_file(path: Path):
         return None
 
 
-def start_gateway(tmp: Path, backend: Backend, name: str = "s3gate", keys: dict[str, Key] | None = None) -> Gateway:
+def start_gateway(
+    tmp: Path, backend: Backend, name: str = "s3gate", keys: dict[str, Key] | None = None, log_level: str = "trace"
+) -> Gateway:
+    """Starts a gateway. The default log level is trace, so the secret check at
+    shutdown covers every level (S3GATE_LOG overrides)."""
     exe = gateway_bin()
     keys = keys or make_keys()
     tmp.mkdir(parents=True, exist_ok=True)
@@ -393,7 +397,7 @@ def start_gateway(tmp: Path, backend: Backend, name: str = "s3gate", keys: dict[
     log = tmp / f"{name}.log"
     env = {
         **os.environ,
-        "S3GATE_LOG": os.environ.get("S3GATE_LOG", "debug"),
+        "S3GATE_LOG": os.environ.get("S3GATE_LOG", log_level),
         BACKEND_SECRET_ENV: backend.creds.secret_key,
         CAROL_SECRET_ENV: keys["carol"].secret_key,
     }

@@ -16,7 +16,7 @@ PEAK_RSS_LIMIT_MIB = 64
 
 @pytest.fixture(scope="module")
 def fresh_gateway(backend, tmp_path_factory):
-    gw = start_gateway(tmp_path_factory.mktemp("gateway-large"), backend, name="s3gate-large")
+    gw = start_gateway(tmp_path_factory.mktemp("gateway-large"), backend, name="s3gate-large", log_level="info")
     yield gw
     stop_gateway(gw)
 
