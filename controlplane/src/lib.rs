@@ -9,6 +9,7 @@
 //! This crate never sees request bodies and never talks to backends.
 
 pub mod config;
+pub mod grpc;
 pub mod policy;
 
 use std::collections::HashMap;

@@ -86,7 +86,7 @@ impl Policy {
         // whole bucket.
         let mut key_independent = true;
         for rule in &self.rules {
-            if !rule.applies_to(&req.principal, req.action) {
+            if !rule.applies_to(&req.principal, &req.action) {
                 continue;
             }
             for pattern in &rule.resources {
@@ -263,7 +263,7 @@ mod tests {
         policy.decide(
             &AuthorizeRequest {
                 principal: p.clone(),
-                action,
+                action: std::borrow::Cow::Borrowed(action),
                 bucket: bucket.into(),
                 resource,
             },

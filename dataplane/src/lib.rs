@@ -14,6 +14,7 @@
 
 mod body;
 mod cache;
+pub mod control;
 mod error;
 pub mod pipeline;
 mod upstream;
@@ -25,9 +26,10 @@ use std::time::Duration;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use s3gate_proto::ControlPlane;
+use s3gate_proto::{ControlPlane, Invalidation};
 use s3gate_s3::request::HostConfig;
 use tokio::net::TcpListener;
+use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 pub use crate::error::Error;
@@ -70,10 +72,20 @@ pub async fn serve(
     listener: TcpListener,
     cfg: Config,
     control_plane: Arc<dyn ControlPlane>,
+    mut invalidations: mpsc::Receiver<Invalidation>,
     shutdown: impl std::future::Future<Output = ()>,
     drain_timeout: Duration,
 ) {
     let cx = Arc::new(pipeline::Ctx::new(cfg, control_plane));
+    let invalidator = {
+        let cx = cx.clone();
+        tokio::spawn(async move {
+            while let Some(inv) = invalidations.recv().await {
+                debug!(?inv, "invalidating");
+                cx.invalidate(&inv).await;
+            }
+        })
+    };
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut http = http1::Builder::new();
     http.timer(hyper_util::rt::TokioTimer::new())
@@ -109,6 +121,7 @@ pub async fn serve(
         }
     }
     drop(listener);
+    invalidator.abort();
     info!("shutting down, draining connections");
     tokio::select! {
         () = graceful.shutdown() => info!("all connections drained"),

@@ -198,6 +198,7 @@ async fn start_gateway(
         listener,
         s3gate_dataplane::Config::default(),
         cp,
+        mpsc::channel(1).1,
         async {
             let _ = stop_rx.await;
         },

@@ -9,11 +9,23 @@
 //! Nothing here carries a client's long-term secret: the control plane hands
 //! out derived SigV4 signing keys, scoped to one date, region and service.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
 pub use s3gate_s3::sigv4::SigningKey;
+
+pub mod convert;
+
+/// The generated protobuf messages and tonic services of `s3gate.v1`.
+#[allow(clippy::all, clippy::unwrap_used, clippy::expect_used, missing_docs)]
+pub mod pb {
+    include!("gen/s3gate.v1.rs");
+
+    /// For gRPC server reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!("gen/descriptor.bin");
+}
 
 /// Everything the data plane may ask the control plane.
 #[async_trait::async_trait]
@@ -108,8 +120,9 @@ impl fmt::Debug for SigningKeyGrant {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct AuthorizeRequest {
     pub principal: Principal,
-    /// IAM-style action, e.g. `s3:GetObject`.
-    pub action: &'static str,
+    /// IAM-style action, e.g. `s3:GetObject`. Borrowed in the data plane,
+    /// owned when it arrived over the network.
+    pub action: Cow<'static, str>,
     pub bucket: String,
     pub resource: Resource,
 }
@@ -224,4 +237,19 @@ pub struct Route {
     pub backend: Arc<Backend>,
     pub credentials: Arc<BackendCredentials>,
     pub ttl: Duration,
+}
+
+// === invalidation ===
+
+/// What a control plane tells data planes to forget.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Invalidation {
+    /// An access key was created, revoked or rotated.
+    Key(String),
+    /// Rules changed: every cached decision is suspect.
+    Policy,
+    /// A bucket's route or backend changed.
+    Bucket(String),
+    /// Forget everything (e.g. after missing events).
+    All,
 }

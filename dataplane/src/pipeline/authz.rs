@@ -155,7 +155,7 @@ async fn decide(
             };
             let ask = AuthorizeRequest {
                 principal: principal.clone(),
-                action,
+                action: std::borrow::Cow::Borrowed(action),
                 bucket: bucket.to_owned(),
                 resource,
             };

@@ -26,7 +26,7 @@ use std::time::Instant;
 
 use hyper::body::Incoming;
 use hyper::{Request, Response};
-use s3gate_proto::ControlPlane;
+use s3gate_proto::{ControlPlane, Invalidation};
 use s3gate_s3::request::Op;
 
 use crate::body::{self, Body, FailureSlot};
@@ -55,6 +55,32 @@ impl Ctx {
             request_ids: RequestIds::new(),
             control_plane,
             cfg,
+        }
+    }
+}
+
+impl Ctx {
+    /// Forgets what an invalidation names. Revoking a key drops its signing
+    /// keys (decisions are per principal and unreachable without them).
+    pub(crate) async fn invalidate(&self, inv: &Invalidation) {
+        match inv {
+            Invalidation::Key(access_key) => {
+                let access_key = access_key.clone();
+                if let Err(error) = self
+                    .keys
+                    .invalidate_entries_if(move |k, _| k.access_key == access_key)
+                {
+                    tracing::warn!(%error, "cannot invalidate by key; flushing all signing keys");
+                    self.keys.invalidate_all();
+                }
+            }
+            Invalidation::Policy => self.decisions.invalidate_all(),
+            Invalidation::Bucket(bucket) => self.routes.invalidate(bucket).await,
+            Invalidation::All => {
+                self.keys.invalidate_all();
+                self.decisions.invalidate_all();
+                self.routes.invalidate_all();
+            }
         }
     }
 }

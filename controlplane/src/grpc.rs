@@ -1,0 +1,191 @@
+//! The control plane over gRPC: the `s3gate.v1.Decisions` service, plus the
+//! standard health service and server reflection (so `grpcurl list` works
+//! without .proto files).
+//!
+//! The service is a thin adapter: it decodes messages, asks a
+//! [`ControlPlane`] (the same trait the embedded mode hands the data plane
+//! directly) and encodes the answer. Watch streams fan out [`Invalidation`]s
+//! from a broadcast channel; a subscriber that falls behind is told to flush
+//! everything rather than silently missing events.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use s3gate_proto::pb::decisions_server::{Decisions, DecisionsServer};
+use s3gate_proto::{pb, ControlPlane, Invalidation, SigningKeyRequest};
+use tokio::net::TcpListener;
+use tokio::sync::{broadcast, mpsc, watch};
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tonic::{Request, Response, Status};
+use tracing::{debug, info};
+
+/// Invalidations as they are published: (state version, what changed).
+pub type Events = broadcast::Sender<(u64, Invalidation)>;
+
+pub fn events() -> Events {
+    broadcast::channel(1024).0
+}
+
+pub struct DecisionsService {
+    control_plane: Arc<dyn ControlPlane>,
+    events: Events,
+    /// Reported in Hello, so operators can tell replicas apart.
+    name: String,
+    /// The state version a new watcher starts from.
+    version: Arc<dyn Fn() -> u64 + Send + Sync>,
+    /// Flips to true when the server shuts down, ending every Watch stream
+    /// (otherwise graceful shutdown would wait for them forever).
+    stop: watch::Receiver<bool>,
+}
+
+impl DecisionsService {
+    pub fn new(
+        control_plane: Arc<dyn ControlPlane>,
+        events: Events,
+        name: String,
+        version: Arc<dyn Fn() -> u64 + Send + Sync>,
+    ) -> Self {
+        Self {
+            control_plane,
+            events,
+            name,
+            version,
+            stop: watch::channel(false).1,
+        }
+    }
+}
+
+type WatchStream = ReceiverStream<Result<pb::WatchEvent, Status>>;
+
+#[tonic::async_trait]
+impl Decisions for DecisionsService {
+    async fn signing_key(
+        &self,
+        req: Request<pb::SigningKeyRequest>,
+    ) -> Result<Response<pb::SigningKeyResponse>, Status> {
+        let r = req.into_inner();
+        let grant = self
+            .control_plane
+            .signing_key(SigningKeyRequest {
+                access_key: r.access_key,
+                date: r.date,
+                region: r.region,
+                service: r.service,
+            })
+            .await?;
+        Ok(Response::new((&grant).into()))
+    }
+
+    async fn authorize(
+        &self,
+        req: Request<pb::AuthorizeRequest>,
+    ) -> Result<Response<pb::AuthorizeResponse>, Status> {
+        let ask = req.into_inner().try_into()?;
+        let decision = self.control_plane.authorize(ask).await?;
+        Ok(Response::new((&decision).into()))
+    }
+
+    async fn get_route(
+        &self,
+        req: Request<pb::GetRouteRequest>,
+    ) -> Result<Response<pb::GetRouteResponse>, Status> {
+        let route = self.control_plane.route(&req.into_inner().bucket).await?;
+        Ok(Response::new((&route).into()))
+    }
+
+    async fn visible_buckets(
+        &self,
+        req: Request<pb::VisibleBucketsRequest>,
+    ) -> Result<Response<pb::VisibleBucketsResponse>, Status> {
+        let principal = req
+            .into_inner()
+            .principal
+            .ok_or_else(|| Status::invalid_argument("missing principal"))?
+            .try_into()?;
+        let buckets = self.control_plane.visible_buckets(&principal).await?;
+        Ok(Response::new(pb::VisibleBucketsResponse { buckets }))
+    }
+
+    type WatchStream = WatchStream;
+
+    async fn watch(&self, req: Request<pb::WatchRequest>) -> Result<Response<WatchStream>, Status> {
+        let node = req.into_inner().node;
+        // Subscribe before reading the version: an event published in
+        // between is then delivered, never lost.
+        let rx = self.events.subscribe();
+        let version = (self.version)();
+        info!(node, version, "data plane watching");
+        let hello = pb::WatchEvent {
+            version,
+            event: Some(pb::watch_event::Event::Hello(pb::Hello {
+                control_plane: self.name.clone(),
+            })),
+        };
+        let (tx, out) = mpsc::channel(64);
+        let mut stop = self.stop.clone();
+        let mut rx = rx;
+        tokio::spawn(async move {
+            if tx.send(Ok(hello)).await.is_err() {
+                return;
+            }
+            loop {
+                let event = tokio::select! {
+                    _ = stop.wait_for(|stopping| *stopping) => return,
+                    () = tx.closed() => return,
+                    item = rx.recv() => match item {
+                        Ok((version, inv)) => inv.to_event(version),
+                        Err(broadcast::error::RecvError::Lagged(missed)) => {
+                            debug!(missed, "watcher lagged; telling it to flush");
+                            Invalidation::All.to_event(0)
+                        }
+                        Err(broadcast::error::RecvError::Closed) => return,
+                    },
+                };
+                if tx.send(Ok(event)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(out)))
+    }
+}
+
+/// Serves Decisions, health and reflection on `listener` until `shutdown`.
+pub async fn serve(
+    listener: TcpListener,
+    mut service: DecisionsService,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), tonic::transport::Error> {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    service.stop = stop_rx;
+    let shutdown = async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    };
+    // Both reflection versions: grpcurl and grpcio's client still ask v1alpha.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection().build_v1();
+    let reflection_v1alpha = reflection().build_v1alpha();
+    let (reporter, health) = tonic_health::server::health_reporter();
+    reporter
+        .set_serving::<DecisionsServer<DecisionsService>>()
+        .await;
+    let mut server = tonic::transport::Server::builder();
+    let router = server
+        .add_service(health)
+        .add_service(DecisionsServer::new(service));
+    let router = match (reflection_v1, reflection_v1alpha) {
+        (Ok(v1), Ok(v1alpha)) => router.add_service(v1).add_service(v1alpha),
+        (Err(error), _) | (_, Err(error)) => {
+            tracing::warn!(%error, "gRPC reflection unavailable");
+            router
+        }
+    };
+    router
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await
+}

@@ -1,0 +1,224 @@
+//! The data plane's client of a remote control plane: [`GrpcControlPlane`]
+//! implements the same [`ControlPlane`] trait the embedded mode uses, over
+//! `s3gate.v1.Decisions`, with failover across several control-plane URLs;
+//! [`watch`] keeps a Watch stream open and turns its events into
+//! [`Invalidation`]s, reconnecting with backoff.
+//!
+//! Failure is never permission: any answer other than a definitive "unknown
+//! key" or "no such bucket" from some replica is `Unavailable`, which the
+//! pipeline turns into 503.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use s3gate_proto::pb::decisions_client::DecisionsClient;
+use s3gate_proto::{
+    pb, AuthorizeRequest, ControlPlane, ControlPlaneError, Decision, Invalidation, Principal,
+    Route, SigningKeyGrant, SigningKeyRequest,
+};
+use tokio::sync::mpsc;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
+use tracing::{debug, info, warn};
+
+pub struct GrpcControlPlane {
+    clients: Vec<(String, DecisionsClient<Channel>)>,
+    /// Index of the replica that answered last; tried first.
+    preferred: AtomicUsize,
+}
+
+/// Parses control-plane URLs (`http://host:port`) into lazily connecting
+/// endpoints.
+pub fn endpoints(urls: &[String], connect_timeout: Duration) -> Result<Vec<Endpoint>, String> {
+    if urls.is_empty() {
+        return Err("at least one control-plane URL is required".to_owned());
+    }
+    urls.iter()
+        .map(|u| {
+            Endpoint::from_shared(u.clone())
+                .map(|e| e.connect_timeout(connect_timeout).tcp_nodelay(true))
+                .map_err(|e| format!("invalid control-plane URL {u:?}: {e}"))
+        })
+        .collect()
+}
+
+impl GrpcControlPlane {
+    /// `rpc_timeout` bounds every call: a slow control plane is an
+    /// unavailable one.
+    pub fn new(endpoints: &[Endpoint], rpc_timeout: Duration) -> Self {
+        let clients = endpoints
+            .iter()
+            .map(|e| {
+                let channel = e.clone().timeout(rpc_timeout).connect_lazy();
+                (e.uri().to_string(), DecisionsClient::new(channel))
+            })
+            .collect();
+        Self {
+            clients,
+            preferred: AtomicUsize::new(0),
+        }
+    }
+
+    async fn call<T, F, Fut>(&self, rpc: F) -> Result<T, ControlPlaneError>
+    where
+        F: Fn(DecisionsClient<Channel>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        let n = self.clients.len();
+        let start = self.preferred.load(Ordering::Relaxed);
+        let mut last = None;
+        for i in 0..n {
+            let idx = (start + i) % n;
+            let (url, client) = &self.clients[idx];
+            match rpc(client.clone()).await {
+                Ok(resp) => {
+                    if i > 0 {
+                        self.preferred.store(idx, Ordering::Relaxed);
+                    }
+                    return Ok(resp.into_inner());
+                }
+                // Definitive answers: another replica would say the same.
+                Err(s) if matches!(s.code(), Code::Unauthenticated | Code::NotFound) => {
+                    return Err(s.into())
+                }
+                Err(s) => {
+                    debug!(control_plane = %url, code = ?s.code(), "control plane call failed, trying next");
+                    last = Some(s);
+                }
+            }
+        }
+        Err(ControlPlaneError::Unavailable(
+            last.map(|s| format!("{:?}: {}", s.code(), s.message()))
+                .unwrap_or_else(|| "no control plane configured".to_owned()),
+        ))
+    }
+}
+
+fn decode<T, M: TryInto<T, Error = s3gate_proto::convert::DecodeError>>(
+    m: M,
+) -> Result<T, ControlPlaneError> {
+    m.try_into()
+        .map_err(|e| ControlPlaneError::Unavailable(e.to_string()))
+}
+
+#[async_trait]
+impl ControlPlane for GrpcControlPlane {
+    async fn signing_key(
+        &self,
+        req: SigningKeyRequest,
+    ) -> Result<SigningKeyGrant, ControlPlaneError> {
+        let msg = pb::SigningKeyRequest {
+            access_key: req.access_key,
+            date: req.date,
+            region: req.region,
+            service: req.service,
+        };
+        let resp = self.call(|mut c| {
+            let msg = msg.clone();
+            async move { c.signing_key(msg).await }
+        });
+        decode(resp.await?)
+    }
+
+    async fn authorize(&self, req: AuthorizeRequest) -> Result<Decision, ControlPlaneError> {
+        let msg = pb::AuthorizeRequest::from(&req);
+        let resp = self.call(|mut c| {
+            let msg = msg.clone();
+            async move { c.authorize(msg).await }
+        });
+        decode(resp.await?)
+    }
+
+    async fn route(&self, bucket: &str) -> Result<Route, ControlPlaneError> {
+        let msg = pb::GetRouteRequest {
+            bucket: bucket.to_owned(),
+        };
+        let resp = self.call(|mut c| {
+            let msg = msg.clone();
+            async move { c.get_route(msg).await }
+        });
+        decode(resp.await?)
+    }
+
+    async fn visible_buckets(
+        &self,
+        principal: &Principal,
+    ) -> Result<Vec<String>, ControlPlaneError> {
+        let msg = pb::VisibleBucketsRequest {
+            principal: Some(principal.into()),
+        };
+        let resp = self.call(|mut c| {
+            let msg = msg.clone();
+            async move { c.visible_buckets(msg).await }
+        });
+        Ok(resp.await?.buckets)
+    }
+}
+
+/// Keeps a Watch stream open to one of `endpoints` and forwards what it
+/// says. On (re)connect, a Hello whose version differs from the last one
+/// seen means events may have been missed: everything is flushed. While no
+/// stream is up, cached entries still expire by their TTL.
+pub fn watch(endpoints: Vec<Endpoint>, node: String) -> mpsc::Receiver<Invalidation> {
+    let (tx, rx) = mpsc::channel(1024);
+    tokio::spawn(async move {
+        let mut last_version: Option<u64> = None;
+        let mut backoff = Duration::from_millis(100);
+        let mut next = 0usize;
+        while !tx.is_closed() {
+            let endpoint = &endpoints[next % endpoints.len()];
+            next += 1;
+            let mut client = DecisionsClient::new(endpoint.connect_lazy());
+            match client.watch(pb::WatchRequest { node: node.clone() }).await {
+                Ok(resp) => {
+                    let mut stream = resp.into_inner();
+                    loop {
+                        match stream.message().await {
+                            Ok(Some(event)) => {
+                                backoff = Duration::from_millis(100);
+                                let inv = match Invalidation::from_event(&event) {
+                                    None if matches!(
+                                        event.event,
+                                        Some(pb::watch_event::Event::Hello(_))
+                                    ) =>
+                                    {
+                                        info!(control_plane = %endpoint.uri(), version = event.version, "watch connected");
+                                        let stale =
+                                            last_version.is_some_and(|v| v != event.version);
+                                        last_version = Some(event.version);
+                                        if !stale {
+                                            continue;
+                                        }
+                                        Invalidation::All
+                                    }
+                                    None => Invalidation::All,
+                                    Some(inv) => {
+                                        last_version = Some(event.version);
+                                        inv
+                                    }
+                                };
+                                if tx.send(inv).await.is_err() {
+                                    return;
+                                }
+                            }
+                            Ok(None) => break,
+                            Err(status) => {
+                                debug!(code = ?status.code(), "watch stream ended");
+                                break;
+                            }
+                        }
+                    }
+                    warn!(control_plane = %endpoint.uri(), "watch stream lost, reconnecting");
+                }
+                Err(status) => {
+                    debug!(control_plane = %endpoint.uri(), code = ?status.code(), "watch connect failed");
+                }
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+    });
+    rx
+}
