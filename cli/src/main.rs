@@ -10,10 +10,16 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use s3gate_controlplane::config::FileConfig;
-use s3gate_controlplane::Embedded;
+use s3gate_controlplane::crypto::MasterKey;
+use s3gate_controlplane::redis_store::RedisStore;
+use s3gate_controlplane::replica::Replica;
+use s3gate_controlplane::state::State;
+use s3gate_controlplane::store::{MemoryStore, Store};
 use s3gate_s3::request::HostConfig;
 use tokio::net::TcpListener;
-use tracing::info;
+use tracing::{info, warn};
+
+mod admin;
 
 /// Exit code for bad configuration (EX_USAGE).
 const EX_USAGE: u8 = 64;
@@ -46,22 +52,44 @@ enum Command {
     Controlplane(ControlplaneArgs),
     /// Run a stateless data plane that asks remote control planes.
     Dataplane(DataplaneArgs),
+    /// Manage keys, rules, backends and buckets through the Admin API.
+    Admin(admin::AdminArgs),
+    /// Print a new random master key (base64) for encrypting secrets in Redis.
+    GenMasterKey,
 }
 
 #[derive(Debug, clap::Args)]
 struct ControlplaneArgs {
-    /// The TOML config file (backends, buckets, keys, rules).
+    /// A TOML config file. With --redis it seeds an empty store (and sets
+    /// cache TTLs); without, it is the whole state, kept in memory.
     #[arg(long, env = "S3GATE_CONFIG")]
-    config: PathBuf,
+    config: Option<PathBuf>,
+    /// Redis URL (redis://host:port/db) holding state shared by replicas.
+    #[arg(long, env = "S3GATE_REDIS")]
+    redis: Option<String>,
+    /// Key prefix in Redis: replicas sharing a prefix share state.
+    #[arg(long, env = "S3GATE_REDIS_PREFIX", default_value = "s3gate")]
+    redis_prefix: String,
+    /// File with the base64 master key that encrypts secrets in Redis
+    /// (else env S3GATE_MASTER_KEY). `s3gate gen-master-key` makes one.
+    #[arg(long, env = "S3GATE_MASTER_KEY_FILE")]
+    master_key_file: Option<PathBuf>,
     /// Address for gRPC. Tests pass 127.0.0.1:0.
     #[arg(long, env = "S3GATE_CP_LISTEN", default_value = "127.0.0.1:9090")]
     listen: SocketAddr,
     /// Once bound, write the listening address here as JSON (`{"grpc": …}`).
     #[arg(long, env = "S3GATE_CP_READY_FILE")]
     ready_file: Option<PathBuf>,
-    /// Name reported to data planes (defaults to the listen address).
+    /// Name reported to data planes and in status (defaults to the listen address).
     #[arg(long, env = "S3GATE_CP_NAME")]
     name: Option<String>,
+    /// Bearer token for the Admin API. Without it the Admin API is off.
+    #[arg(long, env = "S3GATE_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+    /// Bearer token data planes must present: Decisions answers carry
+    /// backend credentials. Without it, anyone who reaches the port can ask.
+    #[arg(long, env = "S3GATE_CLUSTER_TOKEN", hide_env_values = true)]
+    cluster_token: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -90,6 +118,9 @@ struct DataplaneArgs {
     /// Once bound, write the listening addresses here as JSON.
     #[arg(long, env = "S3GATE_DP_READY_FILE")]
     ready_file: Option<PathBuf>,
+    /// Bearer token the control planes require (their --cluster-token).
+    #[arg(long, env = "S3GATE_CLUSTER_TOKEN", hide_env_values = true)]
+    cluster_token: Option<String>,
     /// Deadline of one control-plane call; past it the next replica is tried.
     #[arg(long, env = "S3GATE_DP_RPC_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration)]
     rpc_timeout: Duration,
@@ -112,15 +143,33 @@ struct ServeArgs {
     /// How long to wait for in-flight requests on shutdown.
     #[arg(long, env = "S3GATE_DRAIN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     drain_timeout: Duration,
+    /// Also serve the control plane's gRPC API (Decisions, and Admin when
+    /// --admin-token is set) here, e.g. for `s3gate admin`.
+    #[arg(long, env = "S3GATE_GRPC_LISTEN")]
+    grpc_listen: Option<SocketAddr>,
+    /// Bearer token for the Admin API (with --grpc-listen).
+    #[arg(long, env = "S3GATE_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+    /// Bearer token for Decisions (with --grpc-listen).
+    #[arg(long, env = "S3GATE_CLUSTER_TOKEN", hide_env_values = true)]
+    cluster_token: Option<String>,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(cli.log_format);
+    // The admin CLI is a client: its output is its result, not a log.
+    let quiet = matches!(cli.command, Command::Admin(_) | Command::GenMasterKey);
+    init_tracing(cli.log_format, quiet);
     let result = match cli.command {
         Command::Serve(args) => serve(args),
         Command::Controlplane(args) => controlplane(args),
         Command::Dataplane(args) => dataplane(args),
+        Command::Admin(args) => {
+            runtime().and_then(|rt| rt.block_on(admin::run(args)).map_err(Failure::Runtime))
+        }
+        Command::GenMasterKey => s3gate_controlplane::crypto::MasterKey::generate_base64()
+            .map(|k| println!("{k}"))
+            .map_err(|e| Failure::Runtime(e.into())),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -156,57 +205,159 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
         },
         ..Default::default()
     };
-    let control_plane = Arc::new(Embedded::new(&file));
+    if args.grpc_listen.is_none() && args.admin_token.is_some() {
+        return Err(Failure::Usage(anyhow::anyhow!(
+            "--admin-token needs --grpc-listen"
+        )));
+    }
 
     runtime()?
         .block_on(async move {
+            // The same replica code as `s3gate controlplane`, over a memory store.
+            let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+            store.seed(&State::from_config(&file)).await?;
+            let replica = Replica::start(store, file.cache.clone(), "embedded".to_owned()).await?;
             let listener = TcpListener::bind(listen)
                 .await
                 .with_context(|| format!("bind S3 listener on {listen}"))?;
             let local = listener.local_addr().context("read listener address")?;
             info!(address = %local, buckets = file.buckets.len(), keys = file.keys.len(), rules = file.rules.len(), "s3gate serving");
-            if let Some(path) = &args.ready_file {
-                write_ready(path, &s3gate_dataplane::ready_json(local)).context("write ready file")?;
+            let mut ready = serde_json::json!({ "s3": local.to_string() });
+            if let Some(addr) = args.grpc_listen {
+                let grpc = TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("bind gRPC listener on {addr}"))?;
+                let grpc_local = grpc.local_addr().context("read listener address")?;
+                ready["grpc"] = serde_json::json!(grpc_local.to_string());
+                info!(address = %grpc_local, admin = args.admin_token.is_some(), "control plane serving gRPC");
+                tokio::spawn(serve_grpc(grpc, replica.clone(), args.cluster_token.clone(), args.admin_token.clone()));
             }
-            // The embedded control plane's state only changes on restart:
-            // nothing to invalidate yet, but the same path as `dataplane`.
-            let (_keep, invalidations) = tokio::sync::mpsc::channel(16);
-            s3gate_dataplane::serve(listener, dp_cfg, control_plane, invalidations, shutdown_signal(), args.drain_timeout)
+            if let Some(path) = &args.ready_file {
+                write_ready(path, &ready.to_string()).context("write ready file")?;
+            }
+            let invalidations = in_process_invalidations(&replica);
+            s3gate_dataplane::serve(listener, dp_cfg, replica, invalidations, shutdown_signal(), args.drain_timeout)
                 .await;
             anyhow::Ok(())
         })
         .map_err(Failure::Runtime)
 }
 
+/// Feeds the replica's invalidations to the in-process data plane: the same
+/// events a remote data plane gets over Watch.
+fn in_process_invalidations(
+    replica: &Replica,
+) -> tokio::sync::mpsc::Receiver<s3gate_proto::Invalidation> {
+    let (tx, rx) = tokio::sync::mpsc::channel(1024);
+    let mut events = replica.events().subscribe();
+    tokio::spawn(async move {
+        loop {
+            let inv = match events.recv().await {
+                Ok((_, inv)) => inv,
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                    s3gate_proto::Invalidation::All
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            };
+            if tx.send(inv).await.is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+async fn serve_grpc(
+    listener: TcpListener,
+    replica: Arc<Replica>,
+    cluster_token: Option<String>,
+    admin_token: Option<String>,
+) -> anyhow::Result<()> {
+    if cluster_token.is_none() {
+        warn!("no --cluster-token: anyone who reaches the gRPC port can read decisions and backend credentials");
+    }
+    let version = {
+        let replica = replica.clone();
+        Arc::new(move || replica.version())
+    };
+    let decisions = s3gate_controlplane::grpc::DecisionsService::new(
+        replica.clone(),
+        replica.events(),
+        replica.name().to_owned(),
+        version,
+    );
+    let admin = admin_token.map(|t| {
+        (
+            s3gate_controlplane::admin::AdminService::new(replica.clone()),
+            t,
+        )
+    });
+    s3gate_controlplane::grpc::serve(listener, decisions, cluster_token, admin, shutdown_signal())
+        .await
+        .context("gRPC server")
+}
+
 fn controlplane(args: ControlplaneArgs) -> Result<(), Failure> {
-    let file = FileConfig::load(&args.config)
-        .with_context(|| format!("load {}", args.config.display()))
-        .map_err(Failure::Usage)?;
-    let control_plane = Arc::new(Embedded::new(&file));
+    let file = match &args.config {
+        Some(path) => Some(
+            FileConfig::load(path)
+                .with_context(|| format!("load {}", path.display()))
+                .map_err(Failure::Usage)?,
+        ),
+        None => None,
+    };
+    if args.redis.is_none() && file.is_none() {
+        return Err(Failure::Usage(anyhow::anyhow!(
+            "give --config, --redis, or both"
+        )));
+    }
+    let master = match &args.redis {
+        Some(_) => Some(
+            MasterKey::from_file_or_env(args.master_key_file.as_deref(), "S3GATE_MASTER_KEY")
+                .context("a master key is required with --redis (--master-key-file or S3GATE_MASTER_KEY)")
+                .map_err(Failure::Usage)?,
+        ),
+        None => None,
+    };
+    if args.admin_token.as_deref() == Some("") {
+        return Err(Failure::Usage(anyhow::anyhow!(
+            "--admin-token must not be empty"
+        )));
+    }
     runtime()?
         .block_on(async move {
+            let store: Arc<dyn Store> = match (&args.redis, master) {
+                (Some(url), Some(master)) => Arc::new(
+                    RedisStore::connect(url, master, &args.redis_prefix)
+                        .await
+                        .context("connect to Redis")?,
+                ),
+                _ => Arc::new(MemoryStore::new()),
+            };
+            if let Some(file) = &file {
+                if store.seed(&State::from_config(file)).await? {
+                    info!(store = store.kind(), "seeded state from the config file");
+                }
+            }
+            let cache = file.as_ref().map(|f| f.cache.clone()).unwrap_or_default();
             let listener = TcpListener::bind(args.listen)
                 .await
                 .with_context(|| format!("bind gRPC listener on {}", args.listen))?;
             let local = listener.local_addr().context("read listener address")?;
             let name = args.name.unwrap_or_else(|| local.to_string());
+            let replica = Replica::start(store, cache, name.clone()).await?;
+            if args.admin_token.is_none() {
+                warn!("no --admin-token: the Admin API is off");
+            }
             info!(address = %local, name, "s3gate control plane serving gRPC");
             if let Some(path) = &args.ready_file {
-                write_ready(path, &format!("{{\"grpc\": \"{local}\"}}"))
-                    .context("write ready file")?;
+                write_ready(
+                    path,
+                    &serde_json::json!({ "grpc": local.to_string() }).to_string(),
+                )
+                .context("write ready file")?;
             }
-            let events = s3gate_controlplane::grpc::events();
-            // Config-backed state never changes while running: version 0.
-            let service = s3gate_controlplane::grpc::DecisionsService::new(
-                control_plane,
-                events,
-                name,
-                Arc::new(|| 0),
-            );
-            s3gate_controlplane::grpc::serve(listener, service, shutdown_signal())
-                .await
-                .context("gRPC server")?;
-            anyhow::Ok(())
+            serve_grpc(listener, replica, args.cluster_token, args.admin_token).await
         })
         .map_err(Failure::Runtime)
 }
@@ -233,8 +384,14 @@ fn dataplane(args: DataplaneArgs) -> Result<(), Failure> {
                 .with_context(|| format!("bind S3 listener on {}", args.listen))?;
             let local = listener.local_addr().context("read listener address")?;
             info!(address = %local, control_planes = ?args.control_planes, "s3gate data plane serving");
-            let control_plane = Arc::new(s3gate_dataplane::control::GrpcControlPlane::new(&endpoints, args.rpc_timeout));
-            let invalidations = s3gate_dataplane::control::watch(endpoints, local.to_string());
+            let token = s3gate_dataplane::control::ClusterToken::new(args.cluster_token.as_deref())
+                .map_err(anyhow::Error::msg)?;
+            let control_plane = Arc::new(s3gate_dataplane::control::GrpcControlPlane::new(
+                &endpoints,
+                args.rpc_timeout,
+                token.clone(),
+            ));
+            let invalidations = s3gate_dataplane::control::watch(endpoints, local.to_string(), token);
             if let Some(path) = &args.ready_file {
                 write_ready(path, &s3gate_dataplane::ready_json(local)).context("write ready file")?;
             }
@@ -272,9 +429,13 @@ async fn shutdown_signal() {
     }
 }
 
-fn init_tracing(format: LogFormat) {
+fn init_tracing(format: LogFormat, quiet: bool) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("S3GATE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = if quiet {
+        EnvFilter::new("warn")
+    } else {
+        EnvFilter::try_from_env("S3GATE_LOG").unwrap_or_else(|_| EnvFilter::new("info"))
+    };
     // aws-sigv4 logs canonical requests at debug/trace, which carry header
     // values such as a backend session token: never let them through,
     // whatever S3GATE_LOG says.

@@ -11,7 +11,10 @@
 use std::future::Future;
 use std::sync::Arc;
 
+use s3gate_proto::pb::admin_server::AdminServer;
 use s3gate_proto::pb::decisions_server::{Decisions, DecisionsServer};
+
+use crate::admin::{require_token, AdminService};
 use s3gate_proto::{pb, ControlPlane, Invalidation, SigningKeyRequest};
 use tokio::net::TcpListener;
 use tokio::sync::{broadcast, mpsc, watch};
@@ -26,6 +29,7 @@ pub fn events() -> Events {
     broadcast::channel(1024).0
 }
 
+#[derive(Clone)]
 pub struct DecisionsService {
     control_plane: Arc<dyn ControlPlane>,
     events: Events,
@@ -150,10 +154,14 @@ impl Decisions for DecisionsService {
     }
 }
 
-/// Serves Decisions, health and reflection on `listener` until `shutdown`.
+/// Serves Decisions (requiring `cluster_token` when given: its answers
+/// include backend credentials), health, reflection and — when `admin`
+/// carries a token — the Admin service on `listener` until `shutdown`.
 pub async fn serve(
     listener: TcpListener,
     mut service: DecisionsService,
+    cluster_token: Option<String>,
+    admin: Option<(AdminService, String)>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), tonic::transport::Error> {
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -177,7 +185,17 @@ pub async fn serve(
     let mut server = tonic::transport::Server::builder();
     let router = server
         .add_service(health)
-        .add_service(DecisionsServer::new(service));
+        .add_optional_service(cluster_token.clone().map(|t| {
+            DecisionsServer::with_interceptor(service.clone(), require_token(t, "cluster token"))
+        }))
+        .add_optional_service(
+            cluster_token
+                .is_none()
+                .then(|| DecisionsServer::new(service)),
+        )
+        .add_optional_service(admin.map(|(svc, token)| {
+            AdminServer::with_interceptor(svc, require_token(token, "admin token"))
+        }));
     let router = match (reflection_v1, reflection_v1alpha) {
         (Ok(v1), Ok(v1alpha)) => router.add_service(v1).add_service(v1alpha),
         (Err(error), _) | (_, Err(error)) => {

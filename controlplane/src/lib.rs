@@ -8,9 +8,15 @@
 //!
 //! This crate never sees request bodies and never talks to backends.
 
+pub mod admin;
 pub mod config;
+pub mod crypto;
 pub mod grpc;
 pub mod policy;
+pub mod redis_store;
+pub mod replica;
+pub mod state;
+pub mod store;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -23,13 +29,16 @@ use s3gate_proto::{
 
 use crate::config::{AddressingStyleConfig, CacheConfig, FileConfig, Secret};
 use crate::policy::Policy;
+use crate::state::State;
 
-/// A control plane whose state is one parsed config file, in memory.
+/// A compiled snapshot of the control-plane state: what a replica answers
+/// decisions from. Immutable; a change builds a new one.
 pub struct Embedded {
     keys: HashMap<String, KeyEntry>,
     policy: Policy,
     routes: HashMap<String, Route>,
     cache: CacheConfig,
+    version: u64,
 }
 
 struct KeyEntry {
@@ -38,10 +47,15 @@ struct KeyEntry {
 }
 
 impl Embedded {
+    /// The snapshot of one config file (used where nothing changes at run time).
     pub fn new(cfg: &FileConfig) -> Self {
-        let keys = cfg
+        Self::from_state(&State::from_config(cfg), &cfg.cache)
+    }
+
+    pub fn from_state(state: &State, cache: &CacheConfig) -> Self {
+        let keys = state
             .keys
-            .iter()
+            .values()
             .map(|k| {
                 let principal = Principal {
                     name: Arc::from(k.principal.as_str()),
@@ -51,15 +65,15 @@ impl Embedded {
                 (
                     k.access_key.clone(),
                     KeyEntry {
-                        secret: k.secret_key.clone(),
+                        secret: k.secret.clone(),
                         principal,
                     },
                 )
             })
             .collect();
-        let backends: HashMap<&str, (Arc<Backend>, Arc<BackendCredentials>)> = cfg
+        let backends: HashMap<&str, (Arc<Backend>, Arc<BackendCredentials>)> = state
             .backends
-            .iter()
+            .values()
             .map(|b| {
                 let backend = Backend {
                     name: b.name.clone(),
@@ -74,33 +88,50 @@ impl Embedded {
                 };
                 let creds = BackendCredentials {
                     access_key: b.access_key.clone(),
-                    secret_key: b.secret_key.expose().to_owned(),
+                    secret_key: b.secret.expose().to_owned(),
                     session_token: b.session_token.as_ref().map(|t| t.expose().to_owned()),
                 };
                 (b.name.as_str(), (Arc::new(backend), Arc::new(creds)))
             })
             .collect();
-        let routes = cfg
+        let routes = state
             .buckets
-            .iter()
+            .values()
             .filter_map(|b| {
                 let (backend, credentials) = backends.get(b.backend.as_str())?;
                 let route = Route {
                     bucket: b.name.clone(),
-                    backend_bucket: b.backend_bucket.clone().unwrap_or_else(|| b.name.clone()),
+                    backend_bucket: b.backend_bucket.clone(),
                     backend: backend.clone(),
                     credentials: credentials.clone(),
-                    ttl: cfg.cache.route_ttl,
+                    ttl: cache.route_ttl,
                 };
                 Some((b.name.clone(), route))
             })
             .collect();
         Self {
             keys,
-            policy: Policy::new(&cfg.rules),
+            policy: Policy::new(state.rules.values()),
             routes,
-            cache: cfg.cache.clone(),
+            cache: cache.clone(),
+            version: state.version,
         }
+    }
+
+    /// The state version this snapshot was compiled from.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// A dry-run decision and the id of the rule that decided.
+    pub fn explain(&self, req: &AuthorizeRequest) -> (Decision, Option<String>) {
+        let (decision, rule) = self.policy.explain(req, self.cache.decision_ttl);
+        (decision, rule.map(str::to_owned))
+    }
+
+    /// The principal an access key belongs to, if it exists.
+    pub fn principal_of(&self, access_key: &str) -> Option<Principal> {
+        self.keys.get(access_key).map(|k| k.principal.clone())
     }
 }
 

@@ -8,7 +8,8 @@
 use s3gate_proto::{AuthorizeRequest, Decision, Principal, Resource, Scope};
 use wildmatch::WildMatch;
 
-use crate::config::{Effect, RuleConfig};
+use crate::config::Effect;
+use crate::state::RuleRecord;
 
 #[derive(Debug)]
 pub struct Policy {
@@ -17,8 +18,8 @@ pub struct Policy {
 
 #[derive(Debug)]
 struct Rule {
-    /// 1-based position in the config, for reasons and Explain.
-    number: usize,
+    /// The rule's id, for reasons and Explain.
+    id: String,
     effect: Effect,
     principals: Vec<PrincipalMatch>,
     actions: Vec<WildMatch>,
@@ -48,12 +49,11 @@ struct Glob {
 }
 
 impl Policy {
-    pub fn new(rules: &[RuleConfig]) -> Self {
+    pub fn new<'a>(rules: impl IntoIterator<Item = &'a RuleRecord>) -> Self {
         let rules = rules
-            .iter()
-            .enumerate()
-            .map(|(i, r)| Rule {
-                number: i + 1,
+            .into_iter()
+            .map(|r| Rule {
+                id: r.id.clone(),
                 effect: r.effect,
                 principals: r
                     .principals
@@ -79,8 +79,18 @@ impl Policy {
 
     /// Decides one request. `ttl` is what the decision may be cached for.
     pub fn decide(&self, req: &AuthorizeRequest, ttl: std::time::Duration) -> Decision {
-        let mut allow: Option<usize> = None;
-        let mut deny: Option<usize> = None;
+        self.explain(req, ttl).0
+    }
+
+    /// Decides one request and names the rule that decided (none: nothing
+    /// allowed it).
+    pub fn explain(
+        &self,
+        req: &AuthorizeRequest,
+        ttl: std::time::Duration,
+    ) -> (Decision, Option<&str>) {
+        let mut allow: Option<&str> = None;
+        let mut deny: Option<&str> = None;
         // Whether every rule that could apply to some key of this bucket
         // gives the same answer for all keys: then the decision holds for the
         // whole bucket.
@@ -99,10 +109,10 @@ impl Policy {
                 if pattern.matches(&req.resource) {
                     match rule.effect {
                         Effect::Allow => {
-                            allow.get_or_insert(rule.number);
+                            allow.get_or_insert(&rule.id);
                         }
                         Effect::Deny => {
-                            deny.get_or_insert(rule.number);
+                            deny.get_or_insert(&rule.id);
                         }
                     }
                 }
@@ -113,17 +123,20 @@ impl Policy {
         } else {
             Scope::Exact
         };
-        let (allow, reason) = match (deny, allow) {
-            (Some(n), _) => (false, format!("denied by rule #{n}")),
-            (None, Some(n)) => (true, format!("allowed by rule #{n}")),
-            (None, None) => (false, "no rule allows this request".to_owned()),
+        let (allow, reason, rule) = match (deny, allow) {
+            (Some(id), _) => (false, format!("denied by rule {id}"), Some(id)),
+            (None, Some(id)) => (true, format!("allowed by rule {id}"), Some(id)),
+            (None, None) => (false, "no rule allows this request".to_owned(), None),
         };
-        Decision {
-            allow,
-            reason,
-            scope,
-            ttl,
-        }
+        (
+            Decision {
+                allow,
+                reason,
+                scope,
+                ttl,
+            },
+            rule,
+        )
     }
 
     /// Buckets from `candidates` on which `principal` has at least one allow rule.
@@ -235,9 +248,10 @@ mod tests {
         principals: &[&str],
         actions: &[&str],
         resources: &[&str],
-    ) -> RuleConfig {
+    ) -> RuleRecord {
         let v = |xs: &[&str]| xs.iter().map(|s| s.to_string()).collect();
-        RuleConfig {
+        RuleRecord {
+            id: format!("{effect:?}:{}", resources.join(",")),
             effect,
             principals: v(principals),
             actions: v(actions),
@@ -306,7 +320,7 @@ mod tests {
             Resource::Object("secret/k".into()),
         );
         assert!(!d.allow);
-        assert_eq!(d.reason, "denied by rule #3");
+        assert_eq!(d.reason, "denied by rule Deny:data/secret/*");
         let d = check(
             &p,
             &alice,

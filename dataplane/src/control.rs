@@ -19,12 +19,43 @@ use s3gate_proto::{
     Route, SigningKeyGrant, SigningKeyRequest,
 };
 use tokio::sync::mpsc;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
+use tonic::service::Interceptor;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 use tracing::{debug, info, warn};
 
+type Client = DecisionsClient<InterceptedService<Channel, ClusterToken>>;
+
+/// Adds `authorization: Bearer <cluster token>` to every call, when set.
+#[derive(Clone)]
+pub struct ClusterToken(Option<MetadataValue<Ascii>>);
+
+impl ClusterToken {
+    pub fn new(token: Option<&str>) -> Result<Self, String> {
+        token
+            .map(|t| {
+                format!("Bearer {t}")
+                    .parse()
+                    .map_err(|_| "the cluster token is not a valid header value".to_owned())
+            })
+            .transpose()
+            .map(Self)
+    }
+}
+
+impl Interceptor for ClusterToken {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
 pub struct GrpcControlPlane {
-    clients: Vec<(String, DecisionsClient<Channel>)>,
+    clients: Vec<(String, Client)>,
     /// Index of the replica that answered last; tried first.
     preferred: AtomicUsize,
 }
@@ -47,12 +78,15 @@ pub fn endpoints(urls: &[String], connect_timeout: Duration) -> Result<Vec<Endpo
 impl GrpcControlPlane {
     /// `rpc_timeout` bounds every call: a slow control plane is an
     /// unavailable one.
-    pub fn new(endpoints: &[Endpoint], rpc_timeout: Duration) -> Self {
+    pub fn new(endpoints: &[Endpoint], rpc_timeout: Duration, token: ClusterToken) -> Self {
         let clients = endpoints
             .iter()
             .map(|e| {
                 let channel = e.clone().timeout(rpc_timeout).connect_lazy();
-                (e.uri().to_string(), DecisionsClient::new(channel))
+                (
+                    e.uri().to_string(),
+                    DecisionsClient::with_interceptor(channel, token.clone()),
+                )
             })
             .collect();
         Self {
@@ -63,7 +97,7 @@ impl GrpcControlPlane {
 
     async fn call<T, F, Fut>(&self, rpc: F) -> Result<T, ControlPlaneError>
     where
-        F: Fn(DecisionsClient<Channel>) -> Fut,
+        F: Fn(Client) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
         let n = self.clients.len();
@@ -161,7 +195,11 @@ impl ControlPlane for GrpcControlPlane {
 /// says. On (re)connect, a Hello whose version differs from the last one
 /// seen means events may have been missed: everything is flushed. While no
 /// stream is up, cached entries still expire by their TTL.
-pub fn watch(endpoints: Vec<Endpoint>, node: String) -> mpsc::Receiver<Invalidation> {
+pub fn watch(
+    endpoints: Vec<Endpoint>,
+    node: String,
+    token: ClusterToken,
+) -> mpsc::Receiver<Invalidation> {
     let (tx, rx) = mpsc::channel(1024);
     tokio::spawn(async move {
         let mut last_version: Option<u64> = None;
@@ -170,7 +208,8 @@ pub fn watch(endpoints: Vec<Endpoint>, node: String) -> mpsc::Receiver<Invalidat
         while !tx.is_closed() {
             let endpoint = &endpoints[next % endpoints.len()];
             next += 1;
-            let mut client = DecisionsClient::new(endpoint.connect_lazy());
+            let mut client =
+                DecisionsClient::with_interceptor(endpoint.connect_lazy(), token.clone());
             match client.watch(pb::WatchRequest { node: node.clone() }).await {
                 Ok(resp) => {
                     let mut stream = resp.into_inner();

@@ -324,6 +324,26 @@ impl Invalidation {
     }
 }
 
+impl fmt::Debug for pb::KeyWithSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyWithSecret")
+            .field("key", &self.key)
+            .field("secret_key", &"<redacted>")
+            .field("version", &self.version)
+            .finish()
+    }
+}
+
+impl fmt::Debug for pb::PutBackendRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PutBackendRequest")
+            .field("backend", &self.backend)
+            .field("secret_key", &"<redacted>")
+            .field("session_token", &"<redacted>")
+            .finish()
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {

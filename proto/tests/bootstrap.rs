@@ -17,7 +17,10 @@ fn generated_code_is_current() {
     // tonic-prost-build finds protoc through PROTOC; this test is the only
     // thread that reads it.
     std::env::set_var("PROTOC", &protoc);
-    let protos = [root.join("s3gate/v1/decisions.proto")];
+    let protos = [
+        root.join("s3gate/v1/decisions.proto"),
+        root.join("s3gate/v1/admin.proto"),
+    ];
     tonic_prost_build::configure()
         .out_dir(&tmp)
         .file_descriptor_set_path(tmp.join("descriptor.bin"))
@@ -26,6 +29,8 @@ fn generated_code_is_current() {
         .skip_debug([
             "s3gate.v1.BackendCredentials",
             "s3gate.v1.SigningKeyResponse",
+            "s3gate.v1.KeyWithSecret",
+            "s3gate.v1.PutBackendRequest",
         ])
         .compile_protos(&protos, &[root.to_path_buf()])
         .unwrap();

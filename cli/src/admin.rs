@@ -1,0 +1,549 @@
+//! `s3gate admin`: the Admin gRPC API from a shell. Human-readable tables by
+//! default, `--json` for scripts (one JSON document per call).
+
+use anyhow::{bail, Context as _};
+use clap::{Args, Subcommand};
+use s3gate_proto::pb;
+use s3gate_proto::pb::admin_client::AdminClient;
+use serde_json::{json, Value};
+use tonic::metadata::MetadataValue;
+use tonic::transport::Channel;
+use tonic::Request;
+
+#[derive(Debug, Args)]
+pub struct AdminArgs {
+    /// The control plane's gRPC URL.
+    #[arg(
+        long = "control-plane",
+        env = "S3GATE_CONTROL_PLANE",
+        default_value = "http://127.0.0.1:9090"
+    )]
+    url: String,
+    /// The admin bearer token the control plane was started with.
+    #[arg(long, env = "S3GATE_ADMIN_TOKEN", hide_env_values = true)]
+    token: String,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: AdminCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum AdminCommand {
+    /// Access keys.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// Authorization rules.
+    Rules {
+        #[command(subcommand)]
+        command: RulesCommand,
+    },
+    /// Storage backends.
+    Backends {
+        #[command(subcommand)]
+        command: BackendsCommand,
+    },
+    /// Buckets clients see, and where they live.
+    Buckets {
+        #[command(subcommand)]
+        command: BucketsCommand,
+    },
+    /// Dry-run a request: the decision and the rule that made it.
+    Explain(ExplainArgs),
+    /// Control-plane status.
+    Status,
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// Create a key; its secret is shown once.
+    Create {
+        #[arg(long)]
+        principal: String,
+        #[arg(long = "group")]
+        groups: Vec<String>,
+        /// A chosen access key id (generated if omitted).
+        #[arg(long)]
+        access_key: Option<String>,
+    },
+    List,
+    Revoke {
+        access_key: String,
+    },
+    /// New secret, same access key; the old secret stops working.
+    Rotate {
+        access_key: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum RulesCommand {
+    /// Create or replace a rule.
+    Put {
+        #[arg(long)]
+        id: String,
+        /// allow or deny
+        #[arg(long)]
+        effect: String,
+        #[arg(long = "principal", required = true)]
+        principals: Vec<String>,
+        #[arg(long = "action", required = true)]
+        actions: Vec<String>,
+        #[arg(long = "resource", required = true)]
+        resources: Vec<String>,
+    },
+    List,
+    Delete {
+        id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum BackendsCommand {
+    /// Create or replace a backend. The secret is read from the environment
+    /// variable named by --secret-key-env, never from the command line.
+    Put {
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        endpoint: String,
+        #[arg(long, default_value = "us-east-1")]
+        region: String,
+        /// path or virtual
+        #[arg(long, default_value = "path")]
+        addressing_style: String,
+        #[arg(long)]
+        access_key: String,
+        /// Environment variable holding the secret key (omit on update to keep the stored one).
+        #[arg(long)]
+        secret_key_env: Option<String>,
+        #[arg(long)]
+        ca_bundle: Option<String>,
+        #[arg(long)]
+        insecure_skip_verify: bool,
+    },
+    List,
+    Delete {
+        name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum BucketsCommand {
+    /// Create or replace a bucket.
+    Put {
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        backend: String,
+        #[arg(long)]
+        backend_bucket: Option<String>,
+    },
+    List,
+    Delete {
+        name: String,
+    },
+}
+
+#[derive(Debug, Args)]
+struct ExplainArgs {
+    /// Whose request: an access key ...
+    #[arg(long, conflicts_with = "principal")]
+    access_key: Option<String>,
+    /// ... or a principal (with --group); neither means anonymous.
+    #[arg(long)]
+    principal: Option<String>,
+    #[arg(long = "group")]
+    groups: Vec<String>,
+    #[arg(long)]
+    action: String,
+    #[arg(long)]
+    bucket: String,
+    /// An object key.
+    #[arg(long, conflicts_with = "prefix")]
+    key: Option<String>,
+    /// A listed prefix.
+    #[arg(long)]
+    prefix: Option<String>,
+}
+
+pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
+    let channel = Channel::from_shared(args.url.clone())
+        .with_context(|| format!("invalid control-plane URL {:?}", args.url))?
+        .connect()
+        .await
+        .with_context(|| format!("connect to {}", args.url))?;
+    let token: MetadataValue<_> = format!("Bearer {}", args.token)
+        .parse()
+        .context("the admin token is not a valid header value")?;
+    let mut client = AdminClient::with_interceptor(channel, move |mut req: Request<()>| {
+        req.metadata_mut().insert("authorization", token.clone());
+        Ok(req)
+    });
+    let out = Output { json: args.json };
+    match args.command {
+        AdminCommand::Keys { command } => match command {
+            KeysCommand::Create {
+                principal,
+                groups,
+                access_key,
+            } => {
+                let k = client
+                    .create_key(pb::CreateKeyRequest {
+                        principal,
+                        groups,
+                        access_key: access_key.unwrap_or_default(),
+                    })
+                    .await?
+                    .into_inner();
+                out.key_with_secret(&k);
+            }
+            KeysCommand::List => {
+                let keys = client
+                    .list_keys(pb::ListKeysRequest {})
+                    .await?
+                    .into_inner()
+                    .keys;
+                out.table(
+                    &["ACCESS KEY", "PRINCIPAL", "GROUPS", "CREATED"],
+                    keys.iter()
+                        .map(|k| {
+                            vec![
+                                k.access_key.clone(),
+                                k.principal.clone(),
+                                k.groups.join(","),
+                                k.created.to_string(),
+                            ]
+                        })
+                        .collect(),
+                    json!(keys.iter().map(key_json).collect::<Vec<_>>()),
+                );
+            }
+            KeysCommand::Revoke { access_key } => {
+                let r = client
+                    .revoke_key(pb::RevokeKeyRequest { access_key })
+                    .await?
+                    .into_inner();
+                out.changed(r.version);
+            }
+            KeysCommand::Rotate { access_key } => {
+                let k = client
+                    .rotate_key(pb::RotateKeyRequest { access_key })
+                    .await?
+                    .into_inner();
+                out.key_with_secret(&k);
+            }
+        },
+        AdminCommand::Rules { command } => match command {
+            RulesCommand::Put {
+                id,
+                effect,
+                principals,
+                actions,
+                resources,
+            } => {
+                let effect = match effect.as_str() {
+                    "allow" => pb::Effect::Allow,
+                    "deny" => pb::Effect::Deny,
+                    other => bail!("--effect must be allow or deny, not {other:?}"),
+                };
+                let rule = pb::Rule {
+                    id,
+                    effect: effect as i32,
+                    principals,
+                    actions,
+                    resources,
+                };
+                let r = client
+                    .put_rule(pb::PutRuleRequest { rule: Some(rule) })
+                    .await?
+                    .into_inner();
+                out.changed(r.version);
+            }
+            RulesCommand::List => {
+                let rules = client
+                    .list_rules(pb::ListRulesRequest {})
+                    .await?
+                    .into_inner()
+                    .rules;
+                let effect = |e: i32| match pb::Effect::try_from(e) {
+                    Ok(pb::Effect::Allow) => "allow",
+                    Ok(pb::Effect::Deny) => "deny",
+                    _ => "?",
+                };
+                out.table(
+                    &["ID", "EFFECT", "PRINCIPALS", "ACTIONS", "RESOURCES"],
+                    rules
+                        .iter()
+                        .map(|r| {
+                            vec![
+                                r.id.clone(),
+                                effect(r.effect).to_owned(),
+                                r.principals.join(","),
+                                r.actions.join(","),
+                                r.resources.join(","),
+                            ]
+                        })
+                        .collect(),
+                    json!(rules
+                        .iter()
+                        .map(|r| json!({"id": r.id, "effect": effect(r.effect), "principals": r.principals,
+                                         "actions": r.actions, "resources": r.resources}))
+                        .collect::<Vec<_>>()),
+                );
+            }
+            RulesCommand::Delete { id } => {
+                let r = client
+                    .delete_rule(pb::DeleteRuleRequest { id })
+                    .await?
+                    .into_inner();
+                out.changed(r.version);
+            }
+        },
+        AdminCommand::Backends { command } => match command {
+            BackendsCommand::Put {
+                name,
+                endpoint,
+                region,
+                addressing_style,
+                access_key,
+                secret_key_env,
+                ca_bundle,
+                insecure_skip_verify,
+            } => {
+                let style = match addressing_style.as_str() {
+                    "path" => pb::AddressingStyle::Path,
+                    "virtual" => pb::AddressingStyle::Virtual,
+                    other => bail!("--addressing-style must be path or virtual, not {other:?}"),
+                };
+                let secret_key = match secret_key_env {
+                    Some(var) => std::env::var(&var)
+                        .with_context(|| format!("environment variable {var} is not set"))?,
+                    None => String::new(),
+                };
+                let req = pb::PutBackendRequest {
+                    backend: Some(pb::BackendInfo {
+                        name,
+                        endpoint,
+                        region,
+                        addressing_style: style as i32,
+                        access_key,
+                        ca_bundle: ca_bundle.unwrap_or_default(),
+                        insecure_skip_verify,
+                    }),
+                    secret_key,
+                    session_token: String::new(),
+                };
+                let r = client.put_backend(req).await?.into_inner();
+                out.changed(r.version);
+            }
+            BackendsCommand::List => {
+                let backends = client
+                    .list_backends(pb::ListBackendsRequest {})
+                    .await?
+                    .into_inner()
+                    .backends;
+                let style = |s: i32| match pb::AddressingStyle::try_from(s) {
+                    Ok(pb::AddressingStyle::Virtual) => "virtual",
+                    _ => "path",
+                };
+                out.table(
+                    &["NAME", "ENDPOINT", "REGION", "STYLE", "ACCESS KEY"],
+                    backends
+                        .iter()
+                        .map(|b| {
+                            vec![
+                                b.name.clone(),
+                                b.endpoint.clone(),
+                                b.region.clone(),
+                                style(b.addressing_style).to_owned(),
+                                b.access_key.clone(),
+                            ]
+                        })
+                        .collect(),
+                    json!(backends
+                        .iter()
+                        .map(|b| json!({"name": b.name, "endpoint": b.endpoint, "region": b.region,
+                                         "addressing_style": style(b.addressing_style), "access_key": b.access_key,
+                                         "ca_bundle": b.ca_bundle, "insecure_skip_verify": b.insecure_skip_verify}))
+                        .collect::<Vec<_>>()),
+                );
+            }
+            BackendsCommand::Delete { name } => {
+                let r = client
+                    .delete_backend(pb::DeleteBackendRequest { name })
+                    .await?
+                    .into_inner();
+                out.changed(r.version);
+            }
+        },
+        AdminCommand::Buckets { command } => match command {
+            BucketsCommand::Put {
+                name,
+                backend,
+                backend_bucket,
+            } => {
+                let bucket = pb::BucketInfo {
+                    name,
+                    backend,
+                    backend_bucket: backend_bucket.unwrap_or_default(),
+                };
+                let r = client
+                    .put_bucket(pb::PutBucketRequest {
+                        bucket: Some(bucket),
+                    })
+                    .await?
+                    .into_inner();
+                out.changed(r.version);
+            }
+            BucketsCommand::List => {
+                let buckets = client
+                    .list_buckets(pb::ListBucketsRequest {})
+                    .await?
+                    .into_inner()
+                    .buckets;
+                out.table(
+                    &["NAME", "BACKEND", "BACKEND BUCKET"],
+                    buckets
+                        .iter()
+                        .map(|b| vec![b.name.clone(), b.backend.clone(), b.backend_bucket.clone()])
+                        .collect(),
+                    json!(buckets
+                        .iter()
+                        .map(|b| json!({"name": b.name, "backend": b.backend, "backend_bucket": b.backend_bucket}))
+                        .collect::<Vec<_>>()),
+                );
+            }
+            BucketsCommand::Delete { name } => {
+                let r = client
+                    .delete_bucket(pb::DeleteBucketRequest { name })
+                    .await?
+                    .into_inner();
+                out.changed(r.version);
+            }
+        },
+        AdminCommand::Explain(e) => {
+            let (kind, key) = match (e.key, e.prefix) {
+                (Some(k), _) => (pb::ResourceKind::Object, k),
+                (None, Some(p)) => (pb::ResourceKind::Prefix, p),
+                (None, None) => (pb::ResourceKind::Bucket, String::new()),
+            };
+            let principal = e.principal.map(|name| pb::Principal {
+                name,
+                groups: e.groups,
+                access_key: String::new(),
+                anonymous: false,
+            });
+            let r = client
+                .explain(pb::ExplainRequest {
+                    access_key: e.access_key.unwrap_or_default(),
+                    principal,
+                    action: e.action,
+                    bucket: e.bucket,
+                    kind: kind as i32,
+                    key,
+                })
+                .await?
+                .into_inner();
+            let who = r
+                .principal
+                .as_ref()
+                .map(|p| p.name.clone())
+                .unwrap_or_default();
+            if out.json {
+                println!(
+                    "{}",
+                    json!({"allow": r.allow, "reason": r.reason, "rule": r.rule, "principal": who})
+                );
+            } else {
+                println!(
+                    "{} ({}) for principal {who}",
+                    if r.allow { "ALLOW" } else { "DENY" },
+                    r.reason
+                );
+            }
+        }
+        AdminCommand::Status => {
+            let s = client.status(pb::StatusRequest {}).await?.into_inner();
+            let v = json!({
+                "version": s.version, "replica": s.replica, "state_version": s.state_version,
+                "store": s.store, "store_healthy": s.store_healthy, "store_error": s.store_error,
+                "keys": s.keys, "rules": s.rules, "backends": s.backends, "buckets": s.buckets,
+            });
+            if out.json {
+                println!("{v}");
+            } else if let Value::Object(map) = v {
+                for (k, v) in map {
+                    println!(
+                        "{k:<14} {}",
+                        v.as_str()
+                            .map(str::to_owned)
+                            .unwrap_or_else(|| v.to_string())
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn key_json(k: &pb::KeyInfo) -> Value {
+    json!({"access_key": k.access_key, "principal": k.principal, "groups": k.groups, "created": k.created})
+}
+
+struct Output {
+    json: bool,
+}
+
+impl Output {
+    fn changed(&self, version: u64) {
+        if self.json {
+            println!("{}", json!({ "version": version }));
+        } else {
+            println!("ok (state version {version})");
+        }
+    }
+
+    fn key_with_secret(&self, k: &pb::KeyWithSecret) {
+        let info = k.key.clone().unwrap_or_default();
+        if self.json {
+            let mut v = key_json(&info);
+            v["secret_key"] = json!(k.secret_key);
+            v["version"] = json!(k.version);
+            println!("{v}");
+        } else {
+            println!("access key   {}", info.access_key);
+            println!("secret key   {}", k.secret_key);
+            println!("principal    {}", info.principal);
+            println!("(the secret is shown only this once)");
+        }
+    }
+
+    fn table(&self, header: &[&str], rows: Vec<Vec<String>>, json: Value) {
+        if self.json {
+            println!("{json}");
+            return;
+        }
+        let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+        for row in &rows {
+            for (w, cell) in widths.iter_mut().zip(row) {
+                *w = (*w).max(cell.chars().count());
+            }
+        }
+        let line = |cells: Vec<String>| {
+            let parts: Vec<String> = cells
+                .iter()
+                .zip(&widths)
+                .map(|(c, w)| format!("{c:<w$}", w = *w))
+                .collect();
+            println!("{}", parts.join("  ").trim_end());
+        };
+        line(header.iter().map(|h| h.to_string()).collect());
+        for row in rows {
+            line(row);
+        }
+    }
+}

@@ -1,0 +1,451 @@
+//! The `s3gate.v1.Admin` service: operators change keys, rules, backends and
+//! buckets here; each change goes through the replica's store, so it is
+//! stored once and reaches every replica and data plane.
+//!
+//! Every call needs `authorization: Bearer <admin token>` (compared in
+//! constant time). Secrets are returned exactly once (create, rotate) and
+//! never listed.
+
+use std::sync::Arc;
+
+use base64::Engine as _;
+use ring::rand::{SecureRandom, SystemRandom};
+use s3gate_proto::pb::admin_server::Admin;
+use s3gate_proto::{pb, AuthorizeRequest, Principal, Resource};
+use subtle::ConstantTimeEq;
+use tonic::{Request, Response, Status};
+
+use crate::config::{AddressingStyleConfig, Effect, Secret};
+use crate::replica::Replica;
+use crate::state::{BackendRecord, BucketRecord, Change, ChangeError, KeyRecord, RuleRecord};
+use crate::store::StoreError;
+
+pub struct AdminService {
+    replica: Arc<Replica>,
+    rng: SystemRandom,
+}
+
+impl AdminService {
+    pub fn new(replica: Arc<Replica>) -> Self {
+        Self {
+            replica,
+            rng: SystemRandom::new(),
+        }
+    }
+
+    fn random(&self, n: usize) -> Result<Vec<u8>, Status> {
+        let mut buf = vec![0u8; n];
+        self.rng
+            .fill(&mut buf)
+            .map_err(|_| Status::internal("no randomness available"))?;
+        Ok(buf)
+    }
+
+    /// `S3G` + 17 characters of [A-Z0-9], like AWS access key ids.
+    fn new_access_key(&self) -> Result<String, Status> {
+        const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+        let bytes = self.random(17)?;
+        let mut s = String::from("S3G");
+        s.extend(
+            bytes
+                .iter()
+                .map(|b| char::from(ALPHABET[usize::from(*b) % ALPHABET.len()])),
+        );
+        Ok(s)
+    }
+
+    /// 240 random bits, base64url: 40 characters.
+    fn new_secret(&self) -> Result<Secret, Status> {
+        Ok(Secret::new(
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(self.random(30)?),
+        ))
+    }
+
+    async fn apply(&self, change: Change) -> Result<u64, Status> {
+        self.replica.apply(change).await.map_err(store_status)
+    }
+
+    async fn state(&self) -> Result<crate::state::State, Status> {
+        self.replica.load().await.map_err(store_status)
+    }
+}
+
+/// An interceptor that checks a bearer token in constant time. `what`
+/// names the token in the error ("admin token required").
+pub fn require_token(
+    token: String,
+    what: &'static str,
+) -> impl Fn(Request<()>) -> Result<Request<()>, Status> + Clone {
+    let expected = format!("Bearer {token}").into_bytes();
+    move |req: Request<()>| {
+        let given = req
+            .metadata()
+            .get("authorization")
+            .map(|v| v.as_bytes())
+            .unwrap_or_default();
+        if bool::from(given.ct_eq(&expected)) {
+            Ok(req)
+        } else {
+            Err(Status::unauthenticated(format!("{what} required")))
+        }
+    }
+}
+
+fn store_status(e: StoreError) -> Status {
+    match e {
+        StoreError::Unavailable(m) => {
+            Status::unavailable(format!("state store unavailable, change not made: {m}"))
+        }
+        StoreError::Change(ChangeError::NotFound(m)) => Status::not_found(m),
+        StoreError::Change(ChangeError::Invalid(m)) => Status::invalid_argument(m),
+        StoreError::Corrupt(m) => Status::internal(format!("stored state is unreadable: {m}")),
+    }
+}
+
+fn key_info(k: &KeyRecord) -> pb::KeyInfo {
+    pb::KeyInfo {
+        access_key: k.access_key.clone(),
+        principal: k.principal.clone(),
+        groups: k.groups.clone(),
+        created: k.created,
+    }
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+fn rule_to_pb(r: &RuleRecord) -> pb::Rule {
+    pb::Rule {
+        id: r.id.clone(),
+        effect: match r.effect {
+            Effect::Allow => pb::Effect::Allow,
+            Effect::Deny => pb::Effect::Deny,
+        } as i32,
+        principals: r.principals.clone(),
+        actions: r.actions.clone(),
+        resources: r.resources.clone(),
+    }
+}
+
+fn backend_info(b: &BackendRecord) -> pb::BackendInfo {
+    pb::BackendInfo {
+        name: b.name.clone(),
+        endpoint: b.endpoint.clone(),
+        region: b.region.clone(),
+        addressing_style: match b.addressing_style {
+            AddressingStyleConfig::Path => pb::AddressingStyle::Path,
+            AddressingStyleConfig::Virtual => pb::AddressingStyle::Virtual,
+        } as i32,
+        access_key: b.access_key.clone(),
+        ca_bundle: b.ca_bundle.clone().unwrap_or_default(),
+        insecure_skip_verify: b.insecure_skip_verify,
+    }
+}
+
+#[tonic::async_trait]
+impl Admin for AdminService {
+    async fn create_key(
+        &self,
+        req: Request<pb::CreateKeyRequest>,
+    ) -> Result<Response<pb::KeyWithSecret>, Status> {
+        let r = req.into_inner();
+        if r.principal.is_empty() {
+            return Err(Status::invalid_argument("principal is required"));
+        }
+        let access_key = if r.access_key.is_empty() {
+            self.new_access_key()?
+        } else {
+            r.access_key
+        };
+        if self.state().await?.keys.contains_key(&access_key) {
+            return Err(Status::already_exists(format!(
+                "access key {access_key:?} exists"
+            )));
+        }
+        let record = KeyRecord {
+            access_key,
+            secret: self.new_secret()?,
+            principal: r.principal,
+            groups: r.groups,
+            created: now(),
+        };
+        let version = self.apply(Change::PutKey(record.clone())).await?;
+        Ok(Response::new(pb::KeyWithSecret {
+            key: Some(key_info(&record)),
+            secret_key: record.secret.expose().to_owned(),
+            version,
+        }))
+    }
+
+    async fn list_keys(
+        &self,
+        _req: Request<pb::ListKeysRequest>,
+    ) -> Result<Response<pb::ListKeysResponse>, Status> {
+        let keys = self.state().await?.keys.values().map(key_info).collect();
+        Ok(Response::new(pb::ListKeysResponse { keys }))
+    }
+
+    async fn revoke_key(
+        &self,
+        req: Request<pb::RevokeKeyRequest>,
+    ) -> Result<Response<pb::ChangeResponse>, Status> {
+        let version = self
+            .apply(Change::DeleteKey(req.into_inner().access_key))
+            .await?;
+        Ok(Response::new(pb::ChangeResponse { version }))
+    }
+
+    async fn rotate_key(
+        &self,
+        req: Request<pb::RotateKeyRequest>,
+    ) -> Result<Response<pb::KeyWithSecret>, Status> {
+        let access_key = req.into_inner().access_key;
+        let mut record = self
+            .state()
+            .await?
+            .keys
+            .remove(&access_key)
+            .ok_or_else(|| Status::not_found(format!("access key {access_key:?}")))?;
+        record.secret = self.new_secret()?;
+        let version = self.apply(Change::PutKey(record.clone())).await?;
+        Ok(Response::new(pb::KeyWithSecret {
+            key: Some(key_info(&record)),
+            secret_key: record.secret.expose().to_owned(),
+            version,
+        }))
+    }
+
+    async fn put_rule(
+        &self,
+        req: Request<pb::PutRuleRequest>,
+    ) -> Result<Response<pb::ChangeResponse>, Status> {
+        let rule = req
+            .into_inner()
+            .rule
+            .ok_or_else(|| Status::invalid_argument("rule is required"))?;
+        let effect = match pb::Effect::try_from(rule.effect) {
+            Ok(pb::Effect::Allow) => Effect::Allow,
+            Ok(pb::Effect::Deny) => Effect::Deny,
+            _ => return Err(Status::invalid_argument("effect must be allow or deny")),
+        };
+        let record = RuleRecord {
+            id: rule.id,
+            effect,
+            principals: rule.principals,
+            actions: rule.actions,
+            resources: rule.resources,
+        };
+        let version = self.apply(Change::PutRule(record)).await?;
+        Ok(Response::new(pb::ChangeResponse { version }))
+    }
+
+    async fn list_rules(
+        &self,
+        _req: Request<pb::ListRulesRequest>,
+    ) -> Result<Response<pb::ListRulesResponse>, Status> {
+        let rules = self.state().await?.rules.values().map(rule_to_pb).collect();
+        Ok(Response::new(pb::ListRulesResponse { rules }))
+    }
+
+    async fn delete_rule(
+        &self,
+        req: Request<pb::DeleteRuleRequest>,
+    ) -> Result<Response<pb::ChangeResponse>, Status> {
+        let version = self.apply(Change::DeleteRule(req.into_inner().id)).await?;
+        Ok(Response::new(pb::ChangeResponse { version }))
+    }
+
+    async fn put_backend(
+        &self,
+        req: Request<pb::PutBackendRequest>,
+    ) -> Result<Response<pb::ChangeResponse>, Status> {
+        let r = req.into_inner();
+        let b = r
+            .backend
+            .ok_or_else(|| Status::invalid_argument("backend is required"))?;
+        let addressing_style = match pb::AddressingStyle::try_from(b.addressing_style) {
+            Ok(pb::AddressingStyle::Virtual) => AddressingStyleConfig::Virtual,
+            Ok(pb::AddressingStyle::Path) | Ok(pb::AddressingStyle::Unspecified) => {
+                AddressingStyleConfig::Path
+            }
+            Err(_) => return Err(Status::invalid_argument("unknown addressing style")),
+        };
+        // An update may leave the secret out to keep the stored one.
+        let existing = self.state().await?.backends.remove(&b.name);
+        let secret = match (r.secret_key.is_empty(), &existing) {
+            (false, _) => Secret::new(r.secret_key),
+            (true, Some(old)) => old.secret.clone(),
+            (true, None) => {
+                return Err(Status::invalid_argument(
+                    "secret_key is required for a new backend",
+                ))
+            }
+        };
+        let session_token = match (r.session_token.is_empty(), &existing) {
+            (false, _) => Some(Secret::new(r.session_token)),
+            (true, Some(old)) => old.session_token.clone(),
+            (true, None) => None,
+        };
+        let record = BackendRecord {
+            name: b.name,
+            endpoint: b.endpoint.trim_end_matches('/').to_owned(),
+            region: if b.region.is_empty() {
+                "us-east-1".to_owned()
+            } else {
+                b.region
+            },
+            addressing_style,
+            access_key: b.access_key,
+            secret,
+            session_token,
+            ca_bundle: (!b.ca_bundle.is_empty()).then_some(b.ca_bundle),
+            insecure_skip_verify: b.insecure_skip_verify,
+        };
+        let version = self.apply(Change::PutBackend(record)).await?;
+        Ok(Response::new(pb::ChangeResponse { version }))
+    }
+
+    async fn list_backends(
+        &self,
+        _req: Request<pb::ListBackendsRequest>,
+    ) -> Result<Response<pb::ListBackendsResponse>, Status> {
+        let backends = self
+            .state()
+            .await?
+            .backends
+            .values()
+            .map(backend_info)
+            .collect();
+        Ok(Response::new(pb::ListBackendsResponse { backends }))
+    }
+
+    async fn delete_backend(
+        &self,
+        req: Request<pb::DeleteBackendRequest>,
+    ) -> Result<Response<pb::ChangeResponse>, Status> {
+        let version = self
+            .apply(Change::DeleteBackend(req.into_inner().name))
+            .await?;
+        Ok(Response::new(pb::ChangeResponse { version }))
+    }
+
+    async fn put_bucket(
+        &self,
+        req: Request<pb::PutBucketRequest>,
+    ) -> Result<Response<pb::ChangeResponse>, Status> {
+        let b = req
+            .into_inner()
+            .bucket
+            .ok_or_else(|| Status::invalid_argument("bucket is required"))?;
+        let record = BucketRecord {
+            backend_bucket: if b.backend_bucket.is_empty() {
+                b.name.clone()
+            } else {
+                b.backend_bucket
+            },
+            name: b.name,
+            backend: b.backend,
+        };
+        let version = self.apply(Change::PutBucket(record)).await?;
+        Ok(Response::new(pb::ChangeResponse { version }))
+    }
+
+    async fn list_buckets(
+        &self,
+        _req: Request<pb::ListBucketsRequest>,
+    ) -> Result<Response<pb::ListBucketsResponse>, Status> {
+        let buckets = self
+            .state()
+            .await?
+            .buckets
+            .values()
+            .map(|b| pb::BucketInfo {
+                name: b.name.clone(),
+                backend: b.backend.clone(),
+                backend_bucket: b.backend_bucket.clone(),
+            })
+            .collect();
+        Ok(Response::new(pb::ListBucketsResponse { buckets }))
+    }
+
+    async fn delete_bucket(
+        &self,
+        req: Request<pb::DeleteBucketRequest>,
+    ) -> Result<Response<pb::ChangeResponse>, Status> {
+        let version = self
+            .apply(Change::DeleteBucket(req.into_inner().name))
+            .await?;
+        Ok(Response::new(pb::ChangeResponse { version }))
+    }
+
+    async fn explain(
+        &self,
+        req: Request<pb::ExplainRequest>,
+    ) -> Result<Response<pb::ExplainResponse>, Status> {
+        let r = req.into_inner();
+        let snapshot = self.replica.snapshot();
+        let principal = if !r.access_key.is_empty() {
+            snapshot
+                .principal_of(&r.access_key)
+                .ok_or_else(|| Status::not_found(format!("access key {:?}", r.access_key)))?
+        } else {
+            match r.principal {
+                Some(p) => Principal::try_from(p)?,
+                None => Principal::anonymous(),
+            }
+        };
+        let resource = match s3gate_proto::pb::ResourceKind::try_from(r.kind) {
+            Ok(pb::ResourceKind::Bucket) => Resource::Bucket,
+            Ok(pb::ResourceKind::Prefix) => Resource::Prefix(r.key),
+            Ok(pb::ResourceKind::Object) | Ok(pb::ResourceKind::Unspecified)
+                if !r.key.is_empty() =>
+            {
+                Resource::Object(r.key)
+            }
+            _ => Resource::Bucket,
+        };
+        if r.action.is_empty() || r.bucket.is_empty() {
+            return Err(Status::invalid_argument("action and bucket are required"));
+        }
+        let ask = AuthorizeRequest {
+            principal: principal.clone(),
+            action: r.action.into(),
+            bucket: r.bucket,
+            resource,
+        };
+        let (decision, rule) = snapshot.explain(&ask);
+        let pb_decision = pb::AuthorizeResponse::from(&decision);
+        Ok(Response::new(pb::ExplainResponse {
+            allow: decision.allow,
+            reason: decision.reason,
+            rule: rule.unwrap_or_default(),
+            scope: pb_decision.scope,
+            principal: Some((&principal).into()),
+        }))
+    }
+
+    async fn status(
+        &self,
+        _req: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusResponse>, Status> {
+        let health = self.replica.store().health().await;
+        let state = self.replica.load().await.ok();
+        let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        Ok(Response::new(pb::StatusResponse {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            replica: self.replica.name().to_owned(),
+            state_version: self.replica.version(),
+            store: self.replica.store().kind().to_owned(),
+            store_healthy: health.is_ok(),
+            store_error: health.err().map(|e| e.to_string()).unwrap_or_default(),
+            keys: state.as_ref().map_or(0, |s| count(s.keys.len())),
+            rules: state.as_ref().map_or(0, |s| count(s.rules.len())),
+            backends: state.as_ref().map_or(0, |s| count(s.backends.len())),
+            buckets: state.as_ref().map_or(0, |s| count(s.buckets.len())),
+        }))
+    }
+}

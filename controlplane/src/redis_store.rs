@@ -1,0 +1,957 @@
+//! [`RedisStore`]: the control-plane state in Redis, shared by every replica.
+//!
+//! # Layout (prefix `p`, default [`DEFAULT_PREFIX`])
+//!
+//! | key | type | holds |
+//! |---|---|---|
+//! | `p:version` | integer | the state version; bumped by every change |
+//! | `p:keys` | hash | access key → JSON, secret sealed with context `key:<access key>` |
+//! | `p:rules` | hash | rule id → JSON |
+//! | `p:backends` | hash | name → JSON, secret sealed with `backend:<name>`, session token with `backend:<name>:session-token` |
+//! | `p:buckets` | hash | name → JSON |
+//! | `p:events` | channel | JSON `{"version": N, "touched": …}` after every change |
+//!
+//! Every write runs in `MULTI`/`EXEC` under `WATCH p:version` and bumps the
+//! version in the same transaction, so the version changes exactly when the
+//! state does. That gives consistent reads too: a pipeline that reads the
+//! version before and after the hashes, and sees it unchanged, has read one
+//! state.
+//!
+//! Secrets are sealed with the [`MasterKey`] (see [`crate::crypto`]); a
+//! record read with another key, or moved to another hash field, is
+//! [`StoreError::Corrupt`].
+//!
+//! Every Redis call is bounded by [`OP_TIMEOUT`]: a dead Redis gives
+//! [`StoreError::Unavailable`] quickly, never a hang. Nothing connects at
+//! construction except the event subscriber, which keeps retrying in the
+//! background, so a control plane can start before Redis does.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use redis::aio::MultiplexedConnection;
+use redis::{AsyncConnectionConfig, RedisError, RedisResult};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{broadcast, oneshot, Mutex};
+use tokio_stream::StreamExt as _;
+
+use crate::config::{AddressingStyleConfig, Effect, Secret};
+use crate::crypto::MasterKey;
+use crate::state::{BackendRecord, BucketRecord, Change, KeyRecord, RuleRecord, State, Touched};
+use crate::store::{Notification, Store, StoreError};
+
+/// The key prefix when none is configured.
+pub const DEFAULT_PREFIX: &str = "s3gate";
+
+/// The longest any single Redis call may take.
+pub const OP_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// `health()` answers within this.
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How often a conflicting write is retried before giving up.
+const MAX_ATTEMPTS: u32 = 32;
+
+/// Reconnect backoff of the event subscriber.
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+/// How often the subscriber pings, to notice a connection that died
+/// silently (no RST, e.g. a network partition).
+const SUBSCRIBER_PING: Duration = Duration::from_secs(5);
+
+/// The control-plane state in Redis. See the module docs for the layout.
+pub struct RedisStore {
+    inner: Arc<Inner>,
+    /// Fed by the subscriber task.
+    notify: broadcast::Sender<Notification>,
+    /// Dropped with the store, which stops the subscriber task.
+    _stop: oneshot::Sender<()>,
+}
+
+struct Inner {
+    client: redis::Client,
+    master: MasterKey,
+    names: Names,
+    conn_config: AsyncConnectionConfig,
+    /// The connection reads, health checks and publishes share. Made on
+    /// first use, dropped after a connection error, remade on the next call.
+    /// Writes use a connection of their own: `WATCH` is per connection.
+    shared: Mutex<Option<MultiplexedConnection>>,
+}
+
+/// The Redis key names, all under one prefix.
+struct Names {
+    version: String,
+    keys: String,
+    rules: String,
+    backends: String,
+    buckets: String,
+    events: String,
+}
+
+/// What `p:events` carries.
+#[derive(Debug, Serialize, Deserialize)]
+struct Event {
+    version: u64,
+    touched: Touched,
+}
+
+// The stored (serialized) records. Secrets are sealed strings; the plaintext
+// records in `state` deliberately have no `Serialize`.
+
+#[derive(Serialize, Deserialize)]
+struct StoredKey {
+    access_key: String,
+    secret: String,
+    principal: String,
+    #[serde(default)]
+    groups: Vec<String>,
+    #[serde(default)]
+    created: i64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredRule {
+    id: String,
+    effect: Effect,
+    principals: Vec<String>,
+    actions: Vec<String>,
+    resources: Vec<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredBackend {
+    name: String,
+    endpoint: String,
+    region: String,
+    addressing_style: AddressingStyleConfig,
+    access_key: String,
+    secret: String,
+    #[serde(default)]
+    session_token: Option<String>,
+    #[serde(default)]
+    ca_bundle: Option<String>,
+    #[serde(default)]
+    insecure_skip_verify: bool,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredBucket {
+    name: String,
+    backend: String,
+    backend_bucket: String,
+}
+
+/// The raw hashes and the version of one snapshot.
+struct RawState {
+    version: Option<u64>,
+    keys: BTreeMap<String, String>,
+    rules: BTreeMap<String, String>,
+    backends: BTreeMap<String, String>,
+    buckets: BTreeMap<String, String>,
+}
+
+// === impl RedisStore ===
+
+impl RedisStore {
+    /// A store at `url` (`redis://[:password@]host:port[/db]`) with keys
+    /// under `prefix`. Does not need Redis to be up: it starts the event
+    /// subscriber, waits for its first attempt (so a subscriber made right
+    /// after this sees every later change when Redis is up), and returns.
+    /// Fails only on an invalid URL.
+    pub async fn connect(url: &str, master: MasterKey, prefix: &str) -> Result<Self, StoreError> {
+        // The URL may hold a password: never echo it.
+        let client = redis::Client::open(url)
+            .map_err(|_| StoreError::Unavailable("invalid Redis URL".into()))?;
+        let inner = Arc::new(Inner {
+            client,
+            master,
+            names: Names::new(prefix),
+            conn_config: AsyncConnectionConfig::new()
+                .set_connection_timeout(Some(OP_TIMEOUT))
+                .set_response_timeout(Some(OP_TIMEOUT)),
+            shared: Mutex::new(None),
+        });
+        let notify = broadcast::channel(1024).0;
+        let (stop_tx, stop_rx) = oneshot::channel();
+        let (ready_tx, ready_rx) = oneshot::channel();
+        tokio::spawn(subscriber(inner.clone(), notify.clone(), ready_tx, stop_rx));
+        // Bounded: the attempt itself is bounded by OP_TIMEOUT per step.
+        let _ = tokio::time::timeout(OP_TIMEOUT * 3, ready_rx).await;
+        Ok(Self {
+            inner,
+            notify,
+            _stop: stop_tx,
+        })
+    }
+}
+
+#[async_trait]
+impl Store for RedisStore {
+    async fn load(&self) -> Result<State, StoreError> {
+        let inner = &self.inner;
+        let raw = inner
+            .on_shared(|mut conn| async move { inner.snapshot(&mut conn).await })
+            .await?;
+        raw.decode(&inner.master)
+    }
+
+    async fn apply(&self, change: Change) -> Result<u64, StoreError> {
+        let version = self.inner.apply(&change).await?;
+        self.inner.publish(version, change.touched()).await;
+        Ok(version)
+    }
+
+    async fn seed(&self, seed: &State) -> Result<bool, StoreError> {
+        let seeded = self.inner.seed(seed).await?;
+        if seeded {
+            // Replicas that loaded the empty store before the seed landed.
+            self.inner.publish(1, Touched::All).await;
+        }
+        Ok(seeded)
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<Notification> {
+        self.notify.subscribe()
+    }
+
+    async fn health(&self) -> Result<(), StoreError> {
+        let inner = &self.inner;
+        let ping = inner.on_shared(|mut conn| async move {
+            call(redis::cmd("PING").query_async::<String>(&mut conn)).await
+        });
+        match tokio::time::timeout(HEALTH_TIMEOUT, ping).await {
+            Ok(result) => result.map(|_pong| ()),
+            Err(_) => {
+                inner.drop_shared().await;
+                Err(StoreError::Unavailable(
+                    "redis did not answer PING in time".into(),
+                ))
+            }
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        "redis"
+    }
+}
+
+// === impl Inner ===
+
+impl Inner {
+    /// Runs `op` on the shared connection. A reused connection found broken
+    /// (Redis restarted since its last use) is replaced and `op` retried
+    /// once, so a restart costs no error; a slow Redis is not retried.
+    async fn on_shared<T, F, Fut>(&self, op: F) -> Result<T, StoreError>
+    where
+        F: Fn(MultiplexedConnection) -> Fut,
+        Fut: Future<Output = Result<T, CallError>>,
+    {
+        let (conn, reused) = self.shared_conn().await?;
+        let error = match op(conn).await {
+            Ok(v) => return Ok(v),
+            Err(e) => e,
+        };
+        self.drop_shared().await;
+        if !(reused && error.is_broken_connection()) {
+            return Err(error.into());
+        }
+        let (conn, _) = self.shared_conn().await?;
+        let result = op(conn).await;
+        if result.is_err() {
+            self.drop_shared().await;
+        }
+        result.map_err(StoreError::from)
+    }
+
+    /// The shared connection, and whether it was made before this call.
+    async fn shared_conn(&self) -> Result<(MultiplexedConnection, bool), StoreError> {
+        let mut shared = self.shared.lock().await;
+        if let Some(conn) = shared.as_ref() {
+            return Ok((conn.clone(), true));
+        }
+        let conn = self.new_conn().await?;
+        *shared = Some(conn.clone());
+        Ok((conn, false))
+    }
+
+    async fn drop_shared(&self) {
+        *self.shared.lock().await = None;
+    }
+
+    /// A connection nobody else uses, for `WATCH`.
+    async fn new_conn(&self) -> Result<MultiplexedConnection, StoreError> {
+        timed(
+            self.client
+                .get_multiplexed_async_connection_with_config(&self.conn_config),
+        )
+        .await
+    }
+
+    /// One consistent state, in a `MULTI`/`EXEC` block.
+    async fn snapshot(&self, conn: &mut MultiplexedConnection) -> Result<RawState, CallError> {
+        let n = &self.names;
+        let (version, keys, rules, backends, buckets) = call(
+            redis::pipe()
+                .atomic()
+                .get(&n.version)
+                .hgetall(&n.keys)
+                .hgetall(&n.rules)
+                .hgetall(&n.backends)
+                .hgetall(&n.buckets)
+                .query_async(conn),
+        )
+        .await?;
+        Ok(RawState {
+            version,
+            keys,
+            rules,
+            backends,
+            buckets,
+        })
+    }
+
+    /// The state as read on a connection that has a `WATCH` in force (so
+    /// no `MULTI`, which would end it), or `None` if a write landed while
+    /// reading.
+    async fn watched_snapshot(
+        &self,
+        conn: &mut MultiplexedConnection,
+    ) -> Result<Option<RawState>, StoreError> {
+        let n = &self.names;
+        type Reply = (
+            Option<u64>,
+            BTreeMap<String, String>,
+            BTreeMap<String, String>,
+            BTreeMap<String, String>,
+            BTreeMap<String, String>,
+            Option<u64>,
+        );
+        let (version, keys, rules, backends, buckets, after): Reply = timed(
+            redis::pipe()
+                .get(&n.version)
+                .hgetall(&n.keys)
+                .hgetall(&n.rules)
+                .hgetall(&n.backends)
+                .hgetall(&n.buckets)
+                .get(&n.version)
+                .query_async(conn),
+        )
+        .await?;
+        // Every write bumps the version atomically with its records.
+        if version != after {
+            return Ok(None);
+        }
+        Ok(Some(RawState {
+            version,
+            keys,
+            rules,
+            backends,
+            buckets,
+        }))
+    }
+
+    async fn apply(&self, change: &Change) -> Result<u64, StoreError> {
+        let n = &self.names;
+        let mut conn = self.new_conn().await?;
+        for attempt in 0..MAX_ATTEMPTS {
+            if attempt > 0 {
+                tokio::time::sleep(contention_backoff(attempt)).await;
+            }
+            timed(redis::cmd("WATCH").arg(&n.version).exec_async(&mut conn)).await?;
+            let Some(raw) = self.watched_snapshot(&mut conn).await? else {
+                continue;
+            };
+            let mut state = raw.decode(&self.master)?;
+            // Validated against a consistent snapshot: a failure is real.
+            state.apply(change)?;
+
+            let mut tx = redis::pipe();
+            tx.atomic();
+            match change {
+                Change::PutKey(k) => tx.hset(&n.keys, &k.access_key, self.encode_key(k)?),
+                Change::DeleteKey(ak) => tx.hdel(&n.keys, ak),
+                Change::PutRule(r) => tx.hset(&n.rules, &r.id, encode_rule(r)?),
+                Change::DeleteRule(id) => tx.hdel(&n.rules, id),
+                Change::PutBackend(b) => tx.hset(&n.backends, &b.name, self.encode_backend(b)?),
+                Change::DeleteBackend(name) => tx.hdel(&n.backends, name),
+                Change::PutBucket(b) => tx.hset(&n.buckets, &b.name, encode_bucket(b)?),
+                Change::DeleteBucket(name) => tx.hdel(&n.buckets, name),
+            }
+            .ignore()
+            .incr(&n.version, 1u64);
+            // `None`: EXEC aborted because the version moved since WATCH.
+            let committed: Option<(u64,)> = timed(tx.query_async(&mut conn)).await?;
+            if let Some((version,)) = committed {
+                return Ok(version);
+            }
+        }
+        Err(StoreError::Unavailable(
+            "too much contention: the state kept changing during the write".into(),
+        ))
+    }
+
+    async fn seed(&self, seed: &State) -> Result<bool, StoreError> {
+        let n = &self.names;
+        let keys = seed
+            .keys
+            .values()
+            .map(|k| Ok((k.access_key.clone(), self.encode_key(k)?)))
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        let rules = seed
+            .rules
+            .values()
+            .map(|r| Ok((r.id.clone(), encode_rule(r)?)))
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        let backends = seed
+            .backends
+            .values()
+            .map(|b| Ok((b.name.clone(), self.encode_backend(b)?)))
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        let buckets = seed
+            .buckets
+            .values()
+            .map(|b| Ok((b.name.clone(), encode_bucket(b)?)))
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        let all = [&n.version, &n.keys, &n.rules, &n.backends, &n.buckets];
+
+        let mut conn = self.new_conn().await?;
+        for attempt in 0..MAX_ATTEMPTS {
+            if attempt > 0 {
+                tokio::time::sleep(contention_backoff(attempt)).await;
+            }
+            timed(redis::cmd("WATCH").arg(&all).exec_async(&mut conn)).await?;
+            // Anything there, even records without a version, is state not
+            // to overwrite.
+            let existing: u64 =
+                timed(redis::cmd("EXISTS").arg(&all).query_async(&mut conn)).await?;
+            if existing > 0 {
+                timed(redis::cmd("UNWATCH").exec_async(&mut conn)).await?;
+                return Ok(false);
+            }
+            let mut tx = redis::pipe();
+            tx.atomic();
+            for (hash, items) in [
+                (&n.keys, &keys),
+                (&n.rules, &rules),
+                (&n.backends, &backends),
+                (&n.buckets, &buckets),
+            ] {
+                if !items.is_empty() {
+                    tx.hset_multiple(hash, items).ignore();
+                }
+            }
+            tx.set(&n.version, 1u64).ignore().get(&n.version);
+            let committed: Option<(u64,)> = timed(tx.query_async(&mut conn)).await?;
+            if committed.is_some() {
+                return Ok(true);
+            }
+        }
+        Err(StoreError::Unavailable(
+            "too much contention: the state kept changing during the seed".into(),
+        ))
+    }
+
+    /// Tells every replica. A change is committed before this runs, so a
+    /// failure here is only logged: replicas that miss it reload everything
+    /// when their subscription comes back.
+    async fn publish(&self, version: u64, touched: Touched) {
+        let event = Event { version, touched };
+        let payload = match serde_json::to_string(&event) {
+            Ok(p) => p,
+            Err(error) => {
+                tracing::warn!(%error, "cannot encode state change event");
+                return;
+            }
+        };
+        let result = self
+            .on_shared(|mut conn| {
+                let publish = redis::cmd("PUBLISH")
+                    .arg(&self.names.events)
+                    .arg(&payload)
+                    .clone();
+                async move { call(publish.query_async::<u64>(&mut conn)).await }
+            })
+            .await;
+        if let Err(error) = result {
+            tracing::warn!(%error, version, "state change committed but not published");
+        }
+    }
+
+    /// The stored version, or 0 when Redis cannot tell.
+    async fn current_version(&self) -> u64 {
+        self.on_shared(|mut conn| {
+            let get = redis::cmd("GET").arg(&self.names.version).clone();
+            async move { call(get.query_async::<Option<u64>>(&mut conn)).await }
+        })
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or(0)
+    }
+
+    fn encode_key(&self, k: &KeyRecord) -> Result<String, StoreError> {
+        let stored = StoredKey {
+            access_key: k.access_key.clone(),
+            secret: self.seal(&k.secret, &key_context(&k.access_key))?,
+            principal: k.principal.clone(),
+            groups: k.groups.clone(),
+            created: k.created,
+        };
+        to_json(&stored)
+    }
+
+    fn encode_backend(&self, b: &BackendRecord) -> Result<String, StoreError> {
+        let session_token = match &b.session_token {
+            Some(t) => Some(self.seal(t, &session_token_context(&b.name))?),
+            None => None,
+        };
+        let stored = StoredBackend {
+            name: b.name.clone(),
+            endpoint: b.endpoint.clone(),
+            region: b.region.clone(),
+            addressing_style: b.addressing_style,
+            access_key: b.access_key.clone(),
+            secret: self.seal(&b.secret, &backend_context(&b.name))?,
+            session_token,
+            ca_bundle: b.ca_bundle.clone(),
+            insecure_skip_verify: b.insecure_skip_verify,
+        };
+        to_json(&stored)
+    }
+
+    fn seal(&self, secret: &Secret, context: &str) -> Result<String, StoreError> {
+        // The error names no secret; the context is a record name.
+        self.master
+            .seal(secret.expose(), context)
+            .map_err(|e| StoreError::Unavailable(format!("cannot seal secret for {context}: {e}")))
+    }
+}
+
+// === impl RawState ===
+
+impl RawState {
+    fn decode(self, master: &MasterKey) -> Result<State, StoreError> {
+        let open = |sealed: &str, context: &str| {
+            master
+                .open(sealed, context)
+                .map_err(|e| StoreError::Corrupt(format!("{context}: {e}")))
+        };
+        let mut state = State {
+            version: self.version.unwrap_or(0),
+            ..State::default()
+        };
+        for (field, json) in self.keys {
+            let s: StoredKey = from_json(&json, "access key", &field)?;
+            check_name("access key", &field, &s.access_key)?;
+            let secret = open(&s.secret, &key_context(&field))?;
+            let record = KeyRecord {
+                access_key: s.access_key,
+                secret,
+                principal: s.principal,
+                groups: s.groups,
+                created: s.created,
+            };
+            state.keys.insert(field, record);
+        }
+        for (field, json) in self.rules {
+            let s: StoredRule = from_json(&json, "rule", &field)?;
+            check_name("rule", &field, &s.id)?;
+            let record = RuleRecord {
+                id: s.id,
+                effect: s.effect,
+                principals: s.principals,
+                actions: s.actions,
+                resources: s.resources,
+            };
+            state.rules.insert(field, record);
+        }
+        for (field, json) in self.backends {
+            let s: StoredBackend = from_json(&json, "backend", &field)?;
+            check_name("backend", &field, &s.name)?;
+            let secret = open(&s.secret, &backend_context(&field))?;
+            let session_token = match &s.session_token {
+                Some(t) => Some(open(t, &session_token_context(&field))?),
+                None => None,
+            };
+            let record = BackendRecord {
+                name: s.name,
+                endpoint: s.endpoint,
+                region: s.region,
+                addressing_style: s.addressing_style,
+                access_key: s.access_key,
+                secret,
+                session_token,
+                ca_bundle: s.ca_bundle,
+                insecure_skip_verify: s.insecure_skip_verify,
+            };
+            state.backends.insert(field, record);
+        }
+        for (field, json) in self.buckets {
+            let s: StoredBucket = from_json(&json, "bucket", &field)?;
+            check_name("bucket", &field, &s.name)?;
+            let record = BucketRecord {
+                name: s.name,
+                backend: s.backend,
+                backend_bucket: s.backend_bucket,
+            };
+            state.buckets.insert(field, record);
+        }
+        Ok(state)
+    }
+}
+
+// === impl Names ===
+
+impl Names {
+    fn new(prefix: &str) -> Self {
+        Self {
+            version: format!("{prefix}:version"),
+            keys: format!("{prefix}:keys"),
+            rules: format!("{prefix}:rules"),
+            backends: format!("{prefix}:backends"),
+            buckets: format!("{prefix}:buckets"),
+            events: format!("{prefix}:events"),
+        }
+    }
+}
+
+// === the event subscriber ===
+
+/// Holds a subscription to `p:events` and forwards what arrives, until the
+/// store is dropped (`stop`). After every reconnect — and after the first
+/// connect if the first attempt failed — it sends `Touched::All`, because
+/// changes may have been missed meanwhile.
+async fn subscriber(
+    inner: Arc<Inner>,
+    notify: broadcast::Sender<Notification>,
+    ready: oneshot::Sender<()>,
+    stop: oneshot::Receiver<()>,
+) {
+    let run = async {
+        let mut ready = Some(ready);
+        // Whether events may have been missed since the first attempt.
+        let mut gap = false;
+        let mut backoff = MIN_BACKOFF;
+        loop {
+            let subscribed = subscribe_events(&inner).await;
+            if let Some(ready) = ready.take() {
+                let _ = ready.send(());
+            }
+            match subscribed {
+                Ok((sink, stream)) => {
+                    backoff = MIN_BACKOFF;
+                    if gap {
+                        let version = inner.current_version().await;
+                        tracing::info!(version, "state events resubscribed, reloading everything");
+                        let _ = notify.send(Notification {
+                            version,
+                            touched: Touched::All,
+                        });
+                    }
+                    gap = true;
+                    pump_events(&inner, &notify, sink, stream).await;
+                    tracing::warn!("lost the state events subscription, reconnecting");
+                }
+                Err(error) => {
+                    gap = true;
+                    tracing::warn!(%error, "cannot subscribe to state events, retrying");
+                }
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    };
+    tokio::select! {
+        _ = stop => {}
+        () = run => {}
+    }
+}
+
+async fn subscribe_events(
+    inner: &Inner,
+) -> Result<(redis::aio::PubSubSink, redis::aio::PubSubStream), StoreError> {
+    let pubsub = timed(inner.client.get_async_pubsub()).await?;
+    let (mut sink, stream) = pubsub.split();
+    timed(sink.subscribe(&inner.names.events)).await?;
+    Ok((sink, stream))
+}
+
+/// Forwards events until the connection is lost.
+async fn pump_events(
+    inner: &Inner,
+    notify: &broadcast::Sender<Notification>,
+    mut sink: redis::aio::PubSubSink,
+    mut stream: redis::aio::PubSubStream,
+) {
+    let mut ping = tokio::time::interval(SUBSCRIBER_PING);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ping.tick().await;
+    loop {
+        tokio::select! {
+            msg = stream.next() => {
+                let Some(msg) = msg else { return };
+                let notification = match serde_json::from_slice::<Event>(msg.get_payload_bytes()) {
+                    Ok(e) => Notification { version: e.version, touched: e.touched },
+                    Err(error) => {
+                        // Something changed, but what is unknown: reload all.
+                        tracing::warn!(%error, "undecodable state change event");
+                        Notification { version: inner.current_version().await, touched: Touched::All }
+                    }
+                };
+                let _ = notify.send(notification);
+            }
+            _ = ping.tick() => {
+                let pong: Result<redis::Value, _> = timed(sink.ping()).await;
+                if let Err(error) = pong {
+                    tracing::warn!(%error, "state events connection does not answer");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+// === helpers ===
+
+/// A failed Redis call, before it becomes a [`StoreError`].
+enum CallError {
+    Redis(RedisError),
+    Timeout,
+}
+
+impl CallError {
+    /// The connection is gone (e.g. Redis restarted), rather than slow.
+    fn is_broken_connection(&self) -> bool {
+        match self {
+            CallError::Redis(e) => {
+                (e.is_io_error() || e.is_connection_dropped()) && !e.is_timeout()
+            }
+            CallError::Timeout => false,
+        }
+    }
+}
+
+impl From<CallError> for StoreError {
+    fn from(e: CallError) -> Self {
+        match e {
+            CallError::Redis(e) => redis_error(e),
+            CallError::Timeout => StoreError::Unavailable(format!(
+                "redis did not answer within {}s",
+                OP_TIMEOUT.as_secs()
+            )),
+        }
+    }
+}
+
+/// One Redis call, bounded by [`OP_TIMEOUT`].
+async fn call<T>(fut: impl Future<Output = RedisResult<T>>) -> Result<T, CallError> {
+    match tokio::time::timeout(OP_TIMEOUT, fut).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(CallError::Redis(e)),
+        Err(_) => Err(CallError::Timeout),
+    }
+}
+
+async fn timed<T>(fut: impl Future<Output = RedisResult<T>>) -> Result<T, StoreError> {
+    call(fut).await.map_err(StoreError::from)
+}
+
+fn redis_error(e: RedisError) -> StoreError {
+    // A value of the wrong type where a record or the version should be.
+    // The message would quote the value: leave it out.
+    let wrong_type = matches!(
+        e.kind(),
+        redis::ErrorKind::UnexpectedReturnType | redis::ErrorKind::Parse
+    ) || e
+        .clone()
+        .into_server_errors()
+        .is_some_and(|errors| errors.iter().any(|(_, err)| err.code() == "WRONGTYPE"));
+    if wrong_type {
+        return StoreError::Corrupt("redis holds a value of an unexpected type or encoding".into());
+    }
+    StoreError::Unavailable(format!("redis: {e}"))
+}
+
+/// A random pause before retrying a conflicting write, growing with the
+/// attempt, so writers that collided do not collide again in lockstep.
+fn contention_backoff(attempt: u32) -> Duration {
+    let cap_ms = 1u64 << attempt.min(6); // up to 64 ms
+    let random = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    Duration::from_millis(random % cap_ms + 1)
+}
+
+fn key_context(access_key: &str) -> String {
+    format!("key:{access_key}")
+}
+
+fn backend_context(name: &str) -> String {
+    format!("backend:{name}")
+}
+
+fn session_token_context(name: &str) -> String {
+    format!("backend:{name}:session-token")
+}
+
+fn check_name(what: &str, field: &str, inside: &str) -> Result<(), StoreError> {
+    if field != inside {
+        return Err(StoreError::Corrupt(format!(
+            "{what} {field:?} holds the record of {inside:?}"
+        )));
+    }
+    Ok(())
+}
+
+fn to_json<T: Serialize>(value: &T) -> Result<String, StoreError> {
+    serde_json::to_string(value)
+        .map_err(|e| StoreError::Corrupt(format!("cannot encode record: {e}")))
+}
+
+fn from_json<'a, T: Deserialize<'a>>(
+    json: &'a str,
+    what: &str,
+    field: &str,
+) -> Result<T, StoreError> {
+    // serde_json errors name a position and the expected type, never the
+    // (possibly sealed) value.
+    serde_json::from_str(json).map_err(|e| StoreError::Corrupt(format!("{what} {field:?}: {e}")))
+}
+
+fn encode_rule(r: &RuleRecord) -> Result<String, StoreError> {
+    to_json(&StoredRule {
+        id: r.id.clone(),
+        effect: r.effect,
+        principals: r.principals.clone(),
+        actions: r.actions.clone(),
+        resources: r.resources.clone(),
+    })
+}
+
+fn encode_bucket(b: &BucketRecord) -> Result<String, StoreError> {
+    to_json(&StoredBucket {
+        name: b.name.clone(),
+        backend: b.backend.clone(),
+        backend_bucket: b.backend_bucket.clone(),
+    })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn master() -> MasterKey {
+        MasterKey::from_base64(&MasterKey::generate_base64().unwrap()).unwrap()
+    }
+
+    fn raw() -> RawState {
+        RawState {
+            version: Some(3),
+            keys: BTreeMap::new(),
+            rules: BTreeMap::new(),
+            backends: BTreeMap::new(),
+            buckets: BTreeMap::new(),
+        }
+    }
+
+    fn key(ak: &str) -> KeyRecord {
+        KeyRecord {
+            access_key: ak.into(),
+            secret: Secret::new(format!("secret-of-{ak}")),
+            principal: "alice".into(),
+            groups: vec!["g".into()],
+            created: 7,
+        }
+    }
+
+    fn inner(master: MasterKey) -> Inner {
+        Inner {
+            client: redis::Client::open("redis://127.0.0.1:1").unwrap(),
+            master,
+            names: Names::new(DEFAULT_PREFIX),
+            conn_config: AsyncConnectionConfig::new(),
+            shared: Mutex::new(None),
+        }
+    }
+
+    #[test]
+    fn records_round_trip_through_the_stored_form() {
+        let m = master();
+        let i = inner(m.clone());
+        let backend = BackendRecord {
+            name: "b1".into(),
+            endpoint: "http://127.0.0.1:9000".into(),
+            region: "r".into(),
+            addressing_style: AddressingStyleConfig::Virtual,
+            access_key: "BAK".into(),
+            secret: Secret::new("backend-secret"),
+            session_token: Some(Secret::new("session-token-value")),
+            ca_bundle: Some("/ca.pem".into()),
+            insecure_skip_verify: true,
+        };
+        let mut r = raw();
+        r.keys
+            .insert("AK1".into(), i.encode_key(&key("AK1")).unwrap());
+        r.backends
+            .insert("b1".into(), i.encode_backend(&backend).unwrap());
+        for json in r.keys.values().chain(r.backends.values()) {
+            assert!(!json.contains("secret-of-") && !json.contains("backend-secret"));
+            assert!(!json.contains("session-token-value"));
+        }
+        let state = r.decode(&m).unwrap();
+        assert_eq!(state.version, 3);
+        assert_eq!(state.keys["AK1"], key("AK1"));
+        assert_eq!(state.backends["b1"], backend);
+    }
+
+    #[test]
+    fn swapped_records_are_corrupt() {
+        let m = master();
+        let i = inner(m.clone());
+        // The whole record moved to another field.
+        let mut r = raw();
+        r.keys
+            .insert("AK2".into(), i.encode_key(&key("AK1")).unwrap());
+        assert!(matches!(r.decode(&m), Err(StoreError::Corrupt(_))));
+        // Only the sealed secret moved: the context no longer matches.
+        let mut one: serde_json::Value =
+            serde_json::from_str(&i.encode_key(&key("AK1")).unwrap()).unwrap();
+        let two: serde_json::Value =
+            serde_json::from_str(&i.encode_key(&key("AK2")).unwrap()).unwrap();
+        one["secret"] = two["secret"].clone();
+        let mut r = raw();
+        r.keys.insert("AK1".into(), one.to_string());
+        let err = r.decode(&m).unwrap_err();
+        assert!(matches!(err, StoreError::Corrupt(_)), "{err}");
+        assert!(!err.to_string().contains("secret-of-"));
+    }
+
+    #[test]
+    fn events_have_a_stable_form() {
+        let e = Event {
+            version: 4,
+            touched: Touched::Key("AK".into()),
+        };
+        assert_eq!(
+            serde_json::to_string(&e).unwrap(),
+            r#"{"version":4,"touched":{"Key":"AK"}}"#
+        );
+        let all: Event = serde_json::from_str(r#"{"version":9,"touched":"All"}"#).unwrap();
+        assert_eq!(all.touched, Touched::All);
+    }
+
+    #[test]
+    fn backoff_is_bounded() {
+        for attempt in 1..40 {
+            let d = contention_backoff(attempt);
+            assert!(d >= Duration::from_millis(1) && d <= Duration::from_millis(65));
+        }
+    }
+}

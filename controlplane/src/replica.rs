@@ -1,0 +1,250 @@
+//! One control-plane replica: answers decisions from a local compiled
+//! snapshot of the state, and follows the store.
+//!
+//! Every change, made through any replica, reaches every replica as a store
+//! notification; the follower reloads the state, swaps the snapshot and
+//! publishes the matching [`Invalidation`]s to its Watch streams (and, in
+//! `s3gate serve`, to the in-process data plane). If the store is down, the
+//! replica keeps answering from the snapshot it has and retries the reload.
+
+use std::sync::{Arc, RwLock, Weak};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use s3gate_proto::{
+    AuthorizeRequest, ControlPlane, ControlPlaneError, Decision, Invalidation, Principal, Route,
+    SigningKeyGrant, SigningKeyRequest,
+};
+use tokio::sync::{broadcast, watch};
+use tracing::{info, warn};
+
+use crate::config::CacheConfig;
+use crate::grpc::Events;
+use crate::state::{Change, State, Touched};
+use crate::store::{Notification, Store, StoreError};
+use crate::Embedded;
+
+pub struct Replica {
+    store: Arc<dyn Store>,
+    cache: CacheConfig,
+    /// The snapshot decisions are answered from. Read on every call (an
+    /// `Arc` clone under a briefly held lock), replaced on every change.
+    current: RwLock<Arc<Embedded>>,
+    /// The version of `current`, for read-your-writes waits.
+    version: watch::Sender<u64>,
+    events: Events,
+    name: String,
+}
+
+impl Replica {
+    /// Loads the state and starts following the store. Fails if the store
+    /// cannot be read at all: a replica with no state cannot answer.
+    pub async fn start(
+        store: Arc<dyn Store>,
+        cache: CacheConfig,
+        name: String,
+    ) -> Result<Arc<Self>, StoreError> {
+        // Subscribe first: a change between load and subscribe is not lost.
+        let notes = store.subscribe();
+        let state = store.load().await?;
+        info!(
+            version = state.version,
+            store = store.kind(),
+            keys = state.keys.len(),
+            rules = state.rules.len(),
+            buckets = state.buckets.len(),
+            "control plane state loaded"
+        );
+        let replica = Arc::new(Self {
+            current: RwLock::new(Arc::new(Embedded::from_state(&state, &cache))),
+            version: watch::channel(state.version).0,
+            events: crate::grpc::events(),
+            store,
+            cache,
+            name,
+        });
+        tokio::spawn(follow(Arc::downgrade(&replica), notes));
+        Ok(replica)
+    }
+
+    pub fn snapshot(&self) -> Arc<Embedded> {
+        match self.current.read() {
+            Ok(guard) => guard.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    pub fn version(&self) -> u64 {
+        *self.version.borrow()
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn events(&self) -> Events {
+        self.events.clone()
+    }
+
+    pub fn store(&self) -> &dyn Store {
+        &*self.store
+    }
+
+    /// The full state, from the store (for Admin listings).
+    pub async fn load(&self) -> Result<State, StoreError> {
+        self.store.load().await
+    }
+
+    /// Applies a change through the store and waits (briefly) until this
+    /// replica serves it, so an admin reads its own writes.
+    pub async fn apply(&self, change: Change) -> Result<u64, StoreError> {
+        let version = self.store.apply(change).await?;
+        let mut rx = self.version.subscribe();
+        if tokio::time::timeout(Duration::from_secs(3), rx.wait_for(|v| *v >= version))
+            .await
+            .is_err()
+        {
+            warn!(version, "change applied but not yet loaded by this replica");
+        }
+        Ok(version)
+    }
+
+    fn install(&self, state: &State) {
+        let next = Arc::new(Embedded::from_state(state, &self.cache));
+        match self.current.write() {
+            Ok(mut guard) => *guard = next,
+            Err(poisoned) => *poisoned.into_inner() = next,
+        }
+        self.version.send_replace(state.version);
+    }
+}
+
+/// Follows store notifications until the replica is dropped.
+async fn follow(replica: Weak<Replica>, mut notes: broadcast::Receiver<Notification>) {
+    loop {
+        let note = match notes.recv().await {
+            Ok(n) => n,
+            Err(broadcast::error::RecvError::Lagged(_)) => Notification {
+                version: 0,
+                touched: Touched::All,
+            },
+            Err(broadcast::error::RecvError::Closed) => return,
+        };
+        let Some(replica) = replica.upgrade() else {
+            return;
+        };
+        let mut backoff = Duration::from_millis(100);
+        let state = loop {
+            match replica.store.load().await {
+                Ok(state) => break state,
+                Err(error) => {
+                    warn!(%error, "cannot reload control-plane state; serving the previous snapshot");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+            }
+        };
+        if state.version != replica.version() {
+            replica.install(&state);
+        }
+        for inv in invalidations(&note.touched, &state) {
+            let _ = replica.events.send((state.version, inv));
+        }
+    }
+}
+
+/// What data planes must forget after a change.
+fn invalidations(touched: &Touched, state: &State) -> Vec<Invalidation> {
+    match touched {
+        Touched::Key(k) => vec![Invalidation::Key(k.clone())],
+        Touched::Rules => vec![Invalidation::Policy],
+        Touched::Bucket(b) => vec![Invalidation::Bucket(b.clone())],
+        Touched::Backend(name) => state
+            .buckets
+            .values()
+            .filter(|b| &b.backend == name)
+            .map(|b| Invalidation::Bucket(b.name.clone()))
+            .collect(),
+        Touched::All => vec![Invalidation::All],
+    }
+}
+
+#[async_trait]
+impl ControlPlane for Replica {
+    async fn signing_key(
+        &self,
+        req: SigningKeyRequest,
+    ) -> Result<SigningKeyGrant, ControlPlaneError> {
+        self.snapshot().signing_key(req).await
+    }
+
+    async fn authorize(&self, req: AuthorizeRequest) -> Result<Decision, ControlPlaneError> {
+        self.snapshot().authorize(req).await
+    }
+
+    async fn route(&self, bucket: &str) -> Result<Route, ControlPlaneError> {
+        self.snapshot().route(bucket).await
+    }
+
+    async fn visible_buckets(
+        &self,
+        principal: &Principal,
+    ) -> Result<Vec<String>, ControlPlaneError> {
+        self.snapshot().visible_buckets(principal).await
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::config::Secret;
+    use crate::state::KeyRecord;
+    use crate::store::MemoryStore;
+
+    #[tokio::test]
+    async fn changes_are_served_and_announced() {
+        let store = Arc::new(MemoryStore::new());
+        let replica = Replica::start(store, CacheConfig::default(), "r1".into())
+            .await
+            .unwrap();
+        let mut events = replica.events().subscribe();
+        let ask = || SigningKeyRequest {
+            access_key: "AK1".into(),
+            date: "20240101".into(),
+            region: "us-east-1".into(),
+            service: "s3".into(),
+        };
+        assert!(matches!(
+            replica.signing_key(ask()).await,
+            Err(ControlPlaneError::UnknownAccessKey)
+        ));
+        let v = replica
+            .apply(Change::PutKey(KeyRecord {
+                access_key: "AK1".into(),
+                secret: Secret::new("s1"),
+                principal: "p".into(),
+                groups: vec![],
+                created: 0,
+            }))
+            .await
+            .unwrap();
+        // read-your-writes: served as soon as apply returns
+        assert_eq!(replica.version(), v);
+        assert_eq!(
+            &*replica.signing_key(ask()).await.unwrap().principal.name,
+            "p"
+        );
+        let (ver, inv) = tokio::time::timeout(Duration::from_secs(1), events.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((ver, inv), (v, Invalidation::Key("AK1".into())));
+
+        replica
+            .apply(Change::DeleteKey("AK1".into()))
+            .await
+            .unwrap();
+        assert!(replica.signing_key(ask()).await.is_err());
+    }
+}

@@ -1,0 +1,381 @@
+//! The control plane's state: access keys, rules, backends and buckets, with
+//! a version that increases with every change.
+//!
+//! Every replica answers decisions from a local compiled snapshot of this
+//! state ([`crate::Embedded`]); a [`crate::store::Store`] holds the
+//! authoritative copy (memory, or Redis shared by replicas) and tells every
+//! replica what changed.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::{AddressingStyleConfig, Effect, FileConfig, Secret};
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct State {
+    pub version: u64,
+    pub keys: BTreeMap<String, KeyRecord>,
+    /// By rule id. Order does not matter to decisions: deny wins.
+    pub rules: BTreeMap<String, RuleRecord>,
+    pub backends: BTreeMap<String, BackendRecord>,
+    pub buckets: BTreeMap<String, BucketRecord>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyRecord {
+    pub access_key: String,
+    pub secret: Secret,
+    pub principal: String,
+    pub groups: Vec<String>,
+    /// Unix seconds; 0 for keys seeded from a config file.
+    pub created: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleRecord {
+    pub id: String,
+    pub effect: Effect,
+    pub principals: Vec<String>,
+    pub actions: Vec<String>,
+    pub resources: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendRecord {
+    pub name: String,
+    pub endpoint: String,
+    pub region: String,
+    pub addressing_style: AddressingStyleConfig,
+    pub access_key: String,
+    pub secret: Secret,
+    pub session_token: Option<Secret>,
+    pub ca_bundle: Option<String>,
+    pub insecure_skip_verify: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BucketRecord {
+    pub name: String,
+    pub backend: String,
+    pub backend_bucket: String,
+}
+
+/// One atomic edit of the state.
+/// Records hold plaintext secrets and deliberately do not implement
+/// `Serialize`: a store defines its own (encrypted) stored form.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    PutKey(KeyRecord),
+    DeleteKey(String),
+    PutRule(RuleRecord),
+    DeleteRule(String),
+    PutBackend(BackendRecord),
+    DeleteBackend(String),
+    PutBucket(BucketRecord),
+    DeleteBucket(String),
+}
+
+/// What a change touched, as told to every replica. Carries no secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Touched {
+    Key(String),
+    Rules,
+    Backend(String),
+    Bucket(String),
+    /// Anything, e.g. after a replica missed notifications.
+    All,
+}
+
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum ChangeError {
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Change {
+    pub fn touched(&self) -> Touched {
+        match self {
+            Change::PutKey(k) => Touched::Key(k.access_key.clone()),
+            Change::DeleteKey(k) => Touched::Key(k.clone()),
+            Change::PutRule(_) | Change::DeleteRule(_) => Touched::Rules,
+            Change::PutBackend(b) => Touched::Backend(b.name.clone()),
+            Change::DeleteBackend(b) => Touched::Backend(b.clone()),
+            Change::PutBucket(b) => Touched::Bucket(b.name.clone()),
+            Change::DeleteBucket(b) => Touched::Bucket(b.clone()),
+        }
+    }
+}
+
+impl State {
+    /// Applies `change` if it keeps the state consistent (a bucket names an
+    /// existing backend; a backend in use cannot be deleted). Does not touch
+    /// the version: stores do.
+    pub fn apply(&mut self, change: &Change) -> Result<(), ChangeError> {
+        match change {
+            Change::PutKey(k) => {
+                validate_key_record(k)?;
+                self.keys.insert(k.access_key.clone(), k.clone());
+            }
+            Change::DeleteKey(ak) => {
+                self.keys
+                    .remove(ak)
+                    .ok_or_else(|| ChangeError::NotFound(format!("access key {ak:?}")))?;
+            }
+            Change::PutRule(r) => {
+                validate_rule(r)?;
+                self.rules.insert(r.id.clone(), r.clone());
+            }
+            Change::DeleteRule(id) => {
+                self.rules
+                    .remove(id)
+                    .ok_or_else(|| ChangeError::NotFound(format!("rule {id:?}")))?;
+            }
+            Change::PutBackend(b) => {
+                validate_backend(b)?;
+                self.backends.insert(b.name.clone(), b.clone());
+            }
+            Change::DeleteBackend(name) => {
+                if let Some(bucket) = self.buckets.values().find(|b| &b.backend == name) {
+                    return Err(ChangeError::Invalid(format!(
+                        "backend {name:?} is used by bucket {:?}",
+                        bucket.name
+                    )));
+                }
+                self.backends
+                    .remove(name)
+                    .ok_or_else(|| ChangeError::NotFound(format!("backend {name:?}")))?;
+            }
+            Change::PutBucket(b) => {
+                if !valid_bucket_name(&b.name) || !valid_bucket_name(&b.backend_bucket) {
+                    return Err(ChangeError::Invalid(format!(
+                        "bucket {:?}: invalid bucket name",
+                        b.name
+                    )));
+                }
+                if !self.backends.contains_key(&b.backend) {
+                    return Err(ChangeError::Invalid(format!(
+                        "bucket {:?} names unknown backend {:?}",
+                        b.name, b.backend
+                    )));
+                }
+                self.buckets.insert(b.name.clone(), b.clone());
+            }
+            Change::DeleteBucket(name) => {
+                self.buckets
+                    .remove(name)
+                    .ok_or_else(|| ChangeError::NotFound(format!("bucket {name:?}")))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The state a config file describes. Rules get ids `r001`, `r002`, …
+    /// in file order.
+    pub fn from_config(cfg: &FileConfig) -> Self {
+        let keys = cfg
+            .keys
+            .iter()
+            .map(|k| {
+                (
+                    k.access_key.clone(),
+                    KeyRecord {
+                        access_key: k.access_key.clone(),
+                        secret: k.secret_key.clone(),
+                        principal: k.principal.clone(),
+                        groups: k.groups.clone(),
+                        created: 0,
+                    },
+                )
+            })
+            .collect();
+        let rules = cfg
+            .rules
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let id = format!("r{:03}", i + 1);
+                (
+                    id.clone(),
+                    RuleRecord {
+                        id,
+                        effect: r.effect,
+                        principals: r.principals.clone(),
+                        actions: r.actions.clone(),
+                        resources: r.resources.clone(),
+                    },
+                )
+            })
+            .collect();
+        let backends = cfg
+            .backends
+            .iter()
+            .map(|b| {
+                (
+                    b.name.clone(),
+                    BackendRecord {
+                        name: b.name.clone(),
+                        endpoint: b.endpoint.clone(),
+                        region: b.region.clone(),
+                        addressing_style: b.addressing_style,
+                        access_key: b.access_key.clone(),
+                        secret: b.secret_key.clone(),
+                        session_token: b.session_token.clone(),
+                        ca_bundle: b.ca_bundle.clone(),
+                        insecure_skip_verify: b.insecure_skip_verify,
+                    },
+                )
+            })
+            .collect();
+        let buckets = cfg
+            .buckets
+            .iter()
+            .map(|b| {
+                (
+                    b.name.clone(),
+                    BucketRecord {
+                        name: b.name.clone(),
+                        backend: b.backend.clone(),
+                        backend_bucket: b.backend_bucket.clone().unwrap_or_else(|| b.name.clone()),
+                    },
+                )
+            })
+            .collect();
+        State {
+            version: 0,
+            keys,
+            rules,
+            backends,
+            buckets,
+        }
+    }
+}
+
+fn valid_bucket_name(n: &str) -> bool {
+    !n.is_empty()
+        && n.len() <= 255
+        && n.bytes()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'-' | b'_'))
+}
+
+fn validate_key_record(k: &KeyRecord) -> Result<(), ChangeError> {
+    if k.access_key.is_empty()
+        || !k
+            .access_key
+            .bytes()
+            .all(|c| c.is_ascii_graphic() && c != b'/')
+    {
+        return Err(ChangeError::Invalid(
+            "access key must be printable ASCII without '/'".into(),
+        ));
+    }
+    if k.secret.expose().is_empty() {
+        return Err(ChangeError::Invalid("secret must not be empty".into()));
+    }
+    if k.principal.is_empty() || k.principal == s3gate_proto::Principal::ANONYMOUS {
+        return Err(ChangeError::Invalid("invalid principal".into()));
+    }
+    Ok(())
+}
+
+fn validate_rule(r: &RuleRecord) -> Result<(), ChangeError> {
+    let invalid = |m: String| Err(ChangeError::Invalid(format!("rule {:?}: {m}", r.id)));
+    if r.id.is_empty() {
+        return invalid("id must not be empty".into());
+    }
+    if r.principals.is_empty() || r.actions.is_empty() || r.resources.is_empty() {
+        return invalid("principals, actions and resources must not be empty".into());
+    }
+    if let Some(a) = r
+        .actions
+        .iter()
+        .find(|a| !a.starts_with("s3:") && a.as_str() != "*")
+    {
+        return invalid(format!("action {a:?} must start with 's3:'"));
+    }
+    if let Some(res) = r
+        .resources
+        .iter()
+        .find(|res| res.is_empty() || res.starts_with('/'))
+    {
+        return invalid(format!(
+            "resource {res:?} must be 'bucket' or 'bucket/key-glob'"
+        ));
+    }
+    Ok(())
+}
+
+fn validate_backend(b: &BackendRecord) -> Result<(), ChangeError> {
+    let rest = b
+        .endpoint
+        .strip_prefix("http://")
+        .or_else(|| b.endpoint.strip_prefix("https://"));
+    match rest {
+        Some(authority) if !authority.is_empty() && !authority.contains('/') => Ok(()),
+        _ => Err(ChangeError::Invalid(format!(
+            "backend {:?}: endpoint must be http(s)://host[:port] without a path",
+            b.name
+        ))),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn backend(name: &str) -> BackendRecord {
+        BackendRecord {
+            name: name.into(),
+            endpoint: "http://127.0.0.1:9000".into(),
+            region: "us-east-1".into(),
+            addressing_style: AddressingStyleConfig::Path,
+            access_key: "AK".into(),
+            secret: Secret::new("s"),
+            session_token: None,
+            ca_bundle: None,
+            insecure_skip_verify: false,
+        }
+    }
+
+    #[test]
+    fn referential_integrity() {
+        let mut s = State::default();
+        let bucket = BucketRecord {
+            name: "data".into(),
+            backend: "b1".into(),
+            backend_bucket: "data".into(),
+        };
+        assert!(
+            s.apply(&Change::PutBucket(bucket.clone())).is_err(),
+            "unknown backend"
+        );
+        s.apply(&Change::PutBackend(backend("b1"))).unwrap();
+        s.apply(&Change::PutBucket(bucket)).unwrap();
+        assert!(matches!(
+            s.apply(&Change::DeleteBackend("b1".into())),
+            Err(ChangeError::Invalid(_))
+        ));
+        s.apply(&Change::DeleteBucket("data".into())).unwrap();
+        s.apply(&Change::DeleteBackend("b1".into())).unwrap();
+        assert!(matches!(
+            s.apply(&Change::DeleteKey("nope".into())),
+            Err(ChangeError::NotFound(_))
+        ));
+    }
+
+    #[test]
+    fn serialized_changes_keep_secrets_out_of_debug() {
+        let change = Change::PutKey(KeyRecord {
+            access_key: "AK".into(),
+            secret: Secret::new("top-secret-value"),
+            principal: "p".into(),
+            groups: vec![],
+            created: 1,
+        });
+        assert!(!format!("{change:?}").contains("top-secret-value"));
+        assert_eq!(change.touched(), Touched::Key("AK".into()));
+    }
+}

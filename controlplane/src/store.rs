@@ -1,0 +1,135 @@
+//! Where the authoritative control-plane state lives.
+//!
+//! - [`MemoryStore`]: one process (`s3gate serve`, or a control plane without
+//!   Redis). Changes are lost on restart; the config file seeds it.
+//! - `RedisStore` ([`crate::redis_store`]): shared by every replica; secrets
+//!   encrypted at rest; a pub/sub channel tells every replica what changed.
+//!
+//! Replicas never answer decisions from the store directly: they keep a local
+//! compiled snapshot and reload it when notified (see [`crate::replica`]), so
+//! losing the store costs writes, not reads.
+
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use tokio::sync::broadcast;
+
+use crate::state::{Change, ChangeError, State, Touched};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The store cannot be reached. Reads go on from local state; writes fail.
+    #[error("state store unavailable: {0}")]
+    Unavailable(String),
+    #[error(transparent)]
+    Change(#[from] ChangeError),
+    /// Stored data that cannot be decoded or decrypted (wrong master key?).
+    #[error("stored state is unreadable: {0}")]
+    Corrupt(String),
+}
+
+/// A change somewhere, as every replica hears of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notification {
+    /// The state version after the change.
+    pub version: u64,
+    pub touched: Touched,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// The whole state, with its version.
+    async fn load(&self) -> Result<State, StoreError>;
+
+    /// Applies one change atomically — validated against the current stored
+    /// state, so concurrent writers through different replicas cannot break
+    /// referential integrity — bumps the version and notifies every replica.
+    /// Returns the new version.
+    async fn apply(&self, change: Change) -> Result<u64, StoreError>;
+
+    /// Writes `seed` if the store holds no state yet. Returns whether it did.
+    async fn seed(&self, seed: &State) -> Result<bool, StoreError>;
+
+    /// Changes made through any replica, this one included. After a gap (a
+    /// lost subscription, a lagging receiver) the store sends `Touched::All`.
+    fn subscribe(&self) -> broadcast::Receiver<Notification>;
+
+    /// Whether the store answers right now.
+    async fn health(&self) -> Result<(), StoreError>;
+
+    /// "memory" or "redis", for status.
+    fn kind(&self) -> &'static str;
+}
+
+// === MemoryStore ===
+
+pub struct MemoryStore {
+    state: Mutex<State>,
+    notify: broadcast::Sender<Notification>,
+}
+
+impl MemoryStore {
+    pub fn new() -> Self {
+        Self {
+            state: Mutex::new(State::default()),
+            notify: broadcast::channel(1024).0,
+        }
+    }
+
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, State>, StoreError> {
+        self.state
+            .lock()
+            .map_err(|_| StoreError::Corrupt("state lock poisoned".into()))
+    }
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    async fn load(&self) -> Result<State, StoreError> {
+        Ok(self.lock()?.clone())
+    }
+
+    async fn apply(&self, change: Change) -> Result<u64, StoreError> {
+        let version = {
+            let mut state = self.lock()?;
+            let mut next = state.clone();
+            next.apply(&change)?;
+            next.version += 1;
+            *state = next;
+            state.version
+        };
+        let _ = self.notify.send(Notification {
+            version,
+            touched: change.touched(),
+        });
+        Ok(version)
+    }
+
+    async fn seed(&self, seed: &State) -> Result<bool, StoreError> {
+        let mut state = self.lock()?;
+        if state.version != 0 || !state.keys.is_empty() || !state.backends.is_empty() {
+            return Ok(false);
+        }
+        *state = seed.clone();
+        state.version = 1;
+        Ok(true)
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<Notification> {
+        self.notify.subscribe()
+    }
+
+    async fn health(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    fn kind(&self) -> &'static str {
+        "memory"
+    }
+}

@@ -1,0 +1,599 @@
+//! `RedisStore` against real `redis-server` processes, one per test.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod redis_server;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use redis_server::RedisServer;
+use s3gate_controlplane::config::{AddressingStyleConfig, Effect, Secret};
+use s3gate_controlplane::crypto::MasterKey;
+use s3gate_controlplane::redis_store::{RedisStore, DEFAULT_PREFIX};
+use s3gate_controlplane::state::{
+    BackendRecord, BucketRecord, Change, KeyRecord, RuleRecord, State, Touched,
+};
+use s3gate_controlplane::store::{Notification, Store, StoreError};
+use tokio::sync::broadcast;
+
+fn master() -> MasterKey {
+    MasterKey::from_base64(&MasterKey::generate_base64().unwrap()).unwrap()
+}
+
+async fn store(redis: &RedisServer, master: &MasterKey) -> RedisStore {
+    RedisStore::connect(&redis.url(), master.clone(), DEFAULT_PREFIX)
+        .await
+        .unwrap()
+}
+
+fn key(ak: &str) -> KeyRecord {
+    KeyRecord {
+        access_key: ak.into(),
+        secret: Secret::new(format!("KEYSECRET-{ak}")),
+        principal: "alice".into(),
+        groups: vec!["admins".into()],
+        created: 1_700_000_000,
+    }
+}
+
+fn backend(name: &str) -> BackendRecord {
+    BackendRecord {
+        name: name.into(),
+        endpoint: "http://127.0.0.1:9000".into(),
+        region: "us-east-1".into(),
+        addressing_style: AddressingStyleConfig::Path,
+        access_key: "BACKENDAK".into(),
+        secret: Secret::new(format!("BACKENDSECRET-{name}")),
+        session_token: Some(Secret::new(format!("SESSIONTOKEN-{name}"))),
+        ca_bundle: None,
+        insecure_skip_verify: false,
+    }
+}
+
+fn bucket(name: &str, backend: &str) -> BucketRecord {
+    BucketRecord {
+        name: name.into(),
+        backend: backend.into(),
+        backend_bucket: format!("{name}-upstream"),
+    }
+}
+
+fn seed_state() -> State {
+    let mut s = State::default();
+    for change in [
+        Change::PutKey(key("AKSEED1")),
+        Change::PutKey(key("AKSEED2")),
+        Change::PutRule(RuleRecord {
+            id: "r001".into(),
+            effect: Effect::Allow,
+            principals: vec!["alice".into()],
+            actions: vec!["s3:*".into()],
+            resources: vec!["data".into(), "data/*".into()],
+        }),
+        Change::PutRule(RuleRecord {
+            id: "r002".into(),
+            effect: Effect::Deny,
+            principals: vec!["*".into()],
+            actions: vec!["s3:DeleteObject".into()],
+            resources: vec!["data/locked/*".into()],
+        }),
+        Change::PutBackend(backend("b1")),
+        Change::PutBucket(bucket("data", "b1")),
+    ] {
+        s.apply(&change).unwrap();
+    }
+    s
+}
+
+/// The next notification that `pred` accepts, within `within`.
+async fn wait_for(
+    rx: &mut broadcast::Receiver<Notification>,
+    within: Duration,
+    pred: impl Fn(&Notification) -> bool,
+) -> Notification {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Ok(n)) if pred(&n) => return n,
+            Ok(Ok(_)) | Ok(Err(broadcast::error::RecvError::Lagged(_))) => continue,
+            Ok(Err(e)) => panic!("notification channel closed: {e}"),
+            Err(_) => panic!("no matching notification within {within:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seed_then_load_round_trips() {
+    let redis = RedisServer::start();
+    let m = master();
+    let store = store(&redis, &m).await;
+    assert_eq!(store.kind(), "redis");
+    store.health().await.unwrap();
+
+    let empty = store.load().await.unwrap();
+    assert_eq!(empty, State::default());
+
+    let seed = seed_state();
+    assert!(store.seed(&seed).await.unwrap());
+    let loaded = store.load().await.unwrap();
+    let mut expected = seed.clone();
+    expected.version = 1;
+    assert_eq!(loaded, expected);
+
+    // A second seed, even a different one, changes nothing.
+    let mut other = State::default();
+    other.apply(&Change::PutKey(key("AKOTHER"))).unwrap();
+    assert!(!store.seed(&other).await.unwrap());
+    assert!(!store.seed(&seed).await.unwrap());
+    assert_eq!(store.load().await.unwrap(), expected);
+
+    // Another store on the same Redis sees the same state.
+    let again = self::store(&redis, &m).await;
+    assert_eq!(again.load().await.unwrap(), expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_is_seen_by_every_replica_and_its_subscribers() {
+    let redis = RedisServer::start();
+    let m = master();
+    let a = store(&redis, &m).await;
+    let b = store(&redis, &m).await;
+    assert!(a.seed(&seed_state()).await.unwrap());
+    let mut b_events = b.subscribe();
+    let mut a_events = a.subscribe();
+
+    let started = Instant::now();
+    let v = a.apply(Change::PutKey(key("AKNEW"))).await.unwrap();
+    assert_eq!(v, 2);
+    // (The seed's own `Touched::All` may still be on its way.)
+    let n = wait_for(&mut b_events, Duration::from_secs(1), |n| n.version == 2).await;
+    assert_eq!(
+        n,
+        Notification {
+            version: 2,
+            touched: Touched::Key("AKNEW".into())
+        }
+    );
+    assert!(started.elapsed() < Duration::from_secs(1));
+    // The writing replica hears of its own change too.
+    let n = wait_for(&mut a_events, Duration::from_secs(1), |n| n.version == 2).await;
+    assert_eq!(n.touched, Touched::Key("AKNEW".into()));
+
+    let state = b.load().await.unwrap();
+    assert_eq!(state.version, 2);
+    assert_eq!(state.keys["AKNEW"], key("AKNEW"));
+
+    // Deletes and the other record kinds, written through B.
+    let v = b.apply(Change::DeleteKey("AKSEED1".into())).await.unwrap();
+    assert_eq!(v, 3);
+    let n = wait_for(&mut a_events, Duration::from_secs(1), |n| n.version == 3).await;
+    assert_eq!(n.touched, Touched::Key("AKSEED1".into()));
+    b.apply(Change::DeleteRule("r002".into())).await.unwrap();
+    b.apply(Change::PutBackend(backend("b2"))).await.unwrap();
+    b.apply(Change::PutBucket(bucket("logs", "b2")))
+        .await
+        .unwrap();
+    let v = b.apply(Change::DeleteBucket("data".into())).await.unwrap();
+    assert_eq!(v, 7);
+    let n = wait_for(&mut a_events, Duration::from_secs(1), |n| n.version == 7).await;
+    assert_eq!(n.touched, Touched::Bucket("data".into()));
+
+    let state = a.load().await.unwrap();
+    assert_eq!(state.version, 7);
+    assert!(!state.keys.contains_key("AKSEED1"));
+    assert_eq!(state.rules.keys().collect::<Vec<_>>(), ["r001"]);
+    assert_eq!(state.backends["b2"], backend("b2"));
+    assert_eq!(state.buckets.keys().collect::<Vec<_>>(), ["logs"]);
+
+    // A missing record is a change error, not a version bump.
+    let err = a.apply(Change::DeleteKey("nope".into())).await.unwrap_err();
+    assert!(matches!(err, StoreError::Change(_)), "{err}");
+    assert_eq!(a.load().await.unwrap().version, 7);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_are_not_stored_in_plaintext() {
+    let redis = RedisServer::start();
+    let store = store(&redis, &master()).await;
+    store.seed(&seed_state()).await.unwrap();
+    store.apply(Change::PutKey(key("AKLATER"))).await.unwrap();
+    store
+        .apply(Change::PutBackend(backend("b9")))
+        .await
+        .unwrap();
+
+    let mut conn = redis
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let all_keys: Vec<String> = redis::cmd("KEYS")
+        .arg("*")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let mut dump = String::new();
+    for k in &all_keys {
+        let kind: String = redis::cmd("TYPE")
+            .arg(k)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        match kind.as_str() {
+            "hash" => {
+                let h: Vec<(String, String)> = redis::cmd("HGETALL")
+                    .arg(k)
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap();
+                for (f, v) in h {
+                    dump.push_str(&format!("{k} {f} {v}\n"));
+                }
+            }
+            "string" => {
+                let v: String = redis::cmd("GET")
+                    .arg(k)
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap();
+                dump.push_str(&format!("{k} {v}\n"));
+            }
+            other => panic!("unexpected key {k} of type {other}"),
+        }
+    }
+    // The records are there (as JSON) ...
+    assert!(
+        dump.contains("AKSEED1") && dump.contains("AKLATER") && dump.contains("b9"),
+        "{dump}"
+    );
+    assert!(dump.contains("BACKENDAK"), "{dump}");
+    // ... but no secret is, in any form.
+    for secret in ["KEYSECRET", "BACKENDSECRET", "SESSIONTOKEN"] {
+        assert!(
+            !dump.contains(secret),
+            "{secret} stored in plaintext:\n{dump}"
+        );
+    }
+    let mut sorted = all_keys.clone();
+    sorted.sort();
+    assert_eq!(
+        sorted,
+        [
+            "s3gate:backends",
+            "s3gate:buckets",
+            "s3gate:keys",
+            "s3gate:rules",
+            "s3gate:version"
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_master_key_is_corrupt() {
+    let redis = RedisServer::start();
+    let right = store(&redis, &master()).await;
+    right.seed(&seed_state()).await.unwrap();
+
+    let wrong = store(&redis, &master()).await;
+    let err = wrong.load().await.unwrap_err();
+    assert!(matches!(err, StoreError::Corrupt(_)), "{err}");
+    assert!(!err.to_string().contains("KEYSECRET"), "{err}");
+    // Writes go through a load too, so they refuse rather than mix keys.
+    let err = wrong.apply(Change::PutKey(key("AKX"))).await.unwrap_err();
+    assert!(matches!(err, StoreError::Corrupt(_)), "{err}");
+    assert_eq!(right.load().await.unwrap().version, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_applies_through_two_replicas_all_land() {
+    let redis = RedisServer::start();
+    let m = master();
+    let a = Arc::new(store(&redis, &m).await);
+    let b = Arc::new(store(&redis, &m).await);
+    a.seed(&seed_state()).await.unwrap();
+    let before = a.load().await.unwrap();
+
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let s = if i % 2 == 0 { a.clone() } else { b.clone() };
+        tasks.push(tokio::spawn(async move {
+            // Keys and buckets mixed, so validation reads a moving state.
+            if i % 3 == 0 {
+                s.apply(Change::PutBucket(bucket(&format!("bucket{i}"), "b1")))
+                    .await
+            } else {
+                s.apply(Change::PutKey(key(&format!("AKC{i:02}")))).await
+            }
+        }));
+    }
+    let mut versions = Vec::new();
+    for t in tasks {
+        versions.push(t.await.unwrap().unwrap());
+    }
+    versions.sort_unstable();
+    let expected: Vec<u64> = (before.version + 1..=before.version + 20).collect();
+    assert_eq!(versions, expected, "every write got its own version");
+
+    let after = b.load().await.unwrap();
+    assert_eq!(after.version, before.version + 20);
+    for i in 0..20 {
+        if i % 3 == 0 {
+            assert!(after.buckets.contains_key(&format!("bucket{i}")));
+        } else {
+            assert_eq!(
+                after.keys[&format!("AKC{i:02}")],
+                key(&format!("AKC{i:02}"))
+            );
+        }
+    }
+    assert_eq!(after.keys.len(), before.keys.len() + 13);
+    assert_eq!(after.buckets.len(), before.buckets.len() + 7);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn referential_integrity_is_enforced() {
+    let redis = RedisServer::start();
+    let m = master();
+    let a = store(&redis, &m).await;
+    let b = store(&redis, &m).await;
+    a.seed(&seed_state()).await.unwrap();
+
+    let err = a
+        .apply(Change::PutBucket(bucket("orphan", "nope")))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Change(_)), "{err}");
+    // A backend in use cannot go, even when the bucket came through another
+    // replica.
+    b.apply(Change::PutBackend(backend("b2"))).await.unwrap();
+    b.apply(Change::PutBucket(bucket("uses-b2", "b2")))
+        .await
+        .unwrap();
+    let err = a
+        .apply(Change::DeleteBackend("b2".into()))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Change(_)), "{err}");
+    let err = a
+        .apply(Change::PutKey(KeyRecord {
+            secret: Secret::new(""),
+            ..key("AKEMPTY")
+        }))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Change(_)), "{err}");
+
+    let state = b.load().await.unwrap();
+    assert_eq!(state.version, 3, "failed changes do not bump the version");
+    assert!(!state.buckets.contains_key("orphan"));
+    assert!(state.backends.contains_key("b2"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefixes_are_separate_states() {
+    let redis = RedisServer::start();
+    let m = master();
+    let one = RedisStore::connect(&redis.url(), m.clone(), "one")
+        .await
+        .unwrap();
+    let two = RedisStore::connect(&redis.url(), m.clone(), "two")
+        .await
+        .unwrap();
+    let mut two_events = two.subscribe();
+    assert!(one.seed(&seed_state()).await.unwrap());
+    assert!(two.seed(&State::default()).await.unwrap());
+    one.apply(Change::PutKey(key("AKONE"))).await.unwrap();
+    let state = two.load().await.unwrap();
+    assert_eq!(state.version, 1);
+    assert!(state.keys.is_empty());
+    // Two's own seed notification, and nothing of one's.
+    let n = wait_for(&mut two_events, Duration::from_secs(1), |_| true).await;
+    assert_eq!(n.touched, Touched::All);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(two_events.try_recv().is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_down_gives_unavailable_quickly_and_recovery_reloads_all() {
+    let mut redis = RedisServer::start();
+    let m = master();
+    let store = store(&redis, &m).await;
+    let mut events = store.subscribe();
+    store.seed(&seed_state()).await.unwrap();
+    store.load().await.unwrap();
+    // The seed's own announcement, so it is not taken for the one below.
+    wait_for(&mut events, Duration::from_secs(1), |n| {
+        n.touched == Touched::All
+    })
+    .await;
+
+    redis.kill();
+    let started = Instant::now();
+    let err = store.load().await.unwrap_err();
+    assert!(matches!(err, StoreError::Unavailable(_)), "{err}");
+    let err = store
+        .apply(Change::PutKey(key("AKDOWN")))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Unavailable(_)), "{err}");
+    let err = store.health().await.unwrap_err();
+    assert!(matches!(err, StoreError::Unavailable(_)), "{err}");
+    let err = store.seed(&seed_state()).await.unwrap_err();
+    assert!(matches!(err, StoreError::Unavailable(_)), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        started.elapsed()
+    );
+
+    // Back on the same port (empty: the test server does not persist).
+    redis.restart();
+    let v = store
+        .apply(Change::PutBackend(backend("b1")))
+        .await
+        .unwrap();
+    assert_eq!(v, 1);
+    store.health().await.unwrap();
+    assert_eq!(store.load().await.unwrap().backends.len(), 1);
+    // The subscriber reconnects (backoff ≤ 2 s) and tells replicas to
+    // reload everything they may have missed.
+    let n = wait_for(&mut events, Duration::from_secs(10), |n| {
+        n.touched == Touched::All
+    })
+    .await;
+    assert!(n.version <= 1);
+    // And it hears changes again.
+    let v = store.apply(Change::PutKey(key("AKBACK"))).await.unwrap();
+    wait_for(&mut events, Duration::from_secs(1), |n| {
+        n.version == v && n.touched == Touched::Key("AKBACK".into())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_can_start_before_redis() {
+    let mut redis = RedisServer::with_free_port();
+    let m = master();
+    let started = Instant::now();
+    let store = store(&redis, &m).await;
+    assert!(started.elapsed() < Duration::from_secs(3));
+    let mut events = store.subscribe();
+    assert!(matches!(
+        store.load().await,
+        Err(StoreError::Unavailable(_))
+    ));
+    assert!(matches!(
+        store.health().await,
+        Err(StoreError::Unavailable(_))
+    ));
+
+    redis.restart();
+    // Its first subscription came late, so it announces a reload.
+    let n = wait_for(&mut events, Duration::from_secs(10), |n| {
+        n.touched == Touched::All
+    })
+    .await;
+    assert_eq!(n.version, 0);
+    assert!(store.seed(&seed_state()).await.unwrap());
+    assert_eq!(store.load().await.unwrap().version, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_redis_gives_unavailable_not_a_hang() {
+    let redis = RedisServer::start();
+    let store = store(&redis, &master()).await;
+    store.seed(&seed_state()).await.unwrap();
+    redis.pause();
+    let started = Instant::now();
+    let err = store.load().await.unwrap_err();
+    assert!(matches!(err, StoreError::Unavailable(_)), "{err}");
+    let err = store
+        .apply(Change::PutKey(key("AKHUNG")))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Unavailable(_)), "{err}");
+    let err = store.health().await.unwrap_err();
+    assert!(matches!(err, StoreError::Unavailable(_)), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(7),
+        "took {:?}",
+        started.elapsed()
+    );
+    redis.resume();
+    store.apply(Change::PutKey(key("AKHUNG"))).await.unwrap();
+    assert!(store.load().await.unwrap().keys.contains_key("AKHUNG"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undecodable_records_are_corrupt() {
+    let redis = RedisServer::start();
+    let store = store(&redis, &master()).await;
+    store.seed(&seed_state()).await.unwrap();
+    let mut conn = redis
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let _: () = redis::cmd("HSET")
+        .arg("s3gate:rules")
+        .arg("r009")
+        .arg("{not json")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let err = store.load().await.unwrap_err();
+    assert!(matches!(err, StoreError::Corrupt(_)), "{err}");
+    let _: () = redis::cmd("HDEL")
+        .arg("s3gate:rules")
+        .arg("r009")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("SET")
+        .arg("s3gate:version")
+        .arg("x")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let err = store.load().await.unwrap_err();
+    assert!(matches!(err, StoreError::Corrupt(_)), "{err}");
+    let _: () = redis::cmd("SET")
+        .arg("s3gate:version")
+        .arg(5)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    store.load().await.unwrap();
+    let _: () = redis::cmd("DEL")
+        .arg("s3gate:keys")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("SET")
+        .arg("s3gate:keys")
+        .arg("x")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let err = store.load().await.unwrap_err();
+    assert!(matches!(err, StoreError::Corrupt(_)), "{err}");
+    let err = store
+        .apply(Change::DeleteRule("r001".into()))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Corrupt(_)), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_restart_costs_no_error() {
+    let mut redis = RedisServer::start();
+    let store = store(&redis, &master()).await;
+    let mut events = store.subscribe();
+    store.seed(&seed_state()).await.unwrap();
+    store.load().await.unwrap();
+    wait_for(&mut events, Duration::from_secs(1), |n| n.version == 1).await;
+
+    // Nothing touches the store while Redis restarts, so its connections
+    // are stale when it is next used.
+    redis.kill();
+    redis.restart();
+    wait_for(&mut events, Duration::from_secs(10), |n| {
+        n.touched == Touched::All
+    })
+    .await;
+    store.health().await.unwrap();
+    let v = store
+        .apply(Change::PutBackend(backend("b7")))
+        .await
+        .unwrap();
+    assert_eq!(v, 1, "the test server does not persist");
+    // Published over a connection remade on the spot.
+    wait_for(&mut events, Duration::from_secs(1), |n| {
+        n.version == 1 && n.touched == Touched::Backend("b7".into())
+    })
+    .await;
+    redis.kill();
+    redis.restart();
+    assert_eq!(store.load().await.unwrap().version, 0);
+}
