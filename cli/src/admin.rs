@@ -472,6 +472,7 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
                 "version": s.version, "replica": s.replica, "state_version": s.state_version,
                 "store": s.store, "store_healthy": s.store_healthy, "store_error": s.store_error,
                 "keys": s.keys, "rules": s.rules, "backends": s.backends, "buckets": s.buckets,
+                "replicas_seen": s.replicas_seen,
             });
             if out.json {
                 println!("{v}");

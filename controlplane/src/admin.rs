@@ -433,6 +433,12 @@ impl Admin for AdminService {
         _req: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusResponse>, Status> {
         let health = self.replica.store().health().await;
+        let replicas_seen = self
+            .replica
+            .store()
+            .replicas(crate::replica::ALIVE_FOR)
+            .await
+            .unwrap_or_default();
         let state = self.replica.load().await.ok();
         let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
         Ok(Response::new(pb::StatusResponse {
@@ -446,6 +452,7 @@ impl Admin for AdminService {
             rules: state.as_ref().map_or(0, |s| count(s.rules.len())),
             backends: state.as_ref().map_or(0, |s| count(s.backends.len())),
             buckets: state.as_ref().map_or(0, |s| count(s.buckets.len())),
+            replicas_seen,
         }))
     }
 }

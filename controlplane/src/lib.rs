@@ -90,6 +90,7 @@ impl Embedded {
                     access_key: b.access_key.clone(),
                     secret_key: b.secret.expose().to_owned(),
                     session_token: b.session_token.as_ref().map(|t| t.expose().to_owned()),
+                    expires_unix: None,
                 };
                 (b.name.as_str(), (Arc::new(backend), Arc::new(creds)))
             })

@@ -92,6 +92,8 @@ struct Names {
     backends: String,
     buckets: String,
     events: String,
+    /// Hash: replica name -> unix seconds of its last heartbeat.
+    replicas: String,
 }
 
 /// What `p:events` carries.
@@ -234,6 +236,41 @@ impl Store for RedisStore {
                 ))
             }
         }
+    }
+
+    async fn heartbeat(&self, name: &str) -> Result<(), StoreError> {
+        let now = unix_now();
+        self.inner
+            .on_shared(|mut conn| {
+                let cmd = redis::cmd("HSET")
+                    .arg(&self.inner.names.replicas)
+                    .arg(name)
+                    .arg(now)
+                    .clone();
+                async move { call(cmd.query_async::<i64>(&mut conn)).await }
+            })
+            .await
+            .map(|_| ())
+    }
+
+    async fn replicas(&self, fresh: Duration) -> Result<Vec<String>, StoreError> {
+        let beats: Vec<(String, i64)> = self
+            .inner
+            .on_shared(|mut conn| {
+                let cmd = redis::cmd("HGETALL")
+                    .arg(&self.inner.names.replicas)
+                    .clone();
+                async move { call(cmd.query_async::<Vec<(String, i64)>>(&mut conn)).await }
+            })
+            .await?;
+        let oldest = unix_now().saturating_sub(i64::try_from(fresh.as_secs()).unwrap_or(i64::MAX));
+        let mut names: Vec<String> = beats
+            .into_iter()
+            .filter(|(_, at)| *at >= oldest)
+            .map(|(name, _)| name)
+            .collect();
+        names.sort();
+        Ok(names)
     }
 
     fn kind(&self) -> &'static str {
@@ -617,6 +654,7 @@ impl Names {
             backends: format!("{prefix}:backends"),
             buckets: format!("{prefix}:buckets"),
             events: format!("{prefix}:events"),
+            replicas: format!("{prefix}:replicas"),
         }
     }
 }
@@ -840,6 +878,13 @@ fn encode_bucket(b: &BucketRecord) -> Result<String, StoreError> {
         backend: b.backend.clone(),
         backend_bucket: b.backend_bucket.clone(),
     })
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -64,6 +64,7 @@ impl Replica {
             name,
         });
         tokio::spawn(follow(Arc::downgrade(&replica), notes));
+        tokio::spawn(heartbeat(Arc::downgrade(&replica)));
         Ok(replica)
     }
 
@@ -116,6 +117,22 @@ impl Replica {
             Err(poisoned) => *poisoned.into_inner() = next,
         }
         self.version.send_replace(state.version);
+    }
+}
+
+/// How often a replica announces itself, and how long it counts as alive.
+pub const HEARTBEAT: Duration = Duration::from_secs(5);
+pub const ALIVE_FOR: Duration = Duration::from_secs(15);
+
+/// Announces the replica in the store until it is dropped.
+async fn heartbeat(replica: Weak<Replica>) {
+    loop {
+        let Some(r) = replica.upgrade() else { return };
+        if let Err(error) = r.store.heartbeat(&r.name).await {
+            tracing::debug!(%error, "heartbeat not recorded");
+        }
+        drop(r);
+        tokio::time::sleep(HEARTBEAT).await;
     }
 }
 

@@ -9,7 +9,9 @@
 //! compiled snapshot and reload it when notified (see [`crate::replica`]), so
 //! losing the store costs writes, not reads.
 
+use std::collections::BTreeMap;
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use tokio::sync::broadcast;
@@ -57,6 +59,12 @@ pub trait Store: Send + Sync + 'static {
     /// Whether the store answers right now.
     async fn health(&self) -> Result<(), StoreError>;
 
+    /// Records that replica `name` is alive (called every few seconds).
+    async fn heartbeat(&self, name: &str) -> Result<(), StoreError>;
+
+    /// Replicas that sent a heartbeat within `fresh`, sorted.
+    async fn replicas(&self, fresh: Duration) -> Result<Vec<String>, StoreError>;
+
     /// "memory" or "redis", for status.
     fn kind(&self) -> &'static str;
 }
@@ -66,6 +74,7 @@ pub trait Store: Send + Sync + 'static {
 pub struct MemoryStore {
     state: Mutex<State>,
     notify: broadcast::Sender<Notification>,
+    heartbeats: Mutex<BTreeMap<String, Instant>>,
 }
 
 impl MemoryStore {
@@ -73,6 +82,7 @@ impl MemoryStore {
         Self {
             state: Mutex::new(State::default()),
             notify: broadcast::channel(1024).0,
+            heartbeats: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -127,6 +137,26 @@ impl Store for MemoryStore {
 
     async fn health(&self) -> Result<(), StoreError> {
         Ok(())
+    }
+
+    async fn heartbeat(&self, name: &str) -> Result<(), StoreError> {
+        self.heartbeats
+            .lock()
+            .map_err(|_| StoreError::Corrupt("heartbeat lock poisoned".into()))?
+            .insert(name.to_owned(), Instant::now());
+        Ok(())
+    }
+
+    async fn replicas(&self, fresh: Duration) -> Result<Vec<String>, StoreError> {
+        let beats = self
+            .heartbeats
+            .lock()
+            .map_err(|_| StoreError::Corrupt("heartbeat lock poisoned".into()))?;
+        Ok(beats
+            .iter()
+            .filter(|(_, at)| at.elapsed() <= fresh)
+            .map(|(name, _)| name.clone())
+            .collect())
     }
 
     fn kind(&self) -> &'static str {

@@ -69,7 +69,16 @@ pub fn endpoints(urls: &[String], connect_timeout: Duration) -> Result<Vec<Endpo
     urls.iter()
         .map(|u| {
             Endpoint::from_shared(u.clone())
-                .map(|e| e.connect_timeout(connect_timeout).tcp_nodelay(true))
+                .map(|e| {
+                    // Keepalives notice a control plane that stopped answering
+                    // without closing the connection: a stalled Watch stream
+                    // is then torn down and reconnected elsewhere.
+                    e.connect_timeout(connect_timeout)
+                        .tcp_nodelay(true)
+                        .http2_keep_alive_interval(Duration::from_secs(5))
+                        .keep_alive_timeout(Duration::from_secs(3))
+                        .keep_alive_while_idle(true)
+                })
                 .map_err(|e| format!("invalid control-plane URL {u:?}: {e}"))
         })
         .collect()

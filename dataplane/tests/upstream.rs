@@ -101,6 +101,7 @@ impl ControlPlane for StaticControlPlane {
                 access_key: BACKEND_AK.into(),
                 secret_key: BACKEND_SK.into(),
                 session_token: None,
+                expires_unix: None,
             }),
             ttl: Duration::from_secs(60),
         })

@@ -244,6 +244,7 @@ impl From<&Route> for pb::GetRouteResponse {
                 access_key: r.credentials.access_key.clone(),
                 secret_key: r.credentials.secret_key.clone(),
                 session_token: r.credentials.session_token.clone().unwrap_or_default(),
+                expires_unix: r.credentials.expires_unix.unwrap_or_default(),
             }),
             ttl_ms: ms(r.ttl),
         }
@@ -283,6 +284,7 @@ impl TryFrom<pb::GetRouteResponse> for Route {
                 access_key: c.access_key,
                 secret_key: c.secret_key,
                 session_token: (!c.session_token.is_empty()).then_some(c.session_token),
+                expires_unix: (c.expires_unix != 0).then_some(c.expires_unix),
             }),
             ttl: Duration::from_millis(r.ttl_ms),
         })
@@ -456,6 +458,7 @@ mod tests {
             access_key: "AK".into(),
             secret_key: "very-secret".into(),
             session_token: "tok".into(),
+            expires_unix: 0,
         };
         let dbg = format!("{c:?}");
         assert!(

@@ -213,6 +213,9 @@ pub struct BackendCredentials {
     pub access_key: String,
     pub secret_key: String,
     pub session_token: Option<String>,
+    /// Unix seconds after which temporary credentials stop working; `None`
+    /// for static ones. The data plane refreshes a route before this.
+    pub expires_unix: Option<i64>,
 }
 
 impl fmt::Debug for BackendCredentials {
@@ -224,6 +227,7 @@ impl fmt::Debug for BackendCredentials {
                 "session_token",
                 &self.session_token.as_ref().map(|_| "<redacted>"),
             )
+            .field("expires_unix", &self.expires_unix)
             .finish()
     }
 }

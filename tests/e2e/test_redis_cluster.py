@@ -293,3 +293,72 @@ def test_redis_outage_and_recovery(rc):
     assert {before["access_key"], k["access_key"], alice.access_key} <= listed
     k2 = rc.admin_json("cp2", "keys", "create", "--principal", "alice")
     eventually(lambda: works(rc.s3("dp1", k2["access_key"], k2["secret_key"])), "key made after a Redis restart", 3.0)
+
+
+def test_status_lists_every_replica(rc):
+    status = rc.admin_json("cp1", "status")
+    assert status["store"] == "redis" and status["store_healthy"] is True
+    assert {"cp1", "cp2"} <= set(status["replicas_seen"]), status
+
+
+def test_admin_manages_backends_and_buckets(rc, backend):
+    env_var = "S3GATE_TEST_FS2_SECRET"
+    rc.env[env_var] = backend.creds.secret_key
+    try:
+        rc.admin("cp1", "backends", "put", "--name", "fs2", "--endpoint", backend.endpoint,
+                 "--access-key", backend.creds.access_key, "--secret-key-env", env_var)
+    finally:
+        del rc.env[env_var]
+    listed = rc.admin_json("cp2", "backends", "list")
+    assert "fs2" in [b["name"] for b in listed]
+    assert backend.creds.secret_key not in json.dumps(listed)
+
+    rc.admin("cp2", "buckets", "put", "--name", "moved", "--backend", "fs2", "--backend-bucket", "other")
+    assert {"name": "moved", "backend": "fs2", "backend_bucket": "other"} in rc.admin_json("cp1", "buckets", "list")
+    rc.admin("cp1", "rules", "put", "--id", "alice-moved", "--effect", "allow", "--principal", "alice",
+             "--action", "s3:*", "--resource", "moved", "--resource", "moved/*")
+    assert "alice-moved" in [r["id"] for r in rc.admin_json("cp2", "rules", "list")]
+
+    alice = rc.keys["alice"]
+    c1, c2 = rc.s3("dp1", alice.access_key, alice.secret_key), rc.s3("dp2", alice.access_key, alice.secret_key)
+    key = f"moved-{uuid.uuid4().hex}.txt"
+
+    def put_moved(client) -> bool:
+        client.put_object(Bucket="moved", Key=key, Body=b"moved")
+        return True
+
+    eventually(lambda: put_moved(c1), "new bucket usable")
+    assert backend.file("other", key).read_bytes() == b"moved"
+    assert c2.get_object(Bucket="moved", Key=key)["Body"].read() == b"moved"
+
+    # a backend in use cannot go; the bucket can, and every data plane forgets its route
+    r = rc.admin("cp1", "backends", "delete", "fs2", check=False)
+    assert r.returncode != 0 and "used by bucket" in r.stderr
+    rc.admin("cp2", "buckets", "delete", "moved")
+
+    def gone(client) -> bool:
+        try:
+            client.head_object(Bucket="moved", Key=key)
+            return False
+        except botocore.exceptions.ClientError as e:
+            return e.response["ResponseMetadata"]["HTTPStatusCode"] == 404
+
+    eventually(lambda: gone(c1) and gone(c2), "deleted bucket gone at both data planes")
+    rc.admin("cp1", "backends", "delete", "fs2")
+    rc.admin("cp1", "rules", "delete", "alice-moved")
+    assert "fs2" not in [b["name"] for b in rc.admin_json("cp2", "backends", "list")]
+
+
+def test_revoke_holds_within_the_ttl_when_a_control_plane_stalls(rc):
+    """cp1 stops answering without closing its connections (SIGSTOP): a data
+    plane watching it hears nothing. Calls fail over to cp2, and a revocation
+    made there still takes effect within key_ttl (3 s) plus one call timeout."""
+    k = rc.admin_json("cp2", "keys", "create", "--principal", "alice")
+    c1 = rc.s3("dp1", k["access_key"], k["secret_key"])
+    eventually(lambda: works(c1), "new key usable", 1.0)
+    rc.procs["cp1"].popen.send_signal(signal.SIGSTOP)
+    try:
+        rc.admin("cp2", "keys", "revoke", k["access_key"])
+        eventually(lambda: not works(c1), "revocation with a stalled control plane", 3.0 + 2.0 + 1.0)
+    finally:
+        rc.procs["cp1"].popen.send_signal(signal.SIGCONT)

@@ -36,8 +36,27 @@ impl Expiry<String, Arc<RouteEntry>> for RouteTtl {
         value: &Arc<RouteEntry>,
         _at: Instant,
     ) -> Option<Duration> {
-        Some(value.route.ttl)
+        Some(effective_ttl(&value.route, unix_now()))
     }
+}
+
+/// How long a route may be cached: its TTL, but never past one minute
+/// before its credentials expire (so requests never sign with expired ones).
+fn effective_ttl(route: &Route, now: i64) -> Duration {
+    match route.credentials.expires_unix {
+        Some(expires) => {
+            let left = u64::try_from(expires.saturating_sub(now).saturating_sub(60)).unwrap_or(0);
+            route.ttl.min(Duration::from_secs(left))
+        }
+        None => route.ttl,
+    }
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }
 
 pub fn cache(capacity: u64) -> RouteCache {
@@ -102,4 +121,44 @@ pub async fn lookup_copy_source(
         .into());
     }
     Ok(entry)
+}
+
+#[cfg(test)]
+mod tests {
+    use s3gate_proto::{AddressingStyle, Backend, BackendCredentials};
+
+    use super::*;
+
+    #[test]
+    fn ttl_stops_short_of_credential_expiry() {
+        let route = |expires_unix| Route {
+            bucket: "b".into(),
+            backend_bucket: "b".into(),
+            backend: Arc::new(Backend {
+                name: "x".into(),
+                endpoint: "http://127.0.0.1:1".into(),
+                region: "us-east-1".into(),
+                addressing_style: AddressingStyle::Path,
+                ca_bundle: None,
+                insecure_skip_verify: false,
+            }),
+            credentials: Arc::new(BackendCredentials {
+                access_key: "a".into(),
+                secret_key: "s".into(),
+                session_token: None,
+                expires_unix,
+            }),
+            ttl: Duration::from_secs(300),
+        };
+        assert_eq!(effective_ttl(&route(None), 1000), Duration::from_secs(300));
+        assert_eq!(
+            effective_ttl(&route(Some(1000 + 120)), 1000),
+            Duration::from_secs(60)
+        );
+        assert_eq!(effective_ttl(&route(Some(1000 + 30)), 1000), Duration::ZERO);
+        assert_eq!(
+            effective_ttl(&route(Some(5000)), 1000),
+            Duration::from_secs(300)
+        );
+    }
 }

@@ -98,6 +98,10 @@ pub struct BackendCredentials {
     pub secret_key: ::prost::alloc::string::String,
     #[prost(string, tag = "3")]
     pub session_token: ::prost::alloc::string::String,
+    /// Unix seconds after which the credentials are no longer valid (temporary
+    /// credentials: STS, IBM IAM); 0 for static credentials.
+    #[prost(int64, tag = "4")]
+    pub expires_unix: i64,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -1139,6 +1143,9 @@ pub struct StatusResponse {
     pub backends: u32,
     #[prost(uint32, tag = "10")]
     pub buckets: u32,
+    /// Replicas that announced themselves in the store recently.
+    #[prost(string, repeated, tag = "11")]
+    pub replicas_seen: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
 }
 #[allow(clippy::all)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
