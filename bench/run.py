@@ -1,0 +1,889 @@
+#!/usr/bin/env python3
+"""s3gate benchmark harness: the same requests direct to a backend and through
+s3gate, interleaved in one run, on 127.0.0.1 only.
+
+Started by bench/run.sh (which builds the binaries and checks the tools).
+Standard library only. See BENCHMARKS.md for the method and the scenarios.
+
+Processes (all on 127.0.0.1, ports picked by the kernel or probed free):
+  s3s-fs      a signature-verifying S3 server (RUST_LOG=error)
+  nginx       a static upstream: GET from files, PUT via the dav module
+  s3gate      one per (scenario, upstream) — per round for S4 — so peak RSS
+              and caches are per scenario
+  loadgen     bench/loadgen (Rust, one thread), one process per measurement
+
+Every measurement is bounded in time and request count, every child process
+has a timeout, and everything started here is stopped here (SIGTERM, then
+SIGKILL) — also on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import datetime as dt
+import json
+import os
+import platform
+import secrets
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+REGION = "us-east-1"
+BUCKET = "bench"
+MiB = 1 << 20
+GiB = 1 << 30
+
+# --------------------------------------------------------------------------- settings
+
+FULL = dict(
+    rounds=3,
+    s1_duration=15.0,
+    s5_duration=15.0,
+    s4_duration=10.0,
+    s4_pool=250_000,
+    large_size=GiB,
+    warmup=2.0,
+    cold_principals=5_000,
+)
+QUICK = dict(
+    rounds=1,
+    s1_duration=3.0,
+    s5_duration=3.0,
+    s4_duration=2.0,
+    s4_pool=20_000,
+    large_size=128 * MiB,
+    warmup=0.5,
+    cold_principals=500,
+)
+
+SMALL_COUNT = 100  # S1: distinct 4 KiB objects rotated over
+MIX_COUNT = 100  # S5: distinct 64 KiB objects read, and keys written
+
+# --------------------------------------------------------------------------- processes
+
+PROCS: list["Proc"] = []
+
+
+class Proc:
+    def __init__(self, name: str, argv: list[str], log: Path, env: dict | None = None):
+        self.name = name
+        self.argv = argv
+        self.log_path = log
+        self._log = open(log, "ab")
+        self.popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT, env=env)
+        self.pid = self.popen.pid
+        PROCS.append(self)
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def tail(self, n: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return ""
+
+    def stop(self, timeout: float = 15) -> None:
+        if self.alive():
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+        self._log.close()
+        if self in PROCS:
+            PROCS.remove(self)
+
+
+@atexit.register
+def _cleanup() -> None:
+    for p in list(PROCS):
+        try:
+            p.stop(5)
+        except Exception:  # noqa: BLE001 - best effort at exit
+            pass
+
+
+def _on_signal(signum, _frame):
+    raise SystemExit(128 + signum)
+
+
+signal.signal(signal.SIGTERM, _on_signal)
+
+
+def wait_for(pred, what: str, proc: Proc, timeout: float = 30):
+    deadline = time.monotonic() + timeout
+    while True:
+        v = pred()
+        if v:
+            return v
+        if not proc.alive():
+            raise RuntimeError(f"{proc.name} exited ({proc.popen.returncode}) while waiting for {what}:\n{proc.tail()}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out waiting for {what}:\n{proc.tail()}")
+        time.sleep(0.02)
+
+
+def listening_ports(pid: int) -> list[int]:
+    inodes = set()
+    try:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                link = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if link.startswith("socket:["):
+                inodes.add(link[8:-1])
+    except OSError:
+        return []
+    ports = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            f = row.split()
+            if f[3] == "0A" and f[9] in inodes:
+                ports.append(int(f[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def port_open(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+def children(pid: int) -> list[int]:
+    out = []
+    try:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            text = Path(f"/proc/{pid}/task/{tid}/children").read_text().split()
+            out += [int(x) for x in text]
+    except OSError:
+        pass
+    return out
+
+
+def status_kib(pid: int, field: str) -> int | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def reset_peak_rss(pid: int) -> bool:
+    """Linux ≥ 4.0: writing 5 to clear_refs resets VmHWM to the current RSS."""
+    try:
+        Path(f"/proc/{pid}/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def machine_busy() -> tuple[float, float]:
+    """(busy, total) jiffies of all CPUs from /proc/stat."""
+    f = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    busy = f[0] + f[1] + f[2] + f[5] + f[6] + f[7]
+    return busy, busy + f[3] + f[4]
+
+
+def wait_quiet(max_wait: float, threshold: float = 0.10) -> float:
+    """Waits (bounded) until the machine is idle between measurements — other
+    builds and test suites share these two cores — and returns the busy
+    fraction of the last one-second sample."""
+    deadline = time.monotonic() + max_wait
+    while True:
+        b0, t0 = machine_busy()
+        time.sleep(1.0)
+        b1, t1 = machine_busy()
+        frac = (b1 - b0) / max(1, t1 - t0)
+        if frac <= threshold or time.monotonic() > deadline:
+            if frac > threshold:
+                print(f"  (machine still {frac:.0%} busy after waiting {max_wait:.0f}s; measuring anyway)", flush=True)
+            return frac
+        time.sleep(2.0)
+
+
+# --------------------------------------------------------------------------- upstreams
+
+
+class Upstream:
+    name: str
+    proc: Proc
+    port: int
+    access_key: str
+    secret_key: str
+    pids: list[int]
+
+    @property
+    def addr(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://{self.addr}"
+
+
+class S3sFs(Upstream):
+    def __init__(self, work: Path, root: Path):
+        self.name = "s3s-fs"
+        exe = shutil.which("s3s-fs") or str(Path.home() / ".cargo/bin/s3s-fs")
+        self.access_key = "BK" + secrets.token_hex(8).upper()
+        self.secret_key = "bsec-" + secrets.token_urlsafe(24)
+        self.proc = Proc(
+            "s3s-fs",
+            [exe, "--host", "127.0.0.1", "--port", "0", "--access-key", self.access_key, "--secret-key", self.secret_key, str(root)],
+            work / "s3s-fs.log",
+            env={**os.environ, "RUST_LOG": "error"},
+        )
+        self.port = wait_for(lambda: listening_ports(self.proc.pid), "s3s-fs to listen", self.proc)[0]
+        self.pids = [self.proc.pid]
+
+
+NGINX_CONF = """
+daemon off;
+master_process on;
+user root;
+worker_processes {workers};
+pid {work}/nginx.pid;
+error_log {work}/nginx-error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    sendfile on;
+    tcp_nopush on;
+    tcp_nodelay on;
+    keepalive_requests 100000000;
+    keepalive_timeout 300s;
+    open_file_cache max=10000 inactive=60s;
+    default_type application/octet-stream;
+    client_body_temp_path {work}/nginx-tmp/body;
+    proxy_temp_path {work}/nginx-tmp/proxy;
+    fastcgi_temp_path {work}/nginx-tmp/fastcgi;
+    uwsgi_temp_path {work}/nginx-tmp/uwsgi;
+    scgi_temp_path {work}/nginx-tmp/scgi;
+    server {{
+        listen 127.0.0.1:{port};
+        root {root};
+        client_max_body_size 0;
+        client_body_buffer_size 1m;
+        location / {{
+            dav_methods PUT;
+            create_full_put_path on;
+            dav_access user:rw;
+        }}
+    }}
+}}
+"""
+
+
+class Nginx(Upstream):
+    def __init__(self, work: Path, root: Path, workers: int):
+        self.name = "nginx"
+        self.access_key = "NGINXIGNORESKEYS"
+        self.secret_key = "nginx-does-not-verify-signatures"
+        exe = shutil.which("nginx") or "/usr/sbin/nginx"
+        (work / "nginx-tmp").mkdir(exist_ok=True)
+        for attempt in range(5):
+            self.port = free_port()
+            conf = work / "nginx.conf"
+            conf.write_text(NGINX_CONF.format(workers=workers, work=work, port=self.port, root=root))
+            self.proc = Proc("nginx", [exe, "-e", str(work / "nginx-error.log"), "-c", str(conf)], work / "nginx.log")
+            try:
+                wait_for(lambda: port_open(self.port), "nginx to listen", self.proc, timeout=10)
+                break
+            except RuntimeError:
+                self.proc.stop()
+                if attempt == 4:
+                    raise
+        # Workers are the master's children; they do the work.
+        self.pids = wait_for(lambda: children(self.proc.pid) if len(children(self.proc.pid)) >= workers else None, "nginx workers", self.proc)
+
+
+# --------------------------------------------------------------------------- gateway
+
+
+def q(s: str) -> str:
+    return json.dumps(s)
+
+
+class Gateway:
+    def __init__(self, exe: Path, work: Path, name: str, upstream: Upstream, keys: "Keys", log_level: str = "info", extra_env: dict | None = None):
+        extra_env = extra_env or {}
+        self.name = name
+        cfg = work / f"{name}.toml"
+        cfg.write_text(render_config(upstream, keys))
+        ready = work / f"{name}.ready.json"
+        ready.unlink(missing_ok=True)
+        env = {**os.environ, "S3GATE_LOG": log_level, **extra_env}
+        self.proc = Proc("s3gate", [str(exe), "serve", "--config", str(cfg), "--listen", "127.0.0.1:0", "--ready-file", str(ready)], work / f"{name}.log", env)
+
+        def ready_addr():
+            try:
+                return json.loads(ready.read_text())["s3"]
+            except (OSError, ValueError, KeyError):
+                return None
+
+        self.addr = wait_for(ready_addr, f"{name} ready file", self.proc)
+        if not self.addr.startswith("127.0.0.1:"):
+            raise RuntimeError(f"gateway bound {self.addr}, expected 127.0.0.1")
+        self.pid = self.proc.pid
+
+    def stop(self) -> None:
+        self.proc.stop()
+        # Access logs of a full run add up to gigabytes; keep the tail only.
+        try:
+            p = self.proc.log_path
+            if p.stat().st_size > 4 * MiB:
+                with open(p, "rb") as f:
+                    f.seek(-MiB, os.SEEK_END)
+                    tail = f.read()
+                p.write_bytes(b"[... truncated by the harness ...]\n" + tail)
+        except OSError:
+            pass
+
+
+class Keys:
+    """The gateway's client keys: one hot principal, many cold ones."""
+
+    def __init__(self, work: Path, cold: int):
+        self.hot = ("BENCHHOT00000001", "hot-" + secrets.token_urlsafe(24))
+        self.cold = [(f"BENCHCOLD{i:06d}", f"cold-{i}-" + secrets.token_urlsafe(18)) for i in range(cold)]
+        self.cold_file = work / "cold-creds.txt"
+        self.cold_file.write_text("".join(f"{a} {s}\n" for a, s in self.cold))
+
+
+def render_config(up: Upstream, keys: Keys) -> str:
+    out = [
+        'listen = "127.0.0.1:0"',
+        f"region = {q(REGION)}",
+        "",
+        "[[backends]]",
+        'name = "upstream"',
+        f"endpoint = {q(up.endpoint)}",
+        f"region = {q(REGION)}",
+        'addressing_style = "path"',
+        f"access_key = {q(up.access_key)}",
+        f"secret_key = {q(up.secret_key)}",
+        "",
+        "[[buckets]]",
+        f"name = {q(BUCKET)}",
+        'backend = "upstream"',
+        "",
+        "[[keys]]",
+        f"access_key = {q(keys.hot[0])}",
+        f"secret_key = {q(keys.hot[1])}",
+        'principal = "hot"',
+    ]
+    for i, (a, s) in enumerate(keys.cold):
+        out += ["", "[[keys]]", f"access_key = {q(a)}", f"secret_key = {q(s)}", f'principal = "cold{i:06d}"', 'groups = ["cold"]']
+    out += [
+        "",
+        "# The hot principal: every key of the bucket, so decisions are bucket-scoped (one cache entry).",
+        "[[rules]]",
+        'effect = "allow"',
+        'principals = ["hot"]',
+        'actions = ["s3:*"]',
+        f'resources = ["{BUCKET}", "{BUCKET}/*"]',
+        "",
+        "# Cold principals: a key glob other than '*', so every decision is exact-scoped (one cache entry per key).",
+        "[[rules]]",
+        'effect = "allow"',
+        'principals = ["group:cold"]',
+        'actions = ["s3:GetObject"]',
+        f'resources = ["{BUCKET}/cold/*"]',
+    ]
+    return "\n".join(out) + "\n"
+
+
+# --------------------------------------------------------------------------- data
+
+
+def pattern(n: int, seed: int) -> bytes:
+    import random
+
+    return random.Random(seed).randbytes(n)
+
+
+def seed_data(root: Path, cfg: dict) -> None:
+    b = root / BUCKET
+    for d in ("small", "mix/get", "mix/put", "cold"):
+        (b / d).mkdir(parents=True, exist_ok=True)
+    small = pattern(4096, 1)
+    for i in range(SMALL_COUNT):
+        (b / "small" / f"{i:06d}").write_bytes(small)
+    mix = pattern(64 << 10, 2)
+    for i in range(MIX_COUNT):
+        (b / "mix" / "get" / f"{i:06d}").write_bytes(mix)
+    # The large object: a 1 MiB block repeated (written once per work dir).
+    big = b / "large-get"
+    if not big.exists() or big.stat().st_size != cfg["large_size"]:
+        block = pattern(MiB, 3)
+        with open(big, "wb") as f:
+            for _ in range(cfg["large_size"] // MiB):
+                f.write(block)
+    # Cold keys: hard links to the 4 KiB files, one per unique request
+    # (at most 60,000 links per file: ext4 allows 65,000).
+    existing = len(os.listdir(b / "cold"))
+    for i in range(existing, cfg["s4_pool"]):
+        os.link(b / "small" / f"{i // 60_000:06d}", b / "cold" / f"{i:06d}")
+
+
+# --------------------------------------------------------------------------- loadgen
+
+
+class Runner:
+    def __init__(self, loadgen: Path, log: Path):
+        self.loadgen = loadgen
+        self.log = log
+
+    def run(self, args: list[str], timeout: float) -> dict:
+        argv = [str(self.loadgen)] + args
+        t0 = time.monotonic()
+        try:
+            p = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+        except subprocess.TimeoutExpired:
+            raise RuntimeError(f"loadgen timed out after {timeout}s: {' '.join(argv)}")
+        with open(self.log, "a") as f:
+            f.write(f"$ {' '.join(a if 'secret' not in a else '***' for a in argv)}\n# {time.monotonic() - t0:.1f}s rc={p.returncode}\n{p.stdout}{p.stderr}\n")
+        if p.returncode != 0:
+            raise RuntimeError(f"loadgen failed ({p.returncode}): {p.stderr.strip()}")
+        return json.loads(p.stdout)
+
+
+def creds_args(up_or_keys) -> list[str]:
+    a, s = up_or_keys
+    return ["--access-key", a, "--secret-key", s]
+
+
+def kernel_softirq_threads() -> list[int]:
+    """ksoftirqd/N: loopback networking overflows into them under load. They are
+    watched so that their CPU is not mistaken for other work on the machine."""
+    out = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                if Path(f"/proc/{d}/comm").read_text().startswith("ksoftirqd/"):
+                    out.append(int(d))
+            except OSError:
+                pass
+    return out
+
+
+KSOFTIRQD = kernel_softirq_threads()
+
+
+def watch_args(gw: Gateway | None, up: Upstream) -> list[str]:
+    out = [arg for i, pid in enumerate(KSOFTIRQD) for arg in ("--watch", f"ksoftirqd{i}={pid}")]
+    if gw:
+        out += ["--watch", f"s3gate={gw.pid}"]
+    out += [arg for i, pid in enumerate(up.pids) for arg in ("--watch", f"upstream{i}={pid}")]
+    return out
+
+
+def upstream_cpu(res: dict) -> float | None:
+    vals = [v for k, v in res["cpu_s"].items() if k.startswith("upstream") and v is not None]
+    return sum(vals) if vals else None
+
+
+# --------------------------------------------------------------------------- scenarios
+
+
+class Bench:
+    def __init__(self, args, cfg: dict, work: Path, gw_exe: Path, runner: Runner):
+        self.args = args
+        self.cfg = cfg
+        self.work = work
+        self.gw_exe = gw_exe
+        self.runner = runner
+        self.results: list[dict] = []
+        self.keys = Keys(work, cfg["cold_principals"])
+        self.gw_count = 0
+
+    def gateway(self, up: Upstream, log_level: str = "info") -> Gateway:
+        self.gw_count += 1
+        env = dict(kv.split("=", 1) for kv in self.args.gateway_env)
+        return Gateway(self.gw_exe, self.work, f"s3gate-{self.gw_count:03d}-{up.name}", up, self.keys, log_level, env)
+
+    def record(self, scenario: str, upstream: str, mode: str, rnd: int, res: dict, extra: dict | None = None) -> dict:
+        row = {"scenario": scenario, "upstream": upstream, "mode": mode, "round": rnd, "at": dt.datetime.now().strftime("%H:%M:%S"), **res, **(extra or {})}
+        cpu = res.get("cpu_s", {})
+        if cpu.get("unaccounted") is not None and res.get("elapsed_s"):
+            # Share of the machine's CPU capacity used by processes outside the benchmark.
+            row["other_cpu_pct"] = max(0.0, 100 * cpu["unaccounted"] / (res["elapsed_s"] * (os.cpu_count() or 1)))
+        self.results.append(row)
+        self.progress(row)
+        return row
+
+    def progress(self, r: dict) -> None:
+        if r.get("mode") == "load" or "rps" in r:
+            lat = r.get("latency_us") or {}
+            msg = f"{r['rps']:>9.0f} req/s  p50 {lat.get('p50', 0):>7.0f} µs  p99 {lat.get('p99', 0):>7.0f} µs  errors {r['errors']}"
+        else:
+            msg = f"{r['mb_s']:>8.0f} MB/s  status {r['status']}"
+        if r.get("gw_cpu_us_per_req") is not None:
+            msg += f"  s3gate {r['gw_cpu_us_per_req']:.1f} µs CPU/req"
+        if r.get("gw_cpu_s_per_gib") is not None:
+            msg += f"  s3gate {r['gw_cpu_s_per_gib']:.2f} CPU-s/GiB"
+        if r.get("gw_peak_rss_kib"):
+            msg += f"  peak RSS {r['gw_peak_rss_kib'] / 1024:.1f} MiB"
+        if r.get("other_cpu_pct") is not None:
+            msg += f"  other CPU {r['other_cpu_pct']:.0f}%"
+        print(f"  {r['at']} {r['scenario']:<4} {r['upstream']:<7} {r['via']:<7} round {r['round']}: {msg}", flush=True)
+        err = r.get("first_error") or r.get("error")
+        if err and (r.get("errors") or r.get("status", 200) >= 300):
+            print(f"       first error: {err[:300]}", flush=True)
+
+    # A closed-loop load measurement, direct or through the gateway.
+    def load(self, scenario: str, up: Upstream, gw: Gateway | None, rnd: int, extra_args: list[str], duration: float, creds: list[str], label: str | None = None) -> dict:
+        addr = gw.addr if gw else up.addr
+        wait_quiet(self.args.quiet_wait)
+        if gw:
+            reset_peak_rss(gw.pid)
+        res = self.runner.run(
+            ["load", "--addr", addr, "--bucket", BUCKET, "--duration", str(duration)] + creds + extra_args + watch_args(gw, up),
+            timeout=duration + 180,
+        )
+        extra = {"via": label or ("s3gate" if gw else "direct")}
+        if gw:
+            cpu = res["cpu_s"].get("s3gate")
+            extra["gw_cpu_us_per_req"] = (cpu / res["requests"] * 1e6) if cpu is not None and res["requests"] else None
+            extra["gw_peak_rss_kib"] = status_kib(gw.pid, "VmHWM")
+        up_cpu = upstream_cpu(res)
+        extra["upstream_cpu_us_per_req"] = (up_cpu / res["requests"] * 1e6) if up_cpu is not None and res["requests"] else None
+        return self.record(scenario, up.name, res["mode"], rnd, res, extra)
+
+    def transfer(self, scenario: str, up: Upstream, gw: Gateway | None, rnd: int, args: list[str], creds: list[str]) -> dict:
+        addr = gw.addr if gw else up.addr
+        wait_quiet(self.args.quiet_wait)
+        if gw:
+            reset_peak_rss(gw.pid)
+        res = self.runner.run(args[:1] + ["--addr", addr, "--bucket", BUCKET] + creds + args[1:] + watch_args(gw, up), timeout=600)
+        extra = {"via": "s3gate" if gw else "direct"}
+        if gw:
+            cpu = res["cpu_s"].get("s3gate")
+            extra["gw_cpu_s_per_gib"] = cpu / (res["bytes"] / GiB) if cpu is not None and res["bytes"] else None
+            extra["gw_peak_rss_kib"] = status_kib(gw.pid, "VmHWM")
+        up_cpu = upstream_cpu(res)
+        extra["upstream_cpu_s_per_gib"] = up_cpu / (res["bytes"] / GiB) if up_cpu is not None and res["bytes"] else None
+        return self.record(scenario, up.name, res["mode"], rnd, res, extra)
+
+    def direct_creds(self, up: Upstream) -> list[str]:
+        return creds_args((up.access_key, up.secret_key))
+
+    # S1: small GET, hot caches.
+    def s1(self, up: Upstream) -> None:
+        c = self.cfg
+        args = ["-c", "32", "--warmup", str(c["warmup"]), "--get-key", "small/{i}", "--get-count", str(SMALL_COUNT)]
+        gw = self.gateway(up)
+        quiet = self.gateway(up, log_level="warn") if (self.args.s1_quiet and up.name == "nginx") else None
+        try:
+            for r in range(c["rounds"]):
+                self.load("S1", up, None, r, args, c["s1_duration"], self.direct_creds(up))
+                self.load("S1", up, gw, r, args, c["s1_duration"], creds_args(self.keys.hot))
+                if quiet:
+                    self.load("S1", up, quiet, r, args, c["s1_duration"], creds_args(self.keys.hot), label="s3gate-nolog")
+        finally:
+            gw.stop()
+            if quiet:
+                quiet.stop()
+
+    # S2: one large GET.
+    def s2(self, up: Upstream) -> None:
+        gw = self.gateway(up)
+        try:
+            for r in range(self.cfg["rounds"]):
+                self.transfer("S2", up, None, r, ["get", "--key", "large-get"], self.direct_creds(up))
+                self.transfer("S2", up, gw, r, ["get", "--key", "large-get"], creds_args(self.keys.hot))
+        finally:
+            gw.stop()
+
+    # S3: one large PUT, hex sha256 and aws-chunked.
+    def s3(self, up: Upstream) -> None:
+        size = str(self.cfg["large_size"])
+        for mode in ("sha256", "chunked"):
+            gw = self.gateway(up)
+            scen = f"S3-{mode}"
+            args = ["put", "--key", f"large-put-{mode}", "--size", size, "--mode", mode, "--chunk-size", str(64 << 10)]
+            try:
+                for r in range(self.cfg["rounds"]):
+                    self.transfer(scen, up, None, r, args, self.direct_creds(up))
+                    self.transfer(scen, up, gw, r, args, creds_args(self.keys.hot))
+            finally:
+                gw.stop()
+
+    # S4: cold decisions — a unique object key per request (exact-scoped rule)
+    # and 5,000 principals rotating; a fresh gateway per round.
+    def s4(self, up: Upstream) -> None:
+        c = self.cfg
+        args = ["-c", "32", "--warmup", "0", "--unique", "--max-requests", str(c["s4_pool"]), "--get-key", "cold/{i}"]
+        for r in range(c["rounds"]):
+            self.load("S4", up, None, r, args, c["s4_duration"], self.direct_creds(up))
+            gw = self.gateway(up)
+            try:
+                self.load("S4", up, gw, r, args, c["s4_duration"], ["--creds", str(self.keys.cold_file)])
+            finally:
+                gw.stop()
+
+    # S5: 90 % GET / 10 % PUT of 64 KiB, 64 connections.
+    def s5(self, up: Upstream) -> None:
+        c = self.cfg
+        args = [
+            "-c", "64", "--warmup", str(c["warmup"]),
+            "--get-key", "mix/get/{i}", "--get-count", str(MIX_COUNT),
+            "--put-fraction", "0.1", "--put-key", "mix/put/{i}", "--put-count", str(MIX_COUNT), "--put-size", str(64 << 10),
+        ]  # fmt: skip
+        gw = self.gateway(up)
+        try:
+            for r in range(c["rounds"]):
+                self.load("S5", up, None, r, args, c["s5_duration"], self.direct_creds(up))
+                self.load("S5", up, gw, r, args, c["s5_duration"], creds_args(self.keys.hot))
+        finally:
+            gw.stop()
+
+
+# --------------------------------------------------------------------------- report
+
+
+def med(vals):
+    vals = [v for v in vals if v is not None]
+    return statistics.median(vals) if vals else None
+
+
+def fmt(v, spec: str, unit: str = "") -> str:
+    return "–" if v is None else f"{v:{spec}}{unit}"
+
+
+def summarize(results: list[dict]) -> tuple[str, list[dict]]:
+    groups: dict[tuple, dict] = {}
+    for r in results:
+        g = groups.setdefault((r["scenario"], r["upstream"]), {})
+        g.setdefault(r["via"], []).append(r)
+    lines = []
+    rows = []
+    load_hdr = "| scenario | upstream | via | rounds | req/s | ratio | p50 µs | p99 µs | added p99 µs | s3gate CPU µs/req | upstream CPU µs/req | s3gate peak RSS MiB | errors | other CPU % |"
+    xfer_hdr = "| scenario | upstream | via | rounds | MB/s | ratio | s3gate CPU-s/GiB | upstream CPU-s/GiB | s3gate peak RSS MiB | status | other CPU % |"
+    load_lines, xfer_lines = [load_hdr, "|" + "---|" * 14], [xfer_hdr, "|" + "---|" * 11]
+    for (scen, up), by in groups.items():
+        direct = by.get("direct", [])
+        for via, rs in by.items():
+            other = med([r.get("other_cpu_pct") for r in rs])
+            if "rps" in rs[0]:
+                rps = med([r["rps"] for r in rs])
+                drps = med([r["rps"] for r in direct])
+                p50 = med([(r["latency_us"] or {}).get("p50") for r in rs])
+                p99 = med([(r["latency_us"] or {}).get("p99") for r in rs])
+                dp99 = med([(r["latency_us"] or {}).get("p99") for r in direct])
+                cpu = med([r.get("gw_cpu_us_per_req") for r in rs])
+                ucpu = med([r.get("upstream_cpu_us_per_req") for r in rs])
+                rss = max([r.get("gw_peak_rss_kib") or 0 for r in rs]) / 1024 or None
+                errors = sum(r["errors"] for r in rs)
+                row = dict(scenario=scen, upstream=up, via=via, rounds=len(rs), rps=rps, ratio=(rps / drps if via != "direct" and drps else None),
+                           p50_us=p50, p99_us=p99, added_p99_us=(p99 - dp99 if via != "direct" and dp99 is not None and p99 is not None else None),
+                           gw_cpu_us_per_req=cpu, upstream_cpu_us_per_req=ucpu, gw_peak_rss_mib=rss, errors=errors, other_cpu_pct=other)  # fmt: skip
+                rows.append(row)
+                load_lines.append(
+                    f"| {scen} | {up} | {via} | {len(rs)} | {fmt(rps, ',.0f')} | {fmt(row['ratio'], '.2f')}× | {fmt(p50, ',.0f')} | {fmt(p99, ',.0f')} | "
+                    f"{fmt(row['added_p99_us'], '+,.0f')} | {fmt(cpu, '.1f')} | {fmt(ucpu, '.1f')} | {fmt(rss, '.1f')} | {errors} | {fmt(other, '.0f')} |"
+                )
+            else:
+                mbs = med([r["mb_s"] for r in rs])
+                dmbs = med([r["mb_s"] for r in direct])
+                cpu = med([r.get("gw_cpu_s_per_gib") for r in rs])
+                ucpu = med([r.get("upstream_cpu_s_per_gib") for r in rs])
+                rss = max([r.get("gw_peak_rss_kib") or 0 for r in rs]) / 1024 or None
+                statuses = sorted({r["status"] for r in rs})
+                row = dict(scenario=scen, upstream=up, via=via, rounds=len(rs), mb_s=mbs, ratio=(mbs / dmbs if via != "direct" and dmbs else None),
+                           gw_cpu_s_per_gib=cpu, upstream_cpu_s_per_gib=ucpu, gw_peak_rss_mib=rss, statuses=statuses, other_cpu_pct=other)  # fmt: skip
+                rows.append(row)
+                xfer_lines.append(
+                    f"| {scen} | {up} | {via} | {len(rs)} | {fmt(mbs, ',.0f')} | {fmt(row['ratio'], '.2f')}× | {fmt(cpu, '.2f')} | {fmt(ucpu, '.2f')} | "
+                    f"{fmt(rss, '.1f')} | {','.join(map(str, statuses))} | {fmt(other, '.0f')} |"
+                )
+    if len(load_lines) > 2:
+        lines += ["Request-rate scenarios (medians over rounds; peak RSS is the maximum):", ""] + load_lines + [""]
+    if len(xfer_lines) > 2:
+        lines += ["Transfer scenarios (medians over rounds; MB = 10^6 bytes; peak RSS is the maximum):", ""] + xfer_lines + [""]
+    return "\n".join(lines), rows
+
+
+def machine() -> dict:
+    model = "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = status = None
+    try:
+        mem = int(Path("/proc/meminfo").read_text().split()[1]) // 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    del status
+    return {"nproc": os.cpu_count(), "cpu": model, "mem_mib": mem, "kernel": platform.release()}
+
+
+# --------------------------------------------------------------------------- profile
+
+
+def profile_s1(args, cfg: dict, work: Path, root: Path, runner: Runner) -> int:
+    """perf record of s3gate (nginx upstream) while the S1 load runs."""
+    perf = shutil.which("perf")
+    if not perf:
+        print("perf is not on PATH (Debian: apt-get install linux-perf); see BENCHMARKS.md for the callgrind recipe", file=sys.stderr)
+        return 2
+    up = Nginx(work, root, args.nginx_workers)
+    bench = Bench(args, cfg, work, args.gateway_bin, runner)
+    gw = bench.gateway(up, log_level=args.profile_log)
+    secs = args.profile_seconds
+    data = args.out / "perf-s1.data"
+    try:
+        load = subprocess.Popen(
+            [str(args.loadgen_bin), "load", "--addr", gw.addr, "--bucket", BUCKET, "-c", "32", "--warmup", "1",
+             "--duration", str(secs + 2), "--get-key", "small/{i}", "--get-count", str(SMALL_COUNT),
+             "--watch", f"s3gate={gw.pid}"] + creds_args(bench.keys.hot),
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+        time.sleep(1.5)
+        subprocess.run(
+            [perf, "record", "-F", str(args.profile_freq), "-e", "cpu-clock", "--call-graph", "dwarf,16384",
+             "-p", str(gw.pid), "-o", str(data), "--", "sleep", str(secs)],
+            check=True, timeout=secs + 120, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        out, err = load.communicate(timeout=secs + 120)
+        print("load during the profile (perturbed by perf):", out.strip() or err.strip())
+    finally:
+        gw.stop()
+        up.proc.stop()
+    reports = {
+        "self": ["--no-children", "--sort", "symbol", "-g", "none", "--percent-limit", "0.3"],
+        "children": ["--children", "--sort", "symbol", "-g", "none", "--percent-limit", "1"],
+    }
+    for name, extra in reports.items():
+        path = args.out / f"perf-s1-{name}.txt"
+        with open(path, "w") as f:
+            subprocess.run([perf, "report", "-i", str(data), "--stdio"] + extra, stdout=f, stderr=subprocess.DEVNULL, timeout=900)
+        print(f"{name:<8} -> {path}")
+    print(f"raw data -> {data}  (perf report -i {data})")
+    return 0
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="a few seconds per scenario, 1 round, 128 MiB transfers")
+    ap.add_argument("--rounds", type=int, help="rounds per scenario (default 3, quick 1)")
+    ap.add_argument("--scenarios", default="S1,S2,S3,S4,S5", help="comma-separated subset of S1..S5")
+    ap.add_argument("--upstreams", default="nginx,s3s-fs", help="comma-separated subset of nginx,s3s-fs")
+    ap.add_argument("--nginx-workers", type=int, default=1, help="nginx worker processes (default 1)")
+    ap.add_argument("--no-s1-quiet", dest="s1_quiet", action="store_false", help="skip the S1 run with the access log off")
+    ap.add_argument("--quiet-wait", type=float, default=120, help="seconds to wait for an idle machine before each measurement")
+    ap.add_argument("--gateway-env", action="append", default=[], metavar="KEY=VALUE", help="extra environment for s3gate, e.g. TOKIO_WORKER_THREADS=1 (repeatable)")
+    ap.add_argument("--gateway-bin", type=Path, default=Path(os.environ.get("S3GATE_BIN", REPO / "target/release/s3gate")))
+    ap.add_argument("--loadgen-bin", type=Path, default=REPO / "target/release/s3gate-loadgen")
+    ap.add_argument("--work", type=Path, help="work directory (default: a new one under /tmp, removed afterwards)")
+    ap.add_argument("--profile", action="store_true", help="perf-record s3gate under the S1 load (nginx upstream) instead of benchmarking")
+    ap.add_argument("--profile-seconds", type=int, default=10)
+    ap.add_argument("--profile-freq", type=int, default=999, help="perf sampling frequency (Hz)")
+    ap.add_argument("--profile-log", default="info", help="S3GATE_LOG for the profiled gateway")
+    ap.add_argument("--out", type=Path, default=REPO / "target/bench", help="where results JSON/Markdown go")
+    args = ap.parse_args()
+
+    cfg = dict(QUICK if args.quick else FULL)
+    if args.rounds:
+        cfg["rounds"] = args.rounds
+    scenarios = [s.strip().upper() for s in args.scenarios.split(",") if s.strip()]
+    upstreams = [u.strip() for u in args.upstreams.split(",") if u.strip()]
+    for exe in (args.gateway_bin, args.loadgen_bin):
+        if not exe.exists():
+            print(f"missing {exe}: run bench/run.sh (it builds it)", file=sys.stderr)
+            return 2
+
+    own_work = args.work is None
+    work = args.work or Path(subprocess.check_output(["mktemp", "-d", "/tmp/s3gate-bench.XXXXXX"], text=True).strip())
+    work.mkdir(parents=True, exist_ok=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    runner = Runner(args.loadgen_bin, args.out / f"bench-{stamp}.loadgen.log")
+    mach = machine()
+    print(f"machine: {mach['nproc']} cores, {mach['cpu']}, {mach['mem_mib']} MiB, kernel {mach['kernel']}")
+    print(f"work dir: {work}; settings: {cfg}")
+
+    root = work / "root"
+    t0 = time.monotonic()
+    if args.profile:
+        cfg = dict(QUICK, large_size=MiB, s4_pool=0)
+    seed_data(root, cfg)
+    print(f"seeded data in {time.monotonic() - t0:.1f}s")
+
+    if args.profile:
+        try:
+            return profile_s1(args, cfg, work, root, runner)
+        finally:
+            if own_work:
+                shutil.rmtree(work, ignore_errors=True)
+
+    bench = Bench(args, cfg, work, args.gateway_bin, runner)
+    ups: dict[str, Upstream] = {}
+    rc = 0
+    try:
+        if "nginx" in upstreams:
+            ups["nginx"] = Nginx(work, root, args.nginx_workers)
+        if "s3s-fs" in upstreams:
+            ups["s3s-fs"] = S3sFs(work, root)
+        for scen in scenarios:
+            for name, up in ups.items():
+                print(f"{scen} on {name}", flush=True)
+                try:
+                    getattr(bench, scen.lower())(up)
+                except RuntimeError as e:
+                    rc = 1
+                    print(f"  {scen} on {name} FAILED: {e}", file=sys.stderr, flush=True)
+    finally:
+        for up in ups.values():
+            up.proc.stop()
+        table, rows = summarize(bench.results)
+        doc = {"machine": mach, "settings": cfg, "gateway_bin": str(args.gateway_bin), "gateway_env": args.gateway_env, "started": stamp, "summary": rows, "runs": bench.results}
+        (args.out / f"bench-{stamp}.json").write_text(json.dumps(doc, indent=1))
+        (args.out / f"bench-{stamp}.md").write_text(table + "\n")
+        print()
+        print(table)
+        print(f"results: {args.out / f'bench-{stamp}.json'} and .md; loadgen log: {runner.log}")
+        if own_work:
+            shutil.rmtree(work, ignore_errors=True)
+        else:
+            print(f"work dir kept: {work}")
+    if any(r.get("errors") for r in bench.results) or any(r.get("status", 200) >= 300 for r in bench.results):
+        print("some runs had errors: see the loadgen log", file=sys.stderr)
+        rc = rc or 1
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())
