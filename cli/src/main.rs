@@ -21,6 +21,11 @@ use tracing::{info, warn};
 
 mod admin;
 
+/// The profile showed glibc malloc/free at ~19% of the gateway's CPU on
+/// small requests; mimalloc's thread-local free lists cut that.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Exit code for bad configuration (EX_USAGE).
 const EX_USAGE: u8 = 64;
 
@@ -31,6 +36,10 @@ const EX_USAGE: u8 = 64;
     about = "Identity-aware gateway for S3-compatible object storage"
 )]
 struct Cli {
+    /// Tokio worker threads (default: one per core). On a machine shared
+    /// with other busy processes, fewer threads cost fewer wake-ups.
+    #[arg(long, env = "S3GATE_WORKER_THREADS", global = true)]
+    worker_threads: Option<usize>,
     /// Log format.
     #[arg(long, env = "S3GATE_LOG_FORMAT", default_value = "text", global = true)]
     log_format: LogFormat,
@@ -159,6 +168,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // The admin CLI is a client: its output is its result, not a log.
     let quiet = matches!(cli.command, Command::Admin(_) | Command::GenMasterKey);
+    let _ = WORKER_THREADS.set(cli.worker_threads);
     init_tracing(cli.log_format, quiet);
     let result = match cli.command {
         Command::Serve(args) => serve(args),
@@ -402,8 +412,14 @@ fn dataplane(args: DataplaneArgs) -> Result<(), Failure> {
         .map_err(Failure::Runtime)
 }
 
+static WORKER_THREADS: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
+
 fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
-    tokio::runtime::Builder::new_multi_thread()
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = WORKER_THREADS.get().copied().flatten().filter(|n| *n > 0) {
+        builder.worker_threads(n);
+    }
+    builder
         .enable_all()
         .build()
         .context("start tokio runtime")

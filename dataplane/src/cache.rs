@@ -25,7 +25,7 @@ impl Ttl for Decision {
     }
 }
 
-struct ByValueTtl;
+pub(crate) struct ByValueTtl;
 
 impl<K, V: Ttl> Expiry<K, V> for ByValueTtl {
     fn expire_after_create(&self, _key: &K, value: &V, _created_at: Instant) -> Option<Duration> {

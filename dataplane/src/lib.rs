@@ -46,7 +46,8 @@ pub struct Config {
     pub max_chunk_size: usize,
     /// Upper bounds on cache sizes (entries).
     pub key_cache_capacity: u64,
-    pub decision_cache_capacity: u64,
+    /// Decisions are weighed by their size: this bounds their memory.
+    pub decision_cache_bytes: u64,
     pub route_cache_capacity: u64,
     /// Connect timeout towards backends.
     pub upstream_connect_timeout: Duration,
@@ -59,7 +60,7 @@ impl Default for Config {
             hosts: HostConfig::default(),
             max_chunk_size: 16 << 20,
             key_cache_capacity: 100_000,
-            decision_cache_capacity: 1_000_000,
+            decision_cache_bytes: 64 << 20,
             route_cache_capacity: 10_000,
             upstream_connect_timeout: Duration::from_secs(5),
         }

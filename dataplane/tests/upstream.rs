@@ -12,6 +12,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -58,6 +59,25 @@ struct Seen {
 /// `data-prod` on one backend.
 struct StaticControlPlane {
     backend: Arc<Backend>,
+    calls: Arc<Calls>,
+}
+
+/// How often the data plane asked the control plane.
+#[derive(Default, Debug)]
+struct Calls {
+    signing_key: AtomicUsize,
+    authorize: AtomicUsize,
+    route: AtomicUsize,
+}
+
+impl Calls {
+    fn get(&self) -> (usize, usize, usize) {
+        (
+            self.signing_key.load(Ordering::SeqCst),
+            self.authorize.load(Ordering::SeqCst),
+            self.route.load(Ordering::SeqCst),
+        )
+    }
 }
 
 #[async_trait]
@@ -69,6 +89,7 @@ impl ControlPlane for StaticControlPlane {
         if req.access_key != CLIENT_AK {
             return Err(ControlPlaneError::UnknownAccessKey);
         }
+        self.calls.signing_key.fetch_add(1, Ordering::SeqCst);
         Ok(SigningKeyGrant {
             key: SigningKey::derive(CLIENT_SK, &req.date, &req.region, &req.service),
             principal: Principal {
@@ -81,6 +102,7 @@ impl ControlPlane for StaticControlPlane {
     }
 
     async fn authorize(&self, _req: AuthorizeRequest) -> Result<Decision, ControlPlaneError> {
+        self.calls.authorize.fetch_add(1, Ordering::SeqCst);
         Ok(Decision {
             allow: true,
             reason: "test".into(),
@@ -90,6 +112,7 @@ impl ControlPlane for StaticControlPlane {
     }
 
     async fn route(&self, bucket: &str) -> Result<Route, ControlPlaneError> {
+        self.calls.route.fetch_add(1, Ordering::SeqCst);
         if bucket != "data" {
             return Err(ControlPlaneError::NoSuchBucket);
         }
@@ -182,7 +205,17 @@ async fn start_gateway(
     style: AddressingStyle,
     endpoint: String,
 ) -> (SocketAddr, oneshot::Sender<()>) {
+    let (addr, stop, _) = start_gateway_counting(style, endpoint).await;
+    (addr, stop)
+}
+
+async fn start_gateway_counting(
+    style: AddressingStyle,
+    endpoint: String,
+) -> (SocketAddr, oneshot::Sender<()>, Arc<Calls>) {
+    let calls = Arc::new(Calls::default());
     let cp = Arc::new(StaticControlPlane {
+        calls: calls.clone(),
         backend: Arc::new(Backend {
             name: "b".into(),
             endpoint,
@@ -205,7 +238,7 @@ async fn start_gateway(
         },
         Duration::from_secs(1),
     ));
-    (addr, stop_tx)
+    (addr, stop_tx, calls)
 }
 
 /// Sends a request to the gateway, signed by aws-sigv4 as an SDK would.
@@ -314,4 +347,28 @@ async fn path_style_upstream_renames_the_bucket_and_drops_client_auth() {
         "{auth}"
     );
     assert!(!auth.contains(CLIENT_AK), "{auth}");
+}
+
+#[tokio::test]
+async fn warm_requests_make_no_control_plane_calls() {
+    let (upstream, mut seen) = start_upstream().await;
+    let endpoint = format!("http://127.0.0.1:{}", upstream.port());
+    let (gateway, _stop, calls) = start_gateway_counting(AddressingStyle::Path, endpoint).await;
+
+    let (status, _) = send_signed(gateway, Method::GET, "/data/a", b"").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(calls.get(), (1, 1, 1), "a cold request asks once for each");
+    for path in ["/data/a", "/data/a", "/data/b/c"] {
+        let (status, _) = send_signed(gateway, Method::GET, path, b"").await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    // The decision's scope is the whole bucket, so another key is warm too.
+    assert_eq!(
+        calls.get(),
+        (1, 1, 1),
+        "warm requests must not reach the control plane"
+    );
+    for _ in 0..4 {
+        assert_eq!(seen.recv().await.unwrap().signature_ok, Ok(()));
+    }
 }

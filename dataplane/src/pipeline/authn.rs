@@ -12,7 +12,26 @@ use s3gate_s3::{S3Error, S3ErrorCode};
 use super::Ctx;
 use crate::error::Error;
 
-pub type KeyCache = Cache<SigningKeyRequest, SigningKeyGrant>;
+/// Signing keys by `access-key/date/region/service` (access keys never
+/// contain '/').
+pub type KeyCache = Cache<String, SigningKeyGrant>;
+
+fn key_cache_key(access_key: &str, date: &str, region: &str, service: &str) -> String {
+    let mut k =
+        String::with_capacity(access_key.len() + date.len() + region.len() + service.len() + 3);
+    for (i, part) in [access_key, date, region, service].into_iter().enumerate() {
+        if i > 0 {
+            k.push('/');
+        }
+        k.push_str(part);
+    }
+    k
+}
+
+/// Whether a key-cache entry belongs to `access_key`.
+pub(crate) fn key_cache_entry_of(entry: &str, access_key: &str) -> bool {
+    entry.split('/').next() == Some(access_key)
+}
 
 /// Proof that a request was authenticated (or is anonymous).
 pub struct Authenticated {
@@ -50,20 +69,33 @@ pub async fn verify(cx: &Ctx, head: &Parts, _req: &S3Request) -> Result<Authenti
         )
         .into());
     }
-    let lookup = SigningKeyRequest {
-        access_key: auth.scope.access_key.clone(),
-        date: auth.scope.date.clone(),
-        region: auth.scope.region.clone(),
-        service: auth.scope.service.clone(),
+    // One allocation for the cache key; the control-plane request is only
+    // built on a miss.
+    let scope = &auth.scope;
+    let cache_key = key_cache_key(
+        &scope.access_key,
+        &scope.date,
+        &scope.region,
+        &scope.service,
+    );
+    let grant = match cx.keys.get(&cache_key).await {
+        Some(grant) => grant,
+        None => {
+            let ask = SigningKeyRequest {
+                access_key: scope.access_key.clone(),
+                date: scope.date.clone(),
+                region: scope.region.clone(),
+                service: scope.service.clone(),
+            };
+            cx.keys
+                .try_get_with(cache_key, cx.control_plane.signing_key(ask))
+                .await
+                .map_err(|e| match &*e {
+                    ControlPlaneError::UnknownAccessKey => Error::UnknownAccessKey,
+                    other => Error::ControlPlane(other.to_string()),
+                })?
+        }
     };
-    let grant = cx
-        .keys
-        .try_get_with(lookup.clone(), cx.control_plane.signing_key(lookup))
-        .await
-        .map_err(|e| match &*e {
-            ControlPlaneError::UnknownAccessKey => Error::UnknownAccessKey,
-            other => Error::ControlPlane(other.to_string()),
-        })?;
     sigv4::verify(&auth, &head.method, &head.uri, &head.headers, &grant.key)?;
     let chunk_signing = matches!(
         auth.payload,

@@ -49,7 +49,7 @@ impl Ctx {
     pub fn new(cfg: Config, control_plane: Arc<dyn ControlPlane>) -> Self {
         Self {
             keys: crate::cache::bounded(cfg.key_cache_capacity),
-            decisions: crate::cache::bounded(cfg.decision_cache_capacity),
+            decisions: authz::decision_cache(cfg.decision_cache_bytes),
             routes: route::cache(cfg.route_cache_capacity),
             upstreams: Upstreams::new(cfg.upstream_connect_timeout),
             request_ids: RequestIds::new(),
@@ -68,7 +68,7 @@ impl Ctx {
                 let access_key = access_key.clone();
                 if let Err(error) = self
                     .keys
-                    .invalidate_entries_if(move |k, _| k.access_key == access_key)
+                    .invalidate_entries_if(move |k, _| authn::key_cache_entry_of(k, &access_key))
                 {
                     tracing::warn!(%error, "cannot invalidate by key; flushing all signing keys");
                     self.keys.invalidate_all();
