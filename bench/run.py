@@ -11,6 +11,9 @@ Processes (all on 127.0.0.1, ports picked by the kernel or probed free):
   s3gate      one per (scenario, upstream) — per round for S4 — so peak RSS
               and caches are per scenario
   loadgen     bench/loadgen (Rust, one thread), one process per measurement
+  S1g/S4g     distributed mode instead of `s3gate serve`: a private
+              redis-server (no persistence), `s3gate controlplane` seeded from
+              the same config, `s3gate dataplane` asking it over gRPC
 
 Every measurement is bounded in time and request count, every child process
 has a timeout, and everything started here is stopped here (SIGTERM, then
@@ -63,6 +66,8 @@ QUICK = dict(
     warmup=0.5,
     cold_principals=500,
 )
+
+DIST_SCENARIOS = ("S1g", "S4g")  # through controlplane + dataplane + Redis (class Distributed)
 
 SMALL_COUNT = 100  # S1: distinct 4 KiB objects rotated over
 MIX_COUNT = 100  # S5: distinct 64 KiB objects read, and keys written
@@ -353,16 +358,188 @@ class Gateway:
 
     def stop(self) -> None:
         self.proc.stop()
-        # Access logs of a full run add up to gigabytes; keep the tail only.
+        truncate_log(self.proc.log_path)
+
+    def watch(self) -> list[str]:
+        return ["--watch", f"s3gate={self.pid}"]
+
+
+def read_ready(path: Path, field: str):
+    def get():
         try:
-            p = self.proc.log_path
-            if p.stat().st_size > 4 * MiB:
-                with open(p, "rb") as f:
-                    f.seek(-MiB, os.SEEK_END)
-                    tail = f.read()
-                p.write_bytes(b"[... truncated by the harness ...]\n" + tail)
-        except OSError:
-            pass
+            return json.loads(path.read_text())[field]
+        except (OSError, ValueError, KeyError):
+            return None
+
+    return get
+
+
+def own_env(extra: dict) -> dict:
+    """os.environ without inherited S3GATE_* settings (a stray S3GATE_CONFIG or
+    S3GATE_REDIS must not change what is measured), plus `extra`."""
+    return {**{k: v for k, v in os.environ.items() if not k.startswith("S3GATE_")}, **extra}
+
+
+def redis_call(port: int, *args: str, timeout: float = 2.0) -> bytes:
+    """One RESP command on a fresh connection; returns the raw reply (bounded:
+    one recv loop of at most `timeout` seconds, 1 MiB)."""
+    cmd = f"*{len(args)}\r\n".encode() + b"".join(f"${len(a.encode())}\r\n{a}\r\n".encode() for a in args)
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(cmd)
+        buf = b""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and len(buf) < MiB:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            buf += chunk
+            if buf.startswith((b"+", b"-", b":")) and buf.endswith(b"\r\n"):
+                break
+            if buf.startswith(b"$"):
+                head, _, rest = buf.partition(b"\r\n")
+                if int(head[1:]) < 0 or len(rest) >= int(head[1:]) + 2:
+                    break
+        return buf
+
+
+def redis_commands(port: int) -> dict[str, int]:
+    """`INFO commandstats` as {command: calls}."""
+    out = {}
+    try:
+        text = redis_call(port, "INFO", "commandstats").decode(errors="replace")
+    except OSError:
+        return out
+    for line in text.splitlines():
+        if line.startswith("cmdstat_"):
+            name, _, rest = line.partition(":")
+            for kv in rest.split(","):
+                if kv.startswith("calls="):
+                    out[name[len("cmdstat_"):]] = int(kv[len("calls="):])
+    return out
+
+
+class Distributed:
+    """s3gate in distributed mode: a private redis-server (no persistence), one
+    `s3gate controlplane` seeded from the same config file as `serve`, and one
+    `s3gate dataplane` asking it over gRPC. Clients talk to the data plane;
+    `pid` is the data plane's, so it is watched as "s3gate" like `serve`."""
+
+    def __init__(self, exe: Path, work: Path, name: str, upstream: Upstream, keys: "Keys", log_level: str = "info", extra_env: dict | None = None, redis_bin: str = "redis-server"):
+        extra_env = extra_env or {}
+        self.name = name
+        self.procs: list[Proc] = []
+        try:
+            self._start(exe, work, name, upstream, keys, log_level, extra_env, redis_bin)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self, exe, work, name, upstream, keys, log_level, extra_env, redis_bin):
+        # Redis: a free port, nothing on disk, readiness by PING.
+        rdir = work / f"{name}.redis"
+        rdir.mkdir(exist_ok=True)
+        for attempt in range(5):
+            self.redis_port = free_port()
+            self.redis = Proc(
+                "redis-server",
+                [redis_bin, "--bind", "127.0.0.1", "--port", str(self.redis_port), "--save", "", "--appendonly", "no",
+                 "--dir", str(rdir), "--protected-mode", "yes", "--daemonize", "no", "--loglevel", "warning"],
+                work / f"{name}.redis.log",
+            )  # fmt: skip
+            self.procs.append(self.redis)
+
+            def pong():
+                try:
+                    return redis_call(self.redis_port, "PING", timeout=0.5).startswith(b"+PONG")
+                except OSError:
+                    return False
+
+            try:
+                wait_for(pong, "redis-server PING", self.redis, timeout=15)
+                break
+            except RuntimeError:
+                self.redis.stop()
+                self.procs.remove(self.redis)
+                if attempt == 4:
+                    raise
+        master_key = subprocess.check_output([str(exe), "gen-master-key"], text=True, timeout=30, stdin=subprocess.DEVNULL, env=own_env({})).strip()
+        env = own_env({"S3GATE_LOG": log_level, "S3GATE_MASTER_KEY": master_key, "S3GATE_CLUSTER_TOKEN": secrets.token_hex(24), **extra_env})
+
+        cfg = work / f"{name}.toml"
+        cfg.write_text(render_config(upstream, keys))
+        cp_ready = work / f"{name}.cp.ready.json"
+        cp_ready.unlink(missing_ok=True)
+        self.cp = Proc(
+            "s3gate-controlplane",
+            [str(exe), "controlplane", "--redis", f"redis://127.0.0.1:{self.redis_port}/", "--config", str(cfg),
+             "--listen", "127.0.0.1:0", "--ready-file", str(cp_ready)],
+            work / f"{name}.cp.log", env,
+        )  # fmt: skip
+        self.procs.append(self.cp)
+        # Seeding 5,000 keys (each secret sealed under the master key) takes a moment.
+        self.cp_addr = wait_for(read_ready(cp_ready, "grpc"), f"{name} control plane ready file", self.cp, timeout=120)
+        if not self.cp_addr.startswith("127.0.0.1:"):
+            raise RuntimeError(f"control plane bound {self.cp_addr}, expected 127.0.0.1")
+
+        dp_ready = work / f"{name}.dp.ready.json"
+        dp_ready.unlink(missing_ok=True)
+        self.dp = Proc(
+            "s3gate-dataplane",
+            [str(exe), "dataplane", "--control-plane", f"http://{self.cp_addr}", "--listen", "127.0.0.1:0",
+             "--ready-file", str(dp_ready), "--region", REGION],
+            work / f"{name}.log", env,
+        )  # fmt: skip
+        self.procs.append(self.dp)
+        self.addr = wait_for(read_ready(dp_ready, "s3"), f"{name} data plane ready file", self.dp)
+        if not self.addr.startswith("127.0.0.1:"):
+            raise RuntimeError(f"data plane bound {self.addr}, expected 127.0.0.1")
+        self.pid = self.dp.pid
+        self.proc = self.dp
+        # Best effort: let the data plane's Watch stream reach the control
+        # plane before measuring. The Decisions channel connects on the first
+        # request, which the timed window pays (as S4 on `serve` pays its
+        # first key-cache misses).
+        deadline = time.monotonic() + 5
+        while not self._cp_conns() and time.monotonic() < deadline and self.dp.alive():
+            time.sleep(0.05)
+
+    def _cp_conns(self) -> list[str]:
+        """Established TCP connections from the data plane to the control plane."""
+        port = int(self.cp_addr.rsplit(":", 1)[1])
+        out = []
+        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+            try:
+                rows = Path(table).read_text().splitlines()[1:]
+            except OSError:
+                continue
+            for row in rows:
+                f = row.split()
+                if f[3] == "01" and int(f[2].rsplit(":", 1)[1], 16) == port:
+                    out.append(f[1])
+        return out
+
+    def watch(self) -> list[str]:
+        return ["--watch", f"s3gate={self.dp.pid}", "--watch", f"controlplane={self.cp.pid}", "--watch", f"redis={self.redis.pid}"]
+
+    def stop(self) -> None:
+        for p in reversed(self.procs):
+            p.stop()
+        for p in self.procs:
+            if p is not self.redis:
+                truncate_log(p.log_path)
+        self.procs = []
+
+
+def truncate_log(p: Path) -> None:
+    # Access logs of a full run add up to gigabytes; keep the tail only.
+    try:
+        if p.stat().st_size > 4 * MiB:
+            with open(p, "rb") as f:
+                f.seek(-MiB, os.SEEK_END)
+                tail = f.read()
+            p.write_bytes(b"[... truncated by the harness ...]\n" + tail)
+    except OSError:
+        pass
 
 
 class Keys:
@@ -495,10 +672,10 @@ def kernel_softirq_threads() -> list[int]:
 KSOFTIRQD = kernel_softirq_threads()
 
 
-def watch_args(gw: Gateway | None, up: Upstream) -> list[str]:
+def watch_args(gw: "Gateway | Distributed | None", up: Upstream) -> list[str]:
     out = [arg for i, pid in enumerate(KSOFTIRQD) for arg in ("--watch", f"ksoftirqd{i}={pid}")]
     if gw:
-        out += ["--watch", f"s3gate={gw.pid}"]
+        out += gw.watch()
     out += [arg for i, pid in enumerate(up.pids) for arg in ("--watch", f"upstream{i}={pid}")]
     return out
 
@@ -527,6 +704,11 @@ class Bench:
         env = dict(kv.split("=", 1) for kv in self.args.gateway_env)
         return Gateway(self.gw_exe, self.work, f"s3gate-{self.gw_count:03d}-{up.name}", up, self.keys, log_level, env)
 
+    def distributed(self, up: Upstream, log_level: str = "info") -> Distributed:
+        self.gw_count += 1
+        env = dict(kv.split("=", 1) for kv in self.args.gateway_env)
+        return Distributed(self.gw_exe, self.work, f"s3gate-{self.gw_count:03d}-dist-{up.name}", up, self.keys, log_level, env, self.args.redis_bin)
+
     def record(self, scenario: str, upstream: str, mode: str, rnd: int, res: dict, extra: dict | None = None) -> dict:
         row = {"scenario": scenario, "upstream": upstream, "mode": mode, "round": rnd, "at": dt.datetime.now().strftime("%H:%M:%S"), **res, **(extra or {})}
         cpu = res.get("cpu_s", {})
@@ -549,6 +731,11 @@ class Bench:
             msg += f"  s3gate {r['gw_cpu_s_per_gib']:.2f} CPU-s/GiB"
         if r.get("gw_peak_rss_kib"):
             msg += f"  peak RSS {r['gw_peak_rss_kib'] / 1024:.1f} MiB"
+        if r.get("cp_cpu_us_per_req") is not None:
+            msg += f"  control plane {r['cp_cpu_us_per_req']:.1f} µs CPU/req"
+        if r.get("redis_cpu_s") is not None:
+            calls = sum((r.get("redis_calls") or {}).values())
+            msg += f"  redis {r['redis_cpu_pct']:.1f}% of a core, {calls} commands"
         if r.get("other_cpu_pct") is not None:
             msg += f"  other CPU {r['other_cpu_pct']:.0f}%"
         print(f"  {r['at']} {r['scenario']:<4} {r['upstream']:<7} {r['via']:<7} round {r['round']}: {msg}", flush=True)
@@ -562,6 +749,11 @@ class Bench:
         wait_quiet(self.args.quiet_wait)
         if gw:
             reset_peak_rss(gw.pid)
+        if isinstance(gw, Distributed):
+            reset_peak_rss(gw.cp.pid)
+            # Redis commands over the whole loadgen run (warm-up included):
+            # the timed window can only have fewer.
+            cmds_before = redis_commands(gw.redis_port)
         res = self.runner.run(
             ["load", "--addr", addr, "--bucket", BUCKET, "--duration", str(duration)] + creds + extra_args + watch_args(gw, up),
             timeout=duration + 180,
@@ -571,6 +763,18 @@ class Bench:
             cpu = res["cpu_s"].get("s3gate")
             extra["gw_cpu_us_per_req"] = (cpu / res["requests"] * 1e6) if cpu is not None and res["requests"] else None
             extra["gw_peak_rss_kib"] = status_kib(gw.pid, "VmHWM")
+        if isinstance(gw, Distributed):
+            n = res["requests"]
+            for name in ("controlplane", "redis"):
+                cpu = res["cpu_s"].get(name)
+                short = "cp" if name == "controlplane" else "redis"
+                extra[f"{short}_cpu_us_per_req"] = (cpu / n * 1e6) if cpu is not None and n else None
+                extra[f"{short}_cpu_s"] = cpu
+            extra["redis_cpu_pct"] = 100 * extra["redis_cpu_s"] / res["elapsed_s"] if extra["redis_cpu_s"] is not None and res.get("elapsed_s") else None
+            extra["cp_peak_rss_kib"] = status_kib(gw.cp.pid, "VmHWM")
+            after = redis_commands(gw.redis_port)
+            # Minus the harness's own INFO (the one before the run).
+            extra["redis_calls"] = {k: v - cmds_before.get(k, 0) for k, v in after.items() if v - cmds_before.get(k, 0) and k != "info"}
         up_cpu = upstream_cpu(res)
         extra["upstream_cpu_us_per_req"] = (up_cpu / res["requests"] * 1e6) if up_cpu is not None and res["requests"] else None
         return self.record(scenario, up.name, res["mode"], rnd, res, extra)
@@ -647,6 +851,45 @@ class Bench:
             finally:
                 gw.stop()
 
+    # S1g: S1 through `s3gate dataplane` + `controlplane` + Redis, interleaved
+    # with direct and `serve` in the same rounds. After the warm-up every
+    # decision, key and route is in the data plane's caches.
+    def s1g(self, up: Upstream) -> None:
+        c = self.cfg
+        args = ["-c", "32", "--warmup", str(c["warmup"]), "--get-key", "small/{i}", "--get-count", str(SMALL_COUNT)]
+        gw = self.gateway(up)
+        dist = None
+        try:
+            dist = self.distributed(up)
+            for r in range(c["rounds"]):
+                self.load("S1g", up, None, r, args, c["s1_duration"], self.direct_creds(up))
+                self.load("S1g", up, gw, r, args, c["s1_duration"], creds_args(self.keys.hot))
+                self.load("S1g", up, dist, r, args, c["s1_duration"], creds_args(self.keys.hot), label="s3gate-dist")
+        finally:
+            gw.stop()
+            if dist:
+                dist.stop()
+
+    # S4g: S4 (every request a decision-cache miss) through the data plane, so
+    # every miss is an Authorize RPC to the control plane; interleaved with
+    # direct and `serve`, a fresh gateway (and Redis) per round.
+    def s4g(self, up: Upstream) -> None:
+        c = self.cfg
+        args = ["-c", "32", "--warmup", "0", "--unique", "--max-requests", str(c["s4_pool"]), "--get-key", "cold/{i}"]
+        cold = ["--creds", str(self.keys.cold_file)]
+        for r in range(c["rounds"]):
+            self.load("S4g", up, None, r, args, c["s4_duration"], self.direct_creds(up))
+            gw = self.gateway(up)
+            try:
+                self.load("S4g", up, gw, r, args, c["s4_duration"], cold)
+            finally:
+                gw.stop()
+            dist = self.distributed(up)
+            try:
+                self.load("S4g", up, dist, r, args, c["s4_duration"], cold, label="s3gate-dist")
+            finally:
+                dist.stop()
+
     # S5: 90 % GET / 10 % PUT of 64 KiB, 64 connections.
     def s5(self, up: Upstream) -> None:
         c = self.cfg
@@ -686,6 +929,8 @@ def summarize(results: list[dict]) -> tuple[str, list[dict]]:
     load_hdr = "| scenario | upstream | via | rounds | req/s | ratio | p50 µs | p99 µs | added p99 µs | s3gate CPU µs/req | upstream CPU µs/req | s3gate peak RSS MiB | errors | other CPU % |"
     xfer_hdr = "| scenario | upstream | via | rounds | MB/s | ratio | s3gate CPU-s/GiB | upstream CPU-s/GiB | s3gate peak RSS MiB | status | other CPU % |"
     load_lines, xfer_lines = [load_hdr, "|" + "---|" * 14], [xfer_hdr, "|" + "---|" * 11]
+    dist_hdr = load_hdr + " control-plane CPU µs/req | Redis CPU µs/req | Redis CPU % of a core | Redis commands per run | dataplane + controlplane + Redis CPU µs/req | control-plane peak RSS MiB |"
+    dist_lines = [dist_hdr, "|" + "---|" * 20]
     for (scen, up), by in groups.items():
         direct = by.get("direct", [])
         for via, rs in by.items():
@@ -704,9 +949,28 @@ def summarize(results: list[dict]) -> tuple[str, list[dict]]:
                            p50_us=p50, p99_us=p99, added_p99_us=(p99 - dp99 if via != "direct" and dp99 is not None and p99 is not None else None),
                            gw_cpu_us_per_req=cpu, upstream_cpu_us_per_req=ucpu, gw_peak_rss_mib=rss, errors=errors, other_cpu_pct=other)  # fmt: skip
                 rows.append(row)
-                load_lines.append(
+                line = (
                     f"| {scen} | {up} | {via} | {len(rs)} | {fmt(rps, ',.0f')} | {fmt(row['ratio'], '.2f')}× | {fmt(p50, ',.0f')} | {fmt(p99, ',.0f')} | "
                     f"{fmt(row['added_p99_us'], '+,.0f')} | {fmt(cpu, '.1f')} | {fmt(ucpu, '.1f')} | {fmt(rss, '.1f')} | {errors} | {fmt(other, '.0f')} |"
+                )
+                if scen not in DIST_SCENARIOS:
+                    load_lines.append(line)
+                    continue
+                dist = via == "s3gate-dist"
+                row.update(
+                    cp_cpu_us_per_req=med([r.get("cp_cpu_us_per_req") for r in rs]) if dist else None,
+                    redis_cpu_us_per_req=med([r.get("redis_cpu_us_per_req") for r in rs]) if dist else None,
+                    redis_cpu_pct=med([r.get("redis_cpu_pct") for r in rs]) if dist else None,
+                    redis_commands=med([sum((r.get("redis_calls") or {}).values()) for r in rs]) if dist else None,
+                    redis_command_names=sorted({k for r in rs for k in (r.get("redis_calls") or {})}) if dist else None,
+                    cp_peak_rss_mib=(max([r.get("cp_peak_rss_kib") or 0 for r in rs]) / 1024 or None) if dist else None,
+                )
+                total = (cpu or 0) + (row["cp_cpu_us_per_req"] or 0) + (row["redis_cpu_us_per_req"] or 0) if cpu is not None else None
+                row["all_gw_cpu_us_per_req"] = total
+                cmds = "–" if row["redis_commands"] is None else f"{row['redis_commands']:,.0f} ({' '.join(row['redis_command_names']) or 'none'})"
+                dist_lines.append(
+                    line + f" {fmt(row['cp_cpu_us_per_req'], '.1f')} | {fmt(row['redis_cpu_us_per_req'], '.2f')} | {fmt(row['redis_cpu_pct'], '.2f')} | "
+                    f"{cmds} | {fmt(total, '.1f')} | {fmt(row['cp_peak_rss_mib'], '.1f')} |"
                 )
             else:
                 mbs = med([r["mb_s"] for r in rs])
@@ -724,6 +988,12 @@ def summarize(results: list[dict]) -> tuple[str, list[dict]]:
                 )
     if len(load_lines) > 2:
         lines += ["Request-rate scenarios (medians over rounds; peak RSS is the maximum):", ""] + load_lines + [""]
+    if len(dist_lines) > 2:
+        lines += [
+            "Distributed mode (via s3gate-dist = `s3gate dataplane` → gRPC → `s3gate controlplane` → Redis; \"s3gate\" columns are the data plane's; "
+            "s3gate = `serve` in the same rounds; Redis commands: median over rounds of the whole loadgen run, warm-up included):",
+            "",
+        ] + dist_lines + [""]
     if len(xfer_lines) > 2:
         lines += ["Transfer scenarios (medians over rounds; MB = 10^6 bytes; peak RSS is the maximum):", ""] + xfer_lines + [""]
     return "\n".join(lines), rows
@@ -799,12 +1069,13 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="a few seconds per scenario, 1 round, 128 MiB transfers")
     ap.add_argument("--rounds", type=int, help="rounds per scenario (default 3, quick 1)")
-    ap.add_argument("--scenarios", default="S1,S2,S3,S4,S5", help="comma-separated subset of S1..S5")
+    ap.add_argument("--scenarios", default="S1,S2,S3,S4,S5", help="comma-separated subset of S1..S5, plus S1g/S4g (S1/S4 through controlplane + dataplane + Redis; not in the default set)")
+    ap.add_argument("--redis-bin", default=shutil.which("redis-server") or "/usr/bin/redis-server", help="redis-server for S1g/S4g (a private one on a free 127.0.0.1 port, no persistence)")
     ap.add_argument("--upstreams", default="nginx,s3s-fs", help="comma-separated subset of nginx,s3s-fs")
     ap.add_argument("--nginx-workers", type=int, default=1, help="nginx worker processes (default 1)")
     ap.add_argument("--no-s1-quiet", dest="s1_quiet", action="store_false", help="skip the S1 run with the access log off")
     ap.add_argument("--quiet-wait", type=float, default=120, help="seconds to wait for an idle machine before each measurement")
-    ap.add_argument("--gateway-env", action="append", default=[], metavar="KEY=VALUE", help="extra environment for s3gate, e.g. TOKIO_WORKER_THREADS=1 (repeatable)")
+    ap.add_argument("--gateway-env", action="append", default=[], metavar="KEY=VALUE", help="extra environment for s3gate (serve, and in S1g/S4g also controlplane and dataplane), e.g. S3GATE_WORKER_THREADS=1 (repeatable)")
     ap.add_argument("--gateway-bin", type=Path, default=Path(os.environ.get("S3GATE_BIN", REPO / "target/release/s3gate")))
     ap.add_argument("--loadgen-bin", type=Path, default=REPO / "target/release/s3gate-loadgen")
     ap.add_argument("--work", type=Path, help="work directory (default: a new one under /tmp, removed afterwards)")
@@ -819,11 +1090,16 @@ def main() -> int:
     if args.rounds:
         cfg["rounds"] = args.rounds
     scenarios = [s.strip().upper() for s in args.scenarios.split(",") if s.strip()]
+    scenarios = [s[:-1] + "g" if s.endswith("G") else s for s in scenarios]  # S4G -> S4g
     upstreams = [u.strip() for u in args.upstreams.split(",") if u.strip()]
     for exe in (args.gateway_bin, args.loadgen_bin):
         if not exe.exists():
             print(f"missing {exe}: run bench/run.sh (it builds it)", file=sys.stderr)
             return 2
+
+    if any(s in DIST_SCENARIOS for s in scenarios) and not (shutil.which(args.redis_bin) or Path(args.redis_bin).exists()):
+        print(f"S1g/S4g need redis-server ({args.redis_bin} not found; Debian: apt-get install redis-server, or --redis-bin)", file=sys.stderr)
+        return 2
 
     own_work = args.work is None
     work = args.work or Path(subprocess.check_output(["mktemp", "-d", "/tmp/s3gate-bench.XXXXXX"], text=True).strip())
