@@ -108,6 +108,7 @@ struct DataplaneArgs {
         long = "control-plane",
         env = "S3GATE_DP_CONTROL_PLANE",
         value_delimiter = ',',
+        num_args = 1..,
         required = true
     )]
     control_planes: Vec<String>,

@@ -116,8 +116,8 @@ class RedisCluster:
 
     def start_dp(self, name):
         ready = self.tmp / f"{name}.ready.json"
-        urls = ",".join(f"http://{self.addrs[c]}" for c in ("cp1", "cp2"))
-        argv = [str(gateway_bin()), "dataplane", "--control-plane", urls, "--listen", "127.0.0.1:0",
+        urls = [f"http://{self.addrs[c]}" for c in ("cp1", "cp2")]
+        argv = [str(gateway_bin()), "dataplane", "--control-plane", *urls, "--listen", "127.0.0.1:0",
                 "--ready-file", str(ready), "--region", REGION]
         proc = Proc(name, argv, self.tmp / f"{name}.log", self.env)
         self.addrs[name] = wait_for(lambda: read_ready_file(ready), f"{name} ready", proc)["s3"]
