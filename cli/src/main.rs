@@ -287,16 +287,7 @@ async fn serve_grpc(
     if cluster_token.is_none() {
         warn!("no --cluster-token: anyone who reaches the gRPC port can read decisions and backend credentials");
     }
-    let version = {
-        let replica = replica.clone();
-        Arc::new(move || replica.version())
-    };
-    let decisions = s3gate_controlplane::grpc::DecisionsService::new(
-        replica.clone(),
-        replica.events(),
-        replica.name().to_owned(),
-        version,
-    );
+    let decisions = s3gate_controlplane::grpc::DecisionsService::new(replica.clone());
     let admin = admin_token.map(|t| {
         (
             s3gate_controlplane::admin::AdminService::new(replica.clone()),

@@ -3,7 +3,7 @@
 //! without .proto files).
 //!
 //! The service is a thin adapter: it decodes messages, asks a
-//! [`ControlPlane`] (the same trait the embedded mode hands the data plane
+//! [`Replica`] through [`ControlPlane`] (the same trait the embedded mode hands the data plane
 //! directly) and encodes the answer. Watch streams fan out [`Invalidation`]s
 //! from a broadcast channel; a subscriber that falls behind is told to flush
 //! everything rather than silently missing events.
@@ -16,6 +16,8 @@ use s3gate_proto::pb::decisions_server::{Decisions, DecisionsServer};
 
 use crate::admin::{require_token, AdminService};
 use s3gate_proto::{pb, ControlPlane, Invalidation, SigningKeyRequest};
+
+use crate::replica::Replica;
 use tokio::net::TcpListener;
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
@@ -32,29 +34,17 @@ pub fn events() -> Events {
 
 #[derive(Clone)]
 pub struct DecisionsService {
-    control_plane: Arc<dyn ControlPlane>,
-    events: Events,
-    /// Reported in Hello, so operators can tell replicas apart.
-    name: String,
-    /// The state version a new watcher starts from.
-    version: Arc<dyn Fn() -> u64 + Send + Sync>,
+    /// Answers every call from its local snapshot; its events feed Watch.
+    replica: Arc<Replica>,
     /// Flips to true when the server shuts down, ending every Watch stream
     /// (otherwise graceful shutdown would wait for them forever).
     stop: watch::Receiver<bool>,
 }
 
 impl DecisionsService {
-    pub fn new(
-        control_plane: Arc<dyn ControlPlane>,
-        events: Events,
-        name: String,
-        version: Arc<dyn Fn() -> u64 + Send + Sync>,
-    ) -> Self {
+    pub fn new(replica: Arc<Replica>) -> Self {
         Self {
-            control_plane,
-            events,
-            name,
-            version,
+            replica,
             stop: watch::channel(false).1,
         }
     }
@@ -70,7 +60,7 @@ impl Decisions for DecisionsService {
     ) -> Result<Response<pb::SigningKeyResponse>, Status> {
         let r = req.into_inner();
         let grant = self
-            .control_plane
+            .replica
             .signing_key(SigningKeyRequest {
                 access_key: r.access_key,
                 date: r.date,
@@ -86,7 +76,7 @@ impl Decisions for DecisionsService {
         req: Request<pb::AuthorizeRequest>,
     ) -> Result<Response<pb::AuthorizeResponse>, Status> {
         let ask = req.into_inner().try_into()?;
-        let decision = self.control_plane.authorize(ask).await?;
+        let decision = self.replica.authorize(ask).await?;
         Ok(Response::new((&decision).into()))
     }
 
@@ -94,7 +84,7 @@ impl Decisions for DecisionsService {
         &self,
         req: Request<pb::GetRouteRequest>,
     ) -> Result<Response<pb::GetRouteResponse>, Status> {
-        let route = self.control_plane.route(&req.into_inner().bucket).await?;
+        let route = self.replica.route(&req.into_inner().bucket).await?;
         Ok(Response::new((&route).into()))
     }
 
@@ -107,7 +97,7 @@ impl Decisions for DecisionsService {
             .principal
             .ok_or_else(|| Status::invalid_argument("missing principal"))?
             .try_into()?;
-        let buckets = self.control_plane.visible_buckets(&principal).await?;
+        let buckets = self.replica.visible_buckets(&principal).await?;
         Ok(Response::new(pb::VisibleBucketsResponse { buckets }))
     }
 
@@ -117,13 +107,13 @@ impl Decisions for DecisionsService {
         let node = req.into_inner().node;
         // Subscribe before reading the version: an event published in
         // between is then delivered, never lost.
-        let rx = self.events.subscribe();
-        let version = (self.version)();
+        let rx = self.replica.events().subscribe();
+        let version = self.replica.version();
         info!(node, version, "data plane watching");
         let hello = pb::WatchEvent {
             version,
             event: Some(pb::watch_event::Event::Hello(pb::Hello {
-                control_plane: self.name.clone(),
+                control_plane: self.replica.name().to_owned(),
             })),
         };
         let (tx, out) = mpsc::channel(64);

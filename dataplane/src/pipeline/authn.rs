@@ -5,7 +5,6 @@ use http::request::Parts;
 use moka::future::Cache;
 use s3gate_proto::{ControlPlaneError, Principal, SigningKeyGrant, SigningKeyRequest};
 use s3gate_s3::chunked::ChunkSigning;
-use s3gate_s3::request::S3Request;
 use s3gate_s3::sigv4::{self, PayloadMode};
 use s3gate_s3::{S3Error, S3ErrorCode};
 
@@ -42,7 +41,7 @@ pub struct Authenticated {
     pub chunk_signing: Option<ChunkSigning>,
 }
 
-pub async fn verify(cx: &Ctx, head: &Parts, _req: &S3Request) -> Result<Authenticated, Error> {
+pub async fn verify(cx: &Ctx, head: &Parts) -> Result<Authenticated, Error> {
     let Some(auth) = sigv4::parse(&head.method, &head.uri, &head.headers)? else {
         return anonymous(head);
     };

@@ -21,7 +21,6 @@ use std::fmt::Write as _;
 use super::authz::Granted;
 use super::payload::{PayloadPlan, UpstreamPayload};
 use super::route::RouteEntry;
-use super::Ctx;
 use crate::body::Body;
 use crate::error::Error;
 
@@ -77,11 +76,11 @@ const PRESIGN_PARAMS: &[&str] = &[
 
 #[allow(clippy::too_many_arguments)]
 pub async fn send(
-    _cx: &Ctx,
     route: &RouteEntry,
     source: Option<&std::sync::Arc<RouteEntry>>,
     head: &Parts,
     req: &S3Request,
+    // Not read: its type proves authorization ran before anything is sent.
     _grant: &Granted,
     body: Body,
     plan: PayloadPlan,

@@ -117,7 +117,7 @@ async fn run(
     trace.bucket.clone_from(&req.bucket);
     trace.key.clone_from(&req.key);
 
-    let who = authn::verify(cx, head, &req).await?;
+    let who = authn::verify(cx, head).await?;
     trace.principal = Some(who.principal.name.clone());
 
     let Some(bucket) = req.bucket.as_deref() else {
@@ -152,7 +152,6 @@ async fn run(
         body
     };
     forward::send(
-        cx,
         &route,
         source_route.as_ref(),
         head,
