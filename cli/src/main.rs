@@ -246,36 +246,12 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
             if let Some(path) = &args.ready_file {
                 write_ready(path, &ready.to_string()).context("write ready file")?;
             }
-            let invalidations = in_process_invalidations(&replica);
+            let invalidations = replica.invalidations();
             s3gate_dataplane::serve(listener, dp_cfg, replica, invalidations, shutdown_signal(), args.drain_timeout)
                 .await;
             anyhow::Ok(())
         })
         .map_err(Failure::Runtime)
-}
-
-/// Feeds the replica's invalidations to the in-process data plane: the same
-/// events a remote data plane gets over Watch.
-fn in_process_invalidations(
-    replica: &Replica,
-) -> tokio::sync::mpsc::Receiver<s3gate_proto::Invalidation> {
-    let (tx, rx) = tokio::sync::mpsc::channel(1024);
-    let mut events = replica.events().subscribe();
-    tokio::spawn(async move {
-        loop {
-            let inv = match events.recv().await {
-                Ok((_, inv)) => inv,
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                    s3gate_proto::Invalidation::All
-                }
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
-            };
-            if tx.send(inv).await.is_err() {
-                return;
-            }
-        }
-    });
-    rx
 }
 
 async fn serve_grpc(

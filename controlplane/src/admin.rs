@@ -111,13 +111,6 @@ fn key_info(k: &KeyRecord) -> pb::KeyInfo {
     }
 }
 
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
-
 fn rule_to_pb(r: &RuleRecord) -> pb::Rule {
     pb::Rule {
         id: r.id.clone(),
@@ -171,7 +164,7 @@ impl Admin for AdminService {
             secret: self.new_secret()?,
             principal: r.principal,
             groups: r.groups,
-            created: now(),
+            created: crate::unix_now(),
         };
         let version = self.apply(Change::PutKey(record.clone())).await?;
         Ok(Response::new(pb::KeyWithSecret {

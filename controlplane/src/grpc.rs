@@ -17,13 +17,13 @@ use s3gate_proto::pb::decisions_server::{Decisions, DecisionsServer};
 use crate::admin::{require_token, AdminService};
 use s3gate_proto::{pb, ControlPlane, Invalidation, SigningKeyRequest};
 
-use crate::replica::Replica;
+use crate::replica::{next_invalidation, Replica};
 use tokio::net::TcpListener;
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tokio_stream::StreamExt as _;
 use tonic::{Request, Response, Status};
-use tracing::{debug, info};
+use tracing::info;
 
 /// Invalidations as they are published: (state version, what changed).
 pub type Events = broadcast::Sender<(u64, Invalidation)>;
@@ -127,13 +127,9 @@ impl Decisions for DecisionsService {
                 let event = tokio::select! {
                     _ = stop.wait_for(|stopping| *stopping) => return,
                     () = tx.closed() => return,
-                    item = rx.recv() => match item {
-                        Ok((version, inv)) => inv.to_event(version),
-                        Err(broadcast::error::RecvError::Lagged(missed)) => {
-                            debug!(missed, "watcher lagged; telling it to flush");
-                            Invalidation::All.to_event(0)
-                        }
-                        Err(broadcast::error::RecvError::Closed) => return,
+                                        item = next_invalidation(&mut rx) => match item {
+                        Some((version, inv)) => inv.to_event(version),
+                        None => return,
                     },
                 };
                 if tx.send(Ok(event)).await.is_err() {

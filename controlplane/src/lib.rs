@@ -1,10 +1,11 @@
 //! The s3gate control plane: who a key belongs to, what a principal may do,
 //! and how to reach (and sign for) the backend of a bucket.
 //!
-//! Today this crate holds the config-backed decision source that `s3gate
-//! serve` runs in-process ([`Embedded`]). The data plane reaches it only
-//! through [`s3gate_proto::ControlPlane`], the same trait a gRPC client will
-//! implement, so both deployment modes run one code path.
+//! A [`replica::Replica`] answers from a compiled snapshot ([`Embedded`]) of
+//! the state a [`store::Store`] holds (memory, or Redis shared by replicas),
+//! and serves it over gRPC ([`grpc`], [`admin`]) or in-process to `s3gate
+//! serve`. Data planes see it only through [`s3gate_proto::ControlPlane`],
+//! so both deployment modes run one code path.
 //!
 //! This crate never sees request bodies and never talks to backends.
 
@@ -27,7 +28,7 @@ use s3gate_proto::{
     ControlPlaneError, Decision, Principal, Route, SigningKey, SigningKeyGrant, SigningKeyRequest,
 };
 
-use crate::config::{AddressingStyleConfig, CacheConfig, FileConfig, Secret};
+use crate::config::{AddressingStyleConfig, CacheConfig, Secret};
 use crate::policy::Policy;
 use crate::state::State;
 
@@ -47,11 +48,6 @@ struct KeyEntry {
 }
 
 impl Embedded {
-    /// The snapshot of one config file (used where nothing changes at run time).
-    pub fn new(cfg: &FileConfig) -> Self {
-        Self::from_state(&State::from_config(cfg), &cfg.cache)
-    }
-
     pub fn from_state(state: &State, cache: &CacheConfig) -> Self {
         let keys = state
             .keys
@@ -172,4 +168,12 @@ impl ControlPlane for Embedded {
             .policy
             .visible(principal, self.routes.keys().map(String::as_str)))
     }
+}
+
+/// Seconds since the Unix epoch (0 if the clock is before it).
+pub(crate) fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }

@@ -239,7 +239,7 @@ impl Store for RedisStore {
     }
 
     async fn heartbeat(&self, name: &str) -> Result<(), StoreError> {
-        let now = unix_now();
+        let now = crate::unix_now();
         self.inner
             .on_shared(|mut conn| {
                 let cmd = redis::cmd("HSET")
@@ -263,7 +263,8 @@ impl Store for RedisStore {
                 async move { call(cmd.query_async::<Vec<(String, i64)>>(&mut conn)).await }
             })
             .await?;
-        let oldest = unix_now().saturating_sub(i64::try_from(fresh.as_secs()).unwrap_or(i64::MAX));
+        let oldest =
+            crate::unix_now().saturating_sub(i64::try_from(fresh.as_secs()).unwrap_or(i64::MAX));
         let mut names: Vec<String> = beats
             .into_iter()
             .filter(|(_, at)| *at >= oldest)
@@ -878,13 +879,6 @@ fn encode_bucket(b: &BucketRecord) -> Result<String, StoreError> {
         backend: b.backend.clone(),
         backend_bucket: b.backend_bucket.clone(),
     })
-}
-
-fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

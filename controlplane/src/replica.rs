@@ -15,7 +15,7 @@ use s3gate_proto::{
     AuthorizeRequest, ControlPlane, ControlPlaneError, Decision, Invalidation, Principal, Route,
     SigningKeyGrant, SigningKeyRequest,
 };
-use tokio::sync::{broadcast, watch};
+use tokio::sync::{broadcast, mpsc, watch};
 use tracing::{info, warn};
 
 use crate::config::CacheConfig;
@@ -87,6 +87,21 @@ impl Replica {
         self.events.clone()
     }
 
+    /// The replica's invalidations as a channel, for a data plane in the
+    /// same process (`s3gate serve`): what a remote one gets over Watch.
+    pub fn invalidations(&self) -> mpsc::Receiver<Invalidation> {
+        let (tx, rx) = mpsc::channel(1024);
+        let mut events = self.events.subscribe();
+        tokio::spawn(async move {
+            while let Some((_, inv)) = next_invalidation(&mut events).await {
+                if tx.send(inv).await.is_err() {
+                    return;
+                }
+            }
+        });
+        rx
+    }
+
     pub fn store(&self) -> &dyn Store {
         &*self.store
     }
@@ -117,6 +132,25 @@ impl Replica {
             Err(poisoned) => *poisoned.into_inner() = next,
         }
         self.version.send_replace(state.version);
+    }
+}
+
+/// The next event for a subscriber of [`Replica::events`]. A subscriber
+/// that fell behind missed some, so it is told to forget everything
+/// (`Invalidation::All`, version 0). `None` once the replica is gone.
+pub async fn next_invalidation(
+    rx: &mut broadcast::Receiver<(u64, Invalidation)>,
+) -> Option<(u64, Invalidation)> {
+    match rx.recv().await {
+        Ok(event) => Some(event),
+        Err(broadcast::error::RecvError::Lagged(missed)) => {
+            tracing::debug!(
+                missed,
+                "invalidation subscriber lagged; flushing everything"
+            );
+            Some((0, Invalidation::All))
+        }
+        Err(broadcast::error::RecvError::Closed) => None,
     }
 }
 

@@ -134,3 +134,11 @@ pub async fn serve(
 pub fn ready_json(s3: SocketAddr) -> String {
     format!("{{\"s3\": \"{s3}\"}}")
 }
+
+/// Seconds since the Unix epoch (0 if the clock is before it).
+pub(crate) fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}

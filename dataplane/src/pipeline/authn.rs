@@ -45,11 +45,7 @@ pub async fn verify(cx: &Ctx, head: &Parts) -> Result<Authenticated, Error> {
     let Some(auth) = sigv4::parse(&head.method, &head.uri, &head.headers)? else {
         return anonymous(head);
     };
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
-    sigv4::check_time(&auth, now)?;
+    sigv4::check_time(&auth, crate::unix_now())?;
     if auth.scope.service != "s3" {
         return Err(S3Error::new(
             S3ErrorCode::AuthorizationHeaderMalformed,

@@ -27,7 +27,7 @@ use std::time::Instant;
 use hyper::body::Incoming;
 use hyper::{Request, Response};
 use s3gate_proto::{ControlPlane, Invalidation};
-use s3gate_s3::request::Op;
+use s3gate_s3::request::{Op, S3Request};
 
 use crate::body::{self, Body, FailureSlot};
 use crate::error::Error;
@@ -86,12 +86,12 @@ impl Ctx {
 }
 
 /// What the access log line says about a request, filled in as stages run.
+///
+/// It borrows the parsed request rather than copying its bucket and key.
 #[derive(Default)]
-pub struct Trace {
+pub struct Trace<'a> {
+    pub req: Option<&'a S3Request>,
     pub principal: Option<Arc<str>>,
-    pub op: Option<Op>,
-    pub bucket: Option<String>,
-    pub key: Option<String>,
     pub decision: Option<&'static str>,
 }
 
@@ -99,24 +99,36 @@ pub async fn handle(cx: Arc<Ctx>, peer: SocketAddr, req: Request<Incoming>) -> R
     let start = Instant::now();
     let request_id = cx.request_ids.next();
     let (head, body) = req.into_parts();
-    let mut trace = Trace::default();
     let slot = FailureSlot::default();
-    let result = run(&cx, &head, body, &mut trace, &slot).await;
-    respond::finish(&head, result, &slot, &request_id, peer, start, &trace)
+    match parse::s3_request(&cx.cfg.hosts, &head) {
+        Ok(req) => {
+            let mut trace = Trace {
+                req: Some(&req),
+                ..Trace::default()
+            };
+            let result = run(&cx, &head, &req, body, &mut trace, &slot).await;
+            respond::finish(&head, result, &slot, &request_id, peer, start, &trace)
+        }
+        Err(e) => respond::finish(
+            &head,
+            Err(e),
+            &slot,
+            &request_id,
+            peer,
+            start,
+            &Trace::default(),
+        ),
+    }
 }
 
 async fn run(
     cx: &Ctx,
     head: &http::request::Parts,
+    req: &S3Request,
     body: Incoming,
-    trace: &mut Trace,
+    trace: &mut Trace<'_>,
     slot: &FailureSlot,
 ) -> Result<Response<Body>, Error> {
-    let req = parse::s3_request(&cx.cfg.hosts, head)?;
-    trace.op = Some(req.op);
-    trace.bucket.clone_from(&req.bucket);
-    trace.key.clone_from(&req.key);
-
     let who = authn::verify(cx, head).await?;
     trace.principal = Some(who.principal.name.clone());
 
@@ -125,7 +137,7 @@ async fn run(
         return respond::list_buckets(cx, &who.principal).await;
     };
     let route = route::lookup(cx, bucket).await?;
-    let grant = authz::check(cx, &who, &req).await;
+    let grant = authz::check(cx, &who, req).await;
     trace.decision = Some(if grant.is_ok() { "allow" } else { "deny" });
     let grant = grant?;
     let source_route = match &req.copy_source {
@@ -155,7 +167,7 @@ async fn run(
         &route,
         source_route.as_ref(),
         head,
-        &req,
+        req,
         &grant,
         body,
         payload,

@@ -24,7 +24,7 @@ pub fn finish(
     request_id: &str,
     peer: SocketAddr,
     start: Instant,
-    trace: &Trace,
+    trace: &Trace<'_>,
 ) -> Response<Body> {
     let response = match result {
         Ok(r) => r,
@@ -47,9 +47,9 @@ pub fn finish(
         request_id,
         %peer,
         principal = trace.principal.as_deref().unwrap_or("-"),
-        op = ?trace.op,
-        bucket = trace.bucket.as_deref().unwrap_or("-"),
-        key = trace.key.as_deref().unwrap_or("-"),
+                op = ?trace.req.map(|r| r.op),
+        bucket = trace.req.and_then(|r| r.bucket.as_deref()).unwrap_or("-"),
+        key = trace.req.and_then(|r| r.key.as_deref()).unwrap_or("-"),
         decision = trace.decision.unwrap_or("-"),
         status = response.status().as_u16(),
         latency_us = start.elapsed().as_micros() as u64,

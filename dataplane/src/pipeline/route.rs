@@ -36,7 +36,7 @@ impl Expiry<String, Arc<RouteEntry>> for RouteTtl {
         value: &Arc<RouteEntry>,
         _at: Instant,
     ) -> Option<Duration> {
-        Some(effective_ttl(&value.route, unix_now()))
+        Some(effective_ttl(&value.route, crate::unix_now()))
     }
 }
 
@@ -50,13 +50,6 @@ fn effective_ttl(route: &Route, now: i64) -> Duration {
         }
         None => route.ttl,
     }
-}
-
-fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
 }
 
 pub fn cache(capacity: u64) -> RouteCache {
