@@ -327,6 +327,74 @@ class Nginx(Upstream):
         self.pids = wait_for(lambda: children(self.proc.pid) if len(children(self.proc.pid)) >= workers else None, "nginx workers", self.proc)
 
 
+NGINX_PROXY_CONF = """
+daemon off;
+master_process on;
+user root;
+worker_processes 1;
+pid {work}/nginx-proxy.pid;
+error_log {work}/nginx-proxy-error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    tcp_nodelay on;
+    keepalive_requests 100000000;
+    keepalive_timeout 300s;
+    proxy_temp_path {work}/nginx-tmp/proxy-ref;
+    upstream backend {{
+        server {upstream};
+        keepalive 64;
+    }}
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host $http_host;
+            proxy_buffer_size 64k;
+            proxy_buffers 8 256k;
+            proxy_busy_buffers_size 512k;
+            proxy_max_temp_file_size 0;
+            proxy_request_buffering off;
+            client_max_body_size 0;
+        }}
+    }}
+}}
+"""
+
+
+class NginxProxy:
+    """Reference, not a competitor: nginx as a plain reverse proxy (1 worker,
+    no authentication, no re-signing) in front of the nginx upstream. It shows
+    what any user-space proxy hop costs on this machine (S1, S2 rows labelled
+    `nginx-proxy`); its CPU is reported in the s3gate columns."""
+
+    def __init__(self, work: Path, upstream: Upstream):
+        exe = shutil.which("nginx") or "/usr/sbin/nginx"
+        (work / "nginx-tmp").mkdir(exist_ok=True)
+        for attempt in range(5):
+            port = free_port()
+            conf = work / "nginx-proxy.conf"
+            conf.write_text(NGINX_PROXY_CONF.format(work=work, port=port, upstream=upstream.addr))
+            self.proc = Proc("nginx-proxy", [exe, "-e", str(work / "nginx-proxy-error.log"), "-c", str(conf)], work / "nginx-proxy.log")
+            try:
+                wait_for(lambda: port_open(port), "nginx proxy to listen", self.proc, timeout=10)
+                break
+            except RuntimeError:
+                self.proc.stop()
+                if attempt == 4:
+                    raise
+        self.addr = f"127.0.0.1:{port}"
+        self.pid = wait_for(lambda: (children(self.proc.pid) or [None])[0], "nginx proxy worker", self.proc)
+
+    def stop(self) -> None:
+        self.proc.stop()
+
+    def watch(self) -> list[str]:
+        return ["--watch", f"s3gate={self.pid}"]
+
+
 # --------------------------------------------------------------------------- gateway
 
 
@@ -744,7 +812,7 @@ class Bench:
             print(f"       first error: {err[:300]}", flush=True)
 
     # A closed-loop load measurement, direct or through the gateway.
-    def load(self, scenario: str, up: Upstream, gw: Gateway | None, rnd: int, extra_args: list[str], duration: float, creds: list[str], label: str | None = None) -> dict:
+    def load(self, scenario: str, up: Upstream, gw: "Gateway | Distributed | NginxProxy | None", rnd: int, extra_args: list[str], duration: float, creds: list[str], label: str | None = None) -> dict:
         addr = gw.addr if gw else up.addr
         wait_quiet(self.args.quiet_wait)
         if gw:
@@ -779,13 +847,13 @@ class Bench:
         extra["upstream_cpu_us_per_req"] = (up_cpu / res["requests"] * 1e6) if up_cpu is not None and res["requests"] else None
         return self.record(scenario, up.name, res["mode"], rnd, res, extra)
 
-    def transfer(self, scenario: str, up: Upstream, gw: Gateway | None, rnd: int, args: list[str], creds: list[str]) -> dict:
+    def transfer(self, scenario: str, up: Upstream, gw: "Gateway | NginxProxy | None", rnd: int, args: list[str], creds: list[str], label: str | None = None) -> dict:
         addr = gw.addr if gw else up.addr
         wait_quiet(self.args.quiet_wait)
         if gw:
             reset_peak_rss(gw.pid)
         res = self.runner.run(args[:1] + ["--addr", addr, "--bucket", BUCKET] + creds + args[1:] + watch_args(gw, up), timeout=600)
-        extra = {"via": "s3gate" if gw else "direct"}
+        extra = {"via": label or ("s3gate" if gw else "direct")}
         if gw:
             cpu = res["cpu_s"].get("s3gate")
             extra["gw_cpu_s_per_gib"] = cpu / (res["bytes"] / GiB) if cpu is not None and res["bytes"] else None
@@ -803,26 +871,39 @@ class Bench:
         args = ["-c", "32", "--warmup", str(c["warmup"]), "--get-key", "small/{i}", "--get-count", str(SMALL_COUNT)]
         gw = self.gateway(up)
         quiet = self.gateway(up, log_level="warn") if (self.args.s1_quiet and up.name == "nginx") else None
+        ref = self.reference_proxy(up)
         try:
             for r in range(c["rounds"]):
                 self.load("S1", up, None, r, args, c["s1_duration"], self.direct_creds(up))
                 self.load("S1", up, gw, r, args, c["s1_duration"], creds_args(self.keys.hot))
                 if quiet:
                     self.load("S1", up, quiet, r, args, c["s1_duration"], creds_args(self.keys.hot), label="s3gate-nolog")
+                if ref:
+                    self.load("S1", up, ref, r, args, c["s1_duration"], self.direct_creds(up), label="nginx-proxy")
         finally:
             gw.stop()
             if quiet:
                 quiet.stop()
+            if ref:
+                ref.stop()
+
+    def reference_proxy(self, up: Upstream) -> "NginxProxy | None":
+        return NginxProxy(self.work, up) if (self.args.reference_proxy and up.name == "nginx") else None
 
     # S2: one large GET.
     def s2(self, up: Upstream) -> None:
         gw = self.gateway(up)
+        ref = self.reference_proxy(up)
         try:
             for r in range(self.cfg["rounds"]):
                 self.transfer("S2", up, None, r, ["get", "--key", "large-get"], self.direct_creds(up))
                 self.transfer("S2", up, gw, r, ["get", "--key", "large-get"], creds_args(self.keys.hot))
+                if ref:
+                    self.transfer("S2", up, ref, r, ["get", "--key", "large-get"], self.direct_creds(up), label="nginx-proxy")
         finally:
             gw.stop()
+            if ref:
+                ref.stop()
 
     # S3: one large PUT, hex sha256 and aws-chunked.
     def s3(self, up: Upstream) -> None:
@@ -1074,6 +1155,8 @@ def main() -> int:
     ap.add_argument("--upstreams", default="nginx,s3s-fs", help="comma-separated subset of nginx,s3s-fs")
     ap.add_argument("--nginx-workers", type=int, default=1, help="nginx worker processes (default 1)")
     ap.add_argument("--no-s1-quiet", dest="s1_quiet", action="store_false", help="skip the S1 run with the access log off")
+    ap.add_argument("--no-reference-proxy", dest="reference_proxy", action="store_false",
+                    help="skip the nginx reverse-proxy reference rows (S1, S2 on the nginx upstream)")
     ap.add_argument("--quiet-wait", type=float, default=120, help="seconds to wait for an idle machine before each measurement")
     ap.add_argument("--gateway-env", action="append", default=[], metavar="KEY=VALUE", help="extra environment for s3gate (serve, and in S1g/S4g also controlplane and dataplane), e.g. S3GATE_WORKER_THREADS=1 (repeatable)")
     ap.add_argument("--gateway-bin", type=Path, default=Path(os.environ.get("S3GATE_BIN", REPO / "target/release/s3gate")))

@@ -20,6 +20,7 @@ use tokio::net::TcpListener;
 use tracing::{info, warn};
 
 mod admin;
+mod logsink;
 
 /// The profile showed glibc malloc/free at ~19% of the gateway's CPU on
 /// small requests; mimalloc's thread-local free lists cut that.
@@ -170,7 +171,8 @@ fn main() -> ExitCode {
     // The admin CLI is a client: its output is its result, not a log.
     let quiet = matches!(cli.command, Command::Admin(_) | Command::GenMasterKey);
     let _ = WORKER_THREADS.set(cli.worker_threads);
-    init_tracing(cli.log_format, quiet);
+    // Held until main returns: dropping it flushes the lines still queued.
+    let _log_flush = init_tracing(cli.log_format, quiet);
     let result = match cli.command {
         Command::Serve(args) => serve(args),
         Command::Controlplane(args) => controlplane(args),
@@ -224,6 +226,7 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
 
     runtime()?
         .block_on(async move {
+            tokio::spawn(report_dropped_log_lines());
             // The same replica code as `s3gate controlplane`, over a memory store.
             let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
             store.seed(&State::from_config(&file)).await?;
@@ -304,6 +307,7 @@ fn controlplane(args: ControlplaneArgs) -> Result<(), Failure> {
     }
     runtime()?
         .block_on(async move {
+            tokio::spawn(report_dropped_log_lines());
             let store: Arc<dyn Store> = match (&args.redis, master) {
                 (Some(url), Some(master)) => Arc::new(
                     RedisStore::connect(url, master, &args.redis_prefix)
@@ -357,6 +361,7 @@ fn dataplane(args: DataplaneArgs) -> Result<(), Failure> {
     };
     runtime()?
         .block_on(async move {
+            tokio::spawn(report_dropped_log_lines());
             let listener = TcpListener::bind(args.listen)
                 .await
                 .with_context(|| format!("bind S3 listener on {}", args.listen))?;
@@ -413,7 +418,13 @@ async fn shutdown_signal() {
     }
 }
 
-fn init_tracing(format: LogFormat, quiet: bool) {
+static LOG_SINK: std::sync::OnceLock<logsink::LogSink> = std::sync::OnceLock::new();
+
+/// Logs go to stderr through [`logsink`]: formatted on the request's thread,
+/// written in batches by a dedicated thread. Without that thread (it could
+/// not be started), straight to stderr.
+fn init_tracing(format: LogFormat, quiet: bool) -> Option<logsink::FlushOnDrop> {
+    use tracing_subscriber::fmt::writer::BoxMakeWriter;
     use tracing_subscriber::EnvFilter;
     let filter = if quiet {
         EnvFilter::new("warn")
@@ -428,12 +439,44 @@ fn init_tracing(format: LogFormat, quiet: bool) {
         Err(_) => filter,
     };
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let (writer, flush) = match logsink::LogSink::start(std::io::stderr()) {
+        Ok((sink, flush)) => {
+            let _ = LOG_SINK.set(sink.clone());
+            (BoxMakeWriter::new(sink), Some(flush))
+        }
+        Err(error) => {
+            eprintln!("s3gate: no log thread ({error}); logging straight to stderr");
+            (BoxMakeWriter::new(std::io::stderr), None)
+        }
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .with_ansi(ansi);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
+    }
+    flush
+}
+
+/// Says, at most every 10 s, how many log lines the full queue cost.
+async fn report_dropped_log_lines() {
+    let Some(sink) = LOG_SINK.get() else {
+        return;
+    };
+    let mut reported = 0;
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(10));
+    loop {
+        tick.tick().await;
+        let dropped = sink.dropped_lines();
+        if dropped > reported {
+            warn!(
+                dropped = dropped - reported,
+                total = dropped,
+                "log output not keeping up: log lines dropped"
+            );
+            reported = dropped;
+        }
     }
 }

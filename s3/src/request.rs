@@ -83,6 +83,36 @@ pub struct CopySource {
     pub version_id: Option<String>,
 }
 
+impl Op {
+    /// The operation's name as S3's API reference spells it; sub-resources
+    /// are named after the sub-resource (`versioning`, `tagging`, …).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Op::ListBuckets => "ListBuckets",
+            Op::ListObjects => "ListObjects",
+            Op::ListObjectsV2 => "ListObjectsV2",
+            Op::ListObjectVersions => "ListObjectVersions",
+            Op::ListMultipartUploads => "ListMultipartUploads",
+            Op::HeadBucket => "HeadBucket",
+            Op::CreateBucket => "CreateBucket",
+            Op::DeleteBucket => "DeleteBucket",
+            Op::DeleteObjects => "DeleteObjects",
+            Op::BucketSubresource(name) | Op::ObjectSubresource(name) => name,
+            Op::GetObject => "GetObject",
+            Op::HeadObject => "HeadObject",
+            Op::PutObject => "PutObject",
+            Op::CopyObject => "CopyObject",
+            Op::DeleteObject => "DeleteObject",
+            Op::CreateMultipartUpload => "CreateMultipartUpload",
+            Op::UploadPart => "UploadPart",
+            Op::UploadPartCopy => "UploadPartCopy",
+            Op::CompleteMultipartUpload => "CompleteMultipartUpload",
+            Op::AbortMultipartUpload => "AbortMultipartUpload",
+            Op::ListParts => "ListParts",
+        }
+    }
+}
+
 impl S3Request {
     /// True for operations whose resource is the bucket rather than an object.
     pub fn is_list(&self) -> bool {

@@ -107,13 +107,21 @@ pub async fn handle(cx: Arc<Ctx>, peer: SocketAddr, req: Request<Incoming>) -> R
                 ..Trace::default()
             };
             let result = run(&cx, &head, &req, body, &mut trace, &slot).await;
-            respond::finish(&head, result, &slot, &request_id, peer, start, &trace)
+            respond::finish(
+                &head,
+                result,
+                &slot,
+                request_id.as_str(),
+                peer,
+                start,
+                &trace,
+            )
         }
         Err(e) => respond::finish(
             &head,
             Err(e),
             &slot,
-            &request_id,
+            request_id.as_str(),
             peer,
             start,
             &Trace::default(),
@@ -195,8 +203,53 @@ impl RequestIds {
         }
     }
 
-    fn next(&self) -> String {
+    fn next(&self) -> RequestId {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
-        format!("{:08X}{:012X}", self.prefix, n)
+        RequestId::new(self.prefix, n)
+    }
+}
+
+/// 20 upper-case hex digits: the 32-bit prefix, then the low 48 bits of the
+/// counter. Formatted on the stack: no allocation per request.
+#[derive(Clone, Copy)]
+pub struct RequestId([u8; 20]);
+
+impl RequestId {
+    fn new(prefix: u32, n: u64) -> Self {
+        const HEX: &[u8; 16] = b"0123456789ABCDEF";
+        let mut out = [0u8; 20];
+        let digits = (u128::from(prefix) << 48) | u128::from(n & 0xFFFF_FFFF_FFFF);
+        for (i, byte) in out.iter_mut().enumerate() {
+            let shift = 4 * (19 - i);
+            *byte = HEX[((digits >> shift) & 0xF) as usize];
+        }
+        Self(out)
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Only ASCII hex digits are ever written.
+        std::str::from_utf8(&self.0).unwrap_or("00000000000000000000")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RequestId;
+
+    #[test]
+    fn request_id_is_prefix_then_counter_in_hex() {
+        assert_eq!(
+            RequestId::new(0xDEADBEEF, 0x1234).as_str(),
+            format!("{:08X}{:012X}", 0xDEADBEEFu32, 0x1234u64)
+        );
+        assert_eq!(
+            RequestId::new(0, 0xFFFF_FFFF_FFFF).as_str(),
+            "00000000FFFFFFFFFFFF"
+        );
+        // The counter wraps within its 12 digits instead of widening the id.
+        assert_eq!(
+            RequestId::new(1, 0x1_0000_0000_0001).as_str(),
+            "00000001000000000001"
+        );
     }
 }

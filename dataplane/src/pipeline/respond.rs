@@ -47,7 +47,7 @@ pub fn finish(
         request_id,
         %peer,
         principal = trace.principal.as_deref().unwrap_or("-"),
-                op = ?trace.req.map(|r| r.op),
+        op = trace.req.map_or("-", |r| r.op.as_str()),
         bucket = trace.req.and_then(|r| r.bucket.as_deref()).unwrap_or("-"),
         key = trace.req.and_then(|r| r.key.as_deref()).unwrap_or("-"),
         decision = trace.decision.unwrap_or("-"),
