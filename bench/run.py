@@ -304,25 +304,32 @@ http {{
 """
 
 
+def start_nginx(work: Path, name: str, render) -> tuple["Proc", int]:
+    """Starts nginx with the config `render(port)` on a free port (retrying if
+    another process took the port first); returns the master process and port."""
+    exe = shutil.which("nginx") or "/usr/sbin/nginx"
+    (work / "nginx-tmp").mkdir(exist_ok=True)
+    for attempt in range(5):
+        port = free_port()
+        conf = work / f"{name}.conf"
+        conf.write_text(render(port))
+        proc = Proc(name, [exe, "-e", str(work / f"{name}-error.log"), "-c", str(conf)], work / f"{name}.log")
+        try:
+            wait_for(lambda: port_open(port), f"{name} to listen", proc, timeout=10)
+            return proc, port
+        except RuntimeError:
+            proc.stop()
+            if attempt == 4:
+                raise
+    raise AssertionError("unreachable")
+
+
 class Nginx(Upstream):
     def __init__(self, work: Path, root: Path, workers: int):
         self.name = "nginx"
         self.access_key = "NGINXIGNORESKEYS"
         self.secret_key = "nginx-does-not-verify-signatures"
-        exe = shutil.which("nginx") or "/usr/sbin/nginx"
-        (work / "nginx-tmp").mkdir(exist_ok=True)
-        for attempt in range(5):
-            self.port = free_port()
-            conf = work / "nginx.conf"
-            conf.write_text(NGINX_CONF.format(workers=workers, work=work, port=self.port, root=root))
-            self.proc = Proc("nginx", [exe, "-e", str(work / "nginx-error.log"), "-c", str(conf)], work / "nginx.log")
-            try:
-                wait_for(lambda: port_open(self.port), "nginx to listen", self.proc, timeout=10)
-                break
-            except RuntimeError:
-                self.proc.stop()
-                if attempt == 4:
-                    raise
+        self.proc, self.port = start_nginx(work, "nginx", lambda port: NGINX_CONF.format(workers=workers, work=work, port=port, root=root))
         # Workers are the master's children; they do the work.
         self.pids = wait_for(lambda: children(self.proc.pid) if len(children(self.proc.pid)) >= workers else None, "nginx workers", self.proc)
 
@@ -371,20 +378,7 @@ class NginxProxy:
     `nginx-proxy`); its CPU is reported in the s3gate columns."""
 
     def __init__(self, work: Path, upstream: Upstream):
-        exe = shutil.which("nginx") or "/usr/sbin/nginx"
-        (work / "nginx-tmp").mkdir(exist_ok=True)
-        for attempt in range(5):
-            port = free_port()
-            conf = work / "nginx-proxy.conf"
-            conf.write_text(NGINX_PROXY_CONF.format(work=work, port=port, upstream=upstream.addr))
-            self.proc = Proc("nginx-proxy", [exe, "-e", str(work / "nginx-proxy-error.log"), "-c", str(conf)], work / "nginx-proxy.log")
-            try:
-                wait_for(lambda: port_open(port), "nginx proxy to listen", self.proc, timeout=10)
-                break
-            except RuntimeError:
-                self.proc.stop()
-                if attempt == 4:
-                    raise
+        self.proc, port = start_nginx(work, "nginx-proxy", lambda port: NGINX_PROXY_CONF.format(work=work, port=port, upstream=upstream.addr))
         self.addr = f"127.0.0.1:{port}"
         self.pid = wait_for(lambda: (children(self.proc.pid) or [None])[0], "nginx proxy worker", self.proc)
 
