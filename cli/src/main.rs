@@ -138,6 +138,75 @@ struct DataplaneArgs {
     /// How long to wait for in-flight requests on shutdown.
     #[arg(long, env = "S3GATE_DRAIN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     drain_timeout: Duration,
+    #[command(flatten)]
+    limits: LimitArgs,
+}
+
+/// What clients may cost the gateway. Unset flags take `[limits]` from the
+/// config file (`serve`), else the defaults shown.
+#[derive(Debug, Clone, clap::Args)]
+struct LimitArgs {
+    /// Open client connections; at the limit the gateway stops accepting
+    /// until one closes [default: 4096].
+    #[arg(long, env = "S3GATE_MAX_CONNECTIONS")]
+    max_connections: Option<usize>,
+    /// Requests handled at once; past it requests get 503 SlowDown, which
+    /// SDKs retry [default: 1024].
+    #[arg(long, env = "S3GATE_MAX_REQUESTS")]
+    max_requests: Option<usize>,
+    /// Time allowed for a request head, and for an idle keep-alive
+    /// connection [default: 30s].
+    #[arg(long, env = "S3GATE_HEADER_TIMEOUT", value_parser = humantime::parse_duration)]
+    header_timeout: Option<Duration>,
+    /// A request body that sends nothing for this long fails with 400
+    /// RequestTimeout and its connection is closed [default: 30s].
+    #[arg(long, env = "S3GATE_BODY_IDLE_TIMEOUT", value_parser = humantime::parse_duration)]
+    body_idle_timeout: Option<Duration>,
+    /// Total time for a body the gateway reads whole, such as a
+    /// DeleteObjects document [default: 60s].
+    #[arg(long, env = "S3GATE_BODY_DEADLINE", value_parser = humantime::parse_duration)]
+    body_deadline: Option<Duration>,
+    /// Bytes the gateway may buffer for all requests together (DeleteObjects
+    /// documents, rewritten listings), e.g. 32MiB; past it 503 SlowDown
+    /// [default: 32MiB].
+    #[arg(long, env = "S3GATE_BUFFER_BUDGET", value_parser = s3gate_controlplane::config::parse_bytes)]
+    buffer_budget: Option<usize>,
+}
+
+impl LimitArgs {
+    fn resolve(
+        &self,
+        file: Option<&s3gate_controlplane::config::LimitsConfig>,
+    ) -> s3gate_dataplane::Limits {
+        let d = s3gate_dataplane::Limits::default();
+        let f = file.cloned().unwrap_or_default();
+        s3gate_dataplane::Limits {
+            max_connections: self
+                .max_connections
+                .or(f.max_connections)
+                .unwrap_or(d.max_connections),
+            max_requests: self
+                .max_requests
+                .or(f.max_requests)
+                .unwrap_or(d.max_requests),
+            header_timeout: self
+                .header_timeout
+                .or(f.header_timeout)
+                .unwrap_or(d.header_timeout),
+            body_idle_timeout: self
+                .body_idle_timeout
+                .or(f.body_idle_timeout)
+                .unwrap_or(d.body_idle_timeout),
+            body_deadline: self
+                .body_deadline
+                .or(f.body_deadline)
+                .unwrap_or(d.body_deadline),
+            buffer_budget: self
+                .buffer_budget
+                .or(f.buffer_budget)
+                .unwrap_or(d.buffer_budget),
+        }
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -164,6 +233,8 @@ struct ServeArgs {
     /// Bearer token for Decisions (with --grpc-listen).
     #[arg(long, env = "S3GATE_CLUSTER_TOKEN", hide_env_values = true)]
     cluster_token: Option<String>,
+    #[command(flatten)]
+    limits: LimitArgs,
 }
 
 fn main() -> ExitCode {
@@ -216,6 +287,7 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
         hosts: HostConfig {
             base_domains: file.base_domains.clone(),
         },
+        limits: args.limits.resolve(Some(&file.limits)),
         ..Default::default()
     };
     if args.grpc_listen.is_none() && args.admin_token.is_some() {
@@ -357,6 +429,7 @@ fn dataplane(args: DataplaneArgs) -> Result<(), Failure> {
                 .map(|d| d.trim_end_matches('.').to_ascii_lowercase())
                 .collect(),
         },
+        limits: args.limits.resolve(None),
         ..Default::default()
     };
     runtime()?

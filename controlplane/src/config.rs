@@ -81,6 +81,77 @@ pub struct FileConfig {
     pub keys: Vec<KeyConfig>,
     #[serde(default)]
     pub rules: Vec<RuleConfig>,
+    /// What clients may cost the gateway (`s3gate serve`; flags override).
+    #[serde(default)]
+    pub limits: LimitsConfig,
+}
+
+/// `[limits]`: unset fields take the data plane's defaults. The data plane
+/// documents each one (`s3gate_dataplane::Limits`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    pub max_connections: Option<usize>,
+    pub max_requests: Option<usize>,
+    #[serde(default, with = "humantime_serde_opt")]
+    pub header_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde_opt")]
+    pub body_idle_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde_opt")]
+    pub body_deadline: Option<Duration>,
+    /// Bytes, as a number or with a unit: `"32MiB"`.
+    #[serde(default, deserialize_with = "bytes_opt")]
+    pub buffer_budget: Option<usize>,
+}
+
+/// Parses a byte count: `1048576`, `64KiB`, `32MiB`, `1GiB` (also `K`, `M`,
+/// `G`, `KB`, `MB`, `GB`, all powers of 1024).
+pub fn parse_bytes(s: &str) -> Result<usize, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (digits, unit) = s.split_at(split);
+    let n: usize = digits
+        .parse()
+        .map_err(|_| format!("invalid byte count {s:?}"))?;
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        other => return Err(format!("unknown byte unit {other:?} in {s:?}")),
+    };
+    n.checked_mul(1usize << shift)
+        .ok_or_else(|| format!("byte count {s:?} is too large"))
+}
+
+fn bytes_opt<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<usize>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        N(usize),
+        S(String),
+    }
+    match Option::<Raw>::deserialize(d)? {
+        None => Ok(None),
+        Some(Raw::N(n)) => Ok(Some(n)),
+        Some(Raw::S(s)) => parse_bytes(&s).map(Some).map_err(serde::de::Error::custom),
+    }
+}
+
+/// Optional `"30s"`-style durations in TOML.
+mod humantime_serde_opt {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        match Option::<String>::deserialize(d)? {
+            None => Ok(None),
+            Some(s) => humantime::parse_duration(&s)
+                .map(Some)
+                .map_err(serde::de::Error::custom),
+        }
+    }
 }
 
 /// How long the data plane may keep what the control plane told it.

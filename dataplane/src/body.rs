@@ -8,9 +8,11 @@
 //! aborted, and the reason is left in a [`FailureSlot`] for the handler.
 
 use std::collections::VecDeque;
+use std::future::Future as _;
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 use std::task::{ready, Context, Poll};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http_body::{Body as HttpBody, Frame, SizeHint};
@@ -21,8 +23,10 @@ use s3gate_s3::chunked::ChunkedDecoder;
 use s3gate_s3::chunked_encoder::TrailerEncoder;
 use s3gate_s3::{S3Error, S3ErrorCode};
 use sha2::{Digest, Sha256};
+use tokio::time::{Instant, Sleep};
 
 use crate::error::BoxError;
+use crate::limits::Reservation;
 
 pub type Body = UnsyncBoxBody<Bytes, BoxError>;
 
@@ -38,6 +42,10 @@ pub fn full(bytes: impl Into<Bytes>) -> Body {
 
 pub fn incoming(body: Incoming) -> Body {
     body.map_err(BoxError::from).boxed_unsync()
+}
+
+pub fn timed(body: TimedBody) -> Body {
+    body.boxed_unsync()
 }
 
 /// Where a body verifier records why it failed. Shared with the handler,
@@ -57,11 +65,98 @@ impl FailureSlot {
     }
 }
 
+// === TimedBody ===
+
+/// A client's request body that fails with `RequestTimeout` when it sends
+/// nothing for `idle`. Only time spent waiting on the client counts: while
+/// the backend is not reading, the body is not polled and the clock is not
+/// looked at.
+///
+/// The timer is created on the first wait and re-armed lazily: a frame only
+/// records when it arrived, and a timer that fires early is pushed back.
+pub struct TimedBody {
+    inner: Incoming,
+    idle: Duration,
+    last_frame: Instant,
+    timer: Option<Pin<Box<Sleep>>>,
+    done: bool,
+    slot: FailureSlot,
+}
+
+impl TimedBody {
+    pub fn new(inner: Incoming, idle: Duration, slot: FailureSlot) -> Self {
+        Self {
+            inner,
+            idle,
+            last_frame: Instant::now(),
+            timer: None,
+            done: false,
+            slot,
+        }
+    }
+}
+
+impl HttpBody for TimedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        if this.done {
+            return Poll::Ready(None);
+        }
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                this.last_frame = Instant::now();
+                return Poll::Ready(Some(Ok(frame)));
+            }
+            Poll::Ready(Some(Err(e))) => {
+                this.done = true;
+                return Poll::Ready(Some(Err(e.into())));
+            }
+            Poll::Ready(None) => {
+                this.done = true;
+                return Poll::Ready(None);
+            }
+            Poll::Pending => {}
+        }
+        loop {
+            let deadline = this.last_frame + this.idle;
+            let timer = this
+                .timer
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+            if timer.deadline() != deadline {
+                timer.as_mut().reset(deadline);
+            }
+            ready!(timer.as_mut().poll(cx));
+            if Instant::now() >= this.last_frame + this.idle {
+                this.done = true;
+                let err = S3Error::new(
+                    S3ErrorCode::RequestTimeout,
+                    "Your socket connection to the server was not read from or written to within the timeout period. Idle connections will be closed.",
+                );
+                return Poll::Ready(Some(Err(this.slot.set(err))));
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done || self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 // === Sha256Body ===
 
 /// Checks the body against the hex `x-amz-content-sha256` the client signed.
 pub struct Sha256Body {
-    inner: Incoming,
+    inner: TimedBody,
     expected: [u8; 32],
     hasher: Sha256,
     held: Option<Bytes>,
@@ -71,7 +166,7 @@ pub struct Sha256Body {
 }
 
 impl Sha256Body {
-    pub fn new(inner: Incoming, expected: [u8; 32], len: Option<u64>, slot: FailureSlot) -> Self {
+    pub fn new(inner: TimedBody, expected: [u8; 32], len: Option<u64>, slot: FailureSlot) -> Self {
         Self {
             inner,
             expected,
@@ -113,7 +208,7 @@ impl HttpBody for Sha256Body {
                 Some(Err(e)) => {
                     this.done = true;
                     this.held = None;
-                    return Poll::Ready(Some(Err(e.into())));
+                    return Poll::Ready(Some(Err(e)));
                 }
                 None => {
                     this.done = true;
@@ -150,7 +245,7 @@ impl HttpBody for Sha256Body {
 /// trailing checksum — the payload re-framed as an unsigned aws-chunked body
 /// whose trailer carries that checksum on to the backend.
 pub struct ChunkedBody {
-    inner: Incoming,
+    inner: TimedBody,
     buf: BytesMut,
     decoder: ChunkedDecoder,
     encoder: Option<TrailerEncoder>,
@@ -168,7 +263,7 @@ impl ChunkedBody {
     /// `encoder`: re-frame with a trailer (then `len` is the encoded length)
     /// instead of forwarding the decoded payload (`len` = decoded length).
     pub fn new(
-        inner: Incoming,
+        inner: TimedBody,
         decoder: ChunkedDecoder,
         encoder: Option<TrailerEncoder>,
         len: u64,
@@ -253,7 +348,7 @@ impl HttpBody for ChunkedBody {
                     this.done = true;
                     this.held = None;
                     this.out.clear();
-                    return Poll::Ready(Some(Err(e.into())));
+                    return Poll::Ready(Some(Err(e)));
                 }
                 None => {
                     if let Err(e) = this.decoder.finish() {
@@ -277,16 +372,32 @@ impl HttpBody for ChunkedBody {
     }
 }
 
-/// Collects a (small) body, failing with `EntityTooLarge` past `limit` bytes.
-pub async fn collect_limited(mut body: Body, limit: usize) -> Result<Bytes, BoxError> {
+/// Why a body could not be collected.
+#[derive(Debug)]
+pub enum CollectError {
+    /// Larger than the operation allows.
+    TooLarge,
+    /// The global buffer budget is spent.
+    OverBudget,
+    /// The body failed: a verifier's verdict, a timeout, a broken connection.
+    Body(BoxError),
+}
+
+/// Collects a (small) body, charging every byte to `reservation` first.
+pub async fn collect_limited(
+    mut body: Body,
+    limit: usize,
+    reservation: &mut Reservation,
+) -> Result<Bytes, CollectError> {
     let mut out = BytesMut::new();
     while let Some(frame) = body.frame().await {
-        if let Ok(data) = frame?.into_data() {
+        let frame = frame.map_err(CollectError::Body)?;
+        if let Ok(data) = frame.into_data() {
             if out.len() + data.len() > limit {
-                return Err(Box::new(S3Error::new(
-                    S3ErrorCode::EntityTooLarge,
-                    "request body is too large for this operation",
-                )));
+                return Err(CollectError::TooLarge);
+            }
+            if !reservation.grow(data.len()) {
+                return Err(CollectError::OverBudget);
             }
             out.extend_from_slice(&data);
         }

@@ -5,6 +5,8 @@ use s3gate_s3::chunked::ChunkError;
 use s3gate_s3::sigv4::VerifyError;
 use s3gate_s3::{S3Error, S3ErrorCode};
 
+use crate::body::CollectError;
+
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +49,35 @@ impl Error {
                 "Please reduce your request rate or retry: the authorization service is unavailable.",
             ),
             Self::Upstream(_) => S3Error::new(S3ErrorCode::BadGateway, "The storage backend could not be reached."),
+        }
+    }
+
+    /// A body the gateway reads whole did not arrive in time.
+    pub fn body_deadline() -> Self {
+        Self::S3(S3Error::new(
+            S3ErrorCode::RequestTimeout,
+            "Your socket connection to the server was not read from or written to within the timeout period.",
+        ))
+    }
+
+    /// A body the gateway reads whole could not be read.
+    pub fn from_collect(e: CollectError) -> Self {
+        match e {
+            CollectError::TooLarge => Self::S3(S3Error::new(
+                S3ErrorCode::EntityTooLarge,
+                "request body is too large for this operation",
+            )),
+            CollectError::OverBudget => Self::S3(S3Error::new(
+                S3ErrorCode::SlowDown,
+                "Please reduce your request rate.",
+            )),
+            CollectError::Body(e) => match e.downcast::<S3Error>() {
+                Ok(s3) => Self::S3(*s3),
+                Err(_) => Self::S3(S3Error::new(
+                    S3ErrorCode::IncompleteBody,
+                    "could not read the request body",
+                )),
+            },
         }
     }
 

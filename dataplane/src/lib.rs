@@ -7,7 +7,8 @@
 //! configuration of its own.
 //!
 //! Bodies are never buffered (DeleteObjects' small XML document is the one
-//! exception, because authorizing it needs the keys inside). Payload hashes and
+//! exception, because authorizing it needs the keys inside; it is charged to
+//! a global budget, see [`limits`]). Payload hashes and
 //! aws-chunked signatures are verified while streaming, and the final bytes of
 //! an upload are held back until verification succeeds, so a forged body never
 //! completes at the backend.
@@ -16,6 +17,7 @@ mod body;
 mod cache;
 pub mod control;
 mod error;
+pub mod limits;
 pub mod pipeline;
 mod upstream;
 
@@ -29,10 +31,11 @@ use hyper_util::rt::TokioIo;
 use s3gate_proto::{ControlPlane, Invalidation};
 use s3gate_s3::request::HostConfig;
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Semaphore};
 use tracing::{debug, info, warn};
 
 pub use crate::error::Error;
+pub use crate::limits::Limits;
 
 /// Data plane settings. Buckets, keys and rules are not here: they come from
 /// the control plane.
@@ -51,6 +54,8 @@ pub struct Config {
     pub route_cache_capacity: u64,
     /// Connect timeout towards backends.
     pub upstream_connect_timeout: Duration,
+    /// Connection, request, timeout and buffering limits.
+    pub limits: Limits,
 }
 
 impl Default for Config {
@@ -63,6 +68,7 @@ impl Default for Config {
             decision_cache_bytes: 64 << 20,
             route_cache_capacity: 10_000,
             upstream_connect_timeout: Duration::from_secs(5),
+            limits: Limits::default(),
         }
     }
 }
@@ -88,12 +94,40 @@ pub async fn serve(
         })
     };
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let limits = cx.cfg.limits.clone();
     let mut http = http1::Builder::new();
     http.timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(30))
+        .header_read_timeout(limits.header_timeout)
         .keep_alive(true);
+    // A permit per open connection; at the cap, accepting pauses.
+    let connections = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    // A permit per request being handled; at the cap, requests are shed.
+    let requests = Arc::new(Semaphore::new(limits.max_requests.max(1)));
+    let mut warned_full = false;
     tokio::pin!(shutdown);
     loop {
+        let permit = match connections.clone().try_acquire_owned() {
+            Ok(p) => {
+                warned_full = false;
+                p
+            }
+            Err(_) => {
+                if !warned_full {
+                    warn!(
+                        max = limits.max_connections,
+                        "connection limit reached; not accepting until one closes"
+                    );
+                    warned_full = true;
+                }
+                tokio::select! {
+                    p = connections.clone().acquire_owned() => match p {
+                        Ok(p) => p,
+                        Err(_) => break,
+                    },
+                    () = &mut shutdown => break,
+                }
+            }
+        };
         tokio::select! {
             accepted = listener.accept() => {
                 let (stream, peer) = match accepted {
@@ -107,15 +141,24 @@ pub async fn serve(
                 };
                 let _ = stream.set_nodelay(true);
                 let cx = cx.clone();
+                let requests = requests.clone();
                 let svc = service_fn(move |req| {
                     let cx = cx.clone();
-                    async move { Ok::<_, std::convert::Infallible>(pipeline::handle(cx, peer, req).await) }
+                    let permit = requests.clone().try_acquire_owned();
+                    async move {
+                        let response = match permit {
+                            Ok(_permit) => pipeline::handle(cx, peer, req).await,
+                            Err(_) => pipeline::shed(&cx, peer, req),
+                        };
+                        Ok::<_, std::convert::Infallible>(response)
+                    }
                 });
                 let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), svc));
                 tokio::spawn(async move {
                     if let Err(error) = conn.await {
                         debug!(%error, %peer, "connection ended with error");
                     }
+                    drop(permit);
                 });
             }
             () = &mut shutdown => break,

@@ -13,9 +13,13 @@
 //!
 //! Every chunk signature chains from the previous one, starting with the seed
 //! signature of the request itself, so chunks can be neither altered, dropped
-//! nor reordered. Signed chunk data is only released once its signature has
-//! been checked, so the decoder holds at most one chunk (bounded by
-//! [`DecoderConfig::max_chunk_size`]); lines are bounded by [`MAX_LINE_LEN`].
+//! nor reordered. By default signed chunk data is only released once its
+//! signature has been checked, so the decoder holds at most one chunk (bounded
+//! by [`DecoderConfig::max_chunk_size`]). With
+//! [`DecoderConfig::stream_unverified`] it holds nothing: data flows out as it
+//! arrives and the caller, not the decoder, withholds the end of the body
+//! until [`ChunkedDecoder::finish`] succeeds. Lines are bounded by
+//! [`MAX_LINE_LEN`].
 //!
 //! The caller owns the I/O: it appends whatever bytes arrived to a `BytesMut`,
 //! calls [`ChunkedDecoder::decode`], forwards the returned bytes, and calls
@@ -58,6 +62,12 @@ pub struct DecoderConfig {
     pub decoded_length: Option<u64>,
     /// Largest chunk accepted; bigger ones are rejected before any of their data is read.
     pub max_chunk_size: usize,
+    /// Release signed chunk data as it arrives instead of holding each chunk
+    /// until its signature is checked. Memory then stays flat however large
+    /// or slow a chunk is, but released bytes are not yet proven: the caller
+    /// must hold back the final bytes of the body until `finish` succeeds, so
+    /// that a receiver never completes an unverified body.
+    pub stream_unverified: bool,
 }
 
 /// The decoder. Feed it with [`decode`](Self::decode); it never panics and
@@ -379,10 +389,12 @@ impl ChunkedDecoder {
         }
         if self.cfg.signing.is_some() {
             self.chunk_hash.update(&data);
-            self.pending.unsplit(data);
-        } else {
-            out.unsplit(data);
+            if !self.cfg.stream_unverified {
+                self.pending.unsplit(data);
+                return;
+            }
         }
+        out.unsplit(data);
     }
 
     fn end_data_chunk(&mut self, out: &mut BytesMut) -> Result<(), ChunkError> {
@@ -592,6 +604,7 @@ mod tests {
             trailer,
             decoded_length,
             max_chunk_size: 1 << 20,
+            stream_unverified: false,
         }
     }
 
@@ -684,6 +697,34 @@ mod tests {
         assert_eq!(decoder.decode(&mut input).unwrap().len(), 65_536);
         assert!(!decoder.is_done());
         assert_eq!(decoder.finish(), Err(ChunkError::Incomplete));
+    }
+
+    #[test]
+    fn streaming_unverified_holds_nothing_and_still_verifies() {
+        let body = doc_body(DOC_SIGS, b"\r\n");
+        let mut cfg = config(Some(doc_signing(DOC_SEED)), None, Some(66_560));
+        cfg.stream_unverified = true;
+        let mut decoder = ChunkedDecoder::new(cfg.clone());
+        let mut input = BytesMut::from(body.get(..22 + 64 + 2 + 1000).unwrap());
+        assert_eq!(
+            decoder.decode(&mut input).unwrap().len(),
+            1000,
+            "released at once"
+        );
+        assert!(input.is_empty());
+        for step in [1, 7, 4096, body.len()] {
+            assert_eq!(
+                decode_in_steps(cfg.clone(), &body, step).unwrap(),
+                vec![b'a'; 66_560]
+            );
+        }
+        // A flipped data byte is still caught, at the end of its chunk.
+        let mut bad = body.clone();
+        bad[22 + 64 + 2 + 10] ^= 1;
+        assert_eq!(
+            decode_in_steps(cfg, &bad, 4096),
+            Err(ChunkError::ChunkSignatureMismatch)
+        );
     }
 
     #[test]

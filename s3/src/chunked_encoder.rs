@@ -125,6 +125,7 @@ mod tests {
             trailer: Some(alg),
             decoded_length: Some(len as u64),
             max_chunk_size: 1 << 20,
+            stream_unverified: false,
         });
         let mut input = BytesMut::from(&wire[..]);
         let decoded = dec.decode(&mut input).unwrap();

@@ -29,6 +29,7 @@ pub enum S3ErrorCode {
     MissingSecurityHeader,
     NoSuchBucket,
     NotImplemented,
+    RequestTimeout,
     RequestTimeTooSkewed,
     ServiceUnavailable,
     SignatureDoesNotMatch,
@@ -62,6 +63,7 @@ impl S3ErrorCode {
             Self::MissingSecurityHeader => "MissingSecurityHeader",
             Self::NoSuchBucket => "NoSuchBucket",
             Self::NotImplemented => "NotImplemented",
+            Self::RequestTimeout => "RequestTimeout",
             Self::RequestTimeTooSkewed => "RequestTimeTooSkewed",
             Self::ServiceUnavailable => "ServiceUnavailable",
             Self::SignatureDoesNotMatch => "SignatureDoesNotMatch",
@@ -90,6 +92,7 @@ impl S3ErrorCode {
             | Self::InvalidURI
             | Self::MalformedXML
             | Self::MissingSecurityHeader
+            | Self::RequestTimeout
             | Self::XAmzContentSHA256Mismatch => StatusCode::BAD_REQUEST,
             Self::MissingContentLength => StatusCode::LENGTH_REQUIRED,
             Self::NoSuchBucket => StatusCode::NOT_FOUND,

@@ -18,6 +18,7 @@
 pub mod checksum;
 pub mod chunked;
 pub mod chunked_encoder;
+pub mod delete;
 pub mod error;
 pub mod request;
 pub mod sigv4;

@@ -43,7 +43,8 @@ pub enum Op {
     CreateBucket,
     DeleteBucket,
     DeleteObjects,
-    /// A bucket sub-resource (`?versioning`, `?policy`, …) read, written or deleted.
+    /// A bucket configuration operation (`?versioning`, `?policy`, …), named
+    /// as in the S3 API reference (`GetBucketVersioning`, …).
     BucketSubresource(&'static str),
     // object level
     GetObject,
@@ -57,7 +58,8 @@ pub enum Op {
     CompleteMultipartUpload,
     AbortMultipartUpload,
     ListParts,
-    /// An object sub-resource (`?tagging`, `?acl`, …).
+    /// An object sub-resource operation (`?tagging`, `?acl`, …), named as in
+    /// the S3 API reference (`GetObjectTagging`, …).
     ObjectSubresource(&'static str),
 }
 
@@ -67,6 +69,12 @@ pub struct S3Request {
     pub op: Op,
     /// The IAM action that authorizes `op` (e.g. `s3:GetObject`).
     pub action: &'static str,
+    /// Further IAM actions the same request needs on the same resource: a
+    /// request naming a `versionId` (`s3:GetObjectVersion`, …), or headers
+    /// that do more than the operation (`x-amz-tagging` →
+    /// `s3:PutObjectTagging`, ACL headers, object-lock headers). Each one is
+    /// authorized; a deny of any of them refuses the request.
+    pub also: Vec<&'static str>,
     pub bucket: Option<String>,
     /// The decoded object key; for list operations, the decoded `prefix`.
     pub key: Option<String>,
@@ -84,8 +92,7 @@ pub struct CopySource {
 }
 
 impl Op {
-    /// The operation's name as S3's API reference spells it; sub-resources
-    /// are named after the sub-resource (`versioning`, `tagging`, …).
+    /// The operation's name as S3's API reference spells it.
     pub fn as_str(self) -> &'static str {
         match self {
             Op::ListBuckets => "ListBuckets",
@@ -173,19 +180,28 @@ pub fn classify(
     let query = Query::parse(uri.query().unwrap_or(""))?;
 
     let Some(bucket) = bucket else {
-        return match *method {
-            Method::GET | Method::HEAD if query.unknown_subresource().is_none() => Ok(S3Request {
-                op: Op::ListBuckets,
-                action: "s3:ListAllMyBuckets",
-                bucket: None,
-                key: None,
-                addressing,
-                copy_source: None,
-            }),
-            _ => Err(S3Error::new(
+        let service_level = || {
+            S3Error::new(
                 S3ErrorCode::NotImplemented,
                 "this service-level operation is not supported",
-            )),
+            )
+        };
+        return match *method {
+            Method::GET | Method::HEAD => {
+                if !query.subresources(&[])?.is_empty() || query.has("versionId") {
+                    return Err(service_level());
+                }
+                Ok(S3Request {
+                    op: Op::ListBuckets,
+                    action: "s3:ListAllMyBuckets",
+                    also: Vec::new(),
+                    bucket: None,
+                    key: None,
+                    addressing,
+                    copy_source: None,
+                })
+            }
+            _ => Err(service_level()),
         };
     };
 
@@ -196,9 +212,9 @@ pub fn classify(
         None => None,
     };
 
-    let (op, action, key) = match key {
+    let (op, action, also, key) = match key {
         None => {
-            let (op, action) = bucket_op(method, &query)?;
+            let (op, action, also) = bucket_op(method, &query, headers)?;
             let key = match op {
                 Op::ListObjects
                 | Op::ListObjectsV2
@@ -210,11 +226,11 @@ pub fn classify(
                 }
                 _ => None,
             };
-            (op, action, key)
+            (op, action, also, key)
         }
         Some(key) => {
-            let (op, action) = object_op(method, &query, copy_source.is_some())?;
-            (op, action, Some(key))
+            let (op, action, also) = object_op(method, &query, headers, copy_source.is_some())?;
+            (op, action, also, Some(key))
         }
     };
     let copy_source = match op {
@@ -224,6 +240,7 @@ pub fn classify(
     Ok(S3Request {
         op,
         action,
+        also,
         bucket: Some(bucket),
         key,
         addressing,
@@ -336,11 +353,19 @@ pub fn encode_component(s: &str) -> impl std::fmt::Display + '_ {
 
 // === Query ===
 
-/// The query string split into raw `(name, value)` pairs.
+/// The query string split into `(name, value)` pairs, names percent-decoded.
+///
+/// A name that appears twice is refused when parsing: S3 would honour one of
+/// the copies and a backend another, so the gateway could authorize a
+/// different request from the one the backend runs.
 pub struct Query<'a> {
-    /// Raw name and raw value; `None` when the parameter has no `=`.
-    pairs: Vec<(&'a str, Option<&'a str>)>,
+    /// Decoded name and raw value; `None` when the parameter has no `=`.
+    pairs: Vec<(Cow<'a, str>, Option<&'a str>)>,
 }
+
+/// Most query parameters one request may carry. Real S3 requests carry a
+/// handful; the bound keeps the duplicate check cheap.
+const MAX_QUERY_PARAMS: usize = 64;
 
 /// Query parameters that select a sub-resource, i.e. change which operation a
 /// method performs. Anything in neither this list nor [`PLAIN_PARAMS`] is refused.
@@ -359,6 +384,7 @@ const SUBRESOURCES: &[&str] = &[
     "location",
     "logging",
     "metadata-table",
+    "metadataTable",
     "metrics",
     "notification",
     "object-lock",
@@ -406,39 +432,60 @@ const PLAIN_PARAMS: &[&str] = &[
 
 impl<'a> Query<'a> {
     pub fn parse(raw: &'a str) -> Result<Self, S3Error> {
-        let pairs = raw
-            .split('&')
-            .filter(|p| !p.is_empty())
-            .map(|p| match p.split_once('=') {
+        let mut pairs: Vec<(Cow<'a, str>, Option<&'a str>)> = Vec::new();
+        for p in raw.split('&').filter(|p| !p.is_empty()) {
+            let (name, value) = match p.split_once('=') {
                 Some((n, v)) => (n, Some(v)),
                 None => (p, None),
-            })
-            .collect();
+            };
+            let name = percent_decode_str(name).decode_utf8().map_err(|_| {
+                S3Error::new(
+                    S3ErrorCode::InvalidURI,
+                    "query parameter names must be valid UTF-8",
+                )
+            })?;
+            if pairs.len() == MAX_QUERY_PARAMS {
+                return Err(S3Error::new(
+                    S3ErrorCode::InvalidArgument,
+                    "too many query parameters",
+                ));
+            }
+            if pairs.iter().any(|(n, _)| *n == name) {
+                return Err(S3Error::new(
+                    S3ErrorCode::InvalidArgument,
+                    format!(
+                        "query parameter '{}' appears more than once",
+                        truncate(&name)
+                    ),
+                ));
+            }
+            pairs.push((name, value));
+        }
         Ok(Self { pairs })
     }
 
-    /// The raw `(name, value)` pairs in request order.
-    pub fn pairs(&self) -> impl Iterator<Item = (&'a str, Option<&'a str>)> + '_ {
-        self.pairs.iter().copied()
+    /// The `(decoded name, raw value)` pairs in request order.
+    pub fn pairs(&self) -> impl Iterator<Item = (&str, Option<&'a str>)> + '_ {
+        self.pairs.iter().map(|(n, v)| (n.as_ref(), *v))
     }
 
     pub fn has(&self, name: &str) -> bool {
-        self.pairs.iter().any(|(n, _)| *n == name)
+        self.pairs.iter().any(|(n, _)| n == name)
     }
 
-    /// The decoded value of the first parameter called `name`.
+    /// The decoded value of the parameter called `name`.
     pub fn get(&self, name: &str) -> Option<Cow<'a, str>> {
         self.pairs
             .iter()
-            .find(|(n, _)| *n == name)
+            .find(|(n, _)| n == name)
             .map(|(_, v)| percent_decode_str(v.unwrap_or_default()).decode_utf8_lossy())
     }
 
     /// The first parameter that is neither a known sub-resource, a known plain
     /// parameter, a presign parameter, a `response-*` override nor an `x-*`
     /// parameter (which S3 ignores).
-    fn unknown_subresource(&self) -> Option<&'a str> {
-        self.pairs.iter().map(|(n, _)| *n).find(|n| {
+    fn unknown_param(&self) -> Option<&str> {
+        self.pairs.iter().map(|(n, _)| n.as_ref()).find(|n| {
             !(SUBRESOURCES.contains(n)
                 || PLAIN_PARAMS.contains(n)
                 || n.starts_with("X-Amz-")
@@ -447,34 +494,33 @@ impl<'a> Query<'a> {
         })
     }
 
-    /// The one sub-resource of this request, if any. Two different
-    /// sub-resources in one request are refused: S3 would pick one and we
-    /// could authorize the other.
-    fn subresource(&self, ignore: &[&str]) -> Result<Option<&'static str>, S3Error> {
-        if let Some(unknown) = self.unknown_subresource() {
+    /// The sub-resources of this request, in order, without those in `ignore`.
+    /// Unknown parameters are refused here.
+    fn subresources(&self, ignore: &[&str]) -> Result<Vec<&'static str>, S3Error> {
+        if let Some(unknown) = self.unknown_param() {
             return Err(S3Error::new(
                 S3ErrorCode::NotImplemented,
                 format!("query parameter '{}' is not supported", truncate(unknown)),
             ));
         }
-        let mut found: Option<&'static str> = None;
-        for (name, _) in &self.pairs {
-            if ignore.contains(name) {
-                continue;
-            }
-            if let Some(s) = SUBRESOURCES.iter().find(|s| **s == *name) {
-                match found {
-                    Some(prev) if prev != *s => {
-                        return Err(S3Error::new(
-                            S3ErrorCode::InvalidRequest,
-                            "conflicting sub-resources in one request",
-                        ))
-                    }
-                    _ => found = Some(s),
-                }
-            }
+        Ok(self
+            .pairs
+            .iter()
+            .filter(|(n, _)| !ignore.contains(&n.as_ref()))
+            .filter_map(|(n, _)| SUBRESOURCES.iter().find(|s| **s == n.as_ref()).copied())
+            .collect())
+    }
+
+    /// The one sub-resource of this request, if any. Two sub-resources in one
+    /// request are no S3 operation: S3 would pick one and we could authorize
+    /// the other.
+    fn subresource(&self, ignore: &[&str]) -> Result<Option<&'static str>, S3Error> {
+        let subs = self.subresources(ignore)?;
+        match subs.as_slice() {
+            [] => Ok(None),
+            [one] => Ok(Some(one)),
+            _ => Err(not_implemented("a request with several sub-resources")),
         }
-        Ok(found)
     }
 }
 
@@ -499,127 +545,279 @@ fn method_not_allowed() -> S3Error {
     )
 }
 
-fn bucket_op(method: &Method, q: &Query<'_>) -> Result<(Op, &'static str), S3Error> {
-    let sub = q.subresource(&[])?;
-    Ok(match (method, sub) {
-        (&Method::GET, None) => {
-            if q.get("list-type").as_deref() == Some("2") {
-                (Op::ListObjectsV2, "s3:ListBucket")
-            } else {
-                (Op::ListObjects, "s3:ListBucket")
-            }
-        }
-        (&Method::HEAD, None) => (Op::HeadBucket, "s3:ListBucket"),
-        (&Method::PUT, None) => (Op::CreateBucket, "s3:CreateBucket"),
-        (&Method::DELETE, None) => (Op::DeleteBucket, "s3:DeleteBucket"),
-        (&Method::POST, Some("delete")) => (Op::DeleteObjects, "s3:DeleteObject"),
-        (&Method::GET, Some("versions")) => (Op::ListObjectVersions, "s3:ListBucketVersions"),
-        (&Method::GET, Some("uploads")) => {
-            (Op::ListMultipartUploads, "s3:ListBucketMultipartUploads")
-        }
-        (&Method::GET, Some("location")) => {
-            (Op::BucketSubresource("location"), "s3:GetBucketLocation")
-        }
-        (&Method::GET, Some("torrent" | "select" | "select-type")) | (&Method::POST, _) => {
-            return Err(not_implemented("this bucket operation"))
-        }
-        (&Method::GET | &Method::HEAD, Some(s)) => {
-            (Op::BucketSubresource(s), bucket_action("s3:GetBucket", s))
-        }
-        (&Method::PUT, Some(s)) => (Op::BucketSubresource(s), bucket_action("s3:PutBucket", s)),
-        (&Method::DELETE, Some(s)) => (
-            Op::BucketSubresource(s),
-            bucket_action("s3:DeleteBucket", s),
-        ),
-        _ => return Err(method_not_allowed()),
-    })
+fn version_not_supported() -> S3Error {
+    S3Error::new(
+        S3ErrorCode::InvalidArgument,
+        "versionId is not valid for this operation",
+    )
 }
 
-/// Bucket sub-resource actions: `s3:GetBucketPolicy`, `s3:PutBucketVersioning`, …
-fn bucket_action(verb: &'static str, sub: &str) -> &'static str {
-    macro_rules! table {
-        ($($sub:literal => $name:literal),* $(,)?) => {
-            match (verb, sub) {
-                $(("s3:GetBucket", $sub) => concat!("s3:GetBucket", $name),
-                  ("s3:PutBucket", $sub) => concat!("s3:PutBucket", $name),
-                  ("s3:DeleteBucket", $sub) => concat!("s3:DeleteBucket", $name),)*
-                _ => "s3:BucketConfiguration",
+// === The operation tables ===
+//
+// Every request maps through one of these tables to the S3 operation the
+// backend will run and the IAM action that authorizes it. A (method,
+// sub-resource) pair outside them is refused before any backend sees it:
+// backends that do not know a sub-resource fall back to the plain operation
+// (a listing, CreateBucket, DeleteBucket), which was never authorized.
+
+/// The methods S3 uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum M {
+    Get,
+    Head,
+    Put,
+    Post,
+    Delete,
+}
+
+impl M {
+    fn of(method: &Method) -> Result<Self, S3Error> {
+        Ok(match *method {
+            Method::GET => M::Get,
+            Method::HEAD => M::Head,
+            Method::PUT => M::Put,
+            Method::POST => M::Post,
+            Method::DELETE => M::Delete,
+            _ => return Err(method_not_allowed()),
+        })
+    }
+}
+
+/// Bucket configuration sub-resources: (method, sub-resource, S3 operation,
+/// IAM action). Names as in the S3 API reference and the IAM service
+/// authorization reference.
+#[rustfmt::skip]
+const BUCKET_TABLE: &[(M, &str, &str, &str)] = &[
+    (M::Get, "location", "GetBucketLocation", "s3:GetBucketLocation"),
+    (M::Get, "accelerate", "GetBucketAccelerateConfiguration", "s3:GetAccelerateConfiguration"),
+    (M::Put, "accelerate", "PutBucketAccelerateConfiguration", "s3:PutAccelerateConfiguration"),
+    (M::Get, "acl", "GetBucketAcl", "s3:GetBucketAcl"),
+    (M::Put, "acl", "PutBucketAcl", "s3:PutBucketAcl"),
+    (M::Get, "analytics", "GetBucketAnalyticsConfiguration", "s3:GetAnalyticsConfiguration"),
+    (M::Put, "analytics", "PutBucketAnalyticsConfiguration", "s3:PutAnalyticsConfiguration"),
+    (M::Delete, "analytics", "DeleteBucketAnalyticsConfiguration", "s3:PutAnalyticsConfiguration"),
+    (M::Get, "cors", "GetBucketCors", "s3:GetBucketCORS"),
+    (M::Put, "cors", "PutBucketCors", "s3:PutBucketCORS"),
+    (M::Delete, "cors", "DeleteBucketCors", "s3:PutBucketCORS"),
+    (M::Get, "encryption", "GetBucketEncryption", "s3:GetEncryptionConfiguration"),
+    (M::Put, "encryption", "PutBucketEncryption", "s3:PutEncryptionConfiguration"),
+    (M::Delete, "encryption", "DeleteBucketEncryption", "s3:PutEncryptionConfiguration"),
+    (M::Get, "intelligent-tiering", "GetBucketIntelligentTieringConfiguration", "s3:GetIntelligentTieringConfiguration"),
+    (M::Put, "intelligent-tiering", "PutBucketIntelligentTieringConfiguration", "s3:PutIntelligentTieringConfiguration"),
+    (M::Delete, "intelligent-tiering", "DeleteBucketIntelligentTieringConfiguration", "s3:PutIntelligentTieringConfiguration"),
+    (M::Get, "inventory", "GetBucketInventoryConfiguration", "s3:GetInventoryConfiguration"),
+    (M::Put, "inventory", "PutBucketInventoryConfiguration", "s3:PutInventoryConfiguration"),
+    (M::Delete, "inventory", "DeleteBucketInventoryConfiguration", "s3:PutInventoryConfiguration"),
+    (M::Get, "lifecycle", "GetBucketLifecycleConfiguration", "s3:GetLifecycleConfiguration"),
+    (M::Put, "lifecycle", "PutBucketLifecycleConfiguration", "s3:PutLifecycleConfiguration"),
+    (M::Delete, "lifecycle", "DeleteBucketLifecycle", "s3:PutLifecycleConfiguration"),
+    (M::Get, "logging", "GetBucketLogging", "s3:GetBucketLogging"),
+    (M::Put, "logging", "PutBucketLogging", "s3:PutBucketLogging"),
+    (M::Get, "metrics", "GetBucketMetricsConfiguration", "s3:GetMetricsConfiguration"),
+    (M::Put, "metrics", "PutBucketMetricsConfiguration", "s3:PutMetricsConfiguration"),
+    (M::Delete, "metrics", "DeleteBucketMetricsConfiguration", "s3:PutMetricsConfiguration"),
+    (M::Get, "notification", "GetBucketNotificationConfiguration", "s3:GetBucketNotification"),
+    (M::Put, "notification", "PutBucketNotificationConfiguration", "s3:PutBucketNotification"),
+    (M::Get, "object-lock", "GetObjectLockConfiguration", "s3:GetBucketObjectLockConfiguration"),
+    (M::Put, "object-lock", "PutObjectLockConfiguration", "s3:PutBucketObjectLockConfiguration"),
+    (M::Get, "ownershipControls", "GetBucketOwnershipControls", "s3:GetBucketOwnershipControls"),
+    (M::Put, "ownershipControls", "PutBucketOwnershipControls", "s3:PutBucketOwnershipControls"),
+    (M::Delete, "ownershipControls", "DeleteBucketOwnershipControls", "s3:PutBucketOwnershipControls"),
+    (M::Get, "policy", "GetBucketPolicy", "s3:GetBucketPolicy"),
+    (M::Put, "policy", "PutBucketPolicy", "s3:PutBucketPolicy"),
+    (M::Delete, "policy", "DeleteBucketPolicy", "s3:DeleteBucketPolicy"),
+    (M::Get, "policyStatus", "GetBucketPolicyStatus", "s3:GetBucketPolicyStatus"),
+    (M::Get, "publicAccessBlock", "GetPublicAccessBlock", "s3:GetBucketPublicAccessBlock"),
+    (M::Put, "publicAccessBlock", "PutPublicAccessBlock", "s3:PutBucketPublicAccessBlock"),
+    (M::Delete, "publicAccessBlock", "DeletePublicAccessBlock", "s3:PutBucketPublicAccessBlock"),
+    (M::Get, "replication", "GetBucketReplication", "s3:GetReplicationConfiguration"),
+    (M::Put, "replication", "PutBucketReplication", "s3:PutReplicationConfiguration"),
+    (M::Delete, "replication", "DeleteBucketReplication", "s3:PutReplicationConfiguration"),
+    (M::Get, "requestPayment", "GetBucketRequestPayment", "s3:GetBucketRequestPayment"),
+    (M::Put, "requestPayment", "PutBucketRequestPayment", "s3:PutBucketRequestPayment"),
+    (M::Get, "tagging", "GetBucketTagging", "s3:GetBucketTagging"),
+    (M::Put, "tagging", "PutBucketTagging", "s3:PutBucketTagging"),
+    (M::Delete, "tagging", "DeleteBucketTagging", "s3:PutBucketTagging"),
+    (M::Get, "versioning", "GetBucketVersioning", "s3:GetBucketVersioning"),
+    (M::Put, "versioning", "PutBucketVersioning", "s3:PutBucketVersioning"),
+    (M::Get, "website", "GetBucketWebsite", "s3:GetBucketWebsite"),
+    (M::Put, "website", "PutBucketWebsite", "s3:PutBucketWebsite"),
+    (M::Delete, "website", "DeleteBucketWebsite", "s3:DeleteBucketWebsite"),
+];
+
+/// Object sub-resources: (method, sub-resource, S3 operation, IAM action,
+/// the IAM action a request naming a `versionId` needs as well — `""` where
+/// a versionId needs nothing more, `None` where it is not valid).
+#[allow(clippy::type_complexity)]
+#[rustfmt::skip]
+const OBJECT_TABLE: &[(M, &str, &str, &str, Option<&str>)] = &[
+    (M::Get, "tagging", "GetObjectTagging", "s3:GetObjectTagging", Some("s3:GetObjectVersionTagging")),
+    (M::Put, "tagging", "PutObjectTagging", "s3:PutObjectTagging", Some("s3:PutObjectVersionTagging")),
+    (M::Delete, "tagging", "DeleteObjectTagging", "s3:DeleteObjectTagging", Some("s3:DeleteObjectVersionTagging")),
+    (M::Get, "acl", "GetObjectAcl", "s3:GetObjectAcl", Some("s3:GetObjectVersionAcl")),
+    (M::Put, "acl", "PutObjectAcl", "s3:PutObjectAcl", Some("s3:PutObjectVersionAcl")),
+    (M::Get, "attributes", "GetObjectAttributes", "s3:GetObjectAttributes", Some("s3:GetObjectVersionAttributes")),
+    (M::Get, "retention", "GetObjectRetention", "s3:GetObjectRetention", Some("")),
+    (M::Put, "retention", "PutObjectRetention", "s3:PutObjectRetention", Some("")),
+    (M::Get, "legal-hold", "GetObjectLegalHold", "s3:GetObjectLegalHold", Some("")),
+    (M::Put, "legal-hold", "PutObjectLegalHold", "s3:PutObjectLegalHold", Some("")),
+    (M::Post, "restore", "RestoreObject", "s3:RestoreObject", Some("")),
+];
+
+type Classified = (Op, &'static str, Vec<&'static str>);
+
+fn bucket_op(method: &Method, q: &Query<'_>, headers: &HeaderMap) -> Result<Classified, S3Error> {
+    let m = M::of(method)?;
+    let sub = q.subresource(&[])?;
+    if q.has("versionId") {
+        return Err(version_not_supported());
+    }
+    let mut also = Vec::new();
+    let (op, action) = match (m, sub) {
+        (M::Get, None) => match q.get("list-type").as_deref() {
+            None => (Op::ListObjects, "s3:ListBucket"),
+            Some("2") => (Op::ListObjectsV2, "s3:ListBucket"),
+            Some(_) => {
+                return Err(S3Error::new(
+                    S3ErrorCode::InvalidArgument,
+                    "list-type must be 2",
+                ))
             }
-        };
-    }
-    table! {
-        "accelerate" => "Accelerate", "acl" => "Acl", "analytics" => "Analytics",
-        "cors" => "Cors", "encryption" => "Encryption", "intelligent-tiering" => "IntelligentTiering",
-        "inventory" => "Inventory", "lifecycle" => "Lifecycle", "logging" => "Logging",
-        "metadata-table" => "MetadataTable", "metrics" => "Metrics", "notification" => "Notification",
-        "object-lock" => "ObjectLock", "ownershipControls" => "OwnershipControls", "policy" => "Policy",
-        "policyStatus" => "PolicyStatus", "publicAccessBlock" => "PublicAccessBlock",
-        "replication" => "Replication", "requestPayment" => "RequestPayment", "tagging" => "Tagging",
-        "versioning" => "Versioning", "website" => "Website",
-    }
+        },
+        (M::Head, None) => (Op::HeadBucket, "s3:ListBucket"),
+        (M::Put, None) => {
+            if has_acl_headers(headers) {
+                also.push("s3:PutBucketAcl");
+            }
+            if headers.contains_key("x-amz-bucket-object-lock-enabled") {
+                also.push("s3:PutBucketObjectLockConfiguration");
+                also.push("s3:PutBucketVersioning");
+            }
+            if headers.contains_key("x-amz-object-ownership") {
+                also.push("s3:PutBucketOwnershipControls");
+            }
+            (Op::CreateBucket, "s3:CreateBucket")
+        }
+        (M::Delete, None) => (Op::DeleteBucket, "s3:DeleteBucket"),
+        (M::Post, Some("delete")) => {
+            if headers.contains_key("x-amz-bypass-governance-retention") {
+                also.push("s3:BypassGovernanceRetention");
+            }
+            (Op::DeleteObjects, "s3:DeleteObject")
+        }
+        (M::Get, Some("versions")) => (Op::ListObjectVersions, "s3:ListBucketVersions"),
+        (M::Get, Some("uploads")) => (Op::ListMultipartUploads, "s3:ListBucketMultipartUploads"),
+        (m, Some(sub)) => {
+            let row = BUCKET_TABLE
+                .iter()
+                .find(|(tm, ts, _, _)| *tm == m && *ts == sub)
+                .ok_or_else(|| not_implemented("this bucket operation"))?;
+            (Op::BucketSubresource(row.2), row.3)
+        }
+        (M::Post, None) => return Err(not_implemented("this bucket operation")),
+    };
+    Ok((op, action, also))
 }
 
 fn object_op(
     method: &Method,
     q: &Query<'_>,
+    headers: &HeaderMap,
     has_copy_source: bool,
-) -> Result<(Op, &'static str), S3Error> {
-    // `uploadId` + `partNumber` together mean UploadPart; neither is a sub-resource on its own there.
+) -> Result<Classified, S3Error> {
+    let m = M::of(method)?;
+    // `uploadId` + `partNumber` mean UploadPart, and GET/HEAD with
+    // `partNumber` reads one part: `partNumber` alone selects no operation.
     let sub = q.subresource(&["partNumber"])?;
-    Ok(match (method, sub) {
-        (&Method::GET, None) => (Op::GetObject, "s3:GetObject"),
-        (&Method::HEAD, None) => (Op::HeadObject, "s3:GetObject"),
-        (&Method::PUT, None) if has_copy_source => (Op::CopyObject, "s3:PutObject"),
-        (&Method::PUT, None) => (Op::PutObject, "s3:PutObject"),
-        (&Method::DELETE, None) => (Op::DeleteObject, "s3:DeleteObject"),
-        (&Method::PUT, Some("uploadId")) if q.has("partNumber") && has_copy_source => {
+    let part = q.has("partNumber");
+    let versioned = q.has("versionId");
+    let mut also = Vec::new();
+    // The IAM action a versionId adds, where one is valid.
+    let mut version_action: Option<&'static str> = None;
+    let (op, action) = match (m, sub) {
+        (M::Get, None) => {
+            version_action = Some("s3:GetObjectVersion");
+            (Op::GetObject, "s3:GetObject")
+        }
+        (M::Head, None) => {
+            version_action = Some("s3:GetObjectVersion");
+            (Op::HeadObject, "s3:GetObject")
+        }
+        (M::Put, None) if !part => {
+            write_header_actions(headers, &mut also);
+            if has_copy_source {
+                (Op::CopyObject, "s3:PutObject")
+            } else {
+                (Op::PutObject, "s3:PutObject")
+            }
+        }
+        (M::Delete, None) if !part => {
+            version_action = Some("s3:DeleteObjectVersion");
+            if headers.contains_key("x-amz-bypass-governance-retention") {
+                also.push("s3:BypassGovernanceRetention");
+            }
+            (Op::DeleteObject, "s3:DeleteObject")
+        }
+        (M::Put, Some("uploadId")) if part && has_copy_source => {
             (Op::UploadPartCopy, "s3:PutObject")
         }
-        (&Method::PUT, Some("uploadId")) if q.has("partNumber") => (Op::UploadPart, "s3:PutObject"),
-        (&Method::POST, Some("uploads")) => (Op::CreateMultipartUpload, "s3:PutObject"),
-        (&Method::POST, Some("uploadId")) => (Op::CompleteMultipartUpload, "s3:PutObject"),
-        (&Method::DELETE, Some("uploadId")) => {
+        (M::Put, Some("uploadId")) if part => (Op::UploadPart, "s3:PutObject"),
+        (M::Post, Some("uploads")) if !part => {
+            write_header_actions(headers, &mut also);
+            (Op::CreateMultipartUpload, "s3:PutObject")
+        }
+        (M::Post, Some("uploadId")) if !part => (Op::CompleteMultipartUpload, "s3:PutObject"),
+        (M::Delete, Some("uploadId")) if !part => {
             (Op::AbortMultipartUpload, "s3:AbortMultipartUpload")
         }
-        (&Method::GET, Some("uploadId")) => (Op::ListParts, "s3:ListMultipartUploadParts"),
-        (&Method::GET | &Method::HEAD, Some("tagging")) => {
-            (Op::ObjectSubresource("tagging"), "s3:GetObjectTagging")
+        (M::Get, Some("uploadId")) if !part => (Op::ListParts, "s3:ListMultipartUploadParts"),
+        (m, Some(sub)) if !part => {
+            let row = OBJECT_TABLE
+                .iter()
+                .find(|(tm, ts, ..)| *tm == m && *ts == sub)
+                .ok_or_else(|| not_implemented("this object operation"))?;
+            version_action = row.4;
+            if sub == "retention" && headers.contains_key("x-amz-bypass-governance-retention") {
+                also.push("s3:BypassGovernanceRetention");
+            }
+            (Op::ObjectSubresource(row.2), row.3)
         }
-        (&Method::PUT, Some("tagging")) => {
-            (Op::ObjectSubresource("tagging"), "s3:PutObjectTagging")
+        _ => return Err(not_implemented("this object operation")),
+    };
+    if versioned {
+        match version_action {
+            None => return Err(version_not_supported()),
+            Some("") => {}
+            Some(extra) => also.push(extra),
         }
-        (&Method::DELETE, Some("tagging")) => {
-            (Op::ObjectSubresource("tagging"), "s3:DeleteObjectTagging")
-        }
-        (&Method::GET | &Method::HEAD, Some("acl")) => {
-            (Op::ObjectSubresource("acl"), "s3:GetObjectAcl")
-        }
-        (&Method::PUT, Some("acl")) => (Op::ObjectSubresource("acl"), "s3:PutObjectAcl"),
-        (&Method::GET | &Method::HEAD, Some("attributes")) => (
-            Op::ObjectSubresource("attributes"),
-            "s3:GetObjectAttributes",
-        ),
-        (&Method::GET | &Method::HEAD, Some("retention")) => {
-            (Op::ObjectSubresource("retention"), "s3:GetObjectRetention")
-        }
-        (&Method::PUT, Some("retention")) => {
-            (Op::ObjectSubresource("retention"), "s3:PutObjectRetention")
-        }
-        (&Method::GET | &Method::HEAD, Some("legal-hold")) => {
-            (Op::ObjectSubresource("legal-hold"), "s3:GetObjectLegalHold")
-        }
-        (&Method::PUT, Some("legal-hold")) => {
-            (Op::ObjectSubresource("legal-hold"), "s3:PutObjectLegalHold")
-        }
-        (&Method::POST, Some("restore")) => (Op::ObjectSubresource("restore"), "s3:RestoreObject"),
-        (_, Some("torrent" | "select" | "select-type")) => {
-            return Err(not_implemented("this object operation"))
-        }
-        (&Method::GET | &Method::HEAD | &Method::PUT | &Method::DELETE | &Method::POST, _) => {
-            return Err(method_not_allowed())
-        }
-        _ => return Err(method_not_allowed()),
-    })
+    }
+    Ok((op, action, also))
+}
+
+/// ACL and grant headers set permissions; IAM needs `s3:Put*Acl` for them.
+fn has_acl_headers(headers: &HeaderMap) -> bool {
+    headers
+        .keys()
+        .any(|n| n.as_str() == "x-amz-acl" || n.as_str().starts_with("x-amz-grant-"))
+}
+
+/// What headers on an object write do besides writing: each needs its own
+/// IAM action, as S3 itself requires.
+fn write_header_actions(headers: &HeaderMap, also: &mut Vec<&'static str>) {
+    if headers.contains_key("x-amz-tagging") {
+        also.push("s3:PutObjectTagging");
+    }
+    if has_acl_headers(headers) {
+        also.push("s3:PutObjectAcl");
+    }
+    if headers.contains_key("x-amz-object-lock-mode")
+        || headers.contains_key("x-amz-object-lock-retain-until-date")
+    {
+        also.push("s3:PutObjectRetention");
+    }
+    if headers.contains_key("x-amz-object-lock-legal-hold") {
+        also.push("s3:PutObjectLegalHold");
+    }
 }
 
 #[cfg(test)]
@@ -786,7 +984,7 @@ mod tests {
             "GET",
             "/b?location",
             Some((
-                BucketSubresource("location"),
+                BucketSubresource("GetBucketLocation"),
                 "s3:GetBucketLocation",
                 Some("b"),
                 None,
@@ -796,7 +994,7 @@ mod tests {
             "PUT",
             "/b?policy",
             Some((
-                BucketSubresource("policy"),
+                BucketSubresource("PutBucketPolicy"),
                 "s3:PutBucketPolicy",
                 Some("b"),
                 None,
@@ -806,7 +1004,7 @@ mod tests {
             "GET",
             "/b/k?tagging",
             Some((
-                ObjectSubresource("tagging"),
+                ObjectSubresource("GetObjectTagging"),
                 "s3:GetObjectTagging",
                 Some("b"),
                 Some("k"),
@@ -862,6 +1060,197 @@ mod tests {
             "/b/a//b/",
             Some((GetObject, "s3:GetObject", Some("b"), Some("a//b/"))),
         );
+        // Shapes a backend would run as another operation are refused.
+        for (method, target) in [
+            ("GET", "/b?retention"),
+            ("GET", "/b?attributes"),
+            ("GET", "/b?legal-hold"),
+            ("GET", "/b?metadata-table"),
+            ("POST", "/b?restore"),
+            ("DELETE", "/b?versioning"),
+            ("DELETE", "/b?logging"),
+            ("DELETE", "/b?notification"),
+            ("DELETE", "/b?object-lock"),
+            ("DELETE", "/b?acl"),
+            ("PUT", "/b?location"),
+            ("HEAD", "/b?acl"),
+            ("HEAD", "/b/k?tagging"),
+            ("HEAD", "/b/k?acl"),
+            ("POST", "/b/k?select&select-type=2"),
+            ("GET", "/b/k?versioning"),
+            ("DELETE", "/b/k?acl"),
+            ("PUT", "/b/k?partNumber=1"),
+            ("DELETE", "/b/k?partNumber=1"),
+            ("POST", "/b/k"),
+            ("POST", "/b"),
+            ("GET", "/b?versionId=1"),
+            ("PUT", "/b/k?versionId=1"),
+            ("GET", "/b?list-type=1"),
+            ("GET", "/?acl"),
+        ] {
+            check(method, target, None);
+        }
+        // Repeated parameters are refused, however they are spelled.
+        for target in [
+            "/b?prefix=reports/&prefix=",
+            "/b?list-type=2&list-type=2",
+            "/b/k?versionId=a&versionId=b",
+            "/b/k?uploadId=a&partNumber=1&uploadId=b",
+            "/b?prefix=a&%70refix=b",
+            "/b/k?x-id=1&x-id=2",
+        ] {
+            check("GET", target, None);
+        }
+        check(
+            "GET",
+            "/b?%70refix=a",
+            Some((ListObjects, "s3:ListBucket", Some("b"), Some("a"))),
+        );
+        check(
+            "GET",
+            "/b/k?partNumber=2",
+            Some((GetObject, "s3:GetObject", Some("b"), Some("k"))),
+        );
+        check(
+            "DELETE",
+            "/b?cors",
+            Some((
+                BucketSubresource("DeleteBucketCors"),
+                "s3:PutBucketCORS",
+                Some("b"),
+                None,
+            )),
+        );
+    }
+
+    fn classify_with(method: &str, target: &str, headers: &[(&str, &str)]) -> S3Request {
+        let uri: Uri = target.parse().unwrap();
+        let mut h = HeaderMap::new();
+        for (n, v) in headers {
+            h.insert(
+                http::header::HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        classify(
+            &HostConfig::default(),
+            &method.parse().unwrap(),
+            &uri,
+            None,
+            &h,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn versions_and_headers_need_their_own_actions() {
+        let r = classify_with("DELETE", "/b/k?versionId=v1", &[]);
+        assert_eq!(
+            (r.action, r.also),
+            ("s3:DeleteObject", vec!["s3:DeleteObjectVersion"])
+        );
+        let r = classify_with("GET", "/b/k?versionId=v1", &[]);
+        assert_eq!(r.also, vec!["s3:GetObjectVersion"]);
+        let r = classify_with("PUT", "/b/k?tagging&versionId=v1", &[]);
+        assert_eq!(r.also, vec!["s3:PutObjectVersionTagging"]);
+        let r = classify_with("GET", "/b/k?retention&versionId=v1", &[]);
+        assert!(r.also.is_empty());
+        let r = classify_with(
+            "PUT",
+            "/b/k",
+            &[
+                ("x-amz-tagging", "a=b"),
+                ("x-amz-grant-read", "id=x"),
+                ("x-amz-object-lock-mode", "GOVERNANCE"),
+                ("x-amz-object-lock-legal-hold", "ON"),
+            ],
+        );
+        assert_eq!(
+            r.also,
+            vec![
+                "s3:PutObjectTagging",
+                "s3:PutObjectAcl",
+                "s3:PutObjectRetention",
+                "s3:PutObjectLegalHold"
+            ]
+        );
+        let r = classify_with(
+            "DELETE",
+            "/b/k",
+            &[("x-amz-bypass-governance-retention", "true")],
+        );
+        assert_eq!(r.also, vec!["s3:BypassGovernanceRetention"]);
+        let r = classify_with("PUT", "/b", &[("x-amz-acl", "public-read")]);
+        assert_eq!(r.also, vec!["s3:PutBucketAcl"]);
+        let r = classify_with("GET", "/b/k", &[]);
+        assert!(r.also.is_empty());
+    }
+
+    /// Every IAM action classification can produce, from the IAM service
+    /// authorization reference for Amazon S3. Nothing invented.
+    #[rustfmt::skip]
+    const KNOWN_IAM_ACTIONS: &[&str] = &[
+        "s3:AbortMultipartUpload", "s3:BypassGovernanceRetention", "s3:CreateBucket",
+        "s3:DeleteBucket", "s3:DeleteBucketPolicy", "s3:DeleteBucketWebsite", "s3:DeleteObject",
+        "s3:DeleteObjectTagging", "s3:DeleteObjectVersion", "s3:DeleteObjectVersionTagging",
+        "s3:GetAccelerateConfiguration", "s3:GetAnalyticsConfiguration", "s3:GetBucketAcl",
+        "s3:GetBucketCORS", "s3:GetBucketLocation", "s3:GetBucketLogging",
+        "s3:GetBucketNotification", "s3:GetBucketObjectLockConfiguration",
+        "s3:GetBucketOwnershipControls", "s3:GetBucketPolicy", "s3:GetBucketPolicyStatus",
+        "s3:GetBucketPublicAccessBlock", "s3:GetBucketRequestPayment", "s3:GetBucketTagging",
+        "s3:GetBucketVersioning", "s3:GetBucketWebsite", "s3:GetEncryptionConfiguration",
+        "s3:GetIntelligentTieringConfiguration", "s3:GetInventoryConfiguration",
+        "s3:GetLifecycleConfiguration", "s3:GetMetricsConfiguration", "s3:GetObject",
+        "s3:GetObjectAcl", "s3:GetObjectAttributes", "s3:GetObjectLegalHold",
+        "s3:GetObjectRetention", "s3:GetObjectTagging", "s3:GetObjectVersion",
+        "s3:GetObjectVersionAcl", "s3:GetObjectVersionAttributes", "s3:GetObjectVersionTagging",
+        "s3:GetReplicationConfiguration", "s3:ListAllMyBuckets", "s3:ListBucket",
+        "s3:ListBucketMultipartUploads", "s3:ListBucketVersions", "s3:ListMultipartUploadParts",
+        "s3:PutAccelerateConfiguration", "s3:PutAnalyticsConfiguration", "s3:PutBucketAcl",
+        "s3:PutBucketCORS", "s3:PutBucketLogging", "s3:PutBucketNotification",
+        "s3:PutBucketObjectLockConfiguration", "s3:PutBucketOwnershipControls",
+        "s3:PutBucketPolicy", "s3:PutBucketPublicAccessBlock", "s3:PutBucketRequestPayment",
+        "s3:PutBucketTagging", "s3:PutBucketVersioning", "s3:PutBucketWebsite",
+        "s3:PutEncryptionConfiguration", "s3:PutIntelligentTieringConfiguration",
+        "s3:PutInventoryConfiguration", "s3:PutLifecycleConfiguration",
+        "s3:PutMetricsConfiguration", "s3:PutObject", "s3:PutObjectAcl", "s3:PutObjectLegalHold",
+        "s3:PutObjectRetention", "s3:PutObjectTagging", "s3:PutObjectVersionAcl",
+        "s3:PutObjectVersionTagging", "s3:PutReplicationConfiguration", "s3:RestoreObject",
+    ];
+
+    /// Every sub-resource S3 defines, with every method, at bucket and object
+    /// level, with and without a versionId: either refused, or classified with
+    /// real IAM actions only.
+    #[test]
+    fn every_shape_is_refused_or_names_real_actions() {
+        let mut accepted = 0;
+        for method in ["GET", "HEAD", "PUT", "POST", "DELETE", "PATCH", "OPTIONS"] {
+            for sub in SUBRESOURCES.iter().copied().chain([""]) {
+                for path in ["/", "/b", "/b/k"] {
+                    for version in ["", "&versionId=v"] {
+                        let target = format!("{path}?{sub}{version}");
+                        let uri: Uri = target.parse().unwrap();
+                        let got = classify(
+                            &HostConfig::default(),
+                            &method.parse().unwrap(),
+                            &uri,
+                            None,
+                            &HeaderMap::new(),
+                        );
+                        if let Ok(r) = got {
+                            accepted += 1;
+                            for a in std::iter::once(&r.action).chain(&r.also) {
+                                assert!(
+                                    KNOWN_IAM_ACTIONS.contains(a),
+                                    "{method} {target}: invented action {a}"
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        assert!(accepted > 60, "only {accepted} shapes accepted");
     }
 
     #[test]

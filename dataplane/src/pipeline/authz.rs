@@ -9,13 +9,14 @@ use moka::future::Cache;
 use s3gate_proto::{
     AuthorizeRequest, ControlPlaneError, Decision, Principal, Resource, ResourceKind, Scope,
 };
+use s3gate_s3::delete::DeleteRequest;
 use s3gate_s3::request::S3Request;
-use s3gate_s3::{S3Error, S3ErrorCode};
 
 use super::authn::Authenticated;
 use super::Ctx;
 use crate::body::{self, Body};
 use crate::error::Error;
+use crate::limits::Reservation;
 
 pub type DecisionCache = Cache<DecisionKey, Decision>;
 
@@ -60,91 +61,70 @@ pub async fn check(cx: &Ctx, who: &Authenticated, req: &S3Request) -> Result<Gra
         (_, Some(k)) => Resource::Object(k.clone()),
         (_, None) => Resource::Bucket,
     };
+    // Every action the request needs, each on its own: a deny of any wins.
+    for action in &req.also {
+        decide(cx, &who.principal, action, bucket, resource.clone()).await?;
+    }
     let granted = decide(cx, &who.principal, req.action, bucket, resource).await?;
     if let Some(src) = &req.copy_source {
-        decide(
-            cx,
-            &who.principal,
-            "s3:GetObject",
-            &src.bucket,
-            Resource::Object(src.key.clone()),
-        )
-        .await?;
+        let source = Resource::Object(src.key.clone());
+        if src.version_id.is_some() {
+            decide(
+                cx,
+                &who.principal,
+                "s3:GetObjectVersion",
+                &src.bucket,
+                source.clone(),
+            )
+            .await?;
+        }
+        decide(cx, &who.principal, "s3:GetObject", &src.bucket, source).await?;
     }
     Ok(granted)
 }
 
-/// Authorizes s3:DeleteObject for every key named in a DeleteObjects body.
-/// The (small) body is collected through its verifier first, so its keys are
-/// only trusted once the payload signature holds.
+/// Reads a request document the gateway must see whole before it can
+/// authorize (DeleteObjects): through its verifier, so its content is only
+/// trusted once the payload signature holds; within the body deadline; and
+/// charged to the buffer budget.
+pub async fn read_document(cx: &Ctx, body: Body, budget: &mut Reservation) -> Result<Bytes, Error> {
+    tokio::time::timeout(
+        cx.cfg.limits.body_deadline,
+        body::collect_limited(body, MAX_DELETE_BODY, budget),
+    )
+    .await
+    .map_err(|_| Error::body_deadline())?
+    .map_err(Error::from_collect)
+}
+
+/// Authorizes every object a DeleteObjects document names: `s3:DeleteObject`
+/// on each key, `s3:DeleteObjectVersion` as well where a version is named,
+/// and whatever the request's headers add. On a refusal, says which key.
 pub async fn check_delete_objects(
     cx: &Ctx,
     who: &Authenticated,
+    req: &S3Request,
     bucket: &str,
-    body: Body,
-) -> Result<Body, Error> {
-    let bytes = body::collect_limited(body, MAX_DELETE_BODY)
-        .await
-        .map_err(|e| match e.downcast::<S3Error>() {
-            Ok(s3) => Error::S3(*s3),
-            Err(other) => Error::S3(S3Error::new(
-                S3ErrorCode::IncompleteBody,
-                format!("could not read the request body: {other}"),
-            )),
-        })?;
-    for key in delete_keys(&bytes)? {
-        decide(
-            cx,
-            &who.principal,
-            "s3:DeleteObject",
-            bucket,
-            Resource::Object(key),
-        )
-        .await?;
-    }
-    Ok(body::full(bytes))
-}
-
-fn delete_keys(xml: &Bytes) -> Result<Vec<String>, Error> {
-    use quick_xml::events::Event;
-    let malformed = || {
-        Error::S3(S3Error::new(
-            S3ErrorCode::MalformedXML,
-            "The XML you provided was not well-formed or did not validate against our published schema.",
-        ))
-    };
-    let mut reader = quick_xml::Reader::from_reader(xml.as_ref());
-    let mut keys = Vec::new();
-    let mut path: Vec<Vec<u8>> = Vec::new();
-    let mut buf = Vec::new();
-    loop {
-        match reader.read_event_into(&mut buf).map_err(|_| malformed())? {
-            Event::Start(e) => path.push(e.local_name().as_ref().to_vec()),
-            Event::End(_) => {
-                path.pop();
-            }
-            Event::Text(t) => {
-                let in_key = path.len() == 3
-                    && path[0] == b"Delete"
-                    && path[1] == b"Object"
-                    && path[2] == b"Key";
-                if in_key {
-                    let text = t.unescape().map_err(|_| malformed())?;
-                    keys.push(text.into_owned());
-                }
-            }
-            Event::CData(t) if path.len() == 3 && path[2] == b"Key" => {
-                keys.push(String::from_utf8(t.into_inner().into_owned()).map_err(|_| malformed())?);
-            }
-            Event::Eof => break,
-            _ => {}
+    doc: &DeleteRequest,
+) -> Result<(), (Error, String)> {
+    for object in &doc.objects {
+        let version = object.version_id.as_ref().map(|_| "s3:DeleteObjectVersion");
+        let actions = std::iter::once("s3:DeleteObject")
+            .chain(version)
+            .chain(req.also.iter().copied());
+        for action in actions {
+            decide(
+                cx,
+                &who.principal,
+                action,
+                bucket,
+                Resource::Object(object.key.clone()),
+            )
+            .await
+            .map_err(|e| (e, object.key.clone()))?;
         }
-        buf.clear();
     }
-    if keys.is_empty() || keys.len() > 1000 {
-        return Err(malformed());
-    }
-    Ok(keys)
+    Ok(())
 }
 
 async fn decide(
@@ -196,24 +176,5 @@ async fn decide(
         Err(Error::Denied {
             reason: decision.reason,
         })
-    }
-}
-
-#[cfg(test)]
-#[allow(clippy::unwrap_used)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn delete_keys_parse() {
-        let xml = Bytes::from_static(
-            b"<?xml version=\"1.0\"?><Delete xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Object><Key>a&amp;b</Key></Object><Object><Key>c/d</Key><VersionId>1</VersionId></Object><Quiet>true</Quiet></Delete>",
-        );
-        assert_eq!(delete_keys(&xml).unwrap(), vec!["a&b", "c/d"]);
-        assert!(delete_keys(&Bytes::from_static(b"<Delete></Delete>")).is_err());
-        assert!(delete_keys(&Bytes::from_static(
-            b"<Delete><Object><Key>x</Nope></Object></Delete>"
-        ))
-        .is_err());
     }
 }

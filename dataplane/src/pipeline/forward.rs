@@ -9,9 +9,12 @@ use aws_sigv4::http_request::{
     UriPathNormalizationMode,
 };
 use aws_sigv4::sign::v4;
-use http::header::{HeaderName, HeaderValue, CONNECTION, CONTENT_ENCODING, CONTENT_LENGTH, HOST};
+use http::header::{
+    HeaderName, HeaderValue, CONNECTION, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, HOST,
+    LOCATION,
+};
 use http::request::Parts;
-use http::{HeaderMap, Request, Response};
+use http::{HeaderMap, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use s3gate_proto::AddressingStyle;
 use s3gate_s3::request::{decode, encode_component, encode_key, Op, Query, S3Request};
@@ -21,8 +24,10 @@ use std::fmt::Write as _;
 use super::authz::Granted;
 use super::payload::{PayloadPlan, UpstreamPayload};
 use super::route::RouteEntry;
-use crate::body::Body;
+use super::Ctx;
+use crate::body::{Body, CollectError};
 use crate::error::Error;
+use s3gate_s3::xml::escape;
 
 /// Request headers never forwarded: hop-by-hop, and the client's own
 /// authentication (the backend request is signed anew).
@@ -50,6 +55,22 @@ const DROP_DECODED: &[&str] = &[
     "x-amz-trailer",
     "x-amz-sdk-checksum-algorithm",
 ];
+
+/// Headers that describe the client's body, dropped when the gateway sends a
+/// document of its own instead.
+const DROP_REPLACED: &[&str] = &[
+    "content-encoding",
+    "content-md5",
+    "x-amz-decoded-content-length",
+    "x-amz-trailer",
+    "x-amz-sdk-checksum-algorithm",
+];
+
+/// Copy-source headers: meaningful only to CopyObject and UploadPartCopy,
+/// whose source was authorized; dropped from every other request.
+fn is_copy_source_header(name: &str) -> bool {
+    name.starts_with("x-amz-copy-source")
+}
 
 /// Response headers never passed back.
 const DROP_RESPONSE: &[&str] = &[
@@ -84,7 +105,7 @@ pub async fn send(
     _grant: &Granted,
     body: Body,
     plan: PayloadPlan,
-) -> Result<Response<Body>, Error> {
+) -> Result<Response<Incoming>, Error> {
     let backend = &route.route.backend;
     let object_key = if req.is_list() {
         None
@@ -114,6 +135,9 @@ pub async fn send(
     }
     let signable_body = match &plan.upstream {
         UpstreamPayload::Sha256(hex) => SignableBody::Precomputed(hex.clone()),
+        UpstreamPayload::Replaced { sha256_hex, .. } => {
+            SignableBody::Precomputed(sha256_hex.clone())
+        }
         UpstreamPayload::Unsigned => SignableBody::UnsignedPayload,
         UpstreamPayload::UnsignedTrailer { .. } => SignableBody::StreamingUnsignedPayloadTrailer,
     };
@@ -164,14 +188,51 @@ pub async fn send(
     *upstream.headers_mut() = headers;
     instructions.apply_to_request_http1x(&mut upstream);
 
-    let response = route
+    route
         .client
         .request(upstream)
         .await
-        .map_err(|e| Error::Upstream(Box::new(e)))?;
-    let response = downstream_response(response);
-    if needs_rewrite(req, route, head, response.status()) {
-        rewrite_bucket(response, route, head, req).await
+        .map_err(|e| Error::Upstream(Box::new(e)))
+}
+
+/// The backend's response on its way to the client. Nothing of the backend
+/// gets through: hop-by-hop headers and the backend's own request ids are
+/// dropped, a `Location` is dropped or rewritten, documents that name the
+/// backend bucket are rewritten, and error documents are rebuilt from the
+/// few fields that are safe to pass on.
+pub async fn downstream(
+    cx: &Ctx,
+    response: Response<Incoming>,
+    route: &RouteEntry,
+    head: &Parts,
+    req: &S3Request,
+    request_id: &str,
+) -> Result<Response<Body>, Error> {
+    let (mut parts, body) = response.into_parts();
+    for name in DROP_RESPONSE {
+        parts.headers.remove(*name);
+    }
+    if let Some(backend_id) = parts.headers.remove("x-amz-request-id") {
+        tracing::debug!(request_id, backend_request_id = ?backend_id, "backend answered");
+    }
+    parts.headers.remove("x-amz-id-2");
+    if parts.headers.contains_key(LOCATION) {
+        parts.headers.remove(LOCATION);
+        if req.op == Op::CreateBucket && parts.status.is_success() {
+            if let Ok(v) = HeaderValue::from_str(&format!("/{}", route.route.bucket)) {
+                parts.headers.insert(LOCATION, v);
+            }
+        }
+    }
+    let status = parts.status;
+    let body = crate::body::incoming(body);
+    let head_only = head.method == http::Method::HEAD;
+    if !status.is_success() && status != StatusCode::NOT_MODIFIED {
+        return Ok(rewrite_error(cx, parts, body, route, req, request_id, head_only).await);
+    }
+    let response = Response::from_parts(parts, body);
+    if !head_only && needs_rewrite(req, route) {
+        rewrite_bucket(cx, response, route, head, req).await
     } else {
         Ok(response)
     }
@@ -180,15 +241,7 @@ pub async fn send(
 /// Responses whose XML names the backend's bucket (or, for
 /// CompleteMultipartUpload, the backend's endpoint). These are small
 /// documents; object bodies are never rewritten.
-fn needs_rewrite(
-    req: &S3Request,
-    route: &RouteEntry,
-    head: &Parts,
-    status: http::StatusCode,
-) -> bool {
-    if head.method == http::Method::HEAD {
-        return false;
-    }
+fn needs_rewrite(req: &S3Request, route: &RouteEntry) -> bool {
     let renamed = route.route.backend_bucket != route.route.bucket;
     match req.op {
         Op::CompleteMultipartUpload => true,
@@ -197,8 +250,11 @@ fn needs_rewrite(
         | Op::ListObjectVersions
         | Op::ListMultipartUploads
         | Op::CreateMultipartUpload
-        | Op::ListParts => renamed,
-        _ => renamed && !status.is_success(),
+        | Op::ListParts
+        | Op::CopyObject
+        | Op::UploadPartCopy
+        | Op::DeleteObjects => renamed,
+        _ => false,
     }
 }
 
@@ -206,15 +262,26 @@ fn needs_rewrite(
 const MAX_REWRITE_BODY: usize = 64 << 20;
 
 async fn rewrite_bucket(
+    cx: &Ctx,
     response: Response<Body>,
     route: &RouteEntry,
     head: &Parts,
     req: &S3Request,
 ) -> Result<Response<Body>, Error> {
     let (mut parts, body) = response.into_parts();
-    let bytes = crate::body::collect_limited(body, MAX_REWRITE_BODY)
+    let mut budget = cx.budget.reservation();
+    let bytes = crate::body::collect_limited(body, MAX_REWRITE_BODY, &mut budget)
         .await
-        .map_err(Error::Upstream)?;
+        .map_err(|e| match e {
+            CollectError::OverBudget => Error::S3(S3Error::new(
+                S3ErrorCode::SlowDown,
+                "Please reduce your request rate.",
+            )),
+            CollectError::TooLarge => {
+                Error::Upstream("backend response document too large to rewrite".into())
+            }
+            CollectError::Body(e) => Error::Upstream(e),
+        })?;
     let Ok(text) = std::str::from_utf8(&bytes) else {
         // Not a text document: pass it on untouched.
         return Ok(Response::from_parts(parts, crate::body::full(bytes)));
@@ -304,6 +371,29 @@ fn append_query(target: &mut String, raw: &str) -> Result<(), Error> {
     Ok(())
 }
 
+/// A value with tabs is sent with each run of blanks as one space and no
+/// blanks at either end: how SigV4 canonicalizes header values is read
+/// differently by different signers (aws-sigv4 collapses only spaces,
+/// others all whitespace), and the value in canonical form means the same
+/// to all of them.
+fn normalize_whitespace(value: &HeaderValue) -> HeaderValue {
+    let bytes = value.as_bytes();
+    if !bytes.contains(&b'\t') {
+        return value.clone();
+    }
+    let mut out = Vec::with_capacity(bytes.len());
+    for word in bytes
+        .split(|b| *b == b' ' || *b == b'\t')
+        .filter(|w| !w.is_empty())
+    {
+        if !out.is_empty() {
+            out.push(b' ');
+        }
+        out.extend_from_slice(word);
+    }
+    HeaderValue::from_bytes(&out).unwrap_or_else(|_| value.clone())
+}
+
 fn upstream_headers(
     head: &Parts,
     host: &str,
@@ -326,16 +416,29 @@ fn upstream_headers(
         UpstreamPayload::UnsignedTrailer { encoded_length } => (false, Some(encoded_length)),
         _ => (plan.decoded_length.is_some(), None),
     };
+    let replaced = matches!(plan.upstream, UpstreamPayload::Replaced { .. });
+    let copies = matches!(req.op, Op::CopyObject | Op::UploadPartCopy);
     let mut out = HeaderMap::with_capacity(head.headers.len() + 4);
     for (name, value) in &head.headers {
         let n = name.as_str();
         if DROP_REQUEST.contains(&n)
             || (decoded && DROP_DECODED.contains(&n))
+            || (replaced && (DROP_REPLACED.contains(&n) || n.starts_with("x-amz-checksum-")))
+            || (!copies && is_copy_source_header(n))
             || connection_listed.iter().any(|c| c.eq_ignore_ascii_case(n))
         {
             continue;
         }
-        out.append(name.clone(), value.clone());
+        out.append(name.clone(), normalize_whitespace(value));
+    }
+    if let UpstreamPayload::Replaced {
+        content_md5, len, ..
+    } = &plan.upstream
+    {
+        out.insert(CONTENT_LENGTH, HeaderValue::from(*len));
+        if let Ok(v) = HeaderValue::from_str(content_md5) {
+            out.insert(HeaderName::from_static("content-md5"), v);
+        }
     }
     let host = HeaderValue::from_str(host)
         .map_err(|_| Error::ControlPlane("invalid backend host".to_owned()))?;
@@ -381,12 +484,176 @@ fn upstream_headers(
     Ok(out)
 }
 
-fn downstream_response(response: Response<Incoming>) -> Response<Body> {
-    let (mut parts, body) = response.into_parts();
-    for name in DROP_RESPONSE {
-        parts.headers.remove(*name);
+/// Largest backend error document read; a larger one is replaced unread.
+const MAX_ERROR_BODY: usize = 64 << 10;
+
+/// Rebuilds a backend error response. Only the error code passes as is; the
+/// message passes only if it names nothing of the backend (its bucket, its
+/// endpoint, its access key), else S3's generic text for the code is used.
+/// Everything else a backend puts in an error (`HostId`, `Endpoint`,
+/// `StringToSign`, `AWSAccessKeyId`, argument values…) is dropped, and
+/// `Resource`, `BucketName` and `Key` are written from the client's request.
+async fn rewrite_error(
+    cx: &Ctx,
+    mut parts: http::response::Parts,
+    body: Body,
+    route: &RouteEntry,
+    req: &S3Request,
+    request_id: &str,
+    head_only: bool,
+) -> Response<Body> {
+    for name in [
+        "content-length",
+        "content-encoding",
+        "content-md5",
+        "etag",
+        "content-type",
+    ] {
+        parts.headers.remove(name);
     }
-    Response::from_parts(parts, crate::body::incoming(body))
+    let (code, message) = if head_only {
+        (None, None)
+    } else {
+        let mut budget = cx.budget.reservation();
+        match crate::body::collect_limited(body, MAX_ERROR_BODY, &mut budget).await {
+            Ok(doc) => backend_error_fields(&doc),
+            Err(_) => (None, None),
+        }
+    };
+    let code = code.unwrap_or_else(|| code_for_status(parts.status).to_owned());
+    let message = message
+        .filter(|m| !names_backend(m, route))
+        .unwrap_or_else(|| generic_message(&code).to_owned());
+    let bucket = &route.route.bucket;
+    let mut xml = String::with_capacity(256);
+    xml.push_str("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>");
+    escape(&mut xml, &code);
+    xml.push_str("</Code><Message>");
+    escape(&mut xml, &message);
+    xml.push_str("</Message>");
+    match req.key.as_deref().filter(|_| !req.is_list()) {
+        Some(key) => {
+            xml.push_str("<Key>");
+            escape(&mut xml, key);
+            xml.push_str("</Key><BucketName>");
+            escape(&mut xml, bucket);
+            xml.push_str("</BucketName><Resource>/");
+            escape(&mut xml, bucket);
+            xml.push('/');
+            escape(&mut xml, key);
+        }
+        None => {
+            xml.push_str("<BucketName>");
+            escape(&mut xml, bucket);
+            xml.push_str("</BucketName><Resource>/");
+            escape(&mut xml, bucket);
+        }
+    }
+    xml.push_str("</Resource><RequestId>");
+    escape(&mut xml, request_id);
+    xml.push_str("</RequestId></Error>");
+    parts
+        .headers
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/xml"));
+    if head_only {
+        return Response::from_parts(parts, crate::body::empty());
+    }
+    parts
+        .headers
+        .insert(CONTENT_LENGTH, HeaderValue::from(xml.len()));
+    Response::from_parts(parts, crate::body::full(xml))
+}
+
+/// `<Code>` and `<Message>` of a backend `<Error>` document, if it is one.
+fn backend_error_fields(doc: &[u8]) -> (Option<String>, Option<String>) {
+    use quick_xml::events::Event;
+    let Ok(text) = std::str::from_utf8(doc) else {
+        return (None, None);
+    };
+    let mut reader = quick_xml::Reader::from_str(text);
+    let mut path: Vec<Vec<u8>> = Vec::new();
+    let (mut code, mut message) = (None::<String>, None::<String>);
+    loop {
+        match reader.read_event() {
+            Ok(Event::Start(e)) => path.push(e.local_name().as_ref().to_vec()),
+            Ok(Event::End(_)) => {
+                path.pop();
+            }
+            Ok(Event::Text(t)) if path.len() == 2 && path[0] == b"Error" => {
+                let Ok(value) = t.unescape() else { break };
+                let slot = match path[1].as_slice() {
+                    b"Code" => &mut code,
+                    b"Message" => &mut message,
+                    _ => continue,
+                };
+                slot.get_or_insert_with(String::new).push_str(&value);
+            }
+            Ok(Event::Eof) | Err(_) => break,
+            Ok(_) => {}
+        }
+    }
+    // A code is an identifier; anything else is not passed on.
+    let code = code.filter(|c| {
+        (1..=64).contains(&c.len()) && c.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.')
+    });
+    let message = message.filter(|m| m.len() <= 1024);
+    (code, message)
+}
+
+/// Whether `text` names the backend: its bucket (when renamed), its endpoint
+/// host, or its access key.
+fn names_backend(text: &str, route: &RouteEntry) -> bool {
+    let lower = text.to_ascii_lowercase();
+    let backend = &route.route.backend;
+    let host = backend
+        .endpoint
+        .split_once("://")
+        .map_or(backend.endpoint.as_str(), |(_, a)| a)
+        .to_ascii_lowercase();
+    let host_only = host.rsplit_once(':').map_or(host.as_str(), |(h, _)| h);
+    let bucket = route.route.backend_bucket.to_ascii_lowercase();
+    (route.route.backend_bucket != route.route.bucket && lower.contains(&bucket))
+        || lower.contains(&host)
+        || (!host_only.is_empty() && lower.contains(host_only))
+        || (!route.route.credentials.access_key.is_empty()
+            && text.contains(route.route.credentials.access_key.as_str()))
+}
+
+fn code_for_status(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        301 | 307 => "PermanentRedirect",
+        304 => "NotModified",
+        400 => "InvalidRequest",
+        403 => "AccessDenied",
+        404 => "NoSuchKey",
+        405 => "MethodNotAllowed",
+        409 => "OperationAborted",
+        411 => "MissingContentLength",
+        412 => "PreconditionFailed",
+        416 => "InvalidRange",
+        501 => "NotImplemented",
+        503 => "ServiceUnavailable",
+        s if s >= 500 => "InternalError",
+        _ => "InvalidRequest",
+    }
+}
+
+/// S3's own wording for the common codes; a neutral sentence for the rest.
+fn generic_message(code: &str) -> &'static str {
+    match code {
+        "NoSuchKey" => "The specified key does not exist.",
+        "NoSuchBucket" => "The specified bucket does not exist",
+        "NoSuchUpload" => "The specified multipart upload does not exist. The upload ID might be invalid, or the multipart upload might have been aborted or completed.",
+        "AccessDenied" => "Access Denied",
+        "PreconditionFailed" => "At least one of the pre-conditions you specified did not hold",
+        "InvalidRange" => "The requested range is not satisfiable",
+        "BucketNotEmpty" => "The bucket you tried to delete is not empty",
+        "BucketAlreadyExists" | "BucketAlreadyOwnedByYou" => "The requested bucket name is not available.",
+        "SlowDown" => "Please reduce your request rate.",
+        "NotImplemented" => "A header you provided implies functionality that is not implemented.",
+        "InternalError" => "We encountered an internal error. Please try again.",
+        _ => "The storage backend refused the request.",
+    }
 }
 
 #[cfg(test)]

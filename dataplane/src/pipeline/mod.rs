@@ -31,6 +31,7 @@ use s3gate_s3::request::{Op, S3Request};
 
 use crate::body::{self, Body, FailureSlot};
 use crate::error::Error;
+use crate::limits::Budget;
 use crate::upstream::Upstreams;
 use crate::Config;
 
@@ -42,6 +43,8 @@ pub struct Ctx {
     pub(crate) decisions: authz::DecisionCache,
     pub(crate) routes: route::RouteCache,
     pub(crate) upstreams: Upstreams,
+    /// Bytes buffered on requests' behalf, for all of them together.
+    pub(crate) budget: Arc<Budget>,
     request_ids: RequestIds,
 }
 
@@ -52,6 +55,7 @@ impl Ctx {
             decisions: authz::decision_cache(cfg.decision_cache_bytes),
             routes: route::cache(cfg.route_cache_capacity),
             upstreams: Upstreams::new(cfg.upstream_connect_timeout),
+            budget: Budget::new(cfg.limits.buffer_budget),
             request_ids: RequestIds::new(),
             control_plane,
             cfg,
@@ -86,13 +90,15 @@ impl Ctx {
 }
 
 /// What the access log line says about a request, filled in as stages run.
-///
-/// It borrows the parsed request rather than copying its bucket and key.
 #[derive(Default)]
-pub struct Trace<'a> {
-    pub req: Option<&'a S3Request>,
+pub struct Trace {
     pub principal: Option<Arc<str>>,
     pub decision: Option<&'static str>,
+    /// For DeleteObjects: every key of the document, as a JSON array.
+    pub keys: Option<String>,
+    /// The key a refusal was about, when it is not the request's own key
+    /// (a DeleteObjects key).
+    pub refused_key: Option<String>,
 }
 
 pub async fn handle(cx: Arc<Ctx>, peer: SocketAddr, req: Request<Incoming>) -> Response<Body> {
@@ -100,46 +106,107 @@ pub async fn handle(cx: Arc<Ctx>, peer: SocketAddr, req: Request<Incoming>) -> R
     let request_id = cx.request_ids.next();
     let (head, body) = req.into_parts();
     let slot = FailureSlot::default();
-    match parse::s3_request(&cx.cfg.hosts, &head) {
-        Ok(req) => {
-            let mut trace = Trace {
-                req: Some(&req),
-                ..Trace::default()
-            };
-            let result = run(&cx, &head, &req, body, &mut trace, &slot).await;
-            respond::finish(
+    let mut trace = Trace::default();
+    // Classifying is pure and cheap; its verdict waits for authentication,
+    // so a caller whose signature does not hold learns nothing about what
+    // the gateway thinks of the request's shape. (The access log still
+    // names what the request looked like.)
+    let parsed = parse::s3_request(&cx.cfg.hosts, &head);
+    let who = match authn::verify(&cx, &head).await {
+        Ok(who) => who,
+        Err(e) => {
+            return respond::finish(
                 &head,
-                result,
+                Err(e),
                 &slot,
                 request_id.as_str(),
                 peer,
                 start,
+                parsed.as_ref().ok(),
                 &trace,
             )
         }
-        Err(e) => respond::finish(
-            &head,
-            Err(e),
-            &slot,
-            request_id.as_str(),
-            peer,
-            start,
-            &Trace::default(),
-        ),
-    }
+    };
+    trace.principal = Some(who.principal.name.clone());
+    let req = match parsed {
+        Ok(req) => req,
+        Err(e) => {
+            // Nor does an anonymous caller: to it every refusal looks alike.
+            let e = if who.principal.is_anonymous() {
+                tracing::debug!(request_id = request_id.as_str(), error = %e, "anonymous request refused on its shape");
+                Error::Denied {
+                    reason: "anonymous request of an unsupported shape".to_owned(),
+                }
+            } else {
+                e
+            };
+            return respond::finish(
+                &head,
+                Err(e),
+                &slot,
+                request_id.as_str(),
+                peer,
+                start,
+                None,
+                &trace,
+            );
+        }
+    };
+    let result = run(
+        &cx,
+        &head,
+        &req,
+        who,
+        body,
+        &mut trace,
+        &slot,
+        request_id.as_str(),
+    )
+    .await;
+    respond::finish(
+        &head,
+        result,
+        &slot,
+        request_id.as_str(),
+        peer,
+        start,
+        Some(&req),
+        &trace,
+    )
 }
 
+/// A request refused before it was looked at, because too many are in flight.
+pub fn shed(cx: &Ctx, peer: SocketAddr, req: Request<Incoming>) -> Response<Body> {
+    let start = Instant::now();
+    let request_id = cx.request_ids.next();
+    let (head, _body) = req.into_parts();
+    let err = Error::S3(s3gate_s3::S3Error::new(
+        s3gate_s3::S3ErrorCode::SlowDown,
+        "Please reduce your request rate.",
+    ));
+    respond::finish(
+        &head,
+        Err(err),
+        &FailureSlot::default(),
+        request_id.as_str(),
+        peer,
+        start,
+        None,
+        &Trace::default(),
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn run(
     cx: &Ctx,
     head: &http::request::Parts,
     req: &S3Request,
+    who: authn::Authenticated,
     body: Incoming,
-    trace: &mut Trace<'_>,
+    trace: &mut Trace,
     slot: &FailureSlot,
+    request_id: &str,
 ) -> Result<Response<Body>, Error> {
-    let who = authn::verify(cx, head).await?;
-    trace.principal = Some(who.principal.name.clone());
-
     let Some(bucket) = req.bucket.as_deref() else {
         // Only ListBuckets has no bucket.
         return respond::list_buckets(cx, &who.principal).await;
@@ -153,25 +220,45 @@ async fn run(
         None => None,
     };
 
-    let (body, payload) = payload::verify(cx, head, body, &who, slot)?;
-    let body = if req.op == Op::DeleteObjects {
-        authz::check_delete_objects(cx, &who, bucket, body).await?
-    } else if payload.decoded_length == Some(0)
-        && matches!(payload.upstream, payload::UpstreamPayload::Unsigned)
-    {
-        // An empty decoded body would complete at the backend before its
-        // final chunk and trailer were verified: verify first.
-        body::collect_limited(body, 64 << 10).await.map_err(|e| {
-            match e.downcast::<s3gate_s3::S3Error>() {
-                Ok(s3) => Error::S3(*s3),
-                Err(other) => Error::Upstream(other),
-            }
-        })?;
-        body::empty()
+    // Held until the backend answered: the bytes it accounts for live as
+    // long as the request document does.
+    let mut buffered = cx.budget.reservation();
+    let (body, payload) = if req.op == Op::DeleteObjects {
+        let (body, payload) =
+            payload::verify(cx, head, body, &who, slot, payload::Trailer::Decode)?;
+        let doc = authz::read_document(cx, body, &mut buffered).await?;
+        let doc = s3gate_s3::delete::parse(&doc)?;
+        let keys: Vec<&str> = doc.objects.iter().map(|o| o.key.as_str()).collect();
+        trace.keys = serde_json::to_string(&keys).ok();
+        if let Err((e, key)) = authz::check_delete_objects(cx, &who, req, bucket, &doc).await {
+            trace.decision = Some("deny");
+            trace.refused_key = Some(key);
+            return Err(e);
+        }
+        drop(payload);
+        payload::replaced(doc.to_xml())
     } else {
-        body
+        let (body, payload) =
+            payload::verify(cx, head, body, &who, slot, payload::Trailer::Reframe)?;
+        if payload.decoded_length == Some(0)
+            && matches!(payload.upstream, payload::UpstreamPayload::Unsigned)
+        {
+            // An empty decoded body would complete at the backend before its
+            // final chunk and trailer were verified: verify first.
+            let mut nothing = cx.budget.reservation();
+            tokio::time::timeout(
+                cx.cfg.limits.body_deadline,
+                body::collect_limited(body, 64 << 10, &mut nothing),
+            )
+            .await
+            .map_err(|_| Error::body_deadline())?
+            .map_err(Error::from_collect)?;
+            (body::empty(), payload)
+        } else {
+            (body, payload)
+        }
     };
-    forward::send(
+    let response = forward::send(
         &route,
         source_route.as_ref(),
         head,
@@ -180,7 +267,9 @@ async fn run(
         body,
         payload,
     )
-    .await
+    .await?;
+    drop(buffered);
+    forward::downstream(cx, response, &route, head, req, request_id).await
 }
 
 /// Request ids: a per-process random prefix and a counter. Unique enough to

@@ -13,7 +13,7 @@ use s3gate_s3::{S3Error, S3ErrorCode};
 
 use super::authn::Authenticated;
 use super::Ctx;
-use crate::body::{self, Body, ChunkedBody, FailureSlot, Sha256Body};
+use crate::body::{self, Body, ChunkedBody, FailureSlot, Sha256Body, TimedBody};
 use crate::error::Error;
 
 /// What the forward stage must tell the backend about the body it sends.
@@ -34,6 +34,23 @@ pub enum UpstreamPayload {
     /// Re-framed as unsigned aws-chunked with the client's trailing checksum;
     /// `encoded_length` is the new Content-Length.
     UnsignedTrailer { encoded_length: u64 },
+    /// A document the gateway wrote itself in place of the client's (the
+    /// DeleteObjects key list it authorized): sent plain, with its own
+    /// digest, MD5 and length; the client's checksum headers no longer apply.
+    Replaced {
+        sha256_hex: String,
+        content_md5: String,
+        len: u64,
+    },
+}
+
+/// Whether a verified aws-chunked body with a trailing checksum is passed on
+/// re-framed (streamed, the backend checks the checksum too) or decoded to
+/// plain bytes (for bodies the gateway reads itself).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trailer {
+    Reframe,
+    Decode,
 }
 
 pub fn verify(
@@ -42,7 +59,9 @@ pub fn verify(
     body: Incoming,
     who: &Authenticated,
     slot: &FailureSlot,
+    trailer_mode: Trailer,
 ) -> Result<(Body, PayloadPlan), Error> {
+    let idle = cx.cfg.limits.body_idle_timeout;
     let content_length = match head.headers.get(CONTENT_LENGTH) {
         Some(v) => Some(
             v.to_str()
@@ -88,7 +107,12 @@ pub fn verify(
                     },
                 ));
             }
-            let body = Sha256Body::new(body, expected, content_length, slot.clone());
+            let body = Sha256Body::new(
+                TimedBody::new(body, idle, slot.clone()),
+                expected,
+                content_length,
+                slot.clone(),
+            );
             Ok((
                 http_body_util::BodyExt::boxed_unsync(body),
                 PayloadPlan {
@@ -99,7 +123,7 @@ pub fn verify(
         }
         PayloadMode::Unsigned => Ok((
             if has_body {
-                body::incoming(body)
+                body::timed(TimedBody::new(body, idle, slot.clone()))
             } else {
                 body::empty()
             },
@@ -157,8 +181,14 @@ pub fn verify(
                 trailer,
                 decoded_length: Some(decoded),
                 max_chunk_size: cx.cfg.max_chunk_size,
+                // Nothing is held per chunk: the body wrapper withholds the
+                // end of the body until everything verified.
+                stream_unverified: true,
             });
-            let encoder = trailer.map(TrailerEncoder::new);
+            let encoder = match trailer_mode {
+                Trailer::Reframe => trailer.map(TrailerEncoder::new),
+                Trailer::Decode => None,
+            };
             let (len, upstream) = match &encoder {
                 Some(enc) => {
                     let encoded_length = enc.encoded_len(decoded);
@@ -169,7 +199,13 @@ pub fn verify(
                 }
                 None => (decoded, UpstreamPayload::Unsigned),
             };
-            let body = ChunkedBody::new(body, decoder, encoder, len, slot.clone());
+            let body = ChunkedBody::new(
+                TimedBody::new(body, idle, slot.clone()),
+                decoder,
+                encoder,
+                len,
+                slot.clone(),
+            );
             Ok((
                 http_body_util::BodyExt::boxed_unsync(body),
                 PayloadPlan {
@@ -179,6 +215,28 @@ pub fn verify(
             ))
         }
     }
+}
+
+/// The body and plan for a document the gateway wrote in place of the
+/// client's.
+pub fn replaced(doc: String) -> (Body, PayloadPlan) {
+    use base64::Engine as _;
+    use md5::Digest as _;
+    let sha256_hex = hex::encode(sha2::Sha256::digest(doc.as_bytes()));
+    let content_md5 =
+        base64::engine::general_purpose::STANDARD.encode(md5::Md5::digest(doc.as_bytes()));
+    let len = doc.len() as u64;
+    (
+        body::full(doc),
+        PayloadPlan {
+            upstream: UpstreamPayload::Replaced {
+                sha256_hex,
+                content_md5,
+                len,
+            },
+            decoded_length: None,
+        },
+    )
 }
 
 fn writes_body(method: &Method) -> bool {

@@ -5,18 +5,20 @@
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use http::header::{CONNECTION, CONTENT_LENGTH, CONTENT_TYPE};
 use http::request::Parts;
 use http::{HeaderValue, Method, Response};
 use s3gate_proto::Principal;
+use s3gate_s3::request::S3Request;
 use s3gate_s3::xml::escape;
-use s3gate_s3::S3Error;
+use s3gate_s3::{S3Error, S3ErrorCode};
 use tracing::{debug, info, warn};
 
 use super::{Ctx, Trace};
 use crate::body::{self, Body, FailureSlot};
 use crate::error::Error;
 
+#[allow(clippy::too_many_arguments)]
 pub fn finish(
     head: &Parts,
     result: Result<Response<Body>, Error>,
@@ -24,9 +26,10 @@ pub fn finish(
     request_id: &str,
     peer: SocketAddr,
     start: Instant,
-    trace: &Trace<'_>,
+    req: Option<&S3Request>,
+    trace: &Trace,
 ) -> Response<Body> {
-    let response = match result {
+    let mut response = match result {
         Ok(r) => r,
         Err(err) => {
             // A body verifier's verdict beats the transport error it caused.
@@ -39,21 +42,53 @@ pub fn finish(
             } else {
                 debug!(request_id, error = %err, code = s3.code.as_str(), "request refused");
             }
-            error_response(&s3, request_id, head.method == Method::HEAD)
+            let mut response = error_response(&s3, request_id, head.method == Method::HEAD);
+            if s3.code == S3ErrorCode::RequestTimeout {
+                // The rest of the body will not be read: the connection
+                // cannot carry another request.
+                response
+                    .headers_mut()
+                    .insert(CONNECTION, HeaderValue::from_static("close"));
+            }
+            response
         }
     };
-    info!(
-        target: "s3gate::access",
-        request_id,
-        %peer,
-        principal = trace.principal.as_deref().unwrap_or("-"),
-        op = trace.req.map_or("-", |r| r.op.as_str()),
-        bucket = trace.req.and_then(|r| r.bucket.as_deref()).unwrap_or("-"),
-        key = trace.req.and_then(|r| r.key.as_deref()).unwrap_or("-"),
-        decision = trace.decision.unwrap_or("-"),
-        status = response.status().as_u16(),
-        latency_us = start.elapsed().as_micros() as u64,
-    );
+    // Every response carries the gateway's request id, backend ones included.
+    if let Ok(v) = HeaderValue::from_str(request_id) {
+        response.headers_mut().insert("x-amz-request-id", v);
+    }
+    let key = trace
+        .refused_key
+        .as_deref()
+        .or_else(|| req.and_then(|r| r.key.as_deref()))
+        .unwrap_or("-");
+    match &trace.keys {
+        None => info!(
+            target: "s3gate::access",
+            request_id,
+            %peer,
+            principal = trace.principal.as_deref().unwrap_or("-"),
+            op = req.map_or("-", |r| r.op.as_str()),
+            bucket = req.and_then(|r| r.bucket.as_deref()).unwrap_or("-"),
+            key,
+            decision = trace.decision.unwrap_or("-"),
+            status = response.status().as_u16(),
+            latency_us = start.elapsed().as_micros() as u64,
+        ),
+        Some(keys) => info!(
+            target: "s3gate::access",
+            request_id,
+            %peer,
+            principal = trace.principal.as_deref().unwrap_or("-"),
+            op = req.map_or("-", |r| r.op.as_str()),
+            bucket = req.and_then(|r| r.bucket.as_deref()).unwrap_or("-"),
+            key,
+            keys = keys.as_str(),
+            decision = trace.decision.unwrap_or("-"),
+            status = response.status().as_u16(),
+            latency_us = start.elapsed().as_micros() as u64,
+        ),
+    }
     response
 }
 
