@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# The test command: build, Rust tests, then the end-to-end suite against real
+# The test command: format check, build, Rust tests, clippy, then the end-to-end suite against real
 # processes (s3s-fs, s3gate, aws cli, boto3, rclone, s3cmd).
 # Needs: cargo, python3 with tests/e2e/requirements.txt, s3s-fs, rclone, s3cmd
 # (.ci/run installs them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+cargo fmt --all --check
 cargo build --release --bin s3gate
 cargo test --release --workspace
+# Release profile: reuses what the two commands above built.
+cargo clippy --release --workspace --all-targets -- -D warnings
 python3 -m pytest tests/e2e -q -ra "$@"

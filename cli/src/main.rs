@@ -150,8 +150,8 @@ struct LimitArgs {
     /// until one closes [default: 4096].
     #[arg(long, env = "S3GATE_MAX_CONNECTIONS")]
     max_connections: Option<usize>,
-    /// Requests handled at once; past it requests get 503 SlowDown, which
-    /// SDKs retry [default: 1024].
+    /// Requests in flight, each counted until its response has streamed;
+    /// past it requests get 503 SlowDown, which SDKs retry [default: 1024].
     #[arg(long, env = "S3GATE_MAX_REQUESTS")]
     max_requests: Option<usize>,
     /// Time allowed for a request head, and for an idle keep-alive
@@ -166,6 +166,10 @@ struct LimitArgs {
     /// DeleteObjects document [default: 60s].
     #[arg(long, env = "S3GATE_BODY_DEADLINE", value_parser = humantime::parse_duration)]
     body_deadline: Option<Duration>,
+    /// A client that accepts no response bytes for this long is
+    /// disconnected; a slow reader that keeps reading is not [default: 60s].
+    #[arg(long, env = "S3GATE_SEND_TIMEOUT", value_parser = humantime::parse_duration)]
+    send_timeout: Option<Duration>,
     /// Bytes the gateway may buffer for all requests together (DeleteObjects
     /// documents, rewritten listings), e.g. 32MiB; past it 503 SlowDown
     /// [default: 32MiB].
@@ -201,6 +205,10 @@ impl LimitArgs {
                 .body_deadline
                 .or(f.body_deadline)
                 .unwrap_or(d.body_deadline),
+            send_timeout: self
+                .send_timeout
+                .or(f.send_timeout)
+                .unwrap_or(d.send_timeout),
             buffer_budget: self
                 .buffer_budget
                 .or(f.buffer_budget)

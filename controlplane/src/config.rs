@@ -99,6 +99,8 @@ pub struct LimitsConfig {
     pub body_idle_timeout: Option<Duration>,
     #[serde(default, with = "humantime_serde_opt")]
     pub body_deadline: Option<Duration>,
+    #[serde(default, with = "humantime_serde_opt")]
+    pub send_timeout: Option<Duration>,
     /// Bytes, as a number or with a unit: `"32MiB"`.
     #[serde(default, deserialize_with = "bytes_opt")]
     pub buffer_budget: Option<usize>,

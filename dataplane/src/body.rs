@@ -48,6 +48,41 @@ pub fn timed(body: TimedBody) -> Body {
     body.boxed_unsync()
 }
 
+/// `body`, keeping `guard` alive until the body is done or dropped (an
+/// in-flight request permit lives as long as its response streams).
+pub fn holding<G: Send + Unpin + 'static>(body: Body, guard: G) -> Body {
+    Holding {
+        inner: body,
+        _guard: guard,
+    }
+    .boxed_unsync()
+}
+
+struct Holding<G> {
+    inner: Body,
+    _guard: G,
+}
+
+impl<G: Unpin> HttpBody for Holding<G> {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// Where a body verifier records why it failed. Shared with the handler,
 /// which otherwise would only see "the upstream request failed".
 #[derive(Clone, Default)]
@@ -383,7 +418,9 @@ pub enum CollectError {
     Body(BoxError),
 }
 
-/// Collects a (small) body, charging every byte to `reservation` first.
+/// Collects a (small) body. Every byte of memory it takes is charged to
+/// `reservation` before it is allocated (capacity, not length: the buffer
+/// grows by doubling, up to `limit`).
 pub async fn collect_limited(
     mut body: Body,
     limit: usize,
@@ -393,11 +430,18 @@ pub async fn collect_limited(
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(CollectError::Body)?;
         if let Ok(data) = frame.into_data() {
-            if out.len() + data.len() > limit {
+            let needed = out.len() + data.len();
+            if needed > limit {
                 return Err(CollectError::TooLarge);
             }
-            if !reservation.grow(data.len()) {
-                return Err(CollectError::OverBudget);
+            if needed > out.capacity() {
+                let capacity = needed.max(out.capacity() * 2).max(8 << 10).min(limit);
+                if !reservation.grow(capacity - out.capacity()) {
+                    return Err(CollectError::OverBudget);
+                }
+                let mut grown = BytesMut::with_capacity(capacity);
+                grown.extend_from_slice(&out);
+                out = grown;
             }
             out.extend_from_slice(&data);
         }

@@ -19,6 +19,7 @@ pub mod control;
 mod error;
 pub mod limits;
 pub mod pipeline;
+mod stall;
 mod upstream;
 
 use std::net::SocketAddr;
@@ -73,6 +74,9 @@ impl Default for Config {
     }
 }
 
+/// Largest read or write buffer of one connection, client or backend side.
+pub(crate) const CONNECTION_BUFFER: usize = 64 << 10;
+
 /// Serves S3 on `listener` until `shutdown` resolves, then drains in-flight
 /// requests (bounded by `drain_timeout`).
 pub async fn serve(
@@ -98,6 +102,9 @@ pub async fn serve(
     let mut http = http1::Builder::new();
     http.timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(limits.header_timeout)
+        // Bounds what one connection buffers, and so the size of a body
+        // frame a verifier may hold back.
+        .max_buf_size(CONNECTION_BUFFER)
         .keep_alive(true);
     // A permit per open connection; at the cap, accepting pauses.
     let connections = Arc::new(Semaphore::new(limits.max_connections.max(1)));
@@ -147,16 +154,23 @@ pub async fn serve(
                     let permit = requests.clone().try_acquire_owned();
                     async move {
                         let response = match permit {
-                            Ok(_permit) => pipeline::handle(cx, peer, req).await,
+                            // The permit is held until the response has
+                            // streamed: a download holds a backend
+                            // connection as long as an upload does.
+                            Ok(permit) => pipeline::handle(cx, peer, req)
+                                .await
+                                .map(|b| body::holding(b, permit)),
                             Err(_) => pipeline::shed(&cx, peer, req),
                         };
                         Ok::<_, std::convert::Infallible>(response)
                     }
                 });
+                let stream = stall::SendTimeout::new(stream, limits.send_timeout);
                 let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), svc));
                 tokio::spawn(async move {
                     if let Err(error) = conn.await {
-                        debug!(%error, %peer, "connection ended with error");
+                        let cause = std::error::Error::source(&error).map(ToString::to_string);
+                        debug!(%error, cause = cause.as_deref().unwrap_or("-"), %peer, "connection ended with error");
                     }
                     drop(permit);
                 });

@@ -2,8 +2,9 @@
 //!
 //! A stalled or slow client must cost a bounded amount no matter how many
 //! there are: connections and in-flight requests are capped, request bodies
-//! that stop moving are failed after an idle timeout, bodies the gateway reads
-//! whole have a deadline, and every byte the gateway buffers on a request's
+//! that stop moving are failed after an idle timeout, a client that stops
+//! accepting response bytes is disconnected (`stall.rs`), bodies the gateway
+//! reads whole have a deadline, and every byte the gateway buffers on a request's
 //! behalf (a DeleteObjects document, a response document it rewrites) is
 //! charged to one global [`Budget`]. Streaming bodies are never buffered: the
 //! verifiers hold back at most the latest frame.
@@ -18,8 +19,9 @@ pub struct Limits {
     /// Open client connections; past it the gateway stops accepting until
     /// one closes (new connections wait in the kernel's backlog).
     pub max_connections: usize,
-    /// Requests being handled at once; past it a request is answered at once
-    /// with 503 SlowDown, which SDKs retry with backoff.
+    /// Requests being handled at once, counted until their response has
+    /// streamed; past it a request is answered at once with 503 SlowDown,
+    /// which SDKs retry with backoff.
     pub max_requests: usize,
     /// How long a client may take to send a request head, and how long an
     /// idle keep-alive connection stays open.
@@ -30,6 +32,9 @@ pub struct Limits {
     /// Total time for a body the gateway reads whole before acting on it
     /// (a DeleteObjects document).
     pub body_deadline: Duration,
+    /// How long a client may accept no response bytes before its connection
+    /// is closed (a download read slowly still moves; one not read does not).
+    pub send_timeout: Duration,
     /// Bytes the gateway may buffer for all requests together; past it a
     /// request that needs to buffer gets 503 SlowDown.
     pub buffer_budget: usize,
@@ -43,6 +48,7 @@ impl Default for Limits {
             header_timeout: Duration::from_secs(30),
             body_idle_timeout: Duration::from_secs(30),
             body_deadline: Duration::from_secs(60),
+            send_timeout: Duration::from_secs(60),
             buffer_budget: 32 << 20,
         }
     }

@@ -105,6 +105,7 @@ fn build(key: &TlsKey, connect_timeout: Duration) -> Result<HttpClient, String> 
     Ok(Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(30))
         .pool_max_idle_per_host(256)
+        .http1_max_buf_size(crate::CONNECTION_BUFFER)
         .build(https))
 }
 

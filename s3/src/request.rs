@@ -261,6 +261,14 @@ pub fn parse_copy_source(value: &str) -> Result<CopySource, S3Error> {
     let (path, version_id) = match value.split_once('?') {
         Some((p, q)) => {
             let v = q.strip_prefix("versionId=").ok_or_else(bad_copy_source)?;
+            // Passed on verbatim: it must be one value, not more query.
+            let plain = |b: u8| {
+                b.is_ascii_alphanumeric()
+                    || matches!(b, b'.' | b'_' | b'-' | b'%' | b'+' | b'=' | b'~')
+            };
+            if v.is_empty() || !v.bytes().all(plain) {
+                return Err(bad_copy_source());
+            }
             (p, Some(v.to_owned()))
         }
         None => (value, None),
@@ -1265,6 +1273,8 @@ mod tests {
         assert!(parse_copy_source("src").is_err());
         assert!(parse_copy_source("/src/").is_err());
         assert!(parse_copy_source("/src/k?acl").is_err());
+        assert!(parse_copy_source("/src/k?versionId=v1&acl").is_err());
+        assert!(parse_copy_source("/src/k?versionId=").is_err());
         assert!(parse_copy_source("/src/a/../b").is_err());
     }
 

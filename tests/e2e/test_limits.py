@@ -175,7 +175,15 @@ def gw_factory(backend, tmp_path_factory):
 # --------------------------------------------------------------------------- flags
 
 
-LIMIT_FLAGS = ["max-connections", "max-requests", "header-timeout", "body-idle-timeout", "body-deadline", "buffer-budget"]
+LIMIT_FLAGS = [
+    "max-connections",
+    "max-requests",
+    "header-timeout",
+    "body-idle-timeout",
+    "body-deadline",
+    "send-timeout",
+    "buffer-budget",
+]
 
 
 @pytest.mark.parametrize("command", ["serve", "dataplane"])
@@ -261,6 +269,7 @@ def test_stalled_uploads_time_out_and_stay_small(gw_factory, backend):
         what = (r["kind"], r["status"], r["code"], "error" if r["error"] else "late>%ds" % (IDLE + 9) if (r["late"] or 0) > IDLE + 9 else "ok")
         summary[what] = summary.get(what, 0) + 1
     summary = f"peak RSS {peak / 1024:.0f} MiB; stalled connections (kind, status, code, timing): {summary}"
+    print(summary)
     assert not failures, f"{len(failures)} of {n} normal requests failed during the stall: {failures[:5]}; {summary}"
     assert n >= 10, f"only {n} normal requests were made"
     assert len(results) == 64
@@ -288,6 +297,53 @@ def test_stalled_header_is_dropped(gw_factory):
         status, _ = read_response(s, t0 + 10)
         assert status in (None, 400, 408), status
         assert time.monotonic() - t0 < 8
+
+
+@pytest.mark.parametrize("after_request", [False, True], ids=["fresh", "keep-alive"])
+def test_idle_connection_is_closed(gw_factory, after_request):
+    """A connection that sends nothing at all — fresh, or idle after a
+    response — is closed by the header timeout: idle sockets cannot pin the
+    connection limit."""
+    gw = gw_factory("--header-timeout", "2s")
+    with socket.create_connection(gw.addr, timeout=10) as s:
+        if after_request:
+            s.sendall(b"GET /public/none HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n")
+            status, _ = read_response(s, time.monotonic() + 10)
+            assert status == 404, status
+        t0 = time.monotonic()
+        status, _ = read_response(s, t0 + 10)
+        assert status in (None, 408), status
+        assert 1.5 < time.monotonic() - t0 < 8
+
+
+def test_client_that_stops_reading_is_disconnected(gw_factory, backend):
+    """A GET whose client never reads the body: once the socket buffers are
+    full, the gateway closes the connection after --send-timeout, and the
+    request no longer counts against --max-requests."""
+    key = f"limits/big-{uuid.uuid4().hex[:8]}"
+    backend.put("data-prod", key, b"z" * (64 * MiB))
+    gw = gw_factory("--send-timeout", "2s", "--max-requests", "1")
+    with socket.create_connection(gw.addr, timeout=10) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.sendall(signed_head(gw, "GET", f"/data/{key}", (), {}, sha256_hex(b"")))
+        time.sleep(0.5)
+        # The only request slot is taken by the stalled download.
+        t0 = time.monotonic()
+        client = alice_client(gw)
+        deadline = t0 + 15
+        while True:
+            try:
+                client.head_object(Bucket="data", Key=key)
+                break
+            except Exception:  # noqa: BLE001 - 503 SlowDown while the slot is held
+                assert time.monotonic() < deadline, "the stalled download was never cut off"
+                time.sleep(0.3)
+        assert time.monotonic() - t0 >= 1.0, "the slot was free although the download was stalled"
+    # The connection was ended for not reading (what the kernel had already
+    # buffered still trickles out after the close, so the socket itself is
+    # not read to its end here).
+    log = gw.log_path.read_text(errors="replace")
+    assert "client accepted no bytes within the send timeout" in log, log[-3000:]
 
 
 # --------------------------------------------------------------------------- max requests

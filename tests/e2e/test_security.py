@@ -331,6 +331,24 @@ def test_delete_objects_benign_forms_delete_the_joined_key(gateway, backend, for
         assert backend.exists("data-prod", decoy)
 
 
+
+@pytest.mark.parametrize("key", ["authz/../secret/x", "./secret/x", "secret/./x", "/secret/x", "&#46;&#46;/data/x"])
+def test_delete_objects_dot_segments_refused(gateway, backend, key):
+    """Keys in a DeleteObjects document are checked like keys in a path: a
+    backend that resolves them as paths would otherwise delete secret/x under
+    a grant on authz/*."""
+    backend.put("data-prod", "secret/x", b"keep")
+    doc = f"<Delete><Object><Key>{key}</Key></Object></Delete>".encode()
+    r = gateway.raw("alice").request(
+        "POST",
+        "/data",
+        [("delete", "")],
+        body=doc,
+        headers={"content-md5": base64.b64encode(hashlib.md5(doc).digest()).decode()},
+    )
+    assert_s3_error(r, 400, "InvalidArgument")
+    assert backend.exists("data-prod", "secret/x")
+
 @pytest.mark.parametrize(
     "doc",
     [

@@ -216,6 +216,8 @@ pub async fn downstream(
         tracing::debug!(request_id, backend_request_id = ?backend_id, "backend answered");
     }
     parts.headers.remove("x-amz-id-2");
+    // The backend's software and version are nobody's business.
+    parts.headers.remove(http::header::SERVER);
     if parts.headers.contains_key(LOCATION) {
         parts.headers.remove(LOCATION);
         if req.op == Op::CreateBucket && parts.status.is_success() {
