@@ -336,7 +336,13 @@ def render_config(backend: Backend, keys: dict[str, Key], dead_port: int) -> str
             f"principal = {q(k.principal)}",
             f"groups = {json.dumps(k.groups)}",
         ]
-    for effect, principals, actions, resources in RULES:
+    return "\n".join(out) + "\n" + rules_config(RULES)
+
+
+def rules_config(rules) -> str:
+    """`[[rules]]` tables for (effect, principals, actions, resources) tuples."""
+    out = []
+    for effect, principals, actions, resources in rules:
         out += [
             "",
             "[[rules]]",

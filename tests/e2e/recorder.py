@@ -32,6 +32,7 @@ from conftest import (
     make_keys,
     read_ready_file,
     render_config,
+    rules_config,
     unused_port,
     wait_for,
 )
@@ -176,18 +177,6 @@ def recorder_config(rec: Recorder, rules: list[tuple[str, list[str], list[str], 
     return "\n".join(out) + "\n" + rules_config(rules)
 
 
-def rules_config(rules: list[tuple[str, list[str], list[str], list[str]]]) -> str:
-    out = []
-    for effect, principals, actions, resources in rules:
-        out += [
-            "",
-            "[[rules]]",
-            f'effect = "{effect}"',
-            f"principals = {json.dumps(principals)}",
-            f"actions = {json.dumps(actions)}",
-            f"resources = {json.dumps(resources)}",
-        ]
-    return "\n".join(out) + "\n"
 
 
 def launch_gateway(

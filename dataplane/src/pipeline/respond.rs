@@ -62,33 +62,20 @@ pub fn finish(
         .as_deref()
         .or_else(|| req.and_then(|r| r.key.as_deref()))
         .unwrap_or("-");
-    match &trace.keys {
-        None => info!(
-            target: "s3gate::access",
-            request_id,
-            %peer,
-            principal = trace.principal.as_deref().unwrap_or("-"),
-            op = req.map_or("-", |r| r.op.as_str()),
-            bucket = req.and_then(|r| r.bucket.as_deref()).unwrap_or("-"),
-            key,
-            decision = trace.decision.unwrap_or("-"),
-            status = response.status().as_u16(),
-            latency_us = start.elapsed().as_micros() as u64,
-        ),
-        Some(keys) => info!(
-            target: "s3gate::access",
-            request_id,
-            %peer,
-            principal = trace.principal.as_deref().unwrap_or("-"),
-            op = req.map_or("-", |r| r.op.as_str()),
-            bucket = req.and_then(|r| r.bucket.as_deref()).unwrap_or("-"),
-            key,
-            keys = keys.as_str(),
-            decision = trace.decision.unwrap_or("-"),
-            status = response.status().as_u16(),
-            latency_us = start.elapsed().as_micros() as u64,
-        ),
-    }
+    info!(
+        target: "s3gate::access",
+        request_id,
+        %peer,
+        principal = trace.principal.as_deref().unwrap_or("-"),
+        op = req.map_or("-", |r| r.op.as_str()),
+        bucket = req.and_then(|r| r.bucket.as_deref()).unwrap_or("-"),
+        key,
+        // Only DeleteObjects has this field; `None` records nothing.
+        keys = trace.keys.as_deref(),
+        decision = trace.decision.unwrap_or("-"),
+        status = response.status().as_u16(),
+        latency_us = start.elapsed().as_micros() as u64,
+    );
     response
 }
 
