@@ -384,6 +384,8 @@ impl Admin for AdminService {
         let principal = if !r.access_key.is_empty() {
             snapshot
                 .principal_of(&r.access_key)
+                .await
+                .map_err(|e| Status::unavailable(e.to_string()))?
                 .ok_or_else(|| Status::not_found(format!("access key {:?}", r.access_key)))?
         } else {
             match r.principal {
@@ -410,7 +412,10 @@ impl Admin for AdminService {
             bucket: r.bucket,
             resource,
         };
-        let (decision, rule) = snapshot.explain(&ask);
+        let (decision, rule) = snapshot
+            .explain(&ask)
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
         let pb_decision = pb::AuthorizeResponse::from(&decision);
         Ok(Response::new(pb::ExplainResponse {
             allow: decision.allow,

@@ -1,8 +1,9 @@
 //! The s3gate control plane: who a key belongs to, what a principal may do,
 //! and how to reach (and sign for) the backend of a bucket.
 //!
-//! A [`replica::Replica`] answers from a compiled snapshot ([`Embedded`]) of
-//! the state a [`store::Store`] holds (memory, or Redis shared by replicas),
+//! A [`replica::Replica`] answers from a compiled [`Snapshot`] of the state a
+//! [`store::Store`] holds (memory, or Redis shared by replicas) and the
+//! decision [`sources`] built from it,
 //! and serves it over gRPC ([`grpc`], [`admin`]) or in-process to `s3gate
 //! serve`. Data planes see it only through [`s3gate_proto::ControlPlane`],
 //! so both deployment modes run one code path.
@@ -16,6 +17,7 @@ pub mod grpc;
 pub mod policy;
 pub mod redis_store;
 pub mod replica;
+pub mod sources;
 pub mod state;
 pub mod store;
 
@@ -24,50 +26,40 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use s3gate_proto::{
-    AddressingStyle, AuthorizeRequest, Backend, BackendCredentials, ControlPlane,
-    ControlPlaneError, Decision, Principal, Route, SigningKey, SigningKeyGrant, SigningKeyRequest,
+    AddressingStyle, AuthorizeRequest, Backend, ControlPlane, ControlPlaneError, Decision,
+    Principal, Route, SigningKeyGrant, SigningKeyRequest,
 };
 
-use crate::config::{AddressingStyleConfig, CacheConfig, Secret};
-use crate::policy::Policy;
+use crate::config::{AddressingStyleConfig, CacheConfig};
+use crate::sources::policy::Rules;
+use crate::sources::{SourceError, Sources};
 use crate::state::State;
 
-/// A compiled snapshot of the control-plane state: what a replica answers
-/// decisions from. Immutable; a change builds a new one.
-pub struct Embedded {
-    keys: HashMap<String, KeyEntry>,
-    policy: Policy,
-    routes: HashMap<String, Route>,
-    cache: CacheConfig,
+/// A compiled snapshot of the control-plane state, and the sources built
+/// from it: what a replica answers decisions from. Immutable; a change
+/// builds a new one.
+pub struct Snapshot {
+    sources: Sources,
+    /// The built-in rules, also for ListBuckets (which buckets a principal
+    /// has any allow on).
+    rules: Rules,
+    /// Bucket → where it lives; the credentials come from the credential
+    /// sources on every lookup.
+    routes: HashMap<String, Placement>,
     version: u64,
 }
 
-struct KeyEntry {
-    secret: Secret,
-    principal: Principal,
+/// A bucket's backend and name there.
+struct Placement {
+    backend_bucket: String,
+    backend: Arc<Backend>,
+    ttl: std::time::Duration,
 }
 
-impl Embedded {
+impl Snapshot {
     pub fn from_state(state: &State, cache: &CacheConfig) -> Self {
-        let keys = state
-            .keys
-            .values()
-            .map(|k| {
-                let principal = Principal {
-                    name: Arc::from(k.principal.as_str()),
-                    groups: k.groups.iter().map(|g| Arc::from(g.as_str())).collect(),
-                    access_key: Some(Arc::from(k.access_key.as_str())),
-                };
-                (
-                    k.access_key.clone(),
-                    KeyEntry {
-                        secret: k.secret.clone(),
-                        principal,
-                    },
-                )
-            })
-            .collect();
-        let backends: HashMap<&str, (Arc<Backend>, Arc<BackendCredentials>)> = state
+        let sources = Sources::from_state(state, cache);
+        let backends: HashMap<&str, Arc<Backend>> = state
             .backends
             .values()
             .map(|b| {
@@ -82,35 +74,26 @@ impl Embedded {
                     ca_bundle: b.ca_bundle.clone(),
                     insecure_skip_verify: b.insecure_skip_verify,
                 };
-                let creds = BackendCredentials {
-                    access_key: b.access_key.clone(),
-                    secret_key: b.secret.expose().to_owned(),
-                    session_token: b.session_token.as_ref().map(|t| t.expose().to_owned()),
-                    expires_unix: None,
-                };
-                (b.name.as_str(), (Arc::new(backend), Arc::new(creds)))
+                (b.name.as_str(), Arc::new(backend))
             })
             .collect();
         let routes = state
             .buckets
             .values()
             .filter_map(|b| {
-                let (backend, credentials) = backends.get(b.backend.as_str())?;
-                let route = Route {
-                    bucket: b.name.clone(),
+                let backend = backends.get(b.backend.as_str())?;
+                let placement = Placement {
                     backend_bucket: b.backend_bucket.clone(),
                     backend: backend.clone(),
-                    credentials: credentials.clone(),
                     ttl: cache.route_ttl,
                 };
-                Some((b.name.clone(), route))
+                Some((b.name.clone(), placement))
             })
             .collect();
         Self {
-            keys,
-            policy: Policy::new(state.rules.values()),
+            sources,
+            rules: Rules::from_state(state, cache.decision_ttl),
             routes,
-            cache: cache.clone(),
             version: state.version,
         }
     }
@@ -120,44 +103,76 @@ impl Embedded {
         self.version
     }
 
-    /// A dry-run decision and the id of the rule that decided.
-    pub fn explain(&self, req: &AuthorizeRequest) -> (Decision, Option<String>) {
-        let (decision, rule) = self.policy.explain(req, self.cache.decision_ttl);
-        (decision, rule.map(str::to_owned))
+    /// A dry-run decision and what decided it.
+    pub async fn explain(
+        &self,
+        req: &AuthorizeRequest,
+    ) -> Result<(Decision, Option<String>), ControlPlaneError> {
+        self.sources.policy.explain(req).await.map_err(unavailable)
     }
 
-    /// The principal an access key belongs to, if it exists.
-    pub fn principal_of(&self, access_key: &str) -> Option<Principal> {
-        self.keys.get(access_key).map(|k| k.principal.clone())
+    /// The principal an access key belongs to, if any identity source knows it.
+    pub async fn principal_of(
+        &self,
+        access_key: &str,
+    ) -> Result<Option<Principal>, ControlPlaneError> {
+        for source in &self.sources.identity {
+            if let Some(p) = source.principal(access_key).await.map_err(unavailable)? {
+                return Ok(Some(p));
+            }
+        }
+        Ok(None)
     }
 }
 
+/// A source that cannot answer: the data plane fails closed (503).
+fn unavailable(e: SourceError) -> ControlPlaneError {
+    tracing::warn!(source = e.source_name, error = %e.message, "decision source could not answer");
+    ControlPlaneError::Unavailable(e.to_string())
+}
+
 #[async_trait]
-impl ControlPlane for Embedded {
+impl ControlPlane for Snapshot {
     async fn signing_key(
         &self,
         req: SigningKeyRequest,
     ) -> Result<SigningKeyGrant, ControlPlaneError> {
-        let entry = self
-            .keys
-            .get(&req.access_key)
-            .ok_or(ControlPlaneError::UnknownAccessKey)?;
-        Ok(SigningKeyGrant {
-            key: SigningKey::derive(entry.secret.expose(), &req.date, &req.region, &req.service),
-            principal: entry.principal.clone(),
-            ttl: self.cache.key_ttl,
-        })
+        for source in &self.sources.identity {
+            if let Some(grant) = source.signing_key(&req).await.map_err(unavailable)? {
+                return Ok(grant);
+            }
+        }
+        Err(ControlPlaneError::UnknownAccessKey)
     }
 
     async fn authorize(&self, req: AuthorizeRequest) -> Result<Decision, ControlPlaneError> {
-        Ok(self.policy.decide(&req, self.cache.decision_ttl))
+        self.sources.policy.decide(&req).await.map_err(unavailable)
     }
 
     async fn route(&self, bucket: &str) -> Result<Route, ControlPlaneError> {
-        self.routes
+        let placement = self
+            .routes
             .get(bucket)
-            .cloned()
-            .ok_or(ControlPlaneError::NoSuchBucket)
+            .ok_or(ControlPlaneError::NoSuchBucket)?;
+        for source in &self.sources.credentials {
+            if let Some(credentials) = source
+                .credentials(&placement.backend.name)
+                .await
+                .map_err(unavailable)?
+            {
+                return Ok(Route {
+                    bucket: bucket.to_owned(),
+                    backend_bucket: placement.backend_bucket.clone(),
+                    backend: placement.backend.clone(),
+                    credentials,
+                    ttl: placement.ttl,
+                });
+            }
+        }
+        Err(ControlPlaneError::Unavailable(format!(
+            "no credentials for backend {}",
+            placement.backend.name
+        )))
     }
 
     async fn visible_buckets(
@@ -165,7 +180,7 @@ impl ControlPlane for Embedded {
         principal: &Principal,
     ) -> Result<Vec<String>, ControlPlaneError> {
         Ok(self
-            .policy
+            .rules
             .visible(principal, self.routes.keys().map(String::as_str)))
     }
 }

@@ -22,14 +22,14 @@ use crate::config::CacheConfig;
 use crate::grpc::Events;
 use crate::state::{Change, State, Touched};
 use crate::store::{Notification, Store, StoreError};
-use crate::Embedded;
+use crate::Snapshot;
 
 pub struct Replica {
     store: Arc<dyn Store>,
     cache: CacheConfig,
     /// The snapshot decisions are answered from. Read on every call (an
     /// `Arc` clone under a briefly held lock), replaced on every change.
-    current: RwLock<Arc<Embedded>>,
+    current: RwLock<Arc<Snapshot>>,
     /// The version of `current`, for read-your-writes waits.
     version: watch::Sender<u64>,
     events: Events,
@@ -56,7 +56,7 @@ impl Replica {
             "control plane state loaded"
         );
         let replica = Arc::new(Self {
-            current: RwLock::new(Arc::new(Embedded::from_state(&state, &cache))),
+            current: RwLock::new(Arc::new(Snapshot::from_state(&state, &cache))),
             version: watch::channel(state.version).0,
             events: crate::grpc::events(),
             store,
@@ -68,7 +68,7 @@ impl Replica {
         Ok(replica)
     }
 
-    pub fn snapshot(&self) -> Arc<Embedded> {
+    pub fn snapshot(&self) -> Arc<Snapshot> {
         match self.current.read() {
             Ok(guard) => guard.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
@@ -126,7 +126,7 @@ impl Replica {
     }
 
     fn install(&self, state: &State) {
-        let next = Arc::new(Embedded::from_state(state, &self.cache));
+        let next = Arc::new(Snapshot::from_state(state, &self.cache));
         match self.current.write() {
             Ok(mut guard) => *guard = next,
             Err(poisoned) => *poisoned.into_inner() = next,

@@ -2,7 +2,7 @@
 //! a version that increases with every change.
 //!
 //! Every replica answers decisions from a local compiled snapshot of this
-//! state ([`crate::Embedded`]); a [`crate::store::Store`] holds the
+//! state ([`crate::Snapshot`]); a [`crate::store::Store`] holds the
 //! authoritative copy (memory, or Redis shared by replicas) and tells every
 //! replica what changed.
 

@@ -5,6 +5,8 @@ use s3gate_s3::chunked::ChunkError;
 use s3gate_s3::sigv4::VerifyError;
 use s3gate_s3::{S3Error, S3ErrorCode};
 
+use s3gate_proto::ControlPlaneError;
+
 use crate::body::CollectError;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -26,6 +28,11 @@ pub enum Error {
     NoSuchBucket,
     #[error("control plane unavailable: {0}")]
     ControlPlane(String),
+    /// The gateway's own configuration cannot serve the request (a backend
+    /// whose CA bundle does not load, an endpoint without a scheme…): the
+    /// client gets 500 InternalError, the log the cause.
+    #[error("configuration fault: {0}")]
+    Config(String),
     #[error("upstream request failed: {0}")]
     Upstream(#[source] BoxError),
 }
@@ -49,6 +56,10 @@ impl Error {
                 "Please reduce your request rate or retry: the authorization service is unavailable.",
             ),
             Self::Upstream(_) => S3Error::new(S3ErrorCode::BadGateway, "The storage backend could not be reached."),
+            Self::Config(_) => S3Error::new(
+                S3ErrorCode::InternalError,
+                "We encountered an internal error. Please try again.",
+            ),
         }
     }
 
@@ -84,7 +95,29 @@ impl Error {
     /// Whether this is the gateway's (or a backend's) fault rather than the
     /// client's: decides the log level.
     pub fn is_server_fault(&self) -> bool {
-        matches!(self, Self::ControlPlane(_) | Self::Upstream(_))
+        matches!(
+            self,
+            Self::ControlPlane(_) | Self::Upstream(_) | Self::Config(_)
+        )
+    }
+}
+
+/// The one mapping of control-plane answers to gateway errors: only an
+/// unknown key and an unknown bucket are definitive, anything else fails
+/// closed as 503.
+impl From<&ControlPlaneError> for Error {
+    fn from(e: &ControlPlaneError) -> Self {
+        match e {
+            ControlPlaneError::UnknownAccessKey => Self::UnknownAccessKey,
+            ControlPlaneError::NoSuchBucket => Self::NoSuchBucket,
+            ControlPlaneError::Unavailable(m) => Self::ControlPlane(m.clone()),
+        }
+    }
+}
+
+impl From<ControlPlaneError> for Error {
+    fn from(e: ControlPlaneError) -> Self {
+        Self::from(&e)
     }
 }
 

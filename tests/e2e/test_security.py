@@ -852,3 +852,33 @@ def test_tab_in_metadata_value(gateway, backend, k):
     assert backend.exists("data-prod", f"tab-{k}")
     meta = backend.client().head_object(Bucket="data-prod", Key=f"tab-{k}")["Metadata"]
     assert meta.get("note", "").replace("\t", " ") in ("a b", "a  b"), meta
+
+
+# --------------------------------------------------------------------------- configuration faults
+
+
+def test_configuration_fault_is_500_with_the_cause_logged(backend, tmp_path_factory):
+    """A backend the gateway cannot use because of its own configuration (a CA
+    bundle that does not exist) is the operator's fault: 500 InternalError,
+    not 503 'authorization service unavailable', and the cause in the log but
+    not in the response."""
+    from conftest import rules_config
+
+    extra = (
+        '\n[[backends]]\nname = "badca"\nendpoint = "https://127.0.0.1:1"\nregion = "us-east-1"\n'
+        'addressing_style = "path"\naccess_key = "BADCAKEY"\nsecret_key = "badca-secret-0000000000"\n'
+        'ca_bundle = "/nonexistent/s3gate-test-ca.pem"\n'
+        '\n[[buckets]]\nname = "badca"\nbackend = "badca"\n'
+    ) + rules_config([("allow", ["alice"], ["s3:*"], ["badca", "badca/*"])])
+    gw = launch_gateway(tmp_path_factory.mktemp("badca"), backend, "s3gate-badca", extra_config=extra)
+    try:
+        r = gw.raw("alice").request("GET", "/badca/k")
+        err = assert_s3_error(r, 500, "InternalError")
+        assert "nonexistent" not in r.body.decode(errors="replace"), r.describe()
+        assert "127.0.0.1:1" not in r.body.decode(errors="replace"), r.describe()
+        line = access_log_line(gw, err["RequestId"])
+        assert "status=500" in line, line
+        log = gw.log_path.read_text(errors="replace")
+        assert "configuration fault" in log and "s3gate-test-ca.pem" in log, log[-2000:]
+    finally:
+        stop_gateway(gw)

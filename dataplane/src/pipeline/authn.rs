@@ -3,7 +3,7 @@
 
 use http::request::Parts;
 use moka::future::Cache;
-use s3gate_proto::{ControlPlaneError, Principal, SigningKeyGrant, SigningKeyRequest};
+use s3gate_proto::{Principal, SigningKeyGrant, SigningKeyRequest};
 use s3gate_s3::chunked::ChunkSigning;
 use s3gate_s3::sigv4::{self, PayloadMode};
 use s3gate_s3::{S3Error, S3ErrorCode};
@@ -85,10 +85,7 @@ pub async fn verify(cx: &Ctx, head: &Parts) -> Result<Authenticated, Error> {
             cx.keys
                 .try_get_with(cache_key, cx.control_plane.signing_key(ask))
                 .await
-                .map_err(|e| match &*e {
-                    ControlPlaneError::UnknownAccessKey => Error::UnknownAccessKey,
-                    other => Error::ControlPlane(other.to_string()),
-                })?
+                .map_err(|e| Error::from(&*e))?
         }
     };
     sigv4::verify(&auth, &head.method, &head.uri, &head.headers, &grant.key)?;

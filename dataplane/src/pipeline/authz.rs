@@ -6,9 +6,7 @@
 
 use bytes::Bytes;
 use moka::future::Cache;
-use s3gate_proto::{
-    AuthorizeRequest, ControlPlaneError, Decision, Principal, Resource, ResourceKind, Scope,
-};
+use s3gate_proto::{AuthorizeRequest, Decision, Principal, Resource, ResourceKind, Scope};
 use s3gate_s3::delete::DeleteRequest;
 use s3gate_s3::request::S3Request;
 
@@ -158,10 +156,7 @@ async fn decide(
                 .decisions
                 .try_get_with(exact, cx.control_plane.authorize(ask))
                 .await
-                .map_err(|e| match &*e {
-                    ControlPlaneError::Unavailable(m) => Error::ControlPlane(m.clone()),
-                    other => Error::ControlPlane(other.to_string()),
-                })?;
+                .map_err(|e| Error::from(&*e))?;
             if decision.scope == Scope::Bucket {
                 cx.decisions.insert(wide, decision.clone()).await;
             }

@@ -164,7 +164,7 @@ pub async fn send(
         .time(SystemTime::now())
         .settings(settings)
         .build()
-        .map_err(|e| Error::ControlPlane(format!("signing parameters: {e}")))?
+        .map_err(|e| Error::Config(format!("signing parameters: {e}")))?
         .into();
     let (instructions, _signature) = sign(signable, &params)
         .map_err(|e| {
@@ -330,7 +330,7 @@ fn upstream_target(
 ) -> Result<(String, String), Error> {
     let (scheme, authority) = endpoint
         .split_once("://")
-        .ok_or_else(|| Error::ControlPlane("backend endpoint has no scheme".to_owned()))?;
+        .ok_or_else(|| Error::Config("backend endpoint has no scheme".to_owned()))?;
     let mut target =
         String::with_capacity(64 + object_key.map_or(0, |k| k.len() * 3) + query.len());
     let host = match style {
@@ -443,7 +443,7 @@ fn upstream_headers(
         }
     }
     let host = HeaderValue::from_str(host)
-        .map_err(|_| Error::ControlPlane("invalid backend host".to_owned()))?;
+        .map_err(|_| Error::Config("invalid backend host".to_owned()))?;
     out.insert(HOST, host);
     if let Some(len) = reframed_len {
         out.insert(CONTENT_LENGTH, HeaderValue::from(len));

@@ -106,11 +106,7 @@ pub async fn list_buckets(cx: &Ctx, principal: &Principal) -> Result<Response<Bo
             reason: "anonymous ListBuckets".to_owned(),
         });
     }
-    let buckets = cx
-        .control_plane
-        .visible_buckets(principal)
-        .await
-        .map_err(|e| Error::ControlPlane(e.to_string()))?;
+    let buckets = cx.control_plane.visible_buckets(principal).await?;
     let mut xml = String::with_capacity(256 + buckets.len() * 128);
     xml.push_str(r#"<?xml version="1.0" encoding="UTF-8"?>"#);
     xml.push_str(

@@ -9,7 +9,7 @@ use aws_credential_types::Credentials;
 use aws_smithy_runtime_api::client::identity::Identity;
 use moka::future::Cache;
 use moka::Expiry;
-use s3gate_proto::{ControlPlaneError, Route};
+use s3gate_proto::Route;
 use s3gate_s3::request::CopySource;
 use s3gate_s3::{S3Error, S3ErrorCode};
 
@@ -69,19 +69,17 @@ pub async fn lookup(cx: &Ctx, bucket: &str) -> Result<Arc<RouteEntry>, Error> {
         .map_err(|e| match &*e {
             Error::NoSuchBucket => Error::NoSuchBucket,
             Error::ControlPlane(m) => Error::ControlPlane(m.clone()),
+            Error::Config(m) => Error::Config(m.clone()),
             other => Error::ControlPlane(other.to_string()),
         })
 }
 
 async fn fill(cx: &Ctx, bucket: &str) -> Result<Arc<RouteEntry>, Error> {
-    let route = cx.control_plane.route(bucket).await.map_err(|e| match e {
-        ControlPlaneError::NoSuchBucket => Error::NoSuchBucket,
-        other => Error::ControlPlane(other.to_string()),
-    })?;
+    let route = cx.control_plane.route(bucket).await?;
     let client = cx
         .upstreams
         .client_for(&route.backend)
-        .map_err(|m| Error::ControlPlane(format!("backend {}: {m}", route.backend.name)))?;
+        .map_err(|m| Error::Config(format!("backend {}: {m}", route.backend.name)))?;
     let creds = &route.credentials;
     let identity = Credentials::new(
         creds.access_key.clone(),

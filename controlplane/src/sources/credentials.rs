@@ -1,0 +1,61 @@
+//! Credential sources: what the gateway signs backend requests with.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use s3gate_proto::BackendCredentials;
+
+use super::SourceError;
+use crate::state::State;
+
+#[async_trait]
+pub trait CredentialSource: Send + Sync + 'static {
+    /// A short name for logs and errors.
+    fn name(&self) -> &'static str;
+
+    /// Credentials for `backend` (with their expiry, if they have one);
+    /// `Ok(None)` when this source has none for it.
+    async fn credentials(
+        &self,
+        backend: &str,
+    ) -> Result<Option<Arc<BackendCredentials>>, SourceError>;
+}
+
+/// Static HMAC keys from the backend records: they never expire.
+pub struct StaticHmac {
+    by_backend: HashMap<String, Arc<BackendCredentials>>,
+}
+
+impl StaticHmac {
+    pub fn from_state(state: &State) -> Self {
+        let by_backend = state
+            .backends
+            .values()
+            .map(|b| {
+                let creds = BackendCredentials {
+                    access_key: b.access_key.clone(),
+                    secret_key: b.secret.expose().to_owned(),
+                    session_token: b.session_token.as_ref().map(|t| t.expose().to_owned()),
+                    expires_unix: None,
+                };
+                (b.name.clone(), Arc::new(creds))
+            })
+            .collect();
+        Self { by_backend }
+    }
+}
+
+#[async_trait]
+impl CredentialSource for StaticHmac {
+    fn name(&self) -> &'static str {
+        "static-hmac"
+    }
+
+    async fn credentials(
+        &self,
+        backend: &str,
+    ) -> Result<Option<Arc<BackendCredentials>>, SourceError> {
+        Ok(self.by_backend.get(backend).cloned())
+    }
+}

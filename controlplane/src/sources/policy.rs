@@ -1,0 +1,331 @@
+//! Policy sources and the chain that combines them.
+//!
+//! Each source answers allow, deny or abstain, with a reason, the scope over
+//! which its answer holds and how long it may be cached. The chain asks the
+//! sources in order: an explicit deny from any of them is final; otherwise
+//! an allow from any of them allows; if all abstain, the request is denied.
+//! A source that fails makes the chain fail (fail closed) unless a source
+//! before it already denied.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use s3gate_proto::{AuthorizeRequest, Decision, Scope};
+
+use super::SourceError;
+use crate::policy::Policy;
+use crate::state::State;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VerdictKind {
+    Allow,
+    Deny,
+    /// Nothing in this source speaks to the request.
+    Abstain,
+}
+
+/// One source's answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    pub kind: VerdictKind,
+    /// Why, in words an operator can act on (shown by Explain, logged).
+    pub reason: String,
+    /// What decided, for Explain (a rule id, a policy path…).
+    pub by: Option<String>,
+    /// Over which requests the same answer holds (abstentions too: an
+    /// abstention that varies per key narrows the combined decision).
+    pub scope: Scope,
+    pub ttl: Duration,
+}
+
+#[async_trait]
+pub trait PolicySource: Send + Sync + 'static {
+    /// A short name for logs and errors.
+    fn name(&self) -> &'static str;
+
+    async fn decide(&self, req: &AuthorizeRequest) -> Result<Verdict, SourceError>;
+}
+
+/// Policy sources in order; see the module docs for how they combine.
+pub struct PolicyChain {
+    sources: Vec<Arc<dyn PolicySource>>,
+}
+
+impl PolicyChain {
+    pub fn new(sources: Vec<Arc<dyn PolicySource>>) -> Self {
+        Self { sources }
+    }
+
+    /// The combined decision.
+    pub async fn decide(&self, req: &AuthorizeRequest) -> Result<Decision, SourceError> {
+        Ok(self.explain(req).await?.0)
+    }
+
+    /// The combined decision and what decided it (`None`: nothing allowed).
+    pub async fn explain(
+        &self,
+        req: &AuthorizeRequest,
+    ) -> Result<(Decision, Option<String>), SourceError> {
+        let mut allow: Option<Verdict> = None;
+        let mut abstain: Option<Verdict> = None;
+        let mut scope = Scope::Bucket;
+        let mut ttl = Duration::MAX;
+        for source in &self.sources {
+            let verdict = source.decide(req).await?;
+            scope = narrower(scope, verdict.scope.clone());
+            ttl = ttl.min(verdict.ttl);
+            match verdict.kind {
+                // Final: later sources cannot allow it, and their failures
+                // cannot make it fail.
+                VerdictKind::Deny => {
+                    let decision = Decision {
+                        allow: false,
+                        reason: verdict.reason,
+                        scope: verdict.scope,
+                        ttl: verdict.ttl,
+                    };
+                    return Ok((decision, verdict.by));
+                }
+                VerdictKind::Allow => {
+                    allow.get_or_insert(verdict);
+                }
+                VerdictKind::Abstain => {
+                    abstain.get_or_insert(verdict);
+                }
+            }
+        }
+        let (allowed, reason, by) = match (allow, abstain) {
+            (Some(v), _) => (true, v.reason, v.by),
+            (None, Some(v)) => (false, v.reason, None),
+            (None, None) => (false, "no policy source is configured".to_owned(), None),
+        };
+        let ttl = if ttl == Duration::MAX {
+            Duration::ZERO
+        } else {
+            ttl
+        };
+        Ok((
+            Decision {
+                allow: allowed,
+                reason,
+                scope,
+                ttl,
+            },
+            by,
+        ))
+    }
+}
+
+/// The narrower of two scopes: an answer holds only where both hold.
+fn narrower(a: Scope, b: Scope) -> Scope {
+    fn width(s: &Scope) -> u8 {
+        match s {
+            Scope::Exact => 0,
+            Scope::Prefix(_) => 1,
+            Scope::Bucket => 2,
+        }
+    }
+    match (&a, &b) {
+        (Scope::Prefix(x), Scope::Prefix(y)) if x != y => {
+            // Two different prefixes: only the longer (inner) one can hold
+            // for both, if one contains the other; otherwise exact.
+            if x.starts_with(y.as_str()) {
+                a
+            } else if y.starts_with(x.as_str()) {
+                b
+            } else {
+                Scope::Exact
+            }
+        }
+        _ if width(&b) < width(&a) => b,
+        _ => a,
+    }
+}
+
+/// The built-in rules (`[[rules]]`, Admin API `rules put`).
+pub struct Rules {
+    policy: Policy,
+    ttl: Duration,
+}
+
+impl Rules {
+    pub fn from_state(state: &State, ttl: Duration) -> Self {
+        Self {
+            policy: Policy::new(state.rules.values()),
+            ttl,
+        }
+    }
+
+    /// Buckets from `candidates` on which `principal` has an allow rule.
+    pub fn visible<'a>(
+        &self,
+        principal: &s3gate_proto::Principal,
+        candidates: impl Iterator<Item = &'a str>,
+    ) -> Vec<String> {
+        self.policy.visible(principal, candidates)
+    }
+}
+
+#[async_trait]
+impl PolicySource for Rules {
+    fn name(&self) -> &'static str {
+        "rules"
+    }
+
+    async fn decide(&self, req: &AuthorizeRequest) -> Result<Verdict, SourceError> {
+        let (decision, rule) = self.policy.explain(req, self.ttl);
+        let kind = match (decision.allow, rule) {
+            (true, _) => VerdictKind::Allow,
+            (false, Some(_)) => VerdictKind::Deny,
+            (false, None) => VerdictKind::Abstain,
+        };
+        Ok(Verdict {
+            kind,
+            reason: decision.reason,
+            by: rule.map(str::to_owned),
+            scope: decision.scope,
+            ttl: decision.ttl,
+        })
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::borrow::Cow;
+
+    use s3gate_proto::{Principal, Resource};
+
+    use super::*;
+
+    /// The example of ARCHITECTURE.md's "how to add a policy source": a
+    /// source that denies every request from outside office hours (here: a
+    /// flag), and abstains otherwise.
+    struct ClosedForTheNight {
+        closed: bool,
+    }
+
+    #[async_trait]
+    impl PolicySource for ClosedForTheNight {
+        fn name(&self) -> &'static str {
+            "closed-for-the-night"
+        }
+
+        async fn decide(&self, _req: &AuthorizeRequest) -> Result<Verdict, SourceError> {
+            Ok(Verdict {
+                kind: if self.closed {
+                    VerdictKind::Deny
+                } else {
+                    VerdictKind::Abstain
+                },
+                reason: "closed for the night".to_owned(),
+                by: Some(self.name().to_owned()),
+                scope: Scope::Bucket,
+                ttl: Duration::from_secs(60),
+            })
+        }
+    }
+
+    /// A source that cannot answer.
+    struct Broken;
+
+    #[async_trait]
+    impl PolicySource for Broken {
+        fn name(&self) -> &'static str {
+            "broken"
+        }
+
+        async fn decide(&self, _req: &AuthorizeRequest) -> Result<Verdict, SourceError> {
+            Err(SourceError::new(self.name(), "timed out"))
+        }
+    }
+
+    /// Answers `kind` for everything, with the given scope.
+    struct Fixed(VerdictKind, Scope);
+
+    #[async_trait]
+    impl PolicySource for Fixed {
+        fn name(&self) -> &'static str {
+            "fixed"
+        }
+
+        async fn decide(&self, _req: &AuthorizeRequest) -> Result<Verdict, SourceError> {
+            Ok(Verdict {
+                kind: self.0,
+                reason: format!("fixed {:?}", self.0),
+                by: Some("fixed".to_owned()),
+                scope: self.1.clone(),
+                ttl: Duration::from_secs(30),
+            })
+        }
+    }
+
+    fn request() -> AuthorizeRequest {
+        AuthorizeRequest {
+            principal: Principal {
+                name: Arc::from("alice"),
+                groups: Arc::from(Vec::<Arc<str>>::new()),
+                access_key: None,
+            },
+            action: Cow::Borrowed("s3:GetObject"),
+            bucket: "data".to_owned(),
+            resource: Resource::Object("reports/q1.csv".to_owned()),
+        }
+    }
+
+    fn chain(sources: Vec<Arc<dyn PolicySource>>) -> PolicyChain {
+        PolicyChain::new(sources)
+    }
+
+    #[tokio::test]
+    async fn explicit_deny_from_any_source_wins() {
+        let allow: Arc<dyn PolicySource> = Arc::new(Fixed(VerdictKind::Allow, Scope::Bucket));
+        let night: Arc<dyn PolicySource> = Arc::new(ClosedForTheNight { closed: true });
+        for order in [vec![allow.clone(), night.clone()], vec![night, allow]] {
+            let d = chain(order).decide(&request()).await.unwrap();
+            assert!(!d.allow);
+            assert_eq!(d.reason, "closed for the night");
+        }
+    }
+
+    #[tokio::test]
+    async fn abstentions_leave_the_decision_to_the_others() {
+        let open: Arc<dyn PolicySource> = Arc::new(ClosedForTheNight { closed: false });
+        let allow: Arc<dyn PolicySource> = Arc::new(Fixed(VerdictKind::Allow, Scope::Exact));
+        let d = chain(vec![open.clone(), allow])
+            .decide(&request())
+            .await
+            .unwrap();
+        assert!(d.allow);
+        // The narrower scope and the shorter TTL of the two.
+        assert_eq!(d.scope, Scope::Exact);
+        assert_eq!(d.ttl, Duration::from_secs(30));
+        let d = chain(vec![open]).decide(&request()).await.unwrap();
+        assert!(!d.allow, "nothing allowed it");
+        assert!(!chain(vec![]).decide(&request()).await.unwrap().allow);
+    }
+
+    #[tokio::test]
+    async fn a_source_that_cannot_answer_fails_the_chain_unless_denied_before() {
+        let allow: Arc<dyn PolicySource> = Arc::new(Fixed(VerdictKind::Allow, Scope::Bucket));
+        let deny: Arc<dyn PolicySource> = Arc::new(Fixed(VerdictKind::Deny, Scope::Bucket));
+        let broken: Arc<dyn PolicySource> = Arc::new(Broken);
+        assert!(chain(vec![allow, broken.clone()])
+            .decide(&request())
+            .await
+            .is_err());
+        let d = chain(vec![deny, broken]).decide(&request()).await.unwrap();
+        assert!(!d.allow);
+    }
+
+    #[test]
+    fn scopes_narrow() {
+        let p = |s: &str| Scope::Prefix(s.to_owned());
+        assert_eq!(narrower(Scope::Bucket, p("a/")), p("a/"));
+        assert_eq!(narrower(p("a/"), Scope::Exact), Scope::Exact);
+        assert_eq!(narrower(p("a/"), p("a/b/")), p("a/b/"));
+        assert_eq!(narrower(p("a/"), p("b/")), Scope::Exact);
+        assert_eq!(narrower(Scope::Bucket, Scope::Bucket), Scope::Bucket);
+    }
+}
