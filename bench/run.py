@@ -39,6 +39,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+from harness import procs  # noqa: E402
+from harness.procs import free_port, listening_ports, status_kib, wait_for  # noqa: E402
 REGION = "us-east-1"
 BUCKET = "bench"
 MiB = 1 << 20
@@ -74,48 +77,14 @@ MIX_COUNT = 100  # S5: distinct 64 KiB objects read, and keys written
 
 # --------------------------------------------------------------------------- processes
 
-PROCS: list["Proc"] = []
+class Proc(procs.Proc):
+    """A process whose log is appended to (reruns share a work directory)."""
 
-
-class Proc:
     def __init__(self, name: str, argv: list[str], log: Path, env: dict | None = None):
-        self.name = name
-        self.argv = argv
-        self.log_path = log
-        self._log = open(log, "ab")
-        self.popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT, env=env)
-        self.pid = self.popen.pid
-        PROCS.append(self)
-
-    def alive(self) -> bool:
-        return self.popen.poll() is None
-
-    def tail(self, n: int = 30) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
-        except OSError:
-            return ""
-
-    def stop(self, timeout: float = 15) -> None:
-        if self.alive():
-            self.popen.send_signal(signal.SIGTERM)
-            try:
-                self.popen.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait()
-        self._log.close()
-        if self in PROCS:
-            PROCS.remove(self)
+        super().__init__(name, argv, log, env, append=True)
 
 
-@atexit.register
-def _cleanup() -> None:
-    for p in list(PROCS):
-        try:
-            p.stop(5)
-        except Exception:  # noqa: BLE001 - best effort at exit
-            pass
+atexit.register(procs.stop_all)
 
 
 def _on_signal(signum, _frame):
@@ -123,50 +92,6 @@ def _on_signal(signum, _frame):
 
 
 signal.signal(signal.SIGTERM, _on_signal)
-
-
-def wait_for(pred, what: str, proc: Proc, timeout: float = 30):
-    deadline = time.monotonic() + timeout
-    while True:
-        v = pred()
-        if v:
-            return v
-        if not proc.alive():
-            raise RuntimeError(f"{proc.name} exited ({proc.popen.returncode}) while waiting for {what}:\n{proc.tail()}")
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out waiting for {what}:\n{proc.tail()}")
-        time.sleep(0.02)
-
-
-def listening_ports(pid: int) -> list[int]:
-    inodes = set()
-    try:
-        for fd in os.listdir(f"/proc/{pid}/fd"):
-            try:
-                link = os.readlink(f"/proc/{pid}/fd/{fd}")
-            except OSError:
-                continue
-            if link.startswith("socket:["):
-                inodes.add(link[8:-1])
-    except OSError:
-        return []
-    ports = []
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            rows = Path(table).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for row in rows:
-            f = row.split()
-            if f[3] == "0A" and f[9] in inodes:
-                ports.append(int(f[1].rsplit(":", 1)[1], 16))
-    return ports
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def port_open(port: int) -> bool:
@@ -186,16 +111,6 @@ def children(pid: int) -> list[int]:
     except OSError:
         pass
     return out
-
-
-def status_kib(pid: int, field: str) -> int | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    except OSError:
-        return None
-    return None
 
 
 def reset_peak_rss(pid: int) -> bool:
@@ -568,17 +483,7 @@ class Distributed:
     def _cp_conns(self) -> list[str]:
         """Established TCP connections from the data plane to the control plane."""
         port = int(self.cp_addr.rsplit(":", 1)[1])
-        out = []
-        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-            try:
-                rows = Path(table).read_text().splitlines()[1:]
-            except OSError:
-                continue
-            for row in rows:
-                f = row.split()
-                if f[3] == "01" and int(f[2].rsplit(":", 1)[1], 16) == port:
-                    out.append(f[1])
-        return out
+        return [f[1] for f in procs.tcp_sockets() if f[3] == "01" and int(f[2].rsplit(":", 1)[1], 16) == port]
 
     def watch(self) -> list[str]:
         return ["--watch", f"s3gate={self.dp.pid}", "--watch", f"controlplane={self.cp.pid}", "--watch", f"redis={self.redis.pid}"]

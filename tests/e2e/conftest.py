@@ -17,13 +17,8 @@ import os
 import re
 import secrets
 import shutil
-import signal
-import socket
-import subprocess
 import sys
-import time
 from pathlib import Path
-from typing import Callable
 
 import boto3
 import botocore
@@ -31,6 +26,8 @@ import pytest
 from botocore.config import Config
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from harness.procs import PROCS, Proc, free_port, kill_all, listening_ports, peak_rss_kib, wait_for  # noqa: E402,F401
 from s3util import Creds, Raw  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
@@ -49,56 +46,7 @@ os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
 
 # --------------------------------------------------------------------------- processes
 
-PROCS: list["Proc"] = []
-
-
-class Proc:
-    """A child process whose stdout+stderr go to a log file."""
-
-    def __init__(self, name: str, argv: list[str], log_path: Path, env: dict[str, str] | None = None):
-        self.name = name
-        self.argv = argv
-        self.log_path = log_path
-        self._log = open(log_path, "wb")
-        self.popen = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT, env=env
-        )
-        self.pid = self.popen.pid
-        PROCS.append(self)
-
-    def alive(self) -> bool:
-        return self.popen.poll() is None
-
-    def tail(self, lines: int = 80) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError as e:
-            return f"<cannot read {self.log_path}: {e}>"
-        text = re.sub(r"\x1b\[[0-9;]*m", "", text)  # tracing's colours
-        return "\n".join(text.splitlines()[-lines:])
-
-    def stop(self, timeout: float = 10) -> tuple[int, bool]:
-        """SIGTERM, wait, then SIGKILL. Returns (returncode, needed_kill)."""
-        killed = False
-        if self.alive():
-            self.popen.send_signal(signal.SIGTERM)
-            try:
-                self.popen.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait()
-                killed = True
-        self._log.close()
-        if self in PROCS:
-            PROCS.remove(self)
-        return self.popen.returncode, killed
-
-
-@atexit.register
-def _kill_leftovers() -> None:
-    for p in list(PROCS):
-        if p.alive():
-            p.popen.kill()
+atexit.register(kill_all)
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -110,61 +58,9 @@ def pytest_runtest_makereport(item, call):
             rep.sections.append((f"{p.name} log, last 80 lines ({p.log_path})", p.tail(80)))
 
 
-def wait_for(pred: Callable[[], object], what: str, proc: Proc, timeout: float = 30) -> object:
-    """Poll `pred` until it returns something truthy; fail early if `proc` dies."""
-    deadline = time.monotonic() + timeout
-    while True:
-        v = pred()
-        if v:
-            return v
-        if not proc.alive():
-            raise RuntimeError(
-                f"{proc.name} exited with {proc.popen.returncode} while waiting for {what}\n"
-                f"argv: {proc.argv}\nlog:\n{proc.tail()}"
-            )
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out after {timeout}s waiting for {what}\nlog:\n{proc.tail()}")
-        time.sleep(0.02)
-
-
-def listening_ports(pid: int) -> list[int]:
-    """TCP ports that process `pid` is listening on, from /proc."""
-    inodes = set()
-    try:
-        for fd in os.listdir(f"/proc/{pid}/fd"):
-            try:
-                link = os.readlink(f"/proc/{pid}/fd/{fd}")
-            except OSError:
-                continue
-            if link.startswith("socket:["):
-                inodes.add(link[8:-1])
-    except OSError:
-        return []
-    ports = []
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            rows = Path(table).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for row in rows:
-            f = row.split()
-            if f[3] == "0A" and f[9] in inodes:
-                ports.append(int(f[1].rsplit(":", 1)[1], 16))
-    return ports
-
-
 def unused_port() -> int:
     """A port nothing listens on (for the 'backend unreachable' case only)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def peak_rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1])
-    raise AssertionError("no VmHWM in /proc/<pid>/status")
+    return free_port()
 
 
 # --------------------------------------------------------------------------- backend
