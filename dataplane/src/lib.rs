@@ -18,6 +18,7 @@ mod cache;
 pub mod control;
 mod error;
 pub mod limits;
+pub mod listen;
 pub mod pipeline;
 mod stall;
 mod upstream;
@@ -37,6 +38,7 @@ use tracing::{debug, info, warn};
 
 pub use crate::error::Error;
 pub use crate::limits::Limits;
+pub use crate::listen::{Acceptor, ConnInfo, PlainTcp};
 
 /// Data plane settings. Buckets, keys and rules are not here: they come from
 /// the control plane.
@@ -77,10 +79,33 @@ impl Default for Config {
 /// Largest read or write buffer of one connection, client or backend side.
 pub(crate) const CONNECTION_BUFFER: usize = 64 << 10;
 
-/// Serves S3 on `listener` until `shutdown` resolves, then drains in-flight
-/// requests (bounded by `drain_timeout`).
+/// Serves S3 over plain TCP on `listener` until `shutdown` resolves, then
+/// drains in-flight requests (bounded by `drain_timeout`).
 pub async fn serve(
     listener: TcpListener,
+    cfg: Config,
+    control_plane: Arc<dyn ControlPlane>,
+    invalidations: mpsc::Receiver<Invalidation>,
+    shutdown: impl std::future::Future<Output = ()>,
+    drain_timeout: Duration,
+) {
+    serve_with(
+        listener,
+        PlainTcp,
+        cfg,
+        control_plane,
+        invalidations,
+        shutdown,
+        drain_timeout,
+    )
+    .await
+}
+
+/// [`serve`], with each accepted connection turned into a stream by
+/// `acceptor` (TLS terminates there) in the connection's own task.
+pub async fn serve_with<A: Acceptor>(
+    listener: TcpListener,
+    acceptor: A,
     cfg: Config,
     control_plane: Arc<dyn ControlPlane>,
     mut invalidations: mpsc::Receiver<Invalidation>,
@@ -146,29 +171,41 @@ pub async fn serve(
                         continue;
                     }
                 };
-                let _ = stream.set_nodelay(true);
                 let cx = cx.clone();
                 let requests = requests.clone();
-                let svc = service_fn(move |req| {
-                    let cx = cx.clone();
-                    let permit = requests.clone().try_acquire_owned();
-                    async move {
-                        let response = match permit {
-                            // The permit is held until the response has
-                            // streamed: a download holds a backend
-                            // connection as long as an upload does.
-                            Ok(permit) => pipeline::handle(cx, peer, req)
-                                .await
-                                .map(|b| body::holding(b, permit)),
-                            Err(_) => pipeline::shed(&cx, peer, req),
-                        };
-                        Ok::<_, std::convert::Infallible>(response)
-                    }
-                });
-                let stream = stall::SendTimeout::new(stream, limits.send_timeout);
-                let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), svc));
+                let acceptor = acceptor.clone();
+                let http = http.clone();
+                let watcher = graceful.watcher();
+                let send_timeout = limits.send_timeout;
                 tokio::spawn(async move {
-                    if let Err(error) = conn.await {
+                    let (io, conn) = match acceptor.accept(stream, peer).await {
+                        Ok(accepted) => accepted,
+                        Err(error) => {
+                            debug!(%error, %peer, "connection not established");
+                            return;
+                        }
+                    };
+                    let conn = Arc::new(conn);
+                    let svc = service_fn(move |req| {
+                        let cx = cx.clone();
+                        let conn = conn.clone();
+                        let permit = requests.clone().try_acquire_owned();
+                        async move {
+                            let response = match permit {
+                                // The permit is held until the response has
+                                // streamed: a download holds a backend
+                                // connection as long as an upload does.
+                                Ok(permit) => pipeline::handle(cx, conn, req)
+                                    .await
+                                    .map(|b| body::holding(b, permit)),
+                                Err(_) => pipeline::shed(&cx, conn, req),
+                            };
+                            Ok::<_, std::convert::Infallible>(response)
+                        }
+                    });
+                    let io = stall::SendTimeout::new(io, send_timeout);
+                    let served = watcher.watch(http.serve_connection(TokioIo::new(io), svc));
+                    if let Err(error) = served.await {
                         let cause = std::error::Error::source(&error).map(ToString::to_string);
                         debug!(%error, cause = cause.as_deref().unwrap_or("-"), %peer, "connection ended with error");
                     }

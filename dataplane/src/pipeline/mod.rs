@@ -19,7 +19,6 @@ pub mod payload;
 pub mod respond;
 pub mod route;
 
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -32,6 +31,7 @@ use s3gate_s3::request::{Op, S3Request};
 use crate::body::{self, Body, FailureSlot};
 use crate::error::Error;
 use crate::limits::Budget;
+use crate::listen::ConnInfo;
 use crate::upstream::Upstreams;
 use crate::Config;
 
@@ -101,112 +101,83 @@ pub struct Trace {
     pub refused_key: Option<String>,
 }
 
-pub async fn handle(cx: Arc<Ctx>, peer: SocketAddr, req: Request<Incoming>) -> Response<Body> {
-    let start = Instant::now();
-    let request_id = cx.request_ids.next();
+/// One request's context: what the stages share besides the request itself,
+/// and what observers of the finished request see (the access log today;
+/// metrics and trace spans hang off the same place).
+pub struct Exchange {
+    pub request_id: RequestId,
+    pub conn: Arc<ConnInfo>,
+    pub start: Instant,
+    pub trace: Trace,
+    /// Where a body verifier leaves its verdict.
+    pub slot: FailureSlot,
+}
+
+impl Exchange {
+    fn new(cx: &Ctx, conn: Arc<ConnInfo>) -> Self {
+        Self {
+            request_id: cx.request_ids.next(),
+            conn,
+            start: Instant::now(),
+            trace: Trace::default(),
+            slot: FailureSlot::default(),
+        }
+    }
+}
+
+pub async fn handle(cx: Arc<Ctx>, conn: Arc<ConnInfo>, req: Request<Incoming>) -> Response<Body> {
+    let mut ex = Exchange::new(&cx, conn);
     let (head, body) = req.into_parts();
-    let slot = FailureSlot::default();
-    let mut trace = Trace::default();
     // Classifying is pure and cheap; its verdict waits for authentication,
     // so a caller whose signature does not hold learns nothing about what
     // the gateway thinks of the request's shape. (The access log still
     // names what the request looked like.)
     let parsed = parse::s3_request(&cx.cfg.hosts, &head);
-    let who = match authn::verify(&cx, &head).await {
+    let who = match authn::verify(&cx, &head, &ex.conn).await {
         Ok(who) => who,
-        Err(e) => {
-            return respond::finish(
-                &head,
-                Err(e),
-                &slot,
-                request_id.as_str(),
-                peer,
-                start,
-                parsed.as_ref().ok(),
-                &trace,
-            )
-        }
+        Err(e) => return respond::finish(&head, Err(e), &ex, parsed.as_ref().ok()),
     };
-    trace.principal = Some(who.principal.name.clone());
+    ex.trace.principal = Some(who.principal.name.clone());
     let req = match parsed {
         Ok(req) => req,
         Err(e) => {
             // Nor does an anonymous caller: to it every refusal looks alike.
             let e = if who.principal.is_anonymous() {
-                tracing::debug!(request_id = request_id.as_str(), error = %e, "anonymous request refused on its shape");
+                tracing::debug!(request_id = ex.request_id.as_str(), error = %e, "anonymous request refused on its shape");
                 Error::Denied {
                     reason: "anonymous request of an unsupported shape".to_owned(),
                 }
             } else {
                 e
             };
-            return respond::finish(
-                &head,
-                Err(e),
-                &slot,
-                request_id.as_str(),
-                peer,
-                start,
-                None,
-                &trace,
-            );
+            return respond::finish(&head, Err(e), &ex, None);
         }
     };
-    let result = run(
-        &cx,
-        &head,
-        &req,
-        who,
-        body,
-        &mut trace,
-        &slot,
-        request_id.as_str(),
-    )
-    .await;
-    respond::finish(
-        &head,
-        result,
-        &slot,
-        request_id.as_str(),
-        peer,
-        start,
-        Some(&req),
-        &trace,
-    )
+    let result = run(&cx, &head, &req, who, body, &mut ex).await;
+    respond::finish(&head, result, &ex, Some(&req))
 }
 
 /// A request refused before it was looked at, because too many are in flight.
-pub fn shed(cx: &Ctx, peer: SocketAddr, req: Request<Incoming>) -> Response<Body> {
-    let start = Instant::now();
-    let request_id = cx.request_ids.next();
+pub fn shed(cx: &Ctx, conn: Arc<ConnInfo>, req: Request<Incoming>) -> Response<Body> {
+    let ex = Exchange::new(cx, conn);
     let (head, _body) = req.into_parts();
     let err = Error::S3(s3gate_s3::S3Error::new(
         s3gate_s3::S3ErrorCode::SlowDown,
         "Please reduce your request rate.",
     ));
-    respond::finish(
-        &head,
-        Err(err),
-        &FailureSlot::default(),
-        request_id.as_str(),
-        peer,
-        start,
-        None,
-        &Trace::default(),
-    )
+    respond::finish(&head, Err(err), &ex, None)
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn run(
     cx: &Ctx,
     head: &http::request::Parts,
     req: &S3Request,
     who: authn::Authenticated,
     body: Incoming,
-    trace: &mut Trace,
-    slot: &FailureSlot,
-    request_id: &str,
+    ex: &mut Exchange,
 ) -> Result<Response<Body>, Error> {
+    let slot = &ex.slot;
+    let trace = &mut ex.trace;
     let Some(bucket) = req.bucket.as_deref() else {
         // Only ListBuckets has no bucket.
         return respond::list_buckets(cx, &who.principal).await;
@@ -269,7 +240,7 @@ async fn run(
     )
     .await?;
     drop(buffered);
-    forward::downstream(cx, response, &route, head, req, request_id).await
+    forward::downstream(cx, response, &route, head, req, ex.request_id.as_str()).await
 }
 
 /// Request ids: a per-process random prefix and a counter. Unique enough to

@@ -2,9 +2,6 @@
 //! gateway's own errors become S3 error XML here and nowhere else. Every
 //! request gets one access-log line.
 
-use std::net::SocketAddr;
-use std::time::Instant;
-
 use http::header::{CONNECTION, CONTENT_LENGTH, CONTENT_TYPE};
 use http::request::Parts;
 use http::{HeaderValue, Method, Response};
@@ -14,21 +11,20 @@ use s3gate_s3::xml::escape;
 use s3gate_s3::{S3Error, S3ErrorCode};
 use tracing::{debug, info, warn};
 
-use super::{Ctx, Trace};
-use crate::body::{self, Body, FailureSlot};
+use super::{Ctx, Exchange};
+use crate::body::{self, Body};
 use crate::error::Error;
 
-#[allow(clippy::too_many_arguments)]
+/// The response for a request's result, and the request's observers: the
+/// access log line.
 pub fn finish(
     head: &Parts,
     result: Result<Response<Body>, Error>,
-    slot: &FailureSlot,
-    request_id: &str,
-    peer: SocketAddr,
-    start: Instant,
+    ex: &Exchange,
     req: Option<&S3Request>,
-    trace: &Trace,
 ) -> Response<Body> {
+    let (slot, trace, request_id) = (&ex.slot, &ex.trace, ex.request_id.as_str());
+    let (peer, start) = (ex.conn.peer, ex.start);
     let mut response = match result {
         Ok(r) => r,
         Err(err) => {

@@ -1,15 +1,16 @@
-//! Stage 2: who is asking? SigV4 (header or presigned) against a signing key
-//! from the control plane, cached until its TTL; or anonymous.
+//! SigV4, header or presigned, against a signing key from the control plane,
+//! cached until its TTL.
 
 use http::request::Parts;
 use moka::future::Cache;
-use s3gate_proto::{Principal, SigningKeyGrant, SigningKeyRequest};
+use s3gate_proto::{SigningKeyGrant, SigningKeyRequest};
 use s3gate_s3::chunked::ChunkSigning;
-use s3gate_s3::sigv4::{self, PayloadMode};
+use s3gate_s3::sigv4::{self, AuthRequest, PayloadMode};
 use s3gate_s3::{S3Error, S3ErrorCode};
 
-use super::Ctx;
+use super::Authenticated;
 use crate::error::Error;
+use crate::pipeline::Ctx;
 
 /// Signing keys by `access-key/date/region/service` (access keys never
 /// contain '/').
@@ -32,19 +33,11 @@ pub(crate) fn key_cache_entry_of(entry: &str, access_key: &str) -> bool {
     entry.split('/').next() == Some(access_key)
 }
 
-/// Proof that a request was authenticated (or is anonymous).
-pub struct Authenticated {
-    pub principal: Principal,
-    /// How the body is bound to the signature.
-    pub payload: PayloadMode,
-    /// For signed aws-chunked bodies: what the chunk signatures chain from.
-    pub chunk_signing: Option<ChunkSigning>,
-}
-
-pub async fn verify(cx: &Ctx, head: &Parts) -> Result<Authenticated, Error> {
-    let Some(auth) = sigv4::parse(&head.method, &head.uri, &head.headers)? else {
-        return anonymous(head);
-    };
+pub(super) async fn verify(
+    cx: &Ctx,
+    head: &Parts,
+    auth: AuthRequest,
+) -> Result<Authenticated, Error> {
     sigv4::check_time(&auth, crate::unix_now())?;
     if auth.scope.service != "s3" {
         return Err(S3Error::new(
@@ -103,34 +96,6 @@ pub async fn verify(cx: &Ctx, head: &Parts) -> Result<Authenticated, Error> {
         principal: grant.principal.clone(),
         payload: auth.payload,
         chunk_signing,
-    })
-}
-
-/// An unsigned request. Whether it may do anything is for authz to decide;
-/// here we only make sure it cannot claim a signed payload.
-fn anonymous(head: &Parts) -> Result<Authenticated, Error> {
-    let payload = match head.headers.get("x-amz-content-sha256") {
-        None => PayloadMode::Unsigned,
-        Some(v) => {
-            let v = v.to_str().map_err(|_| {
-                S3Error::new(S3ErrorCode::InvalidArgument, "invalid x-amz-content-sha256")
-            })?;
-            match PayloadMode::parse(v)? {
-                PayloadMode::StreamingSigned | PayloadMode::StreamingSignedTrailer => {
-                    return Err(S3Error::new(
-                        S3ErrorCode::AccessDenied,
-                        "a signed streaming payload requires a signed request",
-                    )
-                    .into())
-                }
-                mode => mode,
-            }
-        }
-    };
-    Ok(Authenticated {
-        principal: Principal::anonymous(),
-        payload,
-        chunk_signing: None,
     })
 }
 

@@ -1,0 +1,58 @@
+//! Stage 2: who is asking? Authentication by credential: the request (and
+//! its connection) carry at most one credential, and each kind is verified
+//! in its own module.
+//!
+//! | credential | module | today |
+//! |---|---|---|
+//! | SigV4 `Authorization` header or presigned query | [`sigv4`] | yes |
+//! | none (anonymous) | [`anonymous`] | yes |
+//! | `Authorization: Bearer` (JWT) | `bearer` | next (identity issue) |
+//! | mTLS client certificate (from [`ConnInfo`]) | `mtls` | next (identity issue) |
+//!
+//! Anything auth-like that is malformed is an error, never anonymous.
+
+mod anonymous;
+mod sigv4;
+
+use http::request::Parts;
+use s3gate_proto::Principal;
+use s3gate_s3::chunked::ChunkSigning;
+use s3gate_s3::sigv4::{AuthRequest, PayloadMode};
+
+pub(crate) use self::sigv4::key_cache_entry_of;
+pub use self::sigv4::KeyCache;
+use super::Ctx;
+use crate::error::Error;
+use crate::listen::ConnInfo;
+
+/// Proof that a request was authenticated (or is anonymous).
+pub struct Authenticated {
+    pub principal: Principal,
+    /// How the body is bound to the signature.
+    pub payload: PayloadMode,
+    /// For signed aws-chunked bodies: what the chunk signatures chain from.
+    pub chunk_signing: Option<ChunkSigning>,
+}
+
+/// The one credential a request presents.
+pub enum Credential {
+    SigV4(Box<AuthRequest>),
+    Anonymous,
+}
+
+/// Which credential the request presents. Pure: nothing is verified yet.
+pub fn credential(head: &Parts, _conn: &ConnInfo) -> Result<Credential, Error> {
+    Ok(
+        match s3gate_s3::sigv4::parse(&head.method, &head.uri, &head.headers)? {
+            Some(auth) => Credential::SigV4(Box::new(auth)),
+            None => Credential::Anonymous,
+        },
+    )
+}
+
+pub async fn verify(cx: &Ctx, head: &Parts, conn: &ConnInfo) -> Result<Authenticated, Error> {
+    match credential(head, conn)? {
+        Credential::SigV4(auth) => sigv4::verify(cx, head, *auth).await,
+        Credential::Anonymous => anonymous::verify(head),
+    }
+}
