@@ -247,7 +247,23 @@ def streaming_put(
     chunk_size: int = 64 * 1024,
     tamper: str | None = None,
 ) -> Response:
-    """PUT `data` as an aws-chunked body.
+    """PUT `data` as an aws-chunked body; see `streaming_request`."""
+    return streaming_request(addr, "PUT", path, (), data, creds, mode, chunk_size, tamper)
+
+
+def streaming_request(
+    addr: tuple[str, int],
+    method: str,
+    path: str,
+    query: Sequence[tuple[str, str]],
+    data: bytes,
+    creds: Creds,
+    mode: str,
+    chunk_size: int = 64 * 1024,
+    tamper: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> Response:
+    """Send `data` as an aws-chunked body (with extra signed `headers`).
 
     mode: "signed"           STREAMING-AWS4-HMAC-SHA256-PAYLOAD
           "signed-trailer"   STREAMING-AWS4-HMAC-SHA256-PAYLOAD-TRAILER (x-amz-checksum-crc32)
@@ -273,10 +289,11 @@ def streaming_put(
         "host": f"{addr[0]}:{addr[1]}",
         "content-encoding": "aws-chunked",
         "x-amz-decoded-content-length": str(len(data)),
+        **(headers or {}),
     }
     if trailer:
         headers["x-amz-trailer"] = "x-amz-checksum-crc32"
-    s = sign("PUT", path, (), headers, payload_hash, creds)
+    s = sign(method, path, query, headers, payload_hash, creds)
 
     out = bytearray()
     prev = s.signature
@@ -308,7 +325,7 @@ def streaming_put(
 
     h = dict(s.headers)
     h["content-length"] = str(len(out))
-    return send(addr, "PUT", target_for(path), h, bytes(out))
+    return send(addr, method, target_for(path, query), h, bytes(out))
 
 
 # ---------------------------------------------------------------- errors

@@ -42,6 +42,7 @@ from s3util import (
     sha256_hex,
     sign,
     split,
+    streaming_request,
     target_for,
     uri_encode,
 )
@@ -189,45 +190,11 @@ def post_delete(gw, who: str, bucket: str, body: bytes, md5: bool = True) -> Ful
 
 
 def chunked_delete(gw, who: str, bucket: str, doc: bytes, mode: str, chunk_size: int) -> Response:
-    """DeleteObjects with an aws-chunked body (s3util.streaming_put, as a POST
-    to ?delete). With a trailer, x-amz-checksum-crc32 is the integrity header;
-    without one, Content-MD5 of the decoded document."""
-    payload_hash = {
-        "signed": "STREAMING-AWS4-HMAC-SHA256-PAYLOAD",
-        "signed-trailer": "STREAMING-AWS4-HMAC-SHA256-PAYLOAD-TRAILER",
-        "unsigned-trailer": "STREAMING-UNSIGNED-PAYLOAD-TRAILER",
-    }[mode]
-    signed_chunks, trailer = mode != "unsigned-trailer", mode != "signed"
-    headers = {
-        "host": f"{gw.addr[0]}:{gw.addr[1]}",
-        "content-encoding": "aws-chunked",
-        "x-amz-decoded-content-length": str(len(doc)),
-    }
-    if trailer:
-        headers["x-amz-trailer"] = "x-amz-checksum-crc32"
-    else:
-        headers["content-md5"] = md5_b64(doc)
-    query = [("delete", "")]
-    s = sign("POST", f"/{bucket}", query, headers, payload_hash, gw.keys[who].creds)
-    out, prev = bytearray(), s.signature
-    for c in split(doc, chunk_size) + [b""]:
-        if signed_chunks:
-            prev = _chunk_sig(s.key, s.amz_date, s.scope, prev, c)
-            out += f"{len(c):x};chunk-signature={prev}\r\n".encode()
-        else:
-            out += f"{len(c):x}\r\n".encode()
-        out += c
-        if c or not trailer:
-            out += b"\r\n"
-    if trailer:
-        line = f"x-amz-checksum-crc32:{crc32_b64(doc)}"
-        out += f"{line}\r\n".encode()
-        if signed_chunks:
-            out += f"x-amz-trailer-signature:{_trailer_sig(s.key, s.amz_date, s.scope, prev, (line + chr(10)).encode())}\r\n".encode()
-        out += b"\r\n"
-    h = dict(s.headers)
-    h["content-length"] = str(len(out))
-    return send(gw.addr, "POST", target_for(f"/{bucket}", query), h, bytes(out))
+    """DeleteObjects with an aws-chunked body. With a trailer,
+    x-amz-checksum-crc32 is the integrity header; without one, Content-MD5 of
+    the decoded document."""
+    extra = {} if mode != "signed" else {"content-md5": md5_b64(doc)}
+    return streaming_request(gw.addr, "POST", f"/{bucket}", [("delete", "")], doc, gw.keys[who].creds, mode, chunk_size, headers=extra)
 
 
 def deleted_keys(body: bytes) -> list[str]:
