@@ -4,12 +4,15 @@
 //! | stage     | in → out                                        | I/O                       |
 //! |-----------|-------------------------------------------------|---------------------------|
 //! | parse     | request head → `S3Request`                      | none                      |
-//! | authn     | head + `S3Request` → `Authenticated`            | control plane on miss     |
+//! | authn     | head + `ConnInfo` → `Authenticated`             | control plane on miss     |
 //! | route     | bucket → `RouteEntry` (backend, creds, client)  | control plane on miss     |
 //! | authz     | principal + `S3Request` → `Granted`             | control plane on miss     |
 //! | payload   | body + payload mode → verified `Body`           | none (wraps the stream)   |
-//! | forward   | `RouteEntry` + head + body → backend response   | backend                   |
-//! | respond   | result → response, S3 error XML, access log     | none                      |
+//! | forward   | `RouteEntry` + head + body → cleaned response   | backend                   |
+//! | respond   | result + `Exchange` → response, XML, access log | none                      |
+//!
+//! The request's shape is classified first but acted on only after
+//! authentication (see [`handle`]).
 
 pub mod authn;
 pub mod authz;

@@ -1,6 +1,7 @@
-//! Stage 7: the response. Backend responses pass through untouched; the
-//! gateway's own errors become S3 error XML here and nowhere else. Every
-//! request gets one access-log line.
+//! Stage 7: the response. Backend responses arrive here already cleaned by
+//! `forward::downstream`; the gateway's own errors become S3 error XML here
+//! and nowhere else. Every response gets the gateway's request id, every
+//! request one access-log line.
 
 use http::header::{CONNECTION, CONTENT_LENGTH, CONTENT_TYPE};
 use http::request::Parts;
