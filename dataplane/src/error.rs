@@ -63,6 +63,15 @@ impl Error {
         }
     }
 
+    /// The gateway is at a limit (in-flight requests, buffer budget): 503,
+    /// which SDKs retry with backoff.
+    pub fn slow_down() -> Self {
+        Self::S3(S3Error::new(
+            S3ErrorCode::SlowDown,
+            "Please reduce your request rate.",
+        ))
+    }
+
     /// A body the gateway reads whole did not arrive in time.
     pub fn body_deadline() -> Self {
         Self::S3(S3Error::new(
@@ -78,10 +87,7 @@ impl Error {
                 S3ErrorCode::EntityTooLarge,
                 "request body is too large for this operation",
             )),
-            CollectError::OverBudget => Self::S3(S3Error::new(
-                S3ErrorCode::SlowDown,
-                "Please reduce your request rate.",
-            )),
+            CollectError::OverBudget => Self::slow_down(),
             CollectError::Body(e) => match e.downcast::<S3Error>() {
                 Ok(s3) => Self::S3(*s3),
                 Err(_) => Self::S3(S3Error::new(

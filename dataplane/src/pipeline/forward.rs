@@ -275,10 +275,7 @@ async fn rewrite_bucket(
     let bytes = crate::body::collect_limited(body, MAX_REWRITE_BODY, &mut budget)
         .await
         .map_err(|e| match e {
-            CollectError::OverBudget => Error::S3(S3Error::new(
-                S3ErrorCode::SlowDown,
-                "Please reduce your request rate.",
-            )),
+            CollectError::OverBudget => Error::slow_down(),
             CollectError::TooLarge => {
                 Error::Upstream("backend response document too large to rewrite".into())
             }

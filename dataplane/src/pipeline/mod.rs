@@ -164,11 +164,7 @@ pub async fn handle(cx: Arc<Ctx>, conn: Arc<ConnInfo>, req: Request<Incoming>) -
 pub fn shed(cx: &Ctx, conn: Arc<ConnInfo>, req: Request<Incoming>) -> Response<Body> {
     let ex = Exchange::new(cx, conn);
     let (head, _body) = req.into_parts();
-    let err = Error::S3(s3gate_s3::S3Error::new(
-        s3gate_s3::S3ErrorCode::SlowDown,
-        "Please reduce your request rate.",
-    ));
-    respond::finish(&head, Err(err), &ex, None)
+    respond::finish(&head, Err(Error::slow_down()), &ex, None)
 }
 
 async fn run(
