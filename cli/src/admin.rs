@@ -324,17 +324,25 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
                         .with_context(|| format!("environment variable {var} is not set"))?,
                     None => String::new(),
                 };
+                let credentials = pb::CredentialSpec {
+                    kind: Some(pb::credential_spec::Kind::StaticHmac(pb::StaticHmacSpec {
+                        access_key,
+                        secret_key,
+                        session_token: String::new(),
+                    })),
+                };
                 let req = pb::PutBackendRequest {
                     backend: Some(pb::BackendInfo {
                         name,
                         endpoint,
                         region,
                         addressing_style: style as i32,
-                        access_key,
+                        access_key: String::new(),
                         ca_bundle: ca_bundle.unwrap_or_default(),
                         insecure_skip_verify,
+                        credentials: Some(credentials),
                     }),
-                    secret_key,
+                    secret_key: String::new(),
                     session_token: String::new(),
                 };
                 let r = client.put_backend(req).await?.into_inner();
@@ -368,6 +376,7 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
                         .iter()
                         .map(|b| json!({"name": b.name, "endpoint": b.endpoint, "region": b.region,
                                          "addressing_style": style(b.addressing_style), "access_key": b.access_key,
+                                         "credentials": credential_kind(b),
                                          "ca_bundle": b.ca_bundle, "insecure_skip_verify": b.insecure_skip_verify}))
                         .collect::<Vec<_>>()),
                 );
@@ -546,5 +555,15 @@ impl Output {
         for row in rows {
             line(row);
         }
+    }
+}
+
+/// The kind of a listed backend's credential (its secrets are never listed).
+fn credential_kind(b: &pb::BackendInfo) -> serde_json::Value {
+    match b.credentials.as_ref().and_then(|c| c.kind.as_ref()) {
+        Some(pb::credential_spec::Kind::StaticHmac(s)) => {
+            json!({"kind": "static_hmac", "access_key": s.access_key})
+        }
+        None => serde_json::Value::Null,
     }
 }

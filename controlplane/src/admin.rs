@@ -16,6 +16,7 @@ use subtle::ConstantTimeEq;
 use tonic::{Request, Response, Status};
 
 use crate::config::{AddressingStyleConfig, Effect, Secret};
+use crate::credential::CredentialSpec;
 use crate::replica::Replica;
 use crate::state::{BackendRecord, BucketRecord, Change, ChangeError, KeyRecord, RuleRecord};
 use crate::store::StoreError;
@@ -133,9 +134,65 @@ fn backend_info(b: &BackendRecord) -> pb::BackendInfo {
             AddressingStyleConfig::Path => pb::AddressingStyle::Path,
             AddressingStyleConfig::Virtual => pb::AddressingStyle::Virtual,
         } as i32,
-        access_key: b.access_key.clone(),
+        access_key: b.credentials.public_id().to_owned(),
         ca_bundle: b.ca_bundle.clone().unwrap_or_default(),
         insecure_skip_verify: b.insecure_skip_verify,
+        credentials: Some(credentials_info(&b.credentials)),
+    }
+}
+
+/// The Admin form of a credential, its secrets left out.
+fn credentials_info(spec: &CredentialSpec) -> pb::CredentialSpec {
+    use pb::credential_spec::Kind;
+    let kind = match spec {
+        CredentialSpec::StaticHmac { access_key, .. } => Kind::StaticHmac(pb::StaticHmacSpec {
+            access_key: access_key.clone(),
+            secret_key: String::new(),
+            session_token: String::new(),
+        }),
+    };
+    pb::CredentialSpec { kind: Some(kind) }
+}
+
+/// The credential a PutBackend names: `backend.credentials`, or else the
+/// flat static HMAC fields. A secret left empty keeps the stored one of the
+/// same kind, so an update need not resend it.
+fn credentials_from_put(
+    backend: &mut pb::BackendInfo,
+    req: &mut pb::PutBackendRequest,
+    existing: Option<&CredentialSpec>,
+) -> Result<CredentialSpec, Status> {
+    use pb::credential_spec::Kind;
+    let kind = match backend.credentials.take().and_then(|c| c.kind) {
+        Some(kind) => kind,
+        None => Kind::StaticHmac(pb::StaticHmacSpec {
+            access_key: std::mem::take(&mut backend.access_key),
+            secret_key: std::mem::take(&mut req.secret_key),
+            session_token: std::mem::take(&mut req.session_token),
+        }),
+    };
+    let keep = |given: String, stored: Option<&Secret>| match (given.is_empty(), stored) {
+        (false, _) => Some(Secret::new(given)),
+        (true, stored) => stored.cloned(),
+    };
+    match kind {
+        Kind::StaticHmac(s) => {
+            let (stored_secret, stored_token) = match existing {
+                Some(CredentialSpec::StaticHmac {
+                    secret_key,
+                    session_token,
+                    ..
+                }) => (Some(secret_key), session_token.as_ref()),
+                None => (None, None),
+            };
+            Ok(CredentialSpec::StaticHmac {
+                access_key: s.access_key,
+                secret_key: keep(s.secret_key, stored_secret).ok_or_else(|| {
+                    Status::invalid_argument("secret_key is required for a new backend")
+                })?,
+                session_token: keep(s.session_token, stored_token),
+            })
+        }
     }
 }
 
@@ -256,9 +313,10 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::PutBackendRequest>,
     ) -> Result<Response<pb::ChangeResponse>, Status> {
-        let r = req.into_inner();
-        let b = r
+        let mut r = req.into_inner();
+        let mut b = r
             .backend
+            .take()
             .ok_or_else(|| Status::invalid_argument("backend is required"))?;
         let addressing_style = match pb::AddressingStyle::try_from(b.addressing_style) {
             Ok(pb::AddressingStyle::Virtual) => AddressingStyleConfig::Virtual,
@@ -267,22 +325,9 @@ impl Admin for AdminService {
             }
             Err(_) => return Err(Status::invalid_argument("unknown addressing style")),
         };
-        // An update may leave the secret out to keep the stored one.
         let existing = self.state().await?.backends.remove(&b.name);
-        let secret = match (r.secret_key.is_empty(), &existing) {
-            (false, _) => Secret::new(r.secret_key),
-            (true, Some(old)) => old.secret.clone(),
-            (true, None) => {
-                return Err(Status::invalid_argument(
-                    "secret_key is required for a new backend",
-                ))
-            }
-        };
-        let session_token = match (r.session_token.is_empty(), &existing) {
-            (false, _) => Some(Secret::new(r.session_token)),
-            (true, Some(old)) => old.session_token.clone(),
-            (true, None) => None,
-        };
+        let credentials =
+            credentials_from_put(&mut b, &mut r, existing.as_ref().map(|e| &e.credentials))?;
         let record = BackendRecord {
             name: b.name,
             endpoint: b.endpoint.trim_end_matches('/').to_owned(),
@@ -292,9 +337,7 @@ impl Admin for AdminService {
                 b.region
             },
             addressing_style,
-            access_key: b.access_key,
-            secret,
-            session_token,
+            credentials,
             ca_bundle: (!b.ca_bundle.is_empty()).then_some(b.ca_bundle),
             insecure_skip_verify: b.insecure_skip_verify,
         };
@@ -411,6 +454,7 @@ impl Admin for AdminService {
             action: r.action.into(),
             bucket: r.bucket,
             resource,
+            context: Default::default(),
         };
         let (decision, rule) = snapshot
             .explain(&ask)

@@ -5,12 +5,13 @@
 //! load time. Every secret is held in [`Secret`], whose `Debug` is redacted.
 
 use std::collections::HashSet;
-use std::fmt;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+
+use crate::credential::CredentialSpec;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -27,37 +28,20 @@ pub enum ConfigError {
 }
 
 /// A secret string. `Debug` never shows it.
-#[derive(Clone, PartialEq, Eq, Deserialize)]
-#[serde(transparent)]
-pub struct Secret(String);
+pub type Secret = s3gate_proto::Redacted<String>;
 
-impl Secret {
-    pub fn new(s: impl Into<String>) -> Self {
-        Self(s.into())
+/// Resolves an `env:VAR` reference in place; an empty secret is an error.
+fn resolve(secret: &mut Secret, what: &str) -> Result<(), ConfigError> {
+    if let Some(var) = secret.expose().strip_prefix("env:") {
+        let value = std::env::var(var).map_err(|_| {
+            ConfigError::Invalid(format!("{what}: environment variable {var} is not set"))
+        })?;
+        *secret = Secret::new(value);
     }
-
-    pub fn expose(&self) -> &str {
-        &self.0
+    if secret.expose().is_empty() {
+        return Err(ConfigError::Invalid(format!("{what}: secret is empty")));
     }
-
-    /// Resolves an `env:VAR` reference in place.
-    fn resolve(&mut self, what: &str) -> Result<(), ConfigError> {
-        if let Some(var) = self.0.strip_prefix("env:") {
-            self.0 = std::env::var(var).map_err(|_| {
-                ConfigError::Invalid(format!("{what}: environment variable {var} is not set"))
-            })?;
-        }
-        if self.0.is_empty() {
-            return Err(ConfigError::Invalid(format!("{what}: secret is empty")));
-        }
-        Ok(())
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<redacted>")
-    }
+    Ok(())
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -178,23 +162,83 @@ impl Default for CacheConfig {
     }
 }
 
+/// `[[backends]]`. The credential is either a `credentials = { kind = … }`
+/// table or, for static HMAC keys, the flat `access_key`/`secret_key`/
+/// `session_token` fields; either way it reaches the rest of s3gate as one
+/// [`CredentialSpec`].
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "RawBackendConfig")]
 pub struct BackendConfig {
     pub name: String,
     pub endpoint: String,
-    #[serde(default = "default_region")]
     pub region: String,
-    #[serde(default)]
     pub addressing_style: AddressingStyleConfig,
-    pub access_key: String,
-    pub secret_key: Secret,
-    #[serde(default)]
-    pub session_token: Option<Secret>,
-    #[serde(default)]
+    pub credentials: CredentialSpec,
     pub ca_bundle: Option<String>,
-    #[serde(default)]
     pub insecure_skip_verify: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBackendConfig {
+    name: String,
+    endpoint: String,
+    #[serde(default = "default_region")]
+    region: String,
+    #[serde(default)]
+    addressing_style: AddressingStyleConfig,
+    #[serde(default)]
+    credentials: Option<CredentialSpec>,
+    #[serde(default)]
+    access_key: Option<String>,
+    #[serde(default)]
+    secret_key: Option<Secret>,
+    #[serde(default)]
+    session_token: Option<Secret>,
+    #[serde(default)]
+    ca_bundle: Option<String>,
+    #[serde(default)]
+    insecure_skip_verify: bool,
+}
+
+impl TryFrom<RawBackendConfig> for BackendConfig {
+    type Error = String;
+
+    fn try_from(raw: RawBackendConfig) -> Result<Self, String> {
+        let flat =
+            raw.access_key.is_some() || raw.secret_key.is_some() || raw.session_token.is_some();
+        let credentials = match (raw.credentials, flat) {
+            (Some(spec), false) => spec,
+            (Some(_), true) => {
+                return Err(format!(
+                    "backend {:?}: give either `credentials` or access_key/secret_key, not both",
+                    raw.name
+                ))
+            }
+            (None, _) => match (raw.access_key, raw.secret_key) {
+                (Some(access_key), Some(secret_key)) => CredentialSpec::StaticHmac {
+                    access_key,
+                    secret_key,
+                    session_token: raw.session_token,
+                },
+                _ => {
+                    return Err(format!(
+                        "backend {:?}: needs `credentials = {{ kind = … }}` or access_key and secret_key",
+                        raw.name
+                    ))
+                }
+            },
+        };
+        Ok(Self {
+            name: raw.name,
+            endpoint: raw.endpoint,
+            region: raw.region,
+            addressing_style: raw.addressing_style,
+            credentials,
+            ca_bundle: raw.ca_bundle,
+            insecure_skip_verify: raw.insecure_skip_verify,
+        })
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
@@ -289,11 +333,14 @@ impl FileConfig {
             if !names.insert(b.name.clone()) {
                 return invalid(format!("duplicate backend {:?}", b.name));
             }
-            b.secret_key
-                .resolve(&format!("backend {:?} secret_key", b.name))?;
-            if let Some(t) = &mut b.session_token {
-                t.resolve(&format!("backend {:?} session_token", b.name))?;
-            }
+            b.credentials = b.credentials.try_map(|field, secret| {
+                let mut secret = secret.clone();
+                resolve(&mut secret, &format!("backend {:?} {field}", b.name))?;
+                Ok::<_, ConfigError>(secret)
+            })?;
+            b.credentials
+                .validate()
+                .map_err(|m| ConfigError::Invalid(format!("backend {:?}: {m}", b.name)))?;
             let rest = b
                 .endpoint
                 .strip_prefix("http://")
@@ -351,8 +398,10 @@ impl FileConfig {
             if k.principal.is_empty() || k.principal == s3gate_proto::Principal::ANONYMOUS {
                 return invalid(format!("access key {:?}: invalid principal", k.access_key));
             }
-            k.secret_key
-                .resolve(&format!("key {:?} secret_key", k.access_key))?;
+            resolve(
+                &mut k.secret_key,
+                &format!("key {:?} secret_key", k.access_key),
+            )?;
         }
         for (i, r) in self.rules.iter().enumerate() {
             if r.principals.is_empty() || r.actions.is_empty() || r.resources.is_empty() {
@@ -441,10 +490,8 @@ resources = ["data", "data/reports/*"]
         // PATH is always set: it resolves
         let text = SAMPLE.replace("\"BACKENDSECRET\"", "\"env:PATH\"");
         let cfg = FileConfig::parse(&text).unwrap();
-        assert_eq!(
-            cfg.backends[0].secret_key.expose(),
-            std::env::var("PATH").unwrap()
-        );
+        let CredentialSpec::StaticHmac { secret_key, .. } = &cfg.backends[0].credentials;
+        assert_eq!(*secret_key.expose(), std::env::var("PATH").unwrap());
     }
 
     #[test]
@@ -457,5 +504,29 @@ resources = ["data", "data/reports/*"]
         assert!(FileConfig::parse(&text).is_err());
         let text = format!("{SAMPLE}\nunknown_field = 1\n");
         assert!(FileConfig::parse(&text).is_err());
+    }
+
+    #[test]
+    fn backend_credentials_flat_or_tagged() {
+        let tagged = SAMPLE.replace(
+            "access_key = \"BACKENDKEY\"\nsecret_key = \"BACKENDSECRET\"",
+            "credentials = { kind = \"static_hmac\", access_key = \"BACKENDKEY\", secret_key = \"BACKENDSECRET\" }",
+        );
+        assert_ne!(tagged, SAMPLE);
+        let flat = FileConfig::parse(SAMPLE).unwrap();
+        let tagged = FileConfig::parse(&tagged).unwrap();
+        assert_eq!(flat.backends[0].credentials, tagged.backends[0].credentials);
+        assert_eq!(tagged.backends[0].credentials.public_id(), "BACKENDKEY");
+        // both, or neither
+        let both = SAMPLE.replace(
+            "access_key = \"BACKENDKEY\"",
+            "access_key = \"BACKENDKEY\"\ncredentials = { kind = \"static_hmac\", access_key = \"A\", secret_key = \"B\" }",
+        );
+        assert!(FileConfig::parse(&both).is_err());
+        let neither = SAMPLE.replace(
+            "access_key = \"BACKENDKEY\"\nsecret_key = \"BACKENDSECRET\"\n",
+            "",
+        );
+        assert!(FileConfig::parse(&neither).is_err());
     }
 }

@@ -71,6 +71,15 @@ impl Decisions for DecisionsService {
         Ok(Response::new((&grant).into()))
     }
 
+    async fn authenticate(
+        &self,
+        req: Request<pb::AuthenticateRequest>,
+    ) -> Result<Response<pb::AuthenticateResponse>, Status> {
+        let credential = req.into_inner().try_into()?;
+        let identity = self.replica.authenticate(credential).await?;
+        Ok(Response::new((&identity).into()))
+    }
+
     async fn authorize(
         &self,
         req: Request<pb::AuthorizeRequest>,

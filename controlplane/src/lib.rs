@@ -12,6 +12,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod credential;
 pub mod crypto;
 pub mod grpc;
 pub mod policy;
@@ -27,7 +28,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use s3gate_proto::{
     AddressingStyle, AuthorizeRequest, Backend, ControlPlane, ControlPlaneError, Decision,
-    Principal, Route, SigningKeyGrant, SigningKeyRequest,
+    Identity, PresentedCredential, Principal, Route, SigningKeyGrant, SigningKeyRequest,
 };
 
 use crate::config::{AddressingStyleConfig, CacheConfig};
@@ -143,6 +144,28 @@ impl ControlPlane for Snapshot {
             }
         }
         Err(ControlPlaneError::UnknownAccessKey)
+    }
+
+    async fn authenticate(
+        &self,
+        credential: PresentedCredential,
+    ) -> Result<Identity, ControlPlaneError> {
+        for source in &self.sources.identity {
+            if let Some(identity) = source
+                .authenticate(&credential)
+                .await
+                .map_err(unavailable)?
+            {
+                return Ok(identity);
+            }
+        }
+        let what = match credential {
+            PresentedCredential::BearerToken(_) => "bearer tokens",
+            PresentedCredential::ClientCertificate { .. } => "client certificates",
+        };
+        Err(ControlPlaneError::NotAuthenticated(format!(
+            "no identity source accepts {what}"
+        )))
     }
 
     async fn authorize(&self, req: AuthorizeRequest) -> Result<Decision, ControlPlaneError> {

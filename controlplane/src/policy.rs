@@ -280,6 +280,7 @@ mod tests {
                 action: std::borrow::Cow::Borrowed(action),
                 bucket: bucket.into(),
                 resource,
+                context: Default::default(),
             },
             Duration::from_secs(1),
         )

@@ -40,6 +40,7 @@ use tokio::sync::{broadcast, oneshot, Mutex};
 use tokio_stream::StreamExt as _;
 
 use crate::config::{AddressingStyleConfig, Effect, Secret};
+use crate::credential::CredentialSpec;
 use crate::crypto::MasterKey;
 use crate::state::{BackendRecord, BucketRecord, Change, KeyRecord, RuleRecord, State, Touched};
 use crate::store::{Notification, Store, StoreError};
@@ -132,9 +133,16 @@ struct StoredBackend {
     endpoint: String,
     region: String,
     addressing_style: AddressingStyleConfig,
-    access_key: String,
-    secret: String,
+    /// Every secret sealed with [`credential_context`].
     #[serde(default)]
+    credentials: Option<CredentialSpec<String>>,
+    /// Records written before `credentials` existed hold a static HMAC pair
+    /// in these (read, never written).
+    #[serde(default, skip_serializing)]
+    access_key: Option<String>,
+    #[serde(default, skip_serializing)]
+    secret: Option<String>,
+    #[serde(default, skip_serializing)]
     session_token: Option<String>,
     #[serde(default)]
     ca_bundle: Option<String>,
@@ -545,18 +553,18 @@ impl Inner {
     }
 
     fn encode_backend(&self, b: &BackendRecord) -> Result<String, StoreError> {
-        let session_token = match &b.session_token {
-            Some(t) => Some(self.seal(t, &session_token_context(&b.name))?),
-            None => None,
-        };
+        let credentials = b
+            .credentials
+            .try_map(|field, secret| self.seal(secret, &credential_context(&b.name, field)))?;
         let stored = StoredBackend {
             name: b.name.clone(),
             endpoint: b.endpoint.clone(),
             region: b.region.clone(),
             addressing_style: b.addressing_style,
-            access_key: b.access_key.clone(),
-            secret: self.seal(&b.secret, &backend_context(&b.name))?,
-            session_token,
+            credentials: Some(credentials),
+            access_key: None,
+            secret: None,
+            session_token: None,
             ca_bundle: b.ca_bundle.clone(),
             insecure_skip_verify: b.insecure_skip_verify,
         };
@@ -612,19 +620,30 @@ impl RawState {
         for (field, json) in self.backends {
             let s: StoredBackend = from_json(&json, "backend", &field)?;
             check_name("backend", &field, &s.name)?;
-            let secret = open(&s.secret, &backend_context(&field))?;
-            let session_token = match &s.session_token {
-                Some(t) => Some(open(t, &session_token_context(&field))?),
-                None => None,
+            let credentials = match (&s.credentials, &s.access_key, &s.secret) {
+                (Some(sealed), _, _) => {
+                    sealed.try_map(|f, sealed| open(sealed, &credential_context(&field, f)))?
+                }
+                (None, Some(access_key), Some(secret)) => CredentialSpec::StaticHmac {
+                    access_key: access_key.clone(),
+                    secret_key: open(secret, &backend_context(&field))?,
+                    session_token: match &s.session_token {
+                        Some(t) => Some(open(t, &session_token_context(&field))?),
+                        None => None,
+                    },
+                },
+                _ => {
+                    return Err(StoreError::Corrupt(format!(
+                        "backend {field:?} has no credentials"
+                    )))
+                }
             };
             let record = BackendRecord {
                 name: s.name,
                 endpoint: s.endpoint,
                 region: s.region,
                 addressing_style: s.addressing_style,
-                access_key: s.access_key,
-                secret,
-                session_token,
+                credentials,
                 ca_bundle: s.ca_bundle,
                 insecure_skip_verify: s.insecure_skip_verify,
             };
@@ -831,6 +850,14 @@ fn key_context(access_key: &str) -> String {
     format!("key:{access_key}")
 }
 
+/// What a backend credential's secret field is sealed to: the backend and
+/// the field, so a sealed value moved to another record or field fails to
+/// open.
+fn credential_context(name: &str, field: &str) -> String {
+    format!("backend:{name}:credentials.{field}")
+}
+
+/// The contexts of records written before [`CredentialSpec`] (read only).
 fn backend_context(name: &str) -> String {
     format!("backend:{name}")
 }
@@ -929,9 +956,11 @@ mod tests {
             endpoint: "http://127.0.0.1:9000".into(),
             region: "r".into(),
             addressing_style: AddressingStyleConfig::Virtual,
-            access_key: "BAK".into(),
-            secret: Secret::new("backend-secret"),
-            session_token: Some(Secret::new("session-token-value")),
+            credentials: CredentialSpec::StaticHmac {
+                access_key: "BAK".into(),
+                secret_key: Secret::new("backend-secret"),
+                session_token: Some(Secret::new("session-token-value")),
+            },
             ca_bundle: Some("/ca.pem".into()),
             insecure_skip_verify: true,
         };
@@ -948,6 +977,29 @@ mod tests {
         assert_eq!(state.version, 3);
         assert_eq!(state.keys["AK1"], key("AK1"));
         assert_eq!(state.backends["b1"], backend);
+
+        // A record in the stored form from before `credentials` still reads.
+        let legacy = serde_json::json!({
+            "name": "b1", "endpoint": "http://127.0.0.1:9000", "region": "r",
+            "addressing_style": "virtual",
+            "access_key": "BAK",
+            "secret": m.seal("backend-secret", "backend:b1").unwrap(),
+            "session_token": m.seal("session-token-value", "backend:b1:session-token").unwrap(),
+            "ca_bundle": "/ca.pem", "insecure_skip_verify": true,
+        });
+        let mut r = raw();
+        r.backends.insert("b1".into(), legacy.to_string());
+        assert_eq!(r.decode(&m).unwrap().backends["b1"], backend);
+        // Sealed secrets swapped between the fields of one credential fail.
+        let mut swapped: serde_json::Value =
+            serde_json::from_str(&i.encode_backend(&backend).unwrap()).unwrap();
+        let creds = &mut swapped["credentials"];
+        let secret_key = creds["secret_key"].clone();
+        creds["secret_key"] = creds["session_token"].clone();
+        creds["session_token"] = secret_key;
+        let mut r = raw();
+        r.backends.insert("b1".into(), swapped.to_string());
+        assert!(matches!(r.decode(&m), Err(StoreError::Corrupt(_))));
     }
 
     #[test]

@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use s3gate_proto::{
-    AuthorizeRequest, ControlPlane, ControlPlaneError, Decision, Invalidation, Principal, Route,
-    SigningKeyGrant, SigningKeyRequest,
+    AuthorizeRequest, ControlPlane, ControlPlaneError, Decision, Identity, Invalidation,
+    PresentedCredential, Principal, Route, SigningKeyGrant, SigningKeyRequest,
 };
 use tokio::sync::{broadcast, mpsc, watch};
 use tracing::{info, warn};
@@ -227,6 +227,13 @@ impl ControlPlane for Replica {
         req: SigningKeyRequest,
     ) -> Result<SigningKeyGrant, ControlPlaneError> {
         self.snapshot().signing_key(req).await
+    }
+
+    async fn authenticate(
+        &self,
+        credential: PresentedCredential,
+    ) -> Result<Identity, ControlPlaneError> {
+        self.snapshot().authenticate(credential).await
     }
 
     async fn authorize(&self, req: AuthorizeRequest) -> Result<Decision, ControlPlaneError> {

@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{AddressingStyleConfig, Effect, FileConfig, Secret};
+use crate::credential::CredentialSpec;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct State {
@@ -47,9 +48,7 @@ pub struct BackendRecord {
     pub endpoint: String,
     pub region: String,
     pub addressing_style: AddressingStyleConfig,
-    pub access_key: String,
-    pub secret: Secret,
-    pub session_token: Option<Secret>,
+    pub credentials: CredentialSpec,
     pub ca_bundle: Option<String>,
     pub insecure_skip_verify: bool,
 }
@@ -220,9 +219,7 @@ impl State {
                         endpoint: b.endpoint.clone(),
                         region: b.region.clone(),
                         addressing_style: b.addressing_style,
-                        access_key: b.access_key.clone(),
-                        secret: b.secret_key.clone(),
-                        session_token: b.session_token.clone(),
+                        credentials: b.credentials.clone(),
                         ca_bundle: b.ca_bundle.clone(),
                         insecure_skip_verify: b.insecure_skip_verify,
                     },
@@ -308,6 +305,20 @@ fn validate_rule(r: &RuleRecord) -> Result<(), ChangeError> {
 }
 
 fn validate_backend(b: &BackendRecord) -> Result<(), ChangeError> {
+    b.credentials
+        .validate()
+        .map_err(|m| ChangeError::Invalid(format!("backend {:?}: {m}", b.name)))?;
+    let secrets = b.credentials.try_map(|field, s| {
+        if s.expose().is_empty() {
+            Err(ChangeError::Invalid(format!(
+                "backend {:?}: {field} is empty",
+                b.name
+            )))
+        } else {
+            Ok(())
+        }
+    });
+    secrets?;
     let rest = b
         .endpoint
         .strip_prefix("http://")
@@ -332,9 +343,11 @@ mod tests {
             endpoint: "http://127.0.0.1:9000".into(),
             region: "us-east-1".into(),
             addressing_style: AddressingStyleConfig::Path,
-            access_key: "AK".into(),
-            secret: Secret::new("s"),
-            session_token: None,
+            credentials: CredentialSpec::StaticHmac {
+                access_key: "AK".into(),
+                secret_key: Secret::new("s"),
+                session_token: None,
+            },
             ca_bundle: None,
             insecure_skip_verify: false,
         }

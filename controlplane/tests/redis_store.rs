@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use redis_server::RedisServer;
 use s3gate_controlplane::config::{AddressingStyleConfig, Effect, Secret};
+use s3gate_controlplane::credential::CredentialSpec;
 use s3gate_controlplane::crypto::MasterKey;
 use s3gate_controlplane::redis_store::{RedisStore, DEFAULT_PREFIX};
 use s3gate_controlplane::state::{
@@ -43,9 +44,11 @@ fn backend(name: &str) -> BackendRecord {
         endpoint: "http://127.0.0.1:9000".into(),
         region: "us-east-1".into(),
         addressing_style: AddressingStyleConfig::Path,
-        access_key: "BACKENDAK".into(),
-        secret: Secret::new(format!("BACKENDSECRET-{name}")),
-        session_token: Some(Secret::new(format!("SESSIONTOKEN-{name}"))),
+        credentials: CredentialSpec::StaticHmac {
+            access_key: "BACKENDAK".into(),
+            secret_key: Secret::new(format!("BACKENDSECRET-{name}")),
+            session_token: Some(Secret::new(format!("SESSIONTOKEN-{name}"))),
+        },
         ca_bundle: None,
         insecure_skip_verify: false,
     }

@@ -15,8 +15,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use s3gate_proto::pb::decisions_client::DecisionsClient;
 use s3gate_proto::{
-    pb, AuthorizeRequest, ControlPlane, ControlPlaneError, Decision, Invalidation, Principal,
-    Route, SigningKeyGrant, SigningKeyRequest,
+    pb, AuthorizeRequest, ControlPlane, ControlPlaneError, Decision, Identity, Invalidation,
+    PresentedCredential, Principal, Route, SigningKeyGrant, SigningKeyRequest,
 };
 use tokio::sync::mpsc;
 use tonic::metadata::{Ascii, MetadataValue};
@@ -163,6 +163,25 @@ impl ControlPlane for GrpcControlPlane {
             async move { c.signing_key(msg).await }
         });
         decode(resp.await?)
+    }
+
+    async fn authenticate(
+        &self,
+        credential: PresentedCredential,
+    ) -> Result<Identity, ControlPlaneError> {
+        let msg = pb::AuthenticateRequest::from(&credential);
+        let resp = self.call(|mut c| {
+            let msg = msg.clone();
+            async move { c.authenticate(msg).await }
+        });
+        // Unauthenticated here means the credential, not an access key.
+        let resp = resp.await.map_err(|e| match e {
+            ControlPlaneError::UnknownAccessKey => {
+                ControlPlaneError::NotAuthenticated("no identity source accepted it".into())
+            }
+            other => other,
+        })?;
+        decode(resp)
     }
 
     async fn authorize(&self, req: AuthorizeRequest) -> Result<Decision, ControlPlaneError> {

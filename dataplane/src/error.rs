@@ -22,6 +22,10 @@ pub enum Error {
     Chunk(#[from] ChunkError),
     #[error("unknown access key")]
     UnknownAccessKey,
+    /// No identity source accepted a token or certificate (the reason is
+    /// for the log, never the client).
+    #[error("credential not accepted: {0}")]
+    NotAuthenticated(String),
     #[error("access denied: {reason}")]
     Denied { reason: String },
     #[error("no such bucket")]
@@ -48,6 +52,10 @@ impl Error {
             Self::UnknownAccessKey => S3Error::new(
                 S3ErrorCode::InvalidAccessKeyId,
                 "The AWS Access Key Id you provided does not exist in our records.",
+            ),
+            Self::NotAuthenticated(_) => S3Error::new(
+                S3ErrorCode::InvalidToken,
+                "The provided token is malformed or otherwise invalid.",
             ),
             Self::Denied { .. } => S3Error::new(S3ErrorCode::AccessDenied, "Access Denied"),
             Self::NoSuchBucket => S3Error::new(S3ErrorCode::NoSuchBucket, "The specified bucket does not exist"),
@@ -115,6 +123,7 @@ impl From<&ControlPlaneError> for Error {
     fn from(e: &ControlPlaneError) -> Self {
         match e {
             ControlPlaneError::UnknownAccessKey => Self::UnknownAccessKey,
+            ControlPlaneError::NotAuthenticated(m) => Self::NotAuthenticated(m.clone()),
             ControlPlaneError::NoSuchBucket => Self::NoSuchBucket,
             ControlPlaneError::Unavailable(m) => Self::ControlPlane(m.clone()),
         }

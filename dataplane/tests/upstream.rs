@@ -31,9 +31,9 @@ use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use s3gate_proto::{
-    AddressingStyle, AuthorizeRequest, Backend, BackendCredentials, ControlPlane,
-    ControlPlaneError, Decision, Principal, Route, Scope, SigningKey, SigningKeyGrant,
-    SigningKeyRequest,
+    AddressingStyle, AuthorizeRequest, Backend, BackendAuth, BackendCredentials, ControlPlane,
+    ControlPlaneError, Decision, Identity, PresentedCredential, Principal, Redacted, Route, Scope,
+    SigningKey, SigningKeyGrant, SigningKeyRequest,
 };
 use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
@@ -101,6 +101,15 @@ impl ControlPlane for StaticControlPlane {
         })
     }
 
+    async fn authenticate(
+        &self,
+        _credential: PresentedCredential,
+    ) -> Result<Identity, ControlPlaneError> {
+        Err(ControlPlaneError::NotAuthenticated(
+            "not in this test".into(),
+        ))
+    }
+
     async fn authorize(&self, _req: AuthorizeRequest) -> Result<Decision, ControlPlaneError> {
         self.calls.authorize.fetch_add(1, Ordering::SeqCst);
         Ok(Decision {
@@ -121,9 +130,11 @@ impl ControlPlane for StaticControlPlane {
             backend_bucket: "data-prod".into(),
             backend: self.backend.clone(),
             credentials: Arc::new(BackendCredentials {
-                access_key: BACKEND_AK.into(),
-                secret_key: BACKEND_SK.into(),
-                session_token: None,
+                auth: BackendAuth::SigV4 {
+                    access_key: BACKEND_AK.into(),
+                    secret_key: Redacted::new(BACKEND_SK),
+                    session_token: None,
+                },
                 expires_unix: None,
             }),
             ttl: Duration::from_secs(60),

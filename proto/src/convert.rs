@@ -14,8 +14,9 @@ use tonic::{Code, Status};
 
 use crate::pb;
 use crate::{
-    AddressingStyle, AuthorizeRequest, Backend, BackendCredentials, ControlPlaneError, Decision,
-    Invalidation, Principal, Resource, Route, Scope, SigningKey, SigningKeyGrant,
+    AddressingStyle, AuthorizeRequest, Backend, BackendAuth, BackendCredentials, ControlPlaneError,
+    Decision, Identity, Invalidation, PresentedCredential, Principal, Redacted, RequestContext,
+    Resource, Route, Scope, SigningKey, SigningKeyGrant,
 };
 
 /// A message that could not be turned into the contract's types.
@@ -39,6 +40,7 @@ impl From<ControlPlaneError> for Status {
     fn from(e: ControlPlaneError) -> Self {
         match e {
             ControlPlaneError::UnknownAccessKey => Status::unauthenticated("unknown access key"),
+            ControlPlaneError::NotAuthenticated(m) => Status::unauthenticated(m),
             ControlPlaneError::NoSuchBucket => Status::not_found("no such bucket"),
             ControlPlaneError::Unavailable(m) => Status::unavailable(m),
         }
@@ -134,10 +136,116 @@ impl fmt::Debug for pb::SigningKeyResponse {
 impl fmt::Debug for pb::BackendCredentials {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("BackendCredentials")
+            .field("expires_unix", &self.expires_unix)
+            .field("auth", &self.auth)
+            .finish()
+    }
+}
+
+impl fmt::Debug for pb::backend_credentials::Auth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Sigv4(c) => c.fmt(f),
+        }
+    }
+}
+
+impl fmt::Debug for pb::SigV4Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SigV4Credentials")
             .field("access_key", &self.access_key)
             .field("secret_key", &"<redacted>")
             .field("session_token", &"<redacted>")
             .finish()
+    }
+}
+
+impl fmt::Debug for pb::BearerToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("BearerToken(<redacted>)")
+    }
+}
+
+// === authentication ===
+
+impl From<&PresentedCredential> for pb::AuthenticateRequest {
+    fn from(c: &PresentedCredential) -> Self {
+        use pb::authenticate_request::Credential;
+        let credential = match c {
+            PresentedCredential::BearerToken(t) => Credential::BearerToken(pb::BearerToken {
+                token: t.expose().clone(),
+            }),
+            PresentedCredential::ClientCertificate { der, name } => {
+                Credential::ClientCertificate(pb::ClientCertificate {
+                    der: der.to_vec(),
+                    name: name.clone(),
+                })
+            }
+        };
+        pb::AuthenticateRequest {
+            credential: Some(credential),
+        }
+    }
+}
+
+impl TryFrom<pb::AuthenticateRequest> for PresentedCredential {
+    type Error = DecodeError;
+
+    fn try_from(r: pb::AuthenticateRequest) -> Result<Self, DecodeError> {
+        use pb::authenticate_request::Credential;
+        match r.credential {
+            Some(Credential::BearerToken(t)) if !t.token.is_empty() => {
+                Ok(PresentedCredential::BearerToken(Redacted::new(t.token)))
+            }
+            Some(Credential::ClientCertificate(c)) if !c.der.is_empty() && !c.name.is_empty() => {
+                Ok(PresentedCredential::ClientCertificate {
+                    der: Arc::from(c.der),
+                    name: c.name,
+                })
+            }
+            _ => Err(DecodeError("authenticate needs a token or a certificate")),
+        }
+    }
+}
+
+fn claims_to_pb(claims: &[(String, String)]) -> std::collections::HashMap<String, String> {
+    claims.iter().cloned().collect()
+}
+
+fn claims_from_pb(claims: std::collections::HashMap<String, String>) -> Arc<[(String, String)]> {
+    let mut v: Vec<_> = claims.into_iter().collect();
+    v.sort();
+    Arc::from(v)
+}
+
+impl From<&Identity> for pb::AuthenticateResponse {
+    fn from(i: &Identity) -> Self {
+        pb::AuthenticateResponse {
+            principal: Some((&i.principal).into()),
+            ttl_ms: ms(i.ttl),
+            source: i.source.to_string(),
+            claims: claims_to_pb(&i.claims),
+        }
+    }
+}
+
+impl TryFrom<pb::AuthenticateResponse> for Identity {
+    type Error = DecodeError;
+
+    fn try_from(r: pb::AuthenticateResponse) -> Result<Self, DecodeError> {
+        let principal: Principal = r
+            .principal
+            .ok_or(DecodeError("identity without principal"))?
+            .try_into()?;
+        if principal.is_anonymous() || r.source.is_empty() {
+            return Err(DecodeError("identity needs a named principal and a source"));
+        }
+        Ok(Identity {
+            principal,
+            ttl: Duration::from_millis(r.ttl_ms),
+            source: Arc::from(r.source),
+            claims: claims_from_pb(r.claims),
+        })
     }
 }
 
@@ -150,12 +258,44 @@ impl From<&AuthorizeRequest> for pb::AuthorizeRequest {
             Resource::Object(k) => (pb::ResourceKind::Object, k.clone()),
             Resource::Prefix(p) => (pb::ResourceKind::Prefix, p.clone()),
         };
+        let c = &r.context;
         pb::AuthorizeRequest {
             principal: Some((&r.principal).into()),
             action: r.action.to_string(),
             bucket: r.bucket.clone(),
             kind: kind as i32,
             key,
+            context: Some(pb::RequestContext {
+                client_ip: c.client_ip.map(|ip| ip.to_string()).unwrap_or_default(),
+                identity_source: c.identity_source.to_string(),
+                claims: claims_to_pb(&c.claims),
+                method: c.method.to_string(),
+                headers: c
+                    .headers
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), v.clone()))
+                    .collect(),
+            }),
+        }
+    }
+}
+
+impl From<pb::RequestContext> for RequestContext {
+    /// Lenient: every field is optional, and headers outside
+    /// [`RequestContext::HEADERS`] are dropped.
+    fn from(c: pb::RequestContext) -> Self {
+        let mut headers: Vec<_> = c
+            .headers
+            .into_iter()
+            .filter_map(|(k, v)| Some((RequestContext::header_name(&k)?, v)))
+            .collect();
+        headers.sort();
+        RequestContext {
+            client_ip: c.client_ip.parse().ok(),
+            identity_source: Cow::Owned(c.identity_source),
+            claims: claims_from_pb(c.claims),
+            method: Cow::Owned(c.method),
+            headers,
         }
     }
 }
@@ -181,6 +321,7 @@ impl TryFrom<pb::AuthorizeRequest> for AuthorizeRequest {
             action: Cow::Owned(r.action),
             bucket: r.bucket,
             resource,
+            context: r.context.map(RequestContext::from).unwrap_or_default(),
         })
     }
 }
@@ -240,12 +381,7 @@ impl From<&Route> for pb::GetRouteResponse {
                 ca_bundle: b.ca_bundle.clone().unwrap_or_default(),
                 insecure_skip_verify: b.insecure_skip_verify,
             }),
-            credentials: Some(pb::BackendCredentials {
-                access_key: r.credentials.access_key.clone(),
-                secret_key: r.credentials.secret_key.clone(),
-                session_token: r.credentials.session_token.clone().unwrap_or_default(),
-                expires_unix: r.credentials.expires_unix.unwrap_or_default(),
-            }),
+            credentials: Some(pb::BackendCredentials::from(&*r.credentials)),
             ttl_ms: ms(r.ttl),
         }
     }
@@ -280,13 +416,55 @@ impl TryFrom<pb::GetRouteResponse> for Route {
                 ca_bundle: (!b.ca_bundle.is_empty()).then_some(b.ca_bundle),
                 insecure_skip_verify: b.insecure_skip_verify,
             }),
-            credentials: Arc::new(BackendCredentials {
-                access_key: c.access_key,
-                secret_key: c.secret_key,
-                session_token: (!c.session_token.is_empty()).then_some(c.session_token),
-                expires_unix: (c.expires_unix != 0).then_some(c.expires_unix),
-            }),
+            credentials: Arc::new(c.try_into()?),
             ttl: Duration::from_millis(r.ttl_ms),
+        })
+    }
+}
+
+impl From<&BackendCredentials> for pb::BackendCredentials {
+    fn from(c: &BackendCredentials) -> Self {
+        use pb::backend_credentials::Auth;
+        let auth = match &c.auth {
+            BackendAuth::SigV4 {
+                access_key,
+                secret_key,
+                session_token,
+            } => Auth::Sigv4(pb::SigV4Credentials {
+                access_key: access_key.clone(),
+                secret_key: secret_key.expose().clone(),
+                session_token: session_token
+                    .as_ref()
+                    .map(|t| t.expose().clone())
+                    .unwrap_or_default(),
+            }),
+        };
+        pb::BackendCredentials {
+            expires_unix: c.expires_unix.unwrap_or_default(),
+            auth: Some(auth),
+        }
+    }
+}
+
+impl TryFrom<pb::BackendCredentials> for BackendCredentials {
+    type Error = DecodeError;
+
+    fn try_from(c: pb::BackendCredentials) -> Result<Self, DecodeError> {
+        use pb::backend_credentials::Auth;
+        let auth = match c.auth {
+            Some(Auth::Sigv4(s)) if !s.access_key.is_empty() && !s.secret_key.is_empty() => {
+                BackendAuth::SigV4 {
+                    access_key: s.access_key,
+                    secret_key: Redacted::new(s.secret_key),
+                    session_token: (!s.session_token.is_empty())
+                        .then(|| Redacted::new(s.session_token)),
+                }
+            }
+            _ => return Err(DecodeError("route without usable credentials")),
+        };
+        Ok(BackendCredentials {
+            auth,
+            expires_unix: (c.expires_unix != 0).then_some(c.expires_unix),
         })
     }
 }
@@ -336,6 +514,16 @@ impl fmt::Debug for pb::KeyWithSecret {
     }
 }
 
+impl fmt::Debug for pb::StaticHmacSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StaticHmacSpec")
+            .field("access_key", &self.access_key)
+            .field("secret_key", &"<redacted>")
+            .field("session_token", &"<redacted>")
+            .finish()
+    }
+}
+
 impl fmt::Debug for pb::PutBackendRequest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PutBackendRequest")
@@ -381,11 +569,50 @@ mod tests {
                 action: Cow::Borrowed("s3:GetObject"),
                 bucket: "b".into(),
                 resource,
+                context: RequestContext {
+                    client_ip: Some("192.0.2.1".parse().unwrap()),
+                    identity_source: Cow::Borrowed("sigv4"),
+                    claims: Arc::from([("email".to_owned(), "a@example.com".to_owned())]),
+                    method: Cow::Borrowed("GET"),
+                    headers: vec![("content-type", "text/plain".into())],
+                },
             };
             assert_eq!(
                 AuthorizeRequest::try_from(pb::AuthorizeRequest::from(&req)).unwrap(),
                 req
             );
+        }
+        let creds = BackendCredentials {
+            auth: BackendAuth::SigV4 {
+                access_key: "AK".into(),
+                secret_key: Redacted::new("SK"),
+                session_token: Some(Redacted::new("TOK")),
+            },
+            expires_unix: Some(1_900_000_000),
+        };
+        assert_eq!(
+            BackendCredentials::try_from(pb::BackendCredentials::from(&creds)).unwrap(),
+            creds
+        );
+        let identity = Identity {
+            principal: alice(),
+            ttl: Duration::from_secs(60),
+            source: Arc::from("oidc:corp"),
+            claims: Arc::from([("sub".to_owned(), "alice".to_owned())]),
+        };
+        assert_eq!(
+            Identity::try_from(pb::AuthenticateResponse::from(&identity)).unwrap(),
+            identity
+        );
+        for presented in [
+            PresentedCredential::BearerToken(Redacted::new("eyJ.x.y")),
+            PresentedCredential::ClientCertificate {
+                der: Arc::from(&b"\x30\x03"[..]),
+                name: "svc".into(),
+            },
+        ] {
+            let msg = pb::AuthenticateRequest::from(&presented);
+            assert_eq!(PresentedCredential::try_from(msg).unwrap(), presented);
         }
         let anon = Principal::anonymous();
         assert_eq!(
@@ -455,15 +682,22 @@ mod tests {
     #[test]
     fn debug_redacts_secrets() {
         let c = pb::BackendCredentials {
-            access_key: "AK".into(),
-            secret_key: "very-secret".into(),
-            session_token: "tok".into(),
             expires_unix: 0,
+            auth: Some(pb::backend_credentials::Auth::Sigv4(pb::SigV4Credentials {
+                access_key: "AK".into(),
+                secret_key: "very-secret".into(),
+                session_token: "tok-value".into(),
+            })),
         };
-        let dbg = format!("{c:?}");
-        assert!(
-            !dbg.contains("very-secret") && !dbg.contains("tok\""),
-            "{dbg}"
-        );
+        let t = pb::AuthenticateRequest::from(&PresentedCredential::BearerToken(Redacted::new(
+            "bearer-value",
+        )));
+        let dbg = format!("{c:?} {t:?}");
+        for secret in ["very-secret", "tok-value", "bearer-value"] {
+            assert!(!dbg.contains(secret), "{dbg}");
+        }
+        let mut empty = pb::BackendCredentials::from(&BackendCredentials::try_from(c).unwrap());
+        empty.auth = None;
+        assert!(BackendCredentials::try_from(empty).is_err());
     }
 }

@@ -17,6 +17,9 @@ use std::time::Duration;
 pub use s3gate_s3::sigv4::SigningKey;
 
 pub mod convert;
+mod redacted;
+
+pub use redacted::Redacted;
 
 /// The generated protobuf messages and tonic services of `s3gate.v1`.
 #[allow(clippy::all, clippy::unwrap_used, clippy::expect_used, missing_docs)]
@@ -36,6 +39,13 @@ pub trait ControlPlane: Send + Sync + 'static {
         req: SigningKeyRequest,
     ) -> Result<SigningKeyGrant, ControlPlaneError>;
 
+    /// The principal behind a credential that is not an access key (a
+    /// bearer token, a verified client certificate).
+    async fn authenticate(
+        &self,
+        credential: PresentedCredential,
+    ) -> Result<Identity, ControlPlaneError>;
+
     /// An authorization decision for one principal, action and resource.
     async fn authorize(&self, req: AuthorizeRequest) -> Result<Decision, ControlPlaneError>;
 
@@ -53,6 +63,9 @@ pub trait ControlPlane: Send + Sync + 'static {
 pub enum ControlPlaneError {
     #[error("unknown access key")]
     UnknownAccessKey,
+    /// No identity source accepted the credential; the reason is for logs.
+    #[error("credential not accepted: {0}")]
+    NotAuthenticated(String),
     #[error("no such bucket")]
     NoSuchBucket,
     /// The control plane could not decide. The data plane fails closed.
@@ -115,9 +128,36 @@ impl fmt::Debug for SigningKeyGrant {
     }
 }
 
+/// A credential the data plane cannot check alone.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum PresentedCredential {
+    /// A bearer token (a JWT), as presented.
+    BearerToken(Redacted<String>),
+    /// A client certificate whose chain the data plane verified.
+    ClientCertificate {
+        /// The leaf certificate, DER.
+        der: Arc<[u8]>,
+        /// The identity read from it (CN or a SAN, as configured).
+        name: String,
+    },
+}
+
+/// Who a [`PresentedCredential`] belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub principal: Principal,
+    /// How long the data plane may cache this; never past the credential's
+    /// own expiry.
+    pub ttl: Duration,
+    /// The identity source that vouched (`oidc:corp`, `mtls`).
+    pub source: Arc<str>,
+    /// Claims a policy may look at.
+    pub claims: Arc<[(String, String)]>,
+}
+
 // === authorization ===
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuthorizeRequest {
     pub principal: Principal,
     /// IAM-style action, e.g. `s3:GetObject`. Borrowed in the data plane,
@@ -125,6 +165,42 @@ pub struct AuthorizeRequest {
     pub action: Cow<'static, str>,
     pub bucket: String,
     pub resource: Resource,
+    /// What else is known about the request. Decisions are cached without
+    /// it: a source whose answer depends on it answers with
+    /// [`Scope::Exact`] and a zero TTL.
+    pub context: RequestContext,
+}
+
+/// The request's circumstances, for policy sources that look at them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RequestContext {
+    pub client_ip: Option<std::net::IpAddr>,
+    /// `sigv4`, `presigned`, `anonymous`, or an [`Identity::source`].
+    pub identity_source: Cow<'static, str>,
+    pub claims: Arc<[(String, String)]>,
+    pub method: Cow<'static, str>,
+    /// The headers of [`RequestContext::HEADERS`] the request carried.
+    pub headers: Vec<(&'static str, String)>,
+}
+
+impl RequestContext {
+    /// The request headers a policy may look at (lower-case).
+    pub const HEADERS: &'static [&'static str] = &[
+        "content-type",
+        "x-amz-acl",
+        "x-amz-server-side-encryption",
+        "x-amz-server-side-encryption-aws-kms-key-id",
+        "x-amz-storage-class",
+        "x-amz-object-lock-mode",
+    ];
+
+    /// The static name of a [`RequestContext::HEADERS`] entry.
+    pub fn header_name(name: &str) -> Option<&'static str> {
+        Self::HEADERS
+            .iter()
+            .copied()
+            .find(|h| h.eq_ignore_ascii_case(name))
+    }
 }
 
 /// What inside the bucket a request touches.
@@ -207,28 +283,33 @@ pub struct Backend {
     pub insecure_skip_verify: bool,
 }
 
-/// Credentials the gateway signs backend requests with.
-#[derive(Clone, PartialEq, Eq)]
+/// What the data plane authenticates backend requests with.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BackendCredentials {
-    pub access_key: String,
-    pub secret_key: String,
-    pub session_token: Option<String>,
+    pub auth: BackendAuth,
     /// Unix seconds after which temporary credentials stop working; `None`
     /// for static ones. The data plane refreshes a route before this.
     pub expires_unix: Option<i64>,
 }
 
-impl fmt::Debug for BackendCredentials {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("BackendCredentials")
-            .field("access_key", &self.access_key)
-            .field("secret_key", &"<redacted>")
-            .field(
-                "session_token",
-                &self.session_token.as_ref().map(|_| "<redacted>"),
-            )
-            .field("expires_unix", &self.expires_unix)
-            .finish()
+/// One variant per way of authenticating to a backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BackendAuth {
+    /// AWS Signature Version 4 with an access key pair; a session token
+    /// makes it temporary.
+    SigV4 {
+        access_key: String,
+        secret_key: Redacted<String>,
+        session_token: Option<Redacted<String>>,
+    },
+}
+
+impl BackendCredentials {
+    /// What may be shown of them (the access key id); never a secret.
+    pub fn public_id(&self) -> &str {
+        match &self.auth {
+            BackendAuth::SigV4 { access_key, .. } => access_key,
+        }
     }
 }
 

@@ -22,6 +22,8 @@ pub enum S3ErrorCode {
     InvalidChunkSizeError,
     InvalidDigest,
     InvalidRequest,
+    /// A bearer or session token that is malformed, expired or not accepted.
+    InvalidToken,
     InvalidURI,
     MalformedXML,
     MethodNotAllowed,
@@ -56,6 +58,7 @@ impl S3ErrorCode {
             Self::InvalidChunkSizeError => "InvalidChunkSizeError",
             Self::InvalidDigest => "InvalidDigest",
             Self::InvalidRequest => "InvalidRequest",
+            Self::InvalidToken => "InvalidToken",
             Self::InvalidURI => "InvalidURI",
             Self::MalformedXML => "MalformedXML",
             Self::MethodNotAllowed => "MethodNotAllowed",
@@ -89,6 +92,7 @@ impl S3ErrorCode {
             | Self::InvalidChunkSizeError
             | Self::InvalidDigest
             | Self::InvalidRequest
+            | Self::InvalidToken
             | Self::InvalidURI
             | Self::MalformedXML
             | Self::MissingSecurityHeader

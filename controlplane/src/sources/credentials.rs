@@ -4,9 +4,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use s3gate_proto::BackendCredentials;
+use s3gate_proto::{BackendAuth, BackendCredentials};
 
 use super::SourceError;
+use crate::credential::CredentialSpec;
 use crate::state::State;
 
 #[async_trait]
@@ -22,7 +23,8 @@ pub trait CredentialSource: Send + Sync + 'static {
     ) -> Result<Option<Arc<BackendCredentials>>, SourceError>;
 }
 
-/// Static HMAC keys from the backend records: they never expire.
+/// Static HMAC keys (`kind = "static_hmac"`) from the backend records: they
+/// never expire.
 pub struct StaticHmac {
     by_backend: HashMap<String, Arc<BackendCredentials>>,
 }
@@ -32,14 +34,22 @@ impl StaticHmac {
         let by_backend = state
             .backends
             .values()
-            .map(|b| {
-                let creds = BackendCredentials {
-                    access_key: b.access_key.clone(),
-                    secret_key: b.secret.expose().to_owned(),
-                    session_token: b.session_token.as_ref().map(|t| t.expose().to_owned()),
-                    expires_unix: None,
-                };
-                (b.name.clone(), Arc::new(creds))
+            .map(|b| match &b.credentials {
+                CredentialSpec::StaticHmac {
+                    access_key,
+                    secret_key,
+                    session_token,
+                } => {
+                    let creds = BackendCredentials {
+                        auth: BackendAuth::SigV4 {
+                            access_key: access_key.clone(),
+                            secret_key: secret_key.clone(),
+                            session_token: session_token.clone(),
+                        },
+                        expires_unix: None,
+                    };
+                    (b.name.clone(), Arc::new(creds))
+                }
             })
             .collect();
         Self { by_backend }

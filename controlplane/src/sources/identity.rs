@@ -1,12 +1,15 @@
 //! Identity sources: who an access key belongs to, and the SigV4 signing key
-//! derived from its secret (the secret itself never leaves the source).
+//! derived from its secret (the secret itself never leaves the source); who
+//! a bearer token or client certificate belongs to.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use s3gate_proto::{Principal, SigningKey, SigningKeyGrant, SigningKeyRequest};
+use s3gate_proto::{
+    Identity, PresentedCredential, Principal, SigningKey, SigningKeyGrant, SigningKeyRequest,
+};
 
 use super::SourceError;
 use crate::config::Secret;
@@ -27,6 +30,17 @@ pub trait IdentitySource: Send + Sync + 'static {
     /// The principal an access key belongs to (for Explain), if this
     /// source knows it.
     async fn principal(&self, access_key: &str) -> Result<Option<Principal>, SourceError>;
+
+    /// Who a bearer token or a verified client certificate belongs to;
+    /// `Ok(None)` when the credential is not for this source. Sources of
+    /// access keys know none.
+    async fn authenticate(
+        &self,
+        credential: &PresentedCredential,
+    ) -> Result<Option<Identity>, SourceError> {
+        let _ = credential;
+        Ok(None)
+    }
 }
 
 /// s3gate-issued keys, from the state (config file, Admin API).

@@ -271,6 +271,7 @@ mod tests {
             action: Cow::Borrowed("s3:GetObject"),
             bucket: "data".to_owned(),
             resource: Resource::Object("reports/q1.csv".to_owned()),
+            context: Default::default(),
         }
     }
 

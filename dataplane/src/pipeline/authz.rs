@@ -4,9 +4,14 @@
 //! business; here every non-allow is a deny, and any failure to decide is a
 //! 503, never an allow.
 
+use std::borrow::Cow;
+
 use bytes::Bytes;
+use http::request::Parts;
 use moka::future::Cache;
-use s3gate_proto::{AuthorizeRequest, Decision, Principal, Resource, ResourceKind, Scope};
+use s3gate_proto::{
+    AuthorizeRequest, Decision, Principal, RequestContext, Resource, ResourceKind, Scope,
+};
 use s3gate_s3::delete::DeleteRequest;
 use s3gate_s3::request::S3Request;
 
@@ -15,6 +20,7 @@ use super::Ctx;
 use crate::body::{self, Body};
 use crate::error::Error;
 use crate::limits::Reservation;
+use crate::listen::ConnInfo;
 
 pub type DecisionCache = Cache<DecisionKey, Decision>;
 
@@ -43,6 +49,35 @@ pub struct DecisionKey {
     key: Option<String>,
 }
 
+/// Who asks, and under which circumstances: what every decision of one
+/// request shares.
+pub struct Asker<'a> {
+    pub who: &'a Authenticated,
+    pub head: &'a Parts,
+    pub conn: &'a ConnInfo,
+}
+
+impl Asker<'_> {
+    /// The request context sent with a decision the cache cannot answer
+    /// (so it is built on misses only).
+    fn context(&self) -> RequestContext {
+        let headers = RequestContext::HEADERS
+            .iter()
+            .filter_map(|&name| {
+                let value = self.head.headers.get(name)?.to_str().ok()?;
+                Some((name, value.to_owned()))
+            })
+            .collect();
+        RequestContext {
+            client_ip: Some(self.conn.peer.ip()),
+            identity_source: Cow::Borrowed(self.who.source),
+            claims: Default::default(),
+            method: Cow::Owned(self.head.method.as_str().to_owned()),
+            headers,
+        }
+    }
+}
+
 /// Proof that the request was authorized.
 #[derive(Debug)]
 pub struct Granted {
@@ -52,7 +87,7 @@ pub struct Granted {
 /// Largest DeleteObjects document accepted (1000 keys of 1 KiB, plus XML).
 const MAX_DELETE_BODY: usize = 2 << 20;
 
-pub async fn check(cx: &Ctx, who: &Authenticated, req: &S3Request) -> Result<Granted, Error> {
+pub async fn check(cx: &Ctx, asker: &Asker<'_>, req: &S3Request) -> Result<Granted, Error> {
     let bucket = req.bucket.as_deref().unwrap_or_default();
     let resource = match (&req.op, &req.key) {
         (_, Some(k)) if req.is_list() => Resource::Prefix(k.clone()),
@@ -61,22 +96,22 @@ pub async fn check(cx: &Ctx, who: &Authenticated, req: &S3Request) -> Result<Gra
     };
     // Every action the request needs, each on its own: a deny of any wins.
     for action in &req.also {
-        decide(cx, &who.principal, action, bucket, resource.clone()).await?;
+        decide(cx, asker, action, bucket, resource.clone()).await?;
     }
-    let granted = decide(cx, &who.principal, req.action, bucket, resource).await?;
+    let granted = decide(cx, asker, req.action, bucket, resource).await?;
     if let Some(src) = &req.copy_source {
         let source = Resource::Object(src.key.clone());
         if src.version_id.is_some() {
             decide(
                 cx,
-                &who.principal,
+                asker,
                 "s3:GetObjectVersion",
                 &src.bucket,
                 source.clone(),
             )
             .await?;
         }
-        decide(cx, &who.principal, "s3:GetObject", &src.bucket, source).await?;
+        decide(cx, asker, "s3:GetObject", &src.bucket, source).await?;
     }
     Ok(granted)
 }
@@ -100,7 +135,7 @@ pub async fn read_document(cx: &Ctx, body: Body, budget: &mut Reservation) -> Re
 /// and whatever the request's headers add. On a refusal, says which key.
 pub async fn check_delete_objects(
     cx: &Ctx,
-    who: &Authenticated,
+    asker: &Asker<'_>,
     req: &S3Request,
     bucket: &str,
     doc: &DeleteRequest,
@@ -113,7 +148,7 @@ pub async fn check_delete_objects(
         for action in actions {
             decide(
                 cx,
-                &who.principal,
+                asker,
                 action,
                 bucket,
                 Resource::Object(object.key.clone()),
@@ -127,11 +162,12 @@ pub async fn check_delete_objects(
 
 async fn decide(
     cx: &Ctx,
-    principal: &Principal,
+    asker: &Asker<'_>,
     action: &'static str,
     bucket: &str,
     resource: Resource,
 ) -> Result<Granted, Error> {
+    let principal = &asker.who.principal;
     let wide = DecisionKey {
         principal: principal.clone(),
         action,
@@ -151,6 +187,7 @@ async fn decide(
                 action: std::borrow::Cow::Borrowed(action),
                 bucket: bucket.to_owned(),
                 resource,
+                context: asker.context(),
             };
             let decision = cx
                 .decisions

@@ -614,8 +614,8 @@ fn names_backend(text: &str, route: &RouteEntry) -> bool {
     (route.route.backend_bucket != route.route.bucket && lower.contains(&bucket))
         || lower.contains(&host)
         || (!host_only.is_empty() && lower.contains(host_only))
-        || (!route.route.credentials.access_key.is_empty()
-            && text.contains(route.route.credentials.access_key.as_str()))
+        || (!route.route.credentials.public_id().is_empty()
+            && text.contains(route.route.credentials.public_id()))
 }
 
 fn code_for_status(status: StatusCode) -> &'static str {

@@ -182,7 +182,12 @@ async fn run(
         return respond::list_buckets(cx, &who.principal).await;
     };
     let route = route::lookup(cx, bucket).await?;
-    let grant = authz::check(cx, &who, req).await;
+    let asker = authz::Asker {
+        who: &who,
+        head,
+        conn: &ex.conn,
+    };
+    let grant = authz::check(cx, &asker, req).await;
     trace.decision = Some(if grant.is_ok() { "allow" } else { "deny" });
     let grant = grant?;
     let source_route = match &req.copy_source {
@@ -200,7 +205,7 @@ async fn run(
         let doc = s3gate_s3::delete::parse(&doc)?;
         let keys: Vec<&str> = doc.objects.iter().map(|o| o.key.as_str()).collect();
         trace.keys = serde_json::to_string(&keys).ok();
-        if let Err((e, key)) = authz::check_delete_objects(cx, &who, req, bucket, &doc).await {
+        if let Err((e, key)) = authz::check_delete_objects(cx, &asker, req, bucket, &doc).await {
             trace.decision = Some("deny");
             trace.refused_key = Some(key);
             return Err(e);

@@ -9,7 +9,7 @@ use aws_credential_types::Credentials;
 use aws_smithy_runtime_api::client::identity::Identity;
 use moka::future::Cache;
 use moka::Expiry;
-use s3gate_proto::Route;
+use s3gate_proto::{BackendAuth, Route};
 use s3gate_s3::request::CopySource;
 use s3gate_s3::{S3Error, S3ErrorCode};
 
@@ -80,15 +80,20 @@ async fn fill(cx: &Ctx, bucket: &str) -> Result<Arc<RouteEntry>, Error> {
         .upstreams
         .client_for(&route.backend)
         .map_err(|m| Error::Config(format!("backend {}: {m}", route.backend.name)))?;
-    let creds = &route.credentials;
-    let identity = Credentials::new(
-        creds.access_key.clone(),
-        creds.secret_key.clone(),
-        creds.session_token.clone(),
-        None,
-        "s3gate-backend",
-    )
-    .into();
+    let identity = match &route.credentials.auth {
+        BackendAuth::SigV4 {
+            access_key,
+            secret_key,
+            session_token,
+        } => Credentials::new(
+            access_key.clone(),
+            secret_key.expose().clone(),
+            session_token.as_ref().map(|t| t.expose().clone()),
+            None,
+            "s3gate-backend",
+        )
+        .into(),
+    };
     Ok(Arc::new(RouteEntry {
         route,
         client,
@@ -134,9 +139,11 @@ mod tests {
                 insecure_skip_verify: false,
             }),
             credentials: Arc::new(BackendCredentials {
-                access_key: "a".into(),
-                secret_key: "s".into(),
-                session_token: None,
+                auth: BackendAuth::SigV4 {
+                    access_key: "a".into(),
+                    secret_key: s3gate_proto::Redacted::new("s"),
+                    session_token: None,
+                },
                 expires_unix,
             }),
             ttl: Duration::from_secs(300),

@@ -39,6 +39,63 @@ pub struct SigningKeyResponse {
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct AuthenticateRequest {
+    #[prost(oneof = "authenticate_request::Credential", tags = "1, 2")]
+    pub credential: ::core::option::Option<authenticate_request::Credential>,
+}
+/// Nested message and enum types in `AuthenticateRequest`.
+pub mod authenticate_request {
+    #[allow(clippy::all)]
+    #[derive(Clone, PartialEq, Eq, Hash, ::prost::Oneof)]
+    pub enum Credential {
+        #[prost(message, tag = "1")]
+        BearerToken(super::BearerToken),
+        #[prost(message, tag = "2")]
+        ClientCertificate(super::ClientCertificate),
+    }
+}
+/// A bearer token (a JWT) exactly as the client presented it.
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+#[prost(skip_debug)]
+pub struct BearerToken {
+    #[prost(string, tag = "1")]
+    pub token: ::prost::alloc::string::String,
+}
+/// A client certificate whose chain the data plane verified against its
+/// client CA.
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ClientCertificate {
+    /// The leaf certificate, DER.
+    #[prost(bytes = "vec", tag = "1")]
+    pub der: ::prost::alloc::vec::Vec<u8>,
+    /// The identity the data plane read from it (its configured field: CN or a
+    /// SAN).
+    #[prost(string, tag = "2")]
+    pub name: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct AuthenticateResponse {
+    #[prost(message, optional, tag = "1")]
+    pub principal: ::core::option::Option<Principal>,
+    /// How long the data plane may cache this answer; never past the
+    /// credential's own expiry.
+    #[prost(uint64, tag = "2")]
+    pub ttl_ms: u64,
+    /// The identity source that vouched, e.g. "oidc:corp" or "mtls".
+    #[prost(string, tag = "3")]
+    pub source: ::prost::alloc::string::String,
+    /// Claims a policy may look at (flattened to strings).
+    #[prost(map = "string, string", tag = "4")]
+    pub claims: ::std::collections::HashMap<
+        ::prost::alloc::string::String,
+        ::prost::alloc::string::String,
+    >,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
 pub struct AuthorizeRequest {
     #[prost(message, optional, tag = "1")]
     pub principal: ::core::option::Option<Principal>,
@@ -51,6 +108,38 @@ pub struct AuthorizeRequest {
     /// The object key (OBJECT) or listed prefix (PREFIX); empty for BUCKET.
     #[prost(string, tag = "5")]
     pub key: ::prost::alloc::string::String,
+    #[prost(message, optional, tag = "6")]
+    pub context: ::core::option::Option<RequestContext>,
+}
+/// What else is known about the request, for policy sources that look at it.
+/// Decisions are cached by (principal, action, bucket, kind, key) under their
+/// scope: a source whose answer depends on the context must answer with
+/// SCOPE_EXACT and ttl_ms 0, or the data plane reuses it for other contexts.
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct RequestContext {
+    /// The client's address as the data plane saw it.
+    #[prost(string, tag = "1")]
+    pub client_ip: ::prost::alloc::string::String,
+    /// How the principal authenticated: "sigv4", "presigned", "anonymous", or
+    /// the Authenticate source ("oidc:corp", "mtls").
+    #[prost(string, tag = "2")]
+    pub identity_source: ::prost::alloc::string::String,
+    #[prost(map = "string, string", tag = "3")]
+    pub claims: ::std::collections::HashMap<
+        ::prost::alloc::string::String,
+        ::prost::alloc::string::String,
+    >,
+    /// The HTTP method.
+    #[prost(string, tag = "4")]
+    pub method: ::prost::alloc::string::String,
+    /// Headers a policy may look at (lower-case names), e.g. content-type,
+    /// x-amz-server-side-encryption, x-amz-acl, x-amz-storage-class.
+    #[prost(map = "string, string", tag = "5")]
+    pub headers: ::std::collections::HashMap<
+        ::prost::alloc::string::String,
+        ::prost::alloc::string::String,
+    >,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -88,20 +177,41 @@ pub struct Backend {
     #[prost(bool, tag = "6")]
     pub insecure_skip_verify: bool,
 }
+/// What the data plane authenticates backend requests with: one variant per
+/// kind of backend authentication.
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 #[prost(skip_debug)]
 pub struct BackendCredentials {
-    #[prost(string, tag = "1")]
-    pub access_key: ::prost::alloc::string::String,
-    #[prost(string, tag = "2")]
-    pub secret_key: ::prost::alloc::string::String,
-    #[prost(string, tag = "3")]
-    pub session_token: ::prost::alloc::string::String,
     /// Unix seconds after which the credentials are no longer valid (temporary
     /// credentials: STS, IBM IAM); 0 for static credentials.
     #[prost(int64, tag = "4")]
     pub expires_unix: i64,
+    #[prost(oneof = "backend_credentials::Auth", tags = "5")]
+    pub auth: ::core::option::Option<backend_credentials::Auth>,
+}
+/// Nested message and enum types in `BackendCredentials`.
+pub mod backend_credentials {
+    #[allow(clippy::all)]
+    #[derive(Clone, PartialEq, Eq, Hash, ::prost::Oneof)]
+    #[prost(skip_debug)]
+    pub enum Auth {
+        #[prost(message, tag = "5")]
+        Sigv4(super::SigV4Credentials),
+    }
+}
+/// Requests are signed with AWS Signature Version 4.
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+#[prost(skip_debug)]
+pub struct SigV4Credentials {
+    #[prost(string, tag = "1")]
+    pub access_key: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub secret_key: ::prost::alloc::string::String,
+    /// Empty for long-term keys.
+    #[prost(string, tag = "3")]
+    pub session_token: ::prost::alloc::string::String,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -407,6 +517,32 @@ pub mod decisions_client {
                 .insert(GrpcMethod::new("s3gate.v1.Decisions", "SigningKey"));
             self.inner.unary(req, path, codec).await
         }
+        /// The principal behind a credential that is not an access key: a bearer
+        /// token, or a client certificate the data plane has verified.
+        pub async fn authenticate(
+            &mut self,
+            request: impl tonic::IntoRequest<super::AuthenticateRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::AuthenticateResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/s3gate.v1.Decisions/Authenticate",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("s3gate.v1.Decisions", "Authenticate"));
+            self.inner.unary(req, path, codec).await
+        }
         /// An authorization decision, with the scope it holds for and a TTL.
         pub async fn authorize(
             &mut self,
@@ -529,6 +665,15 @@ pub mod decisions_server {
             request: tonic::Request<super::SigningKeyRequest>,
         ) -> std::result::Result<
             tonic::Response<super::SigningKeyResponse>,
+            tonic::Status,
+        >;
+        /// The principal behind a credential that is not an access key: a bearer
+        /// token, or a client certificate the data plane has verified.
+        async fn authenticate(
+            &self,
+            request: tonic::Request<super::AuthenticateRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::AuthenticateResponse>,
             tonic::Status,
         >;
         /// An authorization decision, with the scope it holds for and a TTL.
@@ -674,6 +819,51 @@ pub mod decisions_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = SigningKeySvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/s3gate.v1.Decisions/Authenticate" => {
+                    #[allow(non_camel_case_types)]
+                    struct AuthenticateSvc<T: Decisions>(pub Arc<T>);
+                    impl<
+                        T: Decisions,
+                    > tonic::server::UnaryService<super::AuthenticateRequest>
+                    for AuthenticateSvc<T> {
+                        type Response = super::AuthenticateResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::AuthenticateRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Decisions>::authenticate(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = AuthenticateSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(
@@ -1025,6 +1215,40 @@ pub struct BackendInfo {
     pub ca_bundle: ::prost::alloc::string::String,
     #[prost(bool, tag = "7")]
     pub insecure_skip_verify: bool,
+    /// How s3gate authenticates to the backend. In listings its secrets are
+    /// empty. When a PutBackend leaves it unset, access_key (above) with
+    /// secret_key/session_token (PutBackendRequest) make a static HMAC one.
+    #[prost(message, optional, tag = "8")]
+    pub credentials: ::core::option::Option<CredentialSpec>,
+}
+/// One variant per kind of backend credential.
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct CredentialSpec {
+    #[prost(oneof = "credential_spec::Kind", tags = "1")]
+    pub kind: ::core::option::Option<credential_spec::Kind>,
+}
+/// Nested message and enum types in `CredentialSpec`.
+pub mod credential_spec {
+    #[allow(clippy::all)]
+    #[derive(Clone, PartialEq, Eq, Hash, ::prost::Oneof)]
+    pub enum Kind {
+        #[prost(message, tag = "1")]
+        StaticHmac(super::StaticHmacSpec),
+    }
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+#[prost(skip_debug)]
+pub struct StaticHmacSpec {
+    #[prost(string, tag = "1")]
+    pub access_key: ::prost::alloc::string::String,
+    /// Empty in listings; on an update of the same kind, empty keeps the
+    /// stored one.
+    #[prost(string, tag = "2")]
+    pub secret_key: ::prost::alloc::string::String,
+    #[prost(string, tag = "3")]
+    pub session_token: ::prost::alloc::string::String,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]

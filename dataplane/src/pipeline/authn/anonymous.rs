@@ -32,6 +32,7 @@ pub(super) fn verify(head: &Parts) -> Result<Authenticated, Error> {
     };
     Ok(Authenticated {
         principal: Principal::anonymous(),
+        source: "anonymous",
         payload,
         chunk_signing: None,
     })

@@ -28,6 +28,9 @@ use crate::listen::ConnInfo;
 /// Proof that a request was authenticated (or is anonymous).
 pub struct Authenticated {
     pub principal: Principal,
+    /// How: `sigv4`, `presigned`, `anonymous` (the identity source named in
+    /// a decision's request context).
+    pub source: &'static str,
     /// How the body is bound to the signature.
     pub payload: PayloadMode,
     /// For signed aws-chunked bodies: what the chunk signatures chain from.
