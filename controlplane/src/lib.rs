@@ -32,8 +32,7 @@ use s3gate_proto::{
 };
 
 use crate::config::{AddressingStyleConfig, CacheConfig};
-use crate::sources::policy::Rules;
-use crate::sources::{SourceError, Sources};
+use crate::sources::{Registry, SourceError, Sources};
 use crate::state::State;
 
 /// A compiled snapshot of the control-plane state, and the sources built
@@ -41,9 +40,6 @@ use crate::state::State;
 /// builds a new one.
 pub struct Snapshot {
     sources: Sources,
-    /// The built-in rules, also for ListBuckets (which buckets a principal
-    /// has any allow on).
-    rules: Rules,
     /// Bucket → where it lives; the credentials come from the credential
     /// sources on every lookup.
     routes: HashMap<String, Placement>,
@@ -58,8 +54,10 @@ struct Placement {
 }
 
 impl Snapshot {
-    pub fn from_state(state: &State, cache: &CacheConfig) -> Self {
-        let sources = Sources::from_state(state, cache);
+    /// Compiles `state`, placing its sources among the standing ones of
+    /// `registry`.
+    pub fn compile(state: &State, cache: &CacheConfig, registry: &Registry) -> Self {
+        let sources = Sources::compile(state, cache, registry);
         let backends: HashMap<&str, Arc<Backend>> = state
             .backends
             .values()
@@ -93,7 +91,6 @@ impl Snapshot {
             .collect();
         Self {
             sources,
-            rules: Rules::from_state(state, cache.decision_ttl),
             routes,
             version: state.version,
         }
@@ -203,6 +200,7 @@ impl ControlPlane for Snapshot {
         principal: &Principal,
     ) -> Result<Vec<String>, ControlPlaneError> {
         Ok(self
+            .sources
             .rules
             .visible(principal, self.routes.keys().map(String::as_str)))
     }

@@ -20,6 +20,7 @@ use tracing::{info, warn};
 
 use crate::config::CacheConfig;
 use crate::grpc::Events;
+use crate::sources::Registry;
 use crate::state::{Change, State, Touched};
 use crate::store::{Notification, Store, StoreError};
 use crate::Snapshot;
@@ -27,6 +28,8 @@ use crate::Snapshot;
 pub struct Replica {
     store: Arc<dyn Store>,
     cache: CacheConfig,
+    /// The standing sources: kept across every snapshot.
+    registry: Registry,
     /// The snapshot decisions are answered from. Read on every call (an
     /// `Arc` clone under a briefly held lock), replaced on every change.
     current: RwLock<Arc<Snapshot>>,
@@ -44,6 +47,16 @@ impl Replica {
         cache: CacheConfig,
         name: String,
     ) -> Result<Arc<Self>, StoreError> {
+        Self::start_with(store, cache, name, Registry::default()).await
+    }
+
+    /// [`Replica::start`] with standing sources besides the built-ins.
+    pub async fn start_with(
+        store: Arc<dyn Store>,
+        cache: CacheConfig,
+        name: String,
+        registry: Registry,
+    ) -> Result<Arc<Self>, StoreError> {
         // Subscribe first: a change between load and subscribe is not lost.
         let notes = store.subscribe();
         let state = store.load().await?;
@@ -56,11 +69,12 @@ impl Replica {
             "control plane state loaded"
         );
         let replica = Arc::new(Self {
-            current: RwLock::new(Arc::new(Snapshot::from_state(&state, &cache))),
+            current: RwLock::new(Arc::new(Snapshot::compile(&state, &cache, &registry))),
             version: watch::channel(state.version).0,
             events: crate::grpc::events(),
             store,
             cache,
+            registry,
             name,
         });
         tokio::spawn(follow(Arc::downgrade(&replica), notes));
@@ -126,7 +140,7 @@ impl Replica {
     }
 
     fn install(&self, state: &State) {
-        let next = Arc::new(Snapshot::from_state(state, &self.cache));
+        let next = Arc::new(Snapshot::compile(state, &self.cache, &self.registry));
         match self.current.write() {
             Ok(mut guard) => *guard = next,
             Err(poisoned) => *poisoned.into_inner() = next,
@@ -304,5 +318,69 @@ mod tests {
             .await
             .unwrap();
         assert!(replica.signing_key(ask()).await.is_err());
+    }
+
+    /// A standing source that counts what it was asked: state it would lose
+    /// if it were rebuilt with the snapshot.
+    struct Warm {
+        asked: std::sync::atomic::AtomicUsize,
+    }
+
+    #[async_trait]
+    impl crate::sources::PolicySource for Warm {
+        fn name(&self) -> &'static str {
+            "warm"
+        }
+
+        async fn decide(
+            &self,
+            _req: &AuthorizeRequest,
+        ) -> Result<crate::sources::Verdict, crate::sources::SourceError> {
+            self.asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Ok(crate::sources::Verdict {
+                kind: crate::sources::VerdictKind::Allow,
+                reason: "warm".into(),
+                by: None,
+                scope: s3gate_proto::Scope::Exact,
+                ttl: Duration::from_secs(1),
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn standing_sources_outlive_state_changes() {
+        use crate::sources::{PolicySlot, Registry};
+        let warm = Arc::new(Warm {
+            asked: Default::default(),
+        });
+        let registry = Registry {
+            policy: vec![PolicySlot::Rules, PolicySlot::Source(warm.clone())],
+            ..Registry::default()
+        };
+        let store = Arc::new(MemoryStore::new());
+        let replica = Replica::start_with(store, CacheConfig::default(), "r1".into(), registry)
+            .await
+            .unwrap();
+        let ask = || AuthorizeRequest {
+            principal: Principal::anonymous(),
+            action: "s3:GetObject".into(),
+            bucket: "data".into(),
+            resource: s3gate_proto::Resource::Object("k".into()),
+            context: Default::default(),
+        };
+        assert!(replica.authorize(ask()).await.unwrap().allow);
+        replica
+            .apply(Change::PutKey(KeyRecord {
+                access_key: "AK1".into(),
+                secret: Secret::new("s1"),
+                principal: "p".into(),
+                groups: vec![],
+                created: 0,
+            }))
+            .await
+            .unwrap();
+        assert!(replica.authorize(ask()).await.unwrap().allow);
+        // The same instance answered before and after the new snapshot.
+        assert_eq!(warm.asked.load(std::sync::atomic::Ordering::SeqCst), 2);
     }
 }

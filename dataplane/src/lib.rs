@@ -27,9 +27,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
 use s3gate_proto::{ControlPlane, Invalidation};
 use s3gate_s3::request::HostConfig;
 use tokio::net::TcpListener;
@@ -79,6 +79,32 @@ impl Default for Config {
 /// Largest read or write buffer of one connection, client or backend side.
 pub(crate) const CONNECTION_BUFFER: usize = 64 << 10;
 
+/// How a connection's HTTP is served, by what its handshake negotiated.
+#[derive(Clone)]
+struct Http {
+    /// HTTP/1.1 only: plain TCP (no h2c). HTTP/2 joins here, for TLS
+    /// connections whose ALPN picked `h2`, with the TLS listener.
+    h1: auto::Builder<TokioExecutor>,
+}
+
+impl Http {
+    fn new(limits: &Limits) -> Self {
+        let mut h1 = auto::Builder::new(TokioExecutor::new()).http1_only();
+        h1.http1()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(limits.header_timeout)
+            // Bounds what one connection buffers, and so the size of a body
+            // frame a verifier may hold back.
+            .max_buf_size(CONNECTION_BUFFER)
+            .keep_alive(true);
+        Self { h1 }
+    }
+
+    fn for_conn(&self, _conn: &ConnInfo) -> &auto::Builder<TokioExecutor> {
+        &self.h1
+    }
+}
+
 /// Serves S3 over plain TCP on `listener` until `shutdown` resolves, then
 /// drains in-flight requests (bounded by `drain_timeout`).
 pub async fn serve(
@@ -124,13 +150,7 @@ pub async fn serve_with<A: Acceptor>(
     };
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let limits = cx.cfg.limits.clone();
-    let mut http = http1::Builder::new();
-    http.timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(limits.header_timeout)
-        // Bounds what one connection buffers, and so the size of a body
-        // frame a verifier may hold back.
-        .max_buf_size(CONNECTION_BUFFER)
-        .keep_alive(true);
+    let http = Http::new(&limits);
     // A permit per open connection; at the cap, accepting pauses.
     let connections = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     // A permit per request being handled; at the cap, requests are shed.
@@ -186,6 +206,7 @@ pub async fn serve_with<A: Acceptor>(
                         }
                     };
                     let conn = Arc::new(conn);
+                    let builder = http.for_conn(&conn);
                     let svc = service_fn(move |req| {
                         let cx = cx.clone();
                         let conn = conn.clone();
@@ -204,9 +225,9 @@ pub async fn serve_with<A: Acceptor>(
                         }
                     });
                     let io = stall::SendTimeout::new(io, send_timeout);
-                    let served = watcher.watch(http.serve_connection(TokioIo::new(io), svc));
+                    let served = watcher.watch(builder.serve_connection(TokioIo::new(io), svc));
                     if let Err(error) = served.await {
-                        let cause = std::error::Error::source(&error).map(ToString::to_string);
+                        let cause = std::error::Error::source(&*error).map(ToString::to_string);
                         debug!(%error, cause = cause.as_deref().unwrap_or("-"), %peer, "connection ended with error");
                     }
                     drop(permit);

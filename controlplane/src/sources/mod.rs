@@ -7,13 +7,22 @@
 //! | policy | [`PolicySource`] | request → allow / deny / abstain, with reason, scope, TTL | [`policy::Rules`] (built-in rules) |
 //! | credentials | [`CredentialSource`] | backend → the credentials to sign with, and until when | [`credentials::StaticHmac`] |
 //!
-//! A source is a value behind an `Arc<dyn …>`: it may hold state and run
-//! background tasks of its own (a JWKS refresher, an OPA client, a token
-//! refresher). A source that cannot decide returns [`SourceError`]; the
-//! chains fail closed on it, and an explicit deny from any policy source
-//! wins over every allow.
+//! A source is a value behind an `Arc<dyn …>`. Two lifetimes:
+//! - **compiled** sources ([`identity::Keys`], [`policy::Rules`],
+//!   [`credentials::StaticHmac`]) are built from each version of the state
+//!   and replaced with the snapshot;
+//! - **standing** sources live in the replica's [`Registry`] for as long as
+//!   the replica does, across every state change, so they can hold state and
+//!   run background tasks of their own (a JWKS cache, an OPA client, a
+//!   token refresher).
 //!
-//! Adding a source is one file here and one line in [`Sources::from_state`].
+//! A source that cannot decide returns [`SourceError`]; the chains fail
+//! closed on it, and an explicit deny from any policy source wins over every
+//! allow.
+//!
+//! Adding a source is one file here and one registration line: in
+//! [`Sources::compile`] for a compiled source, in the [`Registry`] the
+//! replica starts with for a standing one.
 
 pub mod credentials;
 pub mod identity;
@@ -46,6 +55,40 @@ impl SourceError {
     }
 }
 
+/// Where a policy source sits in the chain.
+#[derive(Clone)]
+pub enum PolicySlot {
+    /// The built-in rules, compiled from each state version.
+    Rules,
+    /// A standing source.
+    Source(Arc<dyn PolicySource>),
+}
+
+/// The standing sources of a replica, and where the compiled built-ins go
+/// among them. Built once (from the process's configuration) and kept for
+/// the replica's lifetime.
+#[derive(Clone)]
+pub struct Registry {
+    /// Asked after the built-in keys.
+    pub identity: Vec<Arc<dyn IdentitySource>>,
+    /// The policy chain, in order; [`PolicySlot::Rules`] marks where the
+    /// built-in rules go (absent: they are not asked).
+    pub policy: Vec<PolicySlot>,
+    /// Asked after the static HMAC keys of the backend records.
+    pub credentials: Vec<Arc<dyn CredentialSource>>,
+}
+
+impl Default for Registry {
+    /// The built-in sources alone.
+    fn default() -> Self {
+        Self {
+            identity: Vec::new(),
+            policy: vec![PolicySlot::Rules],
+            credentials: Vec::new(),
+        }
+    }
+}
+
 /// Every source a control plane asks, in the order it asks them.
 pub struct Sources {
     /// Asked in order; the first that knows the access key answers.
@@ -53,19 +96,36 @@ pub struct Sources {
     pub policy: PolicyChain,
     /// Asked in order; the first that has credentials for the backend answers.
     pub credentials: Vec<Arc<dyn CredentialSource>>,
+    /// The built-in rules, also for ListBuckets (which buckets a principal
+    /// has any allow on).
+    pub rules: Arc<policy::Rules>,
 }
 
 impl Sources {
-    /// The chain builder: the sources compiled from the control-plane state.
-    /// Register a new source here.
-    pub fn from_state(state: &State, cache: &CacheConfig) -> Self {
+    /// The compiled sources of one state version, placed among the standing
+    /// ones. Register a new compiled source here.
+    pub fn compile(state: &State, cache: &CacheConfig, registry: &Registry) -> Self {
+        let rules = Arc::new(policy::Rules::from_state(state, cache.decision_ttl));
+        let keys: Arc<dyn IdentitySource> =
+            Arc::new(identity::Keys::from_state(state, cache.key_ttl));
+        let hmac: Arc<dyn CredentialSource> = Arc::new(credentials::StaticHmac::from_state(state));
+        let policy = registry
+            .policy
+            .iter()
+            .map(|slot| match slot {
+                PolicySlot::Rules => rules.clone() as Arc<dyn PolicySource>,
+                PolicySlot::Source(source) => source.clone(),
+            })
+            .collect();
         Self {
-            identity: vec![Arc::new(identity::Keys::from_state(state, cache.key_ttl))],
-            policy: PolicyChain::new(vec![Arc::new(policy::Rules::from_state(
-                state,
-                cache.decision_ttl,
-            ))]),
-            credentials: vec![Arc::new(credentials::StaticHmac::from_state(state))],
+            identity: std::iter::once(keys)
+                .chain(registry.identity.iter().cloned())
+                .collect(),
+            policy: PolicyChain::new(policy),
+            credentials: std::iter::once(hmac)
+                .chain(registry.credentials.iter().cloned())
+                .collect(),
+            rules,
         }
     }
 }

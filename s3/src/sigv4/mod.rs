@@ -18,6 +18,8 @@
 
 use std::fmt;
 
+use hmac::digest::KeyInit;
+use hmac::{Hmac, Mac as _};
 use http::header::{HeaderMap, AUTHORIZATION};
 use http::{Method, Uri};
 use sha2::{Digest as _, Sha256};
@@ -352,25 +354,20 @@ impl VerifyError {
 
 // === helpers ===
 
-/// HMAC-SHA256 (RFC 2104) written out over `sha2`, so it is infallible for
-/// every key length instead of going through a `Result` that cannot fail.
+/// HMAC-SHA256 through the `hmac` crate, infallibly: a key is zero-padded
+/// (or, when longer than a block, hashed first, as RFC 2104 says) to exactly
+/// one block, the key length `Hmac::new` takes without a `Result`.
 pub(crate) fn hmac_sha256(key: &[u8], data: &[u8]) -> [u8; 32] {
-    const BLOCK: usize = 64;
-    let mut block = [0u8; BLOCK];
-    if key.len() > BLOCK {
+    let mut block = [0u8; 64];
+    if key.len() > block.len() {
         let digest: [u8; 32] = Sha256::digest(key).into();
-        block.iter_mut().zip(digest).for_each(|(b, k)| *b = k);
+        block[..32].copy_from_slice(&digest);
     } else {
-        block.iter_mut().zip(key).for_each(|(b, k)| *b = *k);
+        block[..key.len()].copy_from_slice(key);
     }
-    let mut inner = Sha256::new();
-    inner.update(block.map(|b| b ^ 0x36));
-    inner.update(data);
-    let inner = inner.finalize();
-    let mut outer = Sha256::new();
-    outer.update(block.map(|b| b ^ 0x5c));
-    outer.update(inner);
-    outer.finalize().into()
+    let mut mac = <Hmac<Sha256> as KeyInit>::new(&block.into());
+    mac.update(data);
+    mac.finalize().into_bytes().into()
 }
 
 /// Exactly 64 hex digits (either case) into 32 bytes.

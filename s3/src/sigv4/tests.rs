@@ -764,7 +764,7 @@ fn hmac_matches_rfc_4231_and_the_hmac_crate() {
     );
     for len in [0, 1, 32, 63, 64, 65, 200] {
         let key = vec![0x5a; len];
-        let mut mac = hmac::Hmac::<Sha256>::new_from_slice(&key).unwrap();
+        let mut mac = <hmac::Hmac<Sha256> as hmac::Mac>::new_from_slice(&key).unwrap();
         mac.update(b"data");
         let expected: [u8; 32] = mac.finalize().into_bytes().into();
         assert_eq!(hmac_sha256(&key, b"data"), expected, "key length {len}");
