@@ -3,7 +3,9 @@
 //! Evaluation looks at every rule; an explicit deny beats any allow, and no
 //! matching allow means deny. Each decision names the rule that decided and
 //! the widest scope over which the same answer holds, so the data plane can
-//! cache it for every request it covers.
+//! cache it for every request it covers: the bucket when no key glob involved
+//! depends on the key, else the shortest prefix of the key over which every
+//! glob involved gives the same answer, else the exact key.
 
 use s3gate_proto::{AuthorizeRequest, Decision, Principal, Resource, Scope};
 use wildmatch::WildMatch;
@@ -46,6 +48,11 @@ struct Glob {
     matcher: WildMatch,
     /// The pattern matches every key (`*`).
     matches_all: bool,
+    /// The text before the first wildcard: every match starts with it.
+    literal: String,
+    /// The pattern is `literal` followed by `*`s only (at least one), so it
+    /// matches exactly the keys starting with `literal`.
+    prefix_glob: bool,
 }
 
 impl Policy {
@@ -91,10 +98,10 @@ impl Policy {
     ) -> (Decision, Option<&str>) {
         let mut allow: Option<&str> = None;
         let mut deny: Option<&str> = None;
-        // Whether every rule that could apply to some key of this bucket
-        // gives the same answer for all keys: then the decision holds for the
-        // whole bucket.
-        let mut key_independent = true;
+        // How many leading bytes of the key the answer depends on: every
+        // pattern that applies gives the same answer for all keys sharing
+        // them. `Some(0)`: none (the whole bucket); `None`: the exact key.
+        let mut depends_on = Some(0);
         for rule in &self.rules {
             if !rule.applies_to(&req.principal, &req.action) {
                 continue;
@@ -103,9 +110,9 @@ impl Policy {
                 if !pattern.bucket.matches(&req.bucket) {
                     continue;
                 }
-                if !pattern.is_key_independent(&req.resource) {
-                    key_independent = false;
-                }
+                depends_on = depends_on
+                    .zip(pattern.depends_on(&req.resource))
+                    .map(|(a, b)| a.max(b));
                 if pattern.matches(&req.resource) {
                     match rule.effect {
                         Effect::Allow => {
@@ -118,11 +125,7 @@ impl Policy {
                 }
             }
         }
-        let scope = if key_independent {
-            Scope::Bucket
-        } else {
-            Scope::Exact
-        };
+        let scope = scope(depends_on, req.resource.key());
         let (allow, reason, rule) = match (deny, allow) {
             (Some(id), _) => (false, format!("denied by rule {id}"), Some(id)),
             (None, Some(id)) => (true, format!("allowed by rule {id}"), Some(id)),
@@ -157,6 +160,19 @@ impl Policy {
             .collect();
         out.sort();
         out
+    }
+}
+
+/// The scope of an answer that depends on the first `depends_on` bytes of
+/// `key` (rounded up to a character boundary: a longer prefix still holds).
+fn scope(depends_on: Option<usize>, key: Option<&str>) -> Scope {
+    match (depends_on, key) {
+        (Some(0), _) => Scope::Bucket,
+        (Some(n), Some(key)) => (n..=key.len())
+            .find(|&i| key.is_char_boundary(i))
+            .and_then(|i| key.get(..i))
+            .map_or(Scope::Exact, |p| Scope::Prefix(p.to_owned())),
+        _ => Scope::Exact,
     }
 }
 
@@ -215,23 +231,50 @@ impl ResourcePattern {
         }
     }
 
-    /// Whether `matches` gives the same answer for every key of this kind.
-    fn is_key_independent(&self, resource: &Resource) -> bool {
+    /// The shortest prefix of `resource`'s key (in bytes) over whose
+    /// extensions `matches` gives one answer: 0 when the key does not
+    /// matter, `None` when no prefix of the key will do.
+    fn depends_on(&self, resource: &Resource) -> Option<usize> {
         match (resource, &self.key) {
-            (Resource::Bucket, _) => true,
-            (Resource::Object(_), None) => true,
-            (Resource::Prefix(_), None) => true,
-            (Resource::Object(_) | Resource::Prefix(_), Some(g)) => g.matches_all,
+            (Resource::Bucket, _) => Some(0),
+            (Resource::Object(_) | Resource::Prefix(_), None) => Some(0),
+            (Resource::Object(k) | Resource::Prefix(k), Some(g)) => g.depends_on(k),
         }
     }
 }
 
 impl Glob {
     fn new(pattern: &str) -> Self {
+        // WildMatch (2.x) knows `*` and `?` only, has no escapes and compares
+        // characters exactly: everything before the first of them is literal.
+        let (literal, rest) = pattern
+            .find(['*', '?'])
+            .map_or((pattern, ""), |i| pattern.split_at(i));
         Self {
             matcher: WildMatch::new(pattern),
             matches_all: !pattern.is_empty() && pattern.bytes().all(|b| b == b'*'),
+            literal: literal.to_owned(),
+            prefix_glob: !rest.is_empty() && rest.bytes().all(|b| b == b'*'),
         }
+    }
+
+    /// See [`ResourcePattern::depends_on`].
+    fn depends_on(&self, key: &str) -> Option<usize> {
+        if key.starts_with(&self.literal) {
+            // A prefix glob matches every key that starts with its literal.
+            // Otherwise what follows the literal decides; conservatively,
+            // no prefix of the key settles that.
+            return self.prefix_glob.then_some(self.literal.len());
+        }
+        // The key leaves the literal at byte `d`: no key starting with its
+        // first `d + 1` bytes matches. If the key ends inside the literal
+        // instead, some of its extensions match and others do not.
+        let d = key
+            .bytes()
+            .zip(self.literal.bytes())
+            .take_while(|(a, b)| a == b)
+            .count();
+        (d < key.len()).then_some(d + 1)
     }
 }
 
@@ -312,7 +355,8 @@ mod tests {
             Resource::Object("x/y".into()),
         );
         assert!(d.allow, "{d:?}");
-        assert_eq!(d.scope, Scope::Exact, "a deny glob makes keys matter");
+        // `reports/*` and `secret/*` split the bucket after the first byte.
+        assert_eq!(d.scope, Scope::Prefix("x".into()));
         let d = check(
             &p,
             &alice,
@@ -369,7 +413,13 @@ mod tests {
         assert!(list("reports/2024/").allow);
         assert!(!list("").allow);
         assert!(!list("rep").allow);
-        assert_eq!(list("reports/").scope, Scope::Exact);
+        assert_eq!(list("reports/").scope, Scope::Prefix("reports/".into()));
+        assert_eq!(
+            list("reports/2024/").scope,
+            Scope::Prefix("reports/".into())
+        );
+        assert_eq!(list("rep").scope, Scope::Exact, "some `rep…` match");
+        assert_eq!(list("x").scope, Scope::Prefix("x".into()));
         let head = check(&narrow, &bob, "s3:ListBucket", "data", Resource::Bucket);
         assert!(!head.allow, "a key glob does not grant the bucket itself");
     }
@@ -429,6 +479,166 @@ mod tests {
         );
         assert!(d.allow);
         assert_eq!(d.scope, Scope::Bucket);
+    }
+
+    /// The scope of alice's GetObject of `key` in bucket `data`, under
+    /// allow rules on `allow` and deny rules on `deny`.
+    fn scope_of(allow: &[&str], deny: &[&str], key: &str) -> Scope {
+        let mut rules = vec![rule(Effect::Allow, &["alice"], &["s3:GetObject"], allow)];
+        if !deny.is_empty() {
+            rules.push(rule(Effect::Deny, &["*"], &["s3:*"], deny));
+        }
+        let alice = who("alice", &[]);
+        let object = Resource::Object(key.into());
+        check(&Policy::new(&rules), &alice, "s3:GetObject", "data", object).scope
+    }
+
+    #[test]
+    fn prefix_scopes() {
+        let prefix = |p: &str| Scope::Prefix(p.to_owned());
+        // Inside a prefix glob: its literal.
+        assert_eq!(scope_of(&["data/home/*"], &[], "home/a"), prefix("home/"));
+        assert_eq!(scope_of(&["data/home/**"], &[], "home/a"), prefix("home/"));
+        assert_eq!(scope_of(&["data/home/*"], &[], "home/"), prefix("home/"));
+        // Outside: one byte past where the key leaves the literal.
+        assert_eq!(scope_of(&["data/home/*"], &[], "hat"), prefix("ha"));
+        assert_eq!(scope_of(&["data/home/*"], &[], "x"), prefix("x"));
+        // A key that stops inside the literal: some extensions match.
+        assert_eq!(scope_of(&["data/home/*"], &[], "hom"), Scope::Exact);
+        assert_eq!(scope_of(&["data/home/*"], &[], ""), Scope::Exact);
+        // Other globs: only keys that leave the literal are settled.
+        assert_eq!(scope_of(&["data/a/*.csv"], &[], "a/x.csv"), Scope::Exact);
+        assert_eq!(scope_of(&["data/a/*.csv"], &[], "b/x.csv"), prefix("b"));
+        assert_eq!(scope_of(&["data/a/?"], &[], "a/x"), Scope::Exact);
+        assert_eq!(scope_of(&["data/a/k"], &[], "a/k"), Scope::Exact);
+        assert_eq!(scope_of(&["data/a/k"], &[], "a/j"), prefix("a/j"));
+        assert_eq!(scope_of(&["data/*.csv"], &[], "x.csv"), Scope::Exact);
+        // The longest requirement wins, deny and allow alike.
+        assert_eq!(
+            scope_of(
+                &["data/home/*"],
+                &["data/home/alice/private/*"],
+                "home/alice/x"
+            ),
+            prefix("home/alice/x")
+        );
+        assert_eq!(
+            scope_of(&["data/home/*"], &["data/home/bob/*"], "home/alice/x"),
+            prefix("home/a")
+        );
+        assert_eq!(
+            scope_of(&["data/home/*"], &["data/home/*/private"], "home/x"),
+            Scope::Exact
+        );
+        // Rules on other buckets or for other principals do not count.
+        assert_eq!(scope_of(&["data/*"], &["other/a/*"], "a/b"), Scope::Bucket);
+    }
+
+    #[test]
+    fn prefix_scope_ends_on_a_char_boundary() {
+        // The key leaves `è` inside its two bytes: the prefix takes all of `é`.
+        assert_eq!(
+            scope_of(&["data/è/*"], &[], "é/x"),
+            Scope::Prefix("é".to_owned())
+        );
+        assert_eq!(
+            scope_of(&["data/日本/*"], &[], "日本/x"),
+            Scope::Prefix("日本/".to_owned())
+        );
+    }
+
+    #[test]
+    fn listing_bucket_itself_stays_bucket_scoped() {
+        let p = Policy::new(&[rule(
+            Effect::Allow,
+            &["bob"],
+            &["s3:ListBucket"],
+            &["data", "data/reports/*"],
+        )]);
+        let d = check(
+            &p,
+            &who("bob", &[]),
+            "s3:ListBucket",
+            "data",
+            Resource::Bucket,
+        );
+        assert!(d.allow);
+        assert_eq!(d.scope, Scope::Bucket);
+    }
+
+    mod scope_property {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        /// Every string over the alphabet up to `max` characters.
+        fn all_keys(max: usize) -> Vec<String> {
+            let mut out = vec![String::new()];
+            let mut last = vec![String::new()];
+            for _ in 0..max {
+                last = last
+                    .iter()
+                    .flat_map(|k| ["a", "b", "/"].map(|c| format!("{k}{c}")))
+                    .collect();
+                out.extend(last.iter().cloned());
+            }
+            out
+        }
+
+        fn rule_strategy() -> impl Strategy<Value = RuleRecord> {
+            let resource = prop_oneof![
+                Just("data".to_owned()),
+                Just("*".to_owned()),
+                Just("other/*".to_owned()),
+                "[ab/*?]{0,4}".prop_map(|g| format!("data/{g}")),
+                "[ab/]{0,3}\\*".prop_map(|g| format!("data/{g}")),
+            ];
+            (
+                any::<bool>(),
+                prop::sample::select(vec!["s3:GetObject", "s3:*", "s3:PutObject"]),
+                prop::collection::vec(resource, 1..3),
+            )
+                .prop_map(|(allow, action, resources)| {
+                    let effect = if allow { Effect::Allow } else { Effect::Deny };
+                    let resources: Vec<&str> = resources.iter().map(String::as_str).collect();
+                    rule(effect, &["alice"], &[action], &resources)
+                })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(512))]
+            #[test]
+            fn the_answer_holds_over_its_scope(
+                rules in prop::collection::vec(rule_strategy(), 1..4),
+                key in "[ab/]{0,5}",
+                listing in any::<bool>(),
+            ) {
+                let policy = Policy::new(&rules);
+                let alice = who("alice", &[]);
+                let resource = |k: &str| {
+                    if listing {
+                        Resource::Prefix(k.to_owned())
+                    } else {
+                        Resource::Object(k.to_owned())
+                    }
+                };
+                let d = check(&policy, &alice, "s3:GetObject", "data", resource(&key));
+                let prefix = match &d.scope {
+                    Scope::Exact => return Ok(()),
+                    Scope::Prefix(p) => p.clone(),
+                    Scope::Bucket => String::new(),
+                };
+                prop_assert!(key.starts_with(&prefix), "{prefix:?} is not a prefix of {key:?}");
+                for other in all_keys(6).iter().filter(|k| k.starts_with(&prefix)) {
+                    let o = check(&policy, &alice, "s3:GetObject", "data", resource(other));
+                    prop_assert_eq!(
+                        (o.allow, &o.reason),
+                        (d.allow, &d.reason),
+                        "{:?} decided {:?} for {:?} but not for {:?}", rules, d.scope, key, other
+                    );
+                }
+            }
+        }
     }
 
     #[test]

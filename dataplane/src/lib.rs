@@ -52,7 +52,8 @@ pub struct Config {
     pub max_chunk_size: usize,
     /// Upper bounds on cache sizes (entries).
     pub key_cache_capacity: u64,
-    /// Decisions are weighed by their size: this bounds their memory.
+    /// Decisions are weighed by their size: this bounds their memory (a
+    /// quarter of it for prefix-scoped decisions).
     pub decision_cache_bytes: u64,
     pub route_cache_capacity: u64,
     /// Connect timeout towards backends.

@@ -320,6 +320,57 @@ mod tests {
         assert!(!d.allow);
     }
 
+    /// The built-in rules as a source: allow `data/reports/*`, deny
+    /// `data/reports/secret/*`.
+    fn rules() -> Arc<dyn PolicySource> {
+        let rule = |id: &str, effect, resource: &str| crate::state::RuleRecord {
+            id: id.to_owned(),
+            effect,
+            principals: vec!["alice".to_owned()],
+            actions: vec!["s3:GetObject".to_owned()],
+            resources: vec![resource.to_owned()],
+        };
+        let records = [
+            rule("reports", crate::config::Effect::Allow, "data/reports/*"),
+            rule(
+                "secret",
+                crate::config::Effect::Deny,
+                "data/reports/secret/*",
+            ),
+        ];
+        Arc::new(Rules {
+            policy: Policy::new(&records),
+            ttl: Duration::from_secs(30),
+        })
+    }
+
+    #[tokio::test]
+    async fn prefix_scopes_from_rules_survive_the_chain() {
+        let p = |s: &str| Scope::Prefix(s.to_owned());
+        let open: Arc<dyn PolicySource> = Arc::new(ClosedForTheNight { closed: false });
+        // request(): `reports/q1.csv` leaves `reports/secret/` after `reports/`.
+        let d = chain(vec![open.clone(), rules()])
+            .decide(&request())
+            .await
+            .unwrap();
+        assert!(d.allow);
+        assert_eq!(d.scope, p("reports/q"));
+        // A narrower prefix from another source narrows the decision.
+        let inner: Arc<dyn PolicySource> = Arc::new(Fixed(VerdictKind::Abstain, p("reports/q1")));
+        let d = chain(vec![rules(), inner])
+            .decide(&request())
+            .await
+            .unwrap();
+        assert!(d.allow);
+        assert_eq!(d.scope, p("reports/q1"));
+        // A deny keeps its own prefix.
+        let mut secret = request();
+        secret.resource = Resource::Object("reports/secret/k".to_owned());
+        let d = chain(vec![open, rules()]).decide(&secret).await.unwrap();
+        assert!(!d.allow);
+        assert_eq!(d.scope, p("reports/secret/"));
+    }
+
     #[test]
     fn scopes_narrow() {
         let p = |s: &str| Scope::Prefix(s.to_owned());

@@ -1,6 +1,6 @@
 //! Stage 4: may this principal do this? Decisions come from the control
-//! plane and are cached under the scope they name (the exact key, or the
-//! whole bucket), denials included. Explicit deny is the control plane's
+//! plane and are cached under the scope they name (the exact key, every key
+//! under a prefix, or the whole bucket), denials included. Explicit deny is the control plane's
 //! business; here every non-allow is a deny, and any failure to decide is a
 //! 503, never an allow.
 
@@ -18,6 +18,7 @@ use s3gate_s3::request::S3Request;
 use super::authn::Authenticated;
 use super::Ctx;
 use crate::body::{self, Body};
+use crate::cache::PrefixCache;
 use crate::error::Error;
 use crate::limits::Reservation;
 use crate::listen::ConnInfo;
@@ -39,7 +40,26 @@ pub fn decision_cache(max_bytes: u64) -> DecisionCache {
         .build()
 }
 
-/// Cache key of a decision. `key` is `None` for bucket-scoped entries.
+/// Prefix-scoped decisions, under the wide (bucket) key of their requests.
+pub type PrefixDecisions = PrefixCache<DecisionKey, Decision>;
+
+/// A prefix decision cache holding at most about `max_bytes`.
+pub fn prefix_cache(max_bytes: u64) -> PrefixDecisions {
+    PrefixCache::new(
+        max_bytes,
+        |k| k.bucket.len(),
+        |v| {
+            let prefix = match &v.scope {
+                Scope::Prefix(p) => p.len(),
+                Scope::Exact | Scope::Bucket => 0,
+            };
+            v.reason.len() + prefix
+        },
+    )
+}
+
+/// Cache key of a decision. `key` is `None` for bucket-scoped entries (and
+/// for the groups of the prefix cache).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct DecisionKey {
     principal: Principal,
@@ -175,30 +195,12 @@ async fn decide(
         kind: resource.kind(),
         key: None,
     };
-    let decision = match cx.decisions.get(&wide).await {
-        Some(d) => d,
-        None => {
-            let exact = DecisionKey {
-                key: resource.key().map(str::to_owned),
-                ..wide.clone()
-            };
-            let ask = AuthorizeRequest {
-                principal: principal.clone(),
-                action: std::borrow::Cow::Borrowed(action),
-                bucket: bucket.to_owned(),
-                resource,
-                context: asker.context(),
-            };
-            let decision = cx
-                .decisions
-                .try_get_with(exact, cx.control_plane.authorize(ask))
-                .await
-                .map_err(|e| Error::from(&*e))?;
-            if decision.scope == Scope::Bucket {
-                cx.decisions.insert(wide, decision.clone()).await;
-            }
-            decision
-        }
+    let decision = if let Some(d) = cx.decisions.get(&wide).await {
+        d
+    } else if let Some(d) = prefixed(cx, &wide, &resource).await {
+        d
+    } else {
+        ask(cx, asker, wide, resource).await?
     };
     if decision.allow {
         Ok(Granted {
@@ -208,5 +210,303 @@ async fn decide(
         Err(Error::Denied {
             reason: decision.reason,
         })
+    }
+}
+
+/// A cached prefix-scoped decision covering `resource`'s key, if any.
+async fn prefixed(cx: &Ctx, wide: &DecisionKey, resource: &Resource) -> Option<Decision> {
+    cx.prefixes.get(wide, resource.key()?).await
+}
+
+/// Asks the control plane (once for concurrent askers of the same exact
+/// key) and caches the answer under the exact key and the scope it names.
+async fn ask(
+    cx: &Ctx,
+    asker: &Asker<'_>,
+    wide: DecisionKey,
+    resource: Resource,
+) -> Result<Decision, Error> {
+    let key = resource.key().map(str::to_owned);
+    let exact = DecisionKey {
+        key: key.clone(),
+        ..wide.clone()
+    };
+    let ask = AuthorizeRequest {
+        principal: wide.principal.clone(),
+        action: std::borrow::Cow::Borrowed(wide.action),
+        bucket: wide.bucket.clone(),
+        resource,
+        context: asker.context(),
+    };
+    let decision = cx
+        .decisions
+        .try_get_with(exact, cx.control_plane.authorize(ask))
+        .await
+        .map_err(|e| Error::from(&*e))?;
+    match &decision.scope {
+        Scope::Bucket => cx.decisions.insert(wide, decision.clone()).await,
+        // A prefix that does not cover the key breaks the contract: keep
+        // the answer for the exact key only.
+        Scope::Prefix(p) if key.is_some_and(|k| k.starts_with(p.as_str())) => {
+            cx.prefixes
+                .insert(wide, p, decision.clone(), decision.ttl)
+                .await
+        }
+        Scope::Prefix(_) | Scope::Exact => {}
+    }
+    Ok(decision)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use async_trait::async_trait;
+    use s3gate_proto::{
+        ControlPlane, ControlPlaneError, Invalidation, Route, SigningKeyGrant, SigningKeyRequest,
+    };
+
+    use super::*;
+    use crate::Config;
+
+    /// Decides with `policy` (key → allow, scope) and counts the calls.
+    struct Scripted {
+        policy: fn(&str) -> (bool, Scope),
+        ttl: Duration,
+        calls: AtomicUsize,
+        last_context: std::sync::Mutex<Option<RequestContext>>,
+    }
+
+    #[async_trait]
+    impl ControlPlane for Scripted {
+        async fn signing_key(
+            &self,
+            _req: SigningKeyRequest,
+        ) -> Result<SigningKeyGrant, ControlPlaneError> {
+            Err(ControlPlaneError::UnknownAccessKey)
+        }
+
+        async fn authenticate(
+            &self,
+            _credential: s3gate_proto::PresentedCredential,
+        ) -> Result<s3gate_proto::Identity, ControlPlaneError> {
+            Err(ControlPlaneError::NotAuthenticated("scripted".into()))
+        }
+
+        async fn authorize(&self, req: AuthorizeRequest) -> Result<Decision, ControlPlaneError> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            if let Ok(mut last) = self.last_context.lock() {
+                *last = Some(req.context.clone());
+            }
+            let (allow, scope) = (self.policy)(req.resource.key().unwrap_or_default());
+            Ok(Decision {
+                allow,
+                reason: format!("scripted {allow}"),
+                scope,
+                ttl: self.ttl,
+            })
+        }
+
+        async fn route(&self, _bucket: &str) -> Result<Route, ControlPlaneError> {
+            Err(ControlPlaneError::NoSuchBucket)
+        }
+
+        async fn visible_buckets(&self, _p: &Principal) -> Result<Vec<String>, ControlPlaneError> {
+            Ok(Vec::new())
+        }
+    }
+
+    /// Alice may do anything under `home/alice/`; everything else is denied,
+    /// settled one byte after the key leaves `home/alice/`.
+    fn home(key: &str) -> (bool, Scope) {
+        const HOME: &str = "home/alice/";
+        if key.starts_with(HOME) {
+            return (true, Scope::Prefix(HOME.to_owned()));
+        }
+        let d = key
+            .bytes()
+            .zip(HOME.bytes())
+            .take_while(|(a, b)| a == b)
+            .count();
+        match key.get(..d + 1) {
+            Some(p) => (false, Scope::Prefix(p.to_owned())),
+            None => (false, Scope::Exact),
+        }
+    }
+
+    struct Harness {
+        cx: Ctx,
+        cp: Arc<Scripted>,
+        alice: Authenticated,
+        head: Parts,
+        conn: ConnInfo,
+    }
+
+    impl Harness {
+        fn new(policy: fn(&str) -> (bool, Scope), ttl: Duration) -> Self {
+            let cp = Arc::new(Scripted {
+                policy,
+                ttl,
+                calls: AtomicUsize::new(0),
+                last_context: Default::default(),
+            });
+            let (mut head, ()) = http::Request::put("/data/k")
+                .header("content-type", "text/csv")
+                .header("x-amz-meta-not-for-policy", "x")
+                .body(())
+                .unwrap()
+                .into_parts();
+            head.headers
+                .insert("x-amz-storage-class", "STANDARD".parse().unwrap());
+            Self {
+                cx: Ctx::new(Config::default(), cp.clone()),
+                cp,
+                alice: Authenticated {
+                    principal: Principal {
+                        name: Arc::from("alice"),
+                        groups: Arc::from(Vec::<Arc<str>>::new()),
+                        access_key: None,
+                    },
+                    source: "presigned",
+                    payload: s3gate_s3::sigv4::PayloadMode::Unsigned,
+                    chunk_signing: None,
+                },
+                head,
+                conn: ConnInfo {
+                    peer: "192.0.2.7:5555".parse().unwrap(),
+                    local: "127.0.0.1:9000".parse().unwrap(),
+                    tls: None,
+                },
+            }
+        }
+
+        /// Whether alice may GetObject `key`.
+        async fn get(&self, key: &str) -> bool {
+            let object = Resource::Object(key.to_owned());
+            self.ask("s3:GetObject", object).await
+        }
+
+        async fn ask(&self, action: &'static str, resource: Resource) -> bool {
+            let asker = Asker {
+                who: &self.alice,
+                head: &self.head,
+                conn: &self.conn,
+            };
+            decide(&self.cx, &asker, action, "data", resource)
+                .await
+                .is_ok()
+        }
+
+        fn calls(&self) -> usize {
+            self.cp.calls.load(Ordering::SeqCst)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_prefix_decision_answers_every_key_under_it() {
+        let h = Harness::new(home, Duration::from_secs(60));
+        assert!(h.get("home/alice/a").await);
+        assert_eq!(h.calls(), 1);
+        assert!(h.get("home/alice/b/c").await);
+        assert!(h.get("home/alice/").await);
+        assert_eq!(h.calls(), 1, "answered from the prefix cache");
+        // Denials too.
+        assert!(!h.get("home/bob/x").await);
+        assert!(!h.get("home/bob/y").await);
+        assert_eq!(h.calls(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_key_outside_the_prefix_asks_again() {
+        let h = Harness::new(home, Duration::from_secs(60));
+        assert!(h.get("home/alice/a").await);
+        assert!(!h.get("home/alicex").await);
+        assert!(!h.get("other").await);
+        assert_eq!(h.calls(), 3);
+        // Another action or resource kind is another decision.
+        assert!(
+            h.ask("s3:PutObject", Resource::Object("home/alice/a".into()))
+                .await
+        );
+        assert!(
+            h.ask("s3:ListBucket", Resource::Prefix("home/alice/a".into()))
+                .await
+        );
+        assert_eq!(h.calls(), 5);
+    }
+
+    #[tokio::test]
+    async fn invalidations_forget_prefix_decisions() {
+        let h = Harness::new(home, Duration::from_secs(60));
+        assert!(h.get("home/alice/a").await);
+        h.cx.invalidate(&Invalidation::Policy).await;
+        assert!(h.get("home/alice/b").await);
+        assert_eq!(h.calls(), 2);
+        h.cx.invalidate(&Invalidation::All).await;
+        assert!(h.get("home/alice/c").await);
+        assert_eq!(h.calls(), 3);
+        // A bucket route change leaves decisions alone.
+        h.cx.invalidate(&Invalidation::Bucket("data".into())).await;
+        assert!(h.get("home/alice/d").await);
+        assert_eq!(h.calls(), 3);
+    }
+
+    #[tokio::test]
+    async fn prefix_decisions_expire_with_their_ttl() {
+        let h = Harness::new(home, Duration::from_millis(50));
+        assert!(h.get("home/alice/a").await);
+        assert!(h.get("home/alice/b").await);
+        assert_eq!(h.calls(), 1);
+        tokio::time::sleep(Duration::from_millis(120)).await;
+        assert!(h.get("home/alice/c").await);
+        assert_eq!(h.calls(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_prefix_that_does_not_cover_the_key_is_not_cached_as_one() {
+        fn wrong(_key: &str) -> (bool, Scope) {
+            (true, Scope::Prefix("elsewhere/".to_owned()))
+        }
+        let h = Harness::new(wrong, Duration::from_secs(60));
+        assert!(h.get("k").await);
+        assert!(h.get("elsewhere/k").await);
+        assert!(h.get("k").await, "the exact key is still cached");
+        assert_eq!(h.calls(), 2);
+    }
+
+    #[tokio::test]
+    async fn bucket_and_exact_scopes_are_cached_as_before() {
+        fn bucket(_key: &str) -> (bool, Scope) {
+            (true, Scope::Bucket)
+        }
+        fn exact(_key: &str) -> (bool, Scope) {
+            (true, Scope::Exact)
+        }
+        let h = Harness::new(bucket, Duration::from_secs(60));
+        assert!(h.get("a").await && h.get("b").await);
+        assert_eq!(h.calls(), 1);
+        let h = Harness::new(exact, Duration::from_secs(60));
+        assert!(h.get("a").await && h.get("a").await && h.get("ab").await);
+        assert_eq!(h.calls(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_miss_sends_the_request_context() {
+        let h = Harness::new(home, Duration::from_secs(60));
+        assert!(h.get("home/alice/a").await);
+        let context = h.cp.last_context.lock().unwrap().clone().unwrap();
+        assert_eq!(context.client_ip, Some("192.0.2.7".parse().unwrap()));
+        assert_eq!(context.identity_source, "presigned");
+        assert_eq!(context.method, "PUT");
+        assert_eq!(
+            context.headers,
+            vec![
+                ("content-type", "text/csv".to_owned()),
+                ("x-amz-storage-class", "STANDARD".to_owned()),
+            ]
+        );
     }
 }

@@ -44,6 +44,8 @@ pub struct Ctx {
     pub(crate) control_plane: Arc<dyn ControlPlane>,
     pub(crate) keys: authn::KeyCache,
     pub(crate) decisions: authz::DecisionCache,
+    /// Prefix-scoped decisions; forgotten whenever `decisions` is.
+    pub(crate) prefixes: authz::PrefixDecisions,
     pub(crate) routes: route::RouteCache,
     pub(crate) upstreams: Upstreams,
     /// Bytes buffered on requests' behalf, for all of them together.
@@ -55,7 +57,11 @@ impl Ctx {
     pub fn new(cfg: Config, control_plane: Arc<dyn ControlPlane>) -> Self {
         Self {
             keys: crate::cache::bounded(cfg.key_cache_capacity),
-            decisions: authz::decision_cache(cfg.decision_cache_bytes),
+            // A quarter of the decision budget goes to prefix-scoped ones.
+            decisions: authz::decision_cache(
+                cfg.decision_cache_bytes - cfg.decision_cache_bytes / 4,
+            ),
+            prefixes: authz::prefix_cache(cfg.decision_cache_bytes / 4),
             routes: route::cache(cfg.route_cache_capacity),
             upstreams: Upstreams::new(cfg.upstream_connect_timeout),
             budget: Budget::new(cfg.limits.buffer_budget),
@@ -81,11 +87,15 @@ impl Ctx {
                     self.keys.invalidate_all();
                 }
             }
-            Invalidation::Policy => self.decisions.invalidate_all(),
+            Invalidation::Policy => {
+                self.decisions.invalidate_all();
+                self.prefixes.invalidate_all();
+            }
             Invalidation::Bucket(bucket) => self.routes.invalidate(bucket).await,
             Invalidation::All => {
                 self.keys.invalidate_all();
                 self.decisions.invalidate_all();
+                self.prefixes.invalidate_all();
                 self.routes.invalidate_all();
             }
         }
