@@ -41,7 +41,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 from harness import procs  # noqa: E402
-from harness.procs import free_port, listening_ports, status_kib, wait_for  # noqa: E402
+from harness.cluster import Redis, gen_master_key, start_controlplane, start_dataplane  # noqa: E402
+from harness.config import q, toml_table  # noqa: E402
+from harness.procs import free_port, listening_ports, start_with_ready_file, status_kib, wait_for  # noqa: E402
 REGION = "us-east-1"
 BUCKET = "bench"
 MiB = 1 << 20
@@ -307,10 +309,6 @@ class NginxProxy:
 # --------------------------------------------------------------------------- gateway
 
 
-def q(s: str) -> str:
-    return json.dumps(s)
-
-
 class Gateway:
     def __init__(self, exe: Path, work: Path, name: str, upstream: Upstream, keys: "Keys", log_level: str = "info", extra_env: dict | None = None):
         extra_env = extra_env or {}
@@ -318,19 +316,9 @@ class Gateway:
         cfg = work / f"{name}.toml"
         cfg.write_text(render_config(upstream, keys))
         ready = work / f"{name}.ready.json"
-        ready.unlink(missing_ok=True)
         env = {**os.environ, "S3GATE_LOG": log_level, **extra_env}
-        self.proc = Proc("s3gate", [str(exe), "serve", "--config", str(cfg), "--listen", "127.0.0.1:0", "--ready-file", str(ready)], work / f"{name}.log", env)
-
-        def ready_addr():
-            try:
-                return json.loads(ready.read_text())["s3"]
-            except (OSError, ValueError, KeyError):
-                return None
-
-        self.addr = wait_for(ready_addr, f"{name} ready file", self.proc)
-        if not self.addr.startswith("127.0.0.1:"):
-            raise RuntimeError(f"gateway bound {self.addr}, expected 127.0.0.1")
+        argv = [str(exe), "serve", "--config", str(cfg), "--listen", "127.0.0.1:0", "--ready-file", str(ready)]
+        self.proc, self.addr = start_with_ready_file("s3gate", argv, ready, "s3", work / f"{name}.log", env, append=True)
         self.pid = self.proc.pid
 
     def stop(self) -> None:
@@ -341,49 +329,17 @@ class Gateway:
         return ["--watch", f"s3gate={self.pid}"]
 
 
-def read_ready(path: Path, field: str):
-    def get():
-        try:
-            return json.loads(path.read_text())[field]
-        except (OSError, ValueError, KeyError):
-            return None
-
-    return get
-
-
 def own_env(extra: dict) -> dict:
     """os.environ without inherited S3GATE_* settings (a stray S3GATE_CONFIG or
     S3GATE_REDIS must not change what is measured), plus `extra`."""
     return {**{k: v for k, v in os.environ.items() if not k.startswith("S3GATE_")}, **extra}
 
 
-def redis_call(port: int, *args: str, timeout: float = 2.0) -> bytes:
-    """One RESP command on a fresh connection; returns the raw reply (bounded:
-    one recv loop of at most `timeout` seconds, 1 MiB)."""
-    cmd = f"*{len(args)}\r\n".encode() + b"".join(f"${len(a.encode())}\r\n{a}\r\n".encode() for a in args)
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
-        s.sendall(cmd)
-        buf = b""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and len(buf) < MiB:
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            buf += chunk
-            if buf.startswith((b"+", b"-", b":")) and buf.endswith(b"\r\n"):
-                break
-            if buf.startswith(b"$"):
-                head, _, rest = buf.partition(b"\r\n")
-                if int(head[1:]) < 0 or len(rest) >= int(head[1:]) + 2:
-                    break
-        return buf
-
-
-def redis_commands(port: int) -> dict[str, int]:
+def redis_commands(redis: Redis) -> dict[str, int]:
     """`INFO commandstats` as {command: calls}."""
     out = {}
     try:
-        text = redis_call(port, "INFO", "commandstats").decode(errors="replace")
+        text = redis.call("INFO", "commandstats").decode(errors="replace")
     except OSError:
         return out
     for line in text.splitlines():
@@ -412,64 +368,29 @@ class Distributed:
             raise
 
     def _start(self, exe, work, name, upstream, keys, log_level, extra_env, redis_bin):
-        # Redis: a free port, nothing on disk, readiness by PING.
+        # Redis: a free port (retried if another process takes it first),
+        # nothing on disk, readiness by PING.
         rdir = work / f"{name}.redis"
         rdir.mkdir(exist_ok=True)
-        for attempt in range(5):
-            self.redis_port = free_port()
-            self.redis = Proc(
-                "redis-server",
-                [redis_bin, "--bind", "127.0.0.1", "--port", str(self.redis_port), "--save", "", "--appendonly", "no",
-                 "--dir", str(rdir), "--protected-mode", "yes", "--daemonize", "no", "--loglevel", "warning"],
-                work / f"{name}.redis.log",
-            )  # fmt: skip
-            self.procs.append(self.redis)
-
-            def pong():
-                try:
-                    return redis_call(self.redis_port, "PING", timeout=0.5).startswith(b"+PONG")
-                except OSError:
-                    return False
-
-            try:
-                wait_for(pong, "redis-server PING", self.redis, timeout=15)
-                break
-            except RuntimeError:
-                self.redis.stop()
-                self.procs.remove(self.redis)
-                if attempt == 4:
-                    raise
-        master_key = subprocess.check_output([str(exe), "gen-master-key"], text=True, timeout=30, stdin=subprocess.DEVNULL, env=own_env({})).strip()
+        self.redis = Redis(redis_bin, rdir, work / f"{name}.redis.log", name="redis-server", loglevel="warning", append_log=True)
+        self.redis.start(attempts=5, timeout=15)
+        self.procs.append(self.redis.proc)
+        master_key = gen_master_key(exe, env=own_env({}))
         env = own_env({"S3GATE_LOG": log_level, "S3GATE_MASTER_KEY": master_key, "S3GATE_CLUSTER_TOKEN": secrets.token_hex(24), **extra_env})
 
         cfg = work / f"{name}.toml"
         cfg.write_text(render_config(upstream, keys))
-        cp_ready = work / f"{name}.cp.ready.json"
-        cp_ready.unlink(missing_ok=True)
-        self.cp = Proc(
-            "s3gate-controlplane",
-            [str(exe), "controlplane", "--redis", f"redis://127.0.0.1:{self.redis_port}/", "--config", str(cfg),
-             "--listen", "127.0.0.1:0", "--ready-file", str(cp_ready)],
-            work / f"{name}.cp.log", env,
+        # Seeding 5,000 keys (each secret sealed under the master key) takes a moment.
+        self.cp, self.cp_addr = start_controlplane(
+            exe, "s3gate-controlplane", config=cfg, redis_url=self.redis.url, env=env,
+            ready=work / f"{name}.cp.ready.json", log_path=work / f"{name}.cp.log", append_log=True, timeout=120,
         )  # fmt: skip
         self.procs.append(self.cp)
-        # Seeding 5,000 keys (each secret sealed under the master key) takes a moment.
-        self.cp_addr = wait_for(read_ready(cp_ready, "grpc"), f"{name} control plane ready file", self.cp, timeout=120)
-        if not self.cp_addr.startswith("127.0.0.1:"):
-            raise RuntimeError(f"control plane bound {self.cp_addr}, expected 127.0.0.1")
-
-        dp_ready = work / f"{name}.dp.ready.json"
-        dp_ready.unlink(missing_ok=True)
-        self.dp = Proc(
-            "s3gate-dataplane",
-            [str(exe), "dataplane", "--control-plane", f"http://{self.cp_addr}", "--listen", "127.0.0.1:0",
-             "--ready-file", str(dp_ready), "--region", REGION],
-            work / f"{name}.log", env,
+        self.dp, self.addr = start_dataplane(
+            exe, "s3gate-dataplane", control_planes=[f"http://{self.cp_addr}"], region=REGION, env=env,
+            ready=work / f"{name}.dp.ready.json", log_path=work / f"{name}.log", append_log=True,
         )  # fmt: skip
         self.procs.append(self.dp)
-        self.addr = wait_for(read_ready(dp_ready, "s3"), f"{name} data plane ready file", self.dp)
-        if not self.addr.startswith("127.0.0.1:"):
-            raise RuntimeError(f"data plane bound {self.addr}, expected 127.0.0.1")
         self.pid = self.dp.pid
         self.proc = self.dp
         # Best effort: let the data plane's Watch stream reach the control
@@ -486,13 +407,13 @@ class Distributed:
         return [f[1] for f in procs.tcp_sockets() if f[3] == "01" and int(f[2].rsplit(":", 1)[1], 16) == port]
 
     def watch(self) -> list[str]:
-        return ["--watch", f"s3gate={self.dp.pid}", "--watch", f"controlplane={self.cp.pid}", "--watch", f"redis={self.redis.pid}"]
+        return ["--watch", f"s3gate={self.dp.pid}", "--watch", f"controlplane={self.cp.pid}", "--watch", f"redis={self.redis.proc.pid}"]
 
     def stop(self) -> None:
         for p in reversed(self.procs):
             p.stop()
         for p in self.procs:
-            if p is not self.redis:
+            if p is not self.redis.proc:
                 truncate_log(p.log_path)
         self.procs = []
 
@@ -523,42 +444,26 @@ def render_config(up: Upstream, keys: Keys) -> str:
     out = [
         'listen = "127.0.0.1:0"',
         f"region = {q(REGION)}",
-        "",
-        "[[backends]]",
-        'name = "upstream"',
-        f"endpoint = {q(up.endpoint)}",
-        f"region = {q(REGION)}",
-        'addressing_style = "path"',
-        f"access_key = {q(up.access_key)}",
-        f"secret_key = {q(up.secret_key)}",
-        "",
-        "[[buckets]]",
-        f"name = {q(BUCKET)}",
-        'backend = "upstream"',
-        "",
-        "[[keys]]",
-        f"access_key = {q(keys.hot[0])}",
-        f"secret_key = {q(keys.hot[1])}",
-        'principal = "hot"',
+        *toml_table("backends", dict(name="upstream", endpoint=up.endpoint, region=REGION, addressing_style="path",
+                                     access_key=up.access_key, secret_key=up.secret_key)),
+        *toml_table("buckets", dict(name=BUCKET, backend="upstream")),
+        *toml_table("keys", dict(access_key=keys.hot[0], secret_key=keys.hot[1], principal="hot")),
     ]
     for i, (a, s) in enumerate(keys.cold):
-        out += ["", "[[keys]]", f"access_key = {q(a)}", f"secret_key = {q(s)}", f'principal = "cold{i:06d}"', 'groups = ["cold"]']
-    out += [
-        "",
-        "# The hot principal: every key of the bucket, so decisions are bucket-scoped (one cache entry).",
-        "[[rules]]",
-        'effect = "allow"',
-        'principals = ["hot"]',
-        'actions = ["s3:*"]',
-        f'resources = ["{BUCKET}", "{BUCKET}/*"]',
-        "",
-        "# Cold principals: a key glob other than '*', so every decision is exact-scoped (one cache entry per key).",
-        "[[rules]]",
-        'effect = "allow"',
-        'principals = ["group:cold"]',
-        'actions = ["s3:GetObject"]',
-        f'resources = ["{BUCKET}/cold/*"]',
-    ]
+        out += toml_table("keys", dict(access_key=a, secret_key=s, principal=f"cold{i:06d}", groups=["cold"]))
+    out += toml_table(
+        "rules", dict(effect="allow", principals=["hot"], actions=["s3:*"], resources=[BUCKET, f"{BUCKET}/*"]),
+        "The hot principal: every key of the bucket, so decisions are bucket-scoped (one cache entry).",
+    )
+    out += toml_table(
+        "rules", dict(effect="allow", principals=["group:cold"], actions=["s3:GetObject"], resources=[f"{BUCKET}/cold/*"]),
+        "Cold principals: the keys under cold/ ...",
+    )
+    out += toml_table(
+        "rules", dict(effect="deny", principals=["group:cold"], actions=["s3:GetObject"], resources=[f"{BUCKET}/cold/*.secret"]),
+        "... except *.secret ones: a glob that depends on the whole key, so every decision is exact-scoped "
+        "(one control-plane call and one cache entry per key; S4 measures cold decisions).",
+    )
     return "\n".join(out) + "\n"
 
 
@@ -720,7 +625,7 @@ class Bench:
             reset_peak_rss(gw.cp.pid)
             # Redis commands over the whole loadgen run (warm-up included):
             # the timed window can only have fewer.
-            cmds_before = redis_commands(gw.redis_port)
+            cmds_before = redis_commands(gw.redis)
         res = self.runner.run(
             ["load", "--addr", addr, "--bucket", BUCKET, "--duration", str(duration)] + creds + extra_args + watch_args(gw, up),
             timeout=duration + 180,
@@ -739,7 +644,7 @@ class Bench:
                 extra[f"{short}_cpu_s"] = cpu
             extra["redis_cpu_pct"] = 100 * extra["redis_cpu_s"] / res["elapsed_s"] if extra["redis_cpu_s"] is not None and res.get("elapsed_s") else None
             extra["cp_peak_rss_kib"] = status_kib(gw.cp.pid, "VmHWM")
-            after = redis_commands(gw.redis_port)
+            after = redis_commands(gw.redis)
             # Minus the harness's own INFO (the one before the run).
             extra["redis_calls"] = {k: v - cmds_before.get(k, 0) for k, v in after.items() if v - cmds_before.get(k, 0) and k != "info"}
         up_cpu = upstream_cpu(res)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import atexit
 import dataclasses
-import json
 import os
 import re
 import secrets
@@ -27,7 +26,8 @@ from botocore.config import Config
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from harness.procs import PROCS, Proc, free_port, kill_all, listening_ports, peak_rss_kib, wait_for  # noqa: E402,F401
+from harness.config import q, toml_table  # noqa: E402
+from harness.procs import PROCS, Proc, free_port, kill_all, listening_ports, peak_rss_kib, read_ready_file, wait_for  # noqa: E402,F401
 from s3util import Creds, Raw  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
@@ -178,6 +178,10 @@ RULES = [
     ("allow", ["alice"], ["s3:*"], ["data", "data/*", "public", "public/*", "dead", "dead/*"]),
     # ... except data/secret/*: deny wins.
     ("deny", ["alice"], ["s3:*"], ["data/secret/*"]),
+    # ... and *.forbidden: a glob that depends on the whole key, so alice's
+    # decisions on data objects are exact-scoped (one per key), which the
+    # failover tests rely on for "an uncached decision".
+    ("deny", ["alice"], ["s3:*"], ["data/*.forbidden"]),
     # bob: read/write/list only under data/reports/.
     ("allow", ["bob"], ["s3:GetObject", "s3:PutObject", "s3:ListBucket"], ["data/reports/*"]),
     # the analysts group (dave, alice): read-only on data.
@@ -192,46 +196,21 @@ RULES = [
 BUCKETS = {"data": ("local", "data-prod"), "public": ("local", "public"), "other": ("local", "other"), "dead": ("dead", "dead")}
 
 
-def q(s: str) -> str:
-    return json.dumps(s)  # a JSON string is a valid TOML basic string
-
-
 def render_config(backend: Backend, keys: dict[str, Key], dead_port: int) -> str:
     out = [
         'listen = "127.0.0.1:0"',
         f"region = {q(REGION)}",
         'base_domains = ["s3.localhost"]',
-        "",
-        "[[backends]]",
-        'name = "local"',
-        f"endpoint = {q(backend.endpoint)}",
-        f"region = {q(REGION)}",
-        'addressing_style = "path"',
-        f"access_key = {q(backend.creds.access_key)}",
-        f"secret_key = {q('env:' + BACKEND_SECRET_ENV)}",
-        "",
-        "[[backends]]",
-        'name = "dead"',
-        f'endpoint = "http://127.0.0.1:{dead_port}"',
-        f"region = {q(REGION)}",
-        'addressing_style = "path"',
-        'access_key = "DEADKEY"',
-        'secret_key = "dead-secret-not-used-0000"',
+        *toml_table("backends", dict(name="local", endpoint=backend.endpoint, region=REGION, addressing_style="path",
+                                     access_key=backend.creds.access_key, secret_key="env:" + BACKEND_SECRET_ENV)),
+        *toml_table("backends", dict(name="dead", endpoint=f"http://127.0.0.1:{dead_port}", region=REGION,
+                                     addressing_style="path", access_key="DEADKEY", secret_key="dead-secret-not-used-0000")),
     ]
     for name, (be, bb) in BUCKETS.items():
-        out += ["", "[[buckets]]", f"name = {q(name)}", f"backend = {q(be)}"]
-        if bb != name:
-            out.append(f"backend_bucket = {q(bb)}")
+        out += toml_table("buckets", dict(name=name, backend=be, backend_bucket=bb if bb != name else None))
     for k in keys.values():
         secret = f"env:{k.from_env}" if k.from_env else k.secret_key
-        out += [
-            "",
-            "[[keys]]",
-            f"access_key = {q(k.access_key)}",
-            f"secret_key = {q(secret)}",
-            f"principal = {q(k.principal)}",
-            f"groups = {json.dumps(k.groups)}",
-        ]
+        out += toml_table("keys", dict(access_key=k.access_key, secret_key=secret, principal=k.principal, groups=k.groups))
     return "\n".join(out) + "\n" + rules_config(RULES)
 
 
@@ -239,15 +218,27 @@ def rules_config(rules) -> str:
     """`[[rules]]` tables for (effect, principals, actions, resources) tuples."""
     out = []
     for effect, principals, actions, resources in rules:
-        out += [
-            "",
-            "[[rules]]",
-            f"effect = {q(effect)}",
-            f"principals = {json.dumps(principals)}",
-            f"actions = {json.dumps(actions)}",
-            f"resources = {json.dumps(resources)}",
-        ]
+        out += toml_table("rules", dict(effect=effect, principals=principals, actions=actions, resources=resources))
     return "\n".join(out) + "\n"
+
+
+def gateway_env(backend: Backend, keys: dict[str, Key], log_level: str, **extra: str) -> dict[str, str]:
+    """The environment of an s3gate process (serve, controlplane, dataplane)
+    running render_config's config: the secrets it names by env:, the log
+    level (S3GATE_LOG overrides), and `extra`."""
+    return {
+        **os.environ,
+        "S3GATE_LOG": os.environ.get("S3GATE_LOG", log_level),
+        BACKEND_SECRET_ENV: backend.creds.secret_key,
+        CAROL_SECRET_ENV: keys["carol"].secret_key,
+        **extra,
+    }
+
+
+def node_files(tmp: Path, name: str) -> dict[str, Path]:
+    """`ready=` and `log_path=` of an s3gate process called `name` in `tmp`
+    (for harness.cluster's start_controlplane and start_dataplane)."""
+    return {"ready": tmp / f"{name}.ready.json", "log_path": tmp / f"{name}.log"}
 
 
 @dataclasses.dataclass
@@ -278,13 +269,6 @@ class Gateway:
         return s
 
 
-def read_ready_file(path: Path):
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
 def start_gateway(
     tmp: Path, backend: Backend, name: str = "s3gate", keys: dict[str, Key] | None = None, log_level: str = "trace"
 ) -> Gateway:
@@ -297,12 +281,7 @@ def start_gateway(
     cfg.write_text(render_config(backend, keys, unused_port()))
     ready = tmp / f"{name}.ready.json"
     log = tmp / f"{name}.log"
-    env = {
-        **os.environ,
-        "S3GATE_LOG": os.environ.get("S3GATE_LOG", log_level),
-        BACKEND_SECRET_ENV: backend.creds.secret_key,
-        CAROL_SECRET_ENV: keys["carol"].secret_key,
-    }
+    env = gateway_env(backend, keys, log_level)
     proc = Proc(name, [str(exe), "serve", "--config", str(cfg), "--listen", "127.0.0.1:0", "--ready-file", str(ready)], log, env)
     info = wait_for(lambda: read_ready_file(ready), f"{name} ready file {ready}", proc)
     assert isinstance(info, dict) and "s3" in info, f"unexpected ready file content: {info!r}"

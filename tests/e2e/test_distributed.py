@@ -10,7 +10,6 @@ their TTL; recovery when a control plane comes back on the same address,
 without restarting data planes.
 """
 
-import os
 import uuid
 
 import botocore.exceptions
@@ -18,19 +17,8 @@ import grpc
 import pytest
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
-from conftest import (
-    REGION,
-    Proc,
-    _client,
-    gateway_bin,
-    make_keys,
-    read_ready_file,
-    render_config,
-    unused_port,
-    wait_for,
-    BACKEND_SECRET_ENV,
-    CAROL_SECRET_ENV,
-)
+from conftest import REGION, Proc, _client, gateway_bin, gateway_env, make_keys, node_files, render_config, unused_port
+from harness.cluster import start_controlplane, start_dataplane
 
 
 class Cluster:
@@ -40,38 +28,27 @@ class Cluster:
         self.keys = make_keys()
         self.config = tmp / "cluster.toml"
         self.config.write_text(render_config(backend, self.keys, unused_port()))
-        self.env = {
-            **os.environ,
-            "S3GATE_LOG": os.environ.get("S3GATE_LOG", "debug"),
-            BACKEND_SECRET_ENV: backend.creds.secret_key,
-            CAROL_SECRET_ENV: self.keys["carol"].secret_key,
-        }
+        self.env = gateway_env(backend, self.keys, "debug")
         self.cps: dict[str, Proc] = {}
         self.cp_addrs: dict[str, str] = {}
         self.dps: dict[str, Proc] = {}
         self.dp_addrs: dict[str, str] = {}
 
     def start_cp(self, name: str, listen: str = "127.0.0.1:0") -> str:
-        ready = self.tmp / f"{name}.ready.json"
-        ready.unlink(missing_ok=True)
-        argv = [str(gateway_bin()), "controlplane", "--config", str(self.config), "--listen", listen,
-                "--ready-file", str(ready), "--name", name]
-        proc = Proc(name, argv, self.tmp / f"{name}.log", self.env)
-        info = wait_for(lambda: read_ready_file(ready), f"{name} ready", proc)
+        proc, addr = start_controlplane(gateway_bin(), name, config=self.config, listen=listen, replica=name,
+                                        env=self.env, **node_files(self.tmp, name))
         self.cps[name] = proc
-        self.cp_addrs[name] = info["grpc"]
-        return info["grpc"]
+        self.cp_addrs[name] = addr
+        return addr
 
     def start_dp(self, name: str) -> str:
-        ready = self.tmp / f"{name}.ready.json"
+        # the control planes as one comma-separated --control-plane value
         urls = ",".join(f"http://{a}" for a in self.cp_addrs.values())
-        argv = [str(gateway_bin()), "dataplane", "--control-plane", urls, "--listen", "127.0.0.1:0",
-                "--ready-file", str(ready), "--region", REGION, "--rpc-timeout", "1s"]
-        proc = Proc(name, argv, self.tmp / f"{name}.log", self.env)
-        info = wait_for(lambda: read_ready_file(ready), f"{name} ready", proc)
+        proc, addr = start_dataplane(gateway_bin(), name, control_planes=[urls], region=REGION,
+                                     extra_args=["--rpc-timeout", "1s"], env=self.env, **node_files(self.tmp, name))
         self.dps[name] = proc
-        self.dp_addrs[name] = info["s3"]
-        return info["s3"]
+        self.dp_addrs[name] = addr
+        return addr
 
     def client(self, dp: str, who: str = "alice"):
         k = self.keys[who]
@@ -135,6 +112,10 @@ def test_failover_fail_closed_and_recovery(cluster, backend):
     warm = key()
     dp.put_object(Bucket="data", Key=warm, Body=b"warm")
     assert dp.get_object(Bucket="data", Key=warm)["Body"].read() == b"warm"
+    # bob's rule is data/reports/*: one decision holds for every key under
+    # reports/, and the data plane caches it as that prefix
+    bob = cluster.client("dp1", "bob")
+    bob.put_object(Bucket="data", Key=f"reports/{uuid.uuid4().hex}", Body=b"b")
 
     # cp1 goes away: every new decision (alice's decisions are per key here,
     # because a deny glob makes keys matter) is answered by cp2.
@@ -162,6 +143,13 @@ def test_failover_fail_closed_and_recovery(cluster, backend):
     assert e.value.response["ResponseMetadata"]["HTTPStatusCode"] == 503
     # ... while cached ones keep serving until their TTL (30 s by default)
     assert dp.get_object(Bucket="data", Key=warm)["Body"].read() == b"warm"
+    # ... and so does a prefix-scoped one, for a key never asked about
+    fresh = f"reports/{uuid.uuid4().hex}"
+    bob.put_object(Bucket="data", Key=fresh, Body=b"under the prefix")
+    assert backend.file("data-prod", fresh).read_bytes() == b"under the prefix"
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        bob.put_object(Bucket="data", Key=f"drafts/{uuid.uuid4().hex}", Body=b"x")
+    assert e.value.response["ResponseMetadata"]["HTTPStatusCode"] == 503
 
     # a control plane comes back on cp1's address: the data planes recover
     # without a restart

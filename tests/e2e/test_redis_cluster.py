@@ -14,7 +14,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 import uuid
@@ -22,66 +21,11 @@ import uuid
 import botocore.exceptions
 import pytest
 
-from conftest import (
-    BACKEND_SECRET_ENV,
-    CAROL_SECRET_ENV,
-    REGION,
-    Proc,
-    _client,
-    gateway_bin,
-    make_keys,
-    read_ready_file,
-    render_config,
-    unused_port,
-    wait_for,
-)
+from conftest import REGION, Proc, _client, gateway_bin, gateway_env, make_keys, node_files, render_config, unused_port
+from harness.cluster import Redis, gen_master_key, start_controlplane, start_dataplane
 
 ADMIN_TOKEN = "admin-" + uuid.uuid4().hex
 CLUSTER_TOKEN = "cluster-" + uuid.uuid4().hex
-
-
-def redis_ping(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
-            s.sendall(b"PING\r\n")
-            return s.recv(16).startswith(b"+PONG")
-    except OSError:
-        return False
-
-
-class Redis:
-    def __init__(self, tmp):
-        exe = shutil.which("redis-server")
-        if exe is None:
-            pytest.fail("redis-server is not installed (apt-get install redis-server)")
-        self.exe, self.dir, self.port = exe, tmp, unused_port()
-        self.proc = None
-
-    def start(self):
-        # appendonly: a restart keeps the data, as a production Redis would
-        argv = [self.exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                "--appendonly", "yes", "--dir", str(self.dir)]
-        self.proc = Proc("redis", argv, self.dir / "redis.log")
-        wait_for(lambda: redis_ping(self.port), "redis to answer PING", self.proc)
-
-    def raw(self, *cmd: str) -> bytes:
-        """One command over RESP, reading until the server stops sending."""
-        out = f"*{len(cmd)}\r\n" + "".join(f"${len(c.encode())}\r\n{c}\r\n" for c in cmd)
-        with socket.create_connection(("127.0.0.1", self.port), timeout=2) as s:
-            s.sendall(out.encode())
-            time.sleep(0.1)
-            s.settimeout(0.3)
-            data = b""
-            try:
-                while chunk := s.recv(65536):
-                    data += chunk
-            except TimeoutError:
-                pass
-            return data
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/"
 
 
 class RedisCluster:
@@ -92,36 +36,22 @@ class RedisCluster:
         # short TTLs so "within the TTL" stays quick to observe
         self.config.write_text(render_config(backend, self.keys, unused_port())
                                + '\n[cache]\ndecision_ttl = "3s"\nkey_ttl = "3s"\nroute_ttl = "3s"\n')
-        self.master_key = subprocess.run([str(gateway_bin()), "gen-master-key"], check=True,
-                                         capture_output=True, text=True).stdout.strip()
-        self.env = {
-            **os.environ,
-            "S3GATE_LOG": os.environ.get("S3GATE_LOG", "debug"),
-            "S3GATE_MASTER_KEY": self.master_key,
-            "S3GATE_ADMIN_TOKEN": ADMIN_TOKEN,
-            "S3GATE_CLUSTER_TOKEN": CLUSTER_TOKEN,
-            BACKEND_SECRET_ENV: backend.creds.secret_key,
-            CAROL_SECRET_ENV: self.keys["carol"].secret_key,
-        }
+        self.master_key = gen_master_key(gateway_bin())
+        self.env = gateway_env(backend, self.keys, "debug", S3GATE_MASTER_KEY=self.master_key,
+                               S3GATE_ADMIN_TOKEN=ADMIN_TOKEN, S3GATE_CLUSTER_TOKEN=CLUSTER_TOKEN)
         self.procs: dict[str, Proc] = {}
         self.addrs: dict[str, str] = {}
 
     def start_cp(self, name):
-        ready = self.tmp / f"{name}.ready.json"
-        argv = [str(gateway_bin()), "controlplane", "--redis", self.redis.url, "--config", str(self.config),
-                "--listen", "127.0.0.1:0", "--ready-file", str(ready), "--name", name]
-        proc = Proc(name, argv, self.tmp / f"{name}.log", self.env)
-        self.addrs[name] = wait_for(lambda: read_ready_file(ready), f"{name} ready", proc)["grpc"]
-        self.procs[name] = proc
+        self.procs[name], self.addrs[name] = start_controlplane(
+            gateway_bin(), name, config=self.config, redis_url=self.redis.url, replica=name, env=self.env,
+            **node_files(self.tmp, name))
 
     def start_dp(self, name):
-        ready = self.tmp / f"{name}.ready.json"
+        # the control planes as separate --control-plane values
         urls = [f"http://{self.addrs[c]}" for c in ("cp1", "cp2")]
-        argv = [str(gateway_bin()), "dataplane", "--control-plane", *urls, "--listen", "127.0.0.1:0",
-                "--ready-file", str(ready), "--region", REGION]
-        proc = Proc(name, argv, self.tmp / f"{name}.log", self.env)
-        self.addrs[name] = wait_for(lambda: read_ready_file(ready), f"{name} ready", proc)["s3"]
-        self.procs[name] = proc
+        self.procs[name], self.addrs[name] = start_dataplane(
+            gateway_bin(), name, control_planes=urls, region=REGION, env=self.env, **node_files(self.tmp, name))
 
     def admin(self, cp: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         argv = [str(gateway_bin()), "admin", "--control-plane", f"http://{self.addrs[cp]}", "--json", *args]
@@ -141,7 +71,11 @@ class RedisCluster:
 @pytest.fixture(scope="module")
 def rc(tmp_path_factory, backend):
     tmp = tmp_path_factory.mktemp("redis-cluster")
-    redis = Redis(tmp)
+    exe = shutil.which("redis-server")
+    if exe is None:
+        pytest.fail("redis-server is not installed (apt-get install redis-server)")
+    # appendonly: a restart keeps the data, as a production Redis would
+    redis = Redis(exe, tmp, tmp / "redis.log", appendonly=True)
     redis.start()
     c = RedisCluster(tmp, backend, redis)
     c.start_cp("cp1")
@@ -253,7 +187,7 @@ def test_decisions_require_the_cluster_token(rc):
 
 def test_secrets_are_encrypted_at_rest(rc):
     k = rc.admin_json("cp1", "keys", "create", "--principal", "carol", "--group", "ops")
-    dump = rc.redis.raw("HGETALL", "s3gate:keys") + rc.redis.raw("HGETALL", "s3gate:backends")
+    dump = rc.redis.call("HGETALL", "s3gate:keys") + rc.redis.call("HGETALL", "s3gate:backends")
     assert k["access_key"].encode() in dump, "the test must be looking at the right hashes"
     assert k["secret_key"].encode() not in dump
     assert rc.backend.creds.secret_key.encode() not in dump

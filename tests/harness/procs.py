@@ -5,6 +5,7 @@ process dies."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -90,6 +91,41 @@ def wait_for(pred: Callable[[], object], what: str, proc: Proc, timeout: float =
         if time.monotonic() > deadline:
             raise RuntimeError(f"timed out after {timeout}s waiting for {what}\nlog:\n{proc.tail()}")
         time.sleep(0.02)
+
+
+def read_ready_file(path: Path):
+    """The JSON an s3gate process writes to its --ready-file once it listens
+    (`{"s3": "host:port"}`, plus `"grpc"` for a control plane), or None while
+    there is none."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def ready_field(path: Path, field: str) -> Callable[[], object]:
+    """A `wait_for` condition: `field` of the ready file at `path`, or None."""
+    return lambda: (read_ready_file(path) or {}).get(field)
+
+
+def start_with_ready_file(
+    name: str, argv: list[str], ready: Path, field: str, log_path: Path,
+    env: dict[str, str] | None = None, append: bool = False, timeout: float = 30,
+) -> tuple[Proc, str]:
+    """Starts `argv` (which passes `--ready-file ready`) after removing any old
+    ready file, and waits for its address `field` there. The address must be
+    on 127.0.0.1. Returns the process and the address; a process that does
+    not get ready is stopped."""
+    ready.unlink(missing_ok=True)
+    proc = Proc(name, argv, log_path, env, append=append)
+    try:
+        addr = wait_for(ready_field(ready, field), f"{name} ready file {ready}", proc, timeout)
+        if not addr.startswith("127.0.0.1:"):
+            raise RuntimeError(f"{name} bound {addr}, expected 127.0.0.1")
+    except BaseException:
+        proc.stop()
+        raise
+    return proc, addr
 
 
 def listening_ports(pid: int) -> list[int]:
