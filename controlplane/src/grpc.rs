@@ -15,22 +15,15 @@ use s3gate_proto::pb::admin_server::AdminServer;
 use s3gate_proto::pb::decisions_server::{Decisions, DecisionsServer};
 
 use crate::admin::{require_token, AdminService};
-use s3gate_proto::{pb, ControlPlane, Invalidation, SigningKeyRequest};
+use s3gate_proto::{pb, ControlPlane, SigningKeyRequest};
 
 use crate::replica::{next_invalidation, Replica};
 use tokio::net::TcpListener;
-use tokio::sync::{broadcast, mpsc, watch};
+use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tokio_stream::StreamExt as _;
 use tonic::{Request, Response, Status};
 use tracing::info;
-
-/// Invalidations as they are published: (state version, what changed).
-pub type Events = broadcast::Sender<(u64, Invalidation)>;
-
-pub fn events() -> Events {
-    broadcast::channel(1024).0
-}
 
 #[derive(Clone)]
 pub struct DecisionsService {

@@ -19,11 +19,14 @@ use tokio::sync::{broadcast, mpsc, watch};
 use tracing::{info, warn};
 
 use crate::config::CacheConfig;
-use crate::grpc::Events;
 use crate::sources::Registry;
 use crate::state::{Change, State, Touched};
 use crate::store::{Notification, Store, StoreError};
 use crate::Snapshot;
+
+/// Invalidations as a replica publishes them: (state version, what
+/// changed). Watch streams and the in-process data plane subscribe.
+pub type Events = broadcast::Sender<(u64, Invalidation)>;
 
 pub struct Replica {
     store: Arc<dyn Store>,
@@ -71,7 +74,7 @@ impl Replica {
         let replica = Arc::new(Self {
             current: RwLock::new(Arc::new(Snapshot::compile(&state, &cache, &registry))),
             version: watch::channel(state.version).0,
-            events: crate::grpc::events(),
+            events: broadcast::channel(1024).0,
             store,
             cache,
             registry,

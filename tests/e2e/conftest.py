@@ -201,8 +201,11 @@ def render_config(backend: Backend, keys: dict[str, Key], dead_port: int) -> str
         'listen = "127.0.0.1:0"',
         f"region = {q(REGION)}",
         'base_domains = ["s3.localhost"]',
+        # the credential as a tagged table ...
         *toml_table("backends", dict(name="local", endpoint=backend.endpoint, region=REGION, addressing_style="path",
-                                     access_key=backend.creds.access_key, secret_key="env:" + BACKEND_SECRET_ENV)),
+                                     credentials=dict(kind="static_hmac", access_key=backend.creds.access_key,
+                                                      secret_key="env:" + BACKEND_SECRET_ENV))),
+        # ... or, for static HMAC keys, as flat fields
         *toml_table("backends", dict(name="dead", endpoint=f"http://127.0.0.1:{dead_port}", region=REGION,
                                      addressing_style="path", access_key="DEADKEY", secret_key="dead-secret-not-used-0000")),
     ]

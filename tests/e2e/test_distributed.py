@@ -99,7 +99,15 @@ def test_reflection_and_health(cluster):
         assert "grpc.health.v1.Health" in services, services
         desc = ProtoReflectionDescriptorDatabase(channel).FindFileContainingSymbol("s3gate.v1.Decisions")
         methods = {m.name for s in desc.service for m in s.method}
-        assert {"SigningKey", "Authorize", "GetRoute", "VisibleBuckets", "Watch"} <= methods
+        assert {"SigningKey", "Authenticate", "Authorize", "GetRoute", "VisibleBuckets", "Watch"} <= methods
+        # Authenticate is in the contract; no identity source of today accepts
+        # a bearer token, so it is refused, never answered with a principal.
+        # AuthenticateRequest{bearer_token: BearerToken{token: "x.y.z"}}:
+        authenticate = channel.unary_unary("/s3gate.v1.Decisions/Authenticate")
+        with pytest.raises(grpc.RpcError) as e:
+            authenticate(b"\x0a\x07\x0a\x05x.y.z", timeout=5)
+        assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED, e.value
+        assert "no identity source accepts bearer tokens" in e.value.details()
         # the standard health check, by hand-encoded protobuf (HealthCheckRequest{service=""})
         check = channel.unary_unary("/grpc.health.v1.Health/Check")
         assert check(b"", timeout=5) == b"\x08\x01"  # status: SERVING

@@ -246,6 +246,15 @@ def test_admin_manages_backends_and_buckets(rc, backend):
     listed = rc.admin_json("cp2", "backends", "list")
     assert "fs2" in [b["name"] for b in listed]
     assert backend.creds.secret_key not in json.dumps(listed)
+    # the credential's kind and public part, never its secret; a backend
+    # seeded from the config file lists the same way
+    by_name = {b["name"]: b for b in listed}
+    for name in ("fs2", "local"):
+        assert by_name[name]["credentials"] == {"kind": "static_hmac", "access_key": backend.creds.access_key}
+    # an update that leaves the secret out keeps the stored one (the moved
+    # bucket below signs with it)
+    rc.admin("cp1", "backends", "put", "--name", "fs2", "--endpoint", backend.endpoint,
+             "--access-key", backend.creds.access_key)
 
     rc.admin("cp2", "buckets", "put", "--name", "moved", "--backend", "fs2", "--backend-bucket", "other")
     assert {"name": "moved", "backend": "fs2", "backend_bucket": "other"} in rc.admin_json("cp1", "buckets", "list")

@@ -12,13 +12,20 @@ def q(s: str) -> str:
     return json.dumps(s)
 
 
+def toml_value(v) -> str:
+    """Strings, numbers and lists of strings as JSON (valid TOML for these);
+    a dict as an inline table."""
+    if isinstance(v, dict):
+        return "{ " + ", ".join(f"{k} = {toml_value(x)}" for k, x in v.items() if x is not None) + " }"
+    return json.dumps(v)
+
+
 def toml_table(kind: str, fields: dict, comment: str | None = None) -> list[str]:
     """The lines of an `[[kind]]` table, after a blank line and an optional
-    `# comment`. Values are strings, numbers or lists of strings, written as
-    JSON (valid TOML for these); None leaves the field out."""
+    `# comment`; None leaves a field out."""
     return [
         "",
         *([f"# {comment}"] if comment else []),
         f"[[{kind}]]",
-        *(f"{k} = {json.dumps(v)}" for k, v in fields.items() if v is not None),
+        *(f"{k} = {toml_value(v)}" for k, v in fields.items() if v is not None),
     ]
