@@ -277,6 +277,16 @@ mod tests {
     use crate::state::KeyRecord;
     use crate::store::MemoryStore;
 
+    fn key_ak1() -> KeyRecord {
+        KeyRecord {
+            access_key: "AK1".into(),
+            secret: Secret::new("s1"),
+            principal: "p".into(),
+            groups: vec![],
+            created: 0,
+        }
+    }
+
     #[tokio::test]
     async fn changes_are_served_and_announced() {
         let store = Arc::new(MemoryStore::new());
@@ -294,16 +304,7 @@ mod tests {
             replica.signing_key(ask()).await,
             Err(ControlPlaneError::UnknownAccessKey)
         ));
-        let v = replica
-            .apply(Change::PutKey(KeyRecord {
-                access_key: "AK1".into(),
-                secret: Secret::new("s1"),
-                principal: "p".into(),
-                groups: vec![],
-                created: 0,
-            }))
-            .await
-            .unwrap();
+        let v = replica.apply(Change::PutKey(key_ak1())).await.unwrap();
         // read-your-writes: served as soon as apply returns
         assert_eq!(replica.version(), v);
         assert_eq!(
@@ -372,16 +373,7 @@ mod tests {
             context: Default::default(),
         };
         assert!(replica.authorize(ask()).await.unwrap().allow);
-        replica
-            .apply(Change::PutKey(KeyRecord {
-                access_key: "AK1".into(),
-                secret: Secret::new("s1"),
-                principal: "p".into(),
-                groups: vec![],
-                created: 0,
-            }))
-            .await
-            .unwrap();
+        replica.apply(Change::PutKey(key_ak1())).await.unwrap();
         assert!(replica.authorize(ask()).await.unwrap().allow);
         // The same instance answered before and after the new snapshot.
         assert_eq!(warm.asked.load(std::sync::atomic::Ordering::SeqCst), 2);

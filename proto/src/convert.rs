@@ -150,13 +150,18 @@ impl fmt::Debug for pb::backend_credentials::Auth {
     }
 }
 
+/// An access key pair's `Debug`: the key id, never the secret or token.
+fn key_pair_debug(f: &mut fmt::Formatter<'_>, name: &str, access_key: &str) -> fmt::Result {
+    f.debug_struct(name)
+        .field("access_key", &access_key)
+        .field("secret_key", &"<redacted>")
+        .field("session_token", &"<redacted>")
+        .finish()
+}
+
 impl fmt::Debug for pb::SigV4Credentials {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SigV4Credentials")
-            .field("access_key", &self.access_key)
-            .field("secret_key", &"<redacted>")
-            .field("session_token", &"<redacted>")
-            .finish()
+        key_pair_debug(f, "SigV4Credentials", &self.access_key)
     }
 }
 
@@ -516,11 +521,7 @@ impl fmt::Debug for pb::KeyWithSecret {
 
 impl fmt::Debug for pb::StaticHmacSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("StaticHmacSpec")
-            .field("access_key", &self.access_key)
-            .field("secret_key", &"<redacted>")
-            .field("session_token", &"<redacted>")
-            .finish()
+        key_pair_debug(f, "StaticHmacSpec", &self.access_key)
     }
 }
 
