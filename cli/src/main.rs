@@ -307,6 +307,7 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
     runtime()?
         .block_on(async move {
             tokio::spawn(report_dropped_log_lines());
+            let shutdown = Shutdown::watch();
             // The same replica code as `s3gate controlplane`, over a memory store.
             let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
             store.seed(&State::from_config(&file)).await?;
@@ -324,13 +325,13 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
                 let grpc_local = grpc.local_addr().context("read listener address")?;
                 ready["grpc"] = serde_json::json!(grpc_local.to_string());
                 info!(address = %grpc_local, admin = args.admin_token.is_some(), "control plane serving gRPC");
-                tokio::spawn(serve_grpc(grpc, replica.clone(), args.cluster_token.clone(), args.admin_token.clone()));
+                tokio::spawn(serve_grpc(grpc, replica.clone(), args.cluster_token.clone(), args.admin_token.clone(), shutdown.clone()));
             }
             if let Some(path) = &args.ready_file {
                 write_ready(path, &ready.to_string()).context("write ready file")?;
             }
             let invalidations = replica.invalidations();
-            s3gate_dataplane::serve(listener, dp_cfg, replica, invalidations, shutdown_signal(), args.drain_timeout)
+            s3gate_dataplane::serve(listener, dp_cfg, replica, invalidations, shutdown.requested(), args.drain_timeout)
                 .await;
             anyhow::Ok(())
         })
@@ -342,6 +343,7 @@ async fn serve_grpc(
     replica: Arc<Replica>,
     cluster_token: Option<String>,
     admin_token: Option<String>,
+    shutdown: Shutdown,
 ) -> anyhow::Result<()> {
     if cluster_token.is_none() {
         warn!("no --cluster-token: anyone who reaches the gRPC port can read decisions and backend credentials");
@@ -353,9 +355,15 @@ async fn serve_grpc(
             t,
         )
     });
-    s3gate_controlplane::grpc::serve(listener, decisions, cluster_token, admin, shutdown_signal())
-        .await
-        .context("gRPC server")
+    s3gate_controlplane::grpc::serve(
+        listener,
+        decisions,
+        cluster_token,
+        admin,
+        shutdown.requested(),
+    )
+    .await
+    .context("gRPC server")
 }
 
 fn controlplane(args: ControlplaneArgs) -> Result<(), Failure> {
@@ -419,7 +427,14 @@ fn controlplane(args: ControlplaneArgs) -> Result<(), Failure> {
                 )
                 .context("write ready file")?;
             }
-            serve_grpc(listener, replica, args.cluster_token, args.admin_token).await
+            serve_grpc(
+                listener,
+                replica,
+                args.cluster_token,
+                args.admin_token,
+                Shutdown::watch(),
+            )
+            .await
         })
         .map_err(Failure::Runtime)
 }
@@ -459,7 +474,7 @@ fn dataplane(args: DataplaneArgs) -> Result<(), Failure> {
             if let Some(path) = &args.ready_file {
                 write_ready(path, &s3gate_dataplane::ready_json(local)).context("write ready file")?;
             }
-            s3gate_dataplane::serve(listener, dp_cfg, control_plane, invalidations, shutdown_signal(), args.drain_timeout)
+            s3gate_dataplane::serve(listener, dp_cfg, control_plane, invalidations, Shutdown::watch().requested(), args.drain_timeout)
                 .await;
             anyhow::Ok(())
         })
@@ -485,6 +500,35 @@ fn write_ready(path: &Path, json: &str) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, json)?;
     std::fs::rename(&tmp, path)
+}
+
+/// SIGTERM or SIGINT, watched once per process: every server that stops on
+/// it (in `serve`, the S3 and the gRPC listener) waits on a clone, so the
+/// signal is handled and logged once.
+#[derive(Clone)]
+struct Shutdown(tokio::sync::watch::Receiver<bool>);
+
+impl Shutdown {
+    /// Starts watching for the signals (inside the runtime).
+    fn watch() -> Self {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            let _ = tx.send(true);
+        });
+        Self(rx)
+    }
+
+    /// Resolves once a signal arrived.
+    async fn requested(mut self) {
+        let signalled = self.0.wait_for(|stop| *stop).await.is_ok();
+        if !signalled {
+            // The watcher ended without a signal (it cannot: it waits
+            // forever when it could not install its handler). Never stop
+            // on its account.
+            std::future::pending::<()>().await;
+        }
+    }
 }
 
 async fn shutdown_signal() {
