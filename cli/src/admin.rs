@@ -11,18 +11,29 @@ use tonic::transport::Channel;
 use tonic::Request;
 
 #[derive(Debug, Args)]
+#[command(after_help = "\
+Examples:
+  export S3GATE_CONTROL_PLANE=http://127.0.0.1:9090 S3GATE_ADMIN_TOKEN=...
+  s3gate admin status
+  s3gate admin keys create --principal alice --group analysts
+  s3gate admin rules put --id analysts-read --effect allow --principal group:analysts \\
+      --action s3:GetObject --action s3:ListBucket --resource data --resource 'data/*'
+  s3gate admin --json keys list")]
 pub struct AdminArgs {
-    /// The control plane's gRPC URL.
+    /// The control plane's gRPC URL, http://HOST:PORT: the address of
+    /// `s3gate controlplane --listen`, or of `s3gate serve --grpc-listen`.
     #[arg(
         long = "control-plane",
         env = "S3GATE_CONTROL_PLANE",
+        value_name = "URL",
         default_value = "http://127.0.0.1:9090"
     )]
     url: String,
-    /// The admin bearer token the control plane was started with.
+    /// The admin token: the --admin-token (or S3GATE_ADMIN_TOKEN) the
+    /// control plane was started with.
     #[arg(long, env = "S3GATE_ADMIN_TOKEN", hide_env_values = true)]
     token: String,
-    /// Print JSON instead of tables.
+    /// Print one JSON document instead of a table, for scripts.
     #[arg(long, global = true)]
     json: bool,
     #[command(subcommand)]
@@ -31,17 +42,18 @@ pub struct AdminArgs {
 
 #[derive(Debug, Subcommand)]
 enum AdminCommand {
-    /// Access keys.
+    /// Access keys: the credentials clients sign S3 requests with.
     Keys {
         #[command(subcommand)]
         command: KeysCommand,
     },
-    /// Authorization rules.
+    /// Authorization rules: who may do which S3 actions on which buckets and keys.
     Rules {
         #[command(subcommand)]
         command: RulesCommand,
     },
-    /// Storage backends.
+    /// Storage backends: the S3 endpoints requests are forwarded to, and the
+    /// credentials s3gate signs with there.
     Backends {
         #[command(subcommand)]
         command: BackendsCommand,
@@ -52,120 +64,244 @@ enum AdminCommand {
         command: BucketsCommand,
     },
     /// Dry-run a request: the decision and the rule that made it.
+    #[command(after_help = "\
+Examples:
+  s3gate admin explain --access-key S3GEXAMPLEKEY0000000 --action s3:GetObject --bucket data --key reports/q1.csv
+  s3gate admin explain --principal bob --group analysts --action s3:ListBucket --bucket data --prefix reports/
+  s3gate admin explain --action s3:GetObject --bucket public --key index.html   # anonymous")]
     Explain(ExplainArgs),
-    /// Control-plane status.
+    /// Control-plane status: replica, state version, store health, counts.
     Status,
 }
 
 #[derive(Debug, Subcommand)]
 enum KeysCommand {
-    /// Create a key; its secret is shown once.
+    /// Create a key for a principal; its secret is shown once.
+    #[command(after_help = "\
+Example:
+  s3gate admin keys create --principal alice --group analysts --group ops")]
     Create {
+        /// Who the key belongs to: the name rules match (rules put --principal alice).
         #[arg(long)]
         principal: String,
-        #[arg(long = "group")]
+        /// A group the principal is in, matched by rules with --principal
+        /// group:NAME. Repeatable: --group analysts --group ops.
+        #[arg(long = "group", value_name = "NAME")]
         groups: Vec<String>,
-        /// A chosen access key id (generated if omitted).
+        /// A chosen access key id (generated if omitted: S3G and 17 letters and digits).
         #[arg(long)]
         access_key: Option<String>,
     },
+    /// List access keys: principal, groups and when each was created (never secrets).
+    #[command(after_help = "\
+CREATED is in RFC 3339, UTC; keys seeded from a config file show \"from config\".
+
+Examples:
+  s3gate admin keys list
+  s3gate admin --json keys list")]
     List,
+    /// Revoke a key: requests signed with it are refused at every data plane.
+    #[command(after_help = "\
+Example:
+  s3gate admin keys revoke S3GEXAMPLEKEY0000000")]
     Revoke {
+        /// The access key id (see `keys list`).
         access_key: String,
     },
-    /// New secret, same access key; the old secret stops working.
+    /// New secret, same access key; the old secret stops working. The new
+    /// secret is shown once.
+    #[command(after_help = "\
+Example:
+  s3gate admin keys rotate S3GEXAMPLEKEY0000000")]
     Rotate {
+        /// The access key id (see `keys list`).
         access_key: String,
     },
 }
 
 #[derive(Debug, Subcommand)]
 enum RulesCommand {
-    /// Create or replace a rule.
+    /// Create or replace a rule: who (--principal) may or may not (--effect)
+    /// do what (--action) on which buckets and keys (--resource).
+    #[command(after_help = RULES_PUT_HELP)]
     Put {
+        /// The rule's name; putting an existing id replaces that rule.
         #[arg(long)]
         id: String,
-        /// allow or deny
-        #[arg(long)]
+        /// allow, or deny: a matching deny beats any allow.
+        #[arg(long, value_parser = ["allow", "deny"])]
         effect: String,
-        #[arg(long = "principal", required = true)]
+        /// Who: a principal NAME, group:NAME, or * for everyone (anonymous
+        /// requests included). Repeatable; any one matches.
+        #[arg(long = "principal", value_name = "WHO", required = true)]
         principals: Vec<String>,
-        #[arg(long = "action", required = true)]
+        /// An S3 IAM action, globs allowed: s3:GetObject, s3:Get*, s3:*.
+        /// Repeatable; any one matches.
+        #[arg(long = "action", value_name = "ACTION", required = true)]
         actions: Vec<String>,
-        #[arg(long = "resource", required = true)]
+        /// BUCKET (the bucket itself), BUCKET/KEY-GLOB (its objects whose key
+        /// matches, e.g. data/reports/*), or * (everything). Repeatable; any
+        /// one matches.
+        #[arg(long = "resource", value_name = "RESOURCE", required = true)]
         resources: Vec<String>,
     },
+    /// List every rule.
+    #[command(after_help = "\
+Examples:
+  s3gate admin rules list
+  s3gate admin --json rules list")]
     List,
+    /// Delete a rule.
+    #[command(after_help = "\
+Example:
+  s3gate admin rules delete analysts-read")]
     Delete {
+        /// The rule's id (see `rules list`).
         id: String,
     },
 }
+
+/// How rules match, for `rules put --help`.
+const RULES_PUT_HELP: &str = "\
+A request is allowed when an allow rule matches it and no deny rule does; a
+request no rule allows is denied. A rule matches a request when one of its
+principals, one of its actions and one of its resources match.
+
+Principals (--principal):
+  alice         the principal of a key (keys create --principal alice)
+  group:NAME    the keys in group NAME (keys create --group NAME)
+  *             everyone, including unsigned (anonymous) requests
+
+Actions (--action): IAM action names; * matches any characters, ? one.
+  s3:GetObject  s3:Get*  s3:*
+
+Resources (--resource): a bucket as clients name it, then an optional key glob.
+  data              the bucket itself: bucket operations, and listing any prefix
+                    (not its objects)
+  data/*            every object in bucket data
+  data/reports/*    objects whose key matches the glob; listing only prefixes
+                    that match it (reports/...)
+  *                 every bucket and every object
+  Globs (* and ?) work in the bucket part too: logs-*/2024/*.
+
+Examples:
+  s3gate admin rules put --id analysts-read --effect allow --principal group:analysts \\
+      --action s3:GetObject --action s3:ListBucket --resource data --resource 'data/*'
+  s3gate admin rules put --id no-secrets --effect deny --principal '*' \\
+      --action 's3:*' --resource 'data/secret/*'
+Quote * so the shell leaves it alone.";
 
 #[derive(Debug, Subcommand)]
 enum BackendsCommand {
     /// Create or replace a backend. The secret is read from the environment
     /// variable named by --secret-key-env, never from the command line.
+    #[command(after_help = "\
+Example:
+  BACKEND_SECRET=... s3gate admin backends put --name aws --endpoint https://s3.eu-west-1.amazonaws.com \\
+      --region eu-west-1 --access-key AKIAEXAMPLE --secret-key-env BACKEND_SECRET")]
     Put {
+        /// The backend's name, which buckets refer to (buckets put --backend NAME).
         #[arg(long)]
         name: String,
-        #[arg(long)]
+        /// The backend's S3 endpoint: http:// or https://, host and port, no
+        /// path (e.g. https://s3.eu-west-1.amazonaws.com, http://10.0.0.5:9000).
+        #[arg(long, value_name = "URL")]
         endpoint: String,
+        /// The region requests to the backend are signed for.
         #[arg(long, default_value = "us-east-1")]
         region: String,
-        /// path or virtual
-        #[arg(long, default_value = "path")]
+        /// path (ENDPOINT/BUCKET/KEY) or virtual (BUCKET.HOST/KEY).
+        #[arg(long, default_value = "path", value_parser = ["path", "virtual"])]
         addressing_style: String,
+        /// The access key s3gate signs backend requests with.
         #[arg(long)]
         access_key: String,
         /// Environment variable holding the secret key (omit on update to keep the stored one).
-        #[arg(long)]
+        #[arg(long, value_name = "VAR")]
         secret_key_env: Option<String>,
-        #[arg(long)]
+        /// A PEM file of extra CA certificates to trust for an https
+        /// endpoint (a private CA). A path on the data planes: each reads it there.
+        #[arg(long, value_name = "PATH")]
         ca_bundle: Option<String>,
+        /// Do not verify the backend's TLS certificate. Development only:
+        /// anyone on the network path could pose as the backend.
         #[arg(long)]
         insecure_skip_verify: bool,
     },
+    /// List backends: endpoints, regions and access keys (never secrets).
+    #[command(after_help = "\
+Examples:
+  s3gate admin backends list
+  s3gate admin --json backends list")]
     List,
+    /// Delete a backend; refused while a bucket lives on it.
+    #[command(after_help = "\
+Example:
+  s3gate admin backends delete aws")]
     Delete {
+        /// The backend's name (see `backends list`).
         name: String,
     },
 }
 
 #[derive(Debug, Subcommand)]
 enum BucketsCommand {
-    /// Create or replace a bucket.
+    /// Create or replace a bucket: the name clients use, and the backend
+    /// (and bucket there) it maps to.
+    #[command(after_help = "\
+Example:
+  s3gate admin buckets put --name data --backend aws --backend-bucket data-prod")]
     Put {
+        /// The bucket name clients use.
         #[arg(long)]
         name: String,
+        /// The backend it lives on (see `backends list`).
         #[arg(long)]
         backend: String,
+        /// Its name on the backend, when that differs (default: --name).
         #[arg(long)]
         backend_bucket: Option<String>,
     },
+    /// List buckets and where each lives.
+    #[command(after_help = "\
+Examples:
+  s3gate admin buckets list
+  s3gate admin --json buckets list")]
     List,
+    /// Delete a bucket: clients can no longer reach it. Its objects stay on
+    /// the backend.
+    #[command(after_help = "\
+Example:
+  s3gate admin buckets delete data")]
     Delete {
+        /// The bucket name clients use (see `buckets list`).
         name: String,
     },
 }
 
 #[derive(Debug, Args)]
 struct ExplainArgs {
-    /// Whose request: an access key ...
+    /// Whose request: the principal of this access key ...
     #[arg(long, conflicts_with = "principal")]
     access_key: Option<String>,
-    /// ... or a principal (with --group); neither means anonymous.
+    /// ... or a principal by name (with its groups in --group). Neither:
+    /// an anonymous request.
     #[arg(long)]
     principal: Option<String>,
-    #[arg(long = "group")]
+    /// A group of --principal. Repeatable.
+    #[arg(long = "group", value_name = "NAME")]
     groups: Vec<String>,
+    /// The S3 IAM action, e.g. s3:GetObject, s3:PutObject, s3:ListBucket.
     #[arg(long)]
     action: String,
+    /// The bucket, as clients name it.
     #[arg(long)]
     bucket: String,
-    /// An object key.
+    /// An object key: the request is about that object.
     #[arg(long, conflicts_with = "prefix")]
     key: Option<String>,
-    /// A listed prefix.
+    /// A listed prefix: the request lists it. Neither --key nor --prefix:
+    /// the request is about the bucket itself.
     #[arg(long)]
     prefix: Option<String>,
 }
