@@ -1,28 +1,53 @@
 //! `s3gate admin`: the Admin gRPC API from a shell. Human-readable tables by
 //! default, `--json` for scripts (one JSON document per call).
 
-use anyhow::{bail, Context as _};
+use std::time::{Duration, SystemTime};
+
+use anyhow::{anyhow, bail, Context as _};
 use clap::{Args, Subcommand};
 use s3gate_proto::pb;
 use s3gate_proto::pb::admin_client::AdminClient;
 use serde_json::{json, Value};
-use tonic::metadata::MetadataValue;
-use tonic::transport::Channel;
-use tonic::Request;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
+use tonic::service::Interceptor;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Request, Status};
+
+/// How long connecting to the control plane may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one Admin call may take once connected.
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What to check when the control plane cannot be reached, for error messages.
+const CHECK_URL: &str = "Is the control plane running, and is this its gRPC address (where \
+    `s3gate controlplane --listen` or `s3gate serve --grpc-listen` listens)? \
+    Set it with --control-plane or S3GATE_CONTROL_PLANE.";
 
 #[derive(Debug, Args)]
+#[command(after_help = "\
+Examples:
+  export S3GATE_CONTROL_PLANE=http://127.0.0.1:9090 S3GATE_ADMIN_TOKEN=...
+  s3gate admin status
+  s3gate admin keys create --principal alice --group analysts
+  s3gate admin rules put --id analysts-read --effect allow --principal group:analysts \\
+      --action s3:GetObject --action s3:ListBucket --resource data --resource 'data/*'
+  s3gate admin --json keys list")]
 pub struct AdminArgs {
-    /// The control plane's gRPC URL.
+    /// The control plane's gRPC URL, http://HOST:PORT: the address of
+    /// `s3gate controlplane --listen`, or of `s3gate serve --grpc-listen`.
     #[arg(
         long = "control-plane",
         env = "S3GATE_CONTROL_PLANE",
+        value_name = "URL",
         default_value = "http://127.0.0.1:9090"
     )]
     url: String,
-    /// The admin bearer token the control plane was started with.
+    /// The admin token: the --admin-token (or S3GATE_ADMIN_TOKEN) the
+    /// control plane was started with.
     #[arg(long, env = "S3GATE_ADMIN_TOKEN", hide_env_values = true)]
-    token: String,
-    /// Print JSON instead of tables.
+    token: Option<String>,
+    /// Print one JSON document instead of a table, for scripts.
     #[arg(long, global = true)]
     json: bool,
     #[command(subcommand)]
@@ -31,17 +56,18 @@ pub struct AdminArgs {
 
 #[derive(Debug, Subcommand)]
 enum AdminCommand {
-    /// Access keys.
+    /// Access keys: the credentials clients sign S3 requests with.
     Keys {
         #[command(subcommand)]
         command: KeysCommand,
     },
-    /// Authorization rules.
+    /// Authorization rules: who may do which S3 actions on which buckets and keys.
     Rules {
         #[command(subcommand)]
         command: RulesCommand,
     },
-    /// Storage backends.
+    /// Storage backends: the S3 endpoints requests are forwarded to, and the
+    /// credentials s3gate signs with there.
     Backends {
         #[command(subcommand)]
         command: BackendsCommand,
@@ -52,137 +78,401 @@ enum AdminCommand {
         command: BucketsCommand,
     },
     /// Dry-run a request: the decision and the rule that made it.
+    #[command(after_help = "\
+Examples:
+  s3gate admin explain --access-key S3GEXAMPLEKEY0000000 --action s3:GetObject --bucket data --key reports/q1.csv
+  s3gate admin explain --principal bob --group analysts --action s3:ListBucket --bucket data --prefix reports/
+  s3gate admin explain --action s3:GetObject --bucket public --key index.html   # anonymous")]
     Explain(ExplainArgs),
-    /// Control-plane status.
+    /// Control-plane status: replica, state version, store health, counts.
     Status,
 }
 
 #[derive(Debug, Subcommand)]
 enum KeysCommand {
-    /// Create a key; its secret is shown once.
+    /// Create a key for a principal; its secret is shown once.
+    #[command(after_help = "\
+Example:
+  s3gate admin keys create --principal alice --group analysts --group ops")]
     Create {
+        /// Who the key belongs to: the name rules match (rules put --principal alice).
         #[arg(long)]
         principal: String,
-        #[arg(long = "group")]
+        /// A group the principal is in, matched by rules with --principal
+        /// group:NAME. Repeatable: --group analysts --group ops.
+        #[arg(long = "group", value_name = "NAME")]
         groups: Vec<String>,
-        /// A chosen access key id (generated if omitted).
+        /// A chosen access key id (generated if omitted: S3G and 17 letters and digits).
         #[arg(long)]
         access_key: Option<String>,
     },
+    /// List access keys: principal, groups and when each was created (never secrets).
+    #[command(after_help = "\
+CREATED is in RFC 3339, UTC; keys seeded from a config file show \"from config\".
+
+Examples:
+  s3gate admin keys list
+  s3gate admin --json keys list")]
     List,
+    /// Revoke a key: requests signed with it are refused at every data plane.
+    #[command(after_help = "\
+Example:
+  s3gate admin keys revoke S3GEXAMPLEKEY0000000")]
     Revoke {
+        /// The access key id (see `keys list`).
         access_key: String,
     },
-    /// New secret, same access key; the old secret stops working.
+    /// New secret, same access key; the old secret stops working. The new
+    /// secret is shown once.
+    #[command(after_help = "\
+Example:
+  s3gate admin keys rotate S3GEXAMPLEKEY0000000")]
     Rotate {
+        /// The access key id (see `keys list`).
         access_key: String,
     },
 }
 
 #[derive(Debug, Subcommand)]
 enum RulesCommand {
-    /// Create or replace a rule.
+    /// Create or replace a rule: who (--principal) may or may not (--effect)
+    /// do what (--action) on which buckets and keys (--resource).
+    #[command(after_help = RULES_PUT_HELP)]
     Put {
+        /// The rule's name; putting an existing id replaces that rule.
         #[arg(long)]
         id: String,
-        /// allow or deny
-        #[arg(long)]
+        /// allow, or deny: a matching deny beats any allow.
+        #[arg(long, value_parser = ["allow", "deny"])]
         effect: String,
-        #[arg(long = "principal", required = true)]
+        /// Who: a principal NAME, group:NAME, or * for everyone (anonymous
+        /// requests included). Repeatable; any one matches.
+        #[arg(long = "principal", value_name = "WHO", required = true)]
         principals: Vec<String>,
-        #[arg(long = "action", required = true)]
+        /// An S3 IAM action, globs allowed: s3:GetObject, s3:Get*, s3:*.
+        /// Repeatable; any one matches.
+        #[arg(long = "action", value_name = "ACTION", required = true)]
         actions: Vec<String>,
-        #[arg(long = "resource", required = true)]
+        /// BUCKET (the bucket itself), BUCKET/KEY-GLOB (its objects whose key
+        /// matches, e.g. data/reports/*), or * (everything). Repeatable; any
+        /// one matches.
+        #[arg(long = "resource", value_name = "RESOURCE", required = true)]
         resources: Vec<String>,
     },
+    /// List every rule.
+    #[command(after_help = "\
+Examples:
+  s3gate admin rules list
+  s3gate admin --json rules list")]
     List,
+    /// Delete a rule.
+    #[command(after_help = "\
+Example:
+  s3gate admin rules delete analysts-read")]
     Delete {
+        /// The rule's id (see `rules list`).
         id: String,
     },
 }
+
+/// How rules match, for `rules put --help`.
+const RULES_PUT_HELP: &str = "\
+A request is allowed when an allow rule matches it and no deny rule does; a
+request no rule allows is denied. A rule matches a request when one of its
+principals, one of its actions and one of its resources match.
+
+Principals (--principal):
+  alice         the principal of a key (keys create --principal alice)
+  group:NAME    the keys in group NAME (keys create --group NAME)
+  *             everyone, including unsigned (anonymous) requests
+
+Actions (--action): IAM action names; * matches any characters, ? one.
+  s3:GetObject  s3:Get*  s3:*
+
+Resources (--resource): a bucket as clients name it, then an optional key glob.
+  data              the bucket itself: bucket operations, and listing any prefix
+                    (not its objects)
+  data/*            every object in bucket data
+  data/reports/*    objects whose key matches the glob; listing only prefixes
+                    that match it (reports/...)
+  *                 every bucket and every object
+  Globs (* and ?) work in the bucket part too: logs-*/2024/*.
+
+Examples:
+  s3gate admin rules put --id analysts-read --effect allow --principal group:analysts \\
+      --action s3:GetObject --action s3:ListBucket --resource data --resource 'data/*'
+  s3gate admin rules put --id no-secrets --effect deny --principal '*' \\
+      --action 's3:*' --resource 'data/secret/*'
+Quote * so the shell leaves it alone.";
 
 #[derive(Debug, Subcommand)]
 enum BackendsCommand {
     /// Create or replace a backend. The secret is read from the environment
     /// variable named by --secret-key-env, never from the command line.
+    #[command(after_help = "\
+Example:
+  BACKEND_SECRET=... s3gate admin backends put --name aws --endpoint https://s3.eu-west-1.amazonaws.com \\
+      --region eu-west-1 --access-key AKIAEXAMPLE --secret-key-env BACKEND_SECRET")]
     Put {
+        /// The backend's name, which buckets refer to (buckets put --backend NAME).
         #[arg(long)]
         name: String,
-        #[arg(long)]
+        /// The backend's S3 endpoint: http:// or https://, host and port, no
+        /// path (e.g. https://s3.eu-west-1.amazonaws.com, http://10.0.0.5:9000).
+        #[arg(long, value_name = "URL")]
         endpoint: String,
+        /// The region requests to the backend are signed for.
         #[arg(long, default_value = "us-east-1")]
         region: String,
-        /// path or virtual
-        #[arg(long, default_value = "path")]
+        /// path (ENDPOINT/BUCKET/KEY) or virtual (BUCKET.HOST/KEY).
+        #[arg(long, default_value = "path", value_parser = ["path", "virtual"])]
         addressing_style: String,
+        /// The access key s3gate signs backend requests with.
         #[arg(long)]
         access_key: String,
         /// Environment variable holding the secret key (omit on update to keep the stored one).
-        #[arg(long)]
+        #[arg(long, value_name = "VAR")]
         secret_key_env: Option<String>,
-        #[arg(long)]
+        /// A PEM file of extra CA certificates to trust for an https
+        /// endpoint (a private CA). A path on the data planes: each reads it there.
+        #[arg(long, value_name = "PATH")]
         ca_bundle: Option<String>,
+        /// Do not verify the backend's TLS certificate. Development only:
+        /// anyone on the network path could pose as the backend.
         #[arg(long)]
         insecure_skip_verify: bool,
     },
+    /// List backends: endpoints, regions and access keys (never secrets).
+    #[command(after_help = "\
+Examples:
+  s3gate admin backends list
+  s3gate admin --json backends list")]
     List,
+    /// Delete a backend; refused while a bucket lives on it.
+    #[command(after_help = "\
+Example:
+  s3gate admin backends delete aws")]
     Delete {
+        /// The backend's name (see `backends list`).
         name: String,
     },
 }
 
 #[derive(Debug, Subcommand)]
 enum BucketsCommand {
-    /// Create or replace a bucket.
+    /// Create or replace a bucket: the name clients use, and the backend
+    /// (and bucket there) it maps to.
+    #[command(after_help = "\
+Example:
+  s3gate admin buckets put --name data --backend aws --backend-bucket data-prod")]
     Put {
+        /// The bucket name clients use.
         #[arg(long)]
         name: String,
+        /// The backend it lives on (see `backends list`).
         #[arg(long)]
         backend: String,
+        /// Its name on the backend, when that differs (default: --name).
         #[arg(long)]
         backend_bucket: Option<String>,
     },
+    /// List buckets and where each lives.
+    #[command(after_help = "\
+Examples:
+  s3gate admin buckets list
+  s3gate admin --json buckets list")]
     List,
+    /// Delete a bucket: clients can no longer reach it. Its objects stay on
+    /// the backend.
+    #[command(after_help = "\
+Example:
+  s3gate admin buckets delete data")]
     Delete {
+        /// The bucket name clients use (see `buckets list`).
         name: String,
     },
 }
 
 #[derive(Debug, Args)]
 struct ExplainArgs {
-    /// Whose request: an access key ...
+    /// Whose request: the principal of this access key ...
     #[arg(long, conflicts_with = "principal")]
     access_key: Option<String>,
-    /// ... or a principal (with --group); neither means anonymous.
+    /// ... or a principal by name (with its groups in --group). Neither:
+    /// an anonymous request.
     #[arg(long)]
     principal: Option<String>,
-    #[arg(long = "group")]
+    /// A group of --principal. Repeatable.
+    #[arg(long = "group", value_name = "NAME")]
     groups: Vec<String>,
+    /// The S3 IAM action, e.g. s3:GetObject, s3:PutObject, s3:ListBucket.
     #[arg(long)]
     action: String,
+    /// The bucket, as clients name it.
     #[arg(long)]
     bucket: String,
-    /// An object key.
+    /// An object key: the request is about that object.
     #[arg(long, conflicts_with = "prefix")]
     key: Option<String>,
-    /// A listed prefix.
+    /// A listed prefix: the request lists it. Neither --key nor --prefix:
+    /// the request is about the bucket itself.
     #[arg(long)]
     prefix: Option<String>,
 }
 
 pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
-    let channel = Channel::from_shared(args.url.clone())
-        .with_context(|| format!("invalid control-plane URL {:?}", args.url))?
-        .connect()
-        .await
-        .with_context(|| format!("connect to {}", args.url))?;
-    let token: MetadataValue<_> = format!("Bearer {}", args.token)
+    let token = match args.token.as_deref() {
+        Some(t) if !t.is_empty() => t,
+        _ => bail!(
+            "no admin token: pass --token TOKEN or set S3GATE_ADMIN_TOKEN to the token the \
+             control plane was started with (its --admin-token)"
+        ),
+    };
+    let token = format!("Bearer {token}")
         .parse()
+        .map(BearerToken)
         .context("the admin token is not a valid header value")?;
-    let mut client = AdminClient::with_interceptor(channel, move |mut req: Request<()>| {
-        req.metadata_mut().insert("authorization", token.clone());
+    let channel = connect(&args.url).await?;
+    let client = AdminClient::with_interceptor(channel, token);
+    let url = args.url.clone();
+    execute(client, args)
+        .await
+        .map_err(|e| match e.downcast::<Status>() {
+            Ok(status) => anyhow!(status_message(&status, &url)),
+            Err(other) => other,
+        })
+}
+
+type Client = AdminClient<InterceptedService<Channel, BearerToken>>;
+
+/// Adds `authorization: Bearer <admin token>` to every call.
+#[derive(Clone)]
+struct BearerToken(MetadataValue<Ascii>);
+
+impl Interceptor for BearerToken {
+    fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
+        req.metadata_mut().insert("authorization", self.0.clone());
         Ok(req)
-    });
+    }
+}
+
+/// Connects to the control plane at `url`; the errors say what to check.
+async fn connect(url: &str) -> anyhow::Result<Channel> {
+    let endpoint = endpoint(url)?;
+    match tokio::time::timeout(CONNECT_TIMEOUT, endpoint.connect()).await {
+        Ok(Ok(channel)) => Ok(channel),
+        Ok(Err(e)) => Err(anyhow!(unreachable_message(url, &e))),
+        Err(_) => bail!(
+            "no answer from the control plane at {url} within {}s\n{CHECK_URL}",
+            CONNECT_TIMEOUT.as_secs()
+        ),
+    }
+}
+
+/// The endpoint of a control-plane URL, which must be `http://HOST:PORT`:
+/// control planes serve plain gRPC.
+fn endpoint(url: &str) -> anyhow::Result<Endpoint> {
+    let split = url
+        .split_once("://")
+        .map(|(scheme, rest)| (scheme.to_ascii_lowercase(), rest));
+    match split
+        .as_ref()
+        .map(|(scheme, rest)| (scheme.as_str(), *rest))
+    {
+        Some(("http", _)) => {}
+        Some(("https", rest)) => bail!(
+            "control-plane URL {url:?}: https is not supported, control planes serve plain \
+             gRPC; use http://{rest}"
+        ),
+        Some((other, _)) => bail!(
+            "control-plane URL {url:?} has scheme {other}://; it needs http://, \
+             as in http://127.0.0.1:9090"
+        ),
+        None => {
+            bail!("control-plane URL {url:?} needs http:// in front: --control-plane http://{url}")
+        }
+    }
+    Endpoint::from_shared(url.to_owned())
+        .map(|e| e.timeout(CALL_TIMEOUT))
+        .map_err(|e| {
+            anyhow!(
+                "control-plane URL {url:?} is not a valid URL ({e}); \
+                 it looks like http://HOST:PORT"
+            )
+        })
+}
+
+/// Why connecting to `url` failed, and what to check.
+fn unreachable_message(url: &str, error: &(dyn std::error::Error + 'static)) -> String {
+    let cause = innermost(error);
+    let what = match cause.downcast_ref::<std::io::Error>().map(|e| e.kind()) {
+        Some(std::io::ErrorKind::ConnectionRefused) => "connection refused".to_owned(),
+        _ => cause.to_string(),
+    };
+    format!("cannot reach the control plane at {url}: {what}\n{CHECK_URL}")
+}
+
+/// The transport nests its errors ("tcp connect error: tcp connect error:
+/// Connection refused"): the innermost one says what happened.
+fn innermost<'a>(
+    error: &'a (dyn std::error::Error + 'static),
+) -> &'a (dyn std::error::Error + 'static) {
+    let mut cause = error;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    cause
+}
+
+/// What an Admin call's failure means for the person who typed it.
+fn status_message(status: &Status, url: &str) -> String {
+    let message = status.message();
+    // Not a gRPC server: an HTTP answer without a gRPC status (tonic maps
+    // its HTTP status to a code: 404 to Unimplemented, 401 to
+    // Unauthenticated), or a local h2/hyper error.
+    let transport_error = matches!(status.code(), Code::Internal | Code::Unknown)
+        && std::error::Error::source(status).is_some();
+    if message.starts_with("grpc-status header missing") {
+        return format!("the server at {url} does not answer gRPC ({message})\n{CHECK_URL}");
+    }
+    if transport_error {
+        let cause = innermost(status);
+        return format!("the server at {url} does not answer gRPC ({cause})\n{CHECK_URL}");
+    }
+    match status.code() {
+        Code::Unauthenticated if message.ends_with("not accepted") => format!(
+            "the control plane at {url} did not accept the admin token\n\
+             Use the token it was started with (its --admin-token or S3GATE_ADMIN_TOKEN), \
+             in --token or S3GATE_ADMIN_TOKEN."
+        ),
+        Code::Unauthenticated => format!(
+            "the control plane at {url} wants an admin token ({message})\n\
+             Pass --token or set S3GATE_ADMIN_TOKEN."
+        ),
+        Code::Unimplemented => format!(
+            "the control plane at {url} does not serve the Admin API\n\
+             Start it with --admin-token (`s3gate serve` also needs --grpc-listen)."
+        ),
+        Code::DeadlineExceeded => format!(
+            "no answer from the control plane at {url} within {}s (a change may or may not \
+             have been made)\n{CHECK_URL}",
+            CALL_TIMEOUT.as_secs()
+        ),
+        // A store outage says so itself ("state store unavailable, change
+        // not made"); anything else unavailable is the connection.
+        Code::Unavailable | Code::Cancelled if !message.starts_with("state store") => {
+            format!("lost the connection to the control plane at {url} ({message})\n{CHECK_URL}")
+        }
+        // The control plane's own words: what was not found ("rule \"x\""),
+        // why a change is invalid.
+        Code::NotFound => format!("not found: {message}"),
+        Code::InvalidArgument => format!("refused: {message}"),
+        _ if !message.is_empty() => message.to_owned(),
+        code => format!("the control plane at {url} failed: {code:?}"),
+    }
+}
+
+async fn execute(mut client: Client, args: AdminArgs) -> anyhow::Result<()> {
     let out = Output { json: args.json };
     match args.command {
         AdminCommand::Keys { command } => match command {
@@ -215,7 +505,7 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
                                 k.access_key.clone(),
                                 k.principal.clone(),
                                 k.groups.join(","),
-                                k.created.to_string(),
+                                created_text(k.created),
                             ]
                         })
                         .collect(),
@@ -500,8 +790,32 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A key as JSON: `created` in Unix seconds (0 for keys seeded from a config
+/// file), `created_at` the same in RFC 3339 (null for those).
 fn key_json(k: &pb::KeyInfo) -> Value {
-    json!({"access_key": k.access_key, "principal": k.principal, "groups": k.groups, "created": k.created})
+    json!({"access_key": k.access_key, "principal": k.principal, "groups": k.groups,
+           "created": k.created, "created_at": rfc3339(k.created)})
+}
+
+/// When a key was created, for a table: RFC 3339 UTC, or "from config"
+/// for keys seeded from a config file (they carry no creation time).
+fn created_text(unix: i64) -> String {
+    if unix == 0 {
+        return "from config".to_owned();
+    }
+    rfc3339(unix).unwrap_or_else(|| unix.to_string())
+}
+
+/// Unix seconds in RFC 3339 UTC; `None` for 0 (no time) and for what it
+/// cannot show (before 1970, after 9999).
+fn rfc3339(unix: i64) -> Option<String> {
+    // humantime formats years up to 9999 and fails beyond.
+    const YEAR_10000: u64 = 253_402_300_800;
+    let secs = u64::try_from(unix)
+        .ok()
+        .filter(|s| (1..YEAR_10000).contains(s))?;
+    let time = SystemTime::UNIX_EPOCH.checked_add(Duration::from_secs(secs))?;
+    Some(humantime::format_rfc3339_seconds(time).to_string())
 }
 
 struct Output {
@@ -565,5 +879,117 @@ fn credential_kind(b: &pb::BackendInfo) -> serde_json::Value {
             json!({"kind": "static_hmac", "access_key": s.access_key})
         }
         None => serde_json::Value::Null,
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    const URL: &str = "http://127.0.0.1:9090";
+
+    #[test]
+    fn created_times_are_readable() {
+        assert_eq!(created_text(0), "from config");
+        assert_eq!(created_text(1_700_000_000), "2023-11-14T22:13:20Z");
+        assert_eq!(created_text(-5), "-5");
+        assert_eq!(created_text(i64::MAX), i64::MAX.to_string());
+        assert_eq!(rfc3339(0), None);
+        assert_eq!(rfc3339(1), Some("1970-01-01T00:00:01Z".to_owned()));
+    }
+
+    #[test]
+    fn key_json_adds_created_at_and_keeps_created() {
+        let key = |created| pb::KeyInfo {
+            access_key: "AK".into(),
+            principal: "alice".into(),
+            groups: vec!["ops".into()],
+            created,
+        };
+        assert_eq!(
+            key_json(&key(1_700_000_000)),
+            json!({"access_key": "AK", "principal": "alice", "groups": ["ops"],
+                   "created": 1_700_000_000, "created_at": "2023-11-14T22:13:20Z"})
+        );
+        assert_eq!(key_json(&key(0))["created_at"], Value::Null);
+    }
+
+    fn endpoint_error(url: &str) -> String {
+        endpoint(url)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn control_plane_urls_need_http() {
+        assert!(endpoint(URL).is_ok());
+        assert!(endpoint("HTTP://localhost:9090").is_ok());
+        assert_eq!(
+            endpoint_error("127.0.0.1:9090"),
+            "control-plane URL \"127.0.0.1:9090\" needs http:// in front: \
+             --control-plane http://127.0.0.1:9090"
+        );
+        assert!(
+            endpoint_error("https://cp:9090").contains("use http://cp:9090"),
+            "{}",
+            endpoint_error("https://cp:9090")
+        );
+        assert!(endpoint_error("grpc://cp:9090").contains("it needs http://"));
+        assert!(endpoint_error("http://bad host:9090").contains("is not a valid URL"));
+    }
+
+    #[test]
+    fn unreachable_says_where_and_what_to_check() {
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        let m = unreachable_message(URL, &refused);
+        assert_eq!(
+            m,
+            format!("cannot reach the control plane at {URL}: connection refused\n{CHECK_URL}")
+        );
+        let other = std::io::Error::other("failed to lookup address information");
+        let m = unreachable_message(URL, &other);
+        assert!(
+            m.contains(": failed to lookup address information\nIs the control plane running"),
+            "{m}"
+        );
+    }
+
+    #[test]
+    fn statuses_say_what_to_do() {
+        let m = |s: Status| status_message(&s, URL);
+        assert!(
+            m(Status::unauthenticated("admin token not accepted")).starts_with(
+                "the control plane at http://127.0.0.1:9090 did not accept the admin token"
+            )
+        );
+        assert!(m(Status::unauthenticated("admin token required"))
+            .contains("wants an admin token (admin token required)\nPass --token"));
+        assert!(m(Status::unimplemented("")).contains("Start it with --admin-token"));
+        let http404 = "grpc-status header missing, mapped from HTTP status code 404";
+        assert_eq!(
+            m(Status::unimplemented(http404)),
+            format!("the server at {URL} does not answer gRPC ({http404})\n{CHECK_URL}")
+        );
+        assert_eq!(
+            m(Status::not_found("rule \"r1\"")),
+            "not found: rule \"r1\""
+        );
+        assert_eq!(
+            m(Status::invalid_argument(
+                "backend \"b\" is used by bucket \"data\""
+            )),
+            "refused: backend \"b\" is used by bucket \"data\""
+        );
+        let store = "state store unavailable, change not made: connection refused";
+        assert_eq!(m(Status::unavailable(store)), store);
+        assert!(m(Status::unavailable("transport error")).starts_with("lost the connection"));
+        assert!(m(Status::cancelled("closed")).starts_with("lost the connection"));
+        assert!(m(Status::deadline_exceeded("")).contains("within 30s"));
+        assert_eq!(
+            m(Status::internal("")),
+            "the control plane at http://127.0.0.1:9090 failed: Internal"
+        );
     }
 }

@@ -34,18 +34,41 @@ const EX_USAGE: u8 = 64;
 #[command(
     name = "s3gate",
     version,
-    about = "Identity-aware gateway for S3-compatible object storage"
+    about = "Identity-aware gateway for S3-compatible object storage",
+    after_help = "\
+Logging (serve, controlplane, dataplane): lines go to stderr. S3GATE_LOG chooses
+which, as a level or per-module directives [default: info], e.g.
+  S3GATE_LOG=debug s3gate serve --config s3gate.toml
+  S3GATE_LOG=info,s3gate_dataplane=debug s3gate dataplane ...
+--log-format json writes one JSON object per line.
+
+Every option can also be set through the environment variable its help names
+(`s3gate <command> --help`)."
 )]
 struct Cli {
-    /// Tokio worker threads (default: one per core). On a machine shared
-    /// with other busy processes, fewer threads cost fewer wake-ups.
-    #[arg(long, env = "S3GATE_WORKER_THREADS", global = true)]
+    /// `--worker-threads` and `--log-format` before the subcommand, as
+    /// earlier releases took them; hidden, the server subcommands show them.
+    #[arg(long = "worker-threads", hide = true)]
     worker_threads: Option<usize>,
-    /// Log format.
-    #[arg(long, env = "S3GATE_LOG_FORMAT", default_value = "text", global = true)]
-    log_format: LogFormat,
+    #[arg(long = "log-format", hide = true)]
+    log_format: Option<LogFormat>,
     #[command(subcommand)]
     command: Command,
+}
+
+/// How a server process runs: its tokio runtime and its log lines. Only the
+/// servers take these; the clients (`admin`, `gen-master-key`) print their
+/// result and log warnings only.
+#[derive(Debug, Clone, clap::Args)]
+struct RuntimeArgs {
+    /// Tokio worker threads [default: one per core]. On a machine shared
+    /// with other busy processes, fewer threads cost fewer wake-ups.
+    #[arg(long, env = "S3GATE_WORKER_THREADS")]
+    worker_threads: Option<usize>,
+    /// Log line format [default: text]. Which lines: S3GATE_LOG (e.g.
+    /// S3GATE_LOG=debug; default info).
+    #[arg(long, env = "S3GATE_LOG_FORMAT")]
+    log_format: Option<LogFormat>,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -68,6 +91,18 @@ enum Command {
     GenMasterKey,
 }
 
+impl Command {
+    /// The runtime flags of a server subcommand; `None` for the clients.
+    fn runtime(&self) -> Option<&RuntimeArgs> {
+        match self {
+            Command::Serve(a) => Some(&a.runtime),
+            Command::Controlplane(a) => Some(&a.runtime),
+            Command::Dataplane(a) => Some(&a.runtime),
+            Command::Admin(_) | Command::GenMasterKey => None,
+        }
+    }
+}
+
 #[derive(Debug, clap::Args)]
 struct ControlplaneArgs {
     /// A TOML config file. With --redis it seeds an empty store (and sets
@@ -84,7 +119,8 @@ struct ControlplaneArgs {
     /// (else env S3GATE_MASTER_KEY). `s3gate gen-master-key` makes one.
     #[arg(long, env = "S3GATE_MASTER_KEY_FILE")]
     master_key_file: Option<PathBuf>,
-    /// Address for gRPC. Tests pass 127.0.0.1:0.
+    /// Address for gRPC (Decisions, Admin, health). Port 0 takes a free
+    /// port; --ready-file tells which.
     #[arg(long, env = "S3GATE_CP_LISTEN", default_value = "127.0.0.1:9090")]
     listen: SocketAddr,
     /// Once bound, write the listening address here as JSON (`{"grpc": …}`).
@@ -100,6 +136,8 @@ struct ControlplaneArgs {
     /// backend credentials. Without it, anyone who reaches the port can ask.
     #[arg(long, env = "S3GATE_CLUSTER_TOKEN", hide_env_values = true)]
     cluster_token: Option<String>,
+    #[command(flatten)]
+    runtime: RuntimeArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -113,7 +151,7 @@ struct DataplaneArgs {
         required = true
     )]
     control_planes: Vec<String>,
-    /// Address for S3 traffic. Tests pass 127.0.0.1:0.
+    /// Address for S3 traffic. Port 0 takes a free port; --ready-file tells which.
     #[arg(long, env = "S3GATE_DP_LISTEN", default_value = "127.0.0.1:9080")]
     listen: SocketAddr,
     /// The region clients sign for.
@@ -140,6 +178,8 @@ struct DataplaneArgs {
     drain_timeout: Duration,
     #[command(flatten)]
     limits: LimitArgs,
+    #[command(flatten)]
+    runtime: RuntimeArgs,
 }
 
 /// What clients may cost the gateway. Unset flags take `[limits]` from the
@@ -222,7 +262,8 @@ struct ServeArgs {
     /// The TOML config file (backends, buckets, keys, rules).
     #[arg(long, env = "S3GATE_CONFIG")]
     config: PathBuf,
-    /// Address for S3 traffic; overrides `listen` in the config. Tests pass 127.0.0.1:0.
+    /// Address for S3 traffic [default: `listen` in the config, else
+    /// 127.0.0.1:9080]. Port 0 takes a free port; --ready-file tells which.
     #[arg(long, env = "S3GATE_LISTEN")]
     listen: Option<SocketAddr>,
     /// Once bound, write the listening addresses here as JSON.
@@ -243,15 +284,22 @@ struct ServeArgs {
     cluster_token: Option<String>,
     #[command(flatten)]
     limits: LimitArgs,
+    #[command(flatten)]
+    runtime: RuntimeArgs,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // The admin CLI is a client: its output is its result, not a log.
-    let quiet = matches!(cli.command, Command::Admin(_) | Command::GenMasterKey);
-    let _ = WORKER_THREADS.set(cli.worker_threads);
+    // The clients' output is their result, not a log.
+    let server = cli.command.runtime();
+    let quiet = server.is_none();
+    let _ = WORKER_THREADS.set(cli.worker_threads.or(server.and_then(|r| r.worker_threads)));
+    let log_format = cli
+        .log_format
+        .or(server.and_then(|r| r.log_format))
+        .unwrap_or(LogFormat::Text);
     // Held until main returns: dropping it flushes the lines still queued.
-    let _log_flush = init_tracing(cli.log_format, quiet);
+    let _log_flush = init_tracing(log_format, quiet);
     let result = match cli.command {
         Command::Serve(args) => serve(args),
         Command::Controlplane(args) => controlplane(args),
@@ -307,6 +355,7 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
     runtime()?
         .block_on(async move {
             tokio::spawn(report_dropped_log_lines());
+            let shutdown = Shutdown::watch();
             // The same replica code as `s3gate controlplane`, over a memory store.
             let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
             store.seed(&State::from_config(&file)).await?;
@@ -324,13 +373,13 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
                 let grpc_local = grpc.local_addr().context("read listener address")?;
                 ready["grpc"] = serde_json::json!(grpc_local.to_string());
                 info!(address = %grpc_local, admin = args.admin_token.is_some(), "control plane serving gRPC");
-                tokio::spawn(serve_grpc(grpc, replica.clone(), args.cluster_token.clone(), args.admin_token.clone()));
+                tokio::spawn(serve_grpc(grpc, replica.clone(), args.cluster_token.clone(), args.admin_token.clone(), shutdown.clone()));
             }
             if let Some(path) = &args.ready_file {
                 write_ready(path, &ready.to_string()).context("write ready file")?;
             }
             let invalidations = replica.invalidations();
-            s3gate_dataplane::serve(listener, dp_cfg, replica, invalidations, shutdown_signal(), args.drain_timeout)
+            s3gate_dataplane::serve(listener, dp_cfg, replica, invalidations, shutdown.requested(), args.drain_timeout)
                 .await;
             anyhow::Ok(())
         })
@@ -342,6 +391,7 @@ async fn serve_grpc(
     replica: Arc<Replica>,
     cluster_token: Option<String>,
     admin_token: Option<String>,
+    shutdown: Shutdown,
 ) -> anyhow::Result<()> {
     if cluster_token.is_none() {
         warn!("no --cluster-token: anyone who reaches the gRPC port can read decisions and backend credentials");
@@ -353,9 +403,15 @@ async fn serve_grpc(
             t,
         )
     });
-    s3gate_controlplane::grpc::serve(listener, decisions, cluster_token, admin, shutdown_signal())
-        .await
-        .context("gRPC server")
+    s3gate_controlplane::grpc::serve(
+        listener,
+        decisions,
+        cluster_token,
+        admin,
+        shutdown.requested(),
+    )
+    .await
+    .context("gRPC server")
 }
 
 fn controlplane(args: ControlplaneArgs) -> Result<(), Failure> {
@@ -419,7 +475,14 @@ fn controlplane(args: ControlplaneArgs) -> Result<(), Failure> {
                 )
                 .context("write ready file")?;
             }
-            serve_grpc(listener, replica, args.cluster_token, args.admin_token).await
+            serve_grpc(
+                listener,
+                replica,
+                args.cluster_token,
+                args.admin_token,
+                Shutdown::watch(),
+            )
+            .await
         })
         .map_err(Failure::Runtime)
 }
@@ -459,7 +522,7 @@ fn dataplane(args: DataplaneArgs) -> Result<(), Failure> {
             if let Some(path) = &args.ready_file {
                 write_ready(path, &s3gate_dataplane::ready_json(local)).context("write ready file")?;
             }
-            s3gate_dataplane::serve(listener, dp_cfg, control_plane, invalidations, shutdown_signal(), args.drain_timeout)
+            s3gate_dataplane::serve(listener, dp_cfg, control_plane, invalidations, Shutdown::watch().requested(), args.drain_timeout)
                 .await;
             anyhow::Ok(())
         })
@@ -485,6 +548,35 @@ fn write_ready(path: &Path, json: &str) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, json)?;
     std::fs::rename(&tmp, path)
+}
+
+/// SIGTERM or SIGINT, watched once per process: every server that stops on
+/// it (in `serve`, the S3 and the gRPC listener) waits on a clone, so the
+/// signal is handled and logged once.
+#[derive(Clone)]
+struct Shutdown(tokio::sync::watch::Receiver<bool>);
+
+impl Shutdown {
+    /// Starts watching for the signals (inside the runtime).
+    fn watch() -> Self {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            let _ = tx.send(true);
+        });
+        Self(rx)
+    }
+
+    /// Resolves once a signal arrived.
+    async fn requested(mut self) {
+        let signalled = self.0.wait_for(|stop| *stop).await.is_ok();
+        if !signalled {
+            // The watcher ended without a signal (it cannot: it waits
+            // forever when it could not install its handler). Never stop
+            // on its account.
+            std::future::pending::<()>().await;
+        }
+    }
 }
 
 async fn shutdown_signal() {
@@ -559,5 +651,115 @@ async fn report_dropped_log_lines() {
             );
             reported = dropped;
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    /// Every visible subcommand and option below `cmd`, with its path
+    /// (`s3gate admin keys list`, `s3gate admin keys create --principal`).
+    fn walk(cmd: &clap::Command, path: &str, out: &mut Vec<(String, Option<clap::Arg>)>) {
+        for arg in cmd.get_arguments().filter(|a| !a.is_hide_set()) {
+            out.push((format!("{path} {}", arg.get_id()), Some(arg.clone())));
+        }
+        for sub in cmd.get_subcommands() {
+            let path = format!("{path} {}", sub.get_name());
+            if sub.get_about().is_none() {
+                out.push((path.clone(), None));
+            }
+            walk(sub, &path, out);
+        }
+    }
+
+    #[test]
+    fn every_command_and_option_has_help() {
+        let cmd = Cli::command();
+        cmd.clone().debug_assert();
+        let mut all = Vec::new();
+        walk(&cmd, "s3gate", &mut all);
+        let missing: Vec<&str> = all
+            .iter()
+            .filter(|(_, arg)| arg.as_ref().is_none_or(|a| a.get_help().is_none()))
+            .map(|(path, _)| path.as_str())
+            .collect();
+        assert!(missing.is_empty(), "no help text: {missing:#?}");
+    }
+
+    /// The long help of the subcommand at `path` (below `s3gate`).
+    fn help(path: &[&str]) -> String {
+        let mut cmd = Cli::command();
+        for name in path {
+            cmd = cmd.find_subcommand(name).unwrap().clone();
+        }
+        cmd.render_long_help().to_string()
+    }
+
+    #[test]
+    fn help_speaks_to_users() {
+        let top = help(&[]);
+        assert!(top.contains("S3GATE_LOG=debug"), "{top}");
+        for path in [
+            &["serve"][..],
+            &["controlplane"],
+            &["dataplane"],
+            &["admin"],
+        ] {
+            let text = help(path);
+            assert!(!text.to_lowercase().contains("tests"), "{path:?}: {text}");
+        }
+        let put = help(&["admin", "rules", "put"]);
+        for needle in ["group:NAME", "s3:Get*", "data/reports/*", "everyone"] {
+            assert!(put.contains(needle), "{needle} missing: {put}");
+        }
+    }
+
+    #[test]
+    fn runtime_flags_belong_to_the_servers() {
+        let cmd = Cli::command();
+        for (name, server) in [
+            ("serve", true),
+            ("controlplane", true),
+            ("dataplane", true),
+            ("admin", false),
+            ("gen-master-key", false),
+        ] {
+            let sub = cmd.find_subcommand(name).unwrap();
+            for flag in ["worker-threads", "log-format"] {
+                let has = sub.get_arguments().any(|a| a.get_long() == Some(flag));
+                assert_eq!(has, server, "{name} --{flag}");
+            }
+        }
+        let parse = |argv: &[&str]| Cli::try_parse_from(argv);
+        let cli = parse(&[
+            "s3gate",
+            "dataplane",
+            "--control-plane",
+            "http://cp:1",
+            "--worker-threads",
+            "3",
+        ])
+        .unwrap();
+        assert_eq!(
+            cli.command.runtime().and_then(|r| r.worker_threads),
+            Some(3)
+        );
+        // Before the subcommand, as earlier releases took them.
+        let cli = parse(&[
+            "s3gate",
+            "--log-format",
+            "json",
+            "--worker-threads",
+            "2",
+            "gen-master-key",
+        ])
+        .unwrap();
+        assert!(matches!(cli.log_format, Some(LogFormat::Json)));
+        assert_eq!(cli.worker_threads, Some(2));
+        assert!(parse(&["s3gate", "admin", "--log-format", "json", "status"]).is_err());
     }
 }

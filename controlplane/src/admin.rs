@@ -72,7 +72,10 @@ impl AdminService {
 }
 
 /// An interceptor that checks a bearer token in constant time. `what`
-/// names the token in the error ("admin token required").
+/// names the token in the error: "admin token required" when the call
+/// carries none, "admin token not accepted" when it carries another one, so
+/// a client can tell a forgotten token from a wrong one. Whether a token was
+/// sent is no secret; only the comparison with the expected one is.
 pub fn require_token(
     token: String,
     what: &'static str,
@@ -86,8 +89,10 @@ pub fn require_token(
             .unwrap_or_default();
         if bool::from(given.ct_eq(&expected)) {
             Ok(req)
-        } else {
+        } else if given.trim_ascii().is_empty() || given.trim_ascii() == b"Bearer" {
             Err(Status::unauthenticated(format!("{what} required")))
+        } else {
+            Err(Status::unauthenticated(format!("{what} not accepted")))
         }
     }
 }
@@ -496,5 +501,51 @@ impl Admin for AdminService {
             buckets: state.as_ref().map_or(0, |s| count(s.buckets.len())),
             replicas_seen,
         }))
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// What `require_token("s3cret", "admin token")` says to a call
+    /// carrying `authorization` (or none): `Ok(())` when it lets it through.
+    fn check(authorization: Option<&str>) -> Result<(), String> {
+        let interceptor = require_token("s3cret".to_owned(), "admin token");
+        let mut req = Request::new(());
+        if let Some(value) = authorization {
+            req.metadata_mut()
+                .insert("authorization", value.parse().unwrap());
+        }
+        interceptor(req).map(|_| ()).map_err(|s| {
+            assert_eq!(s.code(), tonic::Code::Unauthenticated);
+            s.message().to_owned()
+        })
+    }
+
+    #[test]
+    fn a_missing_token_and_a_wrong_one_are_told_apart() {
+        assert_eq!(check(Some("Bearer s3cret")), Ok(()));
+        for missing in [None, Some(""), Some("Bearer"), Some("Bearer ")] {
+            assert_eq!(
+                check(missing),
+                Err("admin token required".into()),
+                "{missing:?}"
+            );
+        }
+        for wrong in [
+            "Bearer wrong",
+            "Bearer s3cre",
+            "Bearer s3cret2",
+            "s3cret",
+            "Basic s3cret",
+        ] {
+            assert_eq!(
+                check(Some(wrong)),
+                Err("admin token not accepted".into()),
+                "{wrong}"
+            );
+        }
     }
 }

@@ -36,18 +36,6 @@ impl<K, V: Ttl> Expiry<K, V> for ByValueTtl {
     }
 }
 
-/// A bounded cache whose entries expire after their own TTL.
-pub fn bounded<K, V>(capacity: u64) -> Cache<K, V>
-where
-    K: std::hash::Hash + Eq + Send + Sync + 'static,
-    V: Ttl + Clone + Send + Sync + 'static,
-{
-    Cache::builder()
-        .max_capacity(capacity)
-        .expire_after(ByValueTtl)
-        .build()
-}
-
 /// Values that each hold for every key starting with a prefix, grouped under
 /// a wide key (for decisions: principal, action, bucket and resource kind).
 /// A group is an immutable list, replaced whole when a prefix is added; each

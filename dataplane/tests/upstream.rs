@@ -32,8 +32,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use s3gate_proto::{
     AddressingStyle, AuthorizeRequest, Backend, BackendAuth, BackendCredentials, ControlPlane,
-    ControlPlaneError, Decision, Identity, PresentedCredential, Principal, Redacted, Route, Scope,
-    SigningKey, SigningKeyGrant, SigningKeyRequest,
+    ControlPlaneError, Decision, Identity, Invalidation, PresentedCredential, Principal, Redacted,
+    Route, Scope, SigningKey, SigningKeyGrant, SigningKeyRequest,
 };
 use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
@@ -41,6 +41,9 @@ use tokio::sync::{mpsc, oneshot};
 
 const CLIENT_AK: &str = "S3GATECLIENT01";
 const CLIENT_SK: &str = "client-secret-0123456789";
+const CLIENT: (&str, &str) = (CLIENT_AK, CLIENT_SK);
+/// A second client key, for what must not spill over from one key to another.
+const OTHER_CLIENT: (&str, &str) = ("S3GATECLIENT02", "other-client-secret-98765");
 const BACKEND_AK: &str = "BACKENDAK0001";
 const BACKEND_SK: &str = "backend/secret+with=chars";
 const REGION: &str = "us-east-1";
@@ -55,7 +58,7 @@ struct Seen {
     signature_ok: Result<(), String>,
 }
 
-/// A control plane with one client key, allow-all, and bucket `data` →
+/// A control plane with two client keys, allow-all, and bucket `data` →
 /// `data-prod` on one backend.
 struct StaticControlPlane {
     backend: Arc<Backend>,
@@ -68,6 +71,8 @@ struct Calls {
     signing_key: AtomicUsize,
     authorize: AtomicUsize,
     route: AtomicUsize,
+    /// The access key of every `signing_key` call, in order.
+    signing_keys_asked: std::sync::Mutex<Vec<String>>,
 }
 
 impl Calls {
@@ -78,6 +83,12 @@ impl Calls {
             self.route.load(Ordering::SeqCst),
         )
     }
+
+    /// How many `signing_key` calls named `access_key`.
+    fn signing_keys_for(&self, access_key: &str) -> usize {
+        let asked = self.signing_keys_asked.lock().unwrap();
+        asked.iter().filter(|k| *k == access_key).count()
+    }
 }
 
 #[async_trait]
@@ -86,16 +97,23 @@ impl ControlPlane for StaticControlPlane {
         &self,
         req: SigningKeyRequest,
     ) -> Result<SigningKeyGrant, ControlPlaneError> {
-        if req.access_key != CLIENT_AK {
-            return Err(ControlPlaneError::UnknownAccessKey);
-        }
+        let (secret, name) = match req.access_key.as_str() {
+            CLIENT_AK => (CLIENT_SK, "tester"),
+            ak if ak == OTHER_CLIENT.0 => (OTHER_CLIENT.1, "other-tester"),
+            _ => return Err(ControlPlaneError::UnknownAccessKey),
+        };
         self.calls.signing_key.fetch_add(1, Ordering::SeqCst);
+        self.calls
+            .signing_keys_asked
+            .lock()
+            .unwrap()
+            .push(req.access_key.clone());
         Ok(SigningKeyGrant {
-            key: SigningKey::derive(CLIENT_SK, &req.date, &req.region, &req.service),
+            key: SigningKey::derive(secret, &req.date, &req.region, &req.service),
             principal: Principal {
-                name: Arc::from("tester"),
+                name: Arc::from(name),
                 groups: Arc::from([]),
-                access_key: Some(Arc::from(CLIENT_AK)),
+                access_key: Some(Arc::from(req.access_key.as_str())),
             },
             ttl: Duration::from_secs(60),
         })
@@ -216,14 +234,21 @@ async fn start_gateway(
     style: AddressingStyle,
     endpoint: String,
 ) -> (SocketAddr, oneshot::Sender<()>) {
-    let (addr, stop, _) = start_gateway_counting(style, endpoint).await;
+    let (addr, stop, _, _) = start_gateway_counting(style, endpoint).await;
     (addr, stop)
 }
 
+/// A gateway, the count of its control-plane calls, and the channel its
+/// invalidations arrive on (as a control plane's Watch stream feeds it).
 async fn start_gateway_counting(
     style: AddressingStyle,
     endpoint: String,
-) -> (SocketAddr, oneshot::Sender<()>, Arc<Calls>) {
+) -> (
+    SocketAddr,
+    oneshot::Sender<()>,
+    Arc<Calls>,
+    mpsc::Sender<Invalidation>,
+) {
     let calls = Arc::new(Calls::default());
     let cp = Arc::new(StaticControlPlane {
         calls: calls.clone(),
@@ -239,21 +264,33 @@ async fn start_gateway_counting(
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let (invalidations, invalidations_rx) = mpsc::channel(16);
     tokio::spawn(s3gate_dataplane::serve(
         listener,
         s3gate_dataplane::Config::default(),
         cp,
-        mpsc::channel(1).1,
+        invalidations_rx,
         async {
             let _ = stop_rx.await;
         },
         Duration::from_secs(1),
     ));
-    (addr, stop_tx, calls)
+    (addr, stop_tx, calls, invalidations)
 }
 
 /// Sends a request to the gateway, signed by aws-sigv4 as an SDK would.
 async fn send_signed(
+    gateway: SocketAddr,
+    method: Method,
+    path_and_query: &str,
+    body: &'static [u8],
+) -> (StatusCode, Bytes) {
+    send_signed_as(CLIENT, gateway, method, path_and_query, body).await
+}
+
+/// [`send_signed`] with the client key `(access key, secret)`.
+async fn send_signed_as(
+    (access_key, secret_key): (&str, &str),
     gateway: SocketAddr,
     method: Method,
     path_and_query: &str,
@@ -269,7 +306,7 @@ async fn send_signed(
         .header("content-length", body.len())
         .body(Full::new(Bytes::from_static(body)))
         .unwrap();
-    let identity = Credentials::new(CLIENT_AK, CLIENT_SK, None, None, "test").into();
+    let identity = Credentials::new(access_key, secret_key, None, None, "test").into();
     let mut settings = SigningSettings::default();
     settings.payload_checksum_kind = PayloadChecksumKind::XAmzSha256;
     settings.percent_encoding_mode = aws_sigv4::http_request::PercentEncodingMode::Single;
@@ -364,7 +401,7 @@ async fn path_style_upstream_renames_the_bucket_and_drops_client_auth() {
 async fn warm_requests_make_no_control_plane_calls() {
     let (upstream, mut seen) = start_upstream().await;
     let endpoint = format!("http://127.0.0.1:{}", upstream.port());
-    let (gateway, _stop, calls) = start_gateway_counting(AddressingStyle::Path, endpoint).await;
+    let (gateway, _stop, calls, _) = start_gateway_counting(AddressingStyle::Path, endpoint).await;
 
     let (status, _) = send_signed(gateway, Method::GET, "/data/a", b"").await;
     assert_eq!(status, StatusCode::OK);
@@ -382,4 +419,50 @@ async fn warm_requests_make_no_control_plane_calls() {
     for _ in 0..4 {
         assert_eq!(seen.recv().await.unwrap().signature_ok, Ok(()));
     }
+}
+
+/// A key created, rotated or revoked reaches the data plane as
+/// `Invalidation::Key`: that key's signing keys must be asked for again,
+/// every other key's must stay cached (it used to flush them all).
+#[tokio::test]
+async fn a_key_change_drops_only_that_keys_signing_keys() {
+    let (upstream, _seen) = start_upstream().await;
+    let endpoint = format!("http://127.0.0.1:{}", upstream.port());
+    let (gateway, _stop, calls, invalidations) =
+        start_gateway_counting(AddressingStyle::Path, endpoint).await;
+    let get = |who| send_signed_as(who, gateway, Method::GET, "/data/a", b"");
+
+    for who in [CLIENT, OTHER_CLIENT] {
+        assert_eq!(get(who).await.0, StatusCode::OK);
+    }
+    let asked = || {
+        (
+            calls.signing_keys_for(CLIENT.0),
+            calls.signing_keys_for(OTHER_CLIENT.0),
+        )
+    };
+    assert_eq!(asked(), (1, 1), "one signing key each, then cached");
+
+    invalidations
+        .send(Invalidation::Key(OTHER_CLIENT.0.to_owned()))
+        .await
+        .unwrap();
+    // The data plane applies invalidations in its own task: the changed key
+    // being asked for again shows this one was applied.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while calls.signing_keys_for(OTHER_CLIENT.0) < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the changed key's signing key was never asked for again: {:?}",
+            asked()
+        );
+        assert_eq!(get(OTHER_CLIENT).await.0, StatusCode::OK);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(get(CLIENT).await.0, StatusCode::OK);
+    assert_eq!(
+        asked(),
+        (1, 2),
+        "another key's cached signing key must survive a key change"
+    );
 }

@@ -56,7 +56,7 @@ pub struct Ctx {
 impl Ctx {
     pub fn new(cfg: Config, control_plane: Arc<dyn ControlPlane>) -> Self {
         Self {
-            keys: crate::cache::bounded(cfg.key_cache_capacity),
+            keys: authn::key_cache(cfg.key_cache_capacity),
             // A quarter of the decision budget goes to prefix-scoped ones.
             decisions: authz::decision_cache(
                 cfg.decision_cache_bytes - cfg.decision_cache_bytes / 4,

@@ -20,7 +20,7 @@ use s3gate_s3::chunked::ChunkSigning;
 use s3gate_s3::sigv4::{AuthRequest, PayloadMode};
 
 pub(crate) use self::sigv4::key_cache_entry_of;
-pub use self::sigv4::KeyCache;
+pub use self::sigv4::{key_cache, KeyCache};
 use super::Ctx;
 use crate::error::Error;
 use crate::listen::ConnInfo;

@@ -16,6 +16,18 @@ use crate::pipeline::Ctx;
 /// contain '/').
 pub type KeyCache = Cache<String, SigningKeyGrant>;
 
+/// A signing-key cache of at most `capacity` entries, each living for the
+/// TTL the control plane gave it. Invalidation closures are on so that a
+/// changed access key drops its own entries only (`Ctx::invalidate`):
+/// without them every key create, rotate or revoke emptied the whole cache.
+pub fn key_cache(capacity: u64) -> KeyCache {
+    Cache::builder()
+        .max_capacity(capacity)
+        .expire_after(crate::cache::ByValueTtl)
+        .support_invalidation_closures()
+        .build()
+}
+
 fn key_cache_key(access_key: &str, date: &str, region: &str, service: &str) -> String {
     let mut k =
         String::with_capacity(access_key.len() + date.len() + region.len() + service.len() + 3);
