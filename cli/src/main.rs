@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use s3gate_controlplane::config::FileConfig;
 use s3gate_controlplane::crypto::MasterKey;
 use s3gate_controlplane::redis_store::RedisStore;
 use s3gate_controlplane::replica::Replica;
@@ -20,6 +19,7 @@ use tokio::net::TcpListener;
 use tracing::{info, warn};
 
 mod admin;
+mod check_config;
 mod logsink;
 
 /// The profile showed glibc malloc/free at ~19% of the gateway's CPU on
@@ -89,6 +89,8 @@ enum Command {
     Admin(admin::AdminArgs),
     /// Print a new random master key (base64) for encrypting secrets in Redis.
     GenMasterKey,
+    /// Validate a config file and print it as s3gate reads it, secrets redacted.
+    CheckConfig(check_config::CheckConfigArgs),
 }
 
 impl Command {
@@ -307,6 +309,7 @@ fn main() -> ExitCode {
         Command::Admin(args) => {
             runtime().and_then(|rt| rt.block_on(admin::run(args)).map_err(Failure::Runtime))
         }
+        Command::CheckConfig(args) => check_config::run(args),
         Command::GenMasterKey => s3gate_controlplane::crypto::MasterKey::generate_base64()
             .map(|k| println!("{k}"))
             .map_err(|e| Failure::Runtime(e.into())),
@@ -331,9 +334,7 @@ enum Failure {
 
 fn serve(args: ServeArgs) -> Result<(), Failure> {
     // Validate everything before binding anything.
-    let file = FileConfig::load(&args.config)
-        .with_context(|| format!("load {}", args.config.display()))
-        .map_err(Failure::Usage)?;
+    let file = check_config::load(&args.config, false)?;
     let listen = args
         .listen
         .or(file.listen)
@@ -416,11 +417,8 @@ async fn serve_grpc(
 
 fn controlplane(args: ControlplaneArgs) -> Result<(), Failure> {
     let file = match &args.config {
-        Some(path) => Some(
-            FileConfig::load(path)
-                .with_context(|| format!("load {}", path.display()))
-                .map_err(Failure::Usage)?,
-        ),
+        // With Redis, the file may only set cache TTLs.
+        Some(path) => Some(check_config::load(path, args.redis.is_some())?),
         None => None,
     };
     if args.redis.is_none() && file.is_none() {

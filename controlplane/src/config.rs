@@ -3,9 +3,15 @@
 //!
 //! Secrets may be written inline or as `env:VAR` references, resolved once at
 //! load time. Every secret is held in [`Secret`], whose `Debug` is redacted.
+//!
+//! Every problem is reported with its place: the file, line and column, and
+//! the section and entry (`backends[0] ("local")`, `rules[2] (r003)`) or
+//! field (`listen`, `cache.key_ttl`), followed by the offending line.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
+use std::fmt::Write as _;
 use std::net::SocketAddr;
+use std::ops::Range;
 use std::path::Path;
 use std::time::Duration;
 
@@ -21,9 +27,11 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
-    #[error("invalid config: {0}")]
+    /// Not TOML, or not the shape of a config file. The message says where.
+    #[error("{0}")]
     Parse(String),
-    #[error("invalid config: {0}")]
+    /// Well-formed, but not a valid configuration. The message says where.
+    #[error("{0}")]
     Invalid(String),
 }
 
@@ -31,17 +39,25 @@ pub enum ConfigError {
 pub type Secret = s3gate_proto::Redacted<String>;
 
 /// Resolves an `env:VAR` reference in place; an empty secret is an error.
-fn resolve(secret: &mut Secret, what: &str) -> Result<(), ConfigError> {
+fn resolve(secret: &mut Secret, field: &str) -> Result<(), String> {
     if let Some(var) = secret.expose().strip_prefix("env:") {
-        let value = std::env::var(var).map_err(|_| {
-            ConfigError::Invalid(format!("{what}: environment variable {var} is not set"))
-        })?;
+        let value = std::env::var(var)
+            .map_err(|_| format!("{field}: environment variable {var} is not set"))?;
         *secret = Secret::new(value);
     }
     if secret.expose().is_empty() {
-        return Err(ConfigError::Invalid(format!("{what}: secret is empty")));
+        return Err(format!("{field}: secret is empty"));
     }
     Ok(())
+}
+
+/// How strict [`FileConfig::load_with`] is.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LoadOptions {
+    /// Accept a file that configures no backend, bucket, key or rule: a
+    /// control plane whose state lives in Redis may read only `[cache]`
+    /// from it.
+    pub allow_empty: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -68,6 +84,11 @@ pub struct FileConfig {
     /// What clients may cost the gateway (`s3gate serve`; flags override).
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// What is valid but probably not meant (a rule resource naming no
+    /// configured bucket), each with its place; whoever loads the file
+    /// shows them.
+    #[serde(skip)]
+    pub warnings: Vec<String>,
 }
 
 /// `[limits]`: unset fields take the data plane's defaults. The data plane
@@ -201,6 +222,11 @@ struct RawBackendConfig {
     insecure_skip_verify: bool,
 }
 
+// The place (`backends[1] ("name")`) is added where the error is reported.
+const BOTH_CREDENTIALS: &str =
+    "give either `credentials = { kind = … }` or access_key/secret_key, not both";
+const NO_CREDENTIALS: &str = "needs `credentials = { kind = … }` or access_key and secret_key";
+
 impl TryFrom<RawBackendConfig> for BackendConfig {
     type Error = String;
 
@@ -209,24 +235,14 @@ impl TryFrom<RawBackendConfig> for BackendConfig {
             raw.access_key.is_some() || raw.secret_key.is_some() || raw.session_token.is_some();
         let credentials = match (raw.credentials, flat) {
             (Some(spec), false) => spec,
-            (Some(_), true) => {
-                return Err(format!(
-                    "backend {:?}: give either `credentials` or access_key/secret_key, not both",
-                    raw.name
-                ))
-            }
+            (Some(_), true) => return Err(BOTH_CREDENTIALS.to_owned()),
             (None, _) => match (raw.access_key, raw.secret_key) {
                 (Some(access_key), Some(secret_key)) => CredentialSpec::StaticHmac {
                     access_key,
                     secret_key,
                     session_token: raw.session_token,
                 },
-                _ => {
-                    return Err(format!(
-                        "backend {:?}: needs `credentials = {{ kind = … }}` or access_key and secret_key",
-                        raw.name
-                    ))
-                }
+                _ => return Err(NO_CREDENTIALS.to_owned()),
             },
         };
         Ok(Self {
@@ -310,37 +326,91 @@ mod humantime_serde_compat {
 }
 
 impl FileConfig {
+    /// Reads, parses and validates `path`; refuses a file that configures
+    /// nothing.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        Self::load_with(path, LoadOptions::default())
+    }
+
+    pub fn load_with(path: &Path, opts: LoadOptions) -> Result<Self, ConfigError> {
+        let name = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.display().to_string(),
+            path: name.clone(),
             source,
         })?;
-        Self::parse(&text)
+        Self::parse_with(&text, Some(&name), opts)
     }
 
     /// Parses, resolves `env:` secrets and validates cross references.
     pub fn parse(text: &str) -> Result<Self, ConfigError> {
-        let mut cfg: FileConfig =
-            toml::from_str(text).map_err(|e| ConfigError::Parse(e.message().to_owned()))?;
-        cfg.resolve_and_validate()?;
+        Self::parse_with(text, None, LoadOptions::default())
+    }
+
+    /// [`FileConfig::parse`] of a file called `name` (messages start with
+    /// it; without, with the line and column only).
+    pub fn parse_with(
+        text: &str,
+        name: Option<&str>,
+        opts: LoadOptions,
+    ) -> Result<Self, ConfigError> {
+        let src = Source::new(text, name);
+        let mut cfg =
+            Self::deserialize_located(&src).map_err(|p| ConfigError::Parse(src.render(&p)))?;
+        cfg.resolve_and_validate(&src)
+            .map_err(|p| ConfigError::Invalid(src.render(&p)))?;
+        if !opts.allow_empty && cfg.configures_nothing() {
+            return Err(ConfigError::Invalid(src.render(&Problem {
+                path: String::new(),
+                message: NOTHING_CONFIGURED.to_owned(),
+                span: None,
+            })));
+        }
+        cfg.warnings = cfg.lint(&src).iter().map(|p| src.render_line(p)).collect();
         Ok(cfg)
     }
 
-    fn resolve_and_validate(&mut self) -> Result<(), ConfigError> {
-        let invalid = |msg: String| Err(ConfigError::Invalid(msg));
-        let mut names = HashSet::new();
-        for b in &mut self.backends {
+    /// The file as written: parsed, but `env:` references not resolved and
+    /// nothing validated. `s3gate check-config` shows secrets from it (an
+    /// `env:VAR` reference by name, never a value).
+    pub fn parse_unresolved(text: &str) -> Result<Self, ConfigError> {
+        let src = Source::new(text, None);
+        Self::deserialize_located(&src).map_err(|p| ConfigError::Parse(src.render(&p)))
+    }
+
+    /// True when the file sets up no backend, bucket, key or rule: it
+    /// would serve nothing.
+    pub fn configures_nothing(&self) -> bool {
+        self.backends.is_empty()
+            && self.buckets.is_empty()
+            && self.keys.is_empty()
+            && self.rules.is_empty()
+    }
+
+    /// Deserializes with the path of the failing field recorded, so a
+    /// message names `backends[1]` and not only what was wrong there.
+    fn deserialize_located(src: &Source<'_>) -> Result<Self, Problem> {
+        serde_path_to_error::deserialize(toml::Deserializer::new(src.text)).map_err(|e| {
+            let segments: Vec<_> = e.path().iter().cloned().collect();
+            let inner = e.into_inner();
+            src.problem_at_path(&segments, inner.message(), inner.span())
+        })
+    }
+
+    fn resolve_and_validate(&mut self, src: &Source<'_>) -> Result<(), Problem> {
+        let mut names: HashSet<String> = HashSet::new();
+        for (i, b) in self.backends.iter_mut().enumerate() {
+            let at = |field: &str, message: String| {
+                src.entry_problem("backends", i, field, None, message)
+            };
             if !names.insert(b.name.clone()) {
-                return invalid(format!("duplicate backend {:?}", b.name));
+                return Err(at("name", format!("duplicate backend name {:?}", b.name)));
             }
             b.credentials = b.credentials.try_map(|field, secret| {
                 let mut secret = secret.clone();
-                resolve(&mut secret, &format!("backend {:?} {field}", b.name))?;
-                Ok::<_, ConfigError>(secret)
+                resolve(&mut secret, field).map_err(|m| at(field, m))?;
+                Ok::<_, Problem>(secret)
             })?;
-            b.credentials
-                .validate()
-                .map_err(|m| ConfigError::Invalid(format!("backend {:?}: {m}", b.name)))?;
+            b.credentials.validate().map_err(|m| at("credentials", m))?;
             let rest = b
                 .endpoint
                 .strip_prefix("http://")
@@ -352,22 +422,35 @@ impl FileConfig {
                     b.endpoint = b.endpoint.trim_end_matches('/').to_owned();
                 }
                 _ => {
-                    return invalid(format!(
-                        "backend {:?}: endpoint must be http(s)://host[:port] without a path",
-                        b.name
+                    return Err(at(
+                        "endpoint",
+                        format!(
+                            "endpoint {:?} must be http(s)://host[:port] without a path",
+                            b.endpoint
+                        ),
                     ))
                 }
             }
         }
         let mut buckets = HashSet::new();
-        for b in &self.buckets {
+        for (i, b) in self.buckets.iter().enumerate() {
+            let at = |field: &str, message: String| {
+                src.entry_problem("buckets", i, field, None, message)
+            };
             if !buckets.insert(b.name.clone()) {
-                return invalid(format!("duplicate bucket {:?}", b.name));
+                return Err(at("name", format!("duplicate bucket name {:?}", b.name)));
             }
             if !names.contains(&b.backend) {
-                return invalid(format!(
-                    "bucket {:?} names unknown backend {:?}",
-                    b.name, b.backend
+                let mut known: Vec<&str> = self.backends.iter().map(|b| b.name.as_str()).collect();
+                known.sort_unstable();
+                let known = if known.is_empty() {
+                    "there is no [[backends]] entry".to_owned()
+                } else {
+                    format!("backends: {}", known.join(", "))
+                };
+                return Err(at(
+                    "backend",
+                    format!("backend {:?} is not configured ({known})", b.backend),
                 ));
             }
             let valid = |n: &str| {
@@ -375,14 +458,22 @@ impl FileConfig {
                     && n.bytes()
                         .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'-' | b'_'))
             };
-            if !valid(&b.name) || !b.backend_bucket.as_deref().is_none_or(valid) {
-                return invalid(format!("bucket {:?}: invalid bucket name", b.name));
+            if !valid(&b.name) {
+                return Err(at("name", format!("invalid bucket name {:?}", b.name)));
+            }
+            if let Some(bb) = b.backend_bucket.as_deref().filter(|bb| !valid(bb)) {
+                return Err(at("backend_bucket", format!("invalid bucket name {bb:?}")));
             }
         }
         let mut keys = HashSet::new();
-        for k in &mut self.keys {
+        for (i, k) in self.keys.iter_mut().enumerate() {
+            let at =
+                |field: &str, message: String| src.entry_problem("keys", i, field, None, message);
             if !keys.insert(k.access_key.clone()) {
-                return invalid(format!("duplicate access key {:?}", k.access_key));
+                return Err(at(
+                    "access_key",
+                    format!("duplicate access key {:?}", k.access_key),
+                ));
             }
             if k.access_key.is_empty()
                 || !k
@@ -390,39 +481,44 @@ impl FileConfig {
                     .bytes()
                     .all(|c| c.is_ascii_graphic() && c != b'/')
             {
-                return invalid(format!(
-                    "access key {:?} must be printable ASCII without '/'",
-                    k.access_key
+                return Err(at(
+                    "access_key",
+                    format!(
+                        "access key {:?} must be printable ASCII without '/'",
+                        k.access_key
+                    ),
                 ));
             }
             if k.principal.is_empty() || k.principal == s3gate_proto::Principal::ANONYMOUS {
-                return invalid(format!("access key {:?}: invalid principal", k.access_key));
-            }
-            resolve(
-                &mut k.secret_key,
-                &format!("key {:?} secret_key", k.access_key),
-            )?;
-        }
-        for (i, r) in self.rules.iter().enumerate() {
-            if r.principals.is_empty() || r.actions.is_empty() || r.resources.is_empty() {
-                return invalid(format!(
-                    "rule #{}: principals, actions and resources must not be empty",
-                    i + 1
+                return Err(at(
+                    "principal",
+                    format!("invalid principal {:?}", k.principal),
                 ));
             }
-            for a in &r.actions {
-                if !a.starts_with("s3:") && a != "*" {
-                    return invalid(format!(
-                        "rule #{}: action {a:?} must start with 's3:'",
-                        i + 1
-                    ));
+            resolve(&mut k.secret_key, "secret_key").map_err(|m| at("secret_key", m))?;
+        }
+        for (i, r) in self.rules.iter().enumerate() {
+            let at = |field: &str, needle: Option<&str>, message: String| {
+                src.entry_problem("rules", i, field, needle, message)
+            };
+            for (field, list) in [
+                ("principals", &r.principals),
+                ("actions", &r.actions),
+                ("resources", &r.resources),
+            ] {
+                if list.is_empty() {
+                    return Err(at(field, None, format!("{field} must not be empty")));
                 }
+            }
+            for a in &r.actions {
+                crate::policy::check_action(a).map_err(|m| at("actions", Some(a), m))?;
             }
             for res in &r.resources {
                 if res.is_empty() || res.starts_with('/') {
-                    return invalid(format!(
-                        "rule #{}: resource {res:?} must be 'bucket' or 'bucket/key-glob'",
-                        i + 1
+                    return Err(at(
+                        "resources",
+                        Some(res),
+                        format!("resource {res:?} must be 'bucket' or 'bucket/key-glob'"),
                     ));
                 }
             }
@@ -431,6 +527,302 @@ impl FileConfig {
             *d = d.trim_end_matches('.').to_ascii_lowercase();
         }
         Ok(())
+    }
+
+    /// What is valid but probably a mistake: a rule resource whose bucket
+    /// part matches no configured bucket can never apply.
+    fn lint(&self, src: &Source<'_>) -> Vec<Problem> {
+        let mut buckets: Vec<&str> = self.buckets.iter().map(|b| b.name.as_str()).collect();
+        buckets.sort_unstable();
+        let known = if buckets.is_empty() {
+            "there is no [[buckets]] entry".to_owned()
+        } else {
+            format!("buckets: {}", buckets.join(", "))
+        };
+        let mut out = Vec::new();
+        for (i, r) in self.rules.iter().enumerate() {
+            for res in &r.resources {
+                if !buckets
+                    .iter()
+                    .any(|b| crate::policy::resource_names_bucket(res, b))
+                {
+                    out.push(src.entry_problem(
+                        "rules",
+                        i,
+                        "resources",
+                        Some(res),
+                        format!("resource {res:?} names no configured bucket ({known})"),
+                    ));
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Why an empty file is refused, and what the smallest useful one holds.
+const NOTHING_CONFIGURED: &str = "the file configures nothing, so s3gate would serve nothing; \
+a minimal config needs a [[backends]] entry (an S3 endpoint and its credentials), a [[buckets]] \
+entry served by it, a [[keys]] entry (a client's access key, secret and principal) and a \
+[[rules]] entry allowing that principal actions on the bucket (see README.md, \"Configuration\")";
+
+// === Places in the file ===
+
+/// One problem found in a config file, and where.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Problem {
+    /// The section and entry, and the field within it: `backends[0]
+    /// ("local")`, `rules[2] (r003)`, `backends[0] ("local"), credentials`,
+    /// `listen`, `cache.key_ttl`. Empty: the file as a whole.
+    path: String,
+    message: String,
+    /// The bytes of the file the problem is about, when known.
+    span: Option<Range<usize>>,
+}
+
+/// A config file's text and name, and where its entries are: what turns a
+/// [`Problem`] into a message that says where.
+struct Source<'a> {
+    text: &'a str,
+    name: Option<&'a str>,
+    /// Parsed again for the places alone; empty when the text is not TOML
+    /// or its sections are not arrays of tables (the parse error says so).
+    entries: Entries,
+}
+
+/// The `[[section]]` arrays of a config file, each entry with its span and
+/// the span and value of each field.
+#[derive(Debug, Default, Deserialize)]
+struct Entries {
+    #[serde(default)]
+    backends: Vec<Entry>,
+    #[serde(default)]
+    buckets: Vec<Entry>,
+    #[serde(default)]
+    keys: Vec<Entry>,
+    #[serde(default)]
+    rules: Vec<Entry>,
+}
+
+type Entry = toml::Spanned<BTreeMap<String, toml::Spanned<toml::Value>>>;
+
+impl<'a> Source<'a> {
+    fn new(text: &'a str, name: Option<&'a str>) -> Self {
+        Self {
+            text,
+            name,
+            entries: toml::from_str(text).unwrap_or_default(),
+        }
+    }
+
+    fn entry(&self, section: &str, index: usize) -> Option<&Entry> {
+        match section {
+            "backends" => &self.entries.backends,
+            "buckets" => &self.entries.buckets,
+            "keys" => &self.entries.keys,
+            "rules" => &self.entries.rules,
+            _ => return None,
+        }
+        .get(index)
+    }
+
+    /// `rules[2] (r003)`, `backends[0] ("local")`: the entry by index and by
+    /// what names it (a rule's id is its position, as `State::from_config`
+    /// numbers them).
+    fn entry_name(&self, section: &str, index: usize) -> String {
+        let label = match section {
+            "rules" => Some(format!("r{:03}", index + 1)),
+            _ => {
+                let field = if section == "keys" {
+                    "access_key"
+                } else {
+                    "name"
+                };
+                self.entry(section, index)
+                    .and_then(|e| e.get_ref().get(field))
+                    .and_then(|v| v.get_ref().as_str())
+                    .map(|v| format!("{v:?}"))
+            }
+        };
+        match label {
+            Some(label) => format!("{section}[{index}] ({label})"),
+            None => format!("{section}[{index}]"),
+        }
+    }
+
+    /// Where `field` of an entry is (else the entry itself), narrowed to
+    /// `needle` when the field's text holds it as a quoted string (one
+    /// action of a list).
+    fn entry_span(
+        &self,
+        section: &str,
+        index: usize,
+        field: &str,
+        needle: Option<&str>,
+    ) -> Option<Range<usize>> {
+        let entry = self.entry(section, index)?;
+        // A backend's secrets may sit in its `credentials` table.
+        let fields = entry.get_ref();
+        let Some(value) = fields.get(field).or_else(|| fields.get("credentials")) else {
+            return Some(entry.span());
+        };
+        let span = value.span();
+        let found = needle.and_then(|n| {
+            let within = self.text.get(span.clone())?;
+            [format!("\"{n}\""), format!("'{n}'")]
+                .iter()
+                .find_map(|quoted| within.find(quoted.as_str()).map(|at| (at, quoted.len())))
+        });
+        Some(match found {
+            Some((at, len)) => span.start + at..span.start + at + len,
+            None => span,
+        })
+    }
+
+    /// A problem with an entry of a `[[section]]`, located at `field`.
+    fn entry_problem(
+        &self,
+        section: &str,
+        index: usize,
+        field: &str,
+        needle: Option<&str>,
+        message: String,
+    ) -> Problem {
+        Problem {
+            path: self.entry_name(section, index),
+            message,
+            span: self.entry_span(section, index, field, needle),
+        }
+    }
+
+    /// A deserialization error at `path` (serde's), with TOML's span: the
+    /// entry named as in [`Source::entry_name`], and the span narrowed to
+    /// the entry when TOML's covers more (an error raised after a table was
+    /// read, such as a backend's credential check, gets the whole array).
+    fn problem_at_path(
+        &self,
+        path: &[serde_path_to_error::Segment],
+        message: &str,
+        span: Option<Range<usize>>,
+    ) -> Problem {
+        use serde_path_to_error::Segment;
+        let mut out = String::new();
+        let mut span = span;
+        let mut rest = path;
+        if let [Segment::Map { key }, Segment::Seq { index }, tail @ ..] = path {
+            if let Some(entry) = self.entry(key, *index) {
+                out = self.entry_name(key, *index);
+                let outer = entry.span();
+                let field = match tail.first() {
+                    Some(Segment::Map { key: field }) => {
+                        entry.get_ref().get(field).map(|v| v.span())
+                    }
+                    _ => None,
+                };
+                let inside = |s: &Range<usize>| s.start >= outer.start && s.end <= outer.end;
+                if !span.as_ref().is_some_and(inside) {
+                    span = Some(field.unwrap_or(outer));
+                }
+                if !tail.is_empty() {
+                    out.push_str(", ");
+                }
+                rest = tail;
+            }
+        }
+        for (i, segment) in rest.iter().enumerate() {
+            match segment {
+                Segment::Map { key } => {
+                    if i > 0 {
+                        out.push('.');
+                    }
+                    out.push_str(key);
+                }
+                Segment::Seq { index } => {
+                    let _ = write!(out, "[{index}]");
+                }
+                Segment::Enum { .. } | Segment::Unknown => {}
+            }
+        }
+        Problem {
+            path: out,
+            // TOML's parse errors can run over several lines ("invalid
+            // string\nexpected `\"`"): one line reads better in a log.
+            message: message.trim().lines().collect::<Vec<_>>().join(", "),
+            span,
+        }
+    }
+
+    /// `<file>:<line>:<column>`, 1-based, the column in characters.
+    fn location(&self, span: &Option<Range<usize>>) -> String {
+        let line_col = span.as_ref().and_then(|s| self.line_col(s.start));
+        match (self.name, line_col) {
+            (Some(name), Some((line, col))) => format!(" {name}:{line}:{col}"),
+            (Some(name), None) => format!(" {name}"),
+            (None, Some((line, col))) => format!(" at line {line}, column {col}"),
+            (None, None) => String::new(),
+        }
+    }
+
+    fn line_col(&self, offset: usize) -> Option<(usize, usize)> {
+        let before = self.text.get(..offset)?;
+        let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+        let line = before.matches('\n').count() + 1;
+        Some((line, before[line_start..].chars().count() + 1))
+    }
+
+    /// `invalid config <file>:<line>:<col>: <path>: <message>`, then the
+    /// line with the place marked.
+    fn render(&self, p: &Problem) -> String {
+        let mut out = format!("invalid config{}: ", self.location(&p.span));
+        if !p.path.is_empty() {
+            out.push_str(&p.path);
+            out.push_str(": ");
+        }
+        out.push_str(&p.message);
+        if let Some(snippet) = p.span.as_ref().and_then(|s| self.snippet(s)) {
+            out.push('\n');
+            out.push_str(&snippet);
+        }
+        out
+    }
+
+    /// A warning on one line: `<file>:<line>:<col>: <path>: <message>`.
+    fn render_line(&self, p: &Problem) -> String {
+        let mut out = self.location(&p.span).trim_start().to_owned();
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        if !p.path.is_empty() {
+            out.push_str(&p.path);
+            out.push_str(": ");
+        }
+        out.push_str(&p.message);
+        out
+    }
+
+    /// The line `span` starts on, with the span marked (as TOML's own
+    /// errors show it):
+    ///
+    /// ```text
+    ///   |
+    /// 3 | [[backends]]
+    ///   | ^^^^^^^^^^^^
+    /// ```
+    fn snippet(&self, span: &Range<usize>) -> Option<String> {
+        let (line, col) = self.line_col(span.start)?;
+        let content = self.text.lines().nth(line - 1).unwrap_or("");
+        let rest = content.chars().count().saturating_sub(col - 1);
+        let marked = self
+            .text
+            .get(span.clone())
+            .map_or(1, |s| s.chars().count())
+            .clamp(1, rest.max(1));
+        let gutter = " ".repeat(line.to_string().len());
+        Some(format!(
+            "{gutter} |\n{line} | {content}\n{gutter} | {}{}",
+            " ".repeat(col - 1),
+            "^".repeat(marked)
+        ))
     }
 }
 
@@ -504,6 +896,152 @@ resources = ["data", "data/reports/*"]
         assert!(FileConfig::parse(&text).is_err());
         let text = format!("{SAMPLE}\nunknown_field = 1\n");
         assert!(FileConfig::parse(&text).is_err());
+    }
+
+    /// The message for `text` as the file `s3gate.toml`.
+    fn error(text: &str) -> String {
+        FileConfig::parse_with(text, Some("s3gate.toml"), LoadOptions::default())
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn toml_syntax_error_says_line_and_column() {
+        let text = SAMPLE.replace(
+            "region = \"us-east-1\"\n[[backends]]",
+            "region = \"us-east-1\n[[backends]]",
+        );
+        assert_eq!(
+            error(&text),
+            "invalid config s3gate.toml:3:20: invalid basic string
+  |
+3 | region = \"us-east-1
+  |                    ^"
+        );
+    }
+
+    #[test]
+    fn missing_field_names_the_entry() {
+        let text = SAMPLE.replace("endpoint = \"http://127.0.0.1:9000/\"\n", "");
+        assert_eq!(
+            error(&text),
+            "invalid config s3gate.toml:4:1: backends[0] (\"local\"): missing field `endpoint`
+  |
+4 | [[backends]]
+  | ^^^^^^^^^^^^"
+        );
+    }
+
+    #[test]
+    fn bad_listen_names_the_field() {
+        let text = SAMPLE.replace("127.0.0.1:9080", "127.0.0.1");
+        assert_eq!(
+            error(&text),
+            "invalid config s3gate.toml:2:10: listen: invalid socket address syntax
+  |
+2 | listen = \"127.0.0.1\"
+  |          ^^^^^^^^^^^"
+        );
+    }
+
+    #[test]
+    fn unknown_action_names_the_rule() {
+        let text = SAMPLE.replace("\"s3:PutObject\"", "\"s3:GetObjekt\"");
+        assert_eq!(
+            error(&text),
+            "invalid config s3gate.toml:23:28: rules[0] (r001): action \"s3:GetObjekt\" is not an S3 action s3gate authorizes (did you mean \"s3:GetObject\"?)
+   |
+23 | actions = [\"s3:GetObject\", \"s3:GetObjekt\", \"s3:ListBucket\"]
+   |                            ^^^^^^^^^^^^^^"
+        );
+        let text = SAMPLE.replace("\"s3:PutObject\"", "\"s3:Gte*\"");
+        assert!(
+            error(&text).starts_with(
+                "invalid config s3gate.toml:23:28: rules[0] (r001): action pattern \"s3:Gte*\" \
+                 matches no S3 action s3gate authorizes\n"
+            ),
+            "{}",
+            error(&text)
+        );
+        let globs = SAMPLE.replace("\"s3:PutObject\"", "\"s3:Put*\", \"s3:*\", \"*\"");
+        assert!(FileConfig::parse(&globs).is_ok());
+    }
+
+    #[test]
+    fn empty_config_is_refused_with_what_a_minimal_one_needs() {
+        assert_eq!(
+            error("# nothing yet\nlisten = \"127.0.0.1:9080\"\n"),
+            "invalid config s3gate.toml: the file configures nothing, so s3gate would serve \
+             nothing; a minimal config needs a [[backends]] entry (an S3 endpoint and its \
+             credentials), a [[buckets]] entry served by it, a [[keys]] entry (a client's access \
+             key, secret and principal) and a [[rules]] entry allowing that principal actions on \
+             the bucket (see README.md, \"Configuration\")"
+        );
+        let seed_only = "[cache]\nkey_ttl = \"5s\"\n";
+        let opts = LoadOptions { allow_empty: true };
+        let cfg = FileConfig::parse_with(seed_only, None, opts).unwrap();
+        assert_eq!(cfg.cache.key_ttl, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn backend_errors_name_the_backend_and_point_at_it() {
+        // An error raised after the table was read (the credential check of
+        // `try_from`) points at that backend, not at the first one.
+        let second = "[[backends]]\nname = \"other\"\nendpoint = \"http://127.0.0.1:9001\"\n";
+        let text = SAMPLE.replace("[[buckets]]", &format!("{second}[[buckets]]"));
+        assert_eq!(
+            error(&text),
+            "invalid config s3gate.toml:11:1: backends[1] (\"other\"): needs `credentials = { \
+             kind = … }` or access_key and secret_key
+   |
+11 | [[backends]]
+   | ^^^^^^^^^^^^"
+        );
+        let text = SAMPLE.replace("addressing_style = \"path\"", "addressing_style = \"pth\"");
+        assert!(error(&text).starts_with(
+            "invalid config s3gate.toml:8:20: backends[0] (\"local\"), addressing_style: unknown \
+             variant `pth`, expected `path` or `virtual`\n"
+        ));
+        let text = SAMPLE.replace("\"BACKENDSECRET\"", "\"env:S3GATE_TEST_UNSET_VAR_XYZ\"");
+        assert!(error(&text).starts_with(
+            "invalid config s3gate.toml:10:14: backends[0] (\"local\"): secret_key: environment \
+             variable S3GATE_TEST_UNSET_VAR_XYZ is not set\n"
+        ));
+        let text = SAMPLE.replace("backend = \"local\"", "backend = \"nope\"");
+        assert!(error(&text).starts_with(
+            "invalid config s3gate.toml:13:11: buckets[0] (\"data\"): backend \"nope\" is not \
+             configured (backends: local)\n"
+        ));
+    }
+
+    #[test]
+    fn nested_fields_are_named_by_path() {
+        let text = format!("{SAMPLE}\n[cache]\nkey_ttl = \"5 parsecs\"\n");
+        assert!(error(&text).starts_with("invalid config s3gate.toml:27:11: cache.key_ttl: "));
+        let text = format!("{SAMPLE}\n[limits]\nbuffer_budget = \"32XB\"\n");
+        assert!(error(&text).starts_with(
+            "invalid config s3gate.toml:27:17: limits.buffer_budget: unknown byte unit \"xb\" in \"32XB\"\n"
+        ));
+        // without a file name, the line and column still
+        let err = FileConfig::parse(&SAMPLE.replace("127.0.0.1:9080", "x"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("invalid config at line 2, column 10: listen: "),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn rules_on_unconfigured_buckets_are_warnings() {
+        let text = SAMPLE.replace("\"data/reports/*\"", "\"dta/reports/*\", \"*\"");
+        let cfg =
+            FileConfig::parse_with(&text, Some("s3gate.toml"), LoadOptions::default()).unwrap();
+        assert_eq!(
+            cfg.warnings,
+            ["s3gate.toml:24:22: rules[0] (r001): resource \"dta/reports/*\" names no configured bucket (buckets: data)"]
+        );
+        assert!(FileConfig::parse(SAMPLE).unwrap().warnings.is_empty());
     }
 
     #[test]

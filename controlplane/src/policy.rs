@@ -163,6 +163,80 @@ impl Policy {
     }
 }
 
+/// Checks one action pattern of a rule against the actions s3gate asks
+/// about ([`s3gate_s3::request::known_actions`]), as the matcher will use it
+/// (case-sensitive, `*` and `?` globs): an exact name must be one of them, a
+/// glob must match at least one. Anything else would never apply, which for
+/// a typo in a deny rule means silently allowing what it meant to refuse.
+pub fn check_action(pattern: &str) -> Result<(), String> {
+    let known = s3gate_s3::request::known_actions();
+    if pattern.contains(['*', '?']) {
+        let glob = WildMatch::new(pattern);
+        return if known.iter().any(|a| glob.matches(a)) {
+            Ok(())
+        } else {
+            Err(format!(
+                "action pattern {pattern:?} matches no S3 action s3gate authorizes"
+            ))
+        };
+    }
+    if known.contains(&pattern) {
+        return Ok(());
+    }
+    let mut msg = format!("action {pattern:?} is not an S3 action s3gate authorizes");
+    if let Some(near) = nearest(pattern, known) {
+        msg.push_str(&format!(" (did you mean {near:?}?)"));
+    }
+    Err(msg)
+}
+
+/// The known action closest to `typo` (ignoring case), if it is close
+/// enough to be what was meant.
+fn nearest<'a>(typo: &str, known: &[&'a str]) -> Option<&'a str> {
+    let typo = typo.to_ascii_lowercase();
+    let typo = typo.strip_prefix("s3:").unwrap_or(&typo);
+    known
+        .iter()
+        .map(|a| {
+            let name = a.strip_prefix("s3:").unwrap_or(a).to_ascii_lowercase();
+            (edit_distance(typo, &name), *a)
+        })
+        .filter(|(d, _)| *d <= 3)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, a)| a)
+}
+
+/// Levenshtein distance over bytes (action names are ASCII).
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b = b.as_bytes();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.bytes().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let above = row[j + 1];
+            row[j + 1] = (above + 1)
+                .min(row[j] + 1)
+                .min(diagonal + usize::from(ca != *cb));
+            diagonal = above;
+        }
+    }
+    row[b.len()]
+}
+
+/// The bucket part of a rule resource, as the matcher reads it: `*` for
+/// `*`, else what comes before the first `/`.
+pub fn resource_bucket(resource: &str) -> &str {
+    resource
+        .split_once('/')
+        .map_or(resource, |(bucket, _)| bucket)
+}
+
+/// Whether the bucket part of `resource` matches `bucket`.
+pub fn resource_names_bucket(resource: &str, bucket: &str) -> bool {
+    WildMatch::new(resource_bucket(resource)).matches(bucket)
+}
+
 /// The scope of an answer that depends on the first `depends_on` bytes of
 /// `key` (rounded up to a character boundary: a longer prefix still holds).
 fn scope(depends_on: Option<usize>, key: Option<&str>) -> Scope {
@@ -300,6 +374,49 @@ mod tests {
             actions: v(actions),
             resources: v(resources),
         }
+    }
+
+    #[test]
+    fn actions_are_checked_against_the_known_list() {
+        for ok in [
+            "s3:GetObject",
+            "s3:ListAllMyBuckets",
+            "s3:*",
+            "s3:Get*",
+            "*",
+            "s3:?utObject",
+        ] {
+            assert_eq!(check_action(ok), Ok(()), "{ok}");
+        }
+        let err = |a: &str| check_action(a).unwrap_err();
+        assert_eq!(
+            err("s3:getobject"),
+            "action \"s3:getobject\" is not an S3 action s3gate authorizes (did you mean \"s3:GetObject\"?)"
+        );
+        assert_eq!(
+            err("s3:GetObjectTorrent"),
+            "action \"s3:GetObjectTorrent\" is not an S3 action s3gate authorizes"
+        );
+        assert_eq!(
+            err("GetObject"),
+            "action \"GetObject\" is not an S3 action s3gate authorizes (did you mean \"s3:GetObject\"?)"
+        );
+        assert_eq!(
+            err("s3:Put*Torrent"),
+            "action pattern \"s3:Put*Torrent\" matches no S3 action s3gate authorizes"
+        );
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+        assert_eq!(edit_distance("", "abc"), 3);
+    }
+
+    #[test]
+    fn resource_bucket_parts() {
+        assert!(resource_names_bucket("data", "data"));
+        assert!(resource_names_bucket("data/reports/*", "data"));
+        assert!(resource_names_bucket("*", "data"));
+        assert!(resource_names_bucket("da*/x", "data"));
+        assert!(!resource_names_bucket("dta/*", "data"));
+        assert!(!resource_names_bucket("data-prod", "data"));
     }
 
     fn who(name: &str, groups: &[&str]) -> Principal {

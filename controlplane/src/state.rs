@@ -285,12 +285,8 @@ fn validate_rule(r: &RuleRecord) -> Result<(), ChangeError> {
     if r.principals.is_empty() || r.actions.is_empty() || r.resources.is_empty() {
         return invalid("principals, actions and resources must not be empty".into());
     }
-    if let Some(a) = r
-        .actions
-        .iter()
-        .find(|a| !a.starts_with("s3:") && a.as_str() != "*")
-    {
-        return invalid(format!("action {a:?} must start with 's3:'"));
+    for a in &r.actions {
+        crate::policy::check_action(a).or_else(invalid)?;
     }
     if let Some(res) = r
         .resources
@@ -377,6 +373,38 @@ mod tests {
             s.apply(&Change::DeleteKey("nope".into())),
             Err(ChangeError::NotFound(_))
         ));
+    }
+
+    #[test]
+    fn rules_name_known_actions_only() {
+        let rule = |actions: &[&str]| {
+            Change::PutRule(RuleRecord {
+                id: "r".into(),
+                effect: Effect::Allow,
+                principals: vec!["bob".into()],
+                actions: actions.iter().map(|a| a.to_string()).collect(),
+                resources: vec!["data/*".into()],
+            })
+        };
+        let mut s = State::default();
+        for ok in [&["s3:GetObject"][..], &["s3:Get*", "s3:*"], &["*"]] {
+            s.apply(&rule(ok)).unwrap();
+        }
+        assert_eq!(
+            s.apply(&rule(&["s3:GetObject", "s3:GetObjekt"])),
+            Err(ChangeError::Invalid(
+                "rule \"r\": action \"s3:GetObjekt\" is not an S3 action s3gate authorizes \
+                 (did you mean \"s3:GetObject\"?)"
+                    .into()
+            ))
+        );
+        assert_eq!(
+            s.apply(&rule(&["iam:*"])),
+            Err(ChangeError::Invalid(
+                "rule \"r\": action pattern \"iam:*\" matches no S3 action s3gate authorizes"
+                    .into()
+            ))
+        );
     }
 
     #[test]

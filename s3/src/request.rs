@@ -672,6 +672,53 @@ const OBJECT_TABLE: &[(M, &str, &str, &str, Option<&str>)] = &[
     (M::Post, "restore", "RestoreObject", "s3:RestoreObject", Some("")),
 ];
 
+/// The IAM actions the operations outside the tables name: in
+/// [`classify`] (ListBuckets), [`bucket_op`], [`object_op`] and
+/// [`write_header_actions`]. With the tables' actions they make
+/// [`known_actions`]; a unit test classifies every request shape and checks
+/// that the two agree.
+#[rustfmt::skip]
+const OP_ACTIONS: &[&str] = &[
+    "s3:ListAllMyBuckets",
+    // bucket_op
+    "s3:ListBucket", "s3:ListBucketVersions", "s3:ListBucketMultipartUploads",
+    "s3:CreateBucket", "s3:PutBucketAcl", "s3:PutBucketObjectLockConfiguration",
+    "s3:PutBucketVersioning", "s3:PutBucketOwnershipControls", "s3:DeleteBucket",
+    "s3:DeleteObject", "s3:BypassGovernanceRetention",
+    // object_op
+    "s3:GetObject", "s3:GetObjectVersion", "s3:PutObject", "s3:DeleteObjectVersion",
+    "s3:AbortMultipartUpload", "s3:ListMultipartUploadParts",
+    // write_header_actions
+    "s3:PutObjectTagging", "s3:PutObjectAcl", "s3:PutObjectRetention", "s3:PutObjectLegalHold",
+];
+
+/// Every IAM action s3gate may ask a policy about, sorted: the `action` and
+/// `also` of every request [`classify`] accepts. (The data plane's own
+/// checks — each key of a DeleteObjects document, the source of a copy —
+/// ask `s3:DeleteObject`, `s3:DeleteObjectVersion`, `s3:GetObject` and
+/// `s3:GetObjectVersion`, which are among them.) A rule naming an action
+/// outside this list could never apply.
+pub fn known_actions() -> &'static [&'static str] {
+    static ACTIONS: std::sync::OnceLock<Vec<&'static str>> = std::sync::OnceLock::new();
+    ACTIONS.get_or_init(|| {
+        let mut all: Vec<&'static str> = BUCKET_TABLE
+            .iter()
+            .map(|row| row.3)
+            .chain(
+                OBJECT_TABLE
+                    .iter()
+                    .flat_map(|row| [Some(row.3), row.4])
+                    .flatten(),
+            )
+            .chain(OP_ACTIONS.iter().copied())
+            .filter(|a| !a.is_empty())
+            .collect();
+        all.sort_unstable();
+        all.dedup();
+        all
+    })
+}
+
 type Classified = (Op, &'static str, Vec<&'static str>);
 
 fn bucket_op(method: &Method, q: &Query<'_>, headers: &HeaderMap) -> Result<Classified, S3Error> {
@@ -1259,6 +1306,60 @@ mod tests {
             }
         }
         assert!(accepted > 60, "only {accepted} shapes accepted");
+    }
+
+    /// `known_actions` is exactly what the classifier can ask: every method,
+    /// sub-resource, part number, version, copy source and action-adding
+    /// header, at service, bucket and object level.
+    #[test]
+    fn known_actions_are_exactly_what_classify_asks() {
+        let mut all_headers = HeaderMap::new();
+        for (name, value) in [
+            ("x-amz-acl", "private"),
+            ("x-amz-tagging", "a=b"),
+            ("x-amz-bucket-object-lock-enabled", "true"),
+            ("x-amz-object-ownership", "BucketOwnerEnforced"),
+            ("x-amz-bypass-governance-retention", "true"),
+            ("x-amz-object-lock-mode", "GOVERNANCE"),
+            ("x-amz-object-lock-legal-hold", "ON"),
+        ] {
+            all_headers.insert(name, value.parse().unwrap());
+        }
+        let mut copy = all_headers.clone();
+        copy.insert("x-amz-copy-source", "/src/k".parse().unwrap());
+        let mut asked = std::collections::BTreeSet::new();
+        for method in ["GET", "HEAD", "PUT", "POST", "DELETE"] {
+            for sub in SUBRESOURCES.iter().copied().chain([""]) {
+                for path in ["/", "/b", "/b/k"] {
+                    for extra in [
+                        "",
+                        "&partNumber=1",
+                        "&versionId=v",
+                        "&partNumber=1&versionId=v",
+                    ] {
+                        for headers in [&HeaderMap::new(), &all_headers, &copy] {
+                            let uri: Uri = format!("{path}?{sub}{extra}").parse().unwrap();
+                            let method: Method = method.parse().unwrap();
+                            let got =
+                                classify(&HostConfig::default(), &method, &uri, None, headers);
+                            if let Ok(r) = got {
+                                asked.insert(r.action);
+                                asked.extend(r.also);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let known: std::collections::BTreeSet<_> = known_actions().iter().copied().collect();
+        assert_eq!(asked, known);
+        assert!(
+            known_actions().windows(2).all(|w| w[0] < w[1]),
+            "sorted, no duplicates"
+        );
+        for a in known_actions() {
+            assert!(KNOWN_IAM_ACTIONS.contains(a), "{a} is not an IAM action");
+        }
     }
 
     #[test]

@@ -1,0 +1,373 @@
+//! `s3gate check-config FILE`: validates a config file as `serve` does and
+//! prints the effective configuration (defaults filled in, secrets
+//! redacted, `env:` references by name). Also the loader `serve` and
+//! `controlplane` use, so all three report the same located errors and the
+//! same warnings.
+
+use std::convert::Infallible;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use s3gate_controlplane::config::{FileConfig, LoadOptions, Secret};
+use s3gate_controlplane::credential::CredentialSpec;
+use tracing::warn;
+
+use crate::Failure;
+
+#[derive(Debug, clap::Args)]
+pub struct CheckConfigArgs {
+    /// The TOML config file to check (as given to `serve --config`). Exits
+    /// 0 if it is valid, 64 with the place of the first problem otherwise;
+    /// warnings go to stderr either way.
+    file: PathBuf,
+}
+
+/// Where `serve` listens when neither the file nor `--listen` says.
+const DEFAULT_LISTEN: &str = "127.0.0.1:9080";
+
+pub fn run(args: CheckConfigArgs) -> Result<(), Failure> {
+    let name = args.file.display().to_string();
+    let text = std::fs::read_to_string(&args.file)
+        .map_err(|e| Failure::Usage(anyhow::anyhow!("cannot read {name}: {e}")))?;
+    let cfg = FileConfig::parse_with(&text, Some(&name), LoadOptions::default())
+        .map_err(|e| Failure::Usage(e.into()))?;
+    let raw = FileConfig::parse_unresolved(&text).map_err(|e| Failure::Usage(e.into()))?;
+    for w in &cfg.warnings {
+        eprintln!("warning: {w}");
+    }
+    print!("{}", render(&name, &cfg, &raw));
+    Ok(())
+}
+
+/// Loads the config file of `serve` or `controlplane` (`allow_empty`: a
+/// control plane seeding Redis may read only `[cache]` from it). A problem
+/// is a usage failure whose message says where; warnings are logged.
+pub fn load(path: &Path, allow_empty: bool) -> Result<FileConfig, Failure> {
+    let cfg = FileConfig::load_with(path, LoadOptions { allow_empty })
+        .map_err(|e| Failure::Usage(e.into()))?;
+    for warning in &cfg.warnings {
+        warn!(%warning, "config file: probably not what was meant");
+    }
+    Ok(cfg)
+}
+
+/// The effective configuration as TOML. Secrets come from `raw` (the file
+/// as written): an `env:VAR` reference is shown as such, anything else as
+/// `<redacted>`.
+fn render(name: &str, cfg: &FileConfig, raw: &FileConfig) -> String {
+    let mut out = String::new();
+    let mut line = |s: String| {
+        out.push_str(&s);
+        out.push('\n');
+    };
+    line(format!(
+        "# {name} is valid. Effective configuration: defaults filled in, secrets {}, env: references by name.",
+        q(REDACTED)
+    ));
+    match cfg.listen {
+        Some(listen) => line(format!("listen = {}", q(&listen.to_string()))),
+        None => line(format!(
+            "# listen: not set; serve listens on {DEFAULT_LISTEN} unless --listen says otherwise"
+        )),
+    }
+    line(format!("region = {}", q(&cfg.region)));
+    line(format!("base_domains = {}", list(&cfg.base_domains)));
+
+    line(String::new());
+    line("[cache]".into());
+    line(format!(
+        "decision_ttl = {}",
+        duration(cfg.cache.decision_ttl)
+    ));
+    line(format!("key_ttl = {}", duration(cfg.cache.key_ttl)));
+    line(format!("route_ttl = {}", duration(cfg.cache.route_ttl)));
+
+    // Flags of `serve` override these; the defaults are the data plane's.
+    let d = s3gate_dataplane::Limits::default();
+    let f = &cfg.limits;
+    line(String::new());
+    line("[limits]".into());
+    line(format!(
+        "max_connections = {}",
+        f.max_connections.unwrap_or(d.max_connections)
+    ));
+    line(format!(
+        "max_requests = {}",
+        f.max_requests.unwrap_or(d.max_requests)
+    ));
+    for (field, value, default) in [
+        ("header_timeout", f.header_timeout, d.header_timeout),
+        (
+            "body_idle_timeout",
+            f.body_idle_timeout,
+            d.body_idle_timeout,
+        ),
+        ("body_deadline", f.body_deadline, d.body_deadline),
+        ("send_timeout", f.send_timeout, d.send_timeout),
+    ] {
+        line(format!("{field} = {}", duration(value.unwrap_or(default))));
+    }
+    line(format!(
+        "buffer_budget = {}",
+        bytes(f.buffer_budget.unwrap_or(d.buffer_budget))
+    ));
+
+    for (i, b) in cfg.backends.iter().enumerate() {
+        let shown = match raw.backends.get(i) {
+            Some(r) => map_secrets(&r.credentials, shown),
+            None => map_secrets(&b.credentials, |_| REDACTED.to_owned()),
+        };
+        line(String::new());
+        line("[[backends]]".into());
+        line(format!("name = {}", q(&b.name)));
+        line(format!("endpoint = {}", q(&b.endpoint)));
+        line(format!("region = {}", q(&b.region)));
+        line(format!(
+            "addressing_style = {}",
+            json_value(&serde_json::to_value(b.addressing_style).unwrap_or_default())
+        ));
+        line(format!(
+            "credentials = {}",
+            json_value(&serde_json::to_value(&shown).unwrap_or_default())
+        ));
+        if let Some(ca) = &b.ca_bundle {
+            line(format!("ca_bundle = {}", q(ca)));
+        }
+        line(format!("insecure_skip_verify = {}", b.insecure_skip_verify));
+    }
+    for b in &cfg.buckets {
+        line(String::new());
+        line("[[buckets]]".into());
+        line(format!("name = {}", q(&b.name)));
+        line(format!("backend = {}", q(&b.backend)));
+        line(format!(
+            "backend_bucket = {}",
+            q(b.backend_bucket.as_deref().unwrap_or(&b.name))
+        ));
+    }
+    for (i, k) in cfg.keys.iter().enumerate() {
+        let secret = raw
+            .keys
+            .get(i)
+            .map_or_else(|| REDACTED.to_owned(), |r| shown(&r.secret_key));
+        line(String::new());
+        line("[[keys]]".into());
+        line(format!("access_key = {}", q(&k.access_key)));
+        line(format!("secret_key = {}", q(&secret)));
+        line(format!("principal = {}", q(&k.principal)));
+        line(format!("groups = {}", list(&k.groups)));
+    }
+    for (i, r) in cfg.rules.iter().enumerate() {
+        line(String::new());
+        line(format!("[[rules]]  # id r{:03}", i + 1));
+        line(format!(
+            "effect = {}",
+            json_value(&serde_json::to_value(r.effect).unwrap_or_default())
+        ));
+        line(format!("principals = {}", list(&r.principals)));
+        line(format!("actions = {}", list(&r.actions)));
+        line(format!("resources = {}", list(&r.resources)));
+    }
+    out
+}
+
+const REDACTED: &str = "<redacted>";
+
+/// How a secret as written in the file is shown: an `env:VAR` reference
+/// names a variable, not a value; anything else is the secret itself.
+fn shown(secret: &Secret) -> String {
+    let written = secret.expose();
+    if written.starts_with("env:") {
+        written.clone()
+    } else {
+        REDACTED.to_owned()
+    }
+}
+
+/// The credential with each secret replaced by what `f` makes of it.
+fn map_secrets(spec: &CredentialSpec, f: impl Fn(&Secret) -> String) -> CredentialSpec<String> {
+    match spec.try_map(|_, s| Ok::<_, Infallible>(f(s))) {
+        Ok(shown) => shown,
+        Err(never) => match never {},
+    }
+}
+
+/// A TOML basic string.
+fn q(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            c if c.is_control() => {
+                let _ = write!(out, "\\u{:04X}", u32::from(c));
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+fn list(items: &[String]) -> String {
+    let items: Vec<String> = items.iter().map(|s| q(s)).collect();
+    format!("[{}]", items.join(", "))
+}
+
+fn duration(d: Duration) -> String {
+    q(&humantime::format_duration(d).to_string())
+}
+
+/// Bytes with the largest unit `parse_bytes` reads back exactly.
+fn bytes(n: usize) -> String {
+    for (shift, unit) in [(30, "GiB"), (20, "MiB"), (10, "KiB")] {
+        if n != 0 && n.trailing_zeros() >= shift {
+            return q(&format!("{}{unit}", n >> shift));
+        }
+    }
+    n.to_string()
+}
+
+/// A JSON value (a serialized enum or credential) as a TOML value; a
+/// table's `kind` first.
+fn json_value(v: &serde_json::Value) -> String {
+    use serde_json::Value;
+    match v {
+        Value::String(s) => q(s),
+        Value::Bool(b) => b.to_string(),
+        Value::Number(n) => n.to_string(),
+        Value::Array(items) => {
+            let items: Vec<String> = items.iter().map(json_value).collect();
+            format!("[{}]", items.join(", "))
+        }
+        Value::Object(map) => {
+            let mut fields: Vec<(&String, &Value)> =
+                map.iter().filter(|(_, v)| !v.is_null()).collect();
+            fields.sort_by_key(|(k, _)| (k.as_str() != "kind", k.as_str()));
+            let fields: Vec<String> = fields
+                .iter()
+                .map(|(k, v)| format!("{k} = {}", json_value(v)))
+                .collect();
+            format!("{{ {} }}", fields.join(", "))
+        }
+        Value::Null => q(""),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    const FILE: &str = r#"
+listen = "127.0.0.1:9080"
+[[backends]]
+name = "local"
+endpoint = "http://127.0.0.1:9000/"
+access_key = "BACKENDKEY"
+secret_key = "BACKEND-INLINE-SECRET"
+[[backends]]
+name = "other"
+endpoint = "https://s3.example.com"
+credentials = { kind = "static_hmac", access_key = "OTHERKEY", secret_key = "env:PATH", session_token = "TOKEN-INLINE-SECRET" }
+[[buckets]]
+name = "data"
+backend = "local"
+[[keys]]
+access_key = "S3GATEALICE01"
+secret_key = "ALICE-INLINE-SECRET"
+principal = "alice"
+groups = ["analysts"]
+[[rules]]
+effect = "allow"
+principals = ["alice"]
+actions = ["s3:Get*", "s3:ListBucket"]
+resources = ["data", "data/*", "typo/*"]
+[limits]
+buffer_budget = "64MiB"
+"#;
+
+    #[test]
+    fn effective_config_redacts_secrets() {
+        let cfg =
+            FileConfig::parse_with(FILE, Some("s3gate.toml"), LoadOptions::default()).unwrap();
+        let raw = FileConfig::parse_unresolved(FILE).unwrap();
+        let shown = render("s3gate.toml", &cfg, &raw);
+        let expected = r#"# s3gate.toml is valid. Effective configuration: defaults filled in, secrets "<redacted>", env: references by name.
+listen = "127.0.0.1:9080"
+region = "us-east-1"
+base_domains = []
+
+[cache]
+decision_ttl = "30s"
+key_ttl = "1m"
+route_ttl = "5m"
+
+[limits]
+max_connections = 4096
+max_requests = 1024
+header_timeout = "30s"
+body_idle_timeout = "30s"
+body_deadline = "1m"
+send_timeout = "1m"
+buffer_budget = "64MiB"
+
+[[backends]]
+name = "local"
+endpoint = "http://127.0.0.1:9000"
+region = "us-east-1"
+addressing_style = "path"
+credentials = { kind = "static_hmac", access_key = "BACKENDKEY", secret_key = "<redacted>" }
+insecure_skip_verify = false
+
+[[backends]]
+name = "other"
+endpoint = "https://s3.example.com"
+region = "us-east-1"
+addressing_style = "path"
+credentials = { kind = "static_hmac", access_key = "OTHERKEY", secret_key = "env:PATH", session_token = "<redacted>" }
+insecure_skip_verify = false
+
+[[buckets]]
+name = "data"
+backend = "local"
+backend_bucket = "data"
+
+[[keys]]
+access_key = "S3GATEALICE01"
+secret_key = "<redacted>"
+principal = "alice"
+groups = ["analysts"]
+
+[[rules]]  # id r001
+effect = "allow"
+principals = ["alice"]
+actions = ["s3:Get*", "s3:ListBucket"]
+resources = ["data", "data/*", "typo/*"]
+"#;
+        assert_eq!(shown, expected);
+        for secret in ["INLINE-SECRET", &std::env::var("PATH").unwrap()] {
+            assert!(!shown.contains(secret), "{secret} shown");
+        }
+        // what check-config prints is a config file s3gate reads back
+        let back = FileConfig::parse_unresolved(&shown).unwrap();
+        assert_eq!(back.rules[0].resources, cfg.rules[0].resources);
+        assert_eq!(back.limits.buffer_budget, Some(64 << 20));
+        assert_eq!(
+            cfg.warnings,
+            ["s3gate.toml:24:32: rules[0] (r001): resource \"typo/*\" names no configured bucket (buckets: data)"]
+        );
+    }
+
+    #[test]
+    fn toml_strings_are_escaped() {
+        assert_eq!(q("a\"b\\c\nd\u{1}"), r#""a\"b\\c\nd\u0001""#);
+        assert_eq!(bytes(1000), "1000");
+        assert_eq!(bytes(3 << 10), "\"3KiB\"");
+    }
+}
