@@ -388,7 +388,7 @@ print(s3.generate_presigned_url("get_object", Params={"Bucket": "demo", "Key": "
 EOF
 
 # 3. A presigned URL for curl or a browser, valid for an hour. s3gate takes SigV4 URLs only: the
-#    aws-config above sets s3.signature_version = s3v4 (without it, aws s3 presign makes SigV2 URLs: 501).
+#    aws-config above sets s3.signature_version = s3v4 (without it, aws s3 presign makes SigV2 URLs: refused, 400).
 curl '$PRESIGNED'
 #    and a fresh one (with the exports of block 1):
 curl "\$($Q_AWS --endpoint-url $S3_URL s3 presign s3://demo/welcome.txt --expires-in 3600)"
