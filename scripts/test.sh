@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The test command: format check, build, Rust tests, clippy, then the end-to-end suite against real
 # processes (s3s-fs, s3gate, aws cli, boto3, rclone, s3cmd).
-# Needs: cargo, python3 with tests/e2e/requirements.txt, s3s-fs, rclone, s3cmd
-# (.ci/run installs them).
+# Needs: cargo and cc, python3 with tests/e2e/requirements.txt and venv support, s3s-fs, rclone,
+# s3cmd, redis-server, curl (.ci/run installs them), and PyPI: tests/e2e/test_quickstart.py runs
+# scripts/quickstart.sh, which installs the aws cli and boto3 into a venv of its own.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
