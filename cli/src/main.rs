@@ -100,7 +100,7 @@ impl Command {
             Command::Serve(a) => Some(&a.runtime),
             Command::Controlplane(a) => Some(&a.runtime),
             Command::Dataplane(a) => Some(&a.runtime),
-            Command::Admin(_) | Command::GenMasterKey => None,
+            Command::Admin(_) | Command::GenMasterKey | Command::CheckConfig(_) => None,
         }
     }
 }
