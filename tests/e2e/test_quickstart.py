@@ -91,6 +91,10 @@ class Quickstart:
         self.popen = subprocess.Popen(
             ["bash", str(SCRIPT)], cwd=REPO, env=env, stdin=subprocess.DEVNULL,
             stdout=self._out, stderr=subprocess.STDOUT, start_new_session=True,
+            # As from a terminal: SIGINT acts. (A test run started in the
+            # background by a shell without job control inherits SIGINT
+            # ignored, and a shell cannot trap a signal ignored on entry.)
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
 
     def output(self) -> str:
