@@ -18,6 +18,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::credential::CredentialSpec;
+use crate::state::{
+    valid_access_key, valid_bucket_name, valid_endpoint, valid_principal, valid_resource,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -411,26 +414,18 @@ impl FileConfig {
                 Ok::<_, Problem>(secret)
             })?;
             b.credentials.validate().map_err(|m| at("credentials", m))?;
-            let rest = b
-                .endpoint
-                .strip_prefix("http://")
-                .or_else(|| b.endpoint.strip_prefix("https://"));
-            match rest {
-                Some(authority)
-                    if !authority.is_empty() && !authority.trim_end_matches('/').contains('/') =>
-                {
-                    b.endpoint = b.endpoint.trim_end_matches('/').to_owned();
-                }
-                _ => {
-                    return Err(at(
-                        "endpoint",
-                        format!(
-                            "endpoint {:?} must be http(s)://host[:port] without a path",
-                            b.endpoint
-                        ),
-                    ))
-                }
+            // A trailing `/` is forgiven in the file.
+            let endpoint = b.endpoint.trim_end_matches('/');
+            if !valid_endpoint(endpoint) {
+                return Err(at(
+                    "endpoint",
+                    format!(
+                        "endpoint {:?} must be http(s)://host[:port] without a path",
+                        b.endpoint
+                    ),
+                ));
             }
+            b.endpoint = endpoint.to_owned();
         }
         let mut buckets = HashSet::new();
         for (i, b) in self.buckets.iter().enumerate() {
@@ -453,15 +448,14 @@ impl FileConfig {
                     format!("backend {:?} is not configured ({known})", b.backend),
                 ));
             }
-            let valid = |n: &str| {
-                !n.is_empty()
-                    && n.bytes()
-                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'-' | b'_'))
-            };
-            if !valid(&b.name) {
+            if !valid_bucket_name(&b.name) {
                 return Err(at("name", format!("invalid bucket name {:?}", b.name)));
             }
-            if let Some(bb) = b.backend_bucket.as_deref().filter(|bb| !valid(bb)) {
+            if let Some(bb) = b
+                .backend_bucket
+                .as_deref()
+                .filter(|bb| !valid_bucket_name(bb))
+            {
                 return Err(at("backend_bucket", format!("invalid bucket name {bb:?}")));
             }
         }
@@ -475,12 +469,7 @@ impl FileConfig {
                     format!("duplicate access key {:?}", k.access_key),
                 ));
             }
-            if k.access_key.is_empty()
-                || !k
-                    .access_key
-                    .bytes()
-                    .all(|c| c.is_ascii_graphic() && c != b'/')
-            {
+            if !valid_access_key(&k.access_key) {
                 return Err(at(
                     "access_key",
                     format!(
@@ -489,7 +478,7 @@ impl FileConfig {
                     ),
                 ));
             }
-            if k.principal.is_empty() || k.principal == s3gate_proto::Principal::ANONYMOUS {
+            if !valid_principal(&k.principal) {
                 return Err(at(
                     "principal",
                     format!("invalid principal {:?}", k.principal),
@@ -514,7 +503,7 @@ impl FileConfig {
                 crate::policy::check_action(a).map_err(|m| at("actions", Some(a), m))?;
             }
             for res in &r.resources {
-                if res.is_empty() || res.starts_with('/') {
+                if !valid_resource(res) {
                     return Err(at(
                         "resources",
                         Some(res),

@@ -250,20 +250,39 @@ impl State {
     }
 }
 
-fn valid_bucket_name(n: &str) -> bool {
+// The checks a record must pass, shared with the config file's validation
+// (which says where in the file a value fails).
+
+pub(crate) fn valid_bucket_name(n: &str) -> bool {
     !n.is_empty()
         && n.len() <= 255
         && n.bytes()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'-' | b'_'))
 }
 
+pub(crate) fn valid_access_key(ak: &str) -> bool {
+    !ak.is_empty() && ak.bytes().all(|c| c.is_ascii_graphic() && c != b'/')
+}
+
+pub(crate) fn valid_principal(p: &str) -> bool {
+    !p.is_empty() && p != s3gate_proto::Principal::ANONYMOUS
+}
+
+/// `http(s)://host[:port]`, without a path (not even `/`).
+pub(crate) fn valid_endpoint(endpoint: &str) -> bool {
+    endpoint
+        .strip_prefix("http://")
+        .or_else(|| endpoint.strip_prefix("https://"))
+        .is_some_and(|authority| !authority.is_empty() && !authority.contains('/'))
+}
+
+/// `bucket` or `bucket/key-glob`.
+pub(crate) fn valid_resource(res: &str) -> bool {
+    !res.is_empty() && !res.starts_with('/')
+}
+
 fn validate_key_record(k: &KeyRecord) -> Result<(), ChangeError> {
-    if k.access_key.is_empty()
-        || !k
-            .access_key
-            .bytes()
-            .all(|c| c.is_ascii_graphic() && c != b'/')
-    {
+    if !valid_access_key(&k.access_key) {
         return Err(ChangeError::Invalid(
             "access key must be printable ASCII without '/'".into(),
         ));
@@ -271,7 +290,7 @@ fn validate_key_record(k: &KeyRecord) -> Result<(), ChangeError> {
     if k.secret.expose().is_empty() {
         return Err(ChangeError::Invalid("secret must not be empty".into()));
     }
-    if k.principal.is_empty() || k.principal == s3gate_proto::Principal::ANONYMOUS {
+    if !valid_principal(&k.principal) {
         return Err(ChangeError::Invalid("invalid principal".into()));
     }
     Ok(())
@@ -288,11 +307,7 @@ fn validate_rule(r: &RuleRecord) -> Result<(), ChangeError> {
     for a in &r.actions {
         crate::policy::check_action(a).or_else(invalid)?;
     }
-    if let Some(res) = r
-        .resources
-        .iter()
-        .find(|res| res.is_empty() || res.starts_with('/'))
-    {
+    if let Some(res) = r.resources.iter().find(|res| !valid_resource(res)) {
         return invalid(format!(
             "resource {res:?} must be 'bucket' or 'bucket/key-glob'"
         ));
@@ -315,16 +330,13 @@ fn validate_backend(b: &BackendRecord) -> Result<(), ChangeError> {
         }
     });
     secrets?;
-    let rest = b
-        .endpoint
-        .strip_prefix("http://")
-        .or_else(|| b.endpoint.strip_prefix("https://"));
-    match rest {
-        Some(authority) if !authority.is_empty() && !authority.contains('/') => Ok(()),
-        _ => Err(ChangeError::Invalid(format!(
+    if valid_endpoint(&b.endpoint) {
+        Ok(())
+    } else {
+        Err(ChangeError::Invalid(format!(
             "backend {:?}: endpoint must be http(s)://host[:port] without a path",
             b.name
-        ))),
+        )))
     }
 }
 
