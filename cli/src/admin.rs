@@ -305,6 +305,10 @@ struct ExplainArgs {
     /// A group of --principal. Repeatable.
     #[arg(long = "group", value_name = "NAME")]
     groups: Vec<String>,
+    /// How the principal authenticated, as policy sources see it [default:
+    /// key; anonymous without --access-key or --principal].
+    #[arg(long = "identity", value_name = "SOURCE", value_parser = ["key", "sts", "jwt", "mtls", "anonymous"])]
+    identity_source: Option<String>,
     /// The S3 IAM action, e.g. s3:GetObject, s3:PutObject, s3:ListBucket.
     #[arg(long)]
     action: String,
@@ -744,6 +748,7 @@ async fn execute(mut client: Client, args: AdminArgs) -> anyhow::Result<()> {
                     bucket: e.bucket,
                     kind: kind as i32,
                     key,
+                    identity_source: e.identity_source.unwrap_or_default(),
                 })
                 .await?
                 .into_inner();
@@ -755,13 +760,15 @@ async fn execute(mut client: Client, args: AdminArgs) -> anyhow::Result<()> {
             if out.json {
                 println!(
                     "{}",
-                    json!({"allow": r.allow, "reason": r.reason, "rule": r.rule, "principal": who})
+                    json!({"allow": r.allow, "reason": r.reason, "rule": r.rule, "principal": who,
+                           "identity": r.identity_source})
                 );
             } else {
                 println!(
-                    "{} ({}) for principal {who}",
+                    "{} ({}) for principal {who} (identity: {})",
                     if r.allow { "ALLOW" } else { "DENY" },
-                    r.reason
+                    r.reason,
+                    r.identity_source
                 );
             }
         }

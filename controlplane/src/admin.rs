@@ -454,12 +454,26 @@ impl Admin for AdminService {
         if r.action.is_empty() || r.bucket.is_empty() {
             return Err(Status::invalid_argument("action and bucket are required"));
         }
+        let identity_source = match r.identity_source.as_str() {
+            "" if principal.is_anonymous() => "anonymous",
+            "" => "key",
+            s @ ("key" | "sts" | "jwt" | "mtls" | "anonymous") => s,
+            other => {
+                return Err(Status::invalid_argument(format!(
+                    "unknown identity source {other:?}: one of key, sts, jwt, mtls, anonymous"
+                )))
+            }
+        }
+        .to_owned();
         let ask = AuthorizeRequest {
             principal: principal.clone(),
             action: r.action.into(),
             bucket: r.bucket,
             resource,
-            context: Default::default(),
+            context: s3gate_proto::RequestContext {
+                identity_source: identity_source.clone().into(),
+                ..Default::default()
+            },
         };
         let (decision, rule) = snapshot
             .explain(&ask)
@@ -472,6 +486,7 @@ impl Admin for AdminService {
             rule: rule.unwrap_or_default(),
             scope: pb_decision.scope,
             principal: Some((&principal).into()),
+            identity_source,
         }))
     }
 

@@ -572,7 +572,7 @@ mod tests {
                 resource,
                 context: RequestContext {
                     client_ip: Some("192.0.2.1".parse().unwrap()),
-                    identity_source: Cow::Borrowed("sigv4"),
+                    identity_source: Cow::Borrowed("key"),
                     claims: Arc::from([("email".to_owned(), "a@example.com".to_owned())]),
                     method: Cow::Borrowed("GET"),
                     headers: vec![("content-type", "text/plain".into())],

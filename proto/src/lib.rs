@@ -149,7 +149,8 @@ pub struct Identity {
     /// How long the data plane may cache this; never past the credential's
     /// own expiry.
     pub ttl: Duration,
-    /// The identity source that vouched (`oidc:corp`, `mtls`).
+    /// The identity source that vouched (`jwt`, `mtls`); the provider that
+    /// issued a token is among the claims.
     pub source: Arc<str>,
     /// Claims a policy may look at.
     pub claims: Arc<[(String, String)]>,
@@ -175,7 +176,7 @@ pub struct AuthorizeRequest {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RequestContext {
     pub client_ip: Option<std::net::IpAddr>,
-    /// `sigv4`, `presigned`, `anonymous`, or an [`Identity::source`].
+    /// `key`, `sts`, `jwt`, `mtls` or `anonymous`: the identity source.
     pub identity_source: Cow<'static, str>,
     pub claims: Arc<[(String, String)]>,
     pub method: Cow<'static, str>,

@@ -229,7 +229,7 @@ def test_quickstart_as_the_readme_says(tmp_path):
         # 5. the Admin API through `s3gate admin`
         r = sh(b[5], env, work)
         assert access_key in r.stdout, r.stdout
-        assert re.search(r"^DENY .* for principal demo-user$", r.stdout, re.M), r.stdout
+        assert re.search(r"^DENY .* for principal demo-user \(identity: key\)$", r.stdout, re.M), r.stdout
 
         # Ctrl-C sent to the script alone (kill -INT): both servers stop, nothing is left
         kids = descendants(qs.popen.pid)

@@ -150,7 +150,10 @@ def test_rule_change_reaches_every_data_plane(rc):
     explain = rc.admin_json("cp2", "explain", "--access-key", bob.access_key, "--action", "s3:PutObject",
                             "--bucket", "data", "--key", f"rc/{key}")
     assert explain == {"allow": True, "reason": "allowed by rule bob-shared", "rule": "bob-shared",
-                       "principal": "bob"}
+                       "principal": "bob", "identity": "key"}
+    as_jwt = rc.admin_json("cp2", "explain", "--principal", "bob", "--identity", "jwt", "--action",
+                           "s3:PutObject", "--bucket", "data", "--key", f"rc/{key}")
+    assert as_jwt["identity"] == "jwt" and as_jwt["allow"], as_jwt
     rc.admin("cp2", "rules", "put", "--id", "bob-shared-deny", "--effect", "deny", "--principal", "bob",
              "--action", "s3:*", "--resource", "data/rc/shared/*")
     eventually(lambda: not works(c1, key) and not works(c2, key), "deny rule at both data planes")

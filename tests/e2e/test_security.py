@@ -363,6 +363,7 @@ def test_delete_objects_refusal_is_logged_with_every_key(gateway, backend, k):
     f = log_fields(line)
     assert f.get("decision") == "deny", line
     assert f.get("op") == "DeleteObjects", line
+    assert f.get("principal") == "alice" and f.get("identity") == "key", line
     assert f.get("key") == f"secret/x-{k}", line
     assert "keys" in f, f"no keys field: {line}"
     for key in (f"dodel/{k}/first", f"secret/x-{k}", f"dodel/{k}/last"):

@@ -370,7 +370,7 @@ mod tests {
                         groups: Arc::from(Vec::<Arc<str>>::new()),
                         access_key: None,
                     },
-                    source: "presigned",
+                    source: "key",
                     payload: s3gate_s3::sigv4::PayloadMode::Unsigned,
                     chunk_signing: None,
                 },
@@ -499,7 +499,7 @@ mod tests {
         assert!(h.get("home/alice/a").await);
         let context = h.cp.last_context.lock().unwrap().clone().unwrap();
         assert_eq!(context.client_ip, Some("192.0.2.7".parse().unwrap()));
-        assert_eq!(context.identity_source, "presigned");
+        assert_eq!(context.identity_source, "key");
         assert_eq!(context.method, "PUT");
         assert_eq!(
             context.headers,

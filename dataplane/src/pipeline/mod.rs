@@ -106,6 +106,8 @@ impl Ctx {
 #[derive(Default)]
 pub struct Trace {
     pub principal: Option<Arc<str>>,
+    /// The identity source that vouched for the principal (`key`, `anonymous`, …).
+    pub identity: Option<&'static str>,
     pub decision: Option<&'static str>,
     /// For DeleteObjects: every key of the document, as a JSON array.
     pub keys: Option<String>,
@@ -151,6 +153,7 @@ pub async fn handle(cx: Arc<Ctx>, conn: Arc<ConnInfo>, req: Request<Incoming>) -
         Err(e) => return respond::finish(&head, Err(e), &ex, parsed.as_ref().ok()),
     };
     ex.trace.principal = Some(who.principal.name.clone());
+    ex.trace.identity = Some(who.source);
     let req = match parsed {
         Ok(req) => req,
         Err(e) => {

@@ -121,8 +121,9 @@ pub struct RequestContext {
     /// The client's address as the data plane saw it.
     #[prost(string, tag = "1")]
     pub client_ip: ::prost::alloc::string::String,
-    /// How the principal authenticated: "sigv4", "presigned", "anonymous", or
-    /// the Authenticate source ("oidc:corp", "mtls").
+    /// The identity source: "key" (an s3gate-issued access key, SigV4 header or
+    /// presigned, or SigV2), "sts" (temporary keys from AssumeRoleWithWebIdentity),
+    /// "jwt" (a bearer token), "mtls" (a client certificate) or "anonymous".
     #[prost(string, tag = "2")]
     pub identity_source: ::prost::alloc::string::String,
     #[prost(map = "string, string", tag = "3")]
@@ -1325,6 +1326,11 @@ pub struct ExplainRequest {
     pub kind: i32,
     #[prost(string, tag = "6")]
     pub key: ::prost::alloc::string::String,
+    /// The identity source the request is taken to come from ("key", "sts",
+    /// "jwt", "mtls", "anonymous"), as policy sources see it. Empty: "key" with
+    /// an access key, "anonymous" without a principal, else "key".
+    #[prost(string, tag = "7")]
+    pub identity_source: ::prost::alloc::string::String,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -1340,6 +1346,9 @@ pub struct ExplainResponse {
     pub scope: i32,
     #[prost(message, optional, tag = "5")]
     pub principal: ::core::option::Option<Principal>,
+    /// The identity source the decision was asked for.
+    #[prost(string, tag = "6")]
+    pub identity_source: ::prost::alloc::string::String,
 }
 #[allow(clippy::all)]
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]

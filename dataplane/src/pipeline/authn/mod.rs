@@ -28,8 +28,10 @@ use crate::listen::ConnInfo;
 /// Proof that a request was authenticated (or is anonymous).
 pub struct Authenticated {
     pub principal: Principal,
-    /// How: `sigv4`, `presigned`, `anonymous` (the identity source named in
-    /// a decision's request context).
+    /// The identity source: `key` (an s3gate-issued access key, header-signed
+    /// or presigned), `anonymous`; `sts`, `jwt` and `mtls` come with the
+    /// identity issue. Named in the access log and in a decision's request
+    /// context.
     pub source: &'static str,
     /// How the body is bound to the signature.
     pub payload: PayloadMode,

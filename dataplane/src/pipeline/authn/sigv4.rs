@@ -5,7 +5,7 @@ use http::request::Parts;
 use moka::future::Cache;
 use s3gate_proto::{SigningKeyGrant, SigningKeyRequest};
 use s3gate_s3::chunked::ChunkSigning;
-use s3gate_s3::sigv4::{self, AuthKind, AuthRequest, PayloadMode};
+use s3gate_s3::sigv4::{self, AuthRequest, PayloadMode};
 use s3gate_s3::{S3Error, S3ErrorCode};
 
 use super::Authenticated;
@@ -106,10 +106,8 @@ pub(super) async fn verify(
     });
     Ok(Authenticated {
         principal: grant.principal.clone(),
-        source: match auth.kind {
-            AuthKind::Header => "sigv4",
-            AuthKind::Presigned { .. } => "presigned",
-        },
+        // Header-signed and presigned alike: the identity is the key's.
+        source: "key",
         payload: auth.payload,
         chunk_signing,
     })
