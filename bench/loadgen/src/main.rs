@@ -78,8 +78,8 @@ struct Common {
     /// Secret key (or use --creds).
     #[arg(long)]
     secret_key: Option<String>,
-    /// File of credentials, one `ACCESS_KEY SECRET` per line; requests
-    /// rotate over them.
+    /// File of credentials, one `ACCESS_KEY SECRET [SESSION_TOKEN]` per
+    /// line (the token of temporary STS keys); requests rotate over them.
     #[arg(long)]
     creds: Option<PathBuf>,
     /// Processes whose CPU time is sampled over the timed window, as NAME=PID.
@@ -125,6 +125,11 @@ struct LoadArgs {
     /// PUT body size in bytes (signed with its hex sha256).
     #[arg(long, default_value_t = 65536)]
     put_size: usize,
+    /// Instead of GETs: every request is `POST /` with this file's content
+    /// as an `application/x-www-form-urlencoded` body (an STS
+    /// AssumeRoleWithWebIdentity call; unsigned, the token is inside).
+    #[arg(long)]
+    form: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -215,7 +220,9 @@ impl Common {
                 let (Some(a), Some(s)) = (it.next(), it.next()) else {
                     return Err(format!("{}: bad line {line:?}", path.display()));
                 };
-                out.push(Signer::new(a, s, &self.region, amz_date));
+                let mut signer = Signer::new(a, s, &self.region, amz_date);
+                signer.session_token = it.next().map(str::to_owned);
+                out.push(signer);
             }
         }
         if out.is_empty() {
@@ -385,6 +392,9 @@ fn build_request(
         "{method} {path} HTTP/1.1\r\nHost: {host}\r\nx-amz-date: {}\r\nx-amz-content-sha256: {payload_hash}\r\nAuthorization: {}\r\n",
         signed.amz_date, signed.authorization
     );
+    if let Some(token) = &signer.session_token {
+        let _ = write!(Bytes(&mut out), "x-amz-security-token: {token}\r\n");
+    }
     if let Some((b, _)) = body {
         let _ = write!(Bytes(&mut out), "Content-Length: {}\r\n", b.len());
     }
@@ -392,6 +402,18 @@ fn build_request(
     if let Some((b, _)) = body {
         out.extend_from_slice(b);
     }
+    out
+}
+
+/// An unsigned form POST to `/` (STS).
+fn form_request(host: &str, form: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(256 + form.len());
+    let _ = write!(
+        Bytes(&mut out),
+        "POST / HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/x-www-form-urlencoded; charset=utf-8\r\nContent-Length: {}\r\n\r\n",
+        form.len()
+    );
+    out.extend_from_slice(form);
     out
 }
 
@@ -455,8 +477,14 @@ async fn load(a: LoadArgs) -> Result<String> {
     if !(0.0..=1.0).contains(&a.put_fraction) {
         return Err("put-fraction must be within 0..1".to_owned());
     }
+    if a.form.is_some() && (a.unique || a.put_fraction > 0.0) {
+        return Err("--form sends one request shape: no --unique, no --put-fraction".to_owned());
+    }
     let amz_date = sigv4::amz_date_now();
-    let signers = a.common.signers(&amz_date)?;
+    let signers = match a.form {
+        Some(_) => Vec::new(),
+        None => a.common.signers(&amz_date)?,
+    };
     let host = a.common.host();
     let watched = a.common.watched()?;
 
@@ -472,7 +500,17 @@ async fn load(a: LoadArgs) -> Result<String> {
     };
     let t_sign = Instant::now();
     let mut pool = Vec::with_capacity(pool_len);
+    if let Some(path) = &a.form {
+        let form = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        pool.push(Req {
+            bytes: form_request(&host, &form),
+            is_put: false,
+        });
+    }
     for j in 0..pool_len {
+        if a.form.is_some() {
+            break;
+        }
         let signer = &signers[j % signers.len()];
         let f = a.put_fraction;
         let is_put = ((j + 1) as f64 * f).floor() > (j as f64 * f).floor();

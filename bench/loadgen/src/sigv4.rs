@@ -19,6 +19,9 @@ pub struct Signer {
     pub access_key: String,
     pub region: String,
     pub date: String,
+    /// The session token of temporary (STS) keys: sent and signed as
+    /// `x-amz-security-token`.
+    pub session_token: Option<String>,
     key: [u8; 32],
 }
 
@@ -41,6 +44,7 @@ impl Signer {
             access_key: access_key.to_owned(),
             region: region.to_owned(),
             date,
+            session_token: None,
             key,
         }
     }
@@ -61,6 +65,9 @@ impl Signer {
         payload_hash: &str,
     ) -> Signed {
         let mut all: Vec<(&str, &str)> = headers.to_vec();
+        if let Some(token) = &self.session_token {
+            all.push(("x-amz-security-token", token));
+        }
         all.push(("x-amz-date", amz_date));
         all.push(("x-amz-content-sha256", payload_hash));
         all.sort_by(|a, b| a.0.cmp(b.0));
