@@ -260,11 +260,19 @@ Example:
 
 #[derive(Debug, Subcommand)]
 enum BucketsCommand {
-    /// Create or replace a bucket: the name clients use, and the backend
-    /// (and bucket there) it maps to.
+    /// Create or replace a bucket: the name clients use, the backend (and
+    /// bucket there) it maps to, and its CORS rules. A put replaces the
+    /// whole bucket: without --cors-file, the bucket has no CORS rules.
     #[command(after_help = "\
-Example:
-  s3gate admin buckets put --name data --backend aws --backend-bucket data-prod")]
+Examples:
+  s3gate admin buckets put --name data --backend aws --backend-bucket data-prod
+  s3gate admin buckets put --name web --backend aws --cors-file cors.json
+
+cors.json holds the rules in order, with the names of [[buckets.cors]]:
+  [{\"allowed_origins\": [\"https://app.example.com\"], \"allowed_methods\": [\"GET\", \"PUT\"],
+    \"allowed_headers\": [\"*\"], \"expose_headers\": [\"ETag\"], \"max_age\": 600}]
+or the document `aws s3api put-bucket-cors --cors-configuration` takes:
+  {\"CORSRules\": [{\"AllowedOrigins\": [\"https://app.example.com\"], \"AllowedMethods\": [\"GET\"]}]}")]
     Put {
         /// The bucket name clients use.
         #[arg(long)]
@@ -275,6 +283,10 @@ Example:
         /// Its name on the backend, when that differs (default: --name).
         #[arg(long)]
         backend_bucket: Option<String>,
+        /// A JSON file of CORS rules (see below); s3gate answers browsers'
+        /// preflights for the bucket from them.
+        #[arg(long, value_name = "FILE")]
+        cors_file: Option<std::path::PathBuf>,
     },
     /// List buckets and where each lives.
     #[command(after_help = "\
@@ -688,11 +700,23 @@ async fn execute(mut client: Client, args: AdminArgs) -> anyhow::Result<()> {
                 name,
                 backend,
                 backend_bucket,
+                cors_file,
             } => {
+                let cors = match cors_file {
+                    Some(path) => {
+                        let text = std::fs::read_to_string(&path)
+                            .with_context(|| format!("cannot read {}", path.display()))?;
+                        cors_rules_from_json(&text).with_context(|| {
+                            format!("{}: not a list of CORS rules", path.display())
+                        })?
+                    }
+                    None => Vec::new(),
+                };
                 let bucket = pb::BucketInfo {
                     name,
                     backend,
                     backend_bucket: backend_bucket.unwrap_or_default(),
+                    cors,
                 };
                 let r = client
                     .put_bucket(pb::PutBucketRequest {
@@ -709,14 +733,22 @@ async fn execute(mut client: Client, args: AdminArgs) -> anyhow::Result<()> {
                     .into_inner()
                     .buckets;
                 out.table(
-                    &["NAME", "BACKEND", "BACKEND BUCKET"],
+                    &["NAME", "BACKEND", "BACKEND BUCKET", "CORS"],
                     buckets
                         .iter()
-                        .map(|b| vec![b.name.clone(), b.backend.clone(), b.backend_bucket.clone()])
+                        .map(|b| {
+                            vec![
+                                b.name.clone(),
+                                b.backend.clone(),
+                                b.backend_bucket.clone(),
+                                cors_summary(&b.cors),
+                            ]
+                        })
                         .collect(),
                     json!(buckets
                         .iter()
-                        .map(|b| json!({"name": b.name, "backend": b.backend, "backend_bucket": b.backend_bucket}))
+                        .map(|b| json!({"name": b.name, "backend": b.backend, "backend_bucket": b.backend_bucket,
+                                         "cors": b.cors.iter().map(cors_rule_json).collect::<Vec<_>>()}))
                         .collect::<Vec<_>>()),
                 );
             }
@@ -879,6 +911,112 @@ impl Output {
     }
 }
 
+/// CORS rules from a `--cors-file`: a JSON array of rules named as in
+/// `[[buckets.cors]]`, or S3's `{"CORSRules": [...]}` document (as `aws
+/// s3api put-bucket-cors` takes it; a rule's `ID` is accepted and dropped).
+/// The control plane checks the rules themselves.
+fn cors_rules_from_json(text: &str) -> anyhow::Result<Vec<pb::CorsRule>> {
+    let doc: Value = serde_json::from_str(text).context("invalid JSON")?;
+    let (rules, s3_names) = match &doc {
+        Value::Array(rules) => (rules, false),
+        Value::Object(o) => match o.get("CORSRules") {
+            Some(Value::Array(rules)) if o.len() == 1 => (rules, true),
+            _ => bail!("expected an array of rules or {{\"CORSRules\": [...]}}"),
+        },
+        _ => bail!("expected an array of rules or {{\"CORSRules\": [...]}}"),
+    };
+    let names: [&str; 5] = if s3_names {
+        [
+            "AllowedOrigins",
+            "AllowedMethods",
+            "AllowedHeaders",
+            "ExposeHeaders",
+            "MaxAgeSeconds",
+        ]
+    } else {
+        [
+            "allowed_origins",
+            "allowed_methods",
+            "allowed_headers",
+            "expose_headers",
+            "max_age",
+        ]
+    };
+    let [origins, methods, headers, expose, max_age] = names;
+    rules
+        .iter()
+        .enumerate()
+        .map(|(i, rule)| {
+            let at = |m: String| anyhow!("rule {i}: {m}");
+            let Value::Object(fields) = rule else {
+                return Err(at("not an object".into()));
+            };
+            if let Some(unknown) = fields
+                .keys()
+                .find(|k| !(names.contains(&k.as_str()) || (s3_names && k.as_str() == "ID")))
+            {
+                return Err(at(format!(
+                    "unknown field {unknown:?} (expected {})",
+                    names.join(", ")
+                )));
+            }
+            let list = |name: &str| -> anyhow::Result<Vec<String>> {
+                match fields.get(name) {
+                    None => Ok(Vec::new()),
+                    Some(Value::Array(items)) => items
+                        .iter()
+                        .map(|v| {
+                            v.as_str()
+                                .map(str::to_owned)
+                                .ok_or_else(|| at(format!("{name}: expected strings")))
+                        })
+                        .collect(),
+                    Some(_) => Err(at(format!("{name}: expected an array of strings"))),
+                }
+            };
+            let max_age = match fields.get(max_age) {
+                None | Some(Value::Null) => None,
+                Some(v) => Some(
+                    v.as_u64()
+                        .ok_or_else(|| at(format!("{max_age}: expected a number of seconds")))?,
+                ),
+            };
+            Ok(pb::CorsRule {
+                allowed_origins: list(origins)?,
+                allowed_methods: list(methods)?,
+                allowed_headers: list(headers)?,
+                expose_headers: list(expose)?,
+                max_age,
+            })
+        })
+        .collect()
+}
+
+/// One line for a bucket's CORS rules in `buckets list`: each rule's
+/// origins and methods; `-` when CORS is not enabled.
+fn cors_summary(rules: &[pb::CorsRule]) -> String {
+    if rules.is_empty() {
+        return "-".to_owned();
+    }
+    rules
+        .iter()
+        .map(|r| {
+            format!(
+                "{} {}",
+                r.allowed_origins.join(","),
+                r.allowed_methods.join(",")
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+fn cors_rule_json(r: &pb::CorsRule) -> Value {
+    json!({"allowed_origins": r.allowed_origins, "allowed_methods": r.allowed_methods,
+           "allowed_headers": r.allowed_headers, "expose_headers": r.expose_headers,
+           "max_age": r.max_age})
+}
+
 /// The kind of a listed backend's credential (its secrets are never listed).
 fn credential_kind(b: &pb::BackendInfo) -> serde_json::Value {
     match b.credentials.as_ref().and_then(|c| c.kind.as_ref()) {
@@ -895,6 +1033,40 @@ mod tests {
     use super::*;
 
     const URL: &str = "http://127.0.0.1:9090";
+
+    #[test]
+    fn cors_files_take_either_naming() {
+        let ours = cors_rules_from_json(
+            r#"[{"allowed_origins": ["https://app.example.com"], "allowed_methods": ["GET", "PUT"],
+                 "allowed_headers": ["*"], "expose_headers": ["ETag"], "max_age": 600},
+                {"allowed_origins": ["*"], "allowed_methods": ["GET"]}]"#,
+        )
+        .unwrap();
+        let s3 = cors_rules_from_json(
+            r#"{"CORSRules": [{"ID": "app", "AllowedOrigins": ["https://app.example.com"],
+                 "AllowedMethods": ["GET", "PUT"], "AllowedHeaders": ["*"], "ExposeHeaders": ["ETag"],
+                 "MaxAgeSeconds": 600}, {"AllowedOrigins": ["*"], "AllowedMethods": ["GET"]}]}"#,
+        )
+        .unwrap();
+        assert_eq!(ours, s3);
+        assert_eq!(ours[0].max_age, Some(600));
+        assert_eq!(ours[1].max_age, None);
+        assert!(ours[1].allowed_headers.is_empty());
+        assert_eq!(
+            cors_summary(&ours),
+            "https://app.example.com GET,PUT; * GET"
+        );
+        assert_eq!(cors_summary(&[]), "-");
+        let err = |text: &str| format!("{:#}", cors_rules_from_json(text).unwrap_err());
+        assert!(err(r#"[{"allowed_origin": ["*"]}]"#)
+            .contains("rule 0: unknown field \"allowed_origin\""));
+        assert!(err(r#"[{"allowed_origins": "*"}]"#).contains("expected an array of strings"));
+        assert!(
+            err(r#"[{"allowed_origins": ["*"], "max_age": "10"}]"#).contains("number of seconds")
+        );
+        assert!(err(r#"{"rules": []}"#).contains("CORSRules"));
+        assert!(err("nope").contains("invalid JSON"));
+    }
 
     #[test]
     fn created_times_are_readable() {

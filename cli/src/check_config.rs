@@ -145,6 +145,17 @@ fn render(name: &str, cfg: &FileConfig, raw: &FileConfig) -> String {
             "backend_bucket = {}",
             q(b.backend_bucket.as_deref().unwrap_or(&b.name))
         ));
+        for r in &b.cors {
+            line(String::new());
+            line("[[buckets.cors]]".into());
+            line(format!("allowed_origins = {}", list(&r.allowed_origins)));
+            line(format!("allowed_methods = {}", list(&r.allowed_methods)));
+            line(format!("allowed_headers = {}", list(&r.allowed_headers)));
+            line(format!("expose_headers = {}", list(&r.expose_headers)));
+            if let Some(max_age) = r.max_age {
+                line(format!("max_age = {max_age}"));
+            }
+        }
     }
     for (i, k) in cfg.keys.iter().enumerate() {
         let secret = raw
@@ -278,6 +289,10 @@ credentials = { kind = "static_hmac", access_key = "OTHERKEY", secret_key = "env
 [[buckets]]
 name = "data"
 backend = "local"
+[[buckets.cors]]
+allowed_origins = ["https://app.example.com"]
+allowed_methods = ["GET", "PUT"]
+max_age = 600
 [[keys]]
 access_key = "S3GATEALICE01"
 secret_key = "ALICE-INLINE-SECRET"
@@ -338,6 +353,13 @@ name = "data"
 backend = "local"
 backend_bucket = "data"
 
+[[buckets.cors]]
+allowed_origins = ["https://app.example.com"]
+allowed_methods = ["GET", "PUT"]
+allowed_headers = []
+expose_headers = []
+max_age = 600
+
 [[keys]]
 access_key = "S3GATEALICE01"
 secret_key = "<redacted>"
@@ -358,9 +380,10 @@ resources = ["data", "data/*", "typo/*"]
         let back = FileConfig::parse_unresolved(&shown).unwrap();
         assert_eq!(back.rules[0].resources, cfg.rules[0].resources);
         assert_eq!(back.limits.buffer_budget, Some(64 << 20));
+        assert_eq!(back.buckets[0].cors[0].max_age, Some(600));
         assert_eq!(
             cfg.warnings,
-            ["s3gate.toml:24:32: rules[0] (r001): resource \"typo/*\" names no configured bucket (buckets: data)"]
+            ["s3gate.toml:28:32: rules[0] (r001): resource \"typo/*\" names no configured bucket (buckets: data)"]
         );
     }
 

@@ -18,7 +18,9 @@ use tonic::{Request, Response, Status};
 use crate::config::{AddressingStyleConfig, Effect, Secret};
 use crate::credential::CredentialSpec;
 use crate::replica::Replica;
-use crate::state::{BackendRecord, BucketRecord, Change, ChangeError, KeyRecord, RuleRecord};
+use crate::state::{
+    BackendRecord, BucketRecord, Change, ChangeError, CorsRule, KeyRecord, RuleRecord,
+};
 use crate::store::StoreError;
 
 pub struct AdminService {
@@ -390,6 +392,7 @@ impl Admin for AdminService {
             },
             name: b.name,
             backend: b.backend,
+            cors: b.cors.into_iter().map(CorsRule::from).collect(),
         };
         let version = self.apply(Change::PutBucket(record)).await?;
         Ok(Response::new(pb::ChangeResponse { version }))
@@ -408,6 +411,7 @@ impl Admin for AdminService {
                 name: b.name.clone(),
                 backend: b.backend.clone(),
                 backend_bucket: b.backend_bucket.clone(),
+                cors: b.cors.iter().map(pb::CorsRule::from).collect(),
             })
             .collect();
         Ok(Response::new(pb::ListBucketsResponse { buckets }))

@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use crate::credential::CredentialSpec;
 use crate::state::{
     valid_access_key, valid_bucket_name, valid_endpoint, valid_principal, valid_resource,
+    validate_cors,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -275,6 +276,36 @@ pub struct BucketConfig {
     pub backend: String,
     #[serde(default)]
     pub backend_bucket: Option<String>,
+    /// `[[buckets.cors]]`: the bucket's CORS rules, in order.
+    #[serde(default)]
+    pub cors: Vec<CorsRuleConfig>,
+}
+
+/// One `[[buckets.cors]]` rule; the names mirror S3's `CORSRule`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CorsRuleConfig {
+    pub allowed_origins: Vec<String>,
+    pub allowed_methods: Vec<String>,
+    #[serde(default)]
+    pub allowed_headers: Vec<String>,
+    #[serde(default)]
+    pub expose_headers: Vec<String>,
+    /// Seconds.
+    #[serde(default)]
+    pub max_age: Option<u64>,
+}
+
+impl CorsRuleConfig {
+    pub fn to_rule(&self) -> crate::state::CorsRule {
+        crate::state::CorsRule {
+            allowed_origins: self.allowed_origins.clone(),
+            allowed_methods: self.allowed_methods.clone(),
+            allowed_headers: self.allowed_headers.clone(),
+            expose_headers: self.expose_headers.clone(),
+            max_age: self.max_age,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -458,6 +489,8 @@ impl FileConfig {
             {
                 return Err(at("backend_bucket", format!("invalid bucket name {bb:?}")));
             }
+            let cors: Vec<_> = b.cors.iter().map(CorsRuleConfig::to_rule).collect();
+            validate_cors(&cors).map_err(|m| at("cors", m))?;
         }
         let mut keys = HashSet::new();
         for (i, k) in self.keys.iter_mut().enumerate() {
@@ -1001,6 +1034,40 @@ resources = ["data", "data/reports/*"]
             "invalid config s3gate.toml:13:11: buckets[0] (\"data\"): backend \"nope\" is not \
              configured (backends: local)\n"
         ));
+    }
+
+    #[test]
+    fn cors_rules_are_read_and_checked_with_their_place() {
+        let cors = "[[buckets.cors]]\nallowed_origins = [\"https://app.example.com\", \"https://*.example.org\"]\n\
+                    allowed_methods = [\"GET\", \"PUT\"]\nallowed_headers = [\"*\"]\n\
+                    expose_headers = [\"ETag\"]\nmax_age = 600\n\
+                    [[buckets.cors]]\nallowed_origins = [\"*\"]\nallowed_methods = [\"GET\"]\n";
+        let text = SAMPLE.replace("[[keys]]", &format!("{cors}[[keys]]"));
+        let cfg =
+            FileConfig::parse_with(&text, Some("s3gate.toml"), LoadOptions::default()).unwrap();
+        let state = crate::state::State::from_config(&cfg);
+        let rules = &state.buckets["data"].cors;
+        assert_eq!(rules.len(), 2);
+        assert_eq!(rules[0].allowed_origins[1], "https://*.example.org");
+        assert_eq!(rules[0].max_age, Some(600));
+        assert!(rules[1].allowed_headers.is_empty() && rules[1].max_age.is_none());
+
+        let bad = |from: &str, to: &str| error(&text.replacen(from, to, 1));
+        let e = bad("\"GET\", \"PUT\"", "\"GET\", \"PATCH\"");
+        assert!(e.starts_with("invalid config s3gate.toml:"), "{e}");
+        assert!(e.contains("buckets[0] (\"data\"): cors[0]: unknown method \"PATCH\" in allowed_methods (one of GET, PUT, HEAD, POST, DELETE)"), "{e}");
+        let e = bad("https://*.example.org", "https://*.*.example.org");
+        assert!(e.contains("buckets[0] (\"data\"): cors[0]: allowed origin \"https://*.*.example.org\" can have at most one * wildcard"), "{e}");
+        let e = bad("allowed_origins = [\"*\"]", "allowed_origins = []");
+        assert!(
+            e.contains("buckets[0] (\"data\"): cors[1]: allowed_origins must not be empty"),
+            "{e}"
+        );
+        let e = bad("max_age = 600", "max_age = 600\nmax_age_seconds = 1");
+        assert!(e.contains("buckets[0] (\"data\")"), "{e}");
+        assert!(e.contains("unknown field `max_age_seconds`"), "{e}");
+        let e = bad("allowed_methods = [\"GET\"]\n", "");
+        assert!(e.contains("missing field `allowed_methods`"), "{e}");
     }
 
     #[test]

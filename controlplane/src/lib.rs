@@ -51,6 +51,7 @@ struct Placement {
     backend_bucket: String,
     backend: Arc<Backend>,
     ttl: std::time::Duration,
+    cors: Arc<[s3gate_proto::CorsRule]>,
 }
 
 impl Snapshot {
@@ -85,6 +86,7 @@ impl Snapshot {
                     backend_bucket: b.backend_bucket.clone(),
                     backend: backend.clone(),
                     ttl: cache.route_ttl,
+                    cors: b.cors.iter().cloned().collect(),
                 };
                 Some((b.name.clone(), placement))
             })
@@ -186,6 +188,7 @@ impl ControlPlane for Snapshot {
                     backend: placement.backend.clone(),
                     credentials,
                     ttl: placement.ttl,
+                    cors: placement.cors.clone(),
                 });
             }
         }

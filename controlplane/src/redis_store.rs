@@ -42,7 +42,9 @@ use tokio_stream::StreamExt as _;
 use crate::config::{AddressingStyleConfig, Effect, Secret};
 use crate::credential::CredentialSpec;
 use crate::crypto::MasterKey;
-use crate::state::{BackendRecord, BucketRecord, Change, KeyRecord, RuleRecord, State, Touched};
+use crate::state::{
+    BackendRecord, BucketRecord, Change, CorsRule, KeyRecord, RuleRecord, State, Touched,
+};
 use crate::store::{Notification, Store, StoreError};
 
 /// The key prefix when none is configured.
@@ -155,6 +157,21 @@ struct StoredBucket {
     name: String,
     backend: String,
     backend_bucket: String,
+    /// Added later: records written before it load without CORS.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    cors: Vec<StoredCorsRule>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredCorsRule {
+    allowed_origins: Vec<String>,
+    allowed_methods: Vec<String>,
+    #[serde(default)]
+    allowed_headers: Vec<String>,
+    #[serde(default)]
+    expose_headers: Vec<String>,
+    #[serde(default)]
+    max_age: Option<u64>,
 }
 
 /// The raw hashes and the version of one snapshot.
@@ -656,6 +673,17 @@ impl RawState {
                 name: s.name,
                 backend: s.backend,
                 backend_bucket: s.backend_bucket,
+                cors: s
+                    .cors
+                    .into_iter()
+                    .map(|r| CorsRule {
+                        allowed_origins: r.allowed_origins,
+                        allowed_methods: r.allowed_methods,
+                        allowed_headers: r.allowed_headers,
+                        expose_headers: r.expose_headers,
+                        max_age: r.max_age,
+                    })
+                    .collect(),
             };
             state.buckets.insert(field, record);
         }
@@ -905,6 +933,17 @@ fn encode_bucket(b: &BucketRecord) -> Result<String, StoreError> {
         name: b.name.clone(),
         backend: b.backend.clone(),
         backend_bucket: b.backend_bucket.clone(),
+        cors: b
+            .cors
+            .iter()
+            .map(|r| StoredCorsRule {
+                allowed_origins: r.allowed_origins.clone(),
+                allowed_methods: r.allowed_methods.clone(),
+                allowed_headers: r.allowed_headers.clone(),
+                expose_headers: r.expose_headers.clone(),
+                max_age: r.max_age,
+            })
+            .collect(),
     })
 }
 
@@ -1000,6 +1039,48 @@ mod tests {
         let mut r = raw();
         r.backends.insert("b1".into(), swapped.to_string());
         assert!(matches!(r.decode(&m), Err(StoreError::Corrupt(_))));
+    }
+
+    #[test]
+    fn buckets_keep_their_cors_rules_and_old_records_still_load() {
+        let m = master();
+        let bucket = BucketRecord {
+            name: "web".into(),
+            backend: "b1".into(),
+            backend_bucket: "web".into(),
+            cors: vec![
+                CorsRule {
+                    allowed_origins: vec!["https://app.example.com".into()],
+                    allowed_methods: vec!["GET".into(), "PUT".into()],
+                    allowed_headers: vec!["*".into()],
+                    expose_headers: vec!["ETag".into()],
+                    max_age: Some(600),
+                },
+                CorsRule {
+                    allowed_origins: vec!["*".into()],
+                    allowed_methods: vec!["GET".into()],
+                    ..CorsRule::default()
+                },
+            ],
+        };
+        let mut r = raw();
+        r.buckets
+            .insert("web".into(), encode_bucket(&bucket).unwrap());
+        assert_eq!(r.decode(&m).unwrap().buckets["web"], bucket);
+        // Written before buckets had CORS rules: loads without any.
+        let mut r = raw();
+        r.buckets.insert(
+            "web".into(),
+            r#"{"name":"web","backend":"b1","backend_bucket":"web"}"#.into(),
+        );
+        let old = r.decode(&m).unwrap();
+        assert!(old.buckets["web"].cors.is_empty());
+        // And a bucket without rules is stored as before.
+        let plain = BucketRecord {
+            cors: Vec::new(),
+            ..bucket
+        };
+        assert!(!encode_bucket(&plain).unwrap().contains("cors"));
     }
 
     #[test]

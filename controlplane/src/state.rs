@@ -13,6 +13,8 @@ use serde::{Deserialize, Serialize};
 use crate::config::{AddressingStyleConfig, Effect, FileConfig, Secret};
 use crate::credential::CredentialSpec;
 
+pub use s3gate_proto::CorsRule;
+
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct State {
     pub version: u64,
@@ -58,6 +60,9 @@ pub struct BucketRecord {
     pub name: String,
     pub backend: String,
     pub backend_bucket: String,
+    /// CORS rules in order (the first that matches answers); empty: CORS is
+    /// not enabled for the bucket.
+    pub cors: Vec<CorsRule>,
 }
 
 /// One atomic edit of the state.
@@ -160,6 +165,8 @@ impl State {
                         b.name, b.backend
                     )));
                 }
+                validate_cors(&b.cors)
+                    .map_err(|m| ChangeError::Invalid(format!("bucket {:?}: {m}", b.name)))?;
                 self.buckets.insert(b.name.clone(), b.clone());
             }
             Change::DeleteBucket(name) => {
@@ -236,6 +243,7 @@ impl State {
                         name: b.name.clone(),
                         backend: b.backend.clone(),
                         backend_bucket: b.backend_bucket.clone().unwrap_or_else(|| b.name.clone()),
+                        cors: b.cors.iter().map(|r| r.to_rule()).collect(),
                     },
                 )
             })
@@ -279,6 +287,84 @@ pub(crate) fn valid_endpoint(endpoint: &str) -> bool {
 /// `bucket` or `bucket/key-glob`.
 pub(crate) fn valid_resource(res: &str) -> bool {
     !res.is_empty() && !res.starts_with('/')
+}
+
+/// The methods a CORS rule may allow: S3's list.
+pub(crate) const CORS_METHODS: &[&str] = &["GET", "PUT", "HEAD", "POST", "DELETE"];
+
+/// At most S3's number of CORS rules per bucket.
+pub(crate) const MAX_CORS_RULES: usize = 100;
+
+/// A bucket's CORS rules, as S3 checks a `CORSConfiguration`: every rule
+/// names at least one origin and one method; methods are S3's; an origin or
+/// an allowed header holds at most one `*`; exposed headers are plain
+/// header names. The message starts with the failing rule (`cors[1]: …`).
+pub(crate) fn validate_cors(rules: &[CorsRule]) -> Result<(), String> {
+    if rules.len() > MAX_CORS_RULES {
+        return Err(format!(
+            "cors: {} rules, at most {MAX_CORS_RULES} are allowed",
+            rules.len()
+        ));
+    }
+    for (i, r) in rules.iter().enumerate() {
+        validate_cors_rule(r).map_err(|m| format!("cors[{i}]: {m}"))?;
+    }
+    Ok(())
+}
+
+fn validate_cors_rule(r: &CorsRule) -> Result<(), String> {
+    if r.allowed_origins.is_empty() {
+        return Err("allowed_origins must not be empty (\"*\" allows every origin)".into());
+    }
+    for o in &r.allowed_origins {
+        if o.is_empty() || !o.bytes().all(|c| c.is_ascii_graphic()) {
+            return Err(format!(
+                "allowed origin {o:?} must be printable ASCII without spaces"
+            ));
+        }
+        if o.matches('*').count() > 1 {
+            return Err(format!(
+                "allowed origin {o:?} can have at most one * wildcard"
+            ));
+        }
+    }
+    if r.allowed_methods.is_empty() {
+        return Err("allowed_methods must not be empty".into());
+    }
+    for m in &r.allowed_methods {
+        if !CORS_METHODS.contains(&m.as_str()) {
+            return Err(format!(
+                "unknown method {m:?} in allowed_methods (one of {})",
+                CORS_METHODS.join(", ")
+            ));
+        }
+    }
+    for h in &r.allowed_headers {
+        if h.is_empty() || !h.bytes().all(|c| c == b'*' || is_token_char(c)) {
+            return Err(format!("allowed header {h:?} is not a header name"));
+        }
+        if h.matches('*').count() > 1 {
+            return Err(format!(
+                "allowed header {h:?} can have at most one * wildcard"
+            ));
+        }
+    }
+    for h in &r.expose_headers {
+        if h.contains('*') {
+            return Err(format!(
+                "expose header {h:?}: wildcards are not supported in expose_headers"
+            ));
+        }
+        if h.is_empty() || !h.bytes().all(is_token_char) {
+            return Err(format!("expose header {h:?} is not a header name"));
+        }
+    }
+    Ok(())
+}
+
+/// A character of an HTTP header name (RFC 9110 `tchar`).
+fn is_token_char(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || b"!#$%&'+-.^_`|~".contains(&c)
 }
 
 fn validate_key_record(k: &KeyRecord) -> Result<(), ChangeError> {
@@ -368,6 +454,7 @@ mod tests {
             name: "data".into(),
             backend: "b1".into(),
             backend_bucket: "data".into(),
+            cors: Vec::new(),
         };
         assert!(
             s.apply(&Change::PutBucket(bucket.clone())).is_err(),
@@ -417,6 +504,59 @@ mod tests {
                     .into()
             ))
         );
+    }
+
+    #[test]
+    fn cors_rules_are_checked_as_s3_checks_them() {
+        let rule = |origins: &[&str], methods: &[&str]| CorsRule {
+            allowed_origins: origins.iter().map(|o| o.to_string()).collect(),
+            allowed_methods: methods.iter().map(|m| m.to_string()).collect(),
+            ..CorsRule::default()
+        };
+        let ok = rule(
+            &["https://app.example.com", "https://*.example.org", "*"],
+            &["GET", "PUT", "HEAD", "POST", "DELETE"],
+        );
+        assert_eq!(validate_cors(std::slice::from_ref(&ok)), Ok(()));
+        let check = |r: CorsRule| validate_cors(&[ok.clone(), r]).unwrap_err();
+        assert_eq!(
+            check(rule(&["*"], &["PATCH"])),
+            "cors[1]: unknown method \"PATCH\" in allowed_methods (one of GET, PUT, HEAD, POST, DELETE)"
+        );
+        assert_eq!(
+            check(rule(&["*"], &["get"])).split(':').next(),
+            Some("cors[1]")
+        );
+        assert!(check(rule(&[], &["GET"])).contains("allowed_origins must not be empty"));
+        assert!(check(rule(&["*"], &[])).contains("allowed_methods must not be empty"));
+        assert!(
+            check(rule(&["https://*.*.example.org"], &["GET"])).contains("at most one * wildcard")
+        );
+        assert!(check(rule(&["https://a b"], &["GET"])).contains("without spaces"));
+        let mut h = rule(&["*"], &["GET"]);
+        h.allowed_headers = vec!["x-amz-*-*".into()];
+        assert!(check(h).contains("at most one * wildcard"));
+        let mut e = rule(&["*"], &["GET"]);
+        e.expose_headers = vec!["*".into()];
+        assert!(check(e).contains("wildcards are not supported"));
+        let mut e = rule(&["*"], &["GET"]);
+        e.expose_headers = vec!["ETag, x".into()];
+        assert!(check(e).contains("is not a header name"));
+        assert!(validate_cors(&vec![ok; MAX_CORS_RULES + 1]).is_err());
+
+        // The same checks guard the Admin API's changes.
+        let mut s = State::default();
+        s.apply(&Change::PutBackend(backend("b1"))).unwrap();
+        let bucket = BucketRecord {
+            name: "web".into(),
+            backend: "b1".into(),
+            backend_bucket: "web".into(),
+            cors: vec![rule(&["*"], &["PATCH"])],
+        };
+        assert!(matches!(
+            s.apply(&Change::PutBucket(bucket)),
+            Err(ChangeError::Invalid(m)) if m.starts_with("bucket \"web\": cors[0]: unknown method")
+        ));
     }
 
     #[test]

@@ -59,6 +59,7 @@ fn bucket(name: &str, backend: &str) -> BucketRecord {
         name: name.into(),
         backend: backend.into(),
         backend_bucket: format!("{name}-upstream"),
+        cors: Vec::new(),
     }
 }
 

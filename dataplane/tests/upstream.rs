@@ -32,8 +32,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use s3gate_proto::{
     AddressingStyle, AuthorizeRequest, Backend, BackendAuth, BackendCredentials, ControlPlane,
-    ControlPlaneError, Decision, Identity, Invalidation, PresentedCredential, Principal, Redacted,
-    Route, Scope, SigningKey, SigningKeyGrant, SigningKeyRequest,
+    ControlPlaneError, CorsRule, Decision, Identity, Invalidation, PresentedCredential, Principal,
+    Redacted, Route, Scope, SigningKey, SigningKeyGrant, SigningKeyRequest,
 };
 use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
@@ -47,6 +47,8 @@ const OTHER_CLIENT: (&str, &str) = ("S3GATECLIENT02", "other-client-secret-98765
 const BACKEND_AK: &str = "BACKENDAK0001";
 const BACKEND_SK: &str = "backend/secret+with=chars";
 const REGION: &str = "us-east-1";
+/// The origin bucket `data`'s one CORS rule allows.
+const APP_ORIGIN: &str = "https://app.example.com";
 
 /// What the upstream saw, after it checked the signature.
 #[derive(Debug)]
@@ -156,6 +158,13 @@ impl ControlPlane for StaticControlPlane {
                 expires_unix: None,
             }),
             ttl: Duration::from_secs(60),
+            cors: Arc::from([CorsRule {
+                allowed_origins: vec![APP_ORIGIN.into()],
+                allowed_methods: vec!["GET".into(), "PUT".into()],
+                allowed_headers: vec!["content-type".into()],
+                expose_headers: vec!["ETag".into()],
+                max_age: Some(60),
+            }]),
         })
     }
 
@@ -419,6 +428,53 @@ async fn warm_requests_make_no_control_plane_calls() {
     for _ in 0..4 {
         assert_eq!(seen.recv().await.unwrap().signature_ok, Ok(()));
     }
+}
+
+/// A CORS preflight is answered from the route alone: no signing key, no
+/// decision, nothing forwarded; a warm one asks nothing at all. A GET
+/// carrying preflight headers is still signed, authorized and forwarded.
+#[tokio::test]
+async fn preflights_ask_only_for_the_route_and_reach_no_backend() {
+    let (upstream, mut seen) = start_upstream().await;
+    let endpoint = format!("http://127.0.0.1:{}", upstream.port());
+    let (gateway, _stop, calls, _) = start_gateway_counting(AddressingStyle::Path, endpoint).await;
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let preflight = |origin: &str, method: &str| {
+        Request::builder()
+            .method(Method::OPTIONS)
+            .uri(format!("http://{gateway}/data/some/key"))
+            .header("origin", origin)
+            .header("access-control-request-method", method)
+            .header("access-control-request-headers", "Content-Type")
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    };
+    for _ in 0..3 {
+        let resp = client.request(preflight(APP_ORIGIN, "PUT")).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        let h = resp.headers();
+        assert_eq!(h["access-control-allow-origin"], APP_ORIGIN);
+        assert_eq!(h["access-control-allow-methods"], "GET, PUT");
+        assert_eq!(h["access-control-allow-headers"], "content-type");
+        assert_eq!(h["access-control-max-age"], "60");
+    }
+    let resp = client
+        .request(preflight("https://evil.test", "PUT"))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+    assert_eq!(
+        calls.get(),
+        (0, 0, 1),
+        "preflights ask for the route once, nothing else"
+    );
+    assert!(seen.try_recv().is_err(), "a preflight reached the backend");
+
+    let (status, _) = send_signed(gateway, Method::GET, "/data/a", b"").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(calls.get(), (1, 1, 1), "the route was already cached");
+    let got = seen.recv().await.unwrap();
+    assert_eq!(got.signature_ok, Ok(()));
 }
 
 /// A key created, rotated or revoked reaches the data plane as

@@ -15,8 +15,8 @@ use tonic::{Code, Status};
 use crate::pb;
 use crate::{
     AddressingStyle, AuthorizeRequest, Backend, BackendAuth, BackendCredentials, ControlPlaneError,
-    Decision, Identity, Invalidation, PresentedCredential, Principal, Redacted, RequestContext,
-    Resource, Route, Scope, SigningKey, SigningKeyGrant,
+    CorsRule, Decision, Identity, Invalidation, PresentedCredential, Principal, Redacted,
+    RequestContext, Resource, Route, Scope, SigningKey, SigningKeyGrant,
 };
 
 /// A message that could not be turned into the contract's types.
@@ -388,6 +388,7 @@ impl From<&Route> for pb::GetRouteResponse {
             }),
             credentials: Some(pb::BackendCredentials::from(&*r.credentials)),
             ttl_ms: ms(r.ttl),
+            cors: r.cors.iter().map(pb::CorsRule::from).collect(),
         }
     }
 }
@@ -423,7 +424,37 @@ impl TryFrom<pb::GetRouteResponse> for Route {
             }),
             credentials: Arc::new(c.try_into()?),
             ttl: Duration::from_millis(r.ttl_ms),
+            cors: r.cors.into_iter().map(CorsRule::from).collect(),
         })
+    }
+}
+
+// === CORS rules ===
+
+impl From<&CorsRule> for pb::CorsRule {
+    fn from(r: &CorsRule) -> Self {
+        pb::CorsRule {
+            allowed_origins: r.allowed_origins.clone(),
+            allowed_methods: r.allowed_methods.clone(),
+            allowed_headers: r.allowed_headers.clone(),
+            expose_headers: r.expose_headers.clone(),
+            max_age: r.max_age,
+        }
+    }
+}
+
+/// Any content decodes: a rule carries no secret and widens nothing by
+/// being empty (a rule without origins or methods matches nothing). The
+/// control plane validated it before it was stored.
+impl From<pb::CorsRule> for CorsRule {
+    fn from(r: pb::CorsRule) -> Self {
+        CorsRule {
+            allowed_origins: r.allowed_origins,
+            allowed_methods: r.allowed_methods,
+            allowed_headers: r.allowed_headers,
+            expose_headers: r.expose_headers,
+            max_age: r.max_age,
+        }
     }
 }
 

@@ -323,6 +323,27 @@ pub struct Route {
     pub backend: Arc<Backend>,
     pub credentials: Arc<BackendCredentials>,
     pub ttl: Duration,
+    /// The bucket's CORS rules, in order; empty: CORS is not enabled.
+    /// Shared, as the bucket's placement is, by every route handed out.
+    pub cors: Arc<[CorsRule]>,
+}
+
+/// One CORS rule of a bucket, as S3's `CORSRule`: which origins may use
+/// which methods, which request headers a preflight may ask for, which
+/// response headers a page may read, and how long a browser may cache a
+/// preflight answer. Checked when it enters the state (the control plane's
+/// `state::validate_cors`); the data plane only matches.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CorsRule {
+    /// Each with at most one `*`; `*` alone allows every origin.
+    pub allowed_origins: Vec<String>,
+    /// Among GET, PUT, HEAD, POST, DELETE.
+    pub allowed_methods: Vec<String>,
+    /// Case-insensitive, at most one `*` each.
+    pub allowed_headers: Vec<String>,
+    pub expose_headers: Vec<String>,
+    /// Seconds.
+    pub max_age: Option<u64>,
 }
 
 // === invalidation ===

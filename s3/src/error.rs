@@ -9,10 +9,15 @@ use crate::xml::escape;
 /// Backend errors are passed through untouched and never go through this type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum S3ErrorCode {
+    /// A CORS preflight the bucket's rules do not allow (or a bucket
+    /// without CORS), as S3 answers it.
+    AccessForbidden,
     AccessDenied,
     AuthorizationHeaderMalformed,
     AuthorizationQueryParametersError,
     BadDigest,
+    /// A CORS preflight without `Origin` or `Access-Control-Request-Method`.
+    BadRequest,
     EntityTooLarge,
     IncompleteBody,
     InternalError,
@@ -45,10 +50,12 @@ pub enum S3ErrorCode {
 impl S3ErrorCode {
     pub fn as_str(self) -> &'static str {
         match self {
+            Self::AccessForbidden => "AccessForbidden",
             Self::AccessDenied => "AccessDenied",
             Self::AuthorizationHeaderMalformed => "AuthorizationHeaderMalformed",
             Self::AuthorizationQueryParametersError => "AuthorizationQueryParametersError",
             Self::BadDigest => "BadDigest",
+            Self::BadRequest => "BadRequest",
             Self::EntityTooLarge => "EntityTooLarge",
             Self::IncompleteBody => "IncompleteBody",
             Self::InternalError => "InternalError",
@@ -79,12 +86,14 @@ impl S3ErrorCode {
     pub fn status(self) -> StatusCode {
         match self {
             Self::AccessDenied
+            | Self::AccessForbidden
             | Self::InvalidAccessKeyId
             | Self::RequestTimeTooSkewed
             | Self::SignatureDoesNotMatch => StatusCode::FORBIDDEN,
             Self::AuthorizationHeaderMalformed
             | Self::AuthorizationQueryParametersError
             | Self::BadDigest
+            | Self::BadRequest
             | Self::EntityTooLarge
             | Self::IncompleteBody
             | Self::InvalidArgument

@@ -61,6 +61,10 @@ pub enum Op {
     /// An object sub-resource operation (`?tagging`, `?acl`, …), named as in
     /// the S3 API reference (`GetObjectTagging`, …).
     ObjectSubresource(&'static str),
+    /// A browser's CORS preflight (`OPTIONS`), on any path of a bucket.
+    /// [`classify`] never returns it: the gateway answers preflights from
+    /// the bucket's CORS rules, unauthenticated, and authorizes nothing.
+    Preflight,
 }
 
 /// A classified request. Borrowed nothing: it outlives the head it came from.
@@ -105,6 +109,7 @@ impl Op {
             Op::DeleteBucket => "DeleteBucket",
             Op::DeleteObjects => "DeleteObjects",
             Op::BucketSubresource(name) | Op::ObjectSubresource(name) => name,
+            Op::Preflight => "PreflightRequest",
             Op::GetObject => "GetObject",
             Op::HeadObject => "HeadObject",
             Op::PutObject => "PutObject",
@@ -145,28 +150,7 @@ pub fn classify(
     host: Option<&str>,
     headers: &HeaderMap,
 ) -> Result<S3Request, S3Error> {
-    let raw_path = uri.path();
-    if !raw_path.starts_with('/') {
-        return Err(S3Error::new(
-            S3ErrorCode::InvalidURI,
-            "path must start with '/'",
-        ));
-    }
-    let (bucket, raw_key, addressing) = match host.and_then(|h| vhost_bucket(hosts, h)) {
-        Some(bucket) => (
-            Some(bucket.to_owned()),
-            &raw_path[1..],
-            Addressing::VirtualHost,
-        ),
-        None => {
-            let rest = &raw_path[1..];
-            match rest.split_once('/') {
-                Some((b, k)) => (Some(decode(b)?.into_owned()), k, Addressing::Path),
-                None if rest.is_empty() => (None, "", Addressing::Path),
-                None => (Some(decode(rest)?.into_owned()), "", Addressing::Path),
-            }
-        }
-    };
+    let (bucket, raw_key, addressing) = split_target(hosts, uri, host)?;
     let key = if raw_key.is_empty() {
         None
     } else {
@@ -285,6 +269,52 @@ pub fn parse_copy_source(value: &str) -> Result<CopySource, S3Error> {
         bucket,
         key,
         version_id,
+    })
+}
+
+/// The bucket a request addresses (`None`: the service itself), whatever
+/// its method and query: what a CORS preflight (`OPTIONS`, which S3 answers
+/// for any path of a bucket) needs to know, and all it needs.
+pub fn bucket_of(
+    hosts: &HostConfig,
+    uri: &Uri,
+    host: Option<&str>,
+) -> Result<Option<String>, S3Error> {
+    let (bucket, _, _) = split_target(hosts, uri, host)?;
+    if let Some(b) = &bucket {
+        validate_bucket(b)?;
+    }
+    Ok(bucket)
+}
+
+/// The decoded bucket, the raw key part of the path, and how the bucket was
+/// addressed.
+fn split_target<'u>(
+    hosts: &HostConfig,
+    uri: &'u Uri,
+    host: Option<&str>,
+) -> Result<(Option<String>, &'u str, Addressing), S3Error> {
+    let raw_path = uri.path();
+    if !raw_path.starts_with('/') {
+        return Err(S3Error::new(
+            S3ErrorCode::InvalidURI,
+            "path must start with '/'",
+        ));
+    }
+    Ok(match host.and_then(|h| vhost_bucket(hosts, h)) {
+        Some(bucket) => (
+            Some(bucket.to_owned()),
+            &raw_path[1..],
+            Addressing::VirtualHost,
+        ),
+        None => {
+            let rest = &raw_path[1..];
+            match rest.split_once('/') {
+                Some((b, k)) => (Some(decode(b)?.into_owned()), k, Addressing::Path),
+                None if rest.is_empty() => (None, "", Addressing::Path),
+                None => (Some(decode(rest)?.into_owned()), "", Addressing::Path),
+            }
+        }
     })
 }
 

@@ -260,7 +260,7 @@ def test_admin_manages_backends_and_buckets(rc, backend):
              "--access-key", backend.creds.access_key)
 
     rc.admin("cp2", "buckets", "put", "--name", "moved", "--backend", "fs2", "--backend-bucket", "other")
-    assert {"name": "moved", "backend": "fs2", "backend_bucket": "other"} in rc.admin_json("cp1", "buckets", "list")
+    assert {"name": "moved", "backend": "fs2", "backend_bucket": "other", "cors": []} in rc.admin_json("cp1", "buckets", "list")
     rc.admin("cp1", "rules", "put", "--id", "alice-moved", "--effect", "allow", "--principal", "alice",
              "--action", "s3:*", "--resource", "moved", "--resource", "moved/*")
     assert "alice-moved" in [r["id"] for r in rc.admin_json("cp2", "rules", "list")]

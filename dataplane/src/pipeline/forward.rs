@@ -212,6 +212,9 @@ pub async fn downstream(
     for name in DROP_RESPONSE {
         parts.headers.remove(*name);
     }
+    // The gateway answers CORS; the backend's own answer never reaches a
+    // browser.
+    super::cors::strip_backend_headers(&mut parts.headers);
     if let Some(backend_id) = parts.headers.remove("x-amz-request-id") {
         tracing::debug!(request_id, backend_request_id = ?backend_id, "backend answered");
     }
@@ -424,6 +427,7 @@ fn upstream_headers(
             || (decoded && DROP_DECODED.contains(&n))
             || (replaced && (DROP_REPLACED.contains(&n) || n.starts_with("x-amz-checksum-")))
             || (!copies && is_copy_source_header(n))
+            || super::cors::is_request_header(n)
             || connection_listed.iter().any(|c| c.eq_ignore_ascii_case(n))
         {
             continue;

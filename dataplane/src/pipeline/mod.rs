@@ -12,10 +12,14 @@
 //! | respond   | result + `Exchange` → response, XML, access log | none                      |
 //!
 //! The request's shape is classified first but acted on only after
-//! authentication (see [`handle`]).
+//! authentication (see [`handle`]). Two things sit beside the stages, in
+//! `cors`: an `OPTIONS` preflight is answered before authentication from
+//! the bucket's CORS rules (and nothing else happens), and a response to a
+//! request carrying `Origin` gets the CORS headers of the matching rule.
 
 pub mod authn;
 pub mod authz;
+pub mod cors;
 pub mod forward;
 pub mod parse;
 pub mod payload;
@@ -27,7 +31,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use hyper::body::Incoming;
-use hyper::{Request, Response};
+use hyper::{Method, Request, Response};
 use s3gate_proto::{ControlPlane, Invalidation};
 use s3gate_s3::request::{Op, S3Request};
 
@@ -143,6 +147,11 @@ impl Exchange {
 pub async fn handle(cx: Arc<Ctx>, conn: Arc<ConnInfo>, req: Request<Incoming>) -> Response<Body> {
     let mut ex = Exchange::new(&cx, conn);
     let (head, body) = req.into_parts();
+    if head.method == Method::OPTIONS {
+        // A browser's CORS preflight carries no credentials: answered from
+        // the bucket's CORS rules alone, never authenticated or forwarded.
+        return cors::preflight(&cx, &head, &mut ex).await;
+    }
     // Classifying is pure and cheap; its verdict waits for authentication,
     // so a caller whose signature does not hold learns nothing about what
     // the gateway thinks of the request's shape. (The access log still
@@ -150,7 +159,10 @@ pub async fn handle(cx: Arc<Ctx>, conn: Arc<ConnInfo>, req: Request<Incoming>) -
     let parsed = parse::s3_request(&cx.cfg.hosts, &head);
     let who = match authn::verify(&cx, &head, &ex.conn).await {
         Ok(who) => who,
-        Err(e) => return respond::finish(&head, Err(e), &ex, parsed.as_ref().ok()),
+        Err(e) => {
+            let response = respond::finish(&head, Err(e), &ex, parsed.as_ref().ok());
+            return cross_origin(&cx, &head, parsed.as_ref().ok(), response).await;
+        }
     };
     ex.trace.principal = Some(who.principal.name.clone());
     ex.trace.identity = Some(who.source);
@@ -170,7 +182,22 @@ pub async fn handle(cx: Arc<Ctx>, conn: Arc<ConnInfo>, req: Request<Incoming>) -
         }
     };
     let result = run(&cx, &head, &req, who, body, &mut ex).await;
-    respond::finish(&head, result, &ex, Some(&req))
+    let response = respond::finish(&head, result, &ex, Some(&req));
+    cross_origin(&cx, &head, Some(&req), response).await
+}
+
+/// The response, with the bucket's CORS headers when the request came from
+/// a browser page of another origin. Without `Origin`: one header lookup.
+async fn cross_origin(
+    cx: &Ctx,
+    head: &http::request::Parts,
+    req: Option<&S3Request>,
+    response: Response<Body>,
+) -> Response<Body> {
+    match head.headers.get(http::header::ORIGIN) {
+        None => response,
+        Some(origin) => cors::decorate(cx, head, origin, req, response).await,
+    }
 }
 
 /// A request refused before it was looked at, because too many are in flight.

@@ -25,6 +25,9 @@ pub struct RouteEntry {
     pub client: HttpClient,
     /// The backend credentials in the form aws-sigv4 signs with.
     pub identity: Identity,
+    /// The bucket's CORS rules, compiled; cached and invalidated with the
+    /// route.
+    pub cors: super::cors::Rules,
 }
 
 struct RouteTtl;
@@ -95,6 +98,7 @@ async fn fill(cx: &Ctx, bucket: &str) -> Result<Arc<RouteEntry>, Error> {
         .into(),
     };
     Ok(Arc::new(RouteEntry {
+        cors: super::cors::Rules::compile(&route.cors),
         route,
         client,
         identity,
@@ -147,6 +151,7 @@ mod tests {
                 expires_unix,
             }),
             ttl: Duration::from_secs(300),
+            cors: Arc::from([]),
         };
         assert_eq!(effective_ttl(&route(None), 1000), Duration::from_secs(300));
         assert_eq!(

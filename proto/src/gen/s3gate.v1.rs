@@ -215,7 +215,7 @@ pub struct SigV4Credentials {
     pub session_token: ::prost::alloc::string::String,
 }
 #[allow(clippy::all)]
-#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+#[derive(Clone, PartialEq, ::prost::Message)]
 pub struct GetRouteResponse {
     #[prost(string, tag = "1")]
     pub bucket: ::prost::alloc::string::String,
@@ -227,6 +227,32 @@ pub struct GetRouteResponse {
     pub credentials: ::core::option::Option<BackendCredentials>,
     #[prost(uint64, tag = "5")]
     pub ttl_ms: u64,
+    /// The bucket's CORS rules, in order (the first match answers); empty:
+    /// CORS is not enabled for the bucket.
+    #[prost(message, repeated, tag = "6")]
+    pub cors: ::prost::alloc::vec::Vec<CorsRule>,
+}
+/// One CORS rule of a bucket, named as S3's CORSRule. The data plane answers
+/// preflights and decorates cross-origin responses from these.
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct CorsRule {
+    /// Origins; each may hold one `*` wildcard, and `*` alone allows any origin.
+    #[prost(string, repeated, tag = "1")]
+    pub allowed_origins: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// GET, PUT, HEAD, POST, DELETE.
+    #[prost(string, repeated, tag = "2")]
+    pub allowed_methods: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// Request headers a preflight may ask for (case-insensitive, one `*`
+    /// wildcard each).
+    #[prost(string, repeated, tag = "3")]
+    pub allowed_headers: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// Response headers a browser may show to the page.
+    #[prost(string, repeated, tag = "4")]
+    pub expose_headers: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// Seconds a browser may cache the preflight answer; absent: not said.
+    #[prost(uint64, optional, tag = "5")]
+    pub max_age: ::core::option::Option<u64>,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -1278,7 +1304,7 @@ pub struct DeleteBackendRequest {
     pub name: ::prost::alloc::string::String,
 }
 #[allow(clippy::all)]
-#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+#[derive(Clone, PartialEq, ::prost::Message)]
 pub struct BucketInfo {
     #[prost(string, tag = "1")]
     pub name: ::prost::alloc::string::String,
@@ -1287,9 +1313,12 @@ pub struct BucketInfo {
     /// Defaults to name when empty.
     #[prost(string, tag = "3")]
     pub backend_bucket: ::prost::alloc::string::String,
+    /// CORS rules in order; empty: CORS is not enabled for the bucket.
+    #[prost(message, repeated, tag = "4")]
+    pub cors: ::prost::alloc::vec::Vec<CorsRule>,
 }
 #[allow(clippy::all)]
-#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+#[derive(Clone, PartialEq, ::prost::Message)]
 pub struct PutBucketRequest {
     #[prost(message, optional, tag = "1")]
     pub bucket: ::core::option::Option<BucketInfo>,
