@@ -9,7 +9,10 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use s3gate_controlplane::config::{FileConfig, LoadOptions, Secret};
+use s3gate_controlplane::config::{
+    client_auth_name, principal_from_name, ClientAuth, FileConfig, LoadOptions, PrincipalFrom,
+    Secret, TlsConfig,
+};
 use s3gate_controlplane::credential::CredentialSpec;
 use tracing::warn;
 
@@ -30,11 +33,18 @@ pub fn run(args: CheckConfigArgs) -> Result<(), Failure> {
     let name = args.file.display().to_string();
     let text = std::fs::read_to_string(&args.file)
         .map_err(|e| Failure::Usage(anyhow::anyhow!("cannot read {name}: {e}")))?;
-    let cfg = FileConfig::parse_with(&text, Some(&name), LoadOptions::default())
+    let mut cfg = FileConfig::parse_with(&text, Some(&name), LoadOptions::default())
         .map_err(|e| Failure::Usage(e.into()))?;
+    cfg.relative_to(&args.file);
     let raw = FileConfig::parse_unresolved(&text).map_err(|e| Failure::Usage(e.into()))?;
     for w in &cfg.warnings {
         eprintln!("warning: {w}");
+    }
+    // The certificate, key and client CA load as `serve` would load them.
+    if let Some((settings, _)) = tls_settings(&cfg)? {
+        s3gate_dataplane::tls::ServerCert::load(&settings.cert, &settings.key)
+            .and_then(|(cert, _)| s3gate_dataplane::tls::server_config(&settings, cert))
+            .map_err(|e| Failure::Usage(cfg.invalid_at("tls", e.field(), &e).into()))?;
     }
     print!("{}", render(&name, &cfg, &raw));
     Ok(())
@@ -50,6 +60,43 @@ pub fn load(path: &Path, allow_empty: bool) -> Result<FileConfig, Failure> {
         warn!(%warning, "config file: probably not what was meant");
     }
     Ok(cfg)
+}
+
+/// The data plane's settings for `[tls]`, and where it listens; `None`
+/// without the section.
+pub fn tls_settings(
+    cfg: &FileConfig,
+) -> Result<Option<(s3gate_dataplane::tls::TlsSettings, std::net::SocketAddr)>, Failure> {
+    let Some(tls) = &cfg.tls else {
+        return Ok(None);
+    };
+    let listen = match tls.listen {
+        Some(listen) => listen,
+        None => TlsConfig::DEFAULT_LISTEN
+            .parse()
+            .map_err(|e| Failure::Usage(anyhow::anyhow!("default TLS listen address: {e}")))?,
+    };
+    let settings = s3gate_dataplane::tls::TlsSettings {
+        cert: tls.cert.clone(),
+        key: tls.key.clone(),
+        client_ca: tls.client_ca.clone(),
+        client_auth: match tls.client_auth {
+            ClientAuth::None => s3gate_dataplane::ClientAuth::None,
+            ClientAuth::Optional => s3gate_dataplane::ClientAuth::Optional,
+            ClientAuth::Required => s3gate_dataplane::ClientAuth::Required,
+        },
+    };
+    Ok(Some((settings, listen)))
+}
+
+/// The data plane's name for `principal_from`.
+pub fn principal_from(p: PrincipalFrom) -> s3gate_dataplane::PrincipalFrom {
+    match p {
+        PrincipalFrom::Cn => s3gate_dataplane::PrincipalFrom::Cn,
+        PrincipalFrom::SanDns => s3gate_dataplane::PrincipalFrom::SanDns,
+        PrincipalFrom::SanUri => s3gate_dataplane::PrincipalFrom::SanUri,
+        PrincipalFrom::SanEmail => s3gate_dataplane::PrincipalFrom::SanEmail,
+    }
 }
 
 /// The effective configuration as TOML. Secrets come from `raw` (the file
@@ -112,6 +159,32 @@ fn render(name: &str, cfg: &FileConfig, raw: &FileConfig) -> String {
         "buffer_budget = {}",
         bytes(f.buffer_budget.unwrap_or(d.buffer_budget))
     ));
+
+    if let Some(tls) = &cfg.tls {
+        line(String::new());
+        line("[tls]".into());
+        match tls.listen {
+            Some(listen) => line(format!("listen = {}", q(&listen.to_string()))),
+            None => line(format!(
+                "listen = {}  # the default; --tls-listen overrides",
+                q(TlsConfig::DEFAULT_LISTEN)
+            )),
+        }
+        line(format!("cert = {}", q(&tls.cert.display().to_string())));
+        line(format!("key = {}", q(&tls.key.display().to_string())));
+        match &tls.client_ca {
+            Some(ca) => line(format!("client_ca = {}", q(&ca.display().to_string()))),
+            None => line("# client_ca: not set".into()),
+        }
+        line(format!(
+            "client_auth = {}",
+            q(client_auth_name(tls.client_auth))
+        ));
+        line(format!(
+            "principal_from = {}",
+            q(principal_from_name(tls.principal_from))
+        ));
+    }
 
     for (i, b) in cfg.backends.iter().enumerate() {
         let shown = match raw.backends.get(i) {

@@ -153,9 +153,13 @@ struct DataplaneArgs {
         required = true
     )]
     control_planes: Vec<String>,
-    /// Address for S3 traffic. Port 0 takes a free port; --ready-file tells which.
-    #[arg(long, env = "S3GATE_DP_LISTEN", default_value = "127.0.0.1:9080")]
-    listen: SocketAddr,
+    /// Address for plain-HTTP S3 traffic [default: 127.0.0.1:9080, unless
+    /// only --tls-listen is given]. Port 0 takes a free port; --ready-file
+    /// tells which.
+    #[arg(long, env = "S3GATE_DP_LISTEN")]
+    listen: Option<SocketAddr>,
+    #[command(flatten)]
+    tls: DataplaneTlsArgs,
     /// The region clients sign for.
     #[arg(long, env = "S3GATE_DP_REGION", default_value = "us-east-1")]
     region: String,
@@ -182,6 +186,92 @@ struct DataplaneArgs {
     limits: LimitArgs,
     #[command(flatten)]
     runtime: RuntimeArgs,
+}
+
+/// The HTTPS listener of `s3gate dataplane` (`[tls]` of the config file in
+/// `serve`).
+#[derive(Debug, Clone, clap::Args)]
+struct DataplaneTlsArgs {
+    /// Address for HTTPS S3 traffic (HTTP/1.1 and HTTP/2); needs --tls-cert
+    /// and --tls-key. Port 0 takes a free port; --ready-file tells which.
+    #[arg(long, env = "S3GATE_DP_TLS_LISTEN", requires_all = ["tls_cert", "tls_key"])]
+    tls_listen: Option<SocketAddr>,
+    /// The server certificate chain, PEM, leaf first. Re-read on SIGHUP
+    /// and when the file changes.
+    #[arg(long, env = "S3GATE_DP_TLS_CERT", requires = "tls_listen")]
+    tls_cert: Option<PathBuf>,
+    /// The server certificate's private key, PEM.
+    #[arg(long, env = "S3GATE_DP_TLS_KEY", requires = "tls_listen")]
+    tls_key: Option<PathBuf>,
+    /// CA certificates (PEM) client certificates must chain to.
+    #[arg(long, env = "S3GATE_DP_TLS_CLIENT_CA", requires = "tls_listen")]
+    tls_client_ca: Option<PathBuf>,
+    /// Client certificates: none, optional (a verified one is the
+    /// identity of requests that do not sign) or required (connections
+    /// without one are refused). optional and required need --tls-client-ca.
+    #[arg(long, env = "S3GATE_DP_TLS_CLIENT_AUTH", default_value = "none")]
+    tls_client_auth: s3gate_dataplane::ClientAuth,
+    /// Which name of a client certificate is its principal: cn, san_dns,
+    /// san_uri or san_email.
+    #[arg(long, env = "S3GATE_DP_TLS_PRINCIPAL_FROM", default_value = "cn")]
+    tls_principal_from: s3gate_dataplane::PrincipalFrom,
+}
+
+/// How often the TLS certificate and key files are checked for changes.
+const TLS_RELOAD_EVERY: Duration = Duration::from_secs(2);
+
+/// The HTTPS listener's certificate and rustls configuration, loaded
+/// before anything is bound.
+struct TlsSetup {
+    listen: SocketAddr,
+    cert: Arc<s3gate_dataplane::tls::ServerCert>,
+    config: Arc<s3gate_dataplane::tls::ServerConfig>,
+    summary: s3gate_dataplane::tls::CertSummary,
+    client_auth: s3gate_dataplane::ClientAuth,
+}
+
+impl TlsSetup {
+    fn load(
+        listen: SocketAddr,
+        settings: &s3gate_dataplane::tls::TlsSettings,
+    ) -> Result<Self, s3gate_dataplane::tls::TlsError> {
+        let (cert, summary) =
+            s3gate_dataplane::tls::ServerCert::load(&settings.cert, &settings.key)?;
+        let config = s3gate_dataplane::tls::server_config(settings, cert.clone())?;
+        Ok(Self {
+            listen,
+            cert,
+            config,
+            summary,
+            client_auth: settings.client_auth,
+        })
+    }
+
+    /// Binds the listener and starts watching the certificate files (inside
+    /// the runtime).
+    async fn bind(
+        self,
+        handshake_timeout: Duration,
+    ) -> anyhow::Result<(TcpListener, s3gate_dataplane::TlsAcceptor, SocketAddr)> {
+        let listener = TcpListener::bind(self.listen)
+            .await
+            .with_context(|| format!("bind HTTPS listener on {}", self.listen))?;
+        let local = listener.local_addr().context("read listener address")?;
+        info!(
+            address = %local,
+            subject = %self.summary.subject,
+            serial = %self.summary.serial,
+            not_after = %self.summary.not_after,
+            client_auth = ?self.client_auth,
+            "s3gate serving HTTPS (HTTP/1.1 and HTTP/2)"
+        );
+        tokio::spawn(s3gate_dataplane::tls::watch(self.cert, TLS_RELOAD_EVERY));
+        Ok((
+            listener,
+            s3gate_dataplane::TlsAcceptor::new(self.config, handshake_timeout),
+            local,
+        ))
+    }
 }
 
 /// What clients may cost the gateway. Unset flags take `[limits]` from the
@@ -268,6 +358,10 @@ struct ServeArgs {
     /// 127.0.0.1:9080]. Port 0 takes a free port; --ready-file tells which.
     #[arg(long, env = "S3GATE_LISTEN")]
     listen: Option<SocketAddr>,
+    /// Address for HTTPS S3 traffic [default: `listen` of `[tls]` in the
+    /// config, else 127.0.0.1:9443]; needs `[tls]` (certificate and key).
+    #[arg(long, env = "S3GATE_TLS_LISTEN")]
+    tls_listen: Option<SocketAddr>,
     /// Once bound, write the listening addresses here as JSON.
     #[arg(long, env = "S3GATE_READY_FILE")]
     ready_file: Option<PathBuf>,
@@ -335,16 +429,36 @@ enum Failure {
 fn serve(args: ServeArgs) -> Result<(), Failure> {
     // Validate everything before binding anything.
     let file = check_config::load(&args.config, false)?;
-    let listen = args
-        .listen
-        .or(file.listen)
-        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9080)));
+    let tls = check_config::tls_settings(&file)?;
+    if tls.is_none() && args.tls_listen.is_some() {
+        return Err(Failure::Usage(anyhow::anyhow!(
+            "--tls-listen needs a [tls] section (certificate and key) in {}",
+            args.config.display()
+        )));
+    }
+    // Plain HTTP unless only HTTPS is configured: at least one listener.
+    let listen = args.listen.or(file.listen).or_else(|| {
+        tls.is_none()
+            .then(|| SocketAddr::from(([127, 0, 0, 1], 9080)))
+    });
+    let tls = match tls {
+        Some((settings, listen_tls)) => Some(
+            TlsSetup::load(args.tls_listen.unwrap_or(listen_tls), &settings)
+                .map_err(|e| Failure::Usage(file.invalid_at("tls", e.field(), &e).into()))?,
+        ),
+        None => None,
+    };
     let dp_cfg = s3gate_dataplane::Config {
         region: file.region.clone(),
         hosts: HostConfig {
             base_domains: file.base_domains.clone(),
         },
         limits: args.limits.resolve(Some(&file.limits)),
+        principal_from: file
+            .tls
+            .as_ref()
+            .map(|t| check_config::principal_from(t.principal_from))
+            .unwrap_or_default(),
         ..Default::default()
     };
     if args.grpc_listen.is_none() && args.admin_token.is_some() {
@@ -361,12 +475,27 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
             let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
             store.seed(&State::from_config(&file)).await?;
             let replica = Replica::start(store, file.cache.clone(), "embedded".to_owned()).await?;
-            let listener = TcpListener::bind(listen)
-                .await
-                .with_context(|| format!("bind S3 listener on {listen}"))?;
-            let local = listener.local_addr().context("read listener address")?;
-            info!(address = %local, buckets = file.buckets.len(), keys = file.keys.len(), rules = file.rules.len(), "s3gate serving");
-            let mut ready = serde_json::json!({ "s3": local.to_string() });
+            let mut ready = serde_json::json!({});
+            let plain = match listen {
+                Some(listen) => {
+                    let listener = TcpListener::bind(listen)
+                        .await
+                        .with_context(|| format!("bind S3 listener on {listen}"))?;
+                    let local = listener.local_addr().context("read listener address")?;
+                    info!(address = %local, buckets = file.buckets.len(), keys = file.keys.len(), rules = file.rules.len(), "s3gate serving");
+                    ready["s3"] = serde_json::json!(local.to_string());
+                    Some(listener)
+                }
+                None => None,
+            };
+            let tls = match tls {
+                Some(tls) => {
+                    let (listener, acceptor, local) = tls.bind(dp_cfg.limits.header_timeout).await?;
+                    ready["s3_tls"] = serde_json::json!(local.to_string());
+                    Some((listener, acceptor))
+                }
+                None => None,
+            };
             if let Some(addr) = args.grpc_listen {
                 let grpc = TcpListener::bind(addr)
                     .await
@@ -380,7 +509,8 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
                 write_ready(path, &ready.to_string()).context("write ready file")?;
             }
             let invalidations = replica.invalidations();
-            s3gate_dataplane::serve(listener, dp_cfg, replica, invalidations, shutdown.requested(), args.drain_timeout)
+            let listeners = s3gate_dataplane::Listeners { plain, tls };
+            s3gate_dataplane::serve_on(listeners, dp_cfg, replica, invalidations, shutdown.requested(), args.drain_timeout)
                 .await;
             anyhow::Ok(())
         })
@@ -499,16 +629,62 @@ fn dataplane(args: DataplaneArgs) -> Result<(), Failure> {
                 .collect(),
         },
         limits: args.limits.resolve(None),
+        principal_from: args.tls.tls_principal_from,
         ..Default::default()
     };
+    let tls = match (&args.tls.tls_listen, &args.tls.tls_cert, &args.tls.tls_key) {
+        (Some(listen), Some(cert), Some(key)) => {
+            if args.tls.tls_client_auth != s3gate_dataplane::ClientAuth::None
+                && args.tls.tls_client_ca.is_none()
+            {
+                return Err(Failure::Usage(anyhow::anyhow!(
+                    "--tls-client-auth optional or required needs --tls-client-ca"
+                )));
+            }
+            let settings = s3gate_dataplane::tls::TlsSettings {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: args.tls.tls_client_ca.clone(),
+                client_auth: args.tls.tls_client_auth,
+            };
+            Some(TlsSetup::load(*listen, &settings).map_err(|e| {
+                Failure::Usage(anyhow::anyhow!(
+                    "--tls-{}: {e}",
+                    e.field().replace('_', "-")
+                ))
+            })?)
+        }
+        _ => None,
+    };
+    let listen = args.listen.or_else(|| {
+        tls.is_none()
+            .then(|| SocketAddr::from(([127, 0, 0, 1], 9080)))
+    });
     runtime()?
         .block_on(async move {
             tokio::spawn(report_dropped_log_lines());
-            let listener = TcpListener::bind(args.listen)
-                .await
-                .with_context(|| format!("bind S3 listener on {}", args.listen))?;
-            let local = listener.local_addr().context("read listener address")?;
-            info!(address = %local, control_planes = ?args.control_planes, "s3gate data plane serving");
+            let plain = match listen {
+                Some(listen) => Some(
+                    TcpListener::bind(listen)
+                        .await
+                        .with_context(|| format!("bind S3 listener on {listen}"))?,
+                ),
+                None => None,
+            };
+            let local = plain
+                .as_ref()
+                .map(|l| l.local_addr().context("read listener address"))
+                .transpose()?;
+            let tls = match tls {
+                Some(tls) => Some(tls.bind(dp_cfg.limits.header_timeout).await?),
+                None => None,
+            };
+            let local_tls = tls.as_ref().map(|(_, _, a)| *a);
+            // The name this data plane gives the control planes it watches.
+            let name = local.or(local_tls).map(|a| a.to_string()).unwrap_or_default();
+            if let Some(local) = local {
+                info!(address = %local, control_planes = ?args.control_planes, "s3gate data plane serving");
+            }
             let token = s3gate_dataplane::control::ClusterToken::new(args.cluster_token.as_deref())
                 .map_err(anyhow::Error::msg)?;
             let control_plane = Arc::new(s3gate_dataplane::control::GrpcControlPlane::new(
@@ -516,11 +692,15 @@ fn dataplane(args: DataplaneArgs) -> Result<(), Failure> {
                 args.rpc_timeout,
                 token.clone(),
             ));
-            let invalidations = s3gate_dataplane::control::watch(endpoints, local.to_string(), token);
+            let invalidations = s3gate_dataplane::control::watch(endpoints, name, token);
             if let Some(path) = &args.ready_file {
-                write_ready(path, &s3gate_dataplane::ready_json(local)).context("write ready file")?;
+                write_ready(path, &s3gate_dataplane::ready_json(local, local_tls)).context("write ready file")?;
             }
-            s3gate_dataplane::serve(listener, dp_cfg, control_plane, invalidations, Shutdown::watch().requested(), args.drain_timeout)
+            let listeners = s3gate_dataplane::Listeners {
+                plain,
+                tls: tls.map(|(listener, acceptor, _)| (listener, acceptor)),
+            };
+            s3gate_dataplane::serve_on(listeners, dp_cfg, control_plane, invalidations, Shutdown::watch().requested(), args.drain_timeout)
                 .await;
             anyhow::Ok(())
         })

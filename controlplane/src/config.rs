@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::ops::Range;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -88,11 +88,90 @@ pub struct FileConfig {
     /// What clients may cost the gateway (`s3gate serve`; flags override).
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// The HTTPS listener (`s3gate serve`), and client certificates.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
     /// What is valid but probably not meant (a rule resource naming no
     /// configured bucket), each with its place; whoever loads the file
     /// shows them.
     #[serde(skip)]
     pub warnings: Vec<String>,
+    /// The text and name the file was parsed from, to place problems found
+    /// after loading ([`FileConfig::invalid_at`]).
+    #[serde(skip)]
+    origin: Option<Origin>,
+}
+
+#[derive(Clone)]
+struct Origin {
+    text: String,
+    name: Option<String>,
+}
+
+impl std::fmt::Debug for Origin {
+    // The text holds whatever secrets the file writes inline.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Origin")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `[tls]`: the HTTPS listener of `s3gate serve` (HTTP/1.1 and HTTP/2 by
+/// ALPN) and client certificates (mTLS). Relative paths are relative to the
+/// config file's directory ([`FileConfig::relative_to`]). Certificate and
+/// key are read when s3gate starts, and again on SIGHUP or when the files
+/// change.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Address of the HTTPS listener [default: 127.0.0.1:9443].
+    pub listen: Option<SocketAddr>,
+    /// The server's certificate chain, PEM, leaf first.
+    pub cert: PathBuf,
+    /// The server's private key, PEM (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+    /// CA certificates (PEM) that client certificates must chain to.
+    #[serde(default)]
+    pub client_ca: Option<PathBuf>,
+    #[serde(default)]
+    pub client_auth: ClientAuth,
+    #[serde(default)]
+    pub principal_from: PrincipalFrom,
+}
+
+/// Whether the TLS listener asks for client certificates.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientAuth {
+    /// Not asked for.
+    #[default]
+    None,
+    /// Asked for; a connection without one is served (its requests sign or
+    /// are anonymous), one with a certificate that does not verify is refused.
+    Optional,
+    /// A connection without a verified client certificate is refused.
+    Required,
+}
+
+/// Which name of a client certificate becomes the principal.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PrincipalFrom {
+    /// The subject's common name.
+    #[default]
+    Cn,
+    /// The first DNS name of the subject alternative names.
+    SanDns,
+    /// The first URI of the subject alternative names (a SPIFFE ID, say).
+    SanUri,
+    /// The first email address of the subject alternative names.
+    SanEmail,
+}
+
+impl TlsConfig {
+    /// Where the HTTPS listener listens when neither the file nor a flag says.
+    pub const DEFAULT_LISTEN: &'static str = "127.0.0.1:9443";
 }
 
 /// `[limits]`: unset fields take the data plane's defaults. The data plane
@@ -372,7 +451,51 @@ impl FileConfig {
             path: name.clone(),
             source,
         })?;
-        Self::parse_with(&text, Some(&name), opts)
+        let mut cfg = Self::parse_with(&text, Some(&name), opts)?;
+        cfg.relative_to(path);
+        Ok(cfg)
+    }
+
+    /// Makes the file names in the config (`[tls]`) that are relative
+    /// relative to the directory of the config file at `config_path`.
+    pub fn relative_to(&mut self, config_path: &Path) {
+        let Some(dir) = config_path.parent() else {
+            return;
+        };
+        if let Some(tls) = &mut self.tls {
+            for path in [&mut tls.cert, &mut tls.key]
+                .into_iter()
+                .chain(tls.client_ca.as_mut())
+            {
+                if path.is_relative() {
+                    *path = dir.join(&*path);
+                }
+            }
+        }
+    }
+
+    /// A problem found after loading (a certificate file that does not
+    /// parse), placed like every other: `invalid config <file>:<line>:<col>:
+    /// <section>.<field>: <message>` and the line, marked.
+    pub fn invalid_at(
+        &self,
+        section: &str,
+        field: &str,
+        message: impl std::fmt::Display,
+    ) -> ConfigError {
+        let problem = |span| Problem {
+            path: format!("{section}.{field}"),
+            message: message.to_string(),
+            span,
+        };
+        match &self.origin {
+            Some(origin) => {
+                let src = Source::new(&origin.text, origin.name.as_deref());
+                let span = src.table_span(section, field);
+                ConfigError::Invalid(src.render(&problem(span)))
+            }
+            None => ConfigError::Invalid(Source::new("", None).render(&problem(None))),
+        }
     }
 
     /// Parses, resolves `env:` secrets and validates cross references.
@@ -400,6 +523,10 @@ impl FileConfig {
             })));
         }
         cfg.warnings = cfg.lint(&src).iter().map(|p| src.render_line(p)).collect();
+        cfg.origin = Some(Origin {
+            text: text.to_owned(),
+            name: name.map(str::to_owned),
+        });
         Ok(cfg)
     }
 
@@ -548,6 +675,31 @@ impl FileConfig {
         for d in &mut self.base_domains {
             *d = d.trim_end_matches('.').to_ascii_lowercase();
         }
+        if let Some(tls) = &self.tls {
+            let at = |field: &str, message: String| Problem {
+                path: format!("tls.{field}"),
+                message,
+                span: src.table_span("tls", field),
+            };
+            for (field, path) in [
+                ("cert", Some(&tls.cert)),
+                ("key", Some(&tls.key)),
+                ("client_ca", tls.client_ca.as_ref()),
+            ] {
+                if path.is_some_and(|p| p.as_os_str().is_empty()) {
+                    return Err(at(field, format!("{field} must name a file")));
+                }
+            }
+            if tls.client_auth != ClientAuth::None && tls.client_ca.is_none() {
+                return Err(at(
+                    "client_auth",
+                    format!(
+                        "client_auth = {:?} needs client_ca, the CA certificates (PEM) client certificates must chain to",
+                        client_auth_name(tls.client_auth)
+                    ),
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -562,6 +714,17 @@ impl FileConfig {
             format!("buckets: {}", buckets.join(", "))
         };
         let mut out = Vec::new();
+        if self
+            .tls
+            .as_ref()
+            .is_some_and(|t| t.client_ca.is_some() && t.client_auth == ClientAuth::None)
+        {
+            out.push(Problem {
+                path: "tls.client_ca".to_owned(),
+                message: "client_ca is set but client_auth is \"none\", so no client certificate is asked for; set client_auth = \"optional\" or \"required\"".to_owned(),
+                span: src.table_span("tls", "client_ca"),
+            });
+        }
         for (i, r) in self.rules.iter().enumerate() {
             for res in &r.resources {
                 if !buckets
@@ -579,6 +742,25 @@ impl FileConfig {
             }
         }
         out
+    }
+}
+
+/// `none`, `optional`, `required`: as written in the file.
+pub fn client_auth_name(a: ClientAuth) -> &'static str {
+    match a {
+        ClientAuth::None => "none",
+        ClientAuth::Optional => "optional",
+        ClientAuth::Required => "required",
+    }
+}
+
+/// `cn`, `san_dns`, `san_uri`, `san_email`: as written in the file.
+pub fn principal_from_name(p: PrincipalFrom) -> &'static str {
+    match p {
+        PrincipalFrom::Cn => "cn",
+        PrincipalFrom::SanDns => "san_dns",
+        PrincipalFrom::SanUri => "san_uri",
+        PrincipalFrom::SanEmail => "san_email",
     }
 }
 
@@ -624,6 +806,9 @@ struct Entries {
     keys: Vec<Entry>,
     #[serde(default)]
     rules: Vec<Entry>,
+    /// `[tls]`, a single table.
+    #[serde(default)]
+    tls: Option<Entry>,
 }
 
 type Entry = toml::Spanned<BTreeMap<String, toml::Spanned<toml::Value>>>;
@@ -646,6 +831,21 @@ impl<'a> Source<'a> {
             _ => return None,
         }
         .get(index)
+    }
+
+    /// Where `field` of the single table `[section]` is written (else the
+    /// table itself).
+    fn table_span(&self, section: &str, field: &str) -> Option<Range<usize>> {
+        let table = match section {
+            "tls" => self.entries.tls.as_ref()?,
+            _ => return None,
+        };
+        Some(
+            table
+                .get_ref()
+                .get(field)
+                .map_or_else(|| table.span(), |v| v.span()),
+        )
     }
 
     /// `rules[2] (r003)`, `backends[0] ("local")`: the entry by index and by
@@ -1098,6 +1298,97 @@ resources = ["data", "data/reports/*"]
             ["s3gate.toml:24:22: rules[0] (r001): resource \"dta/reports/*\" names no configured bucket (buckets: data)"]
         );
         assert!(FileConfig::parse(SAMPLE).unwrap().warnings.is_empty());
+    }
+
+    #[test]
+    fn tls_section_parses_and_places_its_errors() {
+        let tls = "\n[tls]\nlisten = \"127.0.0.1:9443\"\ncert = \"tls/server.pem\"\nkey = \"/etc/key.pem\"\nclient_ca = \"tls/ca.pem\"\nclient_auth = \"required\"\nprincipal_from = \"san_uri\"\n";
+        let mut cfg = FileConfig::parse(&format!("{SAMPLE}{tls}")).unwrap();
+        cfg.relative_to(Path::new("/srv/s3gate/s3gate.toml"));
+        let t = cfg.tls.as_ref().unwrap();
+        assert_eq!(t.cert, Path::new("/srv/s3gate/tls/server.pem"));
+        assert_eq!(t.key, Path::new("/etc/key.pem"));
+        assert_eq!(
+            t.client_ca.as_deref(),
+            Some(Path::new("/srv/s3gate/tls/ca.pem"))
+        );
+        assert_eq!(t.client_auth, ClientAuth::Required);
+        assert_eq!(t.principal_from, PrincipalFrom::SanUri);
+        // Defaults: no client certificates, the CN.
+        let minimal = format!("{SAMPLE}\n[tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\n");
+        let t = FileConfig::parse(&minimal).unwrap().tls.unwrap();
+        assert_eq!(
+            (t.listen, t.client_auth, t.principal_from),
+            (None, ClientAuth::None, PrincipalFrom::Cn)
+        );
+
+        let bad = format!("{SAMPLE}{}", tls.replace("\"required\"", "\"sometimes\""));
+        assert_eq!(
+            error(&bad),
+            "invalid config s3gate.toml:31:15: tls.client_auth: unknown variant `sometimes`, expected one of `none`, `optional`, `required`
+   |
+31 | client_auth = \"sometimes\"
+   |               ^^^^^^^^^^^"
+        );
+        let no_ca = format!(
+            "{SAMPLE}{}",
+            tls.replace("client_ca = \"tls/ca.pem\"\n", "")
+        );
+        assert_eq!(
+            error(&no_ca),
+            "invalid config s3gate.toml:30:15: tls.client_auth: client_auth = \"required\" needs client_ca, the CA certificates (PEM) client certificates must chain to
+   |
+30 | client_auth = \"required\"
+   |               ^^^^^^^^^^"
+        );
+        let bad_from = format!("{SAMPLE}{}", tls.replace("san_uri", "ou"));
+        assert!(
+            error(&bad_from).starts_with(
+                "invalid config s3gate.toml:32:18: tls.principal_from: unknown variant `ou`"
+            ),
+            "{}",
+            error(&bad_from)
+        );
+        let no_key = format!("{SAMPLE}{}", tls.replace("key = \"/etc/key.pem\"\n", ""));
+        assert!(
+            error(&no_key).starts_with("invalid config s3gate.toml:26:1: tls: missing field `key`"),
+            "{}",
+            error(&no_key)
+        );
+
+        // A client CA nobody is asked against is a warning.
+        let unused = format!(
+            "{SAMPLE}{}",
+            tls.replace("client_auth = \"required\"\n", "")
+        );
+        let cfg =
+            FileConfig::parse_with(&unused, Some("s3gate.toml"), LoadOptions::default()).unwrap();
+        assert_eq!(cfg.warnings.len(), 1);
+        assert!(
+            cfg.warnings[0].starts_with(
+                "s3gate.toml:30:13: tls.client_ca: client_ca is set but client_auth is \"none\""
+            ),
+            "{:?}",
+            cfg.warnings
+        );
+
+        // A problem found after loading (a certificate that does not
+        // parse) is placed the same way.
+        let cfg = FileConfig::parse_with(
+            &format!("{SAMPLE}{tls}"),
+            Some("s3gate.toml"),
+            LoadOptions::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            cfg.invalid_at("tls", "cert", "tls/server.pem: no certificate")
+                .to_string(),
+            "invalid config s3gate.toml:28:8: tls.cert: tls/server.pem: no certificate
+   |
+28 | cert = \"tls/server.pem\"
+   |        ^^^^^^^^^^^^^^^^"
+        );
+        assert!(!format!("{cfg:?}").contains("BACKENDSECRET"));
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //!
 //! | kind | trait | answers | built-in source |
 //! |---|---|---|---|
-//! | identity | [`IdentitySource`] | access key → principal + derived signing key | [`identity::Keys`] (s3gate-issued keys) |
+//! | identity | [`IdentitySource`] | access key → principal + derived signing key; token or certificate → identity | [`identity::Keys`] (s3gate-issued keys), [`mtls::ClientCertificates`] (verified client certificates) |
 //! | policy | [`PolicySource`] | request → allow / deny / abstain, with reason, scope, TTL | [`policy::Rules`] (built-in rules) |
 //! | credentials | [`CredentialSource`] | backend → the credentials to sign with, and until when | [`credentials::StaticHmac`] |
 //!
@@ -26,6 +26,7 @@
 
 pub mod credentials;
 pub mod identity;
+pub mod mtls;
 pub mod policy;
 
 use std::sync::Arc;
@@ -108,6 +109,8 @@ impl Sources {
         let rules = Arc::new(policy::Rules::from_state(state, cache.decision_ttl));
         let keys: Arc<dyn IdentitySource> =
             Arc::new(identity::Keys::from_state(state, cache.key_ttl));
+        let certificates: Arc<dyn IdentitySource> =
+            Arc::new(mtls::ClientCertificates::new(cache.key_ttl));
         let hmac: Arc<dyn CredentialSource> = Arc::new(credentials::StaticHmac::from_state(state));
         let policy = registry
             .policy
@@ -118,7 +121,8 @@ impl Sources {
             })
             .collect();
         Self {
-            identity: std::iter::once(keys)
+            identity: [keys, certificates]
+                .into_iter()
                 .chain(registry.identity.iter().cloned())
                 .collect(),
             policy: PolicyChain::new(policy),

@@ -47,6 +47,8 @@ pub struct Ctx {
     pub(crate) cfg: Config,
     pub(crate) control_plane: Arc<dyn ControlPlane>,
     pub(crate) keys: authn::KeyCache,
+    /// Identities of client certificates (mTLS).
+    pub(crate) certs: authn::CertCache,
     pub(crate) decisions: authz::DecisionCache,
     /// Prefix-scoped decisions; forgotten whenever `decisions` is.
     pub(crate) prefixes: authz::PrefixDecisions,
@@ -61,6 +63,7 @@ impl Ctx {
     pub fn new(cfg: Config, control_plane: Arc<dyn ControlPlane>) -> Self {
         Self {
             keys: authn::key_cache(cfg.key_cache_capacity),
+            certs: authn::cert_cache(cfg.key_cache_capacity),
             // A quarter of the decision budget goes to prefix-scoped ones.
             decisions: authz::decision_cache(
                 cfg.decision_cache_bytes - cfg.decision_cache_bytes / 4,
@@ -98,6 +101,7 @@ impl Ctx {
             Invalidation::Bucket(bucket) => self.routes.invalidate(bucket).await,
             Invalidation::All => {
                 self.keys.invalidate_all();
+                self.certs.invalidate_all();
                 self.decisions.invalidate_all();
                 self.prefixes.invalidate_all();
                 self.routes.invalidate_all();
@@ -110,7 +114,8 @@ impl Ctx {
 #[derive(Default)]
 pub struct Trace {
     pub principal: Option<Arc<str>>,
-    /// The identity source that vouched for the principal (`key`, `anonymous`, …).
+    /// The identity source that vouched for the principal
+    /// (`Authenticated::source`: `key`, `mtls`, `anonymous`, …).
     pub identity: Option<&'static str>,
     pub decision: Option<&'static str>,
     /// For DeleteObjects: every key of the document, as a JSON array.
@@ -146,7 +151,8 @@ impl Exchange {
 
 pub async fn handle(cx: Arc<Ctx>, conn: Arc<ConnInfo>, req: Request<Incoming>) -> Response<Body> {
     let mut ex = Exchange::new(&cx, conn);
-    let (head, body) = req.into_parts();
+    let (mut head, body) = req.into_parts();
+    host_from_authority(&mut head);
     if head.method == Method::OPTIONS {
         // A browser's CORS preflight carries no credentials: answered from
         // the bucket's CORS rules alone, never authenticated or forwarded.
@@ -197,6 +203,23 @@ async fn cross_origin(
     match head.headers.get(http::header::ORIGIN) {
         None => response,
         Some(origin) => cors::decorate(cx, head, origin, req, response).await,
+    }
+}
+
+/// An HTTP/2 request names its host in the `:authority` pseudo-header,
+/// which arrives as the URI's authority, and usually has no `Host` header;
+/// but a SigV4 signature covers `host`, and the stages read it from the
+/// header. So it is put there, once, before anything reads it.
+fn host_from_authority(head: &mut http::request::Parts) {
+    if head.version != http::Version::HTTP_2 || head.headers.contains_key(http::header::HOST) {
+        return;
+    }
+    if let Some(value) = head
+        .uri
+        .authority()
+        .and_then(|a| http::HeaderValue::from_str(a.as_str()).ok())
+    {
+        head.headers.insert(http::header::HOST, value);
     }
 }
 

@@ -40,7 +40,8 @@ pub fn finish(
                 debug!(request_id, error = %err, code = s3.code.as_str(), "request refused");
             }
             let mut response = error_response(&s3, request_id, head.method == Method::HEAD);
-            if s3.code == S3ErrorCode::RequestTimeout {
+            // (HTTP/2 has no `Connection`: the stream alone ends.)
+            if s3.code == S3ErrorCode::RequestTimeout && head.version != http::Version::HTTP_2 {
                 // The rest of the body will not be read: the connection
                 // cannot carry another request.
                 response

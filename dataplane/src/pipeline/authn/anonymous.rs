@@ -12,7 +12,20 @@ use crate::error::Error;
 
 /// An unsigned request.
 pub(super) fn verify(head: &Parts) -> Result<Authenticated, Error> {
-    let payload = match head.headers.get("x-amz-content-sha256") {
+    Ok(Authenticated {
+        principal: Principal::anonymous(),
+        source: "anonymous",
+        payload: unsigned_payload(head)?,
+        chunk_signing: None,
+        claims: None,
+    })
+}
+
+/// How the body of a request without a signature is bound to it: not at
+/// all, or by a hash or trailing checksum the payload stage verifies. A
+/// signed streaming payload cannot be, without a signature.
+pub(super) fn unsigned_payload(head: &Parts) -> Result<PayloadMode, Error> {
+    Ok(match head.headers.get("x-amz-content-sha256") {
         None => PayloadMode::Unsigned,
         Some(v) => {
             let v = v.to_str().map_err(|_| {
@@ -29,11 +42,5 @@ pub(super) fn verify(head: &Parts) -> Result<Authenticated, Error> {
                 mode => mode,
             }
         }
-    };
-    Ok(Authenticated {
-        principal: Principal::anonymous(),
-        source: "anonymous",
-        payload,
-        chunk_signing: None,
     })
 }

@@ -7,18 +7,24 @@
 //! | SigV4 `Authorization` header or presigned query | [`sigv4`] | yes |
 //! | none (anonymous) | [`anonymous`] | yes |
 //! | `Authorization: Bearer` (JWT) | `bearer` | next (identity issue) |
-//! | mTLS client certificate (from [`ConnInfo`]) | `mtls` | next (identity issue) |
+//! | mTLS client certificate (from [`ConnInfo`]) | [`mtls`] | yes |
 //!
 //! Anything auth-like that is malformed is an error, never anonymous.
+//! Which credential counts when a request has more than one is
+//! [`credential`]'s decision, and only its.
 
 mod anonymous;
+pub mod mtls;
 mod sigv4;
+
+use std::sync::Arc;
 
 use http::request::Parts;
 use s3gate_proto::Principal;
 use s3gate_s3::chunked::ChunkSigning;
 use s3gate_s3::sigv4::{AuthRequest, PayloadMode};
 
+pub use self::mtls::{cert_cache, CertCache};
 pub(crate) use self::sigv4::key_cache_entry_of;
 pub use self::sigv4::{key_cache, KeyCache};
 use super::Ctx;
@@ -29,10 +35,14 @@ use crate::listen::ConnInfo;
 pub struct Authenticated {
     pub principal: Principal,
     /// The identity source: `key` (an s3gate-issued access key, header-signed
-    /// or presigned), `anonymous`; `sts`, `jwt` and `mtls` come with the
-    /// identity issue. Named in the access log and in a decision's request
+    /// or presigned), `mtls` (a verified client certificate), `anonymous`;
+    /// `sts` and `jwt` come with the identity issue. Named in the access log and in a decision's request
     /// context.
     pub source: &'static str,
+    /// What the identity source vouched for beyond the principal (a client
+    /// certificate's subject, issuer and serial), for policy sources.
+    /// `None` for access keys: nothing to add, nothing allocated.
+    pub claims: Option<Arc<[(String, String)]>>,
     /// How the body is bound to the signature.
     pub payload: PayloadMode,
     /// For signed aws-chunked bodies: what the chunk signatures chain from.
@@ -42,22 +52,43 @@ pub struct Authenticated {
 /// The one credential a request presents.
 pub enum Credential {
     SigV4(Box<AuthRequest>),
+    /// The verified client certificate of the connection (mTLS).
+    ClientCertificate,
     Anonymous,
 }
 
-/// Which credential the request presents. Pure: nothing is verified yet.
-pub fn credential(head: &Parts, _conn: &ConnInfo) -> Result<Credential, Error> {
-    Ok(
-        match s3gate_s3::sigv4::parse(&head.method, &head.uri, &head.headers)? {
-            Some(auth) => Credential::SigV4(Box::new(auth)),
-            None => Credential::Anonymous,
-        },
-    )
+/// Which credential counts for the request. Pure: nothing is verified yet.
+///
+/// The trust decision, in order:
+/// 1. **The request's own credential wins.** A request that signs (SigV4
+///    header or presigned URL; later a bearer token) is the principal of
+///    that credential, whether or not its connection presented a client
+///    certificate. On such a connection the certificate only gated the
+///    connection: the handshake refused anyone without a certificate from
+///    the client CA (`client_auth = "required"`), but the request acts as
+///    its key's principal, with its key's groups, never a mix of the two.
+/// 2. **Otherwise the connection's client certificate** (verified against
+///    the client CA during the handshake) is the principal: its name per
+///    `principal_from`, its subject's OU values as groups, identity source
+///    `mtls`.
+/// 3. **Otherwise the request is anonymous.**
+///
+/// A malformed credential is an error at its step, never a fall-through
+/// to the next one.
+pub fn credential(head: &Parts, conn: &ConnInfo) -> Result<Credential, Error> {
+    if let Some(auth) = s3gate_s3::sigv4::parse(&head.method, &head.uri, &head.headers)? {
+        return Ok(Credential::SigV4(Box::new(auth)));
+    }
+    if mtls::leaf(conn).is_some() {
+        return Ok(Credential::ClientCertificate);
+    }
+    Ok(Credential::Anonymous)
 }
 
 pub async fn verify(cx: &Ctx, head: &Parts, conn: &ConnInfo) -> Result<Authenticated, Error> {
     match credential(head, conn)? {
         Credential::SigV4(auth) => sigv4::verify(cx, head, *auth).await,
+        Credential::ClientCertificate => mtls::verify(cx, head, conn).await,
         Credential::Anonymous => anonymous::verify(head),
     }
 }

@@ -110,6 +110,7 @@ pub(super) async fn verify(
         source: "key",
         payload: auth.payload,
         chunk_signing,
+        claims: None,
     })
 }
 
