@@ -73,6 +73,11 @@ QUICK = dict(
 )
 
 DIST_SCENARIOS = ("S1g", "S4g")  # through controlplane + dataplane + Redis (class Distributed)
+# S1s: S1 with temporary keys from STS against S1 with a static key, on one
+# gateway; STS: cold AssumeRoleWithWebIdentity calls. Both need a real OIDC
+# provider (tests/idp, `npm ci --prefix tests/idp`).
+IDP_SCENARIOS = ("S1s", "STS")
+ROLE_ARN = "arn:aws:iam::000000000000:role/bench"
 
 SMALL_COUNT = 100  # S1: distinct 4 KiB objects rotated over
 MIX_COUNT = 100  # S5: distinct 64 KiB objects read, and keys written
@@ -310,11 +315,11 @@ class NginxProxy:
 
 
 class Gateway:
-    def __init__(self, exe: Path, work: Path, name: str, upstream: Upstream, keys: "Keys", log_level: str = "info", extra_env: dict | None = None):
+    def __init__(self, exe: Path, work: Path, name: str, upstream: Upstream, keys: "Keys", log_level: str = "info", extra_env: dict | None = None, issuer: str | None = None):
         extra_env = extra_env or {}
         self.name = name
         cfg = work / f"{name}.toml"
-        cfg.write_text(render_config(upstream, keys))
+        cfg.write_text(render_config(upstream, keys, issuer))
         ready = work / f"{name}.ready.json"
         env = {**os.environ, "S3GATE_LOG": log_level, **extra_env}
         argv = [str(exe), "serve", "--config", str(cfg), "--listen", "127.0.0.1:0", "--ready-file", str(ready)]
@@ -440,7 +445,7 @@ class Keys:
         self.cold_file.write_text("".join(f"{a} {s}\n" for a, s in self.cold))
 
 
-def render_config(up: Upstream, keys: Keys) -> str:
+def render_config(up: Upstream, keys: Keys, issuer: str | None = None) -> str:
     out = [
         'listen = "127.0.0.1:0"',
         f"region = {q(REGION)}",
@@ -464,7 +469,33 @@ def render_config(up: Upstream, keys: Keys) -> str:
         "... except *.secret ones: a glob that depends on the whole key, so every decision is exact-scoped "
         "(one control-plane call and one cache entry per key; S4 measures cold decisions).",
     )
+    if issuer:
+        out += toml_table("oidc", dict(name="bench", issuer=issuer, audiences=["s3gate"], principal_claim="sub", groups_claim="groups"))
+        out += toml_table("roles", dict(arn=ROLE_ARN, oidc="bench", groups=["sts-hot"], max_session="12h"))
+        out += toml_table(
+            "rules", dict(effect="allow", principals=["group:sts-hot"], actions=["s3:*"], resources=[BUCKET, f"{BUCKET}/*"]),
+            "Sessions of the bench role: the same bucket-wide allow as the hot key (S1s).",
+        )
     return "\n".join(out) + "\n"
+
+
+def assume_role(gw: "Gateway", token: str, seconds: int = 43200) -> tuple[str, str, str]:
+    """AssumeRoleWithWebIdentity at the gateway: (access key, secret, session token)."""
+    import urllib.parse
+    import urllib.request
+    import xml.etree.ElementTree as ET
+
+    form = urllib.parse.urlencode(dict(Action="AssumeRoleWithWebIdentity", Version="2011-06-15", RoleArn=ROLE_ARN,
+                                       RoleSessionName="bench", WebIdentityToken=token, DurationSeconds=str(seconds)))
+    req = urllib.request.Request(f"http://{gw.addr}/", data=form.encode(), method="POST",
+                                 headers={"Content-Type": "application/x-www-form-urlencoded"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        doc = ET.fromstring(r.read())
+    ns = {"sts": "https://sts.amazonaws.com/doc/2011-06-15/"}
+    c = doc.find(".//sts:Credentials", ns)
+    if c is None:
+        raise RuntimeError(f"AssumeRoleWithWebIdentity: no Credentials in {ET.tostring(doc)[:300]!r}")
+    return tuple(c.findtext(f"sts:{f}", namespaces=ns) or "" for f in ("AccessKeyId", "SecretAccessKey", "SessionToken"))  # type: ignore[return-value]
 
 
 # --------------------------------------------------------------------------- data
@@ -570,11 +601,23 @@ class Bench:
         self.results: list[dict] = []
         self.keys = Keys(work, cfg["cold_principals"])
         self.gw_count = 0
+        self._idp = None
 
-    def gateway(self, up: Upstream, log_level: str = "info") -> Gateway:
+    def gateway(self, up: Upstream, log_level: str = "info", issuer: str | None = None) -> Gateway:
         self.gw_count += 1
         env = dict(kv.split("=", 1) for kv in self.args.gateway_env)
-        return Gateway(self.gw_exe, self.work, f"s3gate-{self.gw_count:03d}-{up.name}", up, self.keys, log_level, env)
+        return Gateway(self.gw_exe, self.work, f"s3gate-{self.gw_count:03d}-{up.name}", up, self.keys, log_level, env, issuer)
+
+    def idp(self):
+        """The OIDC provider of S1s/STS (oauth2-mock-server), started once."""
+        if self._idp is None:
+            from harness.idp import Idp
+
+            self._idp = Idp(self.work).start()
+        return self._idp
+
+    def web_identity_token(self) -> str:
+        return self.idp().token({"sub": "bench-sts", "aud": "s3gate", "groups": ["bench"]}, expires_in=43200)
 
     def distributed(self, up: Upstream, log_level: str = "info") -> Distributed:
         self.gw_count += 1
@@ -690,6 +733,43 @@ class Bench:
                 quiet.stop()
             if ref:
                 ref.stop()
+
+    # S1s: S1 through one gateway, with the hot static key and with temporary
+    # keys from AssumeRoleWithWebIdentity (the same bucket-wide allow), in
+    # the same rounds: what a session costs per request over a static key.
+    def s1s(self, up: Upstream) -> None:
+        c = self.cfg
+        args = ["-c", "32", "--warmup", str(c["warmup"]), "--get-key", "small/{i}", "--get-count", str(SMALL_COUNT)]
+        gw = self.gateway(up, issuer=self.idp().issuer)
+        try:
+            session = assume_role(gw, self.web_identity_token())
+            creds = self.work / "sts-creds.txt"
+            creds.write_text(" ".join(session) + "\n")
+            for r in range(c["rounds"]):
+                self.load("S1s", up, None, r, args, c["s1_duration"], self.direct_creds(up))
+                self.load("S1s", up, gw, r, args, c["s1_duration"], creds_args(self.keys.hot), label="s3gate-key")
+                self.load("S1s", up, gw, r, args, c["s1_duration"], ["--creds", str(creds)], label="s3gate-sts")
+        finally:
+            gw.stop()
+
+    # STS: closed-loop AssumeRoleWithWebIdentity calls with one valid token,
+    # 8 connections. Every call verifies the JWT (JWKS cached) and mints and
+    # stores a new session: the cold path of a job fleet starting at once.
+    def sts(self, up: Upstream) -> None:
+        import urllib.parse
+
+        c = self.cfg
+        gw = self.gateway(up, issuer=self.idp().issuer)
+        try:
+            form = self.work / "sts-form.txt"
+            form.write_text(urllib.parse.urlencode(dict(Action="AssumeRoleWithWebIdentity", Version="2011-06-15", RoleArn=ROLE_ARN,
+                                                        RoleSessionName="bench", WebIdentityToken=self.web_identity_token())))
+            assume_role(gw, self.web_identity_token())  # JWKS fetched before the timed window
+            args = ["-c", "8", "--warmup", str(c["warmup"]), "--get-key", "unused", "--form", str(form)]
+            for r in range(c["rounds"]):
+                self.load("STS", up, gw, r, args, c["s4_duration"], [], label="s3gate-sts")
+        finally:
+            gw.stop()
 
     def reference_proxy(self, up: Upstream) -> "NginxProxy | None":
         return NginxProxy(self.work, up) if (self.args.reference_proxy and up.name == "nginx") else None
@@ -954,7 +1034,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="a few seconds per scenario, 1 round, 128 MiB transfers")
     ap.add_argument("--rounds", type=int, help="rounds per scenario (default 3, quick 1)")
-    ap.add_argument("--scenarios", default="S1,S2,S3,S4,S5", help="comma-separated subset of S1..S5, plus S1g/S4g (S1/S4 through controlplane + dataplane + Redis; not in the default set)")
+    ap.add_argument("--scenarios", default="S1,S2,S3,S4,S5", help="comma-separated subset of S1..S5, plus S1g/S4g (S1/S4 through controlplane + dataplane + Redis), "
+                    "S1s (S1 with STS session keys against a static key) and STS (cold AssumeRoleWithWebIdentity calls); the last four are not in the default set")
     ap.add_argument("--redis-bin", default=shutil.which("redis-server") or "/usr/bin/redis-server", help="redis-server for S1g/S4g (a private one on a free 127.0.0.1 port, no persistence)")
     ap.add_argument("--upstreams", default="nginx,s3s-fs", help="comma-separated subset of nginx,s3s-fs")
     ap.add_argument("--nginx-workers", type=int, default=1, help="nginx worker processes (default 1)")
@@ -978,6 +1059,7 @@ def main() -> int:
         cfg["rounds"] = args.rounds
     scenarios = [s.strip().upper() for s in args.scenarios.split(",") if s.strip()]
     scenarios = [s[:-1] + "g" if s.endswith("G") else s for s in scenarios]  # S4G -> S4g
+    scenarios = ["S1s" if s == "S1S" else s for s in scenarios]
     upstreams = [u.strip() for u in args.upstreams.split(",") if u.strip()]
     for exe in (args.gateway_bin, args.loadgen_bin):
         if not exe.exists():
@@ -1031,6 +1113,8 @@ def main() -> int:
     finally:
         for up in ups.values():
             up.proc.stop()
+        if bench._idp is not None:
+            bench._idp.stop()
         table, rows = summarize(bench.results)
         doc = {"machine": mach, "settings": cfg, "gateway_bin": str(args.gateway_bin), "gateway_env": args.gateway_env, "started": stamp, "summary": rows, "runs": bench.results}
         (args.out / f"bench-{stamp}.json").write_text(json.dumps(doc, indent=1))
