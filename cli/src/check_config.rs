@@ -113,6 +113,11 @@ fn render(name: &str, cfg: &FileConfig, raw: &FileConfig) -> String {
         bytes(f.buffer_budget.unwrap_or(d.buffer_budget))
     ));
 
+    // `serve` only; a data plane takes --sigv2.
+    line(String::new());
+    line("[auth]".into());
+    line(format!("sigv2 = {}", cfg.auth.sigv2));
+
     for (i, b) in cfg.backends.iter().enumerate() {
         let shown = match raw.backends.get(i) {
             Some(r) => map_secrets(&r.credentials, shown),

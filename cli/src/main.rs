@@ -178,6 +178,11 @@ struct DataplaneArgs {
     /// How long to wait for in-flight requests on shutdown.
     #[arg(long, env = "S3GATE_DRAIN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     drain_timeout: Duration,
+    /// Accept legacy SigV2 requests (`AWS key:signature`, presigned
+    /// `AWSAccessKeyId`/`Signature`/`Expires`), verified by the control
+    /// plane; `false` refuses them with 400 InvalidRequest.
+    #[arg(long, env = "S3GATE_DP_SIGV2", default_value_t = true, action = clap::ArgAction::Set, value_name = "true|false")]
+    sigv2: bool,
     #[command(flatten)]
     limits: LimitArgs,
     #[command(flatten)]
@@ -345,6 +350,7 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
             base_domains: file.base_domains.clone(),
         },
         limits: args.limits.resolve(Some(&file.limits)),
+        sigv2: file.auth.sigv2,
         ..Default::default()
     };
     if args.grpc_listen.is_none() && args.admin_token.is_some() {
@@ -499,6 +505,7 @@ fn dataplane(args: DataplaneArgs) -> Result<(), Failure> {
                 .collect(),
         },
         limits: args.limits.resolve(None),
+        sigv2: args.sigv2,
         ..Default::default()
     };
     runtime()?

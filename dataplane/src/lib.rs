@@ -60,6 +60,9 @@ pub struct Config {
     pub upstream_connect_timeout: Duration,
     /// Connection, request, timeout and buffering limits.
     pub limits: Limits,
+    /// Accept legacy SigV2 requests (verified by the control plane); off,
+    /// they are refused with 400 InvalidRequest.
+    pub sigv2: bool,
 }
 
 impl Default for Config {
@@ -73,6 +76,7 @@ impl Default for Config {
             route_cache_capacity: 10_000,
             upstream_connect_timeout: Duration::from_secs(5),
             limits: Limits::default(),
+            sigv2: true,
         }
     }
 }

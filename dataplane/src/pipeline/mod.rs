@@ -43,6 +43,8 @@ pub struct Ctx {
     pub(crate) cfg: Config,
     pub(crate) control_plane: Arc<dyn ControlPlane>,
     pub(crate) keys: authn::KeyCache,
+    /// SigV2 requests the control plane verified.
+    pub(crate) sigv2: authn::SigV2Cache,
     pub(crate) decisions: authz::DecisionCache,
     /// Prefix-scoped decisions; forgotten whenever `decisions` is.
     pub(crate) prefixes: authz::PrefixDecisions,
@@ -57,6 +59,7 @@ impl Ctx {
     pub fn new(cfg: Config, control_plane: Arc<dyn ControlPlane>) -> Self {
         Self {
             keys: authn::key_cache(cfg.key_cache_capacity),
+            sigv2: authn::sigv2_cache(cfg.key_cache_capacity),
             // A quarter of the decision budget goes to prefix-scoped ones.
             decisions: authz::decision_cache(
                 cfg.decision_cache_bytes - cfg.decision_cache_bytes / 4,
@@ -79,12 +82,20 @@ impl Ctx {
         match inv {
             Invalidation::Key(access_key) => {
                 let access_key = access_key.clone();
+                let sigv2_key = access_key.clone();
                 if let Err(error) = self
                     .keys
                     .invalidate_entries_if(move |k, _| authn::key_cache_entry_of(k, &access_key))
                 {
                     tracing::warn!(%error, "cannot invalidate by key; flushing all signing keys");
                     self.keys.invalidate_all();
+                }
+                if let Err(error) = self
+                    .sigv2
+                    .invalidate_entries_if(move |k, _| authn::sigv2_entry_of(k, &sigv2_key))
+                {
+                    tracing::warn!(%error, "cannot invalidate by key; flushing all SigV2 verifications");
+                    self.sigv2.invalidate_all();
                 }
             }
             Invalidation::Policy => {
@@ -94,6 +105,7 @@ impl Ctx {
             Invalidation::Bucket(bucket) => self.routes.invalidate(bucket).await,
             Invalidation::All => {
                 self.keys.invalidate_all();
+                self.sigv2.invalidate_all();
                 self.decisions.invalidate_all();
                 self.prefixes.invalidate_all();
                 self.routes.invalidate_all();
@@ -140,7 +152,8 @@ impl Exchange {
 
 pub async fn handle(cx: Arc<Ctx>, conn: Arc<ConnInfo>, req: Request<Incoming>) -> Response<Body> {
     let mut ex = Exchange::new(&cx, conn);
-    let (head, body) = req.into_parts();
+    let (mut head, body) = req.into_parts();
+    authn::fold_presigned(&cx.cfg, &mut head);
     // Classifying is pure and cheap; its verdict waits for authentication,
     // so a caller whose signature does not hold learns nothing about what
     // the gateway thinks of the request's shape. (The access log still
