@@ -322,6 +322,9 @@ body_deadline = "1m"
 send_timeout = "1m"
 buffer_budget = "64MiB"
 
+[auth]
+sigv2 = true
+
 [[backends]]
 name = "local"
 endpoint = "http://127.0.0.1:9000"
@@ -363,6 +366,7 @@ resources = ["data", "data/*", "typo/*"]
         let back = FileConfig::parse_unresolved(&shown).unwrap();
         assert_eq!(back.rules[0].resources, cfg.rules[0].resources);
         assert_eq!(back.limits.buffer_budget, Some(64 << 20));
+        assert!(back.auth.sigv2);
         assert_eq!(
             cfg.warnings,
             ["s3gate.toml:24:32: rules[0] (r001): resource \"typo/*\" names no configured bucket (buckets: data)"]
