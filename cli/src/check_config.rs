@@ -185,6 +185,10 @@ fn render(name: &str, cfg: &FileConfig, raw: &FileConfig) -> String {
             q(principal_from_name(tls.principal_from))
         ));
     }
+    // `serve` only; a data plane takes --sigv2.
+    line(String::new());
+    line("[auth]".into());
+    line(format!("sigv2 = {}", cfg.auth.sigv2));
 
     for (i, b) in cfg.backends.iter().enumerate() {
         let shown = match raw.backends.get(i) {
@@ -405,6 +409,9 @@ body_deadline = "1m"
 send_timeout = "1m"
 buffer_budget = "64MiB"
 
+[auth]
+sigv2 = true
+
 [[backends]]
 name = "local"
 endpoint = "http://127.0.0.1:9000"
@@ -454,6 +461,7 @@ resources = ["data", "data/*", "typo/*"]
         assert_eq!(back.rules[0].resources, cfg.rules[0].resources);
         assert_eq!(back.limits.buffer_budget, Some(64 << 20));
         assert_eq!(back.buckets[0].cors[0].max_age, Some(600));
+        assert!(back.auth.sigv2);
         assert_eq!(
             cfg.warnings,
             ["s3gate.toml:28:32: rules[0] (r001): resource \"typo/*\" names no configured bucket (buckets: data)"]

@@ -182,6 +182,11 @@ struct DataplaneArgs {
     /// How long to wait for in-flight requests on shutdown.
     #[arg(long, env = "S3GATE_DRAIN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     drain_timeout: Duration,
+    /// Accept legacy SigV2 requests (`AWS key:signature`, presigned
+    /// `AWSAccessKeyId`/`Signature`/`Expires`), verified by the control
+    /// plane; `false` refuses them with 400 InvalidRequest.
+    #[arg(long, env = "S3GATE_DP_SIGV2", default_value_t = true, action = clap::ArgAction::Set, value_name = "true|false")]
+    sigv2: bool,
     #[command(flatten)]
     limits: LimitArgs,
     #[command(flatten)]
@@ -459,6 +464,7 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
             .as_ref()
             .map(|t| check_config::principal_from(t.principal_from))
             .unwrap_or_default(),
+        sigv2: file.auth.sigv2,
         ..Default::default()
     };
     if args.grpc_listen.is_none() && args.admin_token.is_some() {
@@ -630,6 +636,7 @@ fn dataplane(args: DataplaneArgs) -> Result<(), Failure> {
         },
         limits: args.limits.resolve(None),
         principal_from: args.tls.tls_principal_from,
+        sigv2: args.sigv2,
         ..Default::default()
     };
     let tls = match (&args.tls.tls_listen, &args.tls.tls_cert, &args.tls.tls_key) {

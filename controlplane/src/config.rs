@@ -91,6 +91,9 @@ pub struct FileConfig {
     /// The HTTPS listener (`s3gate serve`), and client certificates.
     #[serde(default)]
     pub tls: Option<TlsConfig>,
+    /// How clients may authenticate (`s3gate serve`).
+    #[serde(default)]
+    pub auth: AuthConfig,
     /// What is valid but probably not meant (a rule resource naming no
     /// configured bucket), each with its place; whoever loads the file
     /// shows them.
@@ -172,6 +175,28 @@ pub enum PrincipalFrom {
 impl TlsConfig {
     /// Where the HTTPS listener listens when neither the file nor a flag says.
     pub const DEFAULT_LISTEN: &'static str = "127.0.0.1:9443";
+}
+
+/// `[auth]`: which client signatures the data plane accepts.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Legacy SigV2 (`Authorization: AWS key:signature`, presigned
+    /// `AWSAccessKeyId`/`Signature`/`Expires`), verified by the control
+    /// plane. On by default, as S3 still accepts it; `false` refuses it
+    /// with 400 InvalidRequest.
+    #[serde(default = "default_true")]
+    pub sigv2: bool,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self { sigv2: true }
+    }
+}
+
+fn default_true() -> bool {
+    true
 }
 
 /// `[limits]`: unset fields take the data plane's defaults. The data plane
@@ -1285,6 +1310,28 @@ resources = ["data", "data/reports/*"]
         assert!(
             err.starts_with("invalid config at line 2, column 10: listen: "),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn auth_sigv2_switch() {
+        let on = FileConfig::parse(SAMPLE).unwrap();
+        assert!(on.auth.sigv2, "SigV2 is on unless turned off");
+        let off = FileConfig::parse(&format!("{SAMPLE}\n[auth]\nsigv2 = false\n")).unwrap();
+        assert!(!off.auth.sigv2);
+        let text = format!("{SAMPLE}\n[auth]\nsigv2 = \"no\"\n");
+        assert!(
+            error(&text).starts_with("invalid config s3gate.toml:27:9: auth.sigv2: "),
+            "{}",
+            error(&text)
+        );
+        let text = format!("{SAMPLE}\n[auth]\nsigv3 = true\n");
+        assert!(
+            error(&text).starts_with(
+                "invalid config s3gate.toml:27:1: auth.sigv3: unknown field `sigv3`, expected `sigv2`"
+            ),
+            "{}",
+            error(&text)
         );
     }
 

@@ -64,6 +64,20 @@ impl Decisions for DecisionsService {
         Ok(Response::new((&grant).into()))
     }
 
+    async fn verify_sig_v2(
+        &self,
+        req: Request<pb::VerifySigV2Request>,
+    ) -> Result<Response<pb::VerifySigV2Response>, Status> {
+        let ask = req.into_inner().try_into()?;
+        let answer = self.replica.verify_sigv2(ask).await;
+        match s3gate_proto::convert::sigv2_response(&answer) {
+            Some(response) => Ok(Response::new(response)),
+            None => Err(answer
+                .err()
+                .map_or_else(|| Status::internal("no SigV2 answer"), Status::from)),
+        }
+    }
+
     async fn authenticate(
         &self,
         req: Request<pb::AuthenticateRequest>,

@@ -28,10 +28,12 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use s3gate_proto::{
     AddressingStyle, AuthorizeRequest, Backend, ControlPlane, ControlPlaneError, Decision,
-    Identity, PresentedCredential, Principal, Route, SigningKeyGrant, SigningKeyRequest,
+    Identity, PresentedCredential, Principal, Route, SigV2Grant, SigV2Request, SigningKeyGrant,
+    SigningKeyRequest,
 };
 
 use crate::config::{AddressingStyleConfig, CacheConfig};
+use crate::sources::identity::SigV2Check;
 use crate::sources::{Registry, SourceError, Sources};
 use crate::state::State;
 
@@ -140,6 +142,17 @@ impl ControlPlane for Snapshot {
         for source in &self.sources.identity {
             if let Some(grant) = source.signing_key(&req).await.map_err(unavailable)? {
                 return Ok(grant);
+            }
+        }
+        Err(ControlPlaneError::UnknownAccessKey)
+    }
+
+    async fn verify_sigv2(&self, req: SigV2Request) -> Result<SigV2Grant, ControlPlaneError> {
+        for source in &self.sources.identity {
+            match source.verify_sigv2(&req).await.map_err(unavailable)? {
+                Some(SigV2Check::Match(grant)) => return Ok(grant),
+                Some(SigV2Check::Mismatch) => return Err(ControlPlaneError::SignatureMismatch),
+                None => {}
             }
         }
         Err(ControlPlaneError::UnknownAccessKey)

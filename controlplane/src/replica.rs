@@ -13,7 +13,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use s3gate_proto::{
     AuthorizeRequest, ControlPlane, ControlPlaneError, Decision, Identity, Invalidation,
-    PresentedCredential, Principal, Route, SigningKeyGrant, SigningKeyRequest,
+    PresentedCredential, Principal, Route, SigV2Grant, SigV2Request, SigningKeyGrant,
+    SigningKeyRequest,
 };
 use tokio::sync::{broadcast, mpsc, watch};
 use tracing::{info, warn};
@@ -244,6 +245,10 @@ impl ControlPlane for Replica {
         req: SigningKeyRequest,
     ) -> Result<SigningKeyGrant, ControlPlaneError> {
         self.snapshot().signing_key(req).await
+    }
+
+    async fn verify_sigv2(&self, req: SigV2Request) -> Result<SigV2Grant, ControlPlaneError> {
+        self.snapshot().verify_sigv2(req).await
     }
 
     async fn authenticate(

@@ -16,7 +16,8 @@ use async_trait::async_trait;
 use s3gate_proto::pb::decisions_client::DecisionsClient;
 use s3gate_proto::{
     pb, AuthorizeRequest, ControlPlane, ControlPlaneError, Decision, Identity, Invalidation,
-    PresentedCredential, Principal, Route, SigningKeyGrant, SigningKeyRequest,
+    PresentedCredential, Principal, Route, SigV2Grant, SigV2Request, SigningKeyGrant,
+    SigningKeyRequest,
 };
 use tokio::sync::mpsc;
 use tonic::metadata::{Ascii, MetadataValue};
@@ -182,6 +183,16 @@ impl ControlPlane for GrpcControlPlane {
             other => other,
         })?;
         decode(resp)
+    }
+
+    async fn verify_sigv2(&self, req: SigV2Request) -> Result<SigV2Grant, ControlPlaneError> {
+        let msg = pb::VerifySigV2Request::from(&req);
+        let resp = self.call(|mut c| {
+            let msg = msg.clone();
+            async move { c.verify_sig_v2(msg).await }
+        });
+        s3gate_proto::convert::sigv2_answer(resp.await?)
+            .map_err(|e| ControlPlaneError::Unavailable(e.to_string()))?
     }
 
     async fn authorize(&self, req: AuthorizeRequest) -> Result<Decision, ControlPlaneError> {

@@ -124,6 +124,9 @@ impl From<&ControlPlaneError> for Error {
         match e {
             ControlPlaneError::UnknownAccessKey => Self::UnknownAccessKey,
             ControlPlaneError::NotAuthenticated(m) => Self::NotAuthenticated(m.clone()),
+            ControlPlaneError::SignatureMismatch => {
+                Self::S3(s3gate_s3::sigv2::SigV2Error::SignatureMismatch.into())
+            }
             ControlPlaneError::NoSuchBucket => Self::NoSuchBucket,
             ControlPlaneError::Unavailable(m) => Self::ControlPlane(m.clone()),
         }

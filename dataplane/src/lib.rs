@@ -66,6 +66,9 @@ pub struct Config {
     /// Which name of a verified client certificate is its principal (on a
     /// TLS listener that asks for client certificates).
     pub principal_from: PrincipalFrom,
+    /// Accept legacy SigV2 requests (verified by the control plane); off,
+    /// they are refused with 400 InvalidRequest.
+    pub sigv2: bool,
 }
 
 impl Default for Config {
@@ -80,6 +83,7 @@ impl Default for Config {
             upstream_connect_timeout: Duration::from_secs(5),
             limits: Limits::default(),
             principal_from: PrincipalFrom::default(),
+            sigv2: true,
         }
     }
 }

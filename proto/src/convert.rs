@@ -16,7 +16,7 @@ use crate::pb;
 use crate::{
     AddressingStyle, AuthorizeRequest, Backend, BackendAuth, BackendCredentials, ControlPlaneError,
     CorsRule, Decision, Identity, Invalidation, PresentedCredential, Principal, Redacted,
-    RequestContext, Resource, Route, Scope, SigningKey, SigningKeyGrant,
+    RequestContext, Resource, Route, Scope, SigV2Grant, SigV2Request, SigningKey, SigningKeyGrant,
 };
 
 /// A message that could not be turned into the contract's types.
@@ -41,6 +41,11 @@ impl From<ControlPlaneError> for Status {
         match e {
             ControlPlaneError::UnknownAccessKey => Status::unauthenticated("unknown access key"),
             ControlPlaneError::NotAuthenticated(m) => Status::unauthenticated(m),
+            // VerifySigV2 answers a mismatch in its response; as a status it
+            // decodes as "could not decide", which fails closed.
+            ControlPlaneError::SignatureMismatch => {
+                Status::permission_denied("signature does not match")
+            }
             ControlPlaneError::NoSuchBucket => Status::not_found("no such bucket"),
             ControlPlaneError::Unavailable(m) => Status::unavailable(m),
         }
@@ -168,6 +173,94 @@ impl fmt::Debug for pb::SigV4Credentials {
 impl fmt::Debug for pb::BearerToken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("BearerToken(<redacted>)")
+    }
+}
+
+// === SigV2 ===
+
+impl From<&SigV2Request> for pb::VerifySigV2Request {
+    fn from(r: &SigV2Request) -> Self {
+        pb::VerifySigV2Request {
+            access_key: r.access_key.clone(),
+            string_to_sign: r.string_to_sign.clone(),
+            signature: r.signature.to_vec(),
+        }
+    }
+}
+
+impl TryFrom<pb::VerifySigV2Request> for SigV2Request {
+    type Error = DecodeError;
+
+    fn try_from(r: pb::VerifySigV2Request) -> Result<Self, DecodeError> {
+        let signature = r
+            .signature
+            .as_slice()
+            .try_into()
+            .map_err(|_| DecodeError("a SigV2 signature must be 20 bytes"))?;
+        if r.access_key.is_empty() {
+            return Err(DecodeError("verify SigV2 needs an access key"));
+        }
+        Ok(SigV2Request {
+            access_key: r.access_key,
+            string_to_sign: r.string_to_sign,
+            signature,
+        })
+    }
+}
+
+/// The answer of VerifySigV2: a grant, or a mismatch (in band, so that
+/// statuses keep their one meaning: `Unauthenticated` is an unknown key).
+pub fn sigv2_response(
+    answer: &Result<SigV2Grant, ControlPlaneError>,
+) -> Option<pb::VerifySigV2Response> {
+    match answer {
+        Ok(grant) => Some(pb::VerifySigV2Response {
+            result: pb::SigV2Result::Match as i32,
+            principal: Some((&grant.principal).into()),
+            ttl_ms: ms(grant.ttl),
+        }),
+        Err(ControlPlaneError::SignatureMismatch) => Some(pb::VerifySigV2Response {
+            result: pb::SigV2Result::Mismatch as i32,
+            principal: None,
+            ttl_ms: 0,
+        }),
+        Err(_) => None,
+    }
+}
+
+/// Strict: only an explicit MATCH with a named principal is a grant.
+pub fn sigv2_answer(
+    r: pb::VerifySigV2Response,
+) -> Result<Result<SigV2Grant, ControlPlaneError>, DecodeError> {
+    match pb::SigV2Result::try_from(r.result) {
+        Ok(pb::SigV2Result::Match) => {
+            let principal: Principal = r
+                .principal
+                .ok_or(DecodeError("SigV2 match without principal"))?
+                .try_into()?;
+            if principal.is_anonymous() {
+                return Err(DecodeError("SigV2 match for the anonymous principal"));
+            }
+            Ok(Ok(SigV2Grant {
+                principal,
+                ttl: Duration::from_millis(r.ttl_ms),
+            }))
+        }
+        Ok(pb::SigV2Result::Mismatch) => Ok(Err(ControlPlaneError::SignatureMismatch)),
+        _ => Err(DecodeError("unspecified SigV2 result")),
+    }
+}
+
+impl fmt::Debug for pb::VerifySigV2Request {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("VerifySigV2Request")
+            .field("access_key", &self.access_key)
+            .field(
+                "string_to_sign",
+                &format_args!("<{} bytes>", self.string_to_sign.len()),
+            )
+            .field("signature", &"<redacted>")
+            .finish()
     }
 }
 
@@ -664,6 +757,52 @@ mod tests {
                 d
             );
         }
+    }
+
+    #[test]
+    fn sigv2_round_trips_and_decodes_strictly() {
+        let req = SigV2Request {
+            access_key: "AK".into(),
+            string_to_sign: "GET\n\n\n1\n/b/k".into(),
+            signature: [9; 20],
+        };
+        let msg = pb::VerifySigV2Request::from(&req);
+        assert_eq!(SigV2Request::try_from(msg.clone()).unwrap(), req);
+        let mut short = msg;
+        short.signature.pop();
+        assert!(SigV2Request::try_from(short).is_err());
+
+        let grant = SigV2Grant {
+            principal: alice(),
+            ttl: Duration::from_secs(30),
+        };
+        let ok = sigv2_response(&Ok(grant.clone())).unwrap();
+        assert_eq!(sigv2_answer(ok).unwrap().unwrap(), grant);
+        let mismatch = sigv2_response(&Err(ControlPlaneError::SignatureMismatch)).unwrap();
+        assert!(matches!(
+            sigv2_answer(mismatch).unwrap(),
+            Err(ControlPlaneError::SignatureMismatch)
+        ));
+        assert!(sigv2_response(&Err(ControlPlaneError::UnknownAccessKey)).is_none());
+        // an empty answer, or a match without a principal, is never a grant
+        assert!(sigv2_answer(pb::VerifySigV2Response::default()).is_err());
+        assert!(sigv2_answer(pb::VerifySigV2Response {
+            result: pb::SigV2Result::Match as i32,
+            principal: None,
+            ttl_ms: 1,
+        })
+        .is_err());
+        assert!(sigv2_answer(pb::VerifySigV2Response {
+            result: pb::SigV2Result::Match as i32,
+            principal: Some((&Principal::anonymous()).into()),
+            ttl_ms: 1,
+        })
+        .is_err());
+        // the mismatch as a status fails closed
+        let e: ControlPlaneError = Status::from(ControlPlaneError::SignatureMismatch).into();
+        assert!(matches!(e, ControlPlaneError::Unavailable(_)));
+        let dbg = format!("{req:?} {:?}", pb::VerifySigV2Request::from(&req));
+        assert!(!dbg.contains("/b/k") && !dbg.contains("[9"), "{dbg}");
     }
 
     #[test]

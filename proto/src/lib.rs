@@ -7,7 +7,8 @@
 //! (the message types here mirror those messages one to one).
 //!
 //! Nothing here carries a client's long-term secret: the control plane hands
-//! out derived SigV4 signing keys, scoped to one date, region and service.
+//! out derived SigV4 signing keys, scoped to one date, region and service,
+//! and checks legacy SigV2 signatures itself.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -46,6 +47,19 @@ pub trait ControlPlane: Send + Sync + 'static {
         credential: PresentedCredential,
     ) -> Result<Identity, ControlPlaneError>;
 
+    /// Verifies a legacy SigV2 signature where the secret lives: SigV2 is
+    /// an HMAC-SHA1 under the raw secret, so nothing derived from it could
+    /// be handed out instead. [`ControlPlaneError::UnknownAccessKey`] for a
+    /// key no source knows, [`ControlPlaneError::SignatureMismatch`] for a
+    /// signature that does not match. A control plane that cannot verify
+    /// SigV2 says it is unavailable (the data plane fails closed).
+    async fn verify_sigv2(&self, req: SigV2Request) -> Result<SigV2Grant, ControlPlaneError> {
+        let _ = req;
+        Err(ControlPlaneError::Unavailable(
+            "this control plane does not verify SigV2".to_owned(),
+        ))
+    }
+
     /// An authorization decision for one principal, action and resource.
     async fn authorize(&self, req: AuthorizeRequest) -> Result<Decision, ControlPlaneError>;
 
@@ -66,6 +80,9 @@ pub enum ControlPlaneError {
     /// No identity source accepted the credential; the reason is for logs.
     #[error("credential not accepted: {0}")]
     NotAuthenticated(String),
+    /// A SigV2 signature that the access key's secret did not produce.
+    #[error("signature does not match")]
+    SignatureMismatch,
     #[error("no such bucket")]
     NoSuchBucket,
     /// The control plane could not decide. The data plane fails closed.
@@ -126,6 +143,38 @@ impl fmt::Debug for SigningKeyGrant {
             .field("ttl", &self.ttl)
             .finish()
     }
+}
+
+/// A SigV2 signature to check: the string to sign the data plane rebuilt
+/// from the request, and the signature the client presented.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct SigV2Request {
+    pub access_key: String,
+    pub string_to_sign: String,
+    /// HMAC-SHA1, 20 bytes.
+    pub signature: [u8; 20],
+}
+
+impl fmt::Debug for SigV2Request {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SigV2Request")
+            .field("access_key", &self.access_key)
+            .field(
+                "string_to_sign",
+                &format_args!("<{} bytes>", self.string_to_sign.len()),
+            )
+            .field("signature", &"<redacted>")
+            .finish()
+    }
+}
+
+/// Who signed a SigV2 request whose signature matched.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SigV2Grant {
+    pub principal: Principal,
+    /// How long the data plane may reuse this answer for the same request
+    /// (access key, string to sign, signature).
+    pub ttl: Duration,
 }
 
 /// A credential the data plane cannot check alone.

@@ -32,6 +32,7 @@ fn generated_code_is_current() {
             "s3gate.v1.StaticHmacSpec",
             "s3gate.v1.BearerToken",
             "s3gate.v1.SigningKeyResponse",
+            "s3gate.v1.VerifySigV2Request",
             "s3gate.v1.KeyWithSecret",
             "s3gate.v1.PutBackendRequest",
         ])

@@ -5,6 +5,8 @@
 //!
 //! - [`sigv4`]: parse and verify AWS Signature Version 4 (header and presigned),
 //!   derive signing keys. Signatures are compared in constant time.
+//! - [`sigv2`]: legacy Signature Version 2 (header and presigned): parse it and
+//!   rebuild the string to sign; the signature is checked where the secret is.
 //! - [`chunked`]: a sans-IO decoder for `aws-chunked` bodies that verifies every
 //!   chunk signature and the trailing checksum.
 //! - [`checksum`]: the `x-amz-checksum-*` algorithms.
@@ -21,6 +23,7 @@ pub mod chunked_encoder;
 pub mod delete;
 pub mod error;
 pub mod request;
+pub mod sigv2;
 pub mod sigv4;
 pub mod xml;
 

@@ -318,6 +318,12 @@ fn split_target<'u>(
     })
 }
 
+/// The bucket a Host header names, virtual-host style (`<bucket>.<base
+/// domain>[:port]`), if it does.
+pub fn virtual_host_bucket<'h>(hosts: &HostConfig, host: &'h str) -> Option<&'h str> {
+    vhost_bucket(hosts, host)
+}
+
 fn vhost_bucket<'h>(hosts: &HostConfig, host: &'h str) -> Option<&'h str> {
     let name = strip_port(host);
     hosts.base_domains.iter().find_map(|base| {
@@ -520,13 +526,14 @@ impl<'a> Query<'a> {
     }
 
     /// The first parameter that is neither a known sub-resource, a known plain
-    /// parameter, a presign parameter, a `response-*` override nor an `x-*`
-    /// parameter (which S3 ignores).
+    /// parameter, a presign parameter (SigV4 or SigV2), a `response-*`
+    /// override nor an `x-*` parameter (which S3 ignores).
     fn unknown_param(&self) -> Option<&str> {
         self.pairs.iter().map(|(n, _)| n.as_ref()).find(|n| {
             !(SUBRESOURCES.contains(n)
                 || PLAIN_PARAMS.contains(n)
                 || n.starts_with("X-Amz-")
+                || crate::sigv2::QUERY_PARAMS.contains(n)
                 || n.starts_with("response-")
                 || n.starts_with("x-"))
         })

@@ -1,6 +1,7 @@
 //! Identity sources: who an access key belongs to, and the SigV4 signing key
-//! derived from its secret (the secret itself never leaves the source); who
-//! a bearer token or client certificate belongs to.
+//! derived from its secret (the secret itself never leaves the source);
+//! whether a legacy SigV2 signature was made with that secret; who a bearer
+//! token or client certificate belongs to.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -8,7 +9,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use s3gate_proto::{
-    Identity, PresentedCredential, Principal, SigningKey, SigningKeyGrant, SigningKeyRequest,
+    Identity, PresentedCredential, Principal, SigV2Grant, SigV2Request, SigningKey,
+    SigningKeyGrant, SigningKeyRequest,
 };
 
 use super::SourceError;
@@ -31,6 +33,15 @@ pub trait IdentitySource: Send + Sync + 'static {
     /// source knows it.
     async fn principal(&self, access_key: &str) -> Result<Option<Principal>, SourceError>;
 
+    /// Whether a SigV2 signature (HMAC-SHA1 of the string to sign under the
+    /// access key's secret) matches; `Ok(None)` when the key is not this
+    /// source's. Sources whose keys cannot sign SigV2 (temporary session
+    /// keys, which need their token checked) keep this default.
+    async fn verify_sigv2(&self, req: &SigV2Request) -> Result<Option<SigV2Check>, SourceError> {
+        let _ = req;
+        Ok(None)
+    }
+
     /// Who a bearer token or a verified client certificate belongs to;
     /// `Ok(None)` when the credential is not for this source. Sources of
     /// access keys know none.
@@ -41,6 +52,13 @@ pub trait IdentitySource: Send + Sync + 'static {
         let _ = credential;
         Ok(None)
     }
+}
+
+/// What an identity source says of a SigV2 signature made with one of its keys.
+#[derive(Debug)]
+pub enum SigV2Check {
+    Match(SigV2Grant),
+    Mismatch,
 }
 
 /// s3gate-issued keys, from the state (config file, Admin API).
@@ -97,5 +115,76 @@ impl IdentitySource for Keys {
 
     async fn principal(&self, access_key: &str) -> Result<Option<Principal>, SourceError> {
         Ok(self.keys.get(access_key).map(|k| k.principal.clone()))
+    }
+
+    async fn verify_sigv2(&self, req: &SigV2Request) -> Result<Option<SigV2Check>, SourceError> {
+        let Some(entry) = self.keys.get(&req.access_key) else {
+            return Ok(None);
+        };
+        let matches = s3gate_s3::sigv2::signature_matches(
+            entry.secret.expose().as_bytes(),
+            req.string_to_sign.as_bytes(),
+            &req.signature,
+        );
+        Ok(Some(if matches {
+            SigV2Check::Match(SigV2Grant {
+                principal: entry.principal.clone(),
+                ttl: self.ttl,
+            })
+        } else {
+            SigV2Check::Mismatch
+        }))
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::state::KeyRecord;
+
+    #[tokio::test]
+    async fn keys_check_sigv2_with_the_secret() {
+        let mut state = State::default();
+        state.keys.insert(
+            "AK1".into(),
+            KeyRecord {
+                access_key: "AK1".into(),
+                secret: Secret::new("s1"),
+                principal: "p1".into(),
+                groups: vec!["g".into()],
+                created: 0,
+            },
+        );
+        let keys = Keys::from_state(&state, Duration::from_secs(60));
+        let sts = "GET\n\n\n1764776159\n/b/k";
+        let ask = |access_key: &str, secret: &str| SigV2Request {
+            access_key: access_key.into(),
+            string_to_sign: sts.into(),
+            signature: s3gate_s3::sigv2::sign(secret.as_bytes(), sts.as_bytes()),
+        };
+        match keys.verify_sigv2(&ask("AK1", "s1")).await.unwrap() {
+            Some(SigV2Check::Match(grant)) => {
+                assert_eq!(&*grant.principal.name, "p1");
+                assert_eq!(grant.principal.access_key.as_deref(), Some("AK1"));
+                assert_eq!(grant.ttl, Duration::from_secs(60));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            keys.verify_sigv2(&ask("AK1", "wrong")).await.unwrap(),
+            Some(SigV2Check::Mismatch)
+        ));
+        let mut tampered = ask("AK1", "s1");
+        tampered.string_to_sign.push('x');
+        assert!(matches!(
+            keys.verify_sigv2(&tampered).await.unwrap(),
+            Some(SigV2Check::Mismatch)
+        ));
+        assert!(keys
+            .verify_sigv2(&ask("AK2", "s1"))
+            .await
+            .unwrap()
+            .is_none());
     }
 }

@@ -84,8 +84,12 @@ const DROP_RESPONSE: &[&str] = &[
     "upgrade",
 ];
 
-/// Presign parameters: they authenticated the client, not us.
+/// Presign parameters (SigV4, then SigV2): they authenticated the client,
+/// not us.
 const PRESIGN_PARAMS: &[&str] = &[
+    "AWSAccessKeyId",
+    "Signature",
+    "Expires",
     "X-Amz-Algorithm",
     "X-Amz-Credential",
     "X-Amz-Date",

@@ -49,6 +49,8 @@ pub struct Ctx {
     pub(crate) keys: authn::KeyCache,
     /// Identities of client certificates (mTLS).
     pub(crate) certs: authn::CertCache,
+    /// SigV2 requests the control plane verified.
+    pub(crate) sigv2: authn::SigV2Cache,
     pub(crate) decisions: authz::DecisionCache,
     /// Prefix-scoped decisions; forgotten whenever `decisions` is.
     pub(crate) prefixes: authz::PrefixDecisions,
@@ -64,6 +66,7 @@ impl Ctx {
         Self {
             keys: authn::key_cache(cfg.key_cache_capacity),
             certs: authn::cert_cache(cfg.key_cache_capacity),
+            sigv2: authn::sigv2_cache(cfg.key_cache_capacity),
             // A quarter of the decision budget goes to prefix-scoped ones.
             decisions: authz::decision_cache(
                 cfg.decision_cache_bytes - cfg.decision_cache_bytes / 4,
@@ -86,12 +89,20 @@ impl Ctx {
         match inv {
             Invalidation::Key(access_key) => {
                 let access_key = access_key.clone();
+                let sigv2_key = access_key.clone();
                 if let Err(error) = self
                     .keys
                     .invalidate_entries_if(move |k, _| authn::key_cache_entry_of(k, &access_key))
                 {
                     tracing::warn!(%error, "cannot invalidate by key; flushing all signing keys");
                     self.keys.invalidate_all();
+                }
+                if let Err(error) = self
+                    .sigv2
+                    .invalidate_entries_if(move |k, _| authn::sigv2_entry_of(k, &sigv2_key))
+                {
+                    tracing::warn!(%error, "cannot invalidate by key; flushing all SigV2 verifications");
+                    self.sigv2.invalidate_all();
                 }
             }
             Invalidation::Policy => {
@@ -102,6 +113,7 @@ impl Ctx {
             Invalidation::All => {
                 self.keys.invalidate_all();
                 self.certs.invalidate_all();
+                self.sigv2.invalidate_all();
                 self.decisions.invalidate_all();
                 self.prefixes.invalidate_all();
                 self.routes.invalidate_all();
@@ -158,6 +170,7 @@ pub async fn handle(cx: Arc<Ctx>, conn: Arc<ConnInfo>, req: Request<Incoming>) -
         // the bucket's CORS rules alone, never authenticated or forwarded.
         return cors::preflight(&cx, &head, &mut ex).await;
     }
+    authn::fold_presigned(&cx.cfg, &mut head);
     // Classifying is pure and cheap; its verdict waits for authentication,
     // so a caller whose signature does not hold learns nothing about what
     // the gateway thinks of the request's shape. (The access log still

@@ -72,6 +72,8 @@ pub fn finish(
         // Only DeleteObjects has this field; `None` records nothing.
         keys = trace.keys.as_deref(),
         decision = trace.decision.unwrap_or("-"),
+        // Only SigV2 requests have this field.
+        auth = super::authn::signature_version(head),
         status = response.status().as_u16(),
         latency_us = start.elapsed().as_micros() as u64,
     );

@@ -39,6 +39,31 @@ pub struct SigningKeyResponse {
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+#[prost(skip_debug)]
+pub struct VerifySigV2Request {
+    #[prost(string, tag = "1")]
+    pub access_key: ::prost::alloc::string::String,
+    /// The string to sign, as the data plane rebuilt it from the request.
+    #[prost(string, tag = "2")]
+    pub string_to_sign: ::prost::alloc::string::String,
+    /// The HMAC-SHA1 the client presented: 20 bytes.
+    #[prost(bytes = "vec", tag = "3")]
+    pub signature: ::prost::alloc::vec::Vec<u8>,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct VerifySigV2Response {
+    #[prost(enumeration = "SigV2Result", tag = "1")]
+    pub result: i32,
+    /// With MATCH: who signed, and how long the data plane may reuse this
+    /// answer for the same access key, string to sign and signature.
+    #[prost(message, optional, tag = "2")]
+    pub principal: ::core::option::Option<Principal>,
+    #[prost(uint64, tag = "3")]
+    pub ttl_ms: u64,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct AuthenticateRequest {
     #[prost(oneof = "authenticate_request::Credential", tags = "1, 2")]
     pub credential: ::core::option::Option<authenticate_request::Credential>,
@@ -328,6 +353,36 @@ pub struct BucketChanged {
 #[allow(clippy::all)]
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct FlushAll {}
+#[allow(clippy::all)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum SigV2Result {
+    Unspecified = 0,
+    Match = 1,
+    Mismatch = 2,
+}
+impl SigV2Result {
+    /// String value of the enum field names used in the ProtoBuf definition.
+    ///
+    /// The values are not transformed in any way and thus are considered stable
+    /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+    pub fn as_str_name(&self) -> &'static str {
+        match self {
+            Self::Unspecified => "SIG_V2_RESULT_UNSPECIFIED",
+            Self::Match => "SIG_V2_RESULT_MATCH",
+            Self::Mismatch => "SIG_V2_RESULT_MISMATCH",
+        }
+    }
+    /// Creates an enum from field names used in the ProtoBuf definition.
+    pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+        match value {
+            "SIG_V2_RESULT_UNSPECIFIED" => Some(Self::Unspecified),
+            "SIG_V2_RESULT_MATCH" => Some(Self::Match),
+            "SIG_V2_RESULT_MISMATCH" => Some(Self::Mismatch),
+            _ => None,
+        }
+    }
+}
 #[allow(clippy::all)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
 #[repr(i32)]
@@ -670,6 +725,34 @@ pub mod decisions_client {
             req.extensions_mut().insert(GrpcMethod::new("s3gate.v1.Decisions", "Watch"));
             self.inner.server_streaming(req, path, codec).await
         }
+        /// Checks a legacy SigV2 signature (HMAC-SHA1 under the access key's
+        /// secret, which never leaves the control plane). An unknown access key is
+        /// UNAUTHENTICATED; a signature that does not match is an answer
+        /// (SIG_V2_RESULT_MISMATCH), not an error.
+        pub async fn verify_sig_v2(
+            &mut self,
+            request: impl tonic::IntoRequest<super::VerifySigV2Request>,
+        ) -> std::result::Result<
+            tonic::Response<super::VerifySigV2Response>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/s3gate.v1.Decisions/VerifySigV2",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("s3gate.v1.Decisions", "VerifySigV2"));
+            self.inner.unary(req, path, codec).await
+        }
     }
 }
 /// Generated server implementations.
@@ -739,6 +822,17 @@ pub mod decisions_server {
             &self,
             request: tonic::Request<super::WatchRequest>,
         ) -> std::result::Result<tonic::Response<Self::WatchStream>, tonic::Status>;
+        /// Checks a legacy SigV2 signature (HMAC-SHA1 under the access key's
+        /// secret, which never leaves the control plane). An unknown access key is
+        /// UNAUTHENTICATED; a signature that does not match is an answer
+        /// (SIG_V2_RESULT_MISMATCH), not an error.
+        async fn verify_sig_v2(
+            &self,
+            request: tonic::Request<super::VerifySigV2Request>,
+        ) -> std::result::Result<
+            tonic::Response<super::VerifySigV2Response>,
+            tonic::Status,
+        >;
     }
     #[derive(Debug)]
     pub struct DecisionsServer<T> {
@@ -1083,6 +1177,51 @@ pub mod decisions_server {
                                 max_encoding_message_size,
                             );
                         let res = grpc.server_streaming(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/s3gate.v1.Decisions/VerifySigV2" => {
+                    #[allow(non_camel_case_types)]
+                    struct VerifySigV2Svc<T: Decisions>(pub Arc<T>);
+                    impl<
+                        T: Decisions,
+                    > tonic::server::UnaryService<super::VerifySigV2Request>
+                    for VerifySigV2Svc<T> {
+                        type Response = super::VerifySigV2Response;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::VerifySigV2Request>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Decisions>::verify_sig_v2(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = VerifySigV2Svc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
                         Ok(res)
                     };
                     Box::pin(fut)

@@ -5,6 +5,7 @@
 //! | credential | module | today |
 //! |---|---|---|
 //! | SigV4 `Authorization` header or presigned query | [`sigv4`] | yes |
+//! | SigV2 `Authorization: AWS key:signature` or presigned query (legacy) | [`sigv2`] | yes, unless `sigv2` is off |
 //! | none (anonymous) | [`anonymous`] | yes |
 //! | `Authorization: Bearer` (JWT) | `bearer` | next (identity issue) |
 //! | mTLS client certificate (from [`ConnInfo`]) | [`mtls`] | yes |
@@ -15,6 +16,7 @@
 
 mod anonymous;
 pub mod mtls;
+mod sigv2;
 mod sigv4;
 
 use std::sync::Arc;
@@ -22,9 +24,11 @@ use std::sync::Arc;
 use http::request::Parts;
 use s3gate_proto::Principal;
 use s3gate_s3::chunked::ChunkSigning;
-use s3gate_s3::sigv4::{AuthRequest, PayloadMode};
+use s3gate_s3::sigv4::{AuthRequest, PayloadMode, VerifyError};
 
 pub use self::mtls::{cert_cache, CertCache};
+pub(crate) use self::sigv2::sigv2_entry_of;
+pub use self::sigv2::{fold_presigned, signature_version, sigv2_cache, SigV2Cache};
 pub(crate) use self::sigv4::key_cache_entry_of;
 pub use self::sigv4::{key_cache, KeyCache};
 use super::Ctx;
@@ -35,7 +39,7 @@ use crate::listen::ConnInfo;
 pub struct Authenticated {
     pub principal: Principal,
     /// The identity source: `key` (an s3gate-issued access key, header-signed
-    /// or presigned), `mtls` (a verified client certificate), `anonymous`;
+    /// or presigned, or SigV2), `mtls` (a verified client certificate), `anonymous`;
     /// `sts` and `jwt` come with the identity issue. Named in the access log and in a decision's request
     /// context.
     pub source: &'static str,
@@ -54,6 +58,8 @@ pub enum Credential {
     SigV4(Box<AuthRequest>),
     /// The verified client certificate of the connection (mTLS).
     ClientCertificate,
+    /// Parsed by its own module, which also refuses it when SigV2 is off.
+    SigV2,
     Anonymous,
 }
 
@@ -61,7 +67,7 @@ pub enum Credential {
 ///
 /// The trust decision, in order:
 /// 1. **The request's own credential wins.** A request that signs (SigV4
-///    header or presigned URL; later a bearer token) is the principal of
+///    header or presigned URL, SigV2; later a bearer token) is the principal of
 ///    that credential, whether or not its connection presented a client
 ///    certificate. On such a connection the certificate only gated the
 ///    connection: the handshake refused anyone without a certificate from
@@ -76,8 +82,11 @@ pub enum Credential {
 /// A malformed credential is an error at its step, never a fall-through
 /// to the next one.
 pub fn credential(head: &Parts, conn: &ConnInfo) -> Result<Credential, Error> {
-    if let Some(auth) = s3gate_s3::sigv4::parse(&head.method, &head.uri, &head.headers)? {
-        return Ok(Credential::SigV4(Box::new(auth)));
+    match s3gate_s3::sigv4::parse(&head.method, &head.uri, &head.headers) {
+        Ok(Some(auth)) => return Ok(Credential::SigV4(Box::new(auth))),
+        Ok(None) => {}
+        Err(VerifyError::SigV2) => return Ok(Credential::SigV2),
+        Err(e) => return Err(e.into()),
     }
     if mtls::leaf(conn).is_some() {
         return Ok(Credential::ClientCertificate);
@@ -89,6 +98,7 @@ pub async fn verify(cx: &Ctx, head: &Parts, conn: &ConnInfo) -> Result<Authentic
     match credential(head, conn)? {
         Credential::SigV4(auth) => sigv4::verify(cx, head, *auth).await,
         Credential::ClientCertificate => mtls::verify(cx, head, conn).await,
+        Credential::SigV2 => sigv2::verify(cx, head).await,
         Credential::Anonymous => anonymous::verify(head),
     }
 }
