@@ -15,6 +15,7 @@ pub mod config;
 pub mod credential;
 pub mod crypto;
 pub mod grpc;
+pub mod oidc;
 pub mod policy;
 pub mod redis_store;
 pub mod replica;
