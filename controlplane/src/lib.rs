@@ -33,7 +33,7 @@ use s3gate_proto::{
 };
 
 use crate::config::{AddressingStyleConfig, CacheConfig};
-use crate::sources::{Registry, SourceError, Sources};
+use crate::sources::{Refusal, Registry, SourceError, Sources};
 use crate::state::State;
 
 /// A compiled snapshot of the control-plane state, and the sources built
@@ -130,6 +130,22 @@ fn unavailable(e: SourceError) -> ControlPlaneError {
     ControlPlaneError::Unavailable(e.to_string())
 }
 
+/// An identity source's error: a definitive refusal of the credential, or
+/// "could not decide" (503).
+fn refused_or_unavailable(e: SourceError) -> ControlPlaneError {
+    match e.refusal {
+        Some(Refusal::Invalid) => {
+            tracing::debug!(source = e.source_name, reason = %e.message, "credential refused");
+            ControlPlaneError::NotAuthenticated(e.to_string())
+        }
+        Some(Refusal::Expired) => {
+            tracing::debug!(source = e.source_name, reason = %e.message, "credential expired");
+            ControlPlaneError::CredentialExpired(e.to_string())
+        }
+        None => unavailable(e),
+    }
+}
+
 #[async_trait]
 impl ControlPlane for Snapshot {
     async fn signing_key(
@@ -137,7 +153,11 @@ impl ControlPlane for Snapshot {
         req: SigningKeyRequest,
     ) -> Result<SigningKeyGrant, ControlPlaneError> {
         for source in &self.sources.identity {
-            if let Some(grant) = source.signing_key(&req).await.map_err(unavailable)? {
+            if let Some(grant) = source
+                .signing_key(&req)
+                .await
+                .map_err(refused_or_unavailable)?
+            {
                 return Ok(grant);
             }
         }
@@ -152,7 +172,7 @@ impl ControlPlane for Snapshot {
             if let Some(identity) = source
                 .authenticate(&credential)
                 .await
-                .map_err(unavailable)?
+                .map_err(refused_or_unavailable)?
             {
                 return Ok(identity);
             }

@@ -14,6 +14,8 @@ pub enum S3ErrorCode {
     AuthorizationQueryParametersError,
     BadDigest,
     EntityTooLarge,
+    /// A bearer or session token that was good but has expired.
+    ExpiredToken,
     IncompleteBody,
     InternalError,
     InvalidAccessKeyId,
@@ -22,7 +24,7 @@ pub enum S3ErrorCode {
     InvalidChunkSizeError,
     InvalidDigest,
     InvalidRequest,
-    /// A bearer or session token that is malformed, expired or not accepted.
+    /// A bearer or session token that is malformed or not accepted.
     InvalidToken,
     InvalidURI,
     MalformedXML,
@@ -50,6 +52,7 @@ impl S3ErrorCode {
             Self::AuthorizationQueryParametersError => "AuthorizationQueryParametersError",
             Self::BadDigest => "BadDigest",
             Self::EntityTooLarge => "EntityTooLarge",
+            Self::ExpiredToken => "ExpiredToken",
             Self::IncompleteBody => "IncompleteBody",
             Self::InternalError => "InternalError",
             Self::InvalidAccessKeyId => "InvalidAccessKeyId",
@@ -86,6 +89,7 @@ impl S3ErrorCode {
             | Self::AuthorizationQueryParametersError
             | Self::BadDigest
             | Self::EntityTooLarge
+            | Self::ExpiredToken
             | Self::IncompleteBody
             | Self::InvalidArgument
             | Self::InvalidBucketName

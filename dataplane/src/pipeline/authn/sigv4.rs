@@ -112,6 +112,7 @@ pub(super) async fn verify(
         },
         payload: auth.payload,
         chunk_signing,
+        claims: None,
     })
 }
 
