@@ -350,6 +350,7 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
         limits: args.limits.resolve(Some(&file.limits)),
         ..Default::default()
     };
+    let providers = oidc_providers(&file.oidc)?;
     if args.grpc_listen.is_none() && args.admin_token.is_some() {
         return Err(Failure::Usage(anyhow::anyhow!(
             "--admin-token needs --grpc-listen"
@@ -363,7 +364,7 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
             // The same replica code as `s3gate controlplane`, over a memory store.
             let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
             store.seed(&State::from_config(&file)).await?;
-            let registry = standing_sources(&file.oidc).await?;
+            let registry = standing_sources(providers);
             let replica = Replica::start_with(store, file.cache.clone(), "embedded".to_owned(), registry).await?;
             let listener = TcpListener::bind(listen)
                 .await
@@ -391,17 +392,23 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
         .map_err(Failure::Runtime)
 }
 
-/// The standing sources of a replica, from the config file: the JWT
-/// bearer source when `[[oidc]]` providers are configured (their keys are
-/// fetched in the background from here on).
-async fn standing_sources(oidc: &[OidcConfig]) -> anyhow::Result<Registry> {
+/// The OIDC providers of the config file, checked before anything starts
+/// (a CA bundle that does not load is a usage error).
+fn oidc_providers(oidc: &[OidcConfig]) -> Result<Arc<Providers>, Failure> {
+    Providers::new(oidc).map_err(|e| Failure::Usage(e.into()))
+}
+
+/// The standing sources of a replica: the JWT bearer source when `[[oidc]]`
+/// providers are configured (their keys are fetched in the background from
+/// here on).
+fn standing_sources(providers: Arc<Providers>) -> Registry {
     let mut registry = Registry::default();
-    if !oidc.is_empty() {
-        let providers = Providers::start(oidc).await?;
+    if !providers.is_empty() {
         info!(providers = ?providers.names().collect::<Vec<_>>(), "oidc providers configured");
+        providers.prefetch();
         s3gate_controlplane::sources::oidc::register(&mut registry, providers);
     }
-    Ok(registry)
+    registry
 }
 
 async fn serve_grpc(
@@ -456,6 +463,7 @@ fn controlplane(args: ControlplaneArgs) -> Result<(), Failure> {
             "--admin-token must not be empty"
         )));
     }
+    let providers = oidc_providers(file.as_ref().map_or(&[][..], |f| &f.oidc[..]))?;
     runtime()?
         .block_on(async move {
             tokio::spawn(report_dropped_log_lines());
@@ -478,8 +486,7 @@ fn controlplane(args: ControlplaneArgs) -> Result<(), Failure> {
                 .with_context(|| format!("bind gRPC listener on {}", args.listen))?;
             let local = listener.local_addr().context("read listener address")?;
             let name = args.name.unwrap_or_else(|| local.to_string());
-            let oidc = file.as_ref().map_or(&[][..], |f| &f.oidc[..]);
-            let registry = standing_sources(oidc).await?;
+            let registry = standing_sources(providers);
             let replica = Replica::start_with(store, cache, name.clone(), registry).await?;
             if args.admin_token.is_none() {
                 warn!("no --admin-token: the Admin API is off");
