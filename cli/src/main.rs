@@ -9,9 +9,12 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use s3gate_controlplane::config::OidcConfig;
 use s3gate_controlplane::crypto::MasterKey;
+use s3gate_controlplane::oidc::Providers;
 use s3gate_controlplane::redis_store::RedisStore;
 use s3gate_controlplane::replica::Replica;
+use s3gate_controlplane::sources::Registry;
 use s3gate_controlplane::state::State;
 use s3gate_controlplane::store::{MemoryStore, Store};
 use s3gate_s3::request::HostConfig;
@@ -467,6 +470,7 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
         sigv2: file.auth.sigv2,
         ..Default::default()
     };
+    let providers = oidc_providers(&file.oidc)?;
     if args.grpc_listen.is_none() && args.admin_token.is_some() {
         return Err(Failure::Usage(anyhow::anyhow!(
             "--admin-token needs --grpc-listen"
@@ -480,7 +484,8 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
             // The same replica code as `s3gate controlplane`, over a memory store.
             let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
             store.seed(&State::from_config(&file)).await?;
-            let replica = Replica::start(store, file.cache.clone(), "embedded".to_owned()).await?;
+            let registry = standing_sources(providers);
+            let replica = Replica::start_with(store, file.cache.clone(), "embedded".to_owned(), registry).await?;
             let mut ready = serde_json::json!({});
             let plain = match listen {
                 Some(listen) => {
@@ -521,6 +526,25 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
             anyhow::Ok(())
         })
         .map_err(Failure::Runtime)
+}
+
+/// The OIDC providers of the config file, checked before anything starts
+/// (a CA bundle that does not load is a usage error).
+fn oidc_providers(oidc: &[OidcConfig]) -> Result<Arc<Providers>, Failure> {
+    Providers::new(oidc).map_err(|e| Failure::Usage(e.into()))
+}
+
+/// The standing sources of a replica: the JWT bearer source when `[[oidc]]`
+/// providers are configured (their keys are fetched in the background from
+/// here on).
+fn standing_sources(providers: Arc<Providers>) -> Registry {
+    let mut registry = Registry::default();
+    if !providers.is_empty() {
+        info!(providers = ?providers.names().collect::<Vec<_>>(), "oidc providers configured");
+        providers.prefetch();
+        s3gate_controlplane::sources::oidc::register(&mut registry, providers);
+    }
+    registry
 }
 
 async fn serve_grpc(
@@ -575,6 +599,7 @@ fn controlplane(args: ControlplaneArgs) -> Result<(), Failure> {
             "--admin-token must not be empty"
         )));
     }
+    let providers = oidc_providers(file.as_ref().map_or(&[][..], |f| &f.oidc[..]))?;
     runtime()?
         .block_on(async move {
             tokio::spawn(report_dropped_log_lines());
@@ -597,7 +622,8 @@ fn controlplane(args: ControlplaneArgs) -> Result<(), Failure> {
                 .with_context(|| format!("bind gRPC listener on {}", args.listen))?;
             let local = listener.local_addr().context("read listener address")?;
             let name = args.name.unwrap_or_else(|| local.to_string());
-            let replica = Replica::start(store, cache, name.clone()).await?;
+            let registry = standing_sources(providers);
+            let replica = Replica::start_with(store, cache, name.clone(), registry).await?;
             if args.admin_token.is_none() {
                 warn!("no --admin-token: the Admin API is off");
             }

@@ -26,6 +26,9 @@ pub enum Error {
     /// for the log, never the client).
     #[error("credential not accepted: {0}")]
     NotAuthenticated(String),
+    /// A token that was good but has expired (the reason is for the log).
+    #[error("credential expired: {0}")]
+    CredentialExpired(String),
     #[error("access denied: {reason}")]
     Denied { reason: String },
     #[error("no such bucket")]
@@ -57,6 +60,9 @@ impl Error {
                 S3ErrorCode::InvalidToken,
                 "The provided token is malformed or otherwise invalid.",
             ),
+            Self::CredentialExpired(_) => {
+                S3Error::new(S3ErrorCode::ExpiredToken, "The provided token has expired.")
+            }
             Self::Denied { .. } => S3Error::new(S3ErrorCode::AccessDenied, "Access Denied"),
             Self::NoSuchBucket => S3Error::new(S3ErrorCode::NoSuchBucket, "The specified bucket does not exist"),
             Self::ControlPlane(_) => S3Error::new(
@@ -127,6 +133,7 @@ impl From<&ControlPlaneError> for Error {
             ControlPlaneError::SignatureMismatch => {
                 Self::S3(s3gate_s3::sigv2::SigV2Error::SignatureMismatch.into())
             }
+            ControlPlaneError::CredentialExpired(m) => Self::CredentialExpired(m.clone()),
             ControlPlaneError::NoSuchBucket => Self::NoSuchBucket,
             ControlPlaneError::Unavailable(m) => Self::ControlPlane(m.clone()),
         }

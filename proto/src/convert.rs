@@ -36,6 +36,11 @@ fn ms(d: Duration) -> u64 {
 
 // === errors ===
 
+/// Marks an `Unauthenticated` status whose credential was good but expired
+/// (the code alone cannot say it; the message is for logs only).
+const CREDENTIAL_METADATA: &str = "s3gate-credential";
+const EXPIRED: &str = "expired";
+
 impl From<ControlPlaneError> for Status {
     fn from(e: ControlPlaneError) -> Self {
         match e {
@@ -45,6 +50,14 @@ impl From<ControlPlaneError> for Status {
             // decodes as "could not decide", which fails closed.
             ControlPlaneError::SignatureMismatch => {
                 Status::permission_denied("signature does not match")
+            }
+            ControlPlaneError::CredentialExpired(m) => {
+                let mut s = Status::unauthenticated(m);
+                s.metadata_mut().insert(
+                    CREDENTIAL_METADATA,
+                    tonic::metadata::MetadataValue::from_static(EXPIRED),
+                );
+                s
             }
             ControlPlaneError::NoSuchBucket => Status::not_found("no such bucket"),
             ControlPlaneError::Unavailable(m) => Status::unavailable(m),
@@ -57,6 +70,13 @@ impl From<Status> for ControlPlaneError {
     /// means "could not decide", and the data plane fails closed.
     fn from(s: Status) -> Self {
         match s.code() {
+            Code::Unauthenticated
+                if s.metadata()
+                    .get(CREDENTIAL_METADATA)
+                    .is_some_and(|v| v == EXPIRED) =>
+            {
+                ControlPlaneError::CredentialExpired(s.message().to_owned())
+            }
             Code::Unauthenticated => ControlPlaneError::UnknownAccessKey,
             Code::NotFound => ControlPlaneError::NoSuchBucket,
             code => ControlPlaneError::Unavailable(format!("{code:?}: {}", s.message())),
@@ -839,6 +859,19 @@ mod tests {
             let status: Status = err.into();
             assert_eq!(status.code(), code);
         }
+        // an expired credential stays distinguishable across the wire
+        let status: Status =
+            ControlPlaneError::CredentialExpired("token has expired".into()).into();
+        assert_eq!(status.code(), Code::Unauthenticated);
+        assert!(matches!(
+            ControlPlaneError::from(status),
+            ControlPlaneError::CredentialExpired(m) if m == "token has expired"
+        ));
+        let plain = Status::unauthenticated("no");
+        assert!(matches!(
+            ControlPlaneError::from(plain),
+            ControlPlaneError::UnknownAccessKey
+        ));
         for code in [
             Code::PermissionDenied,
             Code::Internal,

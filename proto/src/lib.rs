@@ -83,6 +83,10 @@ pub enum ControlPlaneError {
     /// A SigV2 signature that the access key's secret did not produce.
     #[error("signature does not match")]
     SignatureMismatch,
+    /// The credential was good but has expired (S3 `ExpiredToken`); the
+    /// reason is for logs.
+    #[error("credential expired: {0}")]
+    CredentialExpired(String),
     #[error("no such bucket")]
     NoSuchBucket,
     /// The control plane could not decide. The data plane fails closed.

@@ -19,6 +19,8 @@ pub enum S3ErrorCode {
     /// A CORS preflight without `Origin` or `Access-Control-Request-Method`.
     BadRequest,
     EntityTooLarge,
+    /// A bearer or session token that was good but has expired.
+    ExpiredToken,
     IncompleteBody,
     InternalError,
     InvalidAccessKeyId,
@@ -27,7 +29,7 @@ pub enum S3ErrorCode {
     InvalidChunkSizeError,
     InvalidDigest,
     InvalidRequest,
-    /// A bearer or session token that is malformed, expired or not accepted.
+    /// A bearer or session token that is malformed or not accepted.
     InvalidToken,
     InvalidURI,
     MalformedXML,
@@ -57,6 +59,7 @@ impl S3ErrorCode {
             Self::BadDigest => "BadDigest",
             Self::BadRequest => "BadRequest",
             Self::EntityTooLarge => "EntityTooLarge",
+            Self::ExpiredToken => "ExpiredToken",
             Self::IncompleteBody => "IncompleteBody",
             Self::InternalError => "InternalError",
             Self::InvalidAccessKeyId => "InvalidAccessKeyId",
@@ -95,6 +98,7 @@ impl S3ErrorCode {
             | Self::BadDigest
             | Self::BadRequest
             | Self::EntityTooLarge
+            | Self::ExpiredToken
             | Self::IncompleteBody
             | Self::InvalidArgument
             | Self::InvalidBucketName

@@ -42,6 +42,9 @@ use crate::listen::ConnInfo;
 use crate::upstream::Upstreams;
 use crate::Config;
 
+/// Memory for verified bearer tokens' identities.
+const TOKEN_CACHE_BYTES: u64 = 32 << 20;
+
 /// Everything a request needs, shared by all connections.
 pub struct Ctx {
     pub(crate) cfg: Config,
@@ -51,6 +54,8 @@ pub struct Ctx {
     pub(crate) certs: authn::CertCache,
     /// SigV2 requests the control plane verified.
     pub(crate) sigv2: authn::SigV2Cache,
+    /// Identities of verified bearer tokens, by the token's SHA-256.
+    pub(crate) tokens: authn::TokenCache,
     pub(crate) decisions: authz::DecisionCache,
     /// Prefix-scoped decisions; forgotten whenever `decisions` is.
     pub(crate) prefixes: authz::PrefixDecisions,
@@ -67,6 +72,7 @@ impl Ctx {
             keys: authn::key_cache(cfg.key_cache_capacity),
             certs: authn::cert_cache(cfg.key_cache_capacity),
             sigv2: authn::sigv2_cache(cfg.key_cache_capacity),
+            tokens: authn::token_cache(TOKEN_CACHE_BYTES),
             // A quarter of the decision budget goes to prefix-scoped ones.
             decisions: authz::decision_cache(
                 cfg.decision_cache_bytes - cfg.decision_cache_bytes / 4,
@@ -114,6 +120,7 @@ impl Ctx {
                 self.keys.invalidate_all();
                 self.certs.invalidate_all();
                 self.sigv2.invalidate_all();
+                self.tokens.invalidate_all();
                 self.decisions.invalidate_all();
                 self.prefixes.invalidate_all();
                 self.routes.invalidate_all();

@@ -21,9 +21,9 @@ pub(super) fn verify(head: &Parts) -> Result<Authenticated, Error> {
     })
 }
 
-/// How the body of a request without a signature is bound to it: not at
-/// all, or by a hash or trailing checksum the payload stage verifies. A
-/// signed streaming payload cannot be, without a signature.
+/// The payload mode of a request whose credential signs nothing (none at
+/// all, a bearer token): a hex digest or unsigned, never a signed stream
+/// (there is no signature for its chunks to chain from).
 pub(super) fn unsigned_payload(head: &Parts) -> Result<PayloadMode, Error> {
     Ok(match head.headers.get("x-amz-content-sha256") {
         None => PayloadMode::Unsigned,

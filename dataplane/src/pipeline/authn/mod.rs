@@ -7,7 +7,7 @@
 //! | SigV4 `Authorization` header or presigned query | [`sigv4`] | yes |
 //! | SigV2 `Authorization: AWS key:signature` or presigned query (legacy) | [`sigv2`] | yes, unless `sigv2` is off |
 //! | none (anonymous) | [`anonymous`] | yes |
-//! | `Authorization: Bearer` (JWT) | `bearer` | next (identity issue) |
+//! | `Authorization: Bearer` (JWT), verified by the control plane | [`bearer`] | yes |
 //! | mTLS client certificate (from [`ConnInfo`]) | [`mtls`] | yes |
 //!
 //! Anything auth-like that is malformed is an error, never anonymous.
@@ -15,6 +15,7 @@
 //! [`credential`]'s decision, and only its.
 
 mod anonymous;
+mod bearer;
 pub mod mtls;
 mod sigv2;
 mod sigv4;
@@ -29,6 +30,7 @@ use s3gate_s3::sigv4::{AuthRequest, PayloadMode, VerifyError};
 pub use self::mtls::{cert_cache, CertCache};
 pub(crate) use self::sigv2::sigv2_entry_of;
 pub use self::sigv2::{fold_presigned, signature_version, sigv2_cache, SigV2Cache};
+pub use self::bearer::{token_cache, TokenCache};
 pub(crate) use self::sigv4::key_cache_entry_of;
 pub use self::sigv4::{key_cache, KeyCache};
 use super::Ctx;
@@ -39,8 +41,8 @@ use crate::listen::ConnInfo;
 pub struct Authenticated {
     pub principal: Principal,
     /// The identity source: `key` (an s3gate-issued access key, header-signed
-    /// or presigned, or SigV2), `mtls` (a verified client certificate), `anonymous`;
-    /// `sts` and `jwt` come with the identity issue. Named in the access log and in a decision's request
+    /// or presigned, or SigV2), `jwt` (a bearer token), `mtls` (a verified client certificate),
+    /// `anonymous`; `sts` comes with temporary keys. Named in the access log and in a decision's request
     /// context.
     pub source: &'static str,
     /// What the identity source vouched for beyond the principal (a client
@@ -54,8 +56,10 @@ pub struct Authenticated {
 }
 
 /// The one credential a request presents.
-pub enum Credential {
+pub enum Credential<'a> {
     SigV4(Box<AuthRequest>),
+    /// The token of an `Authorization: Bearer` header.
+    Bearer(&'a str),
     /// The verified client certificate of the connection (mTLS).
     ClientCertificate,
     /// Parsed by its own module, which also refuses it when SigV2 is off.
@@ -66,13 +70,14 @@ pub enum Credential {
 /// Which credential counts for the request. Pure: nothing is verified yet.
 ///
 /// The trust decision, in order:
-/// 1. **The request's own credential wins.** A request that signs (SigV4
-///    header or presigned URL, SigV2; later a bearer token) is the principal of
-///    that credential, whether or not its connection presented a client
-///    certificate. On such a connection the certificate only gated the
-///    connection: the handshake refused anyone without a certificate from
-///    the client CA (`client_auth = "required"`), but the request acts as
-///    its key's principal, with its key's groups, never a mix of the two.
+/// 1. **The request's own credential wins.** A request that carries one
+///    (a bearer token, a SigV4 header or presigned URL, SigV2) is the
+///    principal of that credential, whether or not its connection presented
+///    a client certificate. On such a connection the certificate only gated
+///    the connection: the handshake refused anyone without a certificate
+///    from the client CA (`client_auth = "required"`), but the request acts
+///    as its credential's principal, with its groups, never a mix of the two.
+///    A bearer token together with a signature is refused, not resolved.
 /// 2. **Otherwise the connection's client certificate** (verified against
 ///    the client CA during the handshake) is the principal: its name per
 ///    `principal_from`, its subject's OU values as groups, identity source
@@ -81,7 +86,10 @@ pub enum Credential {
 ///
 /// A malformed credential is an error at its step, never a fall-through
 /// to the next one.
-pub fn credential(head: &Parts, conn: &ConnInfo) -> Result<Credential, Error> {
+pub fn credential<'a>(head: &'a Parts, conn: &ConnInfo) -> Result<Credential<'a>, Error> {
+    if let Some(token) = bearer::token(head)? {
+        return Ok(Credential::Bearer(token));
+    }
     match s3gate_s3::sigv4::parse(&head.method, &head.uri, &head.headers) {
         Ok(Some(auth)) => return Ok(Credential::SigV4(Box::new(auth))),
         Ok(None) => {}
@@ -97,6 +105,7 @@ pub fn credential(head: &Parts, conn: &ConnInfo) -> Result<Credential, Error> {
 pub async fn verify(cx: &Ctx, head: &Parts, conn: &ConnInfo) -> Result<Authenticated, Error> {
     match credential(head, conn)? {
         Credential::SigV4(auth) => sigv4::verify(cx, head, *auth).await,
+        Credential::Bearer(token) => bearer::verify(cx, head, token).await,
         Credential::ClientCertificate => mtls::verify(cx, head, conn).await,
         Credential::SigV2 => sigv2::verify(cx, head).await,
         Credential::Anonymous => anonymous::verify(head),
