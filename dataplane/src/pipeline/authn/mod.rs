@@ -27,10 +27,10 @@ use s3gate_proto::Principal;
 use s3gate_s3::chunked::ChunkSigning;
 use s3gate_s3::sigv4::{AuthRequest, PayloadMode, VerifyError};
 
+pub use self::bearer::{token_cache, TokenCache};
 pub use self::mtls::{cert_cache, CertCache};
 pub(crate) use self::sigv2::sigv2_entry_of;
 pub use self::sigv2::{fold_presigned, signature_version, sigv2_cache, SigV2Cache};
-pub use self::bearer::{token_cache, TokenCache};
 pub(crate) use self::sigv4::key_cache_entry_of;
 pub use self::sigv4::{key_cache, KeyCache};
 use super::Ctx;
