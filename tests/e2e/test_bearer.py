@@ -43,7 +43,7 @@ MIN_REFETCH = 10
 ISSUED: list[str] = []
 
 RULES = [
-    ("allow", ["group:writers"], ["s3:*"], ["data", "data/jwt/*"]),
+    ("allow", ["group:writers"], ["s3:*"], ["data", "data/jwt/*", "web/jwt/*"]),
     ("allow", ["group:readers"], ["s3:GetObject", "s3:ListBucket"], ["data", "data/jwt/*"]),
 ]
 
@@ -54,8 +54,22 @@ def oidc_config(issuer: str, ca_bundle=None) -> str:
     return "\n".join(toml_table("oidc", fields)) + "\n"
 
 
+# A web app's origin, allowed by the CORS rules of bucket "web" (the
+# backend's data-prod, as "data" is).
+WEB_APP = "https://app.example.com"
+
+
+def web_bucket_config() -> str:
+    out = toml_table("buckets", dict(name="web", backend="local", backend_bucket="data-prod"))
+    out += toml_table("buckets.cors", dict(allowed_origins=[WEB_APP], allowed_methods=["GET", "PUT"],
+                                           allowed_headers=["authorization", "content-type"], expose_headers=["ETag"],
+                                           max_age=600))  # fmt: skip
+    return "\n".join(out) + "\n"
+
+
 def bearer_config(backend, keys, issuer: str, ca_bundle=None) -> str:
-    return render_config(backend, keys, unused_port()) + rules_config(RULES) + oidc_config(issuer, ca_bundle)
+    return (render_config(backend, keys, unused_port()) + rules_config(RULES) + oidc_config(issuer, ca_bundle)
+            + web_bucket_config())  # fmt: skip
 
 
 def start_bearer_gateway(tmp, backend, issuer: str, name: str, ca_bundle=None) -> Gateway:
@@ -474,3 +488,25 @@ def test_no_token_in_the_gateway_log(gw):
     """The module's gateway fixture checks its log after shutdown too."""
     assert len(ISSUED) > 50
     assert_no_token_in(gw.log_path)
+
+
+def test_browser_page_uploads_and_downloads_with_a_bearer_token(gw, idp):
+    """A web app at WEB_APP holding a JWT: fetch() PUT with `Authorization:
+    Bearer` (preflighted, as a browser does: the header is not safelisted),
+    then GET; both answers carry the CORS headers a browser needs to hand
+    them to the page. Another origin's preflight is refused."""
+    from test_cors import browser_fetch, preflight
+
+    token = mint(idp)
+    url = f"{gw.endpoint}/web/jwt/{uuid.uuid4().hex}.txt"
+    auth = {"Authorization": f"Bearer {token}", "Content-Type": "text/plain"}
+    put = browser_fetch("PUT", url, WEB_APP, headers=auth, data=b"from the browser")
+    assert put.status_code == 200, put.text
+    assert "etag" in put.headers.get("access-control-expose-headers", "").lower(), put.headers
+    got = browser_fetch("GET", url, WEB_APP, headers={"Authorization": f"Bearer {token}"})
+    assert got.status_code == 200 and got.content == b"from the browser", got.text
+    # Without the token the page sees the refusal (CORS headers on errors too).
+    anon = browser_fetch("GET", url, WEB_APP)
+    assert anon.status_code == 403, anon.text
+    other = preflight(gw.endpoint, "/web/jwt/x.txt", "https://evil.example.net", "PUT", "authorization")
+    assert other.status_code == 403 and "access-control-allow-origin" not in other.headers, other.headers
