@@ -84,6 +84,9 @@ pub struct FileConfig {
     pub keys: Vec<KeyConfig>,
     #[serde(default)]
     pub rules: Vec<RuleConfig>,
+    /// Roles STS `AssumeRoleWithWebIdentity` grants sessions for.
+    #[serde(default)]
+    pub roles: Vec<RoleConfig>,
     /// What clients may cost the gateway (`s3gate serve`; flags override).
     #[serde(default)]
     pub limits: LimitsConfig,
@@ -296,6 +299,64 @@ pub struct RuleConfig {
     pub resources: Vec<String>,
 }
 
+/// `[[roles]]`: what a client passes as `RoleArn` to STS
+/// `AssumeRoleWithWebIdentity`, which identity provider's tokens it takes,
+/// and what the session gets.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoleConfig {
+    /// `arn:aws:iam::<account>:role/<name>`, as clients pass it.
+    pub arn: String,
+    /// The `[[oidc]]` provider whose tokens this role accepts.
+    pub oidc: String,
+    /// Added to the token's groups in the session.
+    #[serde(default)]
+    pub groups: Vec<String>,
+    /// Claims the token must carry: a string claim equal to the value, an
+    /// array claim containing it; a list of values requires every one.
+    #[serde(default)]
+    pub require_claims: BTreeMap<String, ClaimValues>,
+    /// The longest session (`DurationSeconds`) granted: 15m to 12h.
+    #[serde(default = "default_max_session", with = "humantime_serde_compat")]
+    pub max_session: Duration,
+}
+
+/// The value(s) of a required claim: a string, number or boolean, or a
+/// list of them (every one required). Kept as strings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimValues(pub Vec<String>);
+
+impl<'de> Deserialize<'de> for ClaimValues {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Scalar {
+            S(String),
+            B(bool),
+            I(i64),
+        }
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            One(Scalar),
+            Many(Vec<Scalar>),
+        }
+        let text = |s: Scalar| match s {
+            Scalar::S(s) => s,
+            Scalar::B(b) => b.to_string(),
+            Scalar::I(i) => i.to_string(),
+        };
+        match Raw::deserialize(d).map_err(|_| {
+            serde::de::Error::custom(
+                "a required claim is a string, number or boolean, or a list of them",
+            )
+        })? {
+            Raw::One(s) => Ok(Self(vec![text(s)])),
+            Raw::Many(v) => Ok(Self(v.into_iter().map(text).collect())),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum Effect {
@@ -314,6 +375,9 @@ fn default_key_ttl() -> Duration {
 }
 fn default_route_ttl() -> Duration {
     Duration::from_secs(300)
+}
+fn default_max_session() -> Duration {
+    Duration::from_secs(s3gate_s3::sts::DEFAULT_DURATION_SECONDS)
 }
 
 /// `"30s"`-style durations in TOML.
@@ -512,6 +576,55 @@ impl FileConfig {
                 }
             }
         }
+        let mut arns = HashSet::new();
+        for (i, r) in self.roles.iter().enumerate() {
+            let at = |field: &str, needle: Option<&str>, message: String| {
+                src.entry_problem("roles", i, field, needle, message)
+            };
+            if let Err(m) = crate::roles::parse_role_arn(&r.arn) {
+                return Err(at("arn", None, m));
+            }
+            if !arns.insert(r.arn.clone()) {
+                return Err(at("arn", None, format!("duplicate role {:?}", r.arn)));
+            }
+            if r.oidc.is_empty() {
+                return Err(at(
+                    "oidc",
+                    None,
+                    "oidc must name an [[oidc]] provider".into(),
+                ));
+            }
+            if let Some(g) = r.groups.iter().find(|g| g.is_empty()) {
+                return Err(at(
+                    "groups",
+                    Some(g),
+                    "a group name must not be empty".into(),
+                ));
+            }
+            for (claim, values) in &r.require_claims {
+                if claim.is_empty() || values.0.is_empty() {
+                    return Err(at(
+                        "require_claims",
+                        None,
+                        "each required claim needs a name and at least one value".into(),
+                    ));
+                }
+            }
+            let (min, max) = (
+                Duration::from_secs(s3gate_s3::sts::MIN_DURATION_SECONDS),
+                Duration::from_secs(s3gate_s3::sts::MAX_DURATION_SECONDS),
+            );
+            if r.max_session < min || r.max_session > max {
+                return Err(at(
+                    "max_session",
+                    None,
+                    format!(
+                        "max_session must be between 15m and 12h (is {})",
+                        humantime::format_duration(r.max_session)
+                    ),
+                ));
+            }
+        }
         for d in &mut self.base_domains {
             *d = d.trim_end_matches('.').to_ascii_lowercase();
         }
@@ -591,6 +704,8 @@ struct Entries {
     keys: Vec<Entry>,
     #[serde(default)]
     rules: Vec<Entry>,
+    #[serde(default)]
+    roles: Vec<Entry>,
 }
 
 type Entry = toml::Spanned<BTreeMap<String, toml::Spanned<toml::Value>>>;
@@ -610,6 +725,7 @@ impl<'a> Source<'a> {
             "buckets" => &self.entries.buckets,
             "keys" => &self.entries.keys,
             "rules" => &self.entries.rules,
+            "roles" => &self.entries.roles,
             _ => return None,
         }
         .get(index)
@@ -622,10 +738,10 @@ impl<'a> Source<'a> {
         let label = match section {
             "rules" => Some(format!("r{:03}", index + 1)),
             _ => {
-                let field = if section == "keys" {
-                    "access_key"
-                } else {
-                    "name"
+                let field = match section {
+                    "keys" => "access_key",
+                    "roles" => "arn",
+                    _ => "name",
                 };
                 self.entry(section, index)
                     .and_then(|e| e.get_ref().get(field))

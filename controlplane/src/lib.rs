@@ -18,6 +18,8 @@ pub mod grpc;
 pub mod policy;
 pub mod redis_store;
 pub mod replica;
+pub mod roles;
+pub mod session;
 pub mod sources;
 pub mod state;
 pub mod store;
@@ -138,6 +140,11 @@ impl ControlPlane for Snapshot {
         for source in &self.sources.identity {
             if let Some(grant) = source.signing_key(&req).await.map_err(unavailable)? {
                 return Ok(grant);
+            }
+        }
+        for source in &self.sources.identity {
+            if source.expired(&req.access_key).await.map_err(unavailable)? {
+                return Err(ControlPlaneError::SessionExpired);
             }
         }
         Err(ControlPlaneError::UnknownAccessKey)

@@ -12,8 +12,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use s3gate_proto::{
-    AuthorizeRequest, ControlPlane, ControlPlaneError, Decision, Identity, Invalidation,
-    PresentedCredential, Principal, Route, SigningKeyGrant, SigningKeyRequest,
+    AssumedRole, AuthorizeRequest, ControlPlane, ControlPlaneError, Decision, Identity,
+    Invalidation, PresentedCredential, Principal, Route, SigningKeyGrant, SigningKeyRequest,
+    StsError, StsErrorCode, WebIdentityRequest,
 };
 use tokio::sync::{broadcast, mpsc, watch};
 use tracing::{info, warn};
@@ -201,6 +202,16 @@ async fn follow(replica: Weak<Replica>, mut notes: broadcast::Receiver<Notificat
         let Some(replica) = replica.upgrade() else {
             return;
         };
+        // Revoked sessions are not state: nothing to reload, only cached
+        // signing keys to drop everywhere.
+        if let Touched::Sessions(keys) = &note.touched {
+            for k in keys {
+                let _ = replica
+                    .events
+                    .send((replica.version(), Invalidation::Key(k.clone())));
+            }
+            continue;
+        }
         let mut backoff = Duration::from_millis(100);
         let state = loop {
             match replica.store.load().await {
@@ -233,6 +244,7 @@ fn invalidations(touched: &Touched, state: &State) -> Vec<Invalidation> {
             .filter(|b| &b.backend == name)
             .map(|b| Invalidation::Bucket(b.name.clone()))
             .collect(),
+        Touched::Sessions(keys) => keys.iter().cloned().map(Invalidation::Key).collect(),
         Touched::All => vec![Invalidation::All],
     }
 }
@@ -266,6 +278,20 @@ impl ControlPlane for Replica {
         principal: &Principal,
     ) -> Result<Vec<String>, ControlPlaneError> {
         self.snapshot().visible_buckets(principal).await
+    }
+
+    async fn assume_role_with_web_identity(
+        &self,
+        req: WebIdentityRequest,
+    ) -> Result<AssumedRole, StsError> {
+        match &self.registry.sessions {
+            Some(issuer) => issuer.assume_role_with_web_identity(req).await,
+            None => Err(StsError::refused(
+                StsErrorCode::AccessDenied,
+                "Not authorized to perform sts:AssumeRoleWithWebIdentity: no [[roles]] are \
+                 configured",
+            )),
+        }
     }
 }
 

@@ -125,6 +125,10 @@ impl From<&ControlPlaneError> for Error {
             ControlPlaneError::UnknownAccessKey => Self::UnknownAccessKey,
             ControlPlaneError::NotAuthenticated(m) => Self::NotAuthenticated(m.clone()),
             ControlPlaneError::NoSuchBucket => Self::NoSuchBucket,
+            ControlPlaneError::SessionExpired => Self::S3(S3Error::new(
+                S3ErrorCode::ExpiredToken,
+                "The provided token has expired.",
+            )),
             ControlPlaneError::Unavailable(m) => Self::ControlPlane(m.clone()),
         }
     }

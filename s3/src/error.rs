@@ -14,6 +14,8 @@ pub enum S3ErrorCode {
     AuthorizationQueryParametersError,
     BadDigest,
     EntityTooLarge,
+    /// A session's temporary credentials have expired.
+    ExpiredToken,
     IncompleteBody,
     InternalError,
     InvalidAccessKeyId,
@@ -50,6 +52,7 @@ impl S3ErrorCode {
             Self::AuthorizationQueryParametersError => "AuthorizationQueryParametersError",
             Self::BadDigest => "BadDigest",
             Self::EntityTooLarge => "EntityTooLarge",
+            Self::ExpiredToken => "ExpiredToken",
             Self::IncompleteBody => "IncompleteBody",
             Self::InternalError => "InternalError",
             Self::InvalidAccessKeyId => "InvalidAccessKeyId",
@@ -86,6 +89,7 @@ impl S3ErrorCode {
             | Self::AuthorizationQueryParametersError
             | Self::BadDigest
             | Self::EntityTooLarge
+            | Self::ExpiredToken
             | Self::IncompleteBody
             | Self::InvalidArgument
             | Self::InvalidBucketName

@@ -288,7 +288,7 @@ pub fn parse_copy_source(value: &str) -> Result<CopySource, S3Error> {
     })
 }
 
-fn vhost_bucket<'h>(hosts: &HostConfig, host: &'h str) -> Option<&'h str> {
+pub(crate) fn vhost_bucket<'h>(hosts: &HostConfig, host: &'h str) -> Option<&'h str> {
     let name = strip_port(host);
     hosts.base_domains.iter().find_map(|base| {
         let prefix = name.len().checked_sub(base.len() + 1)?;

@@ -41,6 +41,14 @@ pub trait IdentitySource: Send + Sync + 'static {
         let _ = credential;
         Ok(None)
     }
+
+    /// Whether `access_key`, which no source knows, was this source's and
+    /// has expired (a temporary session's): the client then hears
+    /// `ExpiredToken` rather than `InvalidAccessKeyId`.
+    async fn expired(&self, access_key: &str) -> Result<bool, SourceError> {
+        let _ = access_key;
+        Ok(false)
+    }
 }
 
 /// s3gate-issued keys, from the state (config file, Admin API).
@@ -92,6 +100,7 @@ impl IdentitySource for Keys {
             key: SigningKey::derive(entry.secret.expose(), &req.date, &req.region, &req.service),
             principal: entry.principal.clone(),
             ttl: self.ttl,
+            session: None,
         }))
     }
 

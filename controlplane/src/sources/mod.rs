@@ -3,7 +3,7 @@
 //!
 //! | kind | trait | answers | built-in source |
 //! |---|---|---|---|
-//! | identity | [`IdentitySource`] | access key → principal + derived signing key | [`identity::Keys`] (s3gate-issued keys) |
+//! | identity | [`IdentitySource`] | access key → principal + derived signing key | [`identity::Keys`] (s3gate-issued keys), [`sessions::Sessions`] (STS sessions, standing) |
 //! | policy | [`PolicySource`] | request → allow / deny / abstain, with reason, scope, TTL | [`policy::Rules`] (built-in rules) |
 //! | credentials | [`CredentialSource`] | backend → the credentials to sign with, and until when | [`credentials::StaticHmac`] |
 //!
@@ -27,6 +27,7 @@
 pub mod credentials;
 pub mod identity;
 pub mod policy;
+pub mod sessions;
 
 use std::sync::Arc;
 
@@ -76,6 +77,8 @@ pub struct Registry {
     pub policy: Vec<PolicySlot>,
     /// Asked after the static HMAC keys of the backend records.
     pub credentials: Vec<Arc<dyn CredentialSource>>,
+    /// Mints STS sessions (`[[roles]]`); none: STS calls are refused.
+    pub sessions: Option<Arc<dyn crate::session::SessionIssuer>>,
 }
 
 impl Default for Registry {
@@ -85,6 +88,7 @@ impl Default for Registry {
             identity: Vec::new(),
             policy: vec![PolicySlot::Rules],
             credentials: Vec::new(),
+            sessions: None,
         }
     }
 }

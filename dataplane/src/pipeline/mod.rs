@@ -3,6 +3,7 @@
 //!
 //! | stage     | in → out                                        | I/O                       |
 //! |-----------|-------------------------------------------------|---------------------------|
+//! | sts       | STS call (before authn) → STS XML answer        | control plane             |
 //! | parse     | request head → `S3Request`                      | none                      |
 //! | authn     | head + `ConnInfo` → `Authenticated`             | control plane on miss     |
 //! | route     | bucket → `RouteEntry` (backend, creds, client)  | control plane on miss     |
@@ -21,6 +22,7 @@ pub mod parse;
 pub mod payload;
 pub mod respond;
 pub mod route;
+pub mod sts;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -106,6 +108,10 @@ impl Ctx {
 #[derive(Default)]
 pub struct Trace {
     pub principal: Option<Arc<str>>,
+    /// How the principal authenticated (`sigv4`, `presigned`, `sts`, …).
+    pub source: Option<&'static str>,
+    /// The operation, for requests that are no S3 operation (an STS call).
+    pub op: Option<&'static str>,
     pub decision: Option<&'static str>,
     /// For DeleteObjects: every key of the document, as a JSON array.
     pub keys: Option<String>,
@@ -141,6 +147,18 @@ impl Exchange {
 pub async fn handle(cx: Arc<Ctx>, conn: Arc<ConnInfo>, req: Request<Incoming>) -> Response<Body> {
     let mut ex = Exchange::new(&cx, conn);
     let (head, body) = req.into_parts();
+    // STS calls carry no signature: the token in them is the credential,
+    // and only the control plane can judge it.
+    if let Some(call) = s3gate_s3::sts::recognise(
+        &cx.cfg.hosts,
+        &head.method,
+        &head.uri,
+        parse::host(&head),
+        &head.headers,
+    ) {
+        let response = sts::answer(&cx, &head, body, call, &mut ex).await;
+        return respond::finish(&head, Ok(response), &ex, None);
+    }
     // Classifying is pure and cheap; its verdict waits for authentication,
     // so a caller whose signature does not hold learns nothing about what
     // the gateway thinks of the request's shape. (The access log still
@@ -151,6 +169,7 @@ pub async fn handle(cx: Arc<Ctx>, conn: Arc<ConnInfo>, req: Request<Incoming>) -
         Err(e) => return respond::finish(&head, Err(e), &ex, parsed.as_ref().ok()),
     };
     ex.trace.principal = Some(who.principal.name.clone());
+    ex.trace.source = Some(who.source);
     let req = match parsed {
         Ok(req) => req,
         Err(e) => {

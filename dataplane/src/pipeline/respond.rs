@@ -64,7 +64,8 @@ pub fn finish(
         request_id,
         %peer,
         principal = trace.principal.as_deref().unwrap_or("-"),
-        op = req.map_or("-", |r| r.op.as_str()),
+        identity = trace.source.unwrap_or("-"),
+        op = req.map_or(trace.op.unwrap_or("-"), |r| r.op.as_str()),
         bucket = req.and_then(|r| r.bucket.as_deref()).unwrap_or("-"),
         key,
         // Only DeleteObjects has this field; `None` records nothing.

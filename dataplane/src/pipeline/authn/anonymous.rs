@@ -33,6 +33,7 @@ pub(super) fn verify(head: &Parts) -> Result<Authenticated, Error> {
     Ok(Authenticated {
         principal: Principal::anonymous(),
         source: "anonymous",
+        claims: Default::default(),
         payload,
         chunk_signing: None,
     })

@@ -4,7 +4,7 @@
 //!
 //! | credential | module | today |
 //! |---|---|---|
-//! | SigV4 `Authorization` header or presigned query | [`sigv4`] | yes |
+//! | SigV4 `Authorization` header or presigned query (an STS session's key also needs its `X-Amz-Security-Token`) | [`sigv4`] | yes |
 //! | none (anonymous) | [`anonymous`] | yes |
 //! | `Authorization: Bearer` (JWT) | `bearer` | next (identity issue) |
 //! | mTLS client certificate (from [`ConnInfo`]) | `mtls` | next (identity issue) |
@@ -13,6 +13,8 @@
 
 mod anonymous;
 mod sigv4;
+
+use std::sync::Arc;
 
 use http::request::Parts;
 use s3gate_proto::Principal;
@@ -28,9 +30,12 @@ use crate::listen::ConnInfo;
 /// Proof that a request was authenticated (or is anonymous).
 pub struct Authenticated {
     pub principal: Principal,
-    /// How: `sigv4`, `presigned`, `anonymous` (the identity source named in
-    /// a decision's request context).
+    /// How: `sigv4`, `presigned`, `sts` (a temporary session's key, header
+    /// or presigned), `anonymous` (the identity source named in a
+    /// decision's request context).
     pub source: &'static str,
+    /// What the identity's token said (an STS session's), for policy.
+    pub claims: Arc<[(String, String)]>,
     /// How the body is bound to the signature.
     pub payload: PayloadMode,
     /// For signed aws-chunked bodies: what the chunk signatures chain from.
