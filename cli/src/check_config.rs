@@ -169,6 +169,21 @@ fn render(name: &str, cfg: &FileConfig, raw: &FileConfig) -> String {
         line(format!("actions = {}", list(&r.actions)));
         line(format!("resources = {}", list(&r.resources)));
     }
+    for o in &cfg.oidc {
+        line(String::new());
+        line("[[oidc]]".into());
+        line(format!("name = {}", q(&o.name)));
+        line(format!("issuer = {}", q(&o.issuer)));
+        line(format!("audiences = {}", list(&o.audiences)));
+        line(format!("principal_claim = {}", q(&o.principal_claim)));
+        match &o.groups_claim {
+            Some(g) => line(format!("groups_claim = {}", q(g))),
+            None => line("# groups_claim: not set; tokens give no groups".into()),
+        }
+        if let Some(ca) = &o.ca_bundle {
+            line(format!("ca_bundle = {}", q(ca)));
+        }
+    }
     out
 }
 
@@ -290,6 +305,17 @@ actions = ["s3:Get*", "s3:ListBucket"]
 resources = ["data", "data/*", "typo/*"]
 [limits]
 buffer_budget = "64MiB"
+[[oidc]]
+name = "corp"
+issuer = "https://idp.example.com/realms/corp"
+audiences = ["s3gate", "minio"]
+groups_claim = "groups"
+ca_bundle = "idp-ca.pem"
+[[oidc]]
+name = "ci"
+issuer = "http://127.0.0.1:8080"
+audiences = ["s3gate"]
+principal_claim = "repository"
 "#;
 
     #[test]
@@ -349,6 +375,21 @@ effect = "allow"
 principals = ["alice"]
 actions = ["s3:Get*", "s3:ListBucket"]
 resources = ["data", "data/*", "typo/*"]
+
+[[oidc]]
+name = "corp"
+issuer = "https://idp.example.com/realms/corp"
+audiences = ["s3gate", "minio"]
+principal_claim = "sub"
+groups_claim = "groups"
+ca_bundle = "idp-ca.pem"
+
+[[oidc]]
+name = "ci"
+issuer = "http://127.0.0.1:8080"
+audiences = ["s3gate"]
+principal_claim = "repository"
+# groups_claim: not set; tokens give no groups
 "#;
         assert_eq!(shown, expected);
         for secret in ["INLINE-SECRET", &std::env::var("PATH").unwrap()] {
@@ -358,6 +399,7 @@ resources = ["data", "data/*", "typo/*"]
         let back = FileConfig::parse_unresolved(&shown).unwrap();
         assert_eq!(back.rules[0].resources, cfg.rules[0].resources);
         assert_eq!(back.limits.buffer_budget, Some(64 << 20));
+        assert_eq!(back.oidc[1].principal_claim, "repository");
         assert_eq!(
             cfg.warnings,
             ["s3gate.toml:24:32: rules[0] (r001): resource \"typo/*\" names no configured bucket (buckets: data)"]

@@ -9,9 +9,12 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use s3gate_controlplane::config::OidcConfig;
 use s3gate_controlplane::crypto::MasterKey;
+use s3gate_controlplane::oidc::Providers;
 use s3gate_controlplane::redis_store::RedisStore;
 use s3gate_controlplane::replica::Replica;
+use s3gate_controlplane::sources::Registry;
 use s3gate_controlplane::state::State;
 use s3gate_controlplane::store::{MemoryStore, Store};
 use s3gate_s3::request::HostConfig;
@@ -360,7 +363,8 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
             // The same replica code as `s3gate controlplane`, over a memory store.
             let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
             store.seed(&State::from_config(&file)).await?;
-            let replica = Replica::start(store, file.cache.clone(), "embedded".to_owned()).await?;
+            let registry = standing_sources(&file.oidc).await?;
+            let replica = Replica::start_with(store, file.cache.clone(), "embedded".to_owned(), registry).await?;
             let listener = TcpListener::bind(listen)
                 .await
                 .with_context(|| format!("bind S3 listener on {listen}"))?;
@@ -385,6 +389,19 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
             anyhow::Ok(())
         })
         .map_err(Failure::Runtime)
+}
+
+/// The standing sources of a replica, from the config file: the JWT
+/// bearer source when `[[oidc]]` providers are configured (their keys are
+/// fetched in the background from here on).
+async fn standing_sources(oidc: &[OidcConfig]) -> anyhow::Result<Registry> {
+    let mut registry = Registry::default();
+    if !oidc.is_empty() {
+        let providers = Providers::start(oidc).await?;
+        info!(providers = ?providers.names().collect::<Vec<_>>(), "oidc providers configured");
+        s3gate_controlplane::sources::oidc::register(&mut registry, providers);
+    }
+    Ok(registry)
 }
 
 async fn serve_grpc(
@@ -461,7 +478,9 @@ fn controlplane(args: ControlplaneArgs) -> Result<(), Failure> {
                 .with_context(|| format!("bind gRPC listener on {}", args.listen))?;
             let local = listener.local_addr().context("read listener address")?;
             let name = args.name.unwrap_or_else(|| local.to_string());
-            let replica = Replica::start(store, cache, name.clone()).await?;
+            let oidc = file.as_ref().map_or(&[][..], |f| &f.oidc[..]);
+            let registry = standing_sources(oidc).await?;
+            let replica = Replica::start_with(store, cache, name.clone(), registry).await?;
             if args.admin_token.is_none() {
                 warn!("no --admin-token: the Admin API is off");
             }

@@ -84,6 +84,10 @@ pub struct FileConfig {
     pub keys: Vec<KeyConfig>,
     #[serde(default)]
     pub rules: Vec<RuleConfig>,
+    /// `[[oidc]]`: identity providers whose tokens the control plane
+    /// verifies (bearer tokens, web identities).
+    #[serde(default)]
+    pub oidc: Vec<OidcConfig>,
     /// Roles STS `AssumeRoleWithWebIdentity` grants sessions for.
     #[serde(default)]
     pub roles: Vec<RoleConfig>,
@@ -297,6 +301,35 @@ pub struct RuleConfig {
     pub principals: Vec<String>,
     pub actions: Vec<String>,
     pub resources: Vec<String>,
+}
+
+/// `[[oidc]]`: an OpenID Connect provider. Its discovery document is read
+/// from `{issuer}/.well-known/openid-configuration`, its keys from the
+/// `jwks_uri` named there (`crate::oidc`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OidcConfig {
+    /// What roles and logs call the provider.
+    pub name: String,
+    /// The provider's issuer URL, exactly as its tokens' `iss` claim says it.
+    pub issuer: String,
+    /// A token must name at least one of these in its `aud` claim.
+    pub audiences: Vec<String>,
+    /// The claim whose (string) value is the principal.
+    #[serde(default = "default_principal_claim")]
+    pub principal_claim: String,
+    /// The claim holding the principal's groups: a string or an array of
+    /// strings. None: tokens carry no groups.
+    #[serde(default)]
+    pub groups_claim: Option<String>,
+    /// PEM file of CA certificates trusted for the provider's https
+    /// endpoints (besides the webpki roots), for a private IdP.
+    #[serde(default)]
+    pub ca_bundle: Option<String>,
+}
+
+fn default_principal_claim() -> String {
+    "sub".to_owned()
 }
 
 /// `[[roles]]`: what a client passes as `RoleArn` to STS
@@ -576,6 +609,75 @@ impl FileConfig {
                 }
             }
         }
+        let mut providers = HashSet::new();
+        for (i, o) in self.oidc.iter().enumerate() {
+            let at = |field: &str, needle: Option<&str>, message: String| {
+                src.entry_problem("oidc", i, field, needle, message)
+            };
+            if !valid_provider_name(&o.name) {
+                return Err(at(
+                    "name",
+                    None,
+                    format!(
+                        "provider name {:?} must be 1-64 characters of A-Z a-z 0-9 . _ -",
+                        o.name
+                    ),
+                ));
+            }
+            if !providers.insert(o.name.clone()) {
+                return Err(at(
+                    "name",
+                    None,
+                    format!("duplicate provider name {:?}", o.name),
+                ));
+            }
+            if !valid_issuer(&o.issuer) {
+                return Err(at(
+                    "issuer",
+                    None,
+                    format!(
+                        "issuer {:?} must be an http(s)://host[:port][/path] URL without query or fragment",
+                        o.issuer
+                    ),
+                ));
+            }
+            if o.audiences.is_empty() {
+                return Err(at(
+                    "audiences",
+                    None,
+                    "audiences must not be empty: name what the provider puts in `aud` for s3gate"
+                        .to_owned(),
+                ));
+            }
+            if let Some(a) = o.audiences.iter().find(|a| a.is_empty()) {
+                return Err(at(
+                    "audiences",
+                    Some(a),
+                    "an audience must not be empty".to_owned(),
+                ));
+            }
+            if o.principal_claim.is_empty() {
+                return Err(at(
+                    "principal_claim",
+                    None,
+                    "principal_claim must not be empty".to_owned(),
+                ));
+            }
+            if o.groups_claim.as_deref() == Some("") {
+                return Err(at(
+                    "groups_claim",
+                    None,
+                    "groups_claim must not be empty (leave it out for no groups)".to_owned(),
+                ));
+            }
+            if o.ca_bundle.as_deref() == Some("") {
+                return Err(at(
+                    "ca_bundle",
+                    None,
+                    "ca_bundle must not be empty".to_owned(),
+                ));
+            }
+        }
         let mut arns = HashSet::new();
         for (i, r) in self.roles.iter().enumerate() {
             let at = |field: &str, needle: Option<&str>, message: String| {
@@ -587,11 +689,18 @@ impl FileConfig {
             if !arns.insert(r.arn.clone()) {
                 return Err(at("arn", None, format!("duplicate role {:?}", r.arn)));
             }
-            if r.oidc.is_empty() {
+            if !providers.contains(&r.oidc) {
+                let mut known: Vec<&str> = self.oidc.iter().map(|o| o.name.as_str()).collect();
+                known.sort_unstable();
+                let known = if known.is_empty() {
+                    "there is no [[oidc]] entry".to_owned()
+                } else {
+                    format!("providers: {}", known.join(", "))
+                };
                 return Err(at(
                     "oidc",
                     None,
-                    "oidc must name an [[oidc]] provider".into(),
+                    format!("oidc provider {:?} is not configured ({known})", r.oidc),
                 ));
             }
             if let Some(g) = r.groups.iter().find(|g| g.is_empty()) {
@@ -658,8 +767,61 @@ impl FileConfig {
                 }
             }
         }
+        for (i, o) in self.oidc.iter().enumerate() {
+            if o.issuer.starts_with("http://") && !issuer_is_loopback(&o.issuer) {
+                out.push(src.entry_problem(
+                    "oidc",
+                    i,
+                    "issuer",
+                    None,
+                    format!(
+                        "issuer {:?} is plain http: whoever is on the path to it can serve s3gate \
+                         keys of their own",
+                        o.issuer
+                    ),
+                ));
+            }
+        }
         out
     }
+}
+
+/// `[[oidc]]` names: short, and safe in logs and role references.
+fn valid_provider_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'))
+}
+
+/// `http(s)://host[:port][/path]`: what discovery can be appended to.
+fn valid_issuer(issuer: &str) -> bool {
+    let Some(rest) = issuer
+        .strip_prefix("https://")
+        .or_else(|| issuer.strip_prefix("http://"))
+    else {
+        return false;
+    };
+    let authority = rest.split('/').next().unwrap_or("");
+    !authority.is_empty()
+        && !authority.contains('@')
+        && !issuer.contains(['?', '#'])
+        && issuer.bytes().all(|c| c.is_ascii_graphic())
+}
+
+/// Whether an `http://` issuer is on this host (where plain http is fine).
+fn issuer_is_loopback(issuer: &str) -> bool {
+    let rest = issuer.strip_prefix("http://").unwrap_or(issuer);
+    let authority = rest.split('/').next().unwrap_or("");
+    let host = match authority.rsplit_once(':') {
+        Some((h, port)) if port.bytes().all(|c| c.is_ascii_digit()) => h,
+        _ => authority,
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Why an empty file is refused, and what the smallest useful one holds.
@@ -705,6 +867,7 @@ struct Entries {
     #[serde(default)]
     rules: Vec<Entry>,
     #[serde(default)]
+    oidc: Vec<Entry>,
     roles: Vec<Entry>,
 }
 
@@ -725,6 +888,7 @@ impl<'a> Source<'a> {
             "buckets" => &self.entries.buckets,
             "keys" => &self.entries.keys,
             "rules" => &self.entries.rules,
+            "oidc" => &self.entries.oidc,
             "roles" => &self.entries.roles,
             _ => return None,
         }
@@ -1147,6 +1311,94 @@ resources = ["data", "data/reports/*"]
             ["s3gate.toml:24:22: rules[0] (r001): resource \"dta/reports/*\" names no configured bucket (buckets: data)"]
         );
         assert!(FileConfig::parse(SAMPLE).unwrap().warnings.is_empty());
+    }
+
+    const OIDC: &str = r#"
+[[oidc]]
+name = "corp"
+issuer = "http://127.0.0.1:8080"
+audiences = ["s3gate"]
+groups_claim = "groups"
+"#;
+
+    #[test]
+    fn oidc_providers_parse_with_defaults() {
+        let cfg = FileConfig::parse(&format!("{SAMPLE}{OIDC}")).unwrap();
+        let o = &cfg.oidc[0];
+        assert_eq!(
+            (o.name.as_str(), o.issuer.as_str()),
+            ("corp", "http://127.0.0.1:8080")
+        );
+        assert_eq!(o.audiences, ["s3gate"]);
+        assert_eq!(o.principal_claim, "sub");
+        assert_eq!(o.groups_claim.as_deref(), Some("groups"));
+        assert_eq!(o.ca_bundle, None);
+        assert!(cfg.warnings.is_empty(), "{:?}", cfg.warnings);
+        // a control plane may read only its providers from the file
+        let opts = LoadOptions { allow_empty: true };
+        assert_eq!(
+            FileConfig::parse_with(OIDC, None, opts).unwrap().oidc.len(),
+            1
+        );
+    }
+
+    #[test]
+    fn oidc_errors_name_the_provider() {
+        let with = |from: &str, to: &str| {
+            let oidc = OIDC.replace(from, to);
+            assert_ne!(oidc, OIDC, "{from}");
+            error(&format!("{SAMPLE}{oidc}"))
+        };
+        assert_eq!(
+            with("audiences = [\"s3gate\"]", "audiences = []"),
+            "invalid config s3gate.toml:29:13: oidc[0] (\"corp\"): audiences must not be empty: \
+             name what the provider puts in `aud` for s3gate
+   |
+29 | audiences = []
+   |             ^^"
+        );
+        assert!(with("http://127.0.0.1:8080", "127.0.0.1:8080").starts_with(
+            "invalid config s3gate.toml:28:10: oidc[0] (\"corp\"): issuer \"127.0.0.1:8080\" must \
+             be an http(s)://host[:port][/path] URL without query or fragment\n"
+        ));
+        assert!(with("http://127.0.0.1:8080", "https://idp/x?y").contains("issuer"));
+        assert!(with("name = \"corp\"", "name = \"c o r p\"").contains("provider name"));
+        assert!(with("groups_claim = \"groups\"", "groups_claim = \"\"").contains("groups_claim"));
+        assert!(with("groups_claim = \"groups\"", "principal_claim = \"\"")
+            .contains("principal_claim must not be empty"));
+        assert!(with("groups_claim", "group_claim").contains("unknown field `group_claim`"));
+        let twice = error(&format!("{SAMPLE}{OIDC}{OIDC}"));
+        assert!(
+            twice.starts_with(
+                "invalid config s3gate.toml:33:8: oidc[1] (\"corp\"): duplicate provider name \"corp\"\n"
+            ),
+            "{twice}"
+        );
+    }
+
+    #[test]
+    fn plain_http_issuers_off_this_host_are_warned_about() {
+        let text = format!("{SAMPLE}{}", OIDC.replace("127.0.0.1", "idp.example.com"));
+        let cfg =
+            FileConfig::parse_with(&text, Some("s3gate.toml"), LoadOptions::default()).unwrap();
+        assert_eq!(
+            cfg.warnings,
+            [
+                "s3gate.toml:28:10: oidc[0] (\"corp\"): issuer \"http://idp.example.com:8080\" is \
+              plain http: whoever is on the path to it can serve s3gate keys of their own"
+            ]
+        );
+        for local in [
+            "http://localhost:1",
+            "http://[::1]:8080/realms/x",
+            "https://idp.example.com",
+        ] {
+            let text = format!("{SAMPLE}{}", OIDC.replace("http://127.0.0.1:8080", local));
+            assert!(
+                FileConfig::parse(&text).unwrap().warnings.is_empty(),
+                "{local}"
+            );
+        }
     }
 
     #[test]

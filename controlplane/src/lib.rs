@@ -15,6 +15,7 @@ pub mod config;
 pub mod credential;
 pub mod crypto;
 pub mod grpc;
+pub mod oidc;
 pub mod policy;
 pub mod redis_store;
 pub mod replica;
@@ -34,7 +35,7 @@ use s3gate_proto::{
 };
 
 use crate::config::{AddressingStyleConfig, CacheConfig};
-use crate::sources::{Registry, SourceError, Sources};
+use crate::sources::{Refusal, Registry, SourceError, Sources};
 use crate::state::State;
 
 /// A compiled snapshot of the control-plane state, and the sources built
@@ -131,6 +132,22 @@ fn unavailable(e: SourceError) -> ControlPlaneError {
     ControlPlaneError::Unavailable(e.to_string())
 }
 
+/// An identity source's error: a definitive refusal of the credential, or
+/// "could not decide" (503).
+fn refused_or_unavailable(e: SourceError) -> ControlPlaneError {
+    match e.refusal {
+        Some(Refusal::Invalid) => {
+            tracing::debug!(source = e.source_name, reason = %e.message, "credential refused");
+            ControlPlaneError::NotAuthenticated(e.to_string())
+        }
+        Some(Refusal::Expired) => {
+            tracing::debug!(source = e.source_name, reason = %e.message, "credential expired");
+            ControlPlaneError::CredentialExpired(e.to_string())
+        }
+        None => unavailable(e),
+    }
+}
+
 #[async_trait]
 impl ControlPlane for Snapshot {
     async fn signing_key(
@@ -138,13 +155,12 @@ impl ControlPlane for Snapshot {
         req: SigningKeyRequest,
     ) -> Result<SigningKeyGrant, ControlPlaneError> {
         for source in &self.sources.identity {
-            if let Some(grant) = source.signing_key(&req).await.map_err(unavailable)? {
+            if let Some(grant) = source
+                .signing_key(&req)
+                .await
+                .map_err(refused_or_unavailable)?
+            {
                 return Ok(grant);
-            }
-        }
-        for source in &self.sources.identity {
-            if source.expired(&req.access_key).await.map_err(unavailable)? {
-                return Err(ControlPlaneError::SessionExpired);
             }
         }
         Err(ControlPlaneError::UnknownAccessKey)
@@ -158,7 +174,7 @@ impl ControlPlane for Snapshot {
             if let Some(identity) = source
                 .authenticate(&credential)
                 .await
-                .map_err(unavailable)?
+                .map_err(refused_or_unavailable)?
             {
                 return Ok(identity);
             }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use moka::future::Cache;
 use moka::Expiry;
-use s3gate_proto::{Decision, SigningKeyGrant};
+use s3gate_proto::{Decision, Identity, SigningKeyGrant};
 
 /// A value that knows how long it may be cached.
 pub trait Ttl {
@@ -27,6 +27,14 @@ impl Ttl for SigningKeyGrant {
             }
             None => self.ttl,
         }
+    }
+}
+
+/// A bearer token's identity: the control plane's TTL ends at the token's
+/// `exp`.
+impl Ttl for Identity {
+    fn ttl(&self) -> Duration {
+        self.ttl
     }
 }
 

@@ -26,6 +26,9 @@ pub enum Error {
     /// for the log, never the client).
     #[error("credential not accepted: {0}")]
     NotAuthenticated(String),
+    /// A token that was good but has expired (the reason is for the log).
+    #[error("credential expired: {0}")]
+    CredentialExpired(String),
     #[error("access denied: {reason}")]
     Denied { reason: String },
     #[error("no such bucket")]
@@ -57,6 +60,9 @@ impl Error {
                 S3ErrorCode::InvalidToken,
                 "The provided token is malformed or otherwise invalid.",
             ),
+            Self::CredentialExpired(_) => {
+                S3Error::new(S3ErrorCode::ExpiredToken, "The provided token has expired.")
+            }
             Self::Denied { .. } => S3Error::new(S3ErrorCode::AccessDenied, "Access Denied"),
             Self::NoSuchBucket => S3Error::new(S3ErrorCode::NoSuchBucket, "The specified bucket does not exist"),
             Self::ControlPlane(_) => S3Error::new(
@@ -124,11 +130,8 @@ impl From<&ControlPlaneError> for Error {
         match e {
             ControlPlaneError::UnknownAccessKey => Self::UnknownAccessKey,
             ControlPlaneError::NotAuthenticated(m) => Self::NotAuthenticated(m.clone()),
+            ControlPlaneError::CredentialExpired(m) => Self::CredentialExpired(m.clone()),
             ControlPlaneError::NoSuchBucket => Self::NoSuchBucket,
-            ControlPlaneError::SessionExpired => Self::S3(S3Error::new(
-                S3ErrorCode::ExpiredToken,
-                "The provided token has expired.",
-            )),
             ControlPlaneError::Unavailable(m) => Self::ControlPlane(m.clone()),
         }
     }

@@ -37,18 +37,24 @@ fn ms(d: Duration) -> u64 {
 
 // === errors ===
 
-/// The message of the `Unauthenticated` status that says "this key was a
-/// session's, and it expired". Any other `Unauthenticated` is an unknown
-/// key; both refuse, so a message that does not match costs only the
-/// precision of the error code.
-const SESSION_EXPIRED: &str = "session expired";
+/// Marks an `Unauthenticated` status whose credential was good but expired
+/// (the code alone cannot say it; the message is for logs only).
+const CREDENTIAL_METADATA: &str = "s3gate-credential";
+const EXPIRED: &str = "expired";
 
 impl From<ControlPlaneError> for Status {
     fn from(e: ControlPlaneError) -> Self {
         match e {
             ControlPlaneError::UnknownAccessKey => Status::unauthenticated("unknown access key"),
-            ControlPlaneError::SessionExpired => Status::unauthenticated(SESSION_EXPIRED),
             ControlPlaneError::NotAuthenticated(m) => Status::unauthenticated(m),
+            ControlPlaneError::CredentialExpired(m) => {
+                let mut s = Status::unauthenticated(m);
+                s.metadata_mut().insert(
+                    CREDENTIAL_METADATA,
+                    tonic::metadata::MetadataValue::from_static(EXPIRED),
+                );
+                s
+            }
             ControlPlaneError::NoSuchBucket => Status::not_found("no such bucket"),
             ControlPlaneError::Unavailable(m) => Status::unavailable(m),
         }
@@ -60,8 +66,12 @@ impl From<Status> for ControlPlaneError {
     /// means "could not decide", and the data plane fails closed.
     fn from(s: Status) -> Self {
         match s.code() {
-            Code::Unauthenticated if s.message() == SESSION_EXPIRED => {
-                ControlPlaneError::SessionExpired
+            Code::Unauthenticated
+                if s.metadata()
+                    .get(CREDENTIAL_METADATA)
+                    .is_some_and(|v| v == EXPIRED) =>
+            {
+                ControlPlaneError::CredentialExpired(s.message().to_owned())
             }
             Code::Unauthenticated => ControlPlaneError::UnknownAccessKey,
             Code::NotFound => ControlPlaneError::NoSuchBucket,
@@ -906,12 +916,6 @@ mod tests {
             c.session_token.clear();
         }
         assert!(half.into_result().is_err());
-
-        let expired: Status = ControlPlaneError::SessionExpired.into();
-        assert!(matches!(
-            ControlPlaneError::from(expired),
-            ControlPlaneError::SessionExpired
-        ));
     }
 
     #[test]
@@ -923,6 +927,19 @@ mod tests {
             let status: Status = err.into();
             assert_eq!(status.code(), code);
         }
+        // an expired credential stays distinguishable across the wire
+        let status: Status =
+            ControlPlaneError::CredentialExpired("token has expired".into()).into();
+        assert_eq!(status.code(), Code::Unauthenticated);
+        assert!(matches!(
+            ControlPlaneError::from(status),
+            ControlPlaneError::CredentialExpired(m) if m == "token has expired"
+        ));
+        let plain = Status::unauthenticated("no");
+        assert!(matches!(
+            ControlPlaneError::from(plain),
+            ControlPlaneError::UnknownAccessKey
+        ));
         for code in [
             Code::PermissionDenied,
             Code::Internal,

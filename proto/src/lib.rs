@@ -79,11 +79,12 @@ pub enum ControlPlaneError {
     /// No identity source accepted the credential; the reason is for logs.
     #[error("credential not accepted: {0}")]
     NotAuthenticated(String),
+    /// The credential was good but has expired (S3 `ExpiredToken`); the
+    /// reason is for logs.
+    #[error("credential expired: {0}")]
+    CredentialExpired(String),
     #[error("no such bucket")]
     NoSuchBucket,
-    /// The access key belonged to a session that has expired.
-    #[error("session expired")]
-    SessionExpired,
     /// The control plane could not decide. The data plane fails closed.
     #[error("control plane unavailable: {0}")]
     Unavailable(String),
@@ -192,7 +193,7 @@ pub struct Identity {
     /// How long the data plane may cache this; never past the credential's
     /// own expiry.
     pub ttl: Duration,
-    /// The identity source that vouched (`oidc:corp`, `mtls`).
+    /// The identity source that vouched (`jwt`, `mtls`).
     pub source: Arc<str>,
     /// Claims a policy may look at.
     pub claims: Arc<[(String, String)]>,

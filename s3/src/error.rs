@@ -14,7 +14,7 @@ pub enum S3ErrorCode {
     AuthorizationQueryParametersError,
     BadDigest,
     EntityTooLarge,
-    /// A session's temporary credentials have expired.
+    /// A bearer or session token that was good but has expired.
     ExpiredToken,
     IncompleteBody,
     InternalError,
@@ -24,7 +24,7 @@ pub enum S3ErrorCode {
     InvalidChunkSizeError,
     InvalidDigest,
     InvalidRequest,
-    /// A bearer or session token that is malformed, expired or not accepted.
+    /// A bearer or session token that is malformed or not accepted.
     InvalidToken,
     InvalidURI,
     MalformedXML,

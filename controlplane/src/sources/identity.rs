@@ -41,14 +41,6 @@ pub trait IdentitySource: Send + Sync + 'static {
         let _ = credential;
         Ok(None)
     }
-
-    /// Whether `access_key`, which no source knows, was this source's and
-    /// has expired (a temporary session's): the client then hears
-    /// `ExpiredToken` rather than `InvalidAccessKeyId`.
-    async fn expired(&self, access_key: &str) -> Result<bool, SourceError> {
-        let _ = access_key;
-        Ok(false)
-    }
 }
 
 /// s3gate-issued keys, from the state (config file, Admin API).

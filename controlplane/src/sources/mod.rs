@@ -3,7 +3,7 @@
 //!
 //! | kind | trait | answers | built-in source |
 //! |---|---|---|---|
-//! | identity | [`IdentitySource`] | access key → principal + derived signing key | [`identity::Keys`] (s3gate-issued keys), [`sessions::Sessions`] (STS sessions, standing) |
+//! | identity | [`IdentitySource`] | access key → principal + derived signing key; token → identity | [`identity::Keys`] (s3gate-issued keys), [`oidc::Oidc`] (JWT bearer tokens, standing), [`sessions::Sessions`] (STS session keys, standing) |
 //! | policy | [`PolicySource`] | request → allow / deny / abstain, with reason, scope, TTL | [`policy::Rules`] (built-in rules) |
 //! | credentials | [`CredentialSource`] | backend → the credentials to sign with, and until when | [`credentials::StaticHmac`] |
 //!
@@ -26,6 +26,7 @@
 
 pub mod credentials;
 pub mod identity;
+pub mod oidc;
 pub mod policy;
 pub mod sessions;
 
@@ -40,11 +41,27 @@ use crate::state::State;
 
 /// A source could not answer (timeout, transport error, bad answer). The
 /// caller fails closed: the data plane answers 503, never allow.
+///
+/// An identity source that did answer, with a definitive no about a
+/// credential it owns (a token with a bad signature, an expired one), says
+/// so with [`SourceError::refused`] or [`SourceError::expired`]: the client
+/// then gets `InvalidToken` or `ExpiredToken`, not 503.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{source_name}: {message}")]
 pub struct SourceError {
     pub source_name: &'static str,
     pub message: String,
+    /// `None`: could not decide.
+    pub refusal: Option<Refusal>,
+}
+
+/// An identity source's definitive no.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The credential is not good (S3 `InvalidToken`).
+    Invalid,
+    /// The credential was good but has expired (S3 `ExpiredToken`).
+    Expired,
 }
 
 impl SourceError {
@@ -52,6 +69,23 @@ impl SourceError {
         Self {
             source_name,
             message: message.into(),
+            refusal: None,
+        }
+    }
+
+    /// The credential is this source's, and it is not good.
+    pub fn refused(source_name: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            refusal: Some(Refusal::Invalid),
+            ..Self::new(source_name, message)
+        }
+    }
+
+    /// The credential is this source's, and it has expired.
+    pub fn expired(source_name: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            refusal: Some(Refusal::Expired),
+            ..Self::new(source_name, message)
         }
     }
 }

@@ -62,8 +62,13 @@ impl IdentitySource for Sessions {
         &self,
         req: &SigningKeyRequest,
     ) -> Result<Option<SigningKeyGrant>, SourceError> {
-        let SessionLookup::Live(s) = self.lookup(&req.access_key).await? else {
-            return Ok(None);
+        let s = match self.lookup(&req.access_key).await? {
+            SessionLookup::Live(s) => s,
+            // The client hears ExpiredToken rather than InvalidAccessKeyId.
+            SessionLookup::Expired => {
+                return Err(SourceError::expired("sessions", "the session has expired"))
+            }
+            SessionLookup::Unknown => return Ok(None),
         };
         let left = u64::try_from(s.info.expires - crate::unix_now()).unwrap_or(0);
         Ok(Some(SigningKeyGrant {
@@ -83,13 +88,6 @@ impl IdentitySource for Sessions {
             SessionLookup::Live(s) => Some(principal(&s)),
             SessionLookup::Expired | SessionLookup::Unknown => None,
         })
-    }
-
-    async fn expired(&self, access_key: &str) -> Result<bool, SourceError> {
-        Ok(matches!(
-            self.lookup(access_key).await?,
-            SessionLookup::Expired
-        ))
     }
 }
 
@@ -161,12 +159,11 @@ mod tests {
         let grant = source.signing_key(&ask(soon)).await.unwrap().unwrap();
         assert!(grant.ttl <= Duration::from_secs(5));
 
-        assert!(source.signing_key(&ask(gone)).await.unwrap().is_none());
-        assert!(source.expired(gone).await.unwrap());
-        assert!(!source.expired(live).await.unwrap());
+        let expired = source.signing_key(&ask(gone)).await.unwrap_err();
+        assert_eq!(expired.refusal, Some(crate::sources::Refusal::Expired));
+        assert!(source.principal(gone).await.unwrap().is_none());
         let unknown = "ASIAAAAAAAAAAAAAAAA5";
         assert!(source.signing_key(&ask(unknown)).await.unwrap().is_none());
-        assert!(!source.expired(unknown).await.unwrap());
         // Keys of another shape never reach the store.
         assert!(source
             .signing_key(&ask("S3GATEALICE01"))

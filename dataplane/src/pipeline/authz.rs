@@ -91,7 +91,7 @@ impl Asker<'_> {
         RequestContext {
             client_ip: Some(self.conn.peer.ip()),
             identity_source: Cow::Borrowed(self.who.source),
-            claims: self.who.claims.clone(),
+            claims: self.who.claims.clone().unwrap_or_default(),
             method: Cow::Owned(self.head.method.as_str().to_owned()),
             headers,
         }
@@ -371,9 +371,9 @@ mod tests {
                         access_key: None,
                     },
                     source: "presigned",
-                    claims: Default::default(),
                     payload: s3gate_s3::sigv4::PayloadMode::Unsigned,
                     chunk_signing: None,
+                    claims: None,
                 },
                 head,
                 conn: ConnInfo {

@@ -40,11 +40,16 @@ use crate::listen::ConnInfo;
 use crate::upstream::Upstreams;
 use crate::Config;
 
+/// Memory for verified bearer tokens' identities.
+const TOKEN_CACHE_BYTES: u64 = 32 << 20;
+
 /// Everything a request needs, shared by all connections.
 pub struct Ctx {
     pub(crate) cfg: Config,
     pub(crate) control_plane: Arc<dyn ControlPlane>,
     pub(crate) keys: authn::KeyCache,
+    /// Identities of verified bearer tokens, by the token's SHA-256.
+    pub(crate) tokens: authn::TokenCache,
     pub(crate) decisions: authz::DecisionCache,
     /// Prefix-scoped decisions; forgotten whenever `decisions` is.
     pub(crate) prefixes: authz::PrefixDecisions,
@@ -59,6 +64,7 @@ impl Ctx {
     pub fn new(cfg: Config, control_plane: Arc<dyn ControlPlane>) -> Self {
         Self {
             keys: authn::key_cache(cfg.key_cache_capacity),
+            tokens: authn::token_cache(TOKEN_CACHE_BYTES),
             // A quarter of the decision budget goes to prefix-scoped ones.
             decisions: authz::decision_cache(
                 cfg.decision_cache_bytes - cfg.decision_cache_bytes / 4,
@@ -96,6 +102,7 @@ impl Ctx {
             Invalidation::Bucket(bucket) => self.routes.invalidate(bucket).await,
             Invalidation::All => {
                 self.keys.invalidate_all();
+                self.tokens.invalidate_all();
                 self.decisions.invalidate_all();
                 self.prefixes.invalidate_all();
                 self.routes.invalidate_all();
@@ -108,8 +115,8 @@ impl Ctx {
 #[derive(Default)]
 pub struct Trace {
     pub principal: Option<Arc<str>>,
-    /// How the principal authenticated (`sigv4`, `presigned`, `sts`, …).
-    pub source: Option<&'static str>,
+    /// How the principal was authenticated (`Authenticated::source`).
+    pub identity: Option<&'static str>,
     /// The operation, for requests that are no S3 operation (an STS call).
     pub op: Option<&'static str>,
     pub decision: Option<&'static str>,
@@ -169,7 +176,7 @@ pub async fn handle(cx: Arc<Ctx>, conn: Arc<ConnInfo>, req: Request<Incoming>) -
         Err(e) => return respond::finish(&head, Err(e), &ex, parsed.as_ref().ok()),
     };
     ex.trace.principal = Some(who.principal.name.clone());
-    ex.trace.source = Some(who.source);
+    ex.trace.identity = Some(who.source);
     let req = match parsed {
         Ok(req) => req,
         Err(e) => {

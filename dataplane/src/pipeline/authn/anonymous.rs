@@ -12,7 +12,20 @@ use crate::error::Error;
 
 /// An unsigned request.
 pub(super) fn verify(head: &Parts) -> Result<Authenticated, Error> {
-    let payload = match head.headers.get("x-amz-content-sha256") {
+    Ok(Authenticated {
+        principal: Principal::anonymous(),
+        source: "anonymous",
+        payload: unsigned_payload(head)?,
+        chunk_signing: None,
+        claims: None,
+    })
+}
+
+/// The payload mode of a request whose credential signs nothing (none at
+/// all, a bearer token): a hex digest or unsigned, never a signed stream
+/// (there is no signature for its chunks to chain from).
+pub(super) fn unsigned_payload(head: &Parts) -> Result<PayloadMode, Error> {
+    Ok(match head.headers.get("x-amz-content-sha256") {
         None => PayloadMode::Unsigned,
         Some(v) => {
             let v = v.to_str().map_err(|_| {
@@ -29,12 +42,5 @@ pub(super) fn verify(head: &Parts) -> Result<Authenticated, Error> {
                 mode => mode,
             }
         }
-    };
-    Ok(Authenticated {
-        principal: Principal::anonymous(),
-        source: "anonymous",
-        claims: Default::default(),
-        payload,
-        chunk_signing: None,
     })
 }

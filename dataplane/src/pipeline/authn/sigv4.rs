@@ -128,13 +128,9 @@ pub(super) async fn verify(
             (None, AuthKind::Header) => "sigv4",
             (None, AuthKind::Presigned { .. }) => "presigned",
         },
-        claims: grant
-            .session
-            .as_ref()
-            .map(|s| s.claims.clone())
-            .unwrap_or_default(),
         payload: auth.payload,
         chunk_signing,
+        claims: grant.session.as_ref().map(|s| s.claims.clone()),
     })
 }
 
