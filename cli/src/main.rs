@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use s3gate_controlplane::config::OidcConfig;
+use s3gate_controlplane::config::FileConfig;
 use s3gate_controlplane::crypto::MasterKey;
 use s3gate_controlplane::oidc::Providers;
 use s3gate_controlplane::redis_store::RedisStore;
@@ -72,6 +72,16 @@ struct RuntimeArgs {
     /// S3GATE_LOG=debug; default info).
     #[arg(long, env = "S3GATE_LOG_FORMAT")]
     log_format: Option<LogFormat>,
+}
+
+/// STS settings of the server subcommands that embed a control plane.
+#[derive(Debug, Clone, clap::Args)]
+struct StsArgs {
+    /// Hidden, for tests only: the shortest session (DurationSeconds) STS
+    /// grants. Outside tests it is AWS's 900 seconds, which a test of
+    /// expiry cannot wait for.
+    #[arg(long, hide = true, env = "S3GATE_STS_MIN_DURATION", default_value = "900s", value_parser = humantime::parse_duration)]
+    sts_min_duration: Duration,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -141,6 +151,8 @@ struct ControlplaneArgs {
     /// backend credentials. Without it, anyone who reaches the port can ask.
     #[arg(long, env = "S3GATE_CLUSTER_TOKEN", hide_env_values = true)]
     cluster_token: Option<String>,
+    #[command(flatten)]
+    sts: StsArgs,
     #[command(flatten)]
     runtime: RuntimeArgs,
 }
@@ -288,6 +300,8 @@ struct ServeArgs {
     #[arg(long, env = "S3GATE_CLUSTER_TOKEN", hide_env_values = true)]
     cluster_token: Option<String>,
     #[command(flatten)]
+    sts: StsArgs,
+    #[command(flatten)]
     limits: LimitArgs,
     #[command(flatten)]
     runtime: RuntimeArgs,
@@ -363,7 +377,7 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
             // The same replica code as `s3gate controlplane`, over a memory store.
             let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
             store.seed(&State::from_config(&file)).await?;
-            let registry = standing_sources(&file.oidc).await?;
+            let registry = standing_sources(Some(&file), store.clone(), &args.sts).await?;
             let replica = Replica::start_with(store, file.cache.clone(), "embedded".to_owned(), registry).await?;
             let listener = TcpListener::bind(listen)
                 .await
@@ -393,14 +407,40 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
 
 /// The standing sources of a replica, from the config file: the JWT
 /// bearer source when `[[oidc]]` providers are configured (their keys are
-/// fetched in the background from here on).
-async fn standing_sources(oidc: &[OidcConfig]) -> anyhow::Result<Registry> {
+/// fetched in the background from here on); STS session keys always (a
+/// replica accepts sessions any replica minted), and the STS engine when
+/// `[[roles]]` are configured.
+async fn standing_sources(
+    file: Option<&FileConfig>,
+    store: Arc<dyn Store>,
+    sts: &StsArgs,
+) -> anyhow::Result<Registry> {
     let mut registry = Registry::default();
+    let oidc = file.map_or(&[][..], |f| &f.oidc[..]);
+    let mut providers = None;
     if !oidc.is_empty() {
-        let providers = Providers::start(oidc).await?;
-        info!(providers = ?providers.names().collect::<Vec<_>>(), "oidc providers configured");
-        s3gate_controlplane::sources::oidc::register(&mut registry, providers);
+        let started = Providers::start(oidc).await?;
+        info!(providers = ?started.names().collect::<Vec<_>>(), "oidc providers configured");
+        s3gate_controlplane::sources::oidc::register(&mut registry, started.clone());
+        providers = Some(started);
     }
+    let roles =
+        s3gate_controlplane::roles::Roles::from_config(file.map_or(&[][..], |f| &f.roles[..]));
+    if !roles.is_empty() {
+        info!(
+            roles = roles.len(),
+            "STS AssumeRoleWithWebIdentity serving roles"
+        );
+    }
+    let key_ttl = file.map(|f| f.cache.clone()).unwrap_or_default().key_ttl;
+    s3gate_controlplane::sts::register(
+        &mut registry,
+        store,
+        key_ttl,
+        roles,
+        providers,
+        sts.sts_min_duration,
+    );
     Ok(registry)
 }
 
@@ -478,8 +518,7 @@ fn controlplane(args: ControlplaneArgs) -> Result<(), Failure> {
                 .with_context(|| format!("bind gRPC listener on {}", args.listen))?;
             let local = listener.local_addr().context("read listener address")?;
             let name = args.name.unwrap_or_else(|| local.to_string());
-            let oidc = file.as_ref().map_or(&[][..], |f| &f.oidc[..]);
-            let registry = standing_sources(oidc).await?;
+            let registry = standing_sources(file.as_ref(), store.clone(), &args.sts).await?;
             let replica = Replica::start_with(store, cache, name.clone(), registry).await?;
             if args.admin_token.is_none() {
                 warn!("no --admin-token: the Admin API is off");

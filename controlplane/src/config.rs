@@ -868,6 +868,7 @@ struct Entries {
     rules: Vec<Entry>,
     #[serde(default)]
     oidc: Vec<Entry>,
+    #[serde(default)]
     roles: Vec<Entry>,
 }
 
@@ -1399,6 +1400,46 @@ groups_claim = "groups"
                 "{local}"
             );
         }
+    }
+
+    #[test]
+    fn role_errors_name_the_role() {
+        let oidc = "\n[[oidc]]\nname = \"corp\"\nissuer = \"https://idp.example.com\"\naudiences = [\"s3gate\"]\n";
+        let role = |body: &str| format!("{SAMPLE}{oidc}\n[[roles]]\n{body}\n");
+        let ok = role("arn = \"arn:aws:iam::000000000000:role/analysts\"\noidc = \"corp\"\nrequire_claims = { groups = \"analysts\", email_verified = true, amr = [\"mfa\"] }");
+        let cfg = FileConfig::parse(&ok).unwrap();
+        assert_eq!(cfg.roles[0].max_session, Duration::from_secs(3600));
+        assert_eq!(
+            cfg.roles[0].require_claims["email_verified"],
+            ClaimValues(vec!["true".into()])
+        );
+        assert_eq!(
+            error(&role("arn = \"arn:aws:iam::000000000000:role/analysts\"\noidc = \"crop\"")),
+            "invalid config s3gate.toml:33:8: roles[0] (\"arn:aws:iam::000000000000:role/analysts\"): oidc provider \"crop\" is not configured (providers: corp)
+   |
+33 | oidc = \"crop\"
+   |        ^^^^^^"
+        );
+        assert!(error(&role("arn = \"analysts\"\noidc = \"corp\"")).starts_with(
+            "invalid config s3gate.toml:32:7: roles[0] (\"analysts\"): role arn \"analysts\" must look like"
+        ));
+        assert!(error(&role(
+            "arn = \"arn:aws:iam::000000000000:role/a\"\noidc = \"corp\"\nmax_session = \"13h\""
+        ))
+        .contains("max_session must be between 15m and 12h (is 13h)"));
+        assert!(error(&role(
+            "arn = \"arn:aws:iam::000000000000:role/a\"\noidc = \"corp\"\nrequire_claims = { groups = [] }"
+        ))
+        .contains("each required claim needs a name and at least one value"));
+        assert!(error(&role(
+            "arn = \"arn:aws:iam::000000000000:role/a\"\noidc = \"corp\"\nrequire_claims = { groups = { x = 1 } }"
+        ))
+        .contains("a required claim is a string, number or boolean, or a list of them"));
+        let twice = format!(
+            "{ok}\n[[roles]]\narn = \"arn:aws:iam::000000000000:role/analysts\"\noidc = \"corp\"\n"
+        );
+        assert!(error(&twice)
+            .contains("roles[1] (\"arn:aws:iam::000000000000:role/analysts\"): duplicate role"));
     }
 
     #[test]

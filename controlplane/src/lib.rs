@@ -24,6 +24,7 @@ pub mod session;
 pub mod sources;
 pub mod state;
 pub mod store;
+pub mod sts;
 
 use std::collections::HashMap;
 use std::sync::Arc;

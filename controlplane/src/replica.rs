@@ -350,6 +350,50 @@ mod tests {
         assert!(replica.signing_key(ask()).await.is_err());
     }
 
+    #[tokio::test]
+    async fn revoked_sessions_are_announced_without_a_reload() {
+        use crate::session::{SessionInfo, SessionRecord, SessionTarget};
+        let store = Arc::new(MemoryStore::new());
+        let replica = Replica::start(store.clone(), CacheConfig::default(), "r1".into())
+            .await
+            .unwrap();
+        let v = replica.apply(Change::PutKey(key_ak1())).await.unwrap();
+        let mut events = replica.events().subscribe();
+        let session = |ak: &str| SessionRecord {
+            info: SessionInfo {
+                access_key: ak.into(),
+                principal: "p".into(),
+                groups: vec![],
+                claims: vec![],
+                role_arn: "arn:aws:iam::000000000000:role/r".into(),
+                session_name: "s".into(),
+                subject: "p".into(),
+                provider: "iss".into(),
+                created: 0,
+                expires: crate::unix_now() + 60,
+            },
+            secret: Secret::new("x"),
+            token_sha256: [0; 32],
+        };
+        for ak in ["ASIAAAAAAAAAAAAAAAA2", "ASIAAAAAAAAAAAAAAAA3"] {
+            store.put_session(&session(ak)).await.unwrap();
+        }
+        let revoked = store
+            .revoke_sessions(&SessionTarget::Principal("p".into()))
+            .await
+            .unwrap();
+        assert_eq!(revoked.len(), 2);
+        for ak in revoked {
+            let (ver, inv) = tokio::time::timeout(Duration::from_secs(1), events.recv())
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!((ver, inv), (v, Invalidation::Key(ak)));
+        }
+        // not a state change
+        assert_eq!(replica.version(), v);
+    }
+
     /// A standing source that counts what it was asked: state it would lose
     /// if it were rebuilt with the snapshot.
     struct Warm {

@@ -29,6 +29,8 @@ pub async fn answer(
     ex: &mut Exchange,
 ) -> Response<Body> {
     ex.trace.op = Some(sts::ASSUME_ROLE_WITH_WEB_IDENTITY);
+    // The call's credential is the web identity token (a JWT).
+    ex.trace.identity = Some("jwt");
     let request_id = ex.request_id;
     match assume(cx, head, body, call, ex).await {
         Ok(xml) => {
