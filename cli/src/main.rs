@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use s3gate_controlplane::config::FileConfig;
+use s3gate_controlplane::config::{FileConfig, OidcConfig};
 use s3gate_controlplane::crypto::MasterKey;
 use s3gate_controlplane::oidc::Providers;
 use s3gate_controlplane::redis_store::RedisStore;
@@ -364,6 +364,7 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
         limits: args.limits.resolve(Some(&file.limits)),
         ..Default::default()
     };
+    let providers = oidc_providers(&file.oidc)?;
     if args.grpc_listen.is_none() && args.admin_token.is_some() {
         return Err(Failure::Usage(anyhow::anyhow!(
             "--admin-token needs --grpc-listen"
@@ -377,7 +378,7 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
             // The same replica code as `s3gate controlplane`, over a memory store.
             let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
             store.seed(&State::from_config(&file)).await?;
-            let registry = standing_sources(Some(&file), store.clone(), &args.sts).await?;
+            let registry = standing_sources(providers, Some(&file), store.clone(), &args.sts);
             let replica = Replica::start_with(store, file.cache.clone(), "embedded".to_owned(), registry).await?;
             let listener = TcpListener::bind(listen)
                 .await
@@ -405,24 +406,28 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
         .map_err(Failure::Runtime)
 }
 
-/// The standing sources of a replica, from the config file: the JWT
-/// bearer source when `[[oidc]]` providers are configured (their keys are
-/// fetched in the background from here on); STS session keys always (a
-/// replica accepts sessions any replica minted), and the STS engine when
-/// `[[roles]]` are configured.
-async fn standing_sources(
+/// The OIDC providers of the config file, checked before anything starts
+/// (a CA bundle that does not load is a usage error).
+fn oidc_providers(oidc: &[OidcConfig]) -> Result<Arc<Providers>, Failure> {
+    Providers::new(oidc).map_err(|e| Failure::Usage(e.into()))
+}
+
+/// The standing sources of a replica: the JWT bearer source when `[[oidc]]`
+/// providers are configured (their keys are fetched in the background from
+/// here on); STS session keys always (a replica accepts sessions any
+/// replica minted), and the STS engine when `[[roles]]` are configured.
+fn standing_sources(
+    providers: Arc<Providers>,
     file: Option<&FileConfig>,
     store: Arc<dyn Store>,
     sts: &StsArgs,
-) -> anyhow::Result<Registry> {
+) -> Registry {
     let mut registry = Registry::default();
-    let oidc = file.map_or(&[][..], |f| &f.oidc[..]);
-    let mut providers = None;
-    if !oidc.is_empty() {
-        let started = Providers::start(oidc).await?;
-        info!(providers = ?started.names().collect::<Vec<_>>(), "oidc providers configured");
-        s3gate_controlplane::sources::oidc::register(&mut registry, started.clone());
-        providers = Some(started);
+    let providers = (!providers.is_empty()).then_some(providers);
+    if let Some(providers) = &providers {
+        info!(providers = ?providers.names().collect::<Vec<_>>(), "oidc providers configured");
+        providers.prefetch();
+        s3gate_controlplane::sources::oidc::register(&mut registry, providers.clone());
     }
     let roles =
         s3gate_controlplane::roles::Roles::from_config(file.map_or(&[][..], |f| &f.roles[..]));
@@ -441,7 +446,7 @@ async fn standing_sources(
         providers,
         sts.sts_min_duration,
     );
-    Ok(registry)
+    registry
 }
 
 async fn serve_grpc(
@@ -496,6 +501,7 @@ fn controlplane(args: ControlplaneArgs) -> Result<(), Failure> {
             "--admin-token must not be empty"
         )));
     }
+    let providers = oidc_providers(file.as_ref().map_or(&[][..], |f| &f.oidc[..]))?;
     runtime()?
         .block_on(async move {
             tokio::spawn(report_dropped_log_lines());
@@ -518,7 +524,7 @@ fn controlplane(args: ControlplaneArgs) -> Result<(), Failure> {
                 .with_context(|| format!("bind gRPC listener on {}", args.listen))?;
             let local = listener.local_addr().context("read listener address")?;
             let name = args.name.unwrap_or_else(|| local.to_string());
-            let registry = standing_sources(file.as_ref(), store.clone(), &args.sts).await?;
+            let registry = standing_sources(providers, file.as_ref(), store.clone(), &args.sts);
             let replica = Replica::start_with(store, cache, name.clone(), registry).await?;
             if args.admin_token.is_none() {
                 warn!("no --admin-token: the Admin API is off");

@@ -128,7 +128,14 @@ impl Providers {
     /// run inside a tokio runtime.
     pub async fn start(cfg: &[OidcConfig]) -> Result<Arc<Self>, SetupError> {
         let providers = Self::new(cfg)?;
-        for p in &providers.providers {
+        providers.prefetch();
+        Ok(providers)
+    }
+
+    /// Starts fetching every provider's keys in the background. Must run
+    /// inside a tokio runtime.
+    pub fn prefetch(&self) {
+        for p in &self.providers {
             let p = p.clone();
             tokio::spawn(async move {
                 match p.refresh(0).await {
@@ -144,11 +151,10 @@ impl Providers {
                 }
             });
         }
-        Ok(providers)
     }
 
-    /// Builds every provider without fetching anything: keys are fetched
-    /// on the first token.
+    /// Builds every provider without fetching anything (no runtime needed):
+    /// keys are fetched on the first token, or by [`Providers::prefetch`].
     pub fn new(cfg: &[OidcConfig]) -> Result<Arc<Self>, SetupError> {
         // jsonwebtoken picks its backend from its features; installing ours
         // explicitly keeps a second backend elsewhere in the build from

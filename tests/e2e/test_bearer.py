@@ -34,7 +34,7 @@ from conftest import (
 )  # fmt: skip
 from harness.cluster import start_controlplane, start_dataplane
 from harness.config import toml_table
-from harness.idp import Idp
+from harness.idp import Idp, IdpCa
 
 # s3gate refetches a provider's JWKS at most once per this many seconds.
 MIN_REFETCH = 10
@@ -48,14 +48,20 @@ RULES = [
 ]
 
 
-def oidc_config(issuer: str) -> str:
-    return "\n".join(toml_table("oidc", dict(name="corp", issuer=issuer, audiences=["s3gate"], groups_claim="groups"))) + "\n"
+def oidc_config(issuer: str, ca_bundle=None) -> str:
+    fields = dict(name="corp", issuer=issuer, audiences=["s3gate"], groups_claim="groups",
+                  ca_bundle=str(ca_bundle) if ca_bundle else None)  # fmt: skip
+    return "\n".join(toml_table("oidc", fields)) + "\n"
 
 
-def start_bearer_gateway(tmp, backend, issuer: str, name: str) -> Gateway:
+def bearer_config(backend, keys, issuer: str, ca_bundle=None) -> str:
+    return render_config(backend, keys, unused_port()) + rules_config(RULES) + oidc_config(issuer, ca_bundle)
+
+
+def start_bearer_gateway(tmp, backend, issuer: str, name: str, ca_bundle=None) -> Gateway:
     keys = make_keys()
     cfg = tmp / f"{name}.toml"
-    cfg.write_text(render_config(backend, keys, unused_port()) + rules_config(RULES) + oidc_config(issuer))
+    cfg.write_text(bearer_config(backend, keys, issuer, ca_bundle))
     ready, log = tmp / f"{name}.ready.json", tmp / f"{name}.log"
     # trace: the check that no token is logged covers every level
     env = gateway_env(backend, keys, "trace")
@@ -390,9 +396,43 @@ def test_a_provider_never_reached_fails_closed(tmp_path, backend):
         body = b64(json.dumps({"iss": issuer, "aud": "s3gate", "exp": int(time.time()) + 60}).encode())
         r = call(g, "GET", "/data?list-type=2", f"{head}.{body}.c2ln")
         refused(r, 503, "ServiceUnavailable")
-        assert "s3gate::access" in g.log_path.read_text()
+        wait_for(lambda: "cannot fetch oidc keys" in g.log_path.read_text(), "the fetch failure logged", g.proc, 5)
     finally:
         stop_gateway(g)
+
+
+def test_a_private_idp_over_https_needs_its_ca_bundle(tmp_path, backend):
+    ca = IdpCa(tmp_path)
+    idp = Idp(tmp_path, name="idp-tls", tls=ca).start()
+    try:
+        assert idp.issuer.startswith("https://127.0.0.1:")
+        token = mint(idp, groups=["readers"])
+        g = start_bearer_gateway(tmp_path, backend, idp.issuer, "s3gate-ca", ca_bundle=ca.cert)
+        try:
+            assert call(g, "GET", "/data?list-type=2", token).status_code == 200
+        finally:
+            stop_gateway(g)
+        # without the bundle the IdP's certificate is not trusted: fail closed
+        g = start_bearer_gateway(tmp_path, backend, idp.issuer, "s3gate-no-ca")
+        try:
+            refused(call(g, "GET", "/data?list-type=2", token), 503, "ServiceUnavailable")
+            wait_for(lambda: "cannot fetch oidc keys" in g.log_path.read_text(), "the failure logged", g.proc, 5)
+        finally:
+            stop_gateway(g)
+        for p in ("s3gate-ca.log", "s3gate-no-ca.log"):
+            assert_no_token_in(tmp_path / p)
+    finally:
+        idp.stop()
+
+
+def test_a_ca_bundle_that_does_not_load_is_a_usage_error(tmp_path, backend):
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text(bearer_config(backend, make_keys(), "https://127.0.0.1:9", ca_bundle=tmp_path / "missing.pem"))
+    out = subprocess.run([str(gateway_bin()), "serve", "--config", str(cfg), "--listen", "127.0.0.1:0"],
+                         capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL,
+                         env=gateway_env(backend, make_keys(), "info"))  # fmt: skip
+    assert out.returncode == 64, out
+    assert 'oidc provider "corp": ca_bundle' in out.stderr and "missing.pem" in out.stderr, out.stderr
 
 
 # --------------------------------------------------------------------------- distributed
@@ -401,7 +441,7 @@ def test_a_provider_never_reached_fails_closed(tmp_path, backend):
 def test_distributed_data_plane_caches_verified_tokens(tmp_path, backend, idp):
     keys = make_keys()
     config = tmp_path / "cluster.toml"
-    config.write_text(render_config(backend, keys, unused_port()) + rules_config(RULES) + oidc_config(idp.issuer))
+    config.write_text(bearer_config(backend, keys, idp.issuer))
     env = gateway_env(backend, keys, "trace")
     cp, cp_addr = start_controlplane(gateway_bin(), "cp-bearer", config=config, env=env, **node_files(tmp_path, "cp"))
     dp, dp_addr = start_dataplane(gateway_bin(), "dp-bearer", control_planes=[f"http://{cp_addr}"], region=REGION,

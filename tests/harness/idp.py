@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import ssl
+import subprocess
 import urllib.request
 from pathlib import Path
 
@@ -30,8 +32,10 @@ class Idp:
     """One IdP process. `restart()` brings it back on the same port with the
     same keys (they are kept in a file), as a provider that was down."""
 
-    def __init__(self, tmp: Path, name: str = "idp"):
-        self.tmp, self.name = tmp, name
+    def __init__(self, tmp: Path, name: str = "idp", tls: "IdpCa | None" = None):
+        """With `tls`, the IdP serves https with a certificate for 127.0.0.1
+        signed by that CA."""
+        self.tmp, self.name, self.tls = tmp, name, tls
         self.keys_file = tmp / f"{name}.keys.json"
         self.ready = tmp / f"{name}.ready.json"
         self.log_path = tmp / f"{name}.log"
@@ -40,11 +44,14 @@ class Idp:
 
     @property
     def issuer(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 30) -> "Idp":
         argv = [node_exe(), str(IDP_DIR / "server.js"), "--ready-file", str(self.ready),
                 "--keys-file", str(self.keys_file), "--port", str(self.port or 0)]  # fmt: skip
+        if self.tls:
+            cert, key = self.tls.leaf(self.tmp, self.name)
+            argv += ["--tls-cert", str(cert), "--tls-key", str(key)]
         self.proc, addr = start_with_ready_file(
             self.name, argv, self.ready, "addr", self.log_path, append=self.port is not None, timeout=timeout,
         )
@@ -64,8 +71,11 @@ class Idp:
         data = None if body is None else json.dumps(body).encode()
         req = urllib.request.Request(self.issuer + path, data=data, method=method,
                                      headers={"content-type": "application/json"})  # fmt: skip
-        with urllib.request.urlopen(req, timeout=10) as r:
+        with urllib.request.urlopen(req, timeout=10, context=self._ssl()) as r:
             return json.loads(r.read())
+
+    def _ssl(self) -> ssl.SSLContext | None:
+        return ssl.create_default_context(cafile=str(self.tls.cert)) if self.tls else None
 
     def token(self, claims: dict | None = None, *, drop: list[str] = (), kid: str | None = None,
               expires_in: int | None = None, header: dict | None = None) -> str:  # fmt: skip
@@ -94,5 +104,29 @@ class Idp:
 
     def jwks(self) -> dict:
         """The JWKS, as anyone can read it."""
-        with urllib.request.urlopen(self.issuer + "/jwks", timeout=10) as r:
+        with urllib.request.urlopen(self.issuer + "/jwks", timeout=10, context=self._ssl()) as r:
             return json.loads(r.read())
+
+
+class IdpCa:
+    """A throwaway CA (openssl), for an IdP that s3gate reaches over https
+    with `ca_bundle`."""
+
+    def __init__(self, dir: Path):
+        self.dir = dir
+        self.cert, self.key = dir / "test-ca.pem", dir / "test-ca.key"
+        openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", self.key, "-out", self.cert,
+                "-days", "2", "-subj", "/CN=s3gate test IdP CA")  # fmt: skip
+
+    def leaf(self, dir: Path, name: str) -> tuple[Path, Path]:
+        """A server certificate for 127.0.0.1 and its key."""
+        cert, key, csr, ext = (dir / f"{name}.{x}" for x in ("pem", "key", "csr", "ext"))
+        ext.write_text("subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n")
+        openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", csr, "-subj", "/CN=127.0.0.1")
+        openssl("x509", "-req", "-in", csr, "-CA", self.cert, "-CAkey", self.key, "-CAcreateserial",
+                "-out", cert, "-days", "2", "-extfile", ext)  # fmt: skip
+        return cert, key
+
+
+def openssl(*args) -> None:
+    subprocess.run(["openssl", *map(str, args)], check=True, capture_output=True, timeout=60, stdin=subprocess.DEVNULL)

@@ -3,9 +3,10 @@
 // signed with jose) on 127.0.0.1, plus a small control API for the tests.
 //
 //   node tests/idp/server.js --ready-file FILE [--port N] [--keys-file FILE]
+//                            [--tls-cert PEM --tls-key PEM]
 //
 // Once listening it writes {"issuer": "http://127.0.0.1:PORT", "port": PORT,
-// "addr": "127.0.0.1:PORT"}
+// "addr": "127.0.0.1:PORT"} (https with --tls-cert)
 // to the ready file (atomically) and prints "ready <issuer>".
 //
 // Control API (JSON, under /_control/, never part of what s3gate reads):
@@ -21,6 +22,7 @@
 // the same --port serves the same keys (an IdP that went away and came back).
 
 import { createServer } from "node:http";
+import { createServer as createTlsServer } from "node:https";
 import { readFileSync, renameSync, writeFileSync, existsSync } from "node:fs";
 import { parseArgs } from "node:util";
 import { OAuth2Issuer, OAuth2Service } from "oauth2-mock-server";
@@ -30,6 +32,8 @@ const { values: args } = parseArgs({
     "ready-file": { type: "string" },
     "keys-file": { type: "string" },
     port: { type: "string", default: "0" },
+    "tls-cert": { type: "string" },
+    "tls-key": { type: "string" },
   },
 });
 
@@ -115,7 +119,11 @@ async function control(req, res, path) {
   return reply(res, 404, { error: "no such control endpoint" });
 }
 
-const server = createServer((req, res) => {
+const tls = args["tls-cert"]
+  ? { cert: readFileSync(args["tls-cert"]), key: readFileSync(args["tls-key"]) }
+  : null;
+
+const handler = (req, res) => {
   const path = new URL(req.url, "http://x").pathname;
   if (path.startsWith("/_control/")) {
     control(req, res, path).catch((e) => reply(res, 400, { error: String(e) }));
@@ -123,11 +131,12 @@ const server = createServer((req, res) => {
   }
   hits[path] = (hits[path] ?? 0) + 1;
   service.requestHandler(req, res);
-});
+};
+const server = tls ? createTlsServer(tls, handler) : createServer(handler);
 
 server.listen(Number(args.port), "127.0.0.1", async () => {
   const { port } = server.address();
-  issuerUrl = `http://127.0.0.1:${port}`;
+  issuerUrl = `${tls ? "https" : "http"}://127.0.0.1:${port}`;
   const keysFile = args["keys-file"];
   if (keysFile && existsSync(keysFile)) {
     await install(JSON.parse(readFileSync(keysFile, "utf8")));

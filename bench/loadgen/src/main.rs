@@ -759,10 +759,10 @@ const BLOCK: usize = 1 << 20;
 
 async fn put(a: PutArgs) -> Result<String> {
     a.common.check()?;
-    if a.size == 0 || a.size % BLOCK as u64 != 0 {
+    if a.size == 0 || !a.size.is_multiple_of(BLOCK as u64) {
         return Err("--size must be a positive multiple of 1 MiB".to_owned());
     }
-    if a.chunk_size == 0 || BLOCK % a.chunk_size != 0 {
+    if a.chunk_size == 0 || !BLOCK.is_multiple_of(a.chunk_size) {
         return Err("--chunk-size must divide 1 MiB".to_owned());
     }
     let amz_date = sigv4::amz_date_now();

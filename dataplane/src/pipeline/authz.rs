@@ -509,5 +509,21 @@ mod tests {
                 ("x-amz-storage-class", "STANDARD".to_owned()),
             ]
         );
+        assert!(context.claims.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_tokens_source_and_claims_reach_the_policy() {
+        let mut h = Harness::new(home, Duration::from_secs(60));
+        h.alice.source = "jwt";
+        h.alice.claims = Some(Arc::from(vec![
+            ("email".to_owned(), "alice@example.com".to_owned()),
+            ("groups".to_owned(), r#"["analysts"]"#.to_owned()),
+        ]));
+        assert!(h.get("home/alice/a").await);
+        let context = h.cp.last_context.lock().unwrap().clone().unwrap();
+        assert_eq!(context.identity_source, "jwt");
+        assert_eq!(context.claims[0].1, "alice@example.com");
+        assert_eq!(context.claims.len(), 2);
     }
 }
