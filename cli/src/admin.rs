@@ -30,6 +30,7 @@ Examples:
   export S3GATE_CONTROL_PLANE=http://127.0.0.1:9090 S3GATE_ADMIN_TOKEN=...
   s3gate admin status
   s3gate admin keys create --principal alice --group analysts
+  s3gate admin sessions revoke --principal alice@example.com
   s3gate admin rules put --id analysts-read --effect allow --principal group:analysts \\
       --action s3:GetObject --action s3:ListBucket --resource data --resource 'data/*'
   s3gate admin --json keys list")]
@@ -76,6 +77,11 @@ enum AdminCommand {
     Buckets {
         #[command(subcommand)]
         command: BucketsCommand,
+    },
+    /// Temporary sessions (STS AssumeRoleWithWebIdentity): list, revoke.
+    Sessions {
+        #[command(subcommand)]
+        command: SessionsCommand,
     },
     /// Dry-run a request: the decision and the rule that made it.
     #[command(after_help = "\
@@ -302,6 +308,42 @@ Example:
     Delete {
         /// The bucket name clients use (see `buckets list`).
         name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum SessionsCommand {
+    /// List live sessions: access key, principal, role, expiry (never a
+    /// secret or a session token).
+    #[command(after_help = "\
+EXPIRES is in RFC 3339, UTC.
+
+Examples:
+  s3gate admin sessions list
+  s3gate admin sessions list --principal alice@example.com
+  s3gate admin --json sessions list")]
+    List {
+        /// Only this principal's sessions.
+        #[arg(long)]
+        principal: Option<String>,
+    },
+    /// Revoke one session, or every session of a principal: requests signed
+    /// with them are refused at every data plane within a second.
+    #[command(after_help = "\
+Examples:
+  s3gate admin sessions revoke --access-key ASIAEXAMPLEKEY000000
+  s3gate admin sessions revoke --principal alice@example.com")]
+    Revoke {
+        /// The session's access key (see `sessions list`).
+        #[arg(
+            long,
+            required_unless_present = "principal",
+            conflicts_with = "principal"
+        )]
+        access_key: Option<String>,
+        /// Every session of this principal.
+        #[arg(long)]
+        principal: Option<String>,
     },
 }
 
@@ -760,6 +802,65 @@ async fn execute(mut client: Client, args: AdminArgs) -> anyhow::Result<()> {
                 out.changed(r.version);
             }
         },
+        AdminCommand::Sessions { command } => match command {
+            SessionsCommand::List { principal } => {
+                let sessions = client
+                    .list_sessions(pb::ListSessionsRequest {
+                        principal: principal.unwrap_or_default(),
+                    })
+                    .await?
+                    .into_inner()
+                    .sessions;
+                out.table(
+                    &["ACCESS KEY", "PRINCIPAL", "ROLE", "SESSION", "EXPIRES"],
+                    sessions
+                        .iter()
+                        .map(|s| {
+                            vec![
+                                s.access_key.clone(),
+                                s.principal.clone(),
+                                s.role_arn.clone(),
+                                s.session_name.clone(),
+                                rfc3339(s.expires).unwrap_or_else(|| s.expires.to_string()),
+                            ]
+                        })
+                        .collect(),
+                    json!(sessions.iter().map(session_json).collect::<Vec<_>>()),
+                );
+            }
+            SessionsCommand::Revoke {
+                access_key,
+                principal,
+            } => {
+                use pb::revoke_sessions_request::Target;
+                let (target, by_key) = match (access_key, principal) {
+                    (Some(ak), _) => (Target::AccessKey(ak), true),
+                    (None, Some(p)) => (Target::Principal(p), false),
+                    (None, None) => bail!("give --access-key or --principal"),
+                };
+                let revoked = client
+                    .revoke_sessions(pb::RevokeSessionsRequest {
+                        target: Some(target),
+                    })
+                    .await?
+                    .into_inner()
+                    .access_keys;
+                if by_key && revoked.is_empty() {
+                    bail!("not found: no live session has this access key");
+                }
+                if out.json {
+                    println!("{}", json!({ "revoked": revoked }));
+                } else if revoked.is_empty() {
+                    println!("no live session to revoke");
+                } else {
+                    println!(
+                        "revoked {} session(s): {}",
+                        revoked.len(),
+                        revoked.join(", ")
+                    );
+                }
+            }
+        },
         AdminCommand::Explain(e) => {
             let (kind, key) = match (e.key, e.prefix) {
                 (Some(k), _) => (pb::ResourceKind::Object, k),
@@ -834,6 +935,15 @@ async fn execute(mut client: Client, args: AdminArgs) -> anyhow::Result<()> {
 fn key_json(k: &pb::KeyInfo) -> Value {
     json!({"access_key": k.access_key, "principal": k.principal, "groups": k.groups,
            "created": k.created, "created_at": rfc3339(k.created)})
+}
+
+/// A session as JSON (never its secret or token): times in Unix seconds,
+/// `expires_at` in RFC 3339.
+fn session_json(s: &pb::SessionInfo) -> Value {
+    json!({"access_key": s.access_key, "principal": s.principal, "groups": s.groups,
+           "role_arn": s.role_arn, "session_name": s.session_name, "subject": s.subject,
+           "provider": s.provider, "created": s.created, "expires": s.expires,
+           "expires_at": rfc3339(s.expires)})
 }
 
 /// When a key was created, for a table: RFC 3339 UTC, or "from config"

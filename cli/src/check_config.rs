@@ -272,6 +272,27 @@ fn render(name: &str, cfg: &FileConfig, raw: &FileConfig) -> String {
             line(format!("ca_bundle = {}", q(ca)));
         }
     }
+    for r in &cfg.roles {
+        line(String::new());
+        line("[[roles]]".into());
+        line(format!("arn = {}", q(&r.arn)));
+        line(format!("oidc = {}", q(&r.oidc)));
+        line(format!("groups = {}", list(&r.groups)));
+        let claims: Vec<String> = r
+            .require_claims
+            .iter()
+            .map(|(name, values)| match values.0.as_slice() {
+                [one] => format!("{} = {}", q(name), q(one)),
+                many => format!("{} = {}", q(name), list(many)),
+            })
+            .collect();
+        if claims.is_empty() {
+            line("require_claims = {}".into());
+        } else {
+            line(format!("require_claims = {{ {} }}", claims.join(", ")));
+        }
+        line(format!("max_session = {}", duration(r.max_session)));
+    }
     out
 }
 
@@ -408,6 +429,15 @@ name = "ci"
 issuer = "http://127.0.0.1:8080"
 audiences = ["s3gate"]
 principal_claim = "repository"
+[[roles]]
+arn = "arn:aws:iam::000000000000:role/analysts"
+oidc = "corp"
+groups = ["analysts"]
+require_claims = { groups = "analysts", email_verified = true, amr = ["mfa", "pwd"] }
+max_session = "12h"
+[[roles]]
+arn = "arn:aws:iam::000000000000:role/ci"
+oidc = "ci"
 "#;
 
     #[test]
@@ -492,6 +522,20 @@ issuer = "http://127.0.0.1:8080"
 audiences = ["s3gate"]
 principal_claim = "repository"
 # groups_claim: not set; tokens give no groups
+
+[[roles]]
+arn = "arn:aws:iam::000000000000:role/analysts"
+oidc = "corp"
+groups = ["analysts"]
+require_claims = { "amr" = ["mfa", "pwd"], "email_verified" = "true", "groups" = "analysts" }
+max_session = "12h"
+
+[[roles]]
+arn = "arn:aws:iam::000000000000:role/ci"
+oidc = "ci"
+groups = []
+require_claims = {}
+max_session = "1h"
 "#;
         assert_eq!(shown, expected);
         for secret in ["INLINE-SECRET", &std::env::var("PATH").unwrap()] {
@@ -504,6 +548,8 @@ principal_claim = "repository"
         assert_eq!(back.buckets[0].cors[0].max_age, Some(600));
         assert!(back.auth.sigv2);
         assert_eq!(back.oidc[1].principal_claim, "repository");
+        assert_eq!(back.roles[0].require_claims, cfg.roles[0].require_claims);
+        assert_eq!(back.roles[1].max_session, cfg.roles[1].max_session);
         assert_eq!(
             cfg.warnings,
             ["s3gate.toml:28:32: rules[0] (r001): resource \"typo/*\" names no configured bucket (buckets: data)"]

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use s3gate_controlplane::config::OidcConfig;
+use s3gate_controlplane::config::{FileConfig, OidcConfig};
 use s3gate_controlplane::crypto::MasterKey;
 use s3gate_controlplane::oidc::Providers;
 use s3gate_controlplane::redis_store::RedisStore;
@@ -72,6 +72,16 @@ struct RuntimeArgs {
     /// S3GATE_LOG=debug; default info).
     #[arg(long, env = "S3GATE_LOG_FORMAT")]
     log_format: Option<LogFormat>,
+}
+
+/// STS settings of the server subcommands that embed a control plane.
+#[derive(Debug, Clone, clap::Args)]
+struct StsArgs {
+    /// Hidden, for tests only: the shortest session (DurationSeconds) STS
+    /// grants. Outside tests it is AWS's 900 seconds, which a test of
+    /// expiry cannot wait for.
+    #[arg(long, hide = true, env = "S3GATE_STS_MIN_DURATION", default_value = "900s", value_parser = humantime::parse_duration)]
+    sts_min_duration: Duration,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -141,6 +151,8 @@ struct ControlplaneArgs {
     /// backend credentials. Without it, anyone who reaches the port can ask.
     #[arg(long, env = "S3GATE_CLUSTER_TOKEN", hide_env_values = true)]
     cluster_token: Option<String>,
+    #[command(flatten)]
+    sts: StsArgs,
     #[command(flatten)]
     runtime: RuntimeArgs,
 }
@@ -387,6 +399,8 @@ struct ServeArgs {
     #[arg(long, env = "S3GATE_CLUSTER_TOKEN", hide_env_values = true)]
     cluster_token: Option<String>,
     #[command(flatten)]
+    sts: StsArgs,
+    #[command(flatten)]
     limits: LimitArgs,
     #[command(flatten)]
     runtime: RuntimeArgs,
@@ -484,7 +498,7 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
             // The same replica code as `s3gate controlplane`, over a memory store.
             let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
             store.seed(&State::from_config(&file)).await?;
-            let registry = standing_sources(providers);
+            let registry = standing_sources(providers, Some(&file), store.clone(), &args.sts);
             let replica = Replica::start_with(store, file.cache.clone(), "embedded".to_owned(), registry).await?;
             let mut ready = serde_json::json!({});
             let plain = match listen {
@@ -536,14 +550,38 @@ fn oidc_providers(oidc: &[OidcConfig]) -> Result<Arc<Providers>, Failure> {
 
 /// The standing sources of a replica: the JWT bearer source when `[[oidc]]`
 /// providers are configured (their keys are fetched in the background from
-/// here on).
-fn standing_sources(providers: Arc<Providers>) -> Registry {
+/// here on); STS session keys always (a replica accepts sessions any
+/// replica minted), and the STS engine when `[[roles]]` are configured.
+fn standing_sources(
+    providers: Arc<Providers>,
+    file: Option<&FileConfig>,
+    store: Arc<dyn Store>,
+    sts: &StsArgs,
+) -> Registry {
     let mut registry = Registry::default();
-    if !providers.is_empty() {
+    let providers = (!providers.is_empty()).then_some(providers);
+    if let Some(providers) = &providers {
         info!(providers = ?providers.names().collect::<Vec<_>>(), "oidc providers configured");
         providers.prefetch();
-        s3gate_controlplane::sources::oidc::register(&mut registry, providers);
+        s3gate_controlplane::sources::oidc::register(&mut registry, providers.clone());
     }
+    let roles =
+        s3gate_controlplane::roles::Roles::from_config(file.map_or(&[][..], |f| &f.roles[..]));
+    if !roles.is_empty() {
+        info!(
+            roles = roles.len(),
+            "STS AssumeRoleWithWebIdentity serving roles"
+        );
+    }
+    let key_ttl = file.map(|f| f.cache.clone()).unwrap_or_default().key_ttl;
+    s3gate_controlplane::sts::register(
+        &mut registry,
+        store,
+        key_ttl,
+        roles,
+        providers,
+        sts.sts_min_duration,
+    );
     registry
 }
 
@@ -622,7 +660,7 @@ fn controlplane(args: ControlplaneArgs) -> Result<(), Failure> {
                 .with_context(|| format!("bind gRPC listener on {}", args.listen))?;
             let local = listener.local_addr().context("read listener address")?;
             let name = args.name.unwrap_or_else(|| local.to_string());
-            let registry = standing_sources(providers);
+            let registry = standing_sources(providers, file.as_ref(), store.clone(), &args.sts);
             let replica = Replica::start_with(store, cache, name.clone(), registry).await?;
             if args.admin_token.is_none() {
                 warn!("no --admin-token: the Admin API is off");

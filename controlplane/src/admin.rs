@@ -18,6 +18,7 @@ use tonic::{Request, Response, Status};
 use crate::config::{AddressingStyleConfig, Effect, Secret};
 use crate::credential::CredentialSpec;
 use crate::replica::Replica;
+use crate::session::SessionTarget;
 use crate::state::{
     BackendRecord, BucketRecord, Change, ChangeError, CorsRule, KeyRecord, RuleRecord,
 };
@@ -107,6 +108,14 @@ fn store_status(e: StoreError) -> Status {
         StoreError::Change(ChangeError::NotFound(m)) => Status::not_found(m),
         StoreError::Change(ChangeError::Invalid(m)) => Status::invalid_argument(m),
         StoreError::Corrupt(m) => Status::internal(format!("stored state is unreadable: {m}")),
+    }
+}
+
+/// A read that failed: nothing was changed.
+fn read_status(e: StoreError) -> Status {
+    match e {
+        StoreError::Unavailable(m) => Status::unavailable(format!("state store unavailable: {m}")),
+        other => store_status(other),
     }
 }
 
@@ -425,6 +434,57 @@ impl Admin for AdminService {
             .apply(Change::DeleteBucket(req.into_inner().name))
             .await?;
         Ok(Response::new(pb::ChangeResponse { version }))
+    }
+
+    async fn list_sessions(
+        &self,
+        req: Request<pb::ListSessionsRequest>,
+    ) -> Result<Response<pb::ListSessionsResponse>, Status> {
+        let principal = req.into_inner().principal;
+        let sessions = self
+            .replica
+            .store()
+            .sessions((!principal.is_empty()).then_some(principal.as_str()))
+            .await
+            .map_err(read_status)?
+            .into_iter()
+            .map(|s| pb::SessionInfo {
+                access_key: s.access_key,
+                principal: s.principal,
+                groups: s.groups,
+                role_arn: s.role_arn,
+                session_name: s.session_name,
+                subject: s.subject,
+                provider: s.provider,
+                created: s.created,
+                expires: s.expires,
+            })
+            .collect();
+        Ok(Response::new(pb::ListSessionsResponse { sessions }))
+    }
+
+    async fn revoke_sessions(
+        &self,
+        req: Request<pb::RevokeSessionsRequest>,
+    ) -> Result<Response<pb::RevokeSessionsResponse>, Status> {
+        use pb::revoke_sessions_request::Target;
+        let target = match req.into_inner().target {
+            Some(Target::AccessKey(ak)) if !ak.is_empty() => SessionTarget::AccessKey(ak),
+            Some(Target::Principal(p)) if !p.is_empty() => SessionTarget::Principal(p),
+            _ => {
+                return Err(Status::invalid_argument(
+                    "give the access key or the principal whose sessions to revoke",
+                ))
+            }
+        };
+        let access_keys = self
+            .replica
+            .store()
+            .revoke_sessions(&target)
+            .await
+            .map_err(store_status)?;
+        tracing::info!(?target, revoked = access_keys.len(), "sessions revoked");
+        Ok(Response::new(pb::RevokeSessionsResponse { access_keys }))
     }
 
     async fn explain(

@@ -89,6 +89,9 @@ pub struct FileConfig {
     /// verifies (bearer tokens, web identities).
     #[serde(default)]
     pub oidc: Vec<OidcConfig>,
+    /// Roles STS `AssumeRoleWithWebIdentity` grants sessions for.
+    #[serde(default)]
+    pub roles: Vec<RoleConfig>,
     /// What clients may cost the gateway (`s3gate serve`; flags override).
     #[serde(default)]
     pub limits: LimitsConfig,
@@ -464,6 +467,64 @@ fn default_principal_claim() -> String {
     "sub".to_owned()
 }
 
+/// `[[roles]]`: what a client passes as `RoleArn` to STS
+/// `AssumeRoleWithWebIdentity`, which identity provider's tokens it takes,
+/// and what the session gets.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoleConfig {
+    /// `arn:aws:iam::<account>:role/<name>`, as clients pass it.
+    pub arn: String,
+    /// The `[[oidc]]` provider whose tokens this role accepts.
+    pub oidc: String,
+    /// Added to the token's groups in the session.
+    #[serde(default)]
+    pub groups: Vec<String>,
+    /// Claims the token must carry: a string claim equal to the value, an
+    /// array claim containing it; a list of values requires every one.
+    #[serde(default)]
+    pub require_claims: BTreeMap<String, ClaimValues>,
+    /// The longest session (`DurationSeconds`) granted: 15m to 12h.
+    #[serde(default = "default_max_session", with = "humantime_serde_compat")]
+    pub max_session: Duration,
+}
+
+/// The value(s) of a required claim: a string, number or boolean, or a
+/// list of them (every one required). Kept as strings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimValues(pub Vec<String>);
+
+impl<'de> Deserialize<'de> for ClaimValues {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Scalar {
+            S(String),
+            B(bool),
+            I(i64),
+        }
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            One(Scalar),
+            Many(Vec<Scalar>),
+        }
+        let text = |s: Scalar| match s {
+            Scalar::S(s) => s,
+            Scalar::B(b) => b.to_string(),
+            Scalar::I(i) => i.to_string(),
+        };
+        match Raw::deserialize(d).map_err(|_| {
+            serde::de::Error::custom(
+                "a required claim is a string, number or boolean, or a list of them",
+            )
+        })? {
+            Raw::One(s) => Ok(Self(vec![text(s)])),
+            Raw::Many(v) => Ok(Self(v.into_iter().map(text).collect())),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum Effect {
@@ -482,6 +543,9 @@ fn default_key_ttl() -> Duration {
 }
 fn default_route_ttl() -> Duration {
     Duration::from_secs(300)
+}
+fn default_max_session() -> Duration {
+    Duration::from_secs(s3gate_s3::sts::DEFAULT_DURATION_SECONDS)
 }
 
 /// `"30s"`-style durations in TOML.
@@ -799,6 +863,62 @@ impl FileConfig {
                 ));
             }
         }
+        let mut arns = HashSet::new();
+        for (i, r) in self.roles.iter().enumerate() {
+            let at = |field: &str, needle: Option<&str>, message: String| {
+                src.entry_problem("roles", i, field, needle, message)
+            };
+            if let Err(m) = crate::roles::parse_role_arn(&r.arn) {
+                return Err(at("arn", None, m));
+            }
+            if !arns.insert(r.arn.clone()) {
+                return Err(at("arn", None, format!("duplicate role {:?}", r.arn)));
+            }
+            if !providers.contains(&r.oidc) {
+                let mut known: Vec<&str> = self.oidc.iter().map(|o| o.name.as_str()).collect();
+                known.sort_unstable();
+                let known = if known.is_empty() {
+                    "there is no [[oidc]] entry".to_owned()
+                } else {
+                    format!("providers: {}", known.join(", "))
+                };
+                return Err(at(
+                    "oidc",
+                    None,
+                    format!("oidc provider {:?} is not configured ({known})", r.oidc),
+                ));
+            }
+            if let Some(g) = r.groups.iter().find(|g| g.is_empty()) {
+                return Err(at(
+                    "groups",
+                    Some(g),
+                    "a group name must not be empty".into(),
+                ));
+            }
+            for (claim, values) in &r.require_claims {
+                if claim.is_empty() || values.0.is_empty() {
+                    return Err(at(
+                        "require_claims",
+                        None,
+                        "each required claim needs a name and at least one value".into(),
+                    ));
+                }
+            }
+            let (min, max) = (
+                Duration::from_secs(s3gate_s3::sts::MIN_DURATION_SECONDS),
+                Duration::from_secs(s3gate_s3::sts::MAX_DURATION_SECONDS),
+            );
+            if r.max_session < min || r.max_session > max {
+                return Err(at(
+                    "max_session",
+                    None,
+                    format!(
+                        "max_session must be between 15m and 12h (is {})",
+                        humantime::format_duration(r.max_session)
+                    ),
+                ));
+            }
+        }
         for d in &mut self.base_domains {
             *d = d.trim_end_matches('.').to_ascii_lowercase();
         }
@@ -991,6 +1111,8 @@ struct Entries {
     tls: Option<Entry>,
     #[serde(default)]
     oidc: Vec<Entry>,
+    #[serde(default)]
+    roles: Vec<Entry>,
 }
 
 type Entry = toml::Spanned<BTreeMap<String, toml::Spanned<toml::Value>>>;
@@ -1011,6 +1133,7 @@ impl<'a> Source<'a> {
             "keys" => &self.entries.keys,
             "rules" => &self.entries.rules,
             "oidc" => &self.entries.oidc,
+            "roles" => &self.entries.roles,
             _ => return None,
         }
         .get(index)
@@ -1038,10 +1161,10 @@ impl<'a> Source<'a> {
         let label = match section {
             "rules" => Some(format!("r{:03}", index + 1)),
             _ => {
-                let field = if section == "keys" {
-                    "access_key"
-                } else {
-                    "name"
+                let field = match section {
+                    "keys" => "access_key",
+                    "roles" => "arn",
+                    _ => "name",
                 };
                 self.entry(section, index)
                     .and_then(|e| e.get_ref().get(field))
@@ -1682,6 +1805,46 @@ groups_claim = "groups"
    |        ^^^^^^^^^^^^^^^^"
         );
         assert!(!format!("{cfg:?}").contains("BACKENDSECRET"));
+    }
+
+    #[test]
+    fn role_errors_name_the_role() {
+        let oidc = "\n[[oidc]]\nname = \"corp\"\nissuer = \"https://idp.example.com\"\naudiences = [\"s3gate\"]\n";
+        let role = |body: &str| format!("{SAMPLE}{oidc}\n[[roles]]\n{body}\n");
+        let ok = role("arn = \"arn:aws:iam::000000000000:role/analysts\"\noidc = \"corp\"\nrequire_claims = { groups = \"analysts\", email_verified = true, amr = [\"mfa\"] }");
+        let cfg = FileConfig::parse(&ok).unwrap();
+        assert_eq!(cfg.roles[0].max_session, Duration::from_secs(3600));
+        assert_eq!(
+            cfg.roles[0].require_claims["email_verified"],
+            ClaimValues(vec!["true".into()])
+        );
+        assert_eq!(
+            error(&role("arn = \"arn:aws:iam::000000000000:role/analysts\"\noidc = \"crop\"")),
+            "invalid config s3gate.toml:33:8: roles[0] (\"arn:aws:iam::000000000000:role/analysts\"): oidc provider \"crop\" is not configured (providers: corp)
+   |
+33 | oidc = \"crop\"
+   |        ^^^^^^"
+        );
+        assert!(error(&role("arn = \"analysts\"\noidc = \"corp\"")).starts_with(
+            "invalid config s3gate.toml:32:7: roles[0] (\"analysts\"): role arn \"analysts\" must look like"
+        ));
+        assert!(error(&role(
+            "arn = \"arn:aws:iam::000000000000:role/a\"\noidc = \"corp\"\nmax_session = \"13h\""
+        ))
+        .contains("max_session must be between 15m and 12h (is 13h)"));
+        assert!(error(&role(
+            "arn = \"arn:aws:iam::000000000000:role/a\"\noidc = \"corp\"\nrequire_claims = { groups = [] }"
+        ))
+        .contains("each required claim needs a name and at least one value"));
+        assert!(error(&role(
+            "arn = \"arn:aws:iam::000000000000:role/a\"\noidc = \"corp\"\nrequire_claims = { groups = { x = 1 } }"
+        ))
+        .contains("a required claim is a string, number or boolean, or a list of them"));
+        let twice = format!(
+            "{ok}\n[[roles]]\narn = \"arn:aws:iam::000000000000:role/analysts\"\noidc = \"corp\"\n"
+        );
+        assert!(error(&twice)
+            .contains("roles[1] (\"arn:aws:iam::000000000000:role/analysts\"): duplicate role"));
     }
 
     #[test]

@@ -15,7 +15,7 @@ use s3gate_proto::pb::admin_server::AdminServer;
 use s3gate_proto::pb::decisions_server::{Decisions, DecisionsServer};
 
 use crate::admin::{require_token, AdminService};
-use s3gate_proto::{pb, ControlPlane, SigningKeyRequest};
+use s3gate_proto::{pb, ControlPlane, ControlPlaneError, SigningKeyRequest};
 
 use crate::replica::{next_invalidation, Replica};
 use tokio::net::TcpListener;
@@ -61,6 +61,11 @@ impl Decisions for DecisionsService {
                 service: r.service,
             })
             .await?;
+        // A data plane that would not check a session's token and expiry
+        // never gets a session's key.
+        if grant.session.is_some() && !r.session_aware {
+            return Err(ControlPlaneError::UnknownAccessKey.into());
+        }
         Ok(Response::new((&grant).into()))
     }
 
@@ -76,6 +81,17 @@ impl Decisions for DecisionsService {
                 .err()
                 .map_or_else(|| Status::internal("no SigV2 answer"), Status::from)),
         }
+    }
+
+    async fn assume_role_with_web_identity(
+        &self,
+        req: Request<pb::AssumeRoleWithWebIdentityRequest>,
+    ) -> Result<Response<pb::AssumeRoleWithWebIdentityResponse>, Status> {
+        let result = self
+            .replica
+            .assume_role_with_web_identity(req.into_inner().into())
+            .await;
+        pb::AssumeRoleWithWebIdentityResponse::from_result(&result).map(Response::new)
     }
 
     async fn authenticate(

@@ -19,9 +19,12 @@ pub mod oidc;
 pub mod policy;
 pub mod redis_store;
 pub mod replica;
+pub mod roles;
+pub mod session;
 pub mod sources;
 pub mod state;
 pub mod store;
+pub mod sts;
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -10,6 +10,14 @@
 //! | `p:backends` | hash | name → JSON, secret sealed with `backend:<name>`, session token with `backend:<name>:session-token` |
 //! | `p:buckets` | hash | name → JSON |
 //! | `p:events` | channel | JSON `{"version": N, "touched": …}` after every change |
+//! | `p:session:<access key>` | string | a temporary session as JSON, secret sealed with `session:<access key>`, token as SHA-256 only; `PEXPIREAT` its expiry |
+//! | `p:sessions` | sorted set | session access key → expiry (unix seconds); kept a day past expiry, so an expired key is told apart from an unknown one |
+//! | `p:sessions-of:<principal>` | sorted set | the principal's session access keys → expiry, for revoke-by-principal; expires with its last session |
+//!
+//! Sessions are not part of the versioned state: they are written without
+//! touching `p:version`, and read one at a time (a data plane's key-cache
+//! miss), never loaded whole. Their commands need Redis 7 (`PEXPIREAT …
+//! NX`/`GT`).
 //!
 //! Every write runs in `MULTI`/`EXEC` under `WATCH p:version` and bumps the
 //! version in the same transaction, so the version changes exactly when the
@@ -33,6 +41,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use base64::Engine as _;
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, RedisError, RedisResult};
 use serde::{Deserialize, Serialize};
@@ -42,6 +51,7 @@ use tokio_stream::StreamExt as _;
 use crate::config::{AddressingStyleConfig, Effect, Secret};
 use crate::credential::CredentialSpec;
 use crate::crypto::MasterKey;
+use crate::session::{SessionInfo, SessionLookup, SessionRecord, SessionTarget, EXPIRED_KNOWN_FOR};
 use crate::state::{
     BackendRecord, BucketRecord, Change, CorsRule, KeyRecord, RuleRecord, State, Touched,
 };
@@ -97,6 +107,12 @@ struct Names {
     events: String,
     /// Hash: replica name -> unix seconds of its last heartbeat.
     replicas: String,
+    /// Sorted set: session access key -> expiry.
+    sessions: String,
+    /// `p:session:`, followed by an access key.
+    session: String,
+    /// `p:sessions-of:`, followed by a principal.
+    sessions_of: String,
 }
 
 /// What `p:events` carries.
@@ -150,6 +166,26 @@ struct StoredBackend {
     ca_bundle: Option<String>,
     #[serde(default)]
     insecure_skip_verify: bool,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredSession {
+    access_key: String,
+    /// Sealed with [`session_context`].
+    secret: String,
+    /// Base64 of the SHA-256 of the session token.
+    token_sha256: String,
+    principal: String,
+    #[serde(default)]
+    groups: Vec<String>,
+    #[serde(default)]
+    claims: Vec<(String, String)>,
+    role_arn: String,
+    session_name: String,
+    subject: String,
+    provider: String,
+    created: i64,
+    expires: i64,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -301,6 +337,140 @@ impl Store for RedisStore {
 
     fn kind(&self) -> &'static str {
         "redis"
+    }
+
+    async fn put_session(&self, session: &SessionRecord) -> Result<(), StoreError> {
+        let inner = &self.inner;
+        let n = &inner.names;
+        let info = &session.info;
+        let json = inner.encode_session(session)?;
+        let now = crate::unix_now();
+        let expires_ms = info.expires.saturating_mul(1000);
+        let record = format!("{}{}", n.session, info.access_key);
+        let index = format!("{}{}", n.sessions_of, info.principal);
+        let mut tx = redis::pipe();
+        tx.atomic()
+            .set(&record, json)
+            .ignore()
+            .cmd("PEXPIREAT")
+            .arg(&record)
+            .arg(expires_ms)
+            .ignore()
+            .zadd(&n.sessions, &info.access_key, info.expires)
+            .ignore()
+            .zrembyscore(&n.sessions, "-inf", now - EXPIRED_KNOWN_FOR)
+            .ignore()
+            .zadd(&index, &info.access_key, info.expires)
+            .ignore()
+            .zrembyscore(&index, "-inf", now)
+            .ignore()
+            // The index lives as long as its longest session: set on a new
+            // index (NX), pushed later by a longer session (GT).
+            .cmd("PEXPIREAT")
+            .arg(&index)
+            .arg(expires_ms)
+            .arg("NX")
+            .ignore()
+            .cmd("PEXPIREAT")
+            .arg(&index)
+            .arg(expires_ms)
+            .arg("GT")
+            .ignore();
+        inner
+            .on_shared(|mut conn| {
+                let tx = tx.clone();
+                async move { call(tx.query_async::<()>(&mut conn)).await }
+            })
+            .await
+    }
+
+    async fn session(&self, access_key: &str) -> Result<SessionLookup, StoreError> {
+        let inner = &self.inner;
+        let n = &inner.names;
+        let record = format!("{}{access_key}", n.session);
+        let (json, expiry): (Option<String>, Option<f64>) = inner
+            .on_shared(|mut conn| {
+                let mut p = redis::pipe();
+                p.get(&record).zscore(&n.sessions, access_key);
+                async move { call(p.query_async(&mut conn)).await }
+            })
+            .await?;
+        let now = crate::unix_now();
+        let known_expired = |expires: i64| {
+            if expires + EXPIRED_KNOWN_FOR > now {
+                SessionLookup::Expired
+            } else {
+                SessionLookup::Unknown
+            }
+        };
+        Ok(match (json, expiry) {
+            (Some(json), _) => {
+                let session = decode_session(&json, access_key, &inner.master)?;
+                if session.info.expires > now {
+                    SessionLookup::Live(Box::new(session))
+                } else {
+                    known_expired(session.info.expires)
+                }
+            }
+            // Deleted at its expiry; the index remembers when that was.
+            (None, Some(expires)) if (expires as i64) <= now => known_expired(expires as i64),
+            (None, _) => SessionLookup::Unknown,
+        })
+    }
+
+    async fn sessions(&self, principal: Option<&str>) -> Result<Vec<SessionInfo>, StoreError> {
+        let inner = &self.inner;
+        let n = &inner.names;
+        let index = match principal {
+            Some(p) => format!("{}{p}", n.sessions_of),
+            None => n.sessions.clone(),
+        };
+        let now = crate::unix_now();
+        let keys: Vec<String> = inner
+            .on_shared(|mut conn| {
+                let cmd = redis::cmd("ZRANGEBYSCORE")
+                    .arg(&index)
+                    .arg(format!("({now}"))
+                    .arg("+inf")
+                    .clone();
+                async move { call(cmd.query_async(&mut conn)).await }
+            })
+            .await?;
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let records: Vec<String> = keys.iter().map(|k| format!("{}{k}", n.session)).collect();
+        let jsons: Vec<Option<String>> = inner
+            .on_shared(|mut conn| {
+                let cmd = redis::cmd("MGET").arg(&records).clone();
+                async move { call(cmd.query_async(&mut conn)).await }
+            })
+            .await?;
+        let mut out = Vec::new();
+        for (key, json) in keys.iter().zip(jsons) {
+            // Gone since the index was read (expired, revoked).
+            let Some(json) = json else { continue };
+            let info = decode_session_info(&json, key)?.0;
+            if info.expires > now && principal.is_none_or(|p| info.principal == p) {
+                out.push(info);
+            }
+        }
+        out.sort_by(|a, b| a.access_key.cmp(&b.access_key));
+        Ok(out)
+    }
+
+    async fn revoke_sessions(&self, target: &SessionTarget) -> Result<Vec<String>, StoreError> {
+        let revoked = match target {
+            SessionTarget::AccessKey(ak) => self.inner.revoke_session(ak).await?,
+            SessionTarget::Principal(p) => self.inner.revoke_principal(p).await?,
+        };
+        if !revoked.is_empty() {
+            let version = self.inner.current_version().await;
+            self.inner
+                .publish(version, Touched::Sessions(revoked.clone()))
+                .await;
+        }
+        Ok(revoked)
     }
 }
 
@@ -588,6 +758,97 @@ impl Inner {
         to_json(&stored)
     }
 
+    fn encode_session(&self, session: &SessionRecord) -> Result<String, StoreError> {
+        let info = &session.info;
+        to_json(&StoredSession {
+            access_key: info.access_key.clone(),
+            secret: self.seal(&session.secret, &session_context(&info.access_key))?,
+            token_sha256: base64::engine::general_purpose::STANDARD.encode(session.token_sha256),
+            principal: info.principal.clone(),
+            groups: info.groups.clone(),
+            claims: info.claims.clone(),
+            role_arn: info.role_arn.clone(),
+            session_name: info.session_name.clone(),
+            subject: info.subject.clone(),
+            provider: info.provider.clone(),
+            created: info.created,
+            expires: info.expires,
+        })
+    }
+
+    /// Deletes one session and its index entries. Returns it if it was
+    /// there.
+    async fn revoke_session(&self, access_key: &str) -> Result<Vec<String>, StoreError> {
+        let n = &self.names;
+        let record = format!("{}{access_key}", n.session);
+        let json: Option<String> = self
+            .on_shared(|mut conn| {
+                let get = redis::cmd("GET").arg(&record).clone();
+                async move { call(get.query_async(&mut conn)).await }
+            })
+            .await?;
+        let Some(json) = json else {
+            return Ok(Vec::new());
+        };
+        let principal = decode_session_info(&json, access_key)?.0.principal;
+        let mut tx = redis::pipe();
+        tx.atomic()
+            .del(&record)
+            .zrem(&n.sessions, access_key)
+            .ignore()
+            .zrem(format!("{}{principal}", n.sessions_of), access_key)
+            .ignore();
+        let (deleted,): (u64,) = self
+            .on_shared(|mut conn| {
+                let tx = tx.clone();
+                async move { call(tx.query_async(&mut conn)).await }
+            })
+            .await?;
+        Ok(if deleted > 0 {
+            vec![access_key.to_owned()]
+        } else {
+            Vec::new()
+        })
+    }
+
+    /// Deletes every session of `principal`, under `WATCH` of its index, so
+    /// a session minted meanwhile is not left out.
+    async fn revoke_principal(&self, principal: &str) -> Result<Vec<String>, StoreError> {
+        let n = &self.names;
+        let index = format!("{}{principal}", n.sessions_of);
+        let mut conn = self.new_conn().await?;
+        for attempt in 0..MAX_ATTEMPTS {
+            if attempt > 0 {
+                tokio::time::sleep(contention_backoff(attempt)).await;
+            }
+            timed(redis::cmd("WATCH").arg(&index).exec_async(&mut conn)).await?;
+            let keys: Vec<String> = timed(
+                redis::cmd("ZRANGEBYSCORE")
+                    .arg(&index)
+                    .arg(format!("({}", crate::unix_now()))
+                    .arg("+inf")
+                    .query_async(&mut conn),
+            )
+            .await?;
+            let mut tx = redis::pipe();
+            tx.atomic();
+            for k in &keys {
+                tx.del(format!("{}{k}", n.session))
+                    .ignore()
+                    .zrem(&n.sessions, k)
+                    .ignore();
+            }
+            tx.del(&index).ignore();
+            let committed: Option<()> = timed(tx.query_async(&mut conn)).await?;
+            if committed.is_some() {
+                return Ok(keys);
+            }
+        }
+        Err(StoreError::Unavailable(
+            "too much contention: the principal kept getting sessions during the revocation".into(),
+        ))
+    }
+
     fn seal(&self, secret: &Secret, context: &str) -> Result<String, StoreError> {
         // The error names no secret; the context is a record name.
         self.master
@@ -703,6 +964,9 @@ impl Names {
             buckets: format!("{prefix}:buckets"),
             events: format!("{prefix}:events"),
             replicas: format!("{prefix}:replicas"),
+            sessions: format!("{prefix}:sessions"),
+            session: format!("{prefix}:session:"),
+            sessions_of: format!("{prefix}:sessions-of:"),
         }
     }
 }
@@ -892,6 +1156,55 @@ fn backend_context(name: &str) -> String {
 
 fn session_token_context(name: &str) -> String {
     format!("backend:{name}:session-token")
+}
+
+fn session_context(access_key: &str) -> String {
+    format!("session:{access_key}")
+}
+
+/// A stored session without opening its secret (for listings), and the
+/// stored form.
+fn decode_session_info(
+    json: &str,
+    access_key: &str,
+) -> Result<(SessionInfo, StoredSession), StoreError> {
+    let s: StoredSession = from_json(json, "session", access_key)?;
+    check_name("session", access_key, &s.access_key)?;
+    let info = SessionInfo {
+        access_key: s.access_key.clone(),
+        principal: s.principal.clone(),
+        groups: s.groups.clone(),
+        claims: s.claims.clone(),
+        role_arn: s.role_arn.clone(),
+        session_name: s.session_name.clone(),
+        subject: s.subject.clone(),
+        provider: s.provider.clone(),
+        created: s.created,
+        expires: s.expires,
+    };
+    Ok((info, s))
+}
+
+fn decode_session(
+    json: &str,
+    access_key: &str,
+    master: &MasterKey,
+) -> Result<SessionRecord, StoreError> {
+    let (info, stored) = decode_session_info(json, access_key)?;
+    let context = session_context(access_key);
+    let secret = master
+        .open(&stored.secret, &context)
+        .map_err(|e| StoreError::Corrupt(format!("{context}: {e}")))?;
+    let token_sha256 = base64::engine::general_purpose::STANDARD
+        .decode(&stored.token_sha256)
+        .ok()
+        .and_then(|h| <[u8; 32]>::try_from(h).ok())
+        .ok_or_else(|| StoreError::Corrupt(format!("{context}: token hash is malformed")))?;
+    Ok(SessionRecord {
+        info,
+        secret,
+        token_sha256,
+    })
 }
 
 fn check_name(what: &str, field: &str, inside: &str) -> Result<(), StoreError> {

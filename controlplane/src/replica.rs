@@ -12,9 +12,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use s3gate_proto::{
-    AuthorizeRequest, ControlPlane, ControlPlaneError, Decision, Identity, Invalidation,
-    PresentedCredential, Principal, Route, SigV2Grant, SigV2Request, SigningKeyGrant,
-    SigningKeyRequest,
+    AssumedRole, AuthorizeRequest, ControlPlane, ControlPlaneError, Decision, Identity,
+    Invalidation, PresentedCredential, Principal, Route, SigV2Grant, SigV2Request, SigningKeyGrant,
+    SigningKeyRequest, StsError, StsErrorCode, WebIdentityRequest,
 };
 use tokio::sync::{broadcast, mpsc, watch};
 use tracing::{info, warn};
@@ -202,6 +202,16 @@ async fn follow(replica: Weak<Replica>, mut notes: broadcast::Receiver<Notificat
         let Some(replica) = replica.upgrade() else {
             return;
         };
+        // Revoked sessions are not state: nothing to reload, only cached
+        // signing keys to drop everywhere.
+        if let Touched::Sessions(keys) = &note.touched {
+            for k in keys {
+                let _ = replica
+                    .events
+                    .send((replica.version(), Invalidation::Key(k.clone())));
+            }
+            continue;
+        }
         let mut backoff = Duration::from_millis(100);
         let state = loop {
             match replica.store.load().await {
@@ -234,6 +244,7 @@ fn invalidations(touched: &Touched, state: &State) -> Vec<Invalidation> {
             .filter(|b| &b.backend == name)
             .map(|b| Invalidation::Bucket(b.name.clone()))
             .collect(),
+        Touched::Sessions(keys) => keys.iter().cloned().map(Invalidation::Key).collect(),
         Touched::All => vec![Invalidation::All],
     }
 }
@@ -271,6 +282,20 @@ impl ControlPlane for Replica {
         principal: &Principal,
     ) -> Result<Vec<String>, ControlPlaneError> {
         self.snapshot().visible_buckets(principal).await
+    }
+
+    async fn assume_role_with_web_identity(
+        &self,
+        req: WebIdentityRequest,
+    ) -> Result<AssumedRole, StsError> {
+        match &self.registry.sessions {
+            Some(issuer) => issuer.assume_role_with_web_identity(req).await,
+            None => Err(StsError::refused(
+                StsErrorCode::AccessDenied,
+                "Not authorized to perform sts:AssumeRoleWithWebIdentity: no [[roles]] are \
+                 configured",
+            )),
+        }
     }
 }
 
@@ -327,6 +352,50 @@ mod tests {
             .await
             .unwrap();
         assert!(replica.signing_key(ask()).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn revoked_sessions_are_announced_without_a_reload() {
+        use crate::session::{SessionInfo, SessionRecord, SessionTarget};
+        let store = Arc::new(MemoryStore::new());
+        let replica = Replica::start(store.clone(), CacheConfig::default(), "r1".into())
+            .await
+            .unwrap();
+        let v = replica.apply(Change::PutKey(key_ak1())).await.unwrap();
+        let mut events = replica.events().subscribe();
+        let session = |ak: &str| SessionRecord {
+            info: SessionInfo {
+                access_key: ak.into(),
+                principal: "p".into(),
+                groups: vec![],
+                claims: vec![],
+                role_arn: "arn:aws:iam::000000000000:role/r".into(),
+                session_name: "s".into(),
+                subject: "p".into(),
+                provider: "iss".into(),
+                created: 0,
+                expires: crate::unix_now() + 60,
+            },
+            secret: Secret::new("x"),
+            token_sha256: [0; 32],
+        };
+        for ak in ["ASIAAAAAAAAAAAAAAAA2", "ASIAAAAAAAAAAAAAAAA3"] {
+            store.put_session(&session(ak)).await.unwrap();
+        }
+        let revoked = store
+            .revoke_sessions(&SessionTarget::Principal("p".into()))
+            .await
+            .unwrap();
+        assert_eq!(revoked.len(), 2);
+        for ak in revoked {
+            let (ver, inv) = tokio::time::timeout(Duration::from_secs(1), events.recv())
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!((ver, inv), (v, Invalidation::Key(ak)));
+        }
+        // not a state change
+        assert_eq!(replica.version(), v);
     }
 
     /// A standing source that counts what it was asked: state it would lose

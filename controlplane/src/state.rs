@@ -87,6 +87,9 @@ pub enum Touched {
     Rules,
     Backend(String),
     Bucket(String),
+    /// Temporary sessions were revoked (not a state change: the version
+    /// stays). Replicas that do not know this variant reload everything.
+    Sessions(Vec<String>),
     /// Anything, e.g. after a replica missed notifications.
     All,
 }

@@ -9,13 +9,14 @@
 //! compiled snapshot and reload it when notified (see [`crate::replica`]), so
 //! losing the store costs writes, not reads.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use tokio::sync::broadcast;
 
+use crate::session::{SessionInfo, SessionLookup, SessionRecord, SessionTarget, EXPIRED_KNOWN_FOR};
 use crate::state::{Change, ChangeError, State, Touched};
 
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +68,23 @@ pub trait Store: Send + Sync + 'static {
 
     /// "memory" or "redis", for status.
     fn kind(&self) -> &'static str;
+
+    // --- temporary sessions (not part of the versioned state) ---
+
+    /// Stores a new session until its expiry.
+    async fn put_session(&self, session: &SessionRecord) -> Result<(), StoreError>;
+
+    /// The session of `access_key`, read from the store itself (never a
+    /// replica's copy), so a session minted or revoked through any replica
+    /// is seen at once.
+    async fn session(&self, access_key: &str) -> Result<SessionLookup, StoreError>;
+
+    /// Live sessions, `principal`'s only if given, sorted by access key.
+    async fn sessions(&self, principal: Option<&str>) -> Result<Vec<SessionInfo>, StoreError>;
+
+    /// Deletes sessions and tells every replica (`Touched::Sessions`), so
+    /// data planes drop what they cached. Returns the access keys revoked.
+    async fn revoke_sessions(&self, target: &SessionTarget) -> Result<Vec<String>, StoreError>;
 }
 
 // === MemoryStore ===
@@ -75,6 +93,8 @@ pub struct MemoryStore {
     state: Mutex<State>,
     notify: broadcast::Sender<Notification>,
     heartbeats: Mutex<BTreeMap<String, Instant>>,
+    /// By access key; expired ones kept for [`EXPIRED_KNOWN_FOR`].
+    sessions: Mutex<HashMap<String, SessionRecord>>,
 }
 
 impl MemoryStore {
@@ -83,7 +103,16 @@ impl MemoryStore {
             state: Mutex::new(State::default()),
             notify: broadcast::channel(1024).0,
             heartbeats: Mutex::new(BTreeMap::new()),
+            sessions: Mutex::new(HashMap::new()),
         }
+    }
+
+    fn sessions_lock(
+        &self,
+    ) -> Result<std::sync::MutexGuard<'_, HashMap<String, SessionRecord>>, StoreError> {
+        self.sessions
+            .lock()
+            .map_err(|_| StoreError::Corrupt("session lock poisoned".into()))
     }
 
     fn lock(&self) -> Result<std::sync::MutexGuard<'_, State>, StoreError> {
@@ -161,5 +190,65 @@ impl Store for MemoryStore {
 
     fn kind(&self) -> &'static str {
         "memory"
+    }
+
+    async fn put_session(&self, session: &SessionRecord) -> Result<(), StoreError> {
+        let now = crate::unix_now();
+        let mut sessions = self.sessions_lock()?;
+        sessions.retain(|_, s| s.info.expires + EXPIRED_KNOWN_FOR > now);
+        sessions.insert(session.info.access_key.clone(), session.clone());
+        Ok(())
+    }
+
+    async fn session(&self, access_key: &str) -> Result<SessionLookup, StoreError> {
+        Ok(match self.sessions_lock()?.get(access_key) {
+            Some(s) if s.info.expires > crate::unix_now() => {
+                SessionLookup::Live(Box::new(s.clone()))
+            }
+            Some(s) if s.info.expires + EXPIRED_KNOWN_FOR > crate::unix_now() => {
+                SessionLookup::Expired
+            }
+            _ => SessionLookup::Unknown,
+        })
+    }
+
+    async fn sessions(&self, principal: Option<&str>) -> Result<Vec<SessionInfo>, StoreError> {
+        let now = crate::unix_now();
+        let mut out: Vec<SessionInfo> = self
+            .sessions_lock()?
+            .values()
+            .filter(|s| s.info.expires > now)
+            .filter(|s| principal.is_none_or(|p| s.info.principal == p))
+            .map(|s| s.info.clone())
+            .collect();
+        out.sort_by(|a, b| a.access_key.cmp(&b.access_key));
+        Ok(out)
+    }
+
+    async fn revoke_sessions(&self, target: &SessionTarget) -> Result<Vec<String>, StoreError> {
+        let mut revoked: Vec<String> = {
+            let mut sessions = self.sessions_lock()?;
+            let keys: Vec<String> = sessions
+                .values()
+                .filter(|s| match target {
+                    SessionTarget::AccessKey(ak) => &s.info.access_key == ak,
+                    SessionTarget::Principal(p) => &s.info.principal == p,
+                })
+                .map(|s| s.info.access_key.clone())
+                .collect();
+            for k in &keys {
+                sessions.remove(k);
+            }
+            keys
+        };
+        revoked.sort();
+        if !revoked.is_empty() {
+            let version = self.lock()?.version;
+            let _ = self.notify.send(Notification {
+                version,
+                touched: Touched::Sessions(revoked.clone()),
+            });
+        }
+        Ok(revoked)
     }
 }

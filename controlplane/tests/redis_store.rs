@@ -12,6 +12,7 @@ use s3gate_controlplane::config::{AddressingStyleConfig, Effect, Secret};
 use s3gate_controlplane::credential::CredentialSpec;
 use s3gate_controlplane::crypto::MasterKey;
 use s3gate_controlplane::redis_store::{RedisStore, DEFAULT_PREFIX};
+use s3gate_controlplane::session::{SessionInfo, SessionLookup, SessionRecord, SessionTarget};
 use s3gate_controlplane::state::{
     BackendRecord, BucketRecord, Change, KeyRecord, RuleRecord, State, Touched,
 };
@@ -600,4 +601,220 @@ async fn a_redis_restart_costs_no_error() {
     redis.kill();
     redis.restart();
     assert_eq!(store.load().await.unwrap().version, 0);
+}
+
+// === temporary sessions ===
+
+fn session(ak: &str, principal: &str, expires_in: i64) -> SessionRecord {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    SessionRecord {
+        info: SessionInfo {
+            access_key: ak.into(),
+            principal: principal.into(),
+            groups: vec!["analysts".into()],
+            claims: vec![("email".into(), format!("{principal}@example.com"))],
+            role_arn: "arn:aws:iam::000000000000:role/analysts".into(),
+            session_name: "s1".into(),
+            subject: principal.into(),
+            provider: "http://idp".into(),
+            created: now,
+            expires: now + expires_in,
+        },
+        secret: Secret::new(format!("SESSIONSECRET-{ak}")),
+        token_sha256: s3gate_s3::sts::token_sha256(&format!("SESSIONTOKEN-{ak}")),
+    }
+}
+
+async fn live(store: &RedisStore, ak: &str) -> Option<SessionRecord> {
+    match store.session(ak).await.unwrap() {
+        SessionLookup::Live(s) => Some(*s),
+        _ => None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_are_shared_sealed_and_expire() {
+    let redis = RedisServer::start();
+    let m = master();
+    let one = store(&redis, &m).await;
+    let two = store(&redis, &m).await;
+    let a = "ASIAAAAAAAAAAAAAAAA2";
+    let b = "ASIAAAAAAAAAAAAAAAA3";
+    let short = "ASIAAAAAAAAAAAAAAAA4";
+    one.put_session(&session(a, "alice", 3600)).await.unwrap();
+    one.put_session(&session(b, "alice", 7200)).await.unwrap();
+    one.put_session(&session(short, "bob", 1)).await.unwrap();
+
+    // Another replica reads what this one wrote, secret and all.
+    let got = live(&two, a).await.expect("live at the other replica");
+    let mut want = session(a, "alice", 3600);
+    want.info.created = got.info.created;
+    want.info.expires = got.info.expires;
+    assert_eq!(got, want);
+    assert_eq!(got.secret.expose(), &format!("SESSIONSECRET-{a}"));
+    assert_eq!(
+        two.session("ASIAAAAAAAAAAAAAAAA5").await.unwrap(),
+        SessionLookup::Unknown
+    );
+
+    // Nothing secret in Redis; the record expires with the session.
+    let mut conn = redis
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("*session*")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let mut dump = String::new();
+    for k in &keys {
+        let kind: String = redis::cmd("TYPE")
+            .arg(k)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let v: Vec<String> = match kind.as_str() {
+            "string" => vec![redis::cmd("GET")
+                .arg(k)
+                .query_async(&mut conn)
+                .await
+                .unwrap()],
+            "zset" => redis::cmd("ZRANGE")
+                .arg(k)
+                .arg(0)
+                .arg(-1)
+                .query_async(&mut conn)
+                .await
+                .unwrap(),
+            other => panic!("unexpected {k} of type {other}"),
+        };
+        dump.push_str(&format!("{k} {v:?}\n"));
+    }
+    assert!(
+        dump.contains(a) && dump.contains("alice@example.com"),
+        "{dump}"
+    );
+    assert!(
+        !dump.contains("SESSIONSECRET") && !dump.contains("SESSIONTOKEN"),
+        "{dump}"
+    );
+    let pttl: i64 = redis::cmd("PTTL")
+        .arg(format!("s3gate:session:{a}"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!((3_590_000..=3_600_000).contains(&pttl), "{pttl}");
+    let index_ttl: i64 = redis::cmd("PTTL")
+        .arg("s3gate:sessions-of:alice")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(
+        (7_190_000..=7_200_000).contains(&index_ttl),
+        "the longest session: {index_ttl}"
+    );
+
+    // A sealed secret moved to another record does not open.
+    let json_a: String = redis::cmd("GET")
+        .arg(format!("s3gate:session:{a}"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let json_b: String = redis::cmd("GET")
+        .arg(format!("s3gate:session:{b}"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let mut moved: serde_json::Value = serde_json::from_str(&json_b).unwrap();
+    moved["secret"] = serde_json::from_str::<serde_json::Value>(&json_a).unwrap()["secret"].clone();
+    let _: () = redis::cmd("SET")
+        .arg(format!("s3gate:session:{b}"))
+        .arg(moved.to_string())
+        .arg("KEEPTTL")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(matches!(two.session(b).await, Err(StoreError::Corrupt(_))));
+    one.put_session(&session(b, "alice", 7200)).await.unwrap();
+
+    // Listing: live sessions only, never a secret.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let all: Vec<String> = two
+        .sessions(None)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.access_key)
+        .collect();
+    assert_eq!(all, [a, b]);
+    assert_eq!(two.sessions(Some("bob")).await.unwrap(), []);
+    // Expired: gone from Redis, but known as expired (not unknown).
+    let exists: i64 = redis::cmd("EXISTS")
+        .arg(format!("s3gate:session:{short}"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(exists, 0);
+    assert_eq!(two.session(short).await.unwrap(), SessionLookup::Expired);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revocations_reach_every_replica() {
+    let redis = RedisServer::start();
+    let m = master();
+    let one = store(&redis, &m).await;
+    let two = store(&redis, &m).await;
+    let mut heard = two.subscribe();
+    let keys = [
+        "ASIAAAAAAAAAAAAAAAA2",
+        "ASIAAAAAAAAAAAAAAAA3",
+        "ASIAAAAAAAAAAAAAAAA4",
+    ];
+    one.put_session(&session(keys[0], "alice", 600))
+        .await
+        .unwrap();
+    one.put_session(&session(keys[1], "alice", 600))
+        .await
+        .unwrap();
+    one.put_session(&session(keys[2], "carol", 600))
+        .await
+        .unwrap();
+
+    let revoked = two
+        .revoke_sessions(&SessionTarget::AccessKey(keys[0].into()))
+        .await
+        .unwrap();
+    assert_eq!(revoked, [keys[0]]);
+    wait_for(&mut heard, Duration::from_secs(2), |n| {
+        n.touched == Touched::Sessions(vec![keys[0].into()])
+    })
+    .await;
+    assert_eq!(one.session(keys[0]).await.unwrap(), SessionLookup::Unknown);
+    assert!(two
+        .revoke_sessions(&SessionTarget::AccessKey(keys[0].into()))
+        .await
+        .unwrap()
+        .is_empty());
+
+    let revoked = one
+        .revoke_sessions(&SessionTarget::Principal("alice".into()))
+        .await
+        .unwrap();
+    assert_eq!(revoked, [keys[1]]);
+    wait_for(&mut heard, Duration::from_secs(2), |n| {
+        n.touched == Touched::Sessions(vec![keys[1].into()])
+    })
+    .await;
+    assert!(live(&two, keys[1]).await.is_none());
+    assert!(live(&two, keys[2]).await.is_some(), "carol's stays");
+    assert!(one
+        .revoke_sessions(&SessionTarget::Principal("nobody".into()))
+        .await
+        .unwrap()
+        .is_empty());
 }

@@ -17,8 +17,16 @@ pub trait Ttl {
 }
 
 impl Ttl for SigningKeyGrant {
+    /// A session's grant never outlives the session, whatever TTL came
+    /// with it.
     fn ttl(&self) -> Duration {
-        self.ttl
+        match &self.session {
+            Some(s) => {
+                let left = u64::try_from(s.expires_unix - crate::unix_now()).unwrap_or(0);
+                self.ttl.min(Duration::from_secs(left))
+            }
+            None => self.ttl,
+        }
     }
 }
 

@@ -15,9 +15,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use s3gate_proto::pb::decisions_client::DecisionsClient;
 use s3gate_proto::{
-    pb, AuthorizeRequest, ControlPlane, ControlPlaneError, Decision, Identity, Invalidation,
-    PresentedCredential, Principal, Route, SigV2Grant, SigV2Request, SigningKeyGrant,
-    SigningKeyRequest,
+    pb, AssumedRole, AuthorizeRequest, ControlPlane, ControlPlaneError, Decision, Identity,
+    Invalidation, PresentedCredential, Principal, Route, SigV2Grant, SigV2Request, SigningKeyGrant,
+    SigningKeyRequest, StsError, WebIdentityRequest,
 };
 use tokio::sync::mpsc;
 use tonic::metadata::{Ascii, MetadataValue};
@@ -158,6 +158,8 @@ impl ControlPlane for GrpcControlPlane {
             date: req.date,
             region: req.region,
             service: req.service,
+            // This data plane checks session tokens and expiry.
+            session_aware: true,
         };
         let resp = self.call(|mut c| {
             let msg = msg.clone();
@@ -227,6 +229,24 @@ impl ControlPlane for GrpcControlPlane {
             async move { c.visible_buckets(msg).await }
         });
         Ok(resp.await?.buckets)
+    }
+
+    async fn assume_role_with_web_identity(
+        &self,
+        req: WebIdentityRequest,
+    ) -> Result<AssumedRole, StsError> {
+        let msg = pb::AssumeRoleWithWebIdentityRequest::from(&req);
+        let resp = self.call(|mut c| {
+            let msg = msg.clone();
+            async move { c.assume_role_with_web_identity(msg).await }
+        });
+        // A refusal is an answer; only a failure to get one is unavailable.
+        match resp.await {
+            Ok(answer) => answer
+                .into_result()
+                .map_err(|e| StsError::Unavailable(e.to_string()))?,
+            Err(e) => Err(StsError::Unavailable(e.to_string())),
+        }
     }
 }
 

@@ -118,6 +118,7 @@ impl ControlPlane for StaticControlPlane {
                 access_key: Some(Arc::from(req.access_key.as_str())),
             },
             ttl: Duration::from_secs(60),
+            session: None,
         })
     }
 

@@ -14,9 +14,10 @@ use tonic::{Code, Status};
 
 use crate::pb;
 use crate::{
-    AddressingStyle, AuthorizeRequest, Backend, BackendAuth, BackendCredentials, ControlPlaneError,
-    CorsRule, Decision, Identity, Invalidation, PresentedCredential, Principal, Redacted,
-    RequestContext, Resource, Route, Scope, SigV2Grant, SigV2Request, SigningKey, SigningKeyGrant,
+    AddressingStyle, AssumedRole, AuthorizeRequest, Backend, BackendAuth, BackendCredentials,
+    ControlPlaneError, CorsRule, Decision, Identity, Invalidation, PresentedCredential, Principal,
+    Redacted, RequestContext, Resource, Route, Scope, SessionGrant, SigV2Grant, SigV2Request,
+    SigningKey, SigningKeyGrant, StsError, StsErrorCode, WebIdentityRequest,
 };
 
 /// A message that could not be turned into the contract's types.
@@ -119,10 +120,21 @@ impl TryFrom<pb::Principal> for Principal {
 
 impl From<&SigningKeyGrant> for pb::SigningKeyResponse {
     fn from(g: &SigningKeyGrant) -> Self {
+        let (session_token_sha256, session_expires_unix, claims) = match &g.session {
+            Some(s) => (
+                s.token_sha256.to_vec(),
+                s.expires_unix,
+                claims_to_pb(&s.claims),
+            ),
+            None => (Vec::new(), 0, Default::default()),
+        };
         pb::SigningKeyResponse {
             key: g.key.as_bytes().to_vec(),
             principal: Some((&g.principal).into()),
             ttl_ms: ms(g.ttl),
+            session_token_sha256,
+            session_expires_unix,
+            claims,
         }
     }
 }
@@ -140,10 +152,24 @@ impl TryFrom<pb::SigningKeyResponse> for SigningKeyGrant {
             .principal
             .ok_or(DecodeError("signing key without principal"))?
             .try_into()?;
+        // A session binding is all there or not at all: half of one never
+        // decodes into a long-term key.
+        let session = match (r.session_token_sha256.as_slice(), r.session_expires_unix) {
+            ([], 0) if r.claims.is_empty() => None,
+            (hash, expires) if expires > 0 => Some(Arc::new(SessionGrant {
+                token_sha256: hash
+                    .try_into()
+                    .map_err(|_| DecodeError("session token hash must be 32 bytes"))?,
+                expires_unix: expires,
+                claims: claims_from_pb(r.claims),
+            })),
+            _ => return Err(DecodeError("session grant without token hash or expiry")),
+        };
         Ok(SigningKeyGrant {
             key: SigningKey::from_bytes(key),
             principal,
             ttl: Duration::from_millis(r.ttl_ms),
+            session,
         })
     }
 }
@@ -154,6 +180,7 @@ impl fmt::Debug for pb::SigningKeyResponse {
             .field("key", &"<redacted>")
             .field("principal", &self.principal)
             .field("ttl_ms", &self.ttl_ms)
+            .field("session_expires_unix", &self.session_expires_unix)
             .finish()
     }
 }
@@ -364,6 +391,128 @@ impl TryFrom<pb::AuthenticateResponse> for Identity {
             source: Arc::from(r.source),
             claims: claims_from_pb(r.claims),
         })
+    }
+}
+
+// === STS ===
+
+impl From<&WebIdentityRequest> for pb::AssumeRoleWithWebIdentityRequest {
+    fn from(r: &WebIdentityRequest) -> Self {
+        pb::AssumeRoleWithWebIdentityRequest {
+            role_arn: r.role_arn.clone(),
+            role_session_name: r.role_session_name.clone(),
+            web_identity_token: r.token.expose().clone(),
+            duration_seconds: r.duration_seconds.unwrap_or(0),
+            provider_id: r.provider_id.clone().unwrap_or_default(),
+        }
+    }
+}
+
+impl From<pb::AssumeRoleWithWebIdentityRequest> for WebIdentityRequest {
+    /// Lenient: validating the parameters is the STS engine's job, which
+    /// answers with the STS error the client must see.
+    fn from(r: pb::AssumeRoleWithWebIdentityRequest) -> Self {
+        WebIdentityRequest {
+            role_arn: r.role_arn,
+            role_session_name: r.role_session_name,
+            token: Redacted::new(r.web_identity_token),
+            duration_seconds: (r.duration_seconds != 0).then_some(r.duration_seconds),
+            provider_id: (!r.provider_id.is_empty()).then_some(r.provider_id),
+        }
+    }
+}
+
+impl pb::AssumeRoleWithWebIdentityResponse {
+    /// The answer for a minted session, or a refusal. `Unavailable` has no
+    /// message: it travels as a gRPC status.
+    pub fn from_result(result: &Result<AssumedRole, StsError>) -> Result<Self, Status> {
+        use pb::assume_role_with_web_identity_response::Result as R;
+        let result = match result {
+            Ok(a) => R::Credentials(pb::StsCredentials {
+                access_key: a.access_key.clone(),
+                secret_key: a.secret_key.expose().clone(),
+                session_token: a.session_token.expose().clone(),
+                expires_unix: a.expires_unix,
+                subject: a.subject.clone(),
+                audience: a.audience.clone(),
+                provider: a.provider.clone(),
+                assumed_role_arn: a.assumed_role_arn.clone(),
+                assumed_role_id: a.assumed_role_id.clone(),
+                principal: a.principal.clone(),
+            }),
+            Err(StsError::Refused { code, message }) => R::Refusal(pb::StsRefusal {
+                code: code.as_str().to_owned(),
+                message: message.clone(),
+            }),
+            Err(StsError::Unavailable(m)) => return Err(Status::unavailable(m.clone())),
+        };
+        Ok(pb::AssumeRoleWithWebIdentityResponse {
+            result: Some(result),
+        })
+    }
+
+    /// Strict: credentials missing a part, or a refusal whose code this
+    /// data plane does not know, are `DecodeError`s (the data plane answers
+    /// 503, never a half session).
+    pub fn into_result(self) -> Result<Result<AssumedRole, StsError>, DecodeError> {
+        use pb::assume_role_with_web_identity_response::Result as R;
+        match self.result {
+            Some(R::Credentials(c)) => {
+                if c.access_key.is_empty()
+                    || c.secret_key.is_empty()
+                    || c.session_token.is_empty()
+                    || c.expires_unix <= 0
+                    || c.principal.is_empty()
+                {
+                    return Err(DecodeError("incomplete session credentials"));
+                }
+                Ok(Ok(AssumedRole {
+                    access_key: c.access_key,
+                    secret_key: Redacted::new(c.secret_key),
+                    session_token: Redacted::new(c.session_token),
+                    expires_unix: c.expires_unix,
+                    subject: c.subject,
+                    audience: c.audience,
+                    provider: c.provider,
+                    assumed_role_arn: c.assumed_role_arn,
+                    assumed_role_id: c.assumed_role_id,
+                    principal: c.principal,
+                }))
+            }
+            Some(R::Refusal(r)) => {
+                let code =
+                    StsErrorCode::parse(&r.code).ok_or(DecodeError("unknown STS error code"))?;
+                Ok(Err(StsError::Refused {
+                    code,
+                    message: r.message,
+                }))
+            }
+            None => Err(DecodeError("empty STS answer")),
+        }
+    }
+}
+
+impl fmt::Debug for pb::AssumeRoleWithWebIdentityRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AssumeRoleWithWebIdentityRequest")
+            .field("role_arn", &self.role_arn)
+            .field("role_session_name", &self.role_session_name)
+            .field("web_identity_token", &"<redacted>")
+            .field("duration_seconds", &self.duration_seconds)
+            .field("provider_id", &self.provider_id)
+            .finish()
+    }
+}
+
+impl fmt::Debug for pb::StsCredentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StsCredentials")
+            .field("access_key", &self.access_key)
+            .field("secret_key", &"<redacted>")
+            .field("session_token", &"<redacted>")
+            .field("expires_unix", &self.expires_unix)
+            .field("principal", &self.principal)
+            .finish()
     }
 }
 
@@ -698,6 +847,7 @@ mod tests {
             key: SigningKey::from_bytes([7; 32]),
             principal: alice(),
             ttl: Duration::from_secs(5),
+            session: None,
         };
         let back = SigningKeyGrant::try_from(pb::SigningKeyResponse::from(&grant)).unwrap();
         assert_eq!(back.key.as_bytes(), &[7; 32]);
@@ -831,6 +981,7 @@ mod tests {
             key: SigningKey::from_bytes([1; 32]),
             principal: alice(),
             ttl: Duration::ZERO,
+            session: None,
         });
         bad.key.pop();
         assert!(SigningKeyGrant::try_from(bad).is_err());
@@ -848,6 +999,93 @@ mod tests {
             ..Default::default()
         };
         assert!(Principal::try_from(p).is_err());
+    }
+
+    #[test]
+    fn sessions_round_trip_and_decode_strictly() {
+        let grant = SigningKeyGrant {
+            key: SigningKey::from_bytes([3; 32]),
+            principal: alice(),
+            ttl: Duration::from_secs(9),
+            session: Some(Arc::new(SessionGrant {
+                token_sha256: [5; 32],
+                expires_unix: 1_900_000_000,
+                claims: Arc::from([("email".to_owned(), "a@example.com".to_owned())]),
+            })),
+        };
+        let msg = pb::SigningKeyResponse::from(&grant);
+        let back = SigningKeyGrant::try_from(msg.clone()).unwrap();
+        assert_eq!(back.session, grant.session);
+        // Half a binding never becomes a long-term key.
+        let mut no_hash = msg.clone();
+        no_hash.session_token_sha256.clear();
+        assert!(SigningKeyGrant::try_from(no_hash).is_err());
+        let mut no_expiry = msg.clone();
+        no_expiry.session_expires_unix = 0;
+        assert!(SigningKeyGrant::try_from(no_expiry).is_err());
+        let mut short = msg;
+        short.session_token_sha256.pop();
+        assert!(SigningKeyGrant::try_from(short).is_err());
+
+        let req = WebIdentityRequest {
+            role_arn: "arn:aws:iam::000000000000:role/r".into(),
+            role_session_name: "s1".into(),
+            token: Redacted::new("jwt-value"),
+            duration_seconds: Some(900),
+            provider_id: None,
+        };
+        let msg = pb::AssumeRoleWithWebIdentityRequest::from(&req);
+        assert!(!format!("{msg:?}").contains("jwt-value"));
+        assert_eq!(WebIdentityRequest::from(msg), req);
+
+        let minted = AssumedRole {
+            access_key: "ASIAAAAAAAAAAAAAAAAA".into(),
+            secret_key: Redacted::new("secret-value"),
+            session_token: Redacted::new("token-value"),
+            expires_unix: 1_900_000_000,
+            subject: "sub".into(),
+            audience: "aud".into(),
+            provider: "iss".into(),
+            assumed_role_arn: "arn".into(),
+            assumed_role_id: "id".into(),
+            principal: "alice".into(),
+        };
+        for result in [
+            Ok(minted.clone()),
+            Err(StsError::refused(StsErrorCode::AccessDenied, "no")),
+        ] {
+            let msg = pb::AssumeRoleWithWebIdentityResponse::from_result(&result).unwrap();
+            let dbg = format!("{msg:?}");
+            assert!(
+                !dbg.contains("secret-value") && !dbg.contains("token-value"),
+                "{dbg}"
+            );
+            assert_eq!(msg.into_result().unwrap(), result);
+        }
+        assert_eq!(
+            pb::AssumeRoleWithWebIdentityResponse::from_result(&Err(StsError::Unavailable(
+                "x".into()
+            )))
+            .unwrap_err()
+            .code(),
+            Code::Unavailable
+        );
+        let unknown = pb::AssumeRoleWithWebIdentityResponse {
+            result: Some(pb::assume_role_with_web_identity_response::Result::Refusal(
+                pb::StsRefusal {
+                    code: "SomethingNew".into(),
+                    message: String::new(),
+                },
+            )),
+        };
+        assert!(unknown.into_result().is_err());
+        let mut half = pb::AssumeRoleWithWebIdentityResponse::from_result(&Ok(minted)).unwrap();
+        if let Some(pb::assume_role_with_web_identity_response::Result::Credentials(c)) =
+            half.result.as_mut()
+        {
+            c.session_token.clear();
+        }
+        assert!(half.into_result().is_err());
     }
 
     #[test]

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use s3gate_s3::sigv4::SigningKey;
+pub use s3gate_s3::sts::StsErrorCode;
 
 pub mod convert;
 mod redacted;
@@ -71,6 +72,18 @@ pub trait ControlPlane: Send + Sync + 'static {
         &self,
         principal: &Principal,
     ) -> Result<Vec<String>, ControlPlaneError>;
+
+    /// STS `AssumeRoleWithWebIdentity`: a temporary session for a verified
+    /// web identity token. A control plane that issues no sessions refuses.
+    async fn assume_role_with_web_identity(
+        &self,
+        req: WebIdentityRequest,
+    ) -> Result<AssumedRole, StsError> {
+        let _ = req;
+        Err(StsError::Unavailable(
+            "this control plane issues no sessions".to_owned(),
+        ))
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -135,8 +148,24 @@ pub struct SigningKeyRequest {
 pub struct SigningKeyGrant {
     pub key: SigningKey,
     pub principal: Principal,
-    /// How long the data plane may cache this grant.
+    /// How long the data plane may cache this grant (never past a session's
+    /// expiry).
     pub ttl: Duration,
+    /// For a temporary (STS session) key: what a request must also carry.
+    /// `None` for a long-term key.
+    pub session: Option<Arc<SessionGrant>>,
+}
+
+/// What binds requests signed with a session's key to that session.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SessionGrant {
+    /// SHA-256 of the session token: a request's `X-Amz-Security-Token`
+    /// must hash to it.
+    pub token_sha256: [u8; 32],
+    /// Unix seconds after which the key is refused (`ExpiredToken`).
+    pub expires_unix: i64,
+    /// The web identity token's claims, for policy.
+    pub claims: Arc<[(String, String)]>,
 }
 
 impl fmt::Debug for SigningKeyGrant {
@@ -145,6 +174,17 @@ impl fmt::Debug for SigningKeyGrant {
             .field("key", &"<redacted>")
             .field("principal", &self.principal)
             .field("ttl", &self.ttl)
+            .field("session", &self.session)
+            .finish()
+    }
+}
+
+impl fmt::Debug for SessionGrant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SessionGrant")
+            .field("token_sha256", &"<redacted>")
+            .field("expires_unix", &self.expires_unix)
+            .field("claims", &self.claims.len())
             .finish()
     }
 }
@@ -207,6 +247,64 @@ pub struct Identity {
     pub source: Arc<str>,
     /// Claims a policy may look at.
     pub claims: Arc<[(String, String)]>,
+}
+
+// === STS ===
+
+/// An `AssumeRoleWithWebIdentity` call, as the data plane read it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebIdentityRequest {
+    pub role_arn: String,
+    pub role_session_name: String,
+    /// The web identity token (a JWT).
+    pub token: Redacted<String>,
+    /// `DurationSeconds`, when given.
+    pub duration_seconds: Option<u64>,
+    /// `ProviderId`, when given.
+    pub provider_id: Option<String>,
+}
+
+/// A session minted for a web identity: what the client gets, once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AssumedRole {
+    /// `ASIA…`, 20 characters.
+    pub access_key: String,
+    pub secret_key: Redacted<String>,
+    pub session_token: Redacted<String>,
+    /// Unix seconds.
+    pub expires_unix: i64,
+    /// The token's `sub`.
+    pub subject: String,
+    /// The token's audience.
+    pub audience: String,
+    /// The token's issuer.
+    pub provider: String,
+    /// `arn:aws:sts::<account>:assumed-role/<role>/<session name>`.
+    pub assumed_role_arn: String,
+    /// `AROA…:<session name>`.
+    pub assumed_role_id: String,
+    /// The session's principal (for the access log).
+    pub principal: String,
+}
+
+/// Why no session was minted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StsError {
+    /// Refused: the client sees this STS error.
+    #[error("{code:?}: {message}")]
+    Refused { code: StsErrorCode, message: String },
+    /// Could not decide (a store or transport failure). Never a session.
+    #[error("sts unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl StsError {
+    pub fn refused(code: StsErrorCode, message: impl Into<String>) -> Self {
+        Self::Refused {
+            code,
+            message: message.into(),
+        }
+    }
 }
 
 // === authorization ===

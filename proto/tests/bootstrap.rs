@@ -35,6 +35,8 @@ fn generated_code_is_current() {
             "s3gate.v1.VerifySigV2Request",
             "s3gate.v1.KeyWithSecret",
             "s3gate.v1.PutBackendRequest",
+            "s3gate.v1.AssumeRoleWithWebIdentityRequest",
+            "s3gate.v1.StsCredentials",
         ])
         .compile_protos(&protos, &[root.to_path_buf()])
         .unwrap();

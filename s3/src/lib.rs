@@ -13,6 +13,8 @@
 //! - [`request`]: classify a request into an S3 operation, the IAM-style action it
 //!   needs and the bucket/key it touches (path- and virtual-host-style).
 //! - [`error`]: S3 error codes and the error XML document.
+//! - [`sts`]: STS `AssumeRoleWithWebIdentity` at the S3 endpoint: which
+//!   requests are STS calls, their parameters, and STS's XML documents.
 //!
 //! This crate deliberately knows nothing about sockets, tokio, the control plane
 //! or configuration: it must stay cheap to fuzz and property-test.
@@ -25,6 +27,7 @@ pub mod error;
 pub mod request;
 pub mod sigv2;
 pub mod sigv4;
+pub mod sts;
 pub mod xml;
 
 pub use error::{S3Error, S3ErrorCode};

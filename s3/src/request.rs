@@ -324,7 +324,7 @@ pub fn virtual_host_bucket<'h>(hosts: &HostConfig, host: &'h str) -> Option<&'h 
     vhost_bucket(hosts, host)
 }
 
-fn vhost_bucket<'h>(hosts: &HostConfig, host: &'h str) -> Option<&'h str> {
+pub(crate) fn vhost_bucket<'h>(hosts: &HostConfig, host: &'h str) -> Option<&'h str> {
     let name = strip_port(host);
     hosts.base_domains.iter().find_map(|base| {
         let prefix = name.len().checked_sub(base.len() + 1)?;

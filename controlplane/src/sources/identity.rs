@@ -110,6 +110,7 @@ impl IdentitySource for Keys {
             key: SigningKey::derive(entry.secret.expose(), &req.date, &req.region, &req.service),
             principal: entry.principal.clone(),
             ttl: self.ttl,
+            session: None,
         }))
     }
 

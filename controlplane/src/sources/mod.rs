@@ -3,7 +3,7 @@
 //!
 //! | kind | trait | answers | built-in source |
 //! |---|---|---|---|
-//! | identity | [`IdentitySource`] | access key → principal + derived signing key; token or certificate → identity | [`identity::Keys`] (s3gate-issued keys), [`mtls::ClientCertificates`] (verified client certificates), [`oidc::Oidc`] (JWT bearer tokens, standing) |
+//! | identity | [`IdentitySource`] | access key → principal + derived signing key; token or certificate → identity | [`identity::Keys`] (s3gate-issued keys), [`mtls::ClientCertificates`] (verified client certificates), [`oidc::Oidc`] (JWT bearer tokens, standing), [`sessions::Sessions`] (STS session keys, standing) |
 //! | policy | [`PolicySource`] | request → allow / deny / abstain, with reason, scope, TTL | [`policy::Rules`] (built-in rules) |
 //! | credentials | [`CredentialSource`] | backend → the credentials to sign with, and until when | [`credentials::StaticHmac`] |
 //!
@@ -29,6 +29,7 @@ pub mod identity;
 pub mod mtls;
 pub mod oidc;
 pub mod policy;
+pub mod sessions;
 
 use std::sync::Arc;
 
@@ -111,6 +112,8 @@ pub struct Registry {
     pub policy: Vec<PolicySlot>,
     /// Asked after the static HMAC keys of the backend records.
     pub credentials: Vec<Arc<dyn CredentialSource>>,
+    /// Mints STS sessions (`[[roles]]`); none: STS calls are refused.
+    pub sessions: Option<Arc<dyn crate::session::SessionIssuer>>,
 }
 
 impl Default for Registry {
@@ -120,6 +123,7 @@ impl Default for Registry {
             identity: Vec::new(),
             policy: vec![PolicySlot::Rules],
             credentials: Vec::new(),
+            sessions: None,
         }
     }
 }

@@ -3,6 +3,7 @@
 //!
 //! | stage     | in → out                                        | I/O                       |
 //! |-----------|-------------------------------------------------|---------------------------|
+//! | sts       | STS call (before authn) → STS XML answer        | control plane             |
 //! | parse     | request head → `S3Request`                      | none                      |
 //! | authn     | head + `ConnInfo` → `Authenticated`             | control plane on miss     |
 //! | route     | bucket → `RouteEntry` (backend, creds, client)  | control plane on miss     |
@@ -25,6 +26,7 @@ pub mod parse;
 pub mod payload;
 pub mod respond;
 pub mod route;
+pub mod sts;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -136,6 +138,8 @@ pub struct Trace {
     /// The identity source that vouched for the principal
     /// (`Authenticated::source`: `key`, `mtls`, `anonymous`, …).
     pub identity: Option<&'static str>,
+    /// The operation, for requests that are no S3 operation (an STS call).
+    pub op: Option<&'static str>,
     pub decision: Option<&'static str>,
     /// For DeleteObjects: every key of the document, as a JSON array.
     pub keys: Option<String>,
@@ -176,6 +180,18 @@ pub async fn handle(cx: Arc<Ctx>, conn: Arc<ConnInfo>, req: Request<Incoming>) -
         // A browser's CORS preflight carries no credentials: answered from
         // the bucket's CORS rules alone, never authenticated or forwarded.
         return cors::preflight(&cx, &head, &mut ex).await;
+    }
+    // STS calls carry no signature: the token in them is the credential,
+    // and only the control plane can judge it.
+    if let Some(call) = s3gate_s3::sts::recognise(
+        &cx.cfg.hosts,
+        &head.method,
+        &head.uri,
+        parse::host(&head),
+        &head.headers,
+    ) {
+        let response = sts::answer(&cx, &head, body, call, &mut ex).await;
+        return respond::finish(&head, Ok(response), &ex, None);
     }
     authn::fold_presigned(&cx.cfg, &mut head);
     // Classifying is pure and cheap; its verdict waits for authentication,

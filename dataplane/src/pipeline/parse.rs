@@ -6,17 +6,20 @@ use s3gate_s3::request::{classify, HostConfig, S3Request};
 use crate::error::Error;
 
 pub fn s3_request(hosts: &HostConfig, head: &Parts) -> Result<S3Request, Error> {
-    // HTTP/1.1 requests carry Host; an absolute-form URI carries the authority.
-    let host = head
-        .headers
-        .get(http::header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .or_else(|| head.uri.authority().map(|a| a.as_str()));
     Ok(classify(
         hosts,
         &head.method,
         &head.uri,
-        host,
+        host(head),
         &head.headers,
     )?)
+}
+
+/// The host the request was sent to: HTTP/1.1 requests carry Host; an
+/// absolute-form URI (and HTTP/2) carries the authority.
+pub fn host(head: &Parts) -> Option<&str> {
+    head.headers
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| head.uri.authority().map(|a| a.as_str()))
 }

@@ -66,7 +66,7 @@ pub fn finish(
         %peer,
         principal = trace.principal.as_deref().unwrap_or("-"),
         identity = trace.identity.unwrap_or("-"),
-        op = req.map_or("-", |r| r.op.as_str()),
+        op = req.map_or(trace.op.unwrap_or("-"), |r| r.op.as_str()),
         bucket = req.and_then(|r| r.bucket.as_deref()).unwrap_or("-"),
         key,
         // Only DeleteObjects has this field; `None` records nothing.

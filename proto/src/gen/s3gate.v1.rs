@@ -24,9 +24,14 @@ pub struct SigningKeyRequest {
     pub region: ::prost::alloc::string::String,
     #[prost(string, tag = "4")]
     pub service: ::prost::alloc::string::String,
+    /// The data plane checks the session fields of the response (token,
+    /// expiry). Without it, session keys are answered as unknown: a data plane
+    /// that would ignore those fields never accepts a session key.
+    #[prost(bool, tag = "5")]
+    pub session_aware: bool,
 }
 #[allow(clippy::all)]
-#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+#[derive(Clone, PartialEq, ::prost::Message)]
 #[prost(skip_debug)]
 pub struct SigningKeyResponse {
     /// 32 bytes: HMAC chain of secret, date, region, service.
@@ -36,6 +41,19 @@ pub struct SigningKeyResponse {
     pub principal: ::core::option::Option<Principal>,
     #[prost(uint64, tag = "3")]
     pub ttl_ms: u64,
+    /// For a session (STS) key, 32 bytes: SHA-256 of the session token every
+    /// request must carry (X-Amz-Security-Token). Empty for long-term keys.
+    #[prost(bytes = "vec", tag = "4")]
+    pub session_token_sha256: ::prost::alloc::vec::Vec<u8>,
+    /// For a session key: unix seconds after which it is refused.
+    #[prost(int64, tag = "5")]
+    pub session_expires_unix: i64,
+    /// For a session key: the web identity token's claims, for policy.
+    #[prost(map = "string, string", tag = "6")]
+    pub claims: ::std::collections::HashMap<
+        ::prost::alloc::string::String,
+        ::prost::alloc::string::String,
+    >,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -353,6 +371,76 @@ pub struct BucketChanged {
 #[allow(clippy::all)]
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct FlushAll {}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+#[prost(skip_debug)]
+pub struct AssumeRoleWithWebIdentityRequest {
+    #[prost(string, tag = "1")]
+    pub role_arn: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub role_session_name: ::prost::alloc::string::String,
+    /// The web identity token (a JWT) as the client sent it.
+    #[prost(string, tag = "3")]
+    pub web_identity_token: ::prost::alloc::string::String,
+    /// 0: not given.
+    #[prost(uint64, tag = "4")]
+    pub duration_seconds: u64,
+    /// Empty: not given.
+    #[prost(string, tag = "5")]
+    pub provider_id: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct AssumeRoleWithWebIdentityResponse {
+    #[prost(oneof = "assume_role_with_web_identity_response::Result", tags = "1, 2")]
+    pub result: ::core::option::Option<assume_role_with_web_identity_response::Result>,
+}
+/// Nested message and enum types in `AssumeRoleWithWebIdentityResponse`.
+pub mod assume_role_with_web_identity_response {
+    #[allow(clippy::all)]
+    #[derive(Clone, PartialEq, Eq, Hash, ::prost::Oneof)]
+    pub enum Result {
+        #[prost(message, tag = "1")]
+        Credentials(super::StsCredentials),
+        #[prost(message, tag = "2")]
+        Refusal(super::StsRefusal),
+    }
+}
+/// A minted session: returned to the client once, never stored in this form.
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+#[prost(skip_debug)]
+pub struct StsCredentials {
+    #[prost(string, tag = "1")]
+    pub access_key: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub secret_key: ::prost::alloc::string::String,
+    #[prost(string, tag = "3")]
+    pub session_token: ::prost::alloc::string::String,
+    #[prost(int64, tag = "4")]
+    pub expires_unix: i64,
+    #[prost(string, tag = "5")]
+    pub subject: ::prost::alloc::string::String,
+    #[prost(string, tag = "6")]
+    pub audience: ::prost::alloc::string::String,
+    #[prost(string, tag = "7")]
+    pub provider: ::prost::alloc::string::String,
+    #[prost(string, tag = "8")]
+    pub assumed_role_arn: ::prost::alloc::string::String,
+    #[prost(string, tag = "9")]
+    pub assumed_role_id: ::prost::alloc::string::String,
+    #[prost(string, tag = "10")]
+    pub principal: ::prost::alloc::string::String,
+}
+/// An STS error for the client (code: InvalidIdentityToken, AccessDenied, …).
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct StsRefusal {
+    #[prost(string, tag = "1")]
+    pub code: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub message: ::prost::alloc::string::String,
+}
 #[allow(clippy::all)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
 #[repr(i32)]
@@ -753,6 +841,34 @@ pub mod decisions_client {
                 .insert(GrpcMethod::new("s3gate.v1.Decisions", "VerifySigV2"));
             self.inner.unary(req, path, codec).await
         }
+        /// STS AssumeRoleWithWebIdentity: a temporary session for a verified web
+        /// identity token, or the STS error the client must see.
+        pub async fn assume_role_with_web_identity(
+            &mut self,
+            request: impl tonic::IntoRequest<super::AssumeRoleWithWebIdentityRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::AssumeRoleWithWebIdentityResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/s3gate.v1.Decisions/AssumeRoleWithWebIdentity",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(
+                    GrpcMethod::new("s3gate.v1.Decisions", "AssumeRoleWithWebIdentity"),
+                );
+            self.inner.unary(req, path, codec).await
+        }
     }
 }
 /// Generated server implementations.
@@ -831,6 +947,15 @@ pub mod decisions_server {
             request: tonic::Request<super::VerifySigV2Request>,
         ) -> std::result::Result<
             tonic::Response<super::VerifySigV2Response>,
+            tonic::Status,
+        >;
+        /// STS AssumeRoleWithWebIdentity: a temporary session for a verified web
+        /// identity token, or the STS error the client must see.
+        async fn assume_role_with_web_identity(
+            &self,
+            request: tonic::Request<super::AssumeRoleWithWebIdentityRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::AssumeRoleWithWebIdentityResponse>,
             tonic::Status,
         >;
     }
@@ -1226,6 +1351,58 @@ pub mod decisions_server {
                     };
                     Box::pin(fut)
                 }
+                "/s3gate.v1.Decisions/AssumeRoleWithWebIdentity" => {
+                    #[allow(non_camel_case_types)]
+                    struct AssumeRoleWithWebIdentitySvc<T: Decisions>(pub Arc<T>);
+                    impl<
+                        T: Decisions,
+                    > tonic::server::UnaryService<
+                        super::AssumeRoleWithWebIdentityRequest,
+                    > for AssumeRoleWithWebIdentitySvc<T> {
+                        type Response = super::AssumeRoleWithWebIdentityResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<
+                                super::AssumeRoleWithWebIdentityRequest,
+                            >,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Decisions>::assume_role_with_web_identity(
+                                        &inner,
+                                        request,
+                                    )
+                                    .await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = AssumeRoleWithWebIdentitySvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
                 _ => {
                     Box::pin(async move {
                         let mut response = http::Response::new(
@@ -1547,6 +1724,69 @@ pub struct StatusResponse {
     /// Replicas that announced themselves in the store recently.
     #[prost(string, repeated, tag = "11")]
     pub replicas_seen: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+}
+/// A temporary session (from STS AssumeRoleWithWebIdentity). Never its
+/// secret or token.
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct SessionInfo {
+    #[prost(string, tag = "1")]
+    pub access_key: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub principal: ::prost::alloc::string::String,
+    #[prost(string, repeated, tag = "3")]
+    pub groups: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    #[prost(string, tag = "4")]
+    pub role_arn: ::prost::alloc::string::String,
+    #[prost(string, tag = "5")]
+    pub session_name: ::prost::alloc::string::String,
+    /// The token's subject and issuer.
+    #[prost(string, tag = "6")]
+    pub subject: ::prost::alloc::string::String,
+    #[prost(string, tag = "7")]
+    pub provider: ::prost::alloc::string::String,
+    /// Unix seconds.
+    #[prost(int64, tag = "8")]
+    pub created: i64,
+    #[prost(int64, tag = "9")]
+    pub expires: i64,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ListSessionsRequest {
+    /// Only this principal's sessions; empty for all.
+    #[prost(string, tag = "1")]
+    pub principal: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ListSessionsResponse {
+    #[prost(message, repeated, tag = "1")]
+    pub sessions: ::prost::alloc::vec::Vec<SessionInfo>,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RevokeSessionsRequest {
+    #[prost(oneof = "revoke_sessions_request::Target", tags = "1, 2")]
+    pub target: ::core::option::Option<revoke_sessions_request::Target>,
+}
+/// Nested message and enum types in `RevokeSessionsRequest`.
+pub mod revoke_sessions_request {
+    #[allow(clippy::all)]
+    #[derive(Clone, PartialEq, Eq, Hash, ::prost::Oneof)]
+    pub enum Target {
+        #[prost(string, tag = "1")]
+        AccessKey(::prost::alloc::string::String),
+        #[prost(string, tag = "2")]
+        Principal(::prost::alloc::string::String),
+    }
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RevokeSessionsResponse {
+    /// The sessions revoked (none: nothing matched).
+    #[prost(string, repeated, tag = "1")]
+    pub access_keys: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
 }
 #[allow(clippy::all)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
@@ -1947,6 +2187,58 @@ pub mod admin_client {
                 .insert(GrpcMethod::new("s3gate.v1.Admin", "DeleteBucket"));
             self.inner.unary(req, path, codec).await
         }
+        /// Temporary (STS) sessions, without secrets or tokens; optionally one
+        /// principal's.
+        pub async fn list_sessions(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ListSessionsRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ListSessionsResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/s3gate.v1.Admin/ListSessions",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("s3gate.v1.Admin", "ListSessions"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Revokes one session, or every session of a principal. Data planes
+        /// forget them within a second.
+        pub async fn revoke_sessions(
+            &mut self,
+            request: impl tonic::IntoRequest<super::RevokeSessionsRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::RevokeSessionsResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/s3gate.v1.Admin/RevokeSessions",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("s3gate.v1.Admin", "RevokeSessions"));
+            self.inner.unary(req, path, codec).await
+        }
         /// Dry-runs a request: the decision and the rule that made it.
         pub async fn explain(
             &mut self,
@@ -2070,6 +2362,24 @@ pub mod admin_server {
             &self,
             request: tonic::Request<super::DeleteBucketRequest>,
         ) -> std::result::Result<tonic::Response<super::ChangeResponse>, tonic::Status>;
+        /// Temporary (STS) sessions, without secrets or tokens; optionally one
+        /// principal's.
+        async fn list_sessions(
+            &self,
+            request: tonic::Request<super::ListSessionsRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ListSessionsResponse>,
+            tonic::Status,
+        >;
+        /// Revokes one session, or every session of a principal. Data planes
+        /// forget them within a second.
+        async fn revoke_sessions(
+            &self,
+            request: tonic::Request<super::RevokeSessionsRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::RevokeSessionsResponse>,
+            tonic::Status,
+        >;
         /// Dry-runs a request: the decision and the rule that made it.
         async fn explain(
             &self,
@@ -2706,6 +3016,96 @@ pub mod admin_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = DeleteBucketSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/s3gate.v1.Admin/ListSessions" => {
+                    #[allow(non_camel_case_types)]
+                    struct ListSessionsSvc<T: Admin>(pub Arc<T>);
+                    impl<
+                        T: Admin,
+                    > tonic::server::UnaryService<super::ListSessionsRequest>
+                    for ListSessionsSvc<T> {
+                        type Response = super::ListSessionsResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::ListSessionsRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Admin>::list_sessions(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ListSessionsSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/s3gate.v1.Admin/RevokeSessions" => {
+                    #[allow(non_camel_case_types)]
+                    struct RevokeSessionsSvc<T: Admin>(pub Arc<T>);
+                    impl<
+                        T: Admin,
+                    > tonic::server::UnaryService<super::RevokeSessionsRequest>
+                    for RevokeSessionsSvc<T> {
+                        type Response = super::RevokeSessionsResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::RevokeSessionsRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Admin>::revoke_sessions(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = RevokeSessionsSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(

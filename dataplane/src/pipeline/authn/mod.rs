@@ -4,7 +4,7 @@
 //!
 //! | credential | module | today |
 //! |---|---|---|
-//! | SigV4 `Authorization` header or presigned query | [`sigv4`] | yes |
+//! | SigV4 `Authorization` header or presigned query (an STS session's key also needs its `X-Amz-Security-Token`) | [`sigv4`] | yes |
 //! | SigV2 `Authorization: AWS key:signature` or presigned query (legacy) | [`sigv2`] | yes, unless `sigv2` is off |
 //! | none (anonymous) | [`anonymous`] | yes |
 //! | `Authorization: Bearer` (JWT), verified by the control plane | [`bearer`] | yes |
@@ -41,8 +41,9 @@ use crate::listen::ConnInfo;
 pub struct Authenticated {
     pub principal: Principal,
     /// The identity source: `key` (an s3gate-issued access key, header-signed
-    /// or presigned, or SigV2), `jwt` (a bearer token), `mtls` (a verified client certificate),
-    /// `anonymous`; `sts` comes with temporary keys. Named in the access log and in a decision's request
+    /// or presigned, or SigV2), `sts` (a temporary session's key, which
+    /// also needs its `X-Amz-Security-Token`), `jwt` (a bearer token), `mtls` (a verified client certificate),
+    /// `anonymous`. Named in the access log and in a decision's request
     /// context.
     pub source: &'static str,
     /// What the identity source vouched for beyond the principal (a client

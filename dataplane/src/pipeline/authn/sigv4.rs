@@ -1,11 +1,19 @@
 //! SigV4, header or presigned, against a signing key from the control plane,
 //! cached until its TTL.
+//!
+//! A temporary (STS session) key's grant names its token's SHA-256 and its
+//! expiry: past the expiry the request gets `ExpiredToken`, and it must
+//! carry the token (`X-Amz-Security-Token`, header or presigned query) —
+//! missing or wrong, `InvalidToken`, compared in constant time. A long-term
+//! key with a security token is refused the same way, as AWS does.
+
+use std::borrow::Cow;
 
 use http::request::Parts;
 use moka::future::Cache;
-use s3gate_proto::{SigningKeyGrant, SigningKeyRequest};
+use s3gate_proto::{SessionGrant, SigningKeyGrant, SigningKeyRequest};
 use s3gate_s3::chunked::ChunkSigning;
-use s3gate_s3::sigv4::{self, AuthRequest, PayloadMode};
+use s3gate_s3::sigv4::{self, AuthKind, AuthRequest, PayloadMode};
 use s3gate_s3::{S3Error, S3ErrorCode};
 
 use super::Authenticated;
@@ -93,6 +101,15 @@ pub(super) async fn verify(
                 .map_err(|e| Error::from(&*e))?
         }
     };
+    match &grant.session {
+        Some(session) => check_session(head, &auth, session)?,
+        None if has_security_token(head, &auth) => {
+            return Err(invalid_token(
+                "a security token was sent with a long-term access key",
+            ))
+        }
+        None => {}
+    }
     sigv4::verify(&auth, &head.method, &head.uri, &head.headers, &grant.key)?;
     let chunk_signing = matches!(
         auth.payload,
@@ -106,12 +123,97 @@ pub(super) async fn verify(
     });
     Ok(Authenticated {
         principal: grant.principal.clone(),
-        // Header-signed and presigned alike: the identity is the key's.
-        source: "key",
+        // Header-signed and presigned alike: the identity is the key's, or
+        // the session's for temporary keys.
+        source: if grant.session.is_some() {
+            "sts"
+        } else {
+            "key"
+        },
         payload: auth.payload,
         chunk_signing,
-        claims: None,
+        claims: grant.session.as_ref().map(|s| s.claims.clone()),
     })
+}
+
+const SECURITY_TOKEN_HEADER: &str = "x-amz-security-token";
+const SECURITY_TOKEN_QUERY: &str = "X-Amz-Security-Token";
+
+/// A session key's request: not past the session's expiry, and carrying
+/// its token.
+fn check_session(head: &Parts, auth: &AuthRequest, session: &SessionGrant) -> Result<(), Error> {
+    if crate::unix_now() >= session.expires_unix {
+        return Err(
+            S3Error::new(S3ErrorCode::ExpiredToken, "The provided token has expired.").into(),
+        );
+    }
+    match security_token(head, auth)? {
+        Some(token) if s3gate_s3::sts::token_matches(&token, &session.token_sha256) => Ok(()),
+        Some(_) => Err(invalid_token(
+            "The provided token is malformed or otherwise invalid.",
+        )),
+        None => Err(invalid_token(
+            "a temporary access key needs its session token (X-Amz-Security-Token)",
+        )),
+    }
+}
+
+/// Whether the request carries a security token at all (no allocation: this
+/// runs for every request signed with a long-term key).
+fn has_security_token(head: &Parts, auth: &AuthRequest) -> bool {
+    match auth.kind {
+        AuthKind::Header => head.headers.contains_key(SECURITY_TOKEN_HEADER),
+        AuthKind::Presigned { .. } => head.uri.query().is_some_and(|q| {
+            q.split('&')
+                .any(|p| p.split('=').next() == Some(SECURITY_TOKEN_QUERY))
+        }),
+    }
+}
+
+/// The security token a request carries, decoded; the header for header
+/// auth, the query parameter for presigned URLs. Given twice: refused.
+fn security_token<'a>(head: &'a Parts, auth: &AuthRequest) -> Result<Option<Cow<'a, str>>, Error> {
+    let twice = || invalid_token("the security token is given more than once");
+    match auth.kind {
+        AuthKind::Header => {
+            let mut values = head.headers.get_all(SECURITY_TOKEN_HEADER).iter();
+            let Some(value) = values.next() else {
+                return Ok(None);
+            };
+            if values.next().is_some() {
+                return Err(twice());
+            }
+            let value = value.to_str().map_err(|_| {
+                invalid_token("The provided token is malformed or otherwise invalid.")
+            })?;
+            Ok(Some(Cow::Borrowed(value.trim())))
+        }
+        AuthKind::Presigned { .. } => {
+            let mut found = None;
+            for pair in head.uri.query().unwrap_or("").split('&') {
+                let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+                if name == SECURITY_TOKEN_QUERY {
+                    if found.is_some() {
+                        return Err(twice());
+                    }
+                    found = Some(value);
+                }
+            }
+            found
+                .map(|v| {
+                    percent_encoding::percent_decode_str(v)
+                        .decode_utf8()
+                        .map_err(|_| {
+                            invalid_token("The provided token is malformed or otherwise invalid.")
+                        })
+                })
+                .transpose()
+        }
+    }
+}
+
+fn invalid_token(message: &str) -> Error {
+    S3Error::new(S3ErrorCode::InvalidToken, message).into()
 }
 
 fn truncate(s: &str) -> &str {
