@@ -197,6 +197,12 @@ def web_identity_env(tmp: Path, gw: Gateway, token: str, role: str, endpoint_var
     token_file = tmp / f"token-{uuid.uuid4().hex}"
     token_file.write_text(token + "\n")  # as most tools write it
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    # The aws cli caches web-identity credentials in ~/.aws/cli/cache, keyed
+    # by role and session name: a session of an earlier run's gateway would
+    # be used instead of asking this one. A HOME of the test's own.
+    home = tmp / f"home-{uuid.uuid4().hex}"
+    home.mkdir()
+    env["HOME"] = str(home)
     env.update({"AWS_WEB_IDENTITY_TOKEN_FILE": str(token_file), "AWS_ROLE_ARN": role,
                 "AWS_ROLE_SESSION_NAME": "e2e-client", "AWS_DEFAULT_REGION": REGION,
                 "AWS_CONFIG_FILE": os.devnull, "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
