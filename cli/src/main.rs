@@ -498,7 +498,8 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
             // The same replica code as `s3gate controlplane`, over a memory store.
             let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
             store.seed(&State::from_config(&file)).await?;
-            let registry = standing_sources(providers, Some(&file), store.clone(), &args.sts);
+            let registry =
+                standing_sources(providers, Some(&file), store.clone(), &args.sts).await?;
             let replica = Replica::start_with(store, file.cache.clone(), "embedded".to_owned(), registry).await?;
             let mut ready = serde_json::json!({});
             let plain = match listen {
@@ -548,17 +549,27 @@ fn oidc_providers(oidc: &[OidcConfig]) -> Result<Arc<Providers>, Failure> {
     Providers::new(oidc).map_err(|e| Failure::Usage(e.into()))
 }
 
-/// The standing sources of a replica: the JWT bearer source when `[[oidc]]`
+/// The standing sources of a replica: the `[[policy]]` chain and the
+/// `[[identity]]` lookups of the file; the JWT bearer source when `[[oidc]]`
 /// providers are configured (their keys are fetched in the background from
 /// here on); STS session keys always (a replica accepts sessions any
 /// replica minted), and the STS engine when `[[roles]]` are configured.
-fn standing_sources(
+async fn standing_sources(
     providers: Arc<Providers>,
     file: Option<&FileConfig>,
     store: Arc<dyn Store>,
     sts: &StsArgs,
-) -> Registry {
+) -> anyhow::Result<Registry> {
     let mut registry = Registry::default();
+    if let Some(file) = file {
+        s3gate_controlplane::sources::register_configured(
+            &mut registry,
+            &file.policy,
+            &file.identity,
+            &file.cache,
+        )
+        .await?;
+    }
     let providers = (!providers.is_empty()).then_some(providers);
     if let Some(providers) = &providers {
         info!(providers = ?providers.names().collect::<Vec<_>>(), "oidc providers configured");
@@ -582,7 +593,7 @@ fn standing_sources(
         providers,
         sts.sts_min_duration,
     );
-    registry
+    Ok(registry)
 }
 
 async fn serve_grpc(
@@ -660,7 +671,8 @@ fn controlplane(args: ControlplaneArgs) -> Result<(), Failure> {
                 .with_context(|| format!("bind gRPC listener on {}", args.listen))?;
             let local = listener.local_addr().context("read listener address")?;
             let name = args.name.unwrap_or_else(|| local.to_string());
-            let registry = standing_sources(providers, file.as_ref(), store.clone(), &args.sts);
+            let registry =
+                standing_sources(providers, file.as_ref(), store.clone(), &args.sts).await?;
             let replica = Replica::start_with(store, cache, name.clone(), registry).await?;
             if args.admin_token.is_none() {
                 warn!("no --admin-token: the Admin API is off");

@@ -92,6 +92,15 @@ pub struct FileConfig {
     /// Roles STS `AssumeRoleWithWebIdentity` grants sessions for.
     #[serde(default)]
     pub roles: Vec<RoleConfig>,
+    /// `[[policy]]`: the decision sources, asked in order (an explicit deny
+    /// from any wins; no allow means deny). None: the built-in `[[rules]]`
+    /// alone.
+    #[serde(default)]
+    pub policy: Vec<PolicyConfig>,
+    /// `[[identity]]`: where the secrets of access keys that are not
+    /// s3gate-issued are looked up, asked in order after the built-in keys.
+    #[serde(default)]
+    pub identity: Vec<IdentityConfig>,
     /// What clients may cost the gateway (`s3gate serve`; flags override).
     #[serde(default)]
     pub limits: LimitsConfig,
@@ -525,6 +534,105 @@ impl<'de> Deserialize<'de> for ClaimValues {
     }
 }
 
+/// One `[[policy]]` entry: a decision source, by `kind`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum PolicyConfig {
+    /// The built-in `[[rules]]`.
+    Builtin(BuiltinPolicyConfig),
+    /// Rego files evaluated in-process.
+    Rego(RegoPolicyConfig),
+    /// An external OPA server, through its REST data API.
+    Opa(RemoteSourceConfig),
+    /// A query against PostgreSQL or SQLite.
+    Sql(SqlSourceConfig),
+    /// A plugin serving `s3gate.plugin.v1.Plugin` over gRPC.
+    Plugin(RemoteSourceConfig),
+}
+
+impl PolicyConfig {
+    /// The `kind` as written in the file.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Builtin(_) => "builtin",
+            Self::Rego(_) => "rego",
+            Self::Opa(_) => "opa",
+            Self::Sql(_) => "sql",
+            Self::Plugin(_) => "plugin",
+        }
+    }
+}
+
+/// `kind = "builtin"` takes no settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BuiltinPolicyConfig {}
+
+/// `kind = "rego"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegoPolicyConfig {
+    /// `.rego` files, relative to the config file's directory.
+    pub files: Vec<PathBuf>,
+    /// The rule whose value is the decision: a bool, or an object with
+    /// `allow`, `deny`, `reason`, `ttl_s`, `scope_prefix`.
+    #[serde(default = "default_rego_query")]
+    pub query: String,
+}
+
+fn default_rego_query() -> String {
+    "data.s3gate.decision".to_owned()
+}
+
+/// A source reached over the network by URL (`opa`, `plugin`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RemoteSourceConfig {
+    pub url: String,
+    /// How long one answer may take; past it the source cannot decide.
+    #[serde(default = "default_source_timeout", with = "humantime_serde_compat")]
+    pub timeout: Duration,
+}
+
+/// A SQL source (`kind = "sql"`), PostgreSQL or SQLite.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SqlSourceConfig {
+    /// `postgres://…` or `sqlite://…`; may be an `env:VAR` reference (it
+    /// can hold a password).
+    pub url: Secret,
+    /// With named binds (`:principal`, `:access_key`, …), rewritten into
+    /// the driver's placeholders.
+    pub query: String,
+    #[serde(default = "default_source_timeout", with = "humantime_serde_compat")]
+    pub timeout: Duration,
+}
+
+fn default_source_timeout() -> Duration {
+    Duration::from_millis(500)
+}
+
+/// One `[[identity]]` entry: a secret lookup source, by `kind`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum IdentityConfig {
+    /// A query returning `secret`, `principal` and `groups` for
+    /// `:access_key`.
+    Sql(SqlSourceConfig),
+    /// A plugin's `LookupSecret`.
+    Plugin(RemoteSourceConfig),
+}
+
+impl IdentityConfig {
+    /// The `kind` as written in the file.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Sql(_) => "sql",
+            Self::Plugin(_) => "plugin",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum Effect {
@@ -584,6 +692,15 @@ impl FileConfig {
         let Some(dir) = config_path.parent() else {
             return;
         };
+        for p in &mut self.policy {
+            if let PolicyConfig::Rego(r) = p {
+                for path in &mut r.files {
+                    if path.is_relative() {
+                        *path = dir.join(&*path);
+                    }
+                }
+            }
+        }
         if let Some(tls) = &mut self.tls {
             for path in [&mut tls.cert, &mut tls.key]
                 .into_iter()
@@ -919,6 +1036,23 @@ impl FileConfig {
                 ));
             }
         }
+        for (i, p) in self.policy.iter_mut().enumerate() {
+            let at =
+                |field: &str, message: String| src.entry_problem("policy", i, field, None, message);
+            match p {
+                PolicyConfig::Rego(r) if r.files.is_empty() => {
+                    return Err(at("files", "a rego source needs at least one file".into()));
+                }
+                PolicyConfig::Sql(q) => resolve(&mut q.url, "url").map_err(|m| at("url", m))?,
+                _ => {}
+            }
+        }
+        for (i, p) in self.identity.iter_mut().enumerate() {
+            if let IdentityConfig::Sql(q) = p {
+                resolve(&mut q.url, "url")
+                    .map_err(|m| src.entry_problem("identity", i, "url", None, m))?;
+            }
+        }
         for d in &mut self.base_domains {
             *d = d.trim_end_matches('.').to_ascii_lowercase();
         }
@@ -1113,6 +1247,10 @@ struct Entries {
     oidc: Vec<Entry>,
     #[serde(default)]
     roles: Vec<Entry>,
+    #[serde(default)]
+    policy: Vec<Entry>,
+    #[serde(default)]
+    identity: Vec<Entry>,
 }
 
 type Entry = toml::Spanned<BTreeMap<String, toml::Spanned<toml::Value>>>;
@@ -1134,6 +1272,8 @@ impl<'a> Source<'a> {
             "rules" => &self.entries.rules,
             "oidc" => &self.entries.oidc,
             "roles" => &self.entries.roles,
+            "policy" => &self.entries.policy,
+            "identity" => &self.entries.identity,
             _ => return None,
         }
         .get(index)
@@ -1845,6 +1985,55 @@ groups_claim = "groups"
         );
         assert!(error(&twice)
             .contains("roles[1] (\"arn:aws:iam::000000000000:role/analysts\"): duplicate role"));
+    }
+
+    #[test]
+    fn policy_and_identity_sources_by_kind() {
+        let text = format!(
+            "{SAMPLE}
+[[policy]]
+kind = \"builtin\"
+[[policy]]
+kind = \"rego\"
+files = [\"policies/s3.rego\"]
+[[policy]]
+kind = \"opa\"
+url = \"http://127.0.0.1:8181/v1/data/s3gate/decision\"
+timeout = \"200ms\"
+[[policy]]
+kind = \"sql\"
+url = \"postgres://s3gate:PGPASSWORD@127.0.0.1/s3gate\"
+query = \"SELECT effect FROM grants WHERE principal = :principal\"
+[[policy]]
+kind = \"plugin\"
+url = \"http://127.0.0.1:50061\"
+[[identity]]
+kind = \"plugin\"
+url = \"http://127.0.0.1:50061\"
+"
+        );
+        let cfg = FileConfig::parse(&text).unwrap();
+        let kinds: Vec<_> = cfg.policy.iter().map(PolicyConfig::kind).collect();
+        assert_eq!(kinds, ["builtin", "rego", "opa", "sql", "plugin"]);
+        match (&cfg.policy[1], &cfg.policy[2], &cfg.policy[4]) {
+            (PolicyConfig::Rego(r), PolicyConfig::Opa(o), PolicyConfig::Plugin(p)) => {
+                assert_eq!(r.query, "data.s3gate.decision");
+                assert_eq!(o.timeout, Duration::from_millis(200));
+                assert_eq!(p.timeout, Duration::from_millis(500));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(cfg.identity[0].kind(), "plugin");
+        // The database URL can hold a password.
+        assert!(!format!("{cfg:?}").contains("PGPASSWORD"));
+        let unknown =
+            format!("{SAMPLE}\n[[policy]]\nkind = \"rego\"\nfiles = [\"a.rego\"]\nqeury = \"x\"\n");
+        assert!(error(&unknown).contains("qeury"), "{}", error(&unknown));
+        let empty = format!("{SAMPLE}\n[[policy]]\nkind = \"rego\"\nfiles = []\n");
+        assert!(error(&empty).contains("policy[0]"), "{}", error(&empty));
+        assert!(error(&empty).contains("at least one file"));
+        let kind = format!("{SAMPLE}\n[[policy]]\nkind = \"ldap\"\n");
+        assert!(error(&kind).contains("ldap"), "{}", error(&kind));
     }
 
     #[test]

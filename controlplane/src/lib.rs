@@ -37,6 +37,7 @@ use s3gate_proto::{
 };
 
 use crate::config::{AddressingStyleConfig, CacheConfig};
+use crate::sources::credentials::CredentialRequest;
 use crate::sources::identity::SigV2Check;
 use crate::sources::{Refusal, Registry, SourceError, Sources};
 use crate::state::State;
@@ -215,7 +216,11 @@ impl ControlPlane for Snapshot {
             .ok_or(ControlPlaneError::NoSuchBucket)?;
         for source in &self.sources.credentials {
             if let Some(credentials) = source
-                .credentials(&placement.backend.name)
+                .credentials(&CredentialRequest {
+                    backend: &placement.backend.name,
+                    bucket,
+                    principal: None,
+                })
                 .await
                 .map_err(unavailable)?
             {

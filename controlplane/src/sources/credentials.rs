@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use s3gate_proto::{BackendAuth, BackendCredentials};
+use s3gate_proto::{BackendAuth, BackendCredentials, Principal};
 
 use super::SourceError;
 use crate::credential::CredentialSpec;
@@ -15,12 +15,24 @@ pub trait CredentialSource: Send + Sync + 'static {
     /// A short name for logs and errors.
     fn name(&self) -> &'static str;
 
-    /// Credentials for `backend` (with their expiry, if they have one);
-    /// `Ok(None)` when this source has none for it.
+    /// Credentials for the request's backend (with their expiry, if they
+    /// have one); `Ok(None)` when this source has none for it.
     async fn credentials(
         &self,
-        backend: &str,
+        req: &CredentialRequest<'_>,
     ) -> Result<Option<Arc<BackendCredentials>>, SourceError>;
+}
+
+/// What a credential source is asked for.
+#[derive(Debug, Clone, Copy)]
+pub struct CredentialRequest<'a> {
+    /// The backend's name.
+    pub backend: &'a str,
+    /// The client's bucket name.
+    pub bucket: &'a str,
+    /// Who asks, when the route is resolved for a principal; `None` for
+    /// the bucket's shared credentials.
+    pub principal: Option<&'a Principal>,
 }
 
 /// Static HMAC keys (`kind = "static_hmac"`) from the backend records: they
@@ -64,8 +76,8 @@ impl CredentialSource for StaticHmac {
 
     async fn credentials(
         &self,
-        backend: &str,
+        req: &CredentialRequest<'_>,
     ) -> Result<Option<Arc<BackendCredentials>>, SourceError> {
-        Ok(self.by_backend.get(backend).cloned())
+        Ok(self.by_backend.get(req.backend).cloned())
     }
 }

@@ -25,6 +25,7 @@
 //! replica starts with for a standing one.
 
 pub mod credentials;
+pub mod guard;
 pub mod identity;
 pub mod mtls;
 pub mod oidc;
@@ -35,9 +36,9 @@ use std::sync::Arc;
 
 pub use credentials::CredentialSource;
 pub use identity::IdentitySource;
-pub use policy::{PolicyChain, PolicySource, Verdict, VerdictKind};
+pub use policy::{Answer, PolicyChain, PolicySource, Verdict, VerdictKind};
 
-use crate::config::CacheConfig;
+use crate::config::{CacheConfig, IdentityConfig, PolicyConfig};
 use crate::state::State;
 
 /// A source could not answer (timeout, transport error, bad answer). The
@@ -170,4 +171,66 @@ impl Sources {
             rules,
         }
     }
+}
+
+/// Why a configured source could not be set up (a Rego file that does not
+/// compile, a database that cannot be reached): `s3gate` refuses to start,
+/// or a reload keeps the sources it has.
+#[derive(Debug, thiserror::Error)]
+#[error("[[{section}]] {kind}: {message}")]
+pub struct BuildError {
+    pub section: &'static str,
+    pub kind: &'static str,
+    pub message: String,
+}
+
+/// Where one `[[policy]]` entry goes in the chain. Register a new policy
+/// source kind here (and its settings in [`PolicyConfig`]).
+pub async fn policy_slot(config: &PolicyConfig) -> Result<PolicySlot, BuildError> {
+    let unbuilt = |kind: &'static str| BuildError {
+        section: "policy",
+        kind,
+        message: "this kind of source is not available in this build".into(),
+    };
+    match config {
+        PolicyConfig::Builtin(_) => Ok(PolicySlot::Rules),
+        other => Err(unbuilt(other.kind())),
+    }
+}
+
+/// The source of one `[[identity]]` entry. Register a new secret lookup
+/// kind here (and its settings in [`IdentityConfig`]).
+pub async fn identity_source(
+    config: &IdentityConfig,
+    cache: &CacheConfig,
+) -> Result<Arc<dyn IdentitySource>, BuildError> {
+    let _ = cache;
+    Err(BuildError {
+        section: "identity",
+        kind: config.kind(),
+        message: "this kind of source is not available in this build".into(),
+    })
+}
+
+/// The `[[policy]]` and `[[identity]]` entries of a config file, placed in
+/// `registry`: the policy chain replaced by the entries in order (none: the
+/// built-in rules alone), the identity sources added after the built-in
+/// keys.
+pub async fn register_configured(
+    registry: &mut Registry,
+    policy: &[PolicyConfig],
+    identity: &[IdentityConfig],
+    cache: &CacheConfig,
+) -> Result<(), BuildError> {
+    if !policy.is_empty() {
+        let mut chain = Vec::with_capacity(policy.len());
+        for entry in policy {
+            chain.push(policy_slot(entry).await?);
+        }
+        registry.policy = chain;
+    }
+    for entry in identity {
+        registry.identity.push(identity_source(entry, cache).await?);
+    }
+    Ok(())
 }

@@ -39,6 +39,50 @@ pub struct Verdict {
     pub ttl: Duration,
 }
 
+/// What a source outside the gateway (Rego, OPA, SQL, a plugin) answered,
+/// before it becomes a [`Verdict`]: every such source maps its own answer
+/// shape onto this, so that all of them are cached alike.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    pub kind: VerdictKind,
+    pub reason: Option<String>,
+    /// How long the answer may be cached; `None`: the `[cache]`
+    /// `decision_ttl`. Never longer than that.
+    pub ttl_s: Option<u64>,
+    /// The answer holds for every key starting with this; `None`: for this
+    /// exact request only.
+    pub scope_prefix: Option<String>,
+}
+
+impl Answer {
+    /// The verdict of `source` (its name, for the reason and Explain) on
+    /// `req`, cached at most `max_ttl`. A scope is never wider than the
+    /// source said: no prefix, or a prefix the request's key does not start
+    /// with, holds for the exact request only; a bucket-level request is
+    /// always exact.
+    pub fn into_verdict(self, source: &str, req: &AuthorizeRequest, max_ttl: Duration) -> Verdict {
+        let scope = match (self.scope_prefix, req.resource.key()) {
+            (Some(prefix), Some(key)) if key.starts_with(prefix.as_str()) => Scope::Prefix(prefix),
+            _ => Scope::Exact,
+        };
+        let ttl = self
+            .ttl_s
+            .map_or(max_ttl, |s| Duration::from_secs(s).min(max_ttl));
+        let reason = self.reason.unwrap_or_else(|| match self.kind {
+            VerdictKind::Allow => format!("allowed by {source}"),
+            VerdictKind::Deny => format!("denied by {source}"),
+            VerdictKind::Abstain => format!("{source} does not allow it"),
+        });
+        Verdict {
+            kind: self.kind,
+            reason,
+            by: Some(source.to_owned()),
+            scope,
+            ttl,
+        }
+    }
+}
+
 #[async_trait]
 pub trait PolicySource: Send + Sync + 'static {
     /// A short name for logs and errors.
@@ -277,6 +321,33 @@ mod tests {
 
     fn chain(sources: Vec<Arc<dyn PolicySource>>) -> PolicyChain {
         PolicyChain::new(sources)
+    }
+
+    #[test]
+    fn an_answer_is_never_cached_wider_or_longer_than_it_said() {
+        let max = Duration::from_secs(30);
+        let answer = |scope_prefix: Option<&str>, ttl_s| Answer {
+            kind: VerdictKind::Allow,
+            reason: None,
+            ttl_s,
+            scope_prefix: scope_prefix.map(str::to_owned),
+        };
+        // Silent: the exact request, the configured TTL.
+        let v = answer(None, None).into_verdict("rego", &request(), max);
+        assert_eq!((v.scope, v.ttl), (Scope::Exact, max));
+        assert_eq!(v.reason, "allowed by rego");
+        // A prefix the key is under, a shorter TTL.
+        let v = answer(Some("reports/"), Some(5)).into_verdict("sql", &request(), max);
+        assert_eq!(v.scope, Scope::Prefix("reports/".to_owned()));
+        assert_eq!(v.ttl, Duration::from_secs(5));
+        // A prefix that does not cover the request, a TTL past the cap.
+        let v = answer(Some("other/"), Some(3600)).into_verdict("sql", &request(), max);
+        assert_eq!((v.scope, v.ttl), (Scope::Exact, max));
+        // A bucket-level request holds for itself only.
+        let mut bucket = request();
+        bucket.resource = Resource::Bucket;
+        let v = answer(Some(""), None).into_verdict("opa", &bucket, max);
+        assert_eq!(v.scope, Scope::Exact);
     }
 
     #[tokio::test]
