@@ -24,14 +24,22 @@ pub trait IdentitySource: Send + Sync + 'static {
 
     /// The principal and the signing key derived for the request's date,
     /// region and service; `Ok(None)` when the key is not this source's.
+    /// Sources of tokens or certificates, which own no access keys, keep
+    /// this default.
     async fn signing_key(
         &self,
         req: &SigningKeyRequest,
-    ) -> Result<Option<SigningKeyGrant>, SourceError>;
+    ) -> Result<Option<SigningKeyGrant>, SourceError> {
+        let _ = req;
+        Ok(None)
+    }
 
     /// The principal an access key belongs to (for Explain), if this
     /// source knows it.
-    async fn principal(&self, access_key: &str) -> Result<Option<Principal>, SourceError>;
+    async fn principal(&self, access_key: &str) -> Result<Option<Principal>, SourceError> {
+        let _ = access_key;
+        Ok(None)
+    }
 
     /// Whether a SigV2 signature (HMAC-SHA1 of the string to sign under the
     /// access key's secret) matches; `Ok(None)` when the key is not this

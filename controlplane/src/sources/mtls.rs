@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use s3gate_proto::{Identity, PresentedCredential, Principal, SigningKeyGrant, SigningKeyRequest};
+use s3gate_proto::{Identity, PresentedCredential, Principal};
 use x509_cert::der::oid::db::rfc4519;
 use x509_cert::der::Decode;
 use x509_cert::ext::pkix::name::DirectoryString;
@@ -35,17 +35,6 @@ impl ClientCertificates {
 impl IdentitySource for ClientCertificates {
     fn name(&self) -> &'static str {
         "mtls"
-    }
-
-    async fn signing_key(
-        &self,
-        _req: &SigningKeyRequest,
-    ) -> Result<Option<SigningKeyGrant>, SourceError> {
-        Ok(None)
-    }
-
-    async fn principal(&self, _access_key: &str) -> Result<Option<Principal>, SourceError> {
-        Ok(None)
     }
 
     async fn authenticate(

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use s3gate_proto::{Identity, PresentedCredential, Principal, SigningKeyGrant, SigningKeyRequest};
+use s3gate_proto::{Identity, PresentedCredential, Principal};
 use serde_json::Value;
 
 use super::{IdentitySource, Registry, SourceError};
@@ -50,17 +50,6 @@ pub fn register(registry: &mut Registry, providers: Arc<Providers>) {
 impl IdentitySource for Oidc {
     fn name(&self) -> &'static str {
         "oidc"
-    }
-
-    async fn signing_key(
-        &self,
-        _req: &SigningKeyRequest,
-    ) -> Result<Option<SigningKeyGrant>, SourceError> {
-        Ok(None)
-    }
-
-    async fn principal(&self, _access_key: &str) -> Result<Option<Principal>, SourceError> {
-        Ok(None)
     }
 
     async fn authenticate(

@@ -141,6 +141,9 @@ pub struct Trace {
     /// The operation, for requests that are no S3 operation (an STS call).
     pub op: Option<&'static str>,
     pub decision: Option<&'static str>,
+    /// `sigv2` for a request that presents a SigV2 credential (legacy,
+    /// worth seeing in the log); `None` otherwise.
+    pub auth: Option<&'static str>,
     /// For DeleteObjects: every key of the document, as a JSON array.
     pub keys: Option<String>,
     /// The key a refusal was about, when it is not the request's own key
@@ -199,7 +202,7 @@ pub async fn handle(cx: Arc<Ctx>, conn: Arc<ConnInfo>, req: Request<Incoming>) -
     // the gateway thinks of the request's shape. (The access log still
     // names what the request looked like.)
     let parsed = parse::s3_request(&cx.cfg.hosts, &head);
-    let who = match authn::verify(&cx, &head, &ex.conn).await {
+    let who = match authn::verify(&cx, &head, &ex.conn, &mut ex.trace).await {
         Ok(who) => who,
         Err(e) => {
             let response = respond::finish(&head, Err(e), &ex, parsed.as_ref().ok());

@@ -73,7 +73,7 @@ pub fn finish(
         keys = trace.keys.as_deref(),
         decision = trace.decision.unwrap_or("-"),
         // Only SigV2 requests have this field.
-        auth = super::authn::signature_version(head),
+        auth = trace.auth,
         status = response.status().as_u16(),
         latency_us = start.elapsed().as_micros() as u64,
     );

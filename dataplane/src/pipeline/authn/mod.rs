@@ -30,10 +30,10 @@ use s3gate_s3::sigv4::{AuthRequest, PayloadMode, VerifyError};
 pub use self::bearer::{token_cache, TokenCache};
 pub use self::mtls::{cert_cache, CertCache};
 pub(crate) use self::sigv2::sigv2_entry_of;
-pub use self::sigv2::{fold_presigned, signature_version, sigv2_cache, SigV2Cache};
+pub use self::sigv2::{fold_presigned, sigv2_cache, SigV2Cache};
 pub(crate) use self::sigv4::key_cache_entry_of;
 pub use self::sigv4::{key_cache, KeyCache};
-use super::Ctx;
+use super::{Ctx, Trace};
 use crate::error::Error;
 use crate::listen::ConnInfo;
 
@@ -103,8 +103,19 @@ pub fn credential<'a>(head: &'a Parts, conn: &ConnInfo) -> Result<Credential<'a>
     Ok(Credential::Anonymous)
 }
 
-pub async fn verify(cx: &Ctx, head: &Parts, conn: &ConnInfo) -> Result<Authenticated, Error> {
-    match credential(head, conn)? {
+/// Verifies the request's credential. `trace` learns which kind it was
+/// before the verdict, so that the access log names it either way.
+pub async fn verify(
+    cx: &Ctx,
+    head: &Parts,
+    conn: &ConnInfo,
+    trace: &mut Trace,
+) -> Result<Authenticated, Error> {
+    let credential = credential(head, conn)?;
+    if matches!(credential, Credential::SigV2) {
+        trace.auth = Some("sigv2");
+    }
+    match credential {
         Credential::SigV4(auth) => sigv4::verify(cx, head, *auth).await,
         Credential::Bearer(token) => bearer::verify(cx, head, token).await,
         Credential::ClientCertificate => mtls::verify(cx, head, conn).await,

@@ -16,7 +16,7 @@
 
 use std::time::Duration;
 
-use http::header::{AUTHORIZATION, HOST};
+use http::header::HOST;
 use http::request::Parts;
 use moka::future::Cache;
 use s3gate_proto::{Principal, SigV2Request};
@@ -88,19 +88,6 @@ pub fn fold_presigned(cfg: &Config, head: &mut Parts) {
     if let Some(uri) = sigv2::fold_presigned_query(&head.uri, &mut head.headers) {
         head.uri = uri;
     }
-}
-
-/// `Some("sigv2")` for a request that claims SigV2, for the access log.
-pub fn signature_version(head: &Parts) -> Option<&'static str> {
-    let header = head
-        .headers
-        .get(AUTHORIZATION)
-        .is_some_and(|v| v.as_bytes().starts_with(b"AWS "));
-    let query = head
-        .uri
-        .query()
-        .is_some_and(|q| q.contains("AWSAccessKeyId="));
-    (header || query).then_some("sigv2")
 }
 
 pub(super) async fn verify(cx: &Ctx, head: &Parts) -> Result<Authenticated, Error> {
