@@ -14,6 +14,7 @@ use s3gate_controlplane::crypto::MasterKey;
 use s3gate_controlplane::oidc::Providers;
 use s3gate_controlplane::redis_store::RedisStore;
 use s3gate_controlplane::replica::Replica;
+use s3gate_controlplane::session::SessionLimits;
 use s3gate_controlplane::sources::Registry;
 use s3gate_controlplane::state::State;
 use s3gate_controlplane::store::{MemoryStore, Store};
@@ -82,6 +83,14 @@ struct StsArgs {
     /// expiry cannot wait for.
     #[arg(long, hide = true, env = "S3GATE_STS_MIN_DURATION", default_value = "900s", value_parser = humantime::parse_duration)]
     sts_min_duration: Duration,
+    /// The most live STS sessions kept in all; past it AssumeRoleWithWebIdentity
+    /// answers 503 until sessions expire or are revoked.
+    #[arg(long, env = "S3GATE_STS_MAX_SESSIONS", default_value_t = SessionLimits::default().total, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    sts_max_sessions: usize,
+    /// The most live STS sessions of one principal; a new one past it ends
+    /// that principal's sessions that expire first.
+    #[arg(long, env = "S3GATE_STS_MAX_SESSIONS_PER_PRINCIPAL", default_value_t = SessionLimits::default().per_principal, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    sts_max_sessions_per_principal: usize,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -592,6 +601,10 @@ async fn standing_sources(
         roles,
         providers,
         sts.sts_min_duration,
+        SessionLimits {
+            total: sts.sts_max_sessions,
+            per_principal: sts.sts_max_sessions_per_principal,
+        },
     );
     Ok(registry)
 }

@@ -108,6 +108,7 @@ fn store_status(e: StoreError) -> Status {
         StoreError::Change(ChangeError::NotFound(m)) => Status::not_found(m),
         StoreError::Change(ChangeError::Invalid(m)) => Status::invalid_argument(m),
         StoreError::Corrupt(m) => Status::internal(format!("stored state is unreadable: {m}")),
+        StoreError::Full(m) => Status::resource_exhausted(m),
     }
 }
 

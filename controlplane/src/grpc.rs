@@ -59,6 +59,7 @@ impl Decisions for DecisionsService {
                 date: r.date,
                 region: r.region,
                 service: r.service,
+                security_token_sha256: r.security_token_sha256.as_slice().try_into().ok(),
             })
             .await?;
         // A data plane that would not check a session's token and expiry

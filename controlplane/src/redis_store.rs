@@ -13,6 +13,7 @@
 //! | `p:session:<access key>` | string | a temporary session as JSON, secret sealed with `session:<access key>`, token as SHA-256 only; `PEXPIREAT` its expiry |
 //! | `p:sessions` | sorted set | session access key → expiry (unix seconds); kept a day past expiry, so an expired key is told apart from an unknown one |
 //! | `p:sessions-of:<principal>` | sorted set | the principal's session access keys → expiry, for revoke-by-principal; expires with its last session |
+//! | `p:session-token:<access key>` | string | base64 SHA-256 of the session's token; kept a day past expiry, so that only a caller showing the token hears `ExpiredToken` |
 //!
 //! Sessions are not part of the versioned state: they are written without
 //! touching `p:version`, and read one at a time (a data plane's key-cache
@@ -51,7 +52,9 @@ use tokio_stream::StreamExt as _;
 use crate::config::{AddressingStyleConfig, Effect, Secret};
 use crate::credential::CredentialSpec;
 use crate::crypto::MasterKey;
-use crate::session::{SessionInfo, SessionLookup, SessionRecord, SessionTarget, EXPIRED_KNOWN_FOR};
+use crate::session::{
+    SessionInfo, SessionLimits, SessionLookup, SessionRecord, SessionTarget, EXPIRED_KNOWN_FOR,
+};
 use crate::state::{
     BackendRecord, BucketRecord, Change, CorsRule, KeyRecord, RuleRecord, State, Touched,
 };
@@ -113,6 +116,8 @@ struct Names {
     session: String,
     /// `p:sessions-of:`, followed by a principal.
     sessions_of: String,
+    /// `p:session-token:`, followed by an access key.
+    session_token: String,
 }
 
 /// What `p:events` carries.
@@ -339,18 +344,50 @@ impl Store for RedisStore {
         "redis"
     }
 
-    async fn put_session(&self, session: &SessionRecord) -> Result<(), StoreError> {
+    async fn put_session(
+        &self,
+        session: &SessionRecord,
+        limits: SessionLimits,
+    ) -> Result<Vec<String>, StoreError> {
         let inner = &self.inner;
         let n = &inner.names;
         let info = &session.info;
         let json = inner.encode_session(session)?;
         let now = crate::unix_now();
+        let live_after = format!("({now}");
+        // The bound is checked, not reserved: replicas minting at the same
+        // moment may pass it by a few, which is all it needs to be.
+        let live: usize = inner
+            .on_shared(|mut conn| {
+                let cmd = redis::cmd("ZCOUNT")
+                    .arg(&n.sessions)
+                    .arg(&live_after)
+                    .arg("+inf")
+                    .clone();
+                async move { call(cmd.query_async(&mut conn)).await }
+            })
+            .await?;
+        if live >= limits.total {
+            return Err(StoreError::Full(format!(
+                "{live} sessions are live, the most this gateway keeps"
+            )));
+        }
         let expires_ms = info.expires.saturating_mul(1000);
         let record = format!("{}{}", n.session, info.access_key);
         let index = format!("{}{}", n.sessions_of, info.principal);
+        let token = format!("{}{}", n.session_token, info.access_key);
         let mut tx = redis::pipe();
         tx.atomic()
             .set(&record, json)
+            .ignore()
+            .set(
+                &token,
+                base64::engine::general_purpose::STANDARD.encode(session.token_sha256),
+            )
+            .ignore()
+            .cmd("PEXPIREAT")
+            .arg(&token)
+            .arg((info.expires + EXPIRED_KNOWN_FOR).saturating_mul(1000))
             .ignore()
             .cmd("PEXPIREAT")
             .arg(&record)
@@ -375,30 +412,72 @@ impl Store for RedisStore {
             .arg(&index)
             .arg(expires_ms)
             .arg("GT")
-            .ignore();
-        inner
+            .ignore()
+            .cmd("ZCOUNT")
+            .arg(&index)
+            .arg(&live_after)
+            .arg("+inf");
+        let (held,): (usize,) = inner
             .on_shared(|mut conn| {
                 let tx = tx.clone();
-                async move { call(tx.query_async::<()>(&mut conn)).await }
+                async move { call(tx.query_async(&mut conn)).await }
             })
-            .await
+            .await?;
+        if held <= limits.per_principal {
+            return Ok(Vec::new());
+        }
+        // Past the principal's bound: end its sessions that expire first
+        // (never the new one).
+        let excess = held - limits.per_principal.max(1);
+        let oldest: Vec<String> = inner
+            .on_shared(|mut conn| {
+                let cmd = redis::cmd("ZRANGEBYSCORE")
+                    .arg(&index)
+                    .arg(&live_after)
+                    .arg("+inf")
+                    .arg("LIMIT")
+                    .arg(0)
+                    .arg(excess + 1)
+                    .clone();
+                async move { call(cmd.query_async(&mut conn)).await }
+            })
+            .await?;
+        let mut evicted = Vec::new();
+        for key in oldest
+            .into_iter()
+            .filter(|k| k != &info.access_key)
+            .take(excess)
+        {
+            evicted.extend(inner.revoke_session(&key).await?);
+        }
+        if !evicted.is_empty() {
+            let version = inner.current_version().await;
+            inner
+                .publish(version, Touched::Sessions(evicted.clone()))
+                .await;
+        }
+        Ok(evicted)
     }
 
     async fn session(&self, access_key: &str) -> Result<SessionLookup, StoreError> {
         let inner = &self.inner;
         let n = &inner.names;
         let record = format!("{}{access_key}", n.session);
-        let (json, expiry): (Option<String>, Option<f64>) = inner
+        let token = format!("{}{access_key}", n.session_token);
+        let (json, expiry, token): (Option<String>, Option<f64>, Option<String>) = inner
             .on_shared(|mut conn| {
                 let mut p = redis::pipe();
-                p.get(&record).zscore(&n.sessions, access_key);
+                p.get(&record).zscore(&n.sessions, access_key).get(&token);
                 async move { call(p.query_async(&mut conn)).await }
             })
             .await?;
         let now = crate::unix_now();
+        let token_sha256 = token
+            .and_then(|t| base64::engine::general_purpose::STANDARD.decode(t).ok())
+            .and_then(|t| <[u8; 32]>::try_from(t).ok());
         let known_expired = |expires: i64| {
             if expires + EXPIRED_KNOWN_FOR > now {
-                SessionLookup::Expired
+                SessionLookup::Expired { token_sha256 }
             } else {
                 SessionLookup::Unknown
             }
@@ -794,6 +873,8 @@ impl Inner {
         let mut tx = redis::pipe();
         tx.atomic()
             .del(&record)
+            .del(format!("{}{access_key}", n.session_token))
+            .ignore()
             .zrem(&n.sessions, access_key)
             .ignore()
             .zrem(format!("{}{principal}", n.sessions_of), access_key)
@@ -834,6 +915,8 @@ impl Inner {
             tx.atomic();
             for k in &keys {
                 tx.del(format!("{}{k}", n.session))
+                    .ignore()
+                    .del(format!("{}{k}", n.session_token))
                     .ignore()
                     .zrem(&n.sessions, k)
                     .ignore();
@@ -967,6 +1050,7 @@ impl Names {
             sessions: format!("{prefix}:sessions"),
             session: format!("{prefix}:session:"),
             sessions_of: format!("{prefix}:sessions-of:"),
+            session_token: format!("{prefix}:session-token:"),
         }
     }
 }

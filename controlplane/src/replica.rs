@@ -329,6 +329,7 @@ mod tests {
             date: "20240101".into(),
             region: "us-east-1".into(),
             service: "s3".into(),
+            security_token_sha256: None,
         };
         assert!(matches!(
             replica.signing_key(ask()).await,
@@ -356,7 +357,7 @@ mod tests {
 
     #[tokio::test]
     async fn revoked_sessions_are_announced_without_a_reload() {
-        use crate::session::{SessionInfo, SessionRecord, SessionTarget};
+        use crate::session::{SessionInfo, SessionLimits, SessionRecord, SessionTarget};
         let store = Arc::new(MemoryStore::new());
         let replica = Replica::start(store.clone(), CacheConfig::default(), "r1".into())
             .await
@@ -380,7 +381,10 @@ mod tests {
             token_sha256: [0; 32],
         };
         for ak in ["ASIAAAAAAAAAAAAAAAA2", "ASIAAAAAAAAAAAAAAAA3"] {
-            store.put_session(&session(ak)).await.unwrap();
+            store
+                .put_session(&session(ak), SessionLimits::default())
+                .await
+                .unwrap();
         }
         let revoked = store
             .revoke_sessions(&SessionTarget::Principal("p".into()))

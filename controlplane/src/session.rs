@@ -20,6 +20,29 @@ use crate::config::Secret;
 /// `ExpiredToken` rather than `InvalidAccessKeyId`).
 pub const EXPIRED_KNOWN_FOR: i64 = 24 * 3600;
 
+/// How many sessions a store keeps. Every `AssumeRoleWithWebIdentity` with
+/// a valid token adds one, so without a bound one token holder could fill
+/// the control plane's memory (or Redis).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionLimits {
+    /// Live sessions in all; past it new sessions are refused (STS
+    /// `ServiceUnavailable`, 503) until some expire or are revoked.
+    pub total: usize,
+    /// Live sessions of one principal; a new one past it ends that
+    /// principal's sessions that expire first (they are revoked, as
+    /// `admin sessions revoke` would).
+    pub per_principal: usize,
+}
+
+impl Default for SessionLimits {
+    fn default() -> Self {
+        Self {
+            total: 100_000,
+            per_principal: 1_000,
+        }
+    }
+}
+
 /// What mints sessions for STS calls (the STS engine, [`crate::sts::Sts`]),
 /// as a replica's [`crate::sources::Registry`] holds it.
 #[async_trait]
@@ -73,9 +96,13 @@ impl std::fmt::Debug for SessionRecord {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SessionLookup {
     Live(Box<SessionRecord>),
-    /// It was a session, and it expired (at most
-    /// [`EXPIRED_KNOWN_FOR`] ago).
-    Expired,
+    /// It was a session, and it expired (at most [`EXPIRED_KNOWN_FOR`]
+    /// ago). Its secret is gone; the SHA-256 of its token is kept (`None`
+    /// when the store no longer has it), so that only a caller who shows
+    /// the token hears that it expired.
+    Expired {
+        token_sha256: Option<[u8; 32]>,
+    },
     /// Never issued, revoked, or expired long ago.
     Unknown,
 }

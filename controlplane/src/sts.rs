@@ -16,17 +16,17 @@ use tracing::{debug, info, warn};
 
 use crate::oidc::{Providers, TokenError};
 use crate::roles::{flatten_claims, Roles};
-use crate::session::{new_credentials, SessionInfo, SessionIssuer, SessionRecord};
+use crate::session::{new_credentials, SessionInfo, SessionIssuer, SessionLimits, SessionRecord};
 use crate::sources::sessions::Sessions;
 use crate::sources::Registry;
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 
 /// Registers what sessions need in a replica's standing sources: the
 /// identity source of session keys always (every replica accepts sessions
 /// minted by any other), and the STS engine when there are roles and
 /// providers to mint them with. `key_ttl` caps how long a data plane caches
 /// a session's grant; `min_duration` is the shortest session granted (900 s
-/// outside tests).
+/// outside tests); `limits` bound the sessions kept.
 pub fn register(
     registry: &mut Registry,
     store: Arc<dyn Store>,
@@ -34,12 +34,15 @@ pub fn register(
     roles: Roles,
     providers: Option<Arc<Providers>>,
     min_duration: Duration,
+    limits: SessionLimits,
 ) {
     registry
         .identity
         .push(Arc::new(Sessions::new(store.clone(), key_ttl)));
     if let (false, Some(providers)) = (roles.is_empty(), providers) {
-        registry.sessions = Some(Arc::new(Sts::new(roles, providers, store, min_duration)));
+        registry.sessions = Some(Arc::new(
+            Sts::new(roles, providers, store, min_duration).with_limits(limits),
+        ));
     }
 }
 
@@ -49,6 +52,7 @@ pub struct Sts {
     store: Arc<dyn Store>,
     /// The shortest `DurationSeconds` accepted: 900, lowered by tests only.
     min_duration: u64,
+    limits: SessionLimits,
     rng: SystemRandom,
 }
 
@@ -65,8 +69,15 @@ impl Sts {
             providers,
             store,
             min_duration: min_duration.as_secs().max(1),
+            limits: SessionLimits::default(),
             rng: SystemRandom::new(),
         }
+    }
+
+    /// How many sessions are kept ([`SessionLimits::default`] otherwise).
+    pub fn with_limits(mut self, limits: SessionLimits) -> Self {
+        self.limits = limits;
+        self
     }
 
     /// Mints a session, or says which STS error the client gets.
@@ -159,10 +170,28 @@ impl Sts {
             secret: creds.secret.clone(),
             token_sha256: s3gate_s3::sts::token_sha256(creds.token.expose()),
         };
-        self.store
-            .put_session(&record)
-            .await
-            .map_err(|e| StsError::Unavailable(format!("cannot store the session: {e}")))?;
+        let evicted = match self.store.put_session(&record, self.limits).await {
+            Ok(evicted) => evicted,
+            Err(StoreError::Full(why)) => {
+                warn!(principal = %token.principal, %why, "session refused: the session bound is reached");
+                return Err(StsError::Unavailable(
+                    "too many sessions are live; try again later".into(),
+                ));
+            }
+            Err(e) => {
+                return Err(StsError::Unavailable(format!(
+                    "cannot store the session: {e}"
+                )))
+            }
+        };
+        if !evicted.is_empty() {
+            info!(
+                principal = %token.principal,
+                ended = evicted.len(),
+                bound = self.limits.per_principal,
+                "sessions ended: the principal holds the most sessions allowed"
+            );
+        }
         info!(
             access_key = %creds.access_key,
             principal = %token.principal,

@@ -12,7 +12,9 @@ use s3gate_controlplane::config::{AddressingStyleConfig, Effect, Secret};
 use s3gate_controlplane::credential::CredentialSpec;
 use s3gate_controlplane::crypto::MasterKey;
 use s3gate_controlplane::redis_store::{RedisStore, DEFAULT_PREFIX};
-use s3gate_controlplane::session::{SessionInfo, SessionLookup, SessionRecord, SessionTarget};
+use s3gate_controlplane::session::{
+    SessionInfo, SessionLimits, SessionLookup, SessionRecord, SessionTarget,
+};
 use s3gate_controlplane::state::{
     BackendRecord, BucketRecord, Change, KeyRecord, RuleRecord, State, Touched,
 };
@@ -644,9 +646,15 @@ async fn sessions_are_shared_sealed_and_expire() {
     let a = "ASIAAAAAAAAAAAAAAAA2";
     let b = "ASIAAAAAAAAAAAAAAAA3";
     let short = "ASIAAAAAAAAAAAAAAAA4";
-    one.put_session(&session(a, "alice", 3600)).await.unwrap();
-    one.put_session(&session(b, "alice", 7200)).await.unwrap();
-    one.put_session(&session(short, "bob", 1)).await.unwrap();
+    one.put_session(&session(a, "alice", 3600), SessionLimits::default())
+        .await
+        .unwrap();
+    one.put_session(&session(b, "alice", 7200), SessionLimits::default())
+        .await
+        .unwrap();
+    one.put_session(&session(short, "bob", 1), SessionLimits::default())
+        .await
+        .unwrap();
 
     // Another replica reads what this one wrote, secret and all.
     let got = live(&two, a).await.expect("live at the other replica");
@@ -740,7 +748,9 @@ async fn sessions_are_shared_sealed_and_expire() {
         .await
         .unwrap();
     assert!(matches!(two.session(b).await, Err(StoreError::Corrupt(_))));
-    one.put_session(&session(b, "alice", 7200)).await.unwrap();
+    one.put_session(&session(b, "alice", 7200), SessionLimits::default())
+        .await
+        .unwrap();
 
     // Listing: live sessions only, never a secret.
     tokio::time::sleep(Duration::from_millis(2100)).await;
@@ -760,7 +770,14 @@ async fn sessions_are_shared_sealed_and_expire() {
         .await
         .unwrap();
     assert_eq!(exists, 0);
-    assert_eq!(two.session(short).await.unwrap(), SessionLookup::Expired);
+    assert_eq!(
+        two.session(short).await.unwrap(),
+        SessionLookup::Expired {
+            token_sha256: Some(s3gate_s3::sts::token_sha256(&format!(
+                "SESSIONTOKEN-{short}"
+            )))
+        }
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -775,13 +792,13 @@ async fn revocations_reach_every_replica() {
         "ASIAAAAAAAAAAAAAAAA3",
         "ASIAAAAAAAAAAAAAAAA4",
     ];
-    one.put_session(&session(keys[0], "alice", 600))
+    one.put_session(&session(keys[0], "alice", 600), SessionLimits::default())
         .await
         .unwrap();
-    one.put_session(&session(keys[1], "alice", 600))
+    one.put_session(&session(keys[1], "alice", 600), SessionLimits::default())
         .await
         .unwrap();
-    one.put_session(&session(keys[2], "carol", 600))
+    one.put_session(&session(keys[2], "carol", 600), SessionLimits::default())
         .await
         .unwrap();
 
@@ -817,4 +834,65 @@ async fn revocations_reach_every_replica() {
         .await
         .unwrap()
         .is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_are_bounded_in_all_and_per_principal() {
+    let redis = RedisServer::start();
+    let m = master();
+    let one = store(&redis, &m).await;
+    let two = store(&redis, &m).await;
+    let mut heard = two.subscribe();
+    let limits = SessionLimits {
+        total: 4,
+        per_principal: 2,
+    };
+    let key = |i: usize| format!("ASIAAAAAAAAAAAAAAAB{i}");
+    // alice: the third session ends the one that expires first, never the
+    // new one (which here expires soonest).
+    assert_eq!(
+        one.put_session(&session(&key(1), "alice", 600), limits)
+            .await
+            .unwrap(),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        one.put_session(&session(&key(2), "alice", 900), limits)
+            .await
+            .unwrap(),
+        Vec::<String>::new()
+    );
+    let ended = two
+        .put_session(&session(&key(3), "alice", 300), limits)
+        .await
+        .unwrap();
+    assert_eq!(ended, [key(1)]);
+    wait_for(&mut heard, Duration::from_secs(2), |n| {
+        n.touched == Touched::Sessions(vec![key(1)])
+    })
+    .await;
+    assert_eq!(one.session(&key(1)).await.unwrap(), SessionLookup::Unknown);
+    assert!(live(&one, &key(2)).await.is_some() && live(&one, &key(3)).await.is_some());
+    // In all: 4 live sessions, then refused.
+    one.put_session(&session(&key(4), "bob", 600), limits)
+        .await
+        .unwrap();
+    one.put_session(&session(&key(5), "carol", 600), limits)
+        .await
+        .unwrap();
+    match one
+        .put_session(&session(&key(6), "dave", 600), limits)
+        .await
+    {
+        Err(StoreError::Full(why)) => assert!(why.contains("4 sessions"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(one.session(&key(6)).await.unwrap(), SessionLookup::Unknown);
+    // A revocation makes room again.
+    one.revoke_sessions(&SessionTarget::Principal("carol".into()))
+        .await
+        .unwrap();
+    one.put_session(&session(&key(6), "dave", 600), limits)
+        .await
+        .unwrap();
 }

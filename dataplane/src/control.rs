@@ -160,6 +160,10 @@ impl ControlPlane for GrpcControlPlane {
             service: req.service,
             // This data plane checks session tokens and expiry.
             session_aware: true,
+            security_token_sha256: req
+                .security_token_sha256
+                .map(|h| h.to_vec())
+                .unwrap_or_default(),
         };
         let resp = self.call(|mut c| {
             let msg = msg.clone();

@@ -142,6 +142,10 @@ pub struct SigningKeyRequest {
     pub date: String,
     pub region: String,
     pub service: String,
+    /// SHA-256 of the request's `X-Amz-Security-Token`, if any: an expired
+    /// session's key (whose secret is gone, so no signature can be checked)
+    /// is answered `ExpiredToken` only to a caller that shows its token.
+    pub security_token_sha256: Option<[u8; 32]>,
 }
 
 #[derive(Clone)]

@@ -456,6 +456,12 @@ def test_a_session_key_needs_its_own_token(gw, idp, backend):
     for headers in ({}, {"x-amz-security-token": c["SessionToken"][:-1] + "A"}, {"x-amz-security-token": "x"}):
         r = get(headers)
         assert r.status == 400 and b"<Code>InvalidToken</Code>" in r.body, (headers.keys(), r.describe())
+    # Without the secret, a live session key tells nothing about its
+    # session (not InvalidToken): only that the signature is wrong.
+    wrong = Raw(gw.addr, Creds(c["AccessKeyId"], "x" * 40, REGION))
+    for headers in ({}, {"x-amz-security-token": c["SessionToken"]}, {"x-amz-security-token": "x"}):
+        r = wrong.request("GET", f"/data/{key}", headers=headers)
+        assert r.status == 403 and b"<Code>SignatureDoesNotMatch</Code>" in r.body, (headers.keys(), r.describe())
     # another session's token
     other = assume(gw, mint(idp, groups=[]), role=WRITERS)
     r = get({"x-amz-security-token": other["SessionToken"]})
@@ -502,6 +508,15 @@ def test_a_session_ends_at_its_expiry(quick_gw, idp, backend):
     presigned = s3.generate_presigned_url("get_object", Params={"Bucket": "data", "Key": key})
     r = requests.get(presigned, timeout=30)
     assert r.status_code == 400 and "<Code>ExpiredToken</Code>" in r.text, r.text
+    # An expired session's secret is gone, so no signature can be checked:
+    # only a caller showing the session's token hears ExpiredToken; without
+    # it (or with another) the key is as unknown as any.
+    wrong = Raw(quick_gw.addr, Creds(c["AccessKeyId"], "x" * 40, REGION))
+    r = wrong.request("GET", f"/data/{key}", headers={"x-amz-security-token": c["SessionToken"]})
+    assert r.status == 400 and b"<Code>ExpiredToken</Code>" in r.body, r.describe()
+    for headers in ({}, {"x-amz-security-token": c["SessionToken"][:-1] + "A"}):
+        r = wrong.request("GET", f"/data/{key}", headers=headers)
+        assert r.status == 403 and b"<Code>InvalidAccessKeyId</Code>" in r.body, r.describe()
     # below the lowered minimum, still refused
     r = sts_call(quick_gw, {"RoleArn": SHORT, "WebIdentityToken": mint(idp), "DurationSeconds": "0"})
     assert sts_error(r) == (400, "ValidationError")
@@ -574,3 +589,39 @@ def test_sessions_are_listed_and_revoked(gw, idp, backend):
     r = admin(gw, "explain", "--access-key", other["AccessKeyId"], "--action", "s3:GetObject", "--bucket", "data",
               "--key", key)  # fmt: skip
     assert r.returncode == 0 and "ALLOW" in r.stdout and "wendy" in r.stdout, r
+
+
+# --------------------------------------------------------------------------- bounds
+
+
+def test_sessions_are_bounded_per_principal_and_in_all(tmp_path_factory, backend, idp):
+    """Every valid token can mint a session: without bounds one token holder
+    fills the gateway's memory. Past the per-principal bound a principal's
+    session that expires first ends (and stops working at once); past the
+    total bound STS answers 503 until sessions expire or are revoked."""
+    g = start_sts_gateway(tmp_path_factory.mktemp("sts-bounded"), backend, idp, "s3gate-sts-bounded",
+                          ["--sts-max-sessions", "3", "--sts-max-sessions-per-principal", "2"])  # fmt: skip
+    try:
+        key = obj()
+        backend.put("data-prod", key, b"bounded")
+        first = assume(g, mint(idp, sub="bounded-a", groups=[]), role=WRITERS, DurationSeconds="900")
+        s3 = session_client(g, first)
+        assert s3.get_object(Bucket="data", Key=key)["Body"].read() == b"bounded"
+        assume(g, mint(idp, sub="bounded-a", groups=[]), role=WRITERS, DurationSeconds="1800")
+        third = assume(g, mint(idp, sub="bounded-a", groups=[]), role=WRITERS, DurationSeconds="900")
+        # The third ends the first (the one that expires first, other than
+        # the new one), though its grant was cached.
+        refused_within(s3, key)
+        assert session_client(g, third).get_object(Bucket="data", Key=key)["Body"].read() == b"bounded"
+        assume(g, mint(idp, sub="bounded-b", groups=[]), role=WRITERS)
+        r = sts_call(g, {"RoleArn": WRITERS, "WebIdentityToken": mint(idp, sub="bounded-c", groups=[])})
+        assert sts_error(r) == (503, "ServiceUnavailable"), r.text
+        revoked = admin(g, "sessions", "revoke", "--principal", "bounded-b")
+        assert revoked.returncode == 0, revoked.stderr
+        assume(g, mint(idp, sub="bounded-c", groups=[]), role=WRITERS)
+    finally:
+        stop_gateway(g)
+    log = g.log_path.read_text()
+    assert "sessions ended: the principal holds the most sessions allowed" in log
+    assert "session refused: the session bound is reached" in log
+    assert_nothing_secret_in(g.log_path)

@@ -64,9 +64,21 @@ impl IdentitySource for Sessions {
     ) -> Result<Option<SigningKeyGrant>, SourceError> {
         let s = match self.lookup(&req.access_key).await? {
             SessionLookup::Live(s) => s,
-            // The client hears ExpiredToken rather than InvalidAccessKeyId.
-            SessionLookup::Expired => {
-                return Err(SourceError::expired("sessions", "the session has expired"))
+            // Its secret is gone, so no signature can be checked: the
+            // caller hears ExpiredToken (rather than InvalidAccessKeyId)
+            // only when it shows the session's token; anyone else learns
+            // no more than of any unknown key.
+            SessionLookup::Expired { token_sha256 } => {
+                let shown = match (&req.security_token_sha256, &token_sha256) {
+                    (Some(presented), Some(expected)) => {
+                        s3gate_s3::sts::token_hash_matches(presented, expected)
+                    }
+                    _ => false,
+                };
+                if shown {
+                    return Err(SourceError::expired("sessions", "the session has expired"));
+                }
+                return Ok(None);
             }
             SessionLookup::Unknown => return Ok(None),
         };
@@ -86,7 +98,7 @@ impl IdentitySource for Sessions {
     async fn principal(&self, access_key: &str) -> Result<Option<Principal>, SourceError> {
         Ok(match self.lookup(access_key).await? {
             SessionLookup::Live(s) => Some(principal(&s)),
-            SessionLookup::Expired | SessionLookup::Unknown => None,
+            SessionLookup::Expired { .. } | SessionLookup::Unknown => None,
         })
     }
 }
@@ -96,7 +108,7 @@ impl IdentitySource for Sessions {
 mod tests {
     use super::*;
     use crate::config::Secret;
-    use crate::session::SessionInfo;
+    use crate::session::{SessionInfo, SessionLimits};
     use crate::store::MemoryStore;
 
     fn session(ak: &str, expires: i64) -> SessionRecord {
@@ -124,6 +136,7 @@ mod tests {
             date: "20240101".into(),
             region: "us-east-1".into(),
             service: "s3".into(),
+            security_token_sha256: Some(s3gate_s3::sts::token_sha256("session-token")),
         }
     }
 
@@ -135,9 +148,18 @@ mod tests {
         let soon = "ASIAAAAAAAAAAAAAAAA3";
         let gone = "ASIAAAAAAAAAAAAAAAA4";
         let now = crate::unix_now();
-        store.put_session(&session(live, now + 3600)).await.unwrap();
-        store.put_session(&session(soon, now + 5)).await.unwrap();
-        store.put_session(&session(gone, now - 5)).await.unwrap();
+        store
+            .put_session(&session(live, now + 3600), SessionLimits::default())
+            .await
+            .unwrap();
+        store
+            .put_session(&session(soon, now + 5), SessionLimits::default())
+            .await
+            .unwrap();
+        store
+            .put_session(&session(gone, now - 5), SessionLimits::default())
+            .await
+            .unwrap();
 
         let grant = source.signing_key(&ask(live)).await.unwrap().unwrap();
         assert_eq!(
@@ -161,6 +183,13 @@ mod tests {
 
         let expired = source.signing_key(&ask(gone)).await.unwrap_err();
         assert_eq!(expired.refusal, Some(crate::sources::Refusal::Expired));
+        // Without its token (or with another), an expired session's key is
+        // as unknown as any: the caller cannot sign, so it learns nothing.
+        for token in [None, Some(s3gate_s3::sts::token_sha256("another-token"))] {
+            let mut without = ask(gone);
+            without.security_token_sha256 = token;
+            assert!(source.signing_key(&without).await.unwrap().is_none());
+        }
         assert!(source.principal(gone).await.unwrap().is_none());
         let unknown = "ASIAAAAAAAAAAAAAAAA5";
         assert!(source.signing_key(&ask(unknown)).await.unwrap().is_none());

@@ -29,6 +29,12 @@ pub struct SigningKeyRequest {
     /// that would ignore those fields never accepts a session key.
     #[prost(bool, tag = "5")]
     pub session_aware: bool,
+    /// SHA-256 of the request's X-Amz-Security-Token, if it carries one. Only
+    /// for an expired session key: its secret is gone, so the signature cannot
+    /// be checked, and the answer is ExpiredToken only to a caller that shows
+    /// the session's token (anyone else hears the key is unknown).
+    #[prost(bytes = "vec", tag = "6")]
+    pub security_token_sha256: ::prost::alloc::vec::Vec<u8>,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, ::prost::Message)]

@@ -462,7 +462,12 @@ pub fn token_sha256(token: &str) -> [u8; 32] {
 /// Whether `presented` is the token whose SHA-256 is `expected`, compared
 /// in constant time.
 pub fn token_matches(presented: &str, expected: &[u8; 32]) -> bool {
-    bool::from(token_sha256(presented).ct_eq(expected))
+    token_hash_matches(&token_sha256(presented), expected)
+}
+
+/// Whether two token SHA-256s are equal, compared in constant time.
+pub fn token_hash_matches(presented_sha256: &[u8; 32], expected: &[u8; 32]) -> bool {
+    bool::from(presented_sha256.ct_eq(expected))
 }
 
 #[cfg(test)]

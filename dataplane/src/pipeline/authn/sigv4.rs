@@ -5,7 +5,9 @@
 //! expiry: past the expiry the request gets `ExpiredToken`, and it must
 //! carry the token (`X-Amz-Security-Token`, header or presigned query) —
 //! missing or wrong, `InvalidToken`, compared in constant time. A long-term
-//! key with a security token is refused the same way, as AWS does.
+//! key with a security token is refused the same way, as AWS does. Both
+//! checks come after the signature's: a caller who cannot sign learns
+//! nothing about a session key but `SignatureDoesNotMatch`.
 
 use std::borrow::Cow;
 
@@ -94,6 +96,8 @@ pub(super) async fn verify(
                 date: scope.date.clone(),
                 region: scope.region.clone(),
                 service: scope.service.clone(),
+                security_token_sha256: security_token(head, &auth)?
+                    .map(|t| s3gate_s3::sts::token_sha256(&t)),
             };
             cx.keys
                 .try_get_with(cache_key, cx.control_plane.signing_key(ask))
@@ -101,6 +105,11 @@ pub(super) async fn verify(
                 .map_err(|e| Error::from(&*e))?
         }
     };
+    // The signature first: until it matches, the caller has not shown it
+    // holds the key's secret, and must not learn anything about the key
+    // (that it is a live, an expired or a revoked session) beyond what any
+    // wrong signature tells.
+    sigv4::verify(&auth, &head.method, &head.uri, &head.headers, &grant.key)?;
     match &grant.session {
         Some(session) => check_session(head, &auth, session)?,
         None if has_security_token(head, &auth) => {
@@ -110,7 +119,6 @@ pub(super) async fn verify(
         }
         None => {}
     }
-    sigv4::verify(&auth, &head.method, &head.uri, &head.headers, &grant.key)?;
     let chunk_signing = matches!(
         auth.payload,
         PayloadMode::StreamingSigned | PayloadMode::StreamingSignedTrailer
