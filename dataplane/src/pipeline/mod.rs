@@ -52,6 +52,8 @@ pub struct Ctx {
     pub(crate) cfg: Config,
     pub(crate) control_plane: Arc<dyn ControlPlane>,
     pub(crate) keys: authn::KeyCache,
+    /// Access keys the control plane recently did not know.
+    pub(crate) unknown_keys: authn::UnknownKeys,
     /// Identities of client certificates (mTLS).
     pub(crate) certs: authn::CertCache,
     /// SigV2 requests the control plane verified.
@@ -72,6 +74,7 @@ impl Ctx {
     pub fn new(cfg: Config, control_plane: Arc<dyn ControlPlane>) -> Self {
         Self {
             keys: authn::key_cache(cfg.key_cache_capacity),
+            unknown_keys: authn::unknown_keys(cfg.key_cache_capacity),
             certs: authn::cert_cache(cfg.key_cache_capacity),
             sigv2: authn::sigv2_cache(cfg.key_cache_capacity),
             tokens: authn::token_cache(TOKEN_CACHE_BYTES),
@@ -96,6 +99,7 @@ impl Ctx {
     pub(crate) async fn invalidate(&self, inv: &Invalidation) {
         match inv {
             Invalidation::Key(access_key) => {
+                self.unknown_keys.invalidate(access_key.as_str()).await;
                 let access_key = access_key.clone();
                 let sigv2_key = access_key.clone();
                 if let Err(error) = self
@@ -120,6 +124,7 @@ impl Ctx {
             Invalidation::Bucket(bucket) => self.routes.invalidate(bucket).await,
             Invalidation::All => {
                 self.keys.invalidate_all();
+                self.unknown_keys.invalidate_all();
                 self.certs.invalidate_all();
                 self.sigv2.invalidate_all();
                 self.tokens.invalidate_all();

@@ -33,6 +33,45 @@ pub(crate) use self::sigv2::sigv2_entry_of;
 pub use self::sigv2::{fold_presigned, sigv2_cache, SigV2Cache};
 pub(crate) use self::sigv4::key_cache_entry_of;
 pub use self::sigv4::{key_cache, KeyCache};
+
+/// Access keys the control plane just said it does not know, so that a
+/// flood of requests naming junk keys (say, random `ASIA…` ids, each of
+/// which costs a session-store read) reaches the control plane once per
+/// key per [`UNKNOWN_KEY_TTL`], not once per request.
+pub type UnknownKeys = moka::future::Cache<Box<str>, ()>;
+
+/// How long "unknown" is believed. Short: a key created meanwhile is also
+/// announced (`Invalidation::Key` drops its entry), but a data plane that
+/// missed the announcement must not refuse a new key for long.
+pub const UNKNOWN_KEY_TTL: std::time::Duration = std::time::Duration::from_secs(5);
+
+pub fn unknown_keys(capacity: u64) -> UnknownKeys {
+    moka::future::Cache::builder()
+        .max_capacity(capacity)
+        .time_to_live(UNKNOWN_KEY_TTL)
+        .build()
+}
+
+/// Asks `lookup` unless `access_key` was just found unknown; remembers it
+/// when the control plane says so now.
+async fn known_key<T>(
+    cx: &Ctx,
+    access_key: &str,
+    lookup: impl std::future::Future<Output = Result<T, Arc<s3gate_proto::ControlPlaneError>>>,
+) -> Result<T, Error> {
+    if cx.unknown_keys.contains_key(access_key) {
+        return Err(Error::UnknownAccessKey);
+    }
+    match lookup.await {
+        Ok(found) => Ok(found),
+        Err(e) => {
+            if matches!(*e, s3gate_proto::ControlPlaneError::UnknownAccessKey) {
+                cx.unknown_keys.insert(Box::from(access_key), ()).await;
+            }
+            Err(Error::from(&*e))
+        }
+    }
+}
 use super::{Ctx, Trace};
 use crate::error::Error;
 use crate::listen::ConnInfo;
@@ -121,5 +160,99 @@ pub async fn verify(
         Credential::ClientCertificate => mtls::verify(cx, head, conn).await,
         Credential::SigV2 => sigv2::verify(cx, head).await,
         Credential::Anonymous => anonymous::verify(head),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use async_trait::async_trait;
+    use s3gate_proto::{
+        AuthorizeRequest, ControlPlane, ControlPlaneError, Decision, Identity, Invalidation,
+        PresentedCredential, Route, SigningKeyGrant, SigningKeyRequest,
+    };
+
+    use super::*;
+    use crate::Config;
+
+    /// Knows nothing; `known_key` is given its lookups directly.
+    struct Nothing;
+
+    #[async_trait]
+    impl ControlPlane for Nothing {
+        async fn signing_key(
+            &self,
+            _: SigningKeyRequest,
+        ) -> Result<SigningKeyGrant, ControlPlaneError> {
+            Err(ControlPlaneError::UnknownAccessKey)
+        }
+        async fn authenticate(
+            &self,
+            _: PresentedCredential,
+        ) -> Result<Identity, ControlPlaneError> {
+            Err(ControlPlaneError::NotAuthenticated("none".into()))
+        }
+        async fn authorize(&self, _: AuthorizeRequest) -> Result<Decision, ControlPlaneError> {
+            Err(ControlPlaneError::Unavailable("none".into()))
+        }
+        async fn route(&self, _: &str) -> Result<Route, ControlPlaneError> {
+            Err(ControlPlaneError::NoSuchBucket)
+        }
+        async fn visible_buckets(&self, _: &Principal) -> Result<Vec<String>, ControlPlaneError> {
+            Ok(Vec::new())
+        }
+    }
+
+    async fn ask(cx: &Ctx, key: &str, calls: &AtomicUsize, answer: ControlPlaneError) -> Error {
+        known_key(cx, key, async {
+            calls.fetch_add(1, Ordering::SeqCst);
+            Err::<(), _>(Arc::new(answer))
+        })
+        .await
+        .unwrap_err()
+    }
+
+    #[tokio::test]
+    async fn an_unknown_key_is_asked_about_once_until_announced() {
+        let cx = Ctx::new(Config::default(), Arc::new(Nothing));
+        let calls = AtomicUsize::new(0);
+        let junk = "ASIAJUNKJUNKJUNKJUNK";
+        for _ in 0..50 {
+            let e = ask(&cx, junk, &calls, ControlPlaneError::UnknownAccessKey).await;
+            assert!(matches!(e, Error::UnknownAccessKey));
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        // Another key is its own question.
+        ask(
+            &cx,
+            "AKIAOTHER",
+            &calls,
+            ControlPlaneError::UnknownAccessKey,
+        )
+        .await;
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+        // A key created (or a session minted) under that name is announced.
+        cx.invalidate(&Invalidation::Key(junk.into())).await;
+        ask(&cx, junk, &calls, ControlPlaneError::UnknownAccessKey).await;
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn only_unknown_is_remembered_never_unavailable() {
+        let cx = Ctx::new(Config::default(), Arc::new(Nothing));
+        let calls = AtomicUsize::new(0);
+        for _ in 0..3 {
+            let e = ask(
+                &cx,
+                "AKIAFLAKY",
+                &calls,
+                ControlPlaneError::Unavailable("down".into()),
+            )
+            .await;
+            assert!(!matches!(e, Error::UnknownAccessKey));
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
     }
 }

@@ -131,10 +131,8 @@ pub(super) async fn verify(cx: &Ctx, head: &Parts) -> Result<Authenticated, Erro
                     ttl: grant.ttl.min(reusable),
                 })
             };
-            cx.sigv2
-                .try_get_with(key, verified)
-                .await
-                .map_err(|e| Error::from(&*e))?
+            let access_key = key.access_key.clone();
+            super::known_key(cx, &access_key, cx.sigv2.try_get_with(key, verified)).await?
         }
     };
     Ok(Authenticated {

@@ -99,10 +99,13 @@ pub(super) async fn verify(
                 security_token_sha256: security_token(head, &auth)?
                     .map(|t| s3gate_s3::sts::token_sha256(&t)),
             };
-            cx.keys
-                .try_get_with(cache_key, cx.control_plane.signing_key(ask))
-                .await
-                .map_err(|e| Error::from(&*e))?
+            super::known_key(
+                cx,
+                &scope.access_key,
+                cx.keys
+                    .try_get_with(cache_key, cx.control_plane.signing_key(ask)),
+            )
+            .await?
         }
     };
     // The signature first: until it matches, the caller has not shown it
