@@ -208,7 +208,7 @@ impl Database {
             })
             .collect::<Result<Vec<_>, _>>()?;
         let sql: Arc<str> = Arc::from(rewritten.text);
-        tokio::spawn(probe(pool.clone(), sql.clone(), section));
+        tokio::spawn(probe(pool.clone(), sql.clone(), binds.len(), section));
         Ok(Self {
             source_name,
             pool,
@@ -339,22 +339,29 @@ enum ProbeError {
 }
 
 impl Pool {
-    /// Connects and prepares `sql` once.
-    async fn check(&self, sql: &str) -> Result<(), ProbeError> {
+    /// Connects and prepares `sql` (with `binds` text parameters) once.
+    ///
+    /// The parameters are declared text, as the queries bind them: the
+    /// connection keeps the prepared statement for the queries, and one
+    /// prepared without types would take PostgreSQL's guess (`:groups::jsonb`
+    /// makes it a jsonb parameter, which a text value then does not fit).
+    async fn check(&self, sql: &str, binds: usize) -> Result<(), ProbeError> {
         let prepared = match self {
             Pool::Postgres(pool) => {
                 let mut conn = pool
                     .acquire()
                     .await
                     .map_err(|e| ProbeError::Unreachable(e.to_string()))?;
-                conn.prepare(sql).await.map(drop)
+                let text = <String as sqlx::Type<sqlx::Postgres>>::type_info();
+                conn.prepare_with(sql, &vec![text; binds]).await.map(drop)
             }
             Pool::Sqlite(pool) => {
                 let mut conn = pool
                     .acquire()
                     .await
                     .map_err(|e| ProbeError::Unreachable(e.to_string()))?;
-                conn.prepare(sql).await.map(drop)
+                let text = <String as sqlx::Type<sqlx::Sqlite>>::type_info();
+                conn.prepare_with(sql, &vec![text; binds]).await.map(drop)
             }
         };
         prepared.map_err(|e| match e {
@@ -367,10 +374,10 @@ impl Pool {
 /// Connects in the background and says in the log when the database
 /// answers, and whether the query prepares; retries (with a growing pause)
 /// while it cannot be reached.
-async fn probe(pool: Pool, sql: Arc<str>, section: &'static str) {
+async fn probe(pool: Pool, sql: Arc<str>, binds: usize, section: &'static str) {
     let mut pause = Duration::from_millis(250);
     loop {
-        let checked = tokio::time::timeout(Duration::from_secs(10), pool.check(&sql))
+        let checked = tokio::time::timeout(Duration::from_secs(10), pool.check(&sql, binds))
             .await
             .unwrap_or_else(|_| Err(ProbeError::Unreachable("no answer within 10s".into())));
         match checked {
