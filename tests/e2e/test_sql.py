@@ -15,7 +15,8 @@ the rules publishes one to every data plane); secrets from a keys table
 (SigV4 through boto3 and the aws cli, SigV2, a wrong secret refused with
 SignatureDoesNotMatch, an unknown key with InvalidAccessKeyId); a database
 that is not there at start: s3gate starts, answers 503 and forwards
-nothing, then decides once the database exists. PostgreSQL only: a slow
+nothing, then decides once the database exists; a query that does not
+prepare is logged at start and answers 503. PostgreSQL only: a slow
 query (pg_sleep) past the source's timeout is a 503 and forwards nothing;
 the distributed mode (control plane and data plane processes).
 """
@@ -482,6 +483,29 @@ def test_a_slow_query_times_out_with_503(backend, tmp_path):
                 stop_gateway(gw)
     finally:
         db.drop()
+
+
+def test_a_query_that_does_not_prepare_is_logged_and_is_503(backend, tmp_path):
+    """A typo in the query does not stop s3gate; the log says what the
+    database said, and the source cannot decide (503)."""
+    db = new_database("sqlite", tmp_path)
+    db.create()
+    db.exec(GRANTS)
+    broken = "SELEC effect FROM grants WHERE principal = :principal"
+    with Recorder() as rec:
+        extra = recorder_config(rec, [("allow", ["alice"], ["s3:*"], ["rec", "rec/*"])])
+        extra += sql_config(db, policy_query=broken)
+        gw = launch_gateway(tmp_path, backend, "s3gate-sql-typo", extra)
+        try:
+            log_says(gw, "the query does not prepare")
+            assert "SELEC" in gw.log_path.read_text(errors="replace"), "the database's complaint is not in the log"
+            alice = _client(gw.endpoint, gw.keys["alice"].access_key, gw.keys["alice"].secret_key)
+            with pytest.raises(botocore.exceptions.ClientError) as e:
+                alice.get_object(Bucket="rec", Key="a.txt")
+            assert code(e) == (503, "ServiceUnavailable")
+            assert rec.taken() == []
+        finally:
+            stop_gateway(gw)
 
 
 def test_distributed_mode(backend, tmp_path):

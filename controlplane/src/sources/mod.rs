@@ -3,8 +3,8 @@
 //!
 //! | kind | trait | answers | built-in source |
 //! |---|---|---|---|
-//! | identity | [`IdentitySource`] | access key → principal + derived signing key; token or certificate → identity | [`identity::Keys`] (s3gate-issued keys), [`mtls::ClientCertificates`] (verified client certificates), [`oidc::Oidc`] (JWT bearer tokens, standing), [`sessions::Sessions`] (STS session keys, standing) |
-//! | policy | [`PolicySource`] | request → allow / deny / abstain, with reason, scope, TTL | [`policy::Rules`] (built-in rules) |
+//! | identity | [`IdentitySource`] | access key → principal + derived signing key; token or certificate → identity | [`identity::Keys`] (s3gate-issued keys), [`mtls::ClientCertificates`] (verified client certificates), [`oidc::Oidc`] (JWT bearer tokens, standing), [`sessions::Sessions`] (STS session keys, standing), [`sql::identity::SqlKeys`] (`[[identity]] kind = "sql"`, standing) |
+//! | policy | [`PolicySource`] | request → allow / deny / abstain, with reason, scope, TTL | [`policy::Rules`] (built-in rules), [`sql::policy::SqlPolicy`] (`[[policy]] kind = "sql"`, standing) |
 //! | credentials | [`CredentialSource`] | backend → the credentials to sign with, and until when | [`credentials::StaticHmac`] |
 //!
 //! A source is a value behind an `Arc<dyn …>`. Two lifetimes:
