@@ -315,11 +315,11 @@ class NginxProxy:
 
 
 class Gateway:
-    def __init__(self, exe: Path, work: Path, name: str, upstream: Upstream, keys: "Keys", log_level: str = "info", extra_env: dict | None = None, issuer: str | None = None):
+    def __init__(self, exe: Path, work: Path, name: str, upstream: Upstream, keys: "Keys", log_level: str = "info", extra_env: dict | None = None, issuer: str | None = None, extra_config: str = ""):
         extra_env = extra_env or {}
         self.name = name
         cfg = work / f"{name}.toml"
-        cfg.write_text(render_config(upstream, keys, issuer))
+        cfg.write_text(render_config(upstream, keys, issuer) + extra_config)
         ready = work / f"{name}.ready.json"
         env = {**os.environ, "S3GATE_LOG": log_level, **extra_env}
         argv = [str(exe), "serve", "--config", str(cfg), "--listen", "127.0.0.1:0", "--ready-file", str(ready)]
@@ -433,6 +433,65 @@ def truncate_log(p: Path) -> None:
             p.write_bytes(b"[... truncated by the harness ...]\n" + tail)
     except OSError:
         pass
+
+
+class SqlGrants:
+    """The cold rules of render_config as rows of a grants table, in a
+    database of its own on the PostgreSQL server at `postgres_url` (made
+    here with psql, dropped at the end; skipped when there is no psql or no
+    server) and in a SQLite file: S4sql's `[[policy]] kind = "sql"`."""
+
+    SCHEMA = ("CREATE TABLE grants (principal text, bucket text, prefix text, suffix text, action text, effect text);"
+              "INSERT INTO grants VALUES ('group:cold', 'bench', 'cold/', '', 's3:GetObject', 'allow'),"
+              " ('group:cold', 'bench', 'cold/', '.secret', 's3:GetObject', 'deny');")  # fmt: skip
+    # No scope_prefix: every answer is for the exact key, as the built-in
+    # rules' are here.
+    QUERY = ("SELECT effect FROM grants WHERE bucket = :bucket AND action = :action"
+             " AND principal IN ({groups})"
+             " AND substr(:key, 1, length(prefix)) = prefix"
+             " AND substr(:key, length(:key) - length(suffix) + 1) = suffix")  # fmt: skip
+    PG_GROUPS = "SELECT 'group:' || g FROM jsonb_array_elements_text(:groups::jsonb) AS g"
+    SQLITE_GROUPS = "SELECT 'group:' || value FROM json_each(:groups)"
+
+    def __init__(self, work: Path, postgres_url: str):
+        self.admin_url = postgres_url
+        self.pg_name = f"s3gate_bench_{secrets.token_hex(6)}"
+        base, _, _ = postgres_url.rpartition("/")
+        self.pg_url = f"{base}/{self.pg_name}"
+        self.sqlite = work / "grants.db"
+        self.pg = False
+
+    def psql(self, url: str, sql: str) -> bool:
+        exe = shutil.which("psql")
+        if exe is None:
+            return False
+        r = subprocess.run([exe, "-X", "-q", "-v", "ON_ERROR_STOP=1", url, "-c", sql], capture_output=True, text=True,
+                           timeout=60, stdin=subprocess.DEVNULL)  # fmt: skip
+        if r.returncode != 0:
+            print(f"  S4sql: psql: {r.stderr.strip()[:300]}", flush=True)
+        return r.returncode == 0
+
+    def __enter__(self) -> "SqlGrants":
+        import sqlite3
+
+        with sqlite3.connect(self.sqlite) as c:
+            c.executescript(self.SCHEMA)
+        c.close()
+        self.pg = self.psql(self.admin_url, f'CREATE DATABASE "{self.pg_name}"') and self.psql(self.pg_url, self.SCHEMA)
+        if not self.pg:
+            print("  S4sql: no PostgreSQL (psql and a server at --postgres-url): SQLite only", flush=True)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.pg:
+            self.psql(self.admin_url, f'DROP DATABASE IF EXISTS "{self.pg_name}" WITH (FORCE)')
+
+    def configs(self) -> list[tuple[str, str]]:
+        def policy(url: str, groups: str) -> str:
+            return "\n".join(toml_table("policy", dict(kind="sql", url=url, query=self.QUERY.format(groups=groups), timeout="1s"))) + "\n"
+
+        out = [("postgres", policy(self.pg_url, self.PG_GROUPS))] if self.pg else []
+        return out + [("sqlite", policy(f"sqlite://{self.sqlite}", self.SQLITE_GROUPS))]
 
 
 class Keys:
@@ -603,10 +662,10 @@ class Bench:
         self.gw_count = 0
         self._idp = None
 
-    def gateway(self, up: Upstream, log_level: str = "info", issuer: str | None = None) -> Gateway:
+    def gateway(self, up: Upstream, log_level: str = "info", issuer: str | None = None, extra_config: str = "") -> Gateway:
         self.gw_count += 1
         env = dict(kv.split("=", 1) for kv in self.args.gateway_env)
-        return Gateway(self.gw_exe, self.work, f"s3gate-{self.gw_count:03d}-{up.name}", up, self.keys, log_level, env, issuer)
+        return Gateway(self.gw_exe, self.work, f"s3gate-{self.gw_count:03d}-{up.name}", up, self.keys, log_level, env, issuer, extra_config)
 
     def idp(self):
         """The OIDC provider of S1s/STS (oauth2-mock-server), started once."""
@@ -815,6 +874,28 @@ class Bench:
                 self.load("S4", up, gw, r, args, c["s4_duration"], ["--creds", str(self.keys.cold_file)])
             finally:
                 gw.stop()
+
+    # S4sql: S4 with the decisions from a `[[policy]] kind = "sql"` source
+    # alone (the same grants as the built-in rules, as rows without a
+    # scope: every request is a decision miss and one query), against the
+    # machine's PostgreSQL and a SQLite file; interleaved with the built-in
+    # rules (`s3gate`), a fresh gateway per round.
+    # S4sql-c1 is the same with one connection: no queueing, so the p99
+    # over the built-in rules' is what a SQL decision adds.
+    def s4sql(self, up: Upstream) -> None:
+        c = self.cfg
+        cold = ["--creds", str(self.keys.cold_file)]
+        with SqlGrants(self.work, self.args.postgres_url) as dbs:
+            for r in range(c["rounds"]):
+                for scen, conns in (("S4sql", "32"), ("S4sql-c1", "1")):
+                    args = ["-c", conns, "--warmup", "0", "--unique", "--max-requests", str(c["s4_pool"]), "--get-key", "cold/{i}"]
+                    self.load(scen, up, None, r, args, c["s4_duration"], self.direct_creds(up))
+                    for label, extra in [("s3gate", ""), *((f"s3gate-sql-{k}", cfg) for k, cfg in dbs.configs())]:
+                        gw = self.gateway(up, extra_config=extra)
+                        try:
+                            self.load(scen, up, gw, r, args, c["s4_duration"], cold, label=label)
+                        finally:
+                            gw.stop()
 
     # S1g: S1 through `s3gate dataplane` + `controlplane` + Redis, interleaved
     # with direct and `serve` in the same rounds. After the warm-up every
@@ -1034,8 +1115,10 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="a few seconds per scenario, 1 round, 128 MiB transfers")
     ap.add_argument("--rounds", type=int, help="rounds per scenario (default 3, quick 1)")
-    ap.add_argument("--scenarios", default="S1,S2,S3,S4,S5", help="comma-separated subset of S1..S5, plus S1g/S4g (S1/S4 through controlplane + dataplane + Redis), "
+    ap.add_argument("--scenarios", default="S1,S2,S3,S4,S5", help="comma-separated subset of S1..S5, plus S1g/S4g (S1/S4 through controlplane + dataplane + Redis), S4sql (S4 with a [[policy]] kind=sql: PostgreSQL, SQLite), "
                     "S1s (S1 with STS session keys against a static key) and STS (cold AssumeRoleWithWebIdentity calls); the last four are not in the default set")
+    ap.add_argument("--postgres-url", default=os.environ.get("S3GATE_BENCH_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/postgres"),
+                    help="a PostgreSQL server where S4sql may create (and then drops) a database of its own")
     ap.add_argument("--redis-bin", default=shutil.which("redis-server") or "/usr/bin/redis-server", help="redis-server for S1g/S4g (a private one on a free 127.0.0.1 port, no persistence)")
     ap.add_argument("--upstreams", default="nginx,s3s-fs", help="comma-separated subset of nginx,s3s-fs")
     ap.add_argument("--nginx-workers", type=int, default=1, help="nginx worker processes (default 1)")
@@ -1060,6 +1143,7 @@ def main() -> int:
     scenarios = [s.strip().upper() for s in args.scenarios.split(",") if s.strip()]
     scenarios = [s[:-1] + "g" if s.endswith("G") else s for s in scenarios]  # S4G -> S4g
     scenarios = ["S1s" if s == "S1S" else s for s in scenarios]
+    scenarios = ["S4sql" if s == "S4SQL" else s for s in scenarios]
     upstreams = [u.strip() for u in args.upstreams.split(",") if u.strip()]
     for exe in (args.gateway_bin, args.loadgen_bin):
         if not exe.exists():

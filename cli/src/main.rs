@@ -570,15 +570,6 @@ async fn standing_sources(
     sts: &StsArgs,
 ) -> anyhow::Result<Registry> {
     let mut registry = Registry::default();
-    if let Some(file) = file {
-        s3gate_controlplane::sources::register_configured(
-            &mut registry,
-            &file.policy,
-            &file.identity,
-            &file.cache,
-        )
-        .await?;
-    }
     let providers = (!providers.is_empty()).then_some(providers);
     if let Some(providers) = &providers {
         info!(providers = ?providers.names().collect::<Vec<_>>(), "oidc providers configured");
@@ -606,6 +597,18 @@ async fn standing_sources(
             per_principal: sts.sts_max_sessions_per_principal,
         },
     );
+    // After the sessions source: it answers only `ASIA…` keys, at once for
+    // any other, so a configured lookup (a SQL database) that is down does
+    // not take STS sessions down with it.
+    if let Some(file) = file {
+        s3gate_controlplane::sources::register_configured(
+            &mut registry,
+            &file.policy,
+            &file.identity,
+            &file.cache,
+        )
+        .await?;
+    }
     Ok(registry)
 }
 

@@ -3,8 +3,8 @@
 //!
 //! | kind | trait | answers | built-in source |
 //! |---|---|---|---|
-//! | identity | [`IdentitySource`] | access key → principal + derived signing key; token or certificate → identity | [`identity::Keys`] (s3gate-issued keys), [`mtls::ClientCertificates`] (verified client certificates), [`oidc::Oidc`] (JWT bearer tokens, standing), [`sessions::Sessions`] (STS session keys, standing) |
-//! | policy | [`PolicySource`] | request → allow / deny / abstain, with reason, scope, TTL | [`policy::Rules`] (built-in rules) |
+//! | identity | [`IdentitySource`] | access key → principal + derived signing key; token or certificate → identity | [`identity::Keys`] (s3gate-issued keys), [`mtls::ClientCertificates`] (verified client certificates), [`oidc::Oidc`] (JWT bearer tokens, standing), [`sessions::Sessions`] (STS session keys, standing), [`sql::identity::SqlKeys`] (`[[identity]] kind = "sql"`, standing) |
+//! | policy | [`PolicySource`] | request → allow / deny / abstain, with reason, scope, TTL | [`policy::Rules`] (built-in rules), [`sql::policy::SqlPolicy`] (`[[policy]] kind = "sql"`, standing) |
 //! | credentials | [`CredentialSource`] | backend → the credentials to sign with, and until when | [`credentials::StaticHmac`] |
 //!
 //! A source is a value behind an `Arc<dyn …>`. Two lifetimes:
@@ -31,6 +31,7 @@ pub mod mtls;
 pub mod oidc;
 pub mod policy;
 pub mod sessions;
+pub mod sql;
 
 use std::sync::Arc;
 
@@ -184,9 +185,13 @@ pub struct BuildError {
     pub message: String,
 }
 
-/// Where one `[[policy]]` entry goes in the chain. Register a new policy
-/// source kind here (and its settings in [`PolicyConfig`]).
-pub async fn policy_slot(config: &PolicyConfig) -> Result<PolicySlot, BuildError> {
+/// Where one `[[policy]]` entry goes in the chain (`cache`: its
+/// `decision_ttl` caps every answer's TTL). Register a new policy source
+/// kind here (and its settings in [`PolicyConfig`]).
+pub async fn policy_slot(
+    config: &PolicyConfig,
+    cache: &CacheConfig,
+) -> Result<PolicySlot, BuildError> {
     let unbuilt = |kind: &'static str| BuildError {
         section: "policy",
         kind,
@@ -194,6 +199,9 @@ pub async fn policy_slot(config: &PolicyConfig) -> Result<PolicySlot, BuildError
     };
     match config {
         PolicyConfig::Builtin(_) => Ok(PolicySlot::Rules),
+        PolicyConfig::Sql(c) => Ok(PolicySlot::Source(Arc::new(sql::policy::SqlPolicy::new(
+            c, cache,
+        )?))),
         other => Err(unbuilt(other.kind())),
     }
 }
@@ -204,12 +212,14 @@ pub async fn identity_source(
     config: &IdentityConfig,
     cache: &CacheConfig,
 ) -> Result<Arc<dyn IdentitySource>, BuildError> {
-    let _ = cache;
-    Err(BuildError {
-        section: "identity",
-        kind: config.kind(),
-        message: "this kind of source is not available in this build".into(),
-    })
+    match config {
+        IdentityConfig::Sql(c) => Ok(Arc::new(sql::identity::SqlKeys::new(c, cache)?)),
+        other => Err(BuildError {
+            section: "identity",
+            kind: other.kind(),
+            message: "this kind of source is not available in this build".into(),
+        }),
+    }
 }
 
 /// The `[[policy]]` and `[[identity]]` entries of a config file, placed in
@@ -225,7 +235,7 @@ pub async fn register_configured(
     if !policy.is_empty() {
         let mut chain = Vec::with_capacity(policy.len());
         for entry in policy {
-            chain.push(policy_slot(entry).await?);
+            chain.push(policy_slot(entry, cache).await?);
         }
         registry.policy = chain;
     }
