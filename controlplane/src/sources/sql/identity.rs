@@ -165,6 +165,7 @@ mod tests {
             date: "20261203".into(),
             region: "us-east-1".into(),
             service: "s3".into(),
+            security_token_sha256: None,
         };
         let grant = k.signing_key(&req).await.unwrap().unwrap();
         let expected = SigningKey::derive("s1", "20261203", "us-east-1", "s3");
