@@ -551,6 +551,7 @@ impl Admin for AdminService {
             scope: pb_decision.scope,
             principal: Some((&principal).into()),
             identity_source,
+            ..Default::default()
         }))
     }
 

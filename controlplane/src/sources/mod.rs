@@ -27,6 +27,7 @@
 pub mod credentials;
 pub mod guard;
 pub mod identity;
+pub mod input;
 pub mod mtls;
 pub mod oidc;
 pub mod policy;
