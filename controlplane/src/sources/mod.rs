@@ -30,6 +30,7 @@ pub mod identity;
 pub mod input;
 pub mod mtls;
 pub mod oidc;
+pub mod opa;
 pub mod policy;
 pub mod rego;
 pub mod sessions;
@@ -227,6 +228,7 @@ pub async fn policy_slot(
         PolicyConfig::Rego(c) => Ok(PolicySlot::Source(
             rego::build(c, cache.decision_ttl, changed.clone()).await?,
         )),
+        PolicyConfig::Opa(c) => Ok(PolicySlot::Source(opa::build(c, cache.decision_ttl)?)),
         other => Err(unbuilt(other.kind())),
     }
 }
