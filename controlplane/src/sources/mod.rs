@@ -39,7 +39,9 @@ use std::sync::Arc;
 
 pub use credentials::CredentialSource;
 pub use identity::IdentitySource;
-pub use policy::{Answer, PolicyChain, PolicySource, Verdict, VerdictKind};
+pub use policy::{
+    Answer, Explanation, PolicyChain, PolicySource, SourceAnswer, Verdict, VerdictKind,
+};
 
 use crate::config::{CacheConfig, IdentityConfig, PolicyConfig};
 use crate::state::State;

@@ -1734,7 +1734,7 @@ pub struct ExplainResponse {
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct SourceAnswer {
-    /// The source's kind as configured: "builtin", "rego", "opa", …
+    /// The source's name: "rules" (the built-in [rules](rules)), "rego", "opa", …
     #[prost(string, tag = "1")]
     pub source: ::prost::alloc::string::String,
     /// "allow", "deny", "abstain" or "error" (could not answer).
