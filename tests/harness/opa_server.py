@@ -37,38 +37,39 @@ import regorus
 
 
 class Policies:
+    """The Rego files, compiled per thread: a regorus Python Engine must stay
+    on the thread that made it. Recompiled when the files change."""
+
     def __init__(self, files: list[Path]):
         self.files = files
-        self.lock = threading.Lock()
-        self.stamp = None
-        self.engine = None
+        self.local = threading.local()
         self.delay_s = 0.0
         self.count = 0
+        self.count_lock = threading.Lock()
 
-    def _load(self) -> None:
+    def _engine(self):
         stamp = [(f, f.stat().st_mtime_ns, f.stat().st_size) for f in self.files]
-        if stamp == self.stamp:
-            return
-        engine = regorus.Engine()
-        for f in self.files:
-            engine.add_policy(str(f), f.read_text())
-        self.engine, self.stamp = engine, stamp
+        if getattr(self.local, "stamp", None) != stamp:
+            engine = regorus.Engine()
+            for f in self.files:
+                engine.add_policy(str(f), f.read_text())
+            self.local.engine, self.local.stamp = engine, stamp
+        return self.local.engine
 
     def evaluate(self, path: str, input_doc) -> dict:
-        with self.lock:
+        with self.count_lock:
             self.count += 1
-            self._load()
-            engine = self.engine
-            engine.set_input_json(json.dumps(input_doc))
-            rule = "data." + ".".join(p for p in path.split("/") if p)
-            try:
-                value = json.loads(engine.eval_rule_as_json(rule))
-            except RuntimeError as e:
-                # regorus: a path with no rule at all is an error; OPA
-                # answers it as undefined.
-                if "not a valid rule path" in str(e) or "no rule" in str(e):
-                    return {}
-                raise
+        engine = self._engine()
+        engine.set_input_json(json.dumps(input_doc))
+        rule = "data." + ".".join(p for p in path.split("/") if p)
+        try:
+            value = json.loads(engine.eval_rule_as_json(rule))
+        except RuntimeError as e:
+            # regorus: a path with no rule at all is an error; OPA
+            # answers it as undefined.
+            if "not a valid rule path" in str(e) or "no rule" in str(e):
+                return {}
+            raise
         # This regorus build answers an undefined rule as "<undefined>".
         return {} if value in (None, "<undefined>") else {"result": value}
 

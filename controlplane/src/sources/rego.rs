@@ -481,6 +481,37 @@ decision := {"deny": true, "reason": "secrets are off limits"} if {
         assert!(each < Duration::from_micros(500), "{each:?}");
     }
 
+    /// Cold decisions per second of one Rego source on every core at once
+    /// (`cargo test --release -p s3gate-controlplane rego_decisions_per_second
+    /// -- --ignored --nocapture`): bench/README's "rego embedded" number.
+    #[test]
+    #[ignore = "a measurement, not a check"]
+    fn rego_decisions_per_second() {
+        let (rego, _, _) = source("rate", POLICY);
+        let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let per_thread = 50_000;
+        let start = Instant::now();
+        std::thread::scope(|s| {
+            for t in 0..threads {
+                let rego = &rego;
+                s.spawn(move || {
+                    for i in 0..per_thread {
+                        let req = request("alice", &["analysts"], &format!("reports/{t}-{i}"));
+                        let a = rego
+                            .evaluate(super::super::input::input_document(&req))
+                            .unwrap();
+                        assert_eq!(a.kind, VerdictKind::Allow);
+                    }
+                });
+            }
+        });
+        let n = (threads * per_thread) as f64;
+        eprintln!(
+            "{threads} threads: {:.0} rego decisions/s",
+            n / start.elapsed().as_secs_f64()
+        );
+    }
+
     #[test]
     fn the_policy_is_shared_across_threads() {
         fn shared<T: Send + Sync>() {}
