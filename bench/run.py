@@ -504,6 +504,14 @@ class Keys:
         self.cold_file.write_text("".join(f"{a} {s}\n" for a, s in self.cold))
 
 
+# `--policy`: the [[policy]] tables appended to every gateway config (set in
+# main). "none": no [[policy]] (the built-in rules alone); "builtin": the same
+# chain spelled out; "rego"/"opa": bench/policy/bench.rego, which decides
+# exactly as the rules below (cold group: cold/* except *.secret, exact
+# scope), alone in the chain, evaluated in-process or by the OPA stand-in.
+POLICY_TABLES = ""
+
+
 def render_config(up: Upstream, keys: Keys, issuer: str | None = None) -> str:
     out = [
         'listen = "127.0.0.1:0"',
@@ -535,7 +543,26 @@ def render_config(up: Upstream, keys: Keys, issuer: str | None = None) -> str:
             "rules", dict(effect="allow", principals=["group:sts-hot"], actions=["s3:*"], resources=[BUCKET, f"{BUCKET}/*"]),
             "Sessions of the bench role: the same bucket-wide allow as the hot key (S1s).",
         )
-    return "\n".join(out) + "\n"
+    return "\n".join(out) + "\n" + POLICY_TABLES
+
+
+def policy_tables(policy: str, work: Path) -> str:
+    """The [[policy]] tables of `--policy`; starts the OPA stand-in for "opa"."""
+    rego = REPO / "bench" / "policy" / "bench.rego"
+    if policy == "none":
+        return ""
+    if policy == "builtin":
+        return "\n".join(toml_table("policy", dict(kind="builtin"))) + "\n"
+    if policy == "rego":
+        return "\n".join(toml_table("policy", dict(kind="rego", files=[str(rego)]))) + "\n"
+    if policy == "opa":
+        ready = work / "opa.ready.json"
+        proc = procs.Proc("opa", [sys.executable, str(REPO / "tests/harness/opa_server.py"), "--port", "0",
+                                  "--ready-file", str(ready), str(rego)], work / "opa.log")  # fmt: skip
+        info = wait_for(lambda: procs.read_ready_file(ready), "the OPA stand-in", proc)
+        url = f"http://{info['addr']}/v1/data/s3gate/decision"
+        return "\n".join(toml_table("policy", dict(kind="opa", url=url, timeout="1s"))) + "\n"
+    raise SystemExit(f"--policy {policy}: one of none, builtin, rego, opa")
 
 
 def assume_role(gw: "Gateway", token: str, seconds: int = 43200) -> tuple[str, str, str]:
@@ -1112,6 +1139,7 @@ def profile_s1(args, cfg: dict, work: Path, root: Path, runner: Runner) -> int:
 
 
 def main() -> int:
+    global POLICY_TABLES
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="a few seconds per scenario, 1 round, 128 MiB transfers")
     ap.add_argument("--rounds", type=int, help="rounds per scenario (default 3, quick 1)")
@@ -1134,6 +1162,9 @@ def main() -> int:
     ap.add_argument("--profile-seconds", type=int, default=10)
     ap.add_argument("--profile-freq", type=int, default=999, help="perf sampling frequency (Hz)")
     ap.add_argument("--profile-log", default="info", help="S3GATE_LOG for the profiled gateway")
+    ap.add_argument("--policy", default="none", help="the decision chain of every gateway: none (no [[policy]]), builtin, rego "
+                    "(bench/policy/bench.rego in-process) or opa (the same file behind tests/harness/opa_server.py, OPA's "
+                    "REST API over a Python Rego engine); S4 then measures cold decisions of that source")
     ap.add_argument("--out", type=Path, default=REPO / "target/bench", help="where results JSON/Markdown go")
     args = ap.parse_args()
 
@@ -1178,6 +1209,8 @@ def main() -> int:
             if own_work:
                 shutil.rmtree(work, ignore_errors=True)
 
+    POLICY_TABLES = policy_tables(args.policy, work)
+    print(f"policy: {args.policy}")
     bench = Bench(args, cfg, work, args.gateway_bin, runner)
     ups: dict[str, Upstream] = {}
     rc = 0

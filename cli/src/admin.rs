@@ -890,19 +890,72 @@ async fn execute(mut client: Client, args: AdminArgs) -> anyhow::Result<()> {
                 .as_ref()
                 .map(|p| p.name.clone())
                 .unwrap_or_default();
+            let scope_text = |scope: i32, prefix: &str| match pb::Scope::try_from(scope) {
+                Ok(pb::Scope::Exact) => "exact".to_owned(),
+                Ok(pb::Scope::Prefix) => format!("prefix {prefix:?}"),
+                Ok(pb::Scope::Bucket) => "bucket".to_owned(),
+                _ => "-".to_owned(),
+            };
             if out.json {
+                let sources: Vec<Value> = r
+                    .sources
+                    .iter()
+                    .map(|a| {
+                        json!({"source": a.source, "verdict": a.verdict, "reason": a.reason,
+                               "by": a.by, "scope": scope_text(a.scope, &a.scope_prefix),
+                               "scope_prefix": a.scope_prefix, "ttl_ms": a.ttl_ms})
+                    })
+                    .collect();
                 println!(
                     "{}",
                     json!({"allow": r.allow, "reason": r.reason, "rule": r.rule, "principal": who,
-                           "identity": r.identity_source})
+                           "identity": r.identity_source, "decided_by": r.decided_by,
+                           "scope": scope_text(r.scope, &r.scope_prefix), "scope_prefix": r.scope_prefix,
+                           "ttl_ms": r.ttl_ms, "unavailable": r.unavailable, "sources": sources})
                 );
             } else {
+                let verdict = if r.unavailable {
+                    "UNAVAILABLE (503)"
+                } else if r.allow {
+                    "ALLOW"
+                } else {
+                    "DENY"
+                };
                 println!(
-                    "{} ({}) for principal {who} (identity: {})",
-                    if r.allow { "ALLOW" } else { "DENY" },
-                    r.reason,
-                    r.identity_source
+                    "{verdict} ({}) for principal {who} (identity: {})",
+                    r.reason, r.identity_source
                 );
+                if !r.unavailable {
+                    println!(
+                        "  decided by: {}; cached: scope {}, ttl {}ms",
+                        if r.decided_by.is_empty() {
+                            "no source allowed it"
+                        } else {
+                            &r.decided_by
+                        },
+                        scope_text(r.scope, &r.scope_prefix),
+                        r.ttl_ms
+                    );
+                }
+                for a in &r.sources {
+                    let by = if a.by.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" [{}]", a.by)
+                    };
+                    if a.verdict == "error" {
+                        println!("  {:<8} error: {}", a.source, a.reason);
+                    } else {
+                        println!(
+                            "  {:<8} {:<7} {}{by}; scope {}, ttl {}ms",
+                            a.source,
+                            a.verdict,
+                            a.reason,
+                            scope_text(a.scope, &a.scope_prefix),
+                            a.ttl_ms
+                        );
+                    }
+                }
             }
         }
         AdminCommand::Status => {

@@ -19,6 +19,7 @@ use crate::config::{AddressingStyleConfig, Effect, Secret};
 use crate::credential::CredentialSpec;
 use crate::replica::Replica;
 use crate::session::SessionTarget;
+use crate::sources::VerdictKind;
 use crate::state::{
     BackendRecord, BucketRecord, Change, ChangeError, CorsRule, KeyRecord, RuleRecord,
 };
@@ -540,19 +541,71 @@ impl Admin for AdminService {
                 ..Default::default()
             },
         };
-        let (decision, rule) = snapshot
-            .explain(&ask)
-            .await
-            .map_err(|e| Status::unavailable(e.to_string()))?;
-        let pb_decision = pb::AuthorizeResponse::from(&decision);
-        Ok(Response::new(pb::ExplainResponse {
-            allow: decision.allow,
-            reason: decision.reason,
-            rule: rule.unwrap_or_default(),
-            scope: pb_decision.scope,
-            principal: Some((&principal).into()),
-            identity_source,
-        }))
+        let explanation = snapshot.explain_sources(&ask).await;
+        let scope_of = |scope: &s3gate_proto::Scope| match scope {
+            s3gate_proto::Scope::Exact => (pb::Scope::Exact, String::new()),
+            s3gate_proto::Scope::Prefix(p) => (pb::Scope::Prefix, p.clone()),
+            s3gate_proto::Scope::Bucket => (pb::Scope::Bucket, String::new()),
+        };
+        let ms = |d: std::time::Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let sources = explanation
+            .answers
+            .iter()
+            .map(|a| match &a.verdict {
+                Ok(v) => {
+                    let (scope, scope_prefix) = scope_of(&v.scope);
+                    pb::SourceAnswer {
+                        source: a.source.to_owned(),
+                        verdict: match v.kind {
+                            VerdictKind::Allow => "allow",
+                            VerdictKind::Deny => "deny",
+                            VerdictKind::Abstain => "abstain",
+                        }
+                        .to_owned(),
+                        reason: v.reason.clone(),
+                        by: v.by.clone().unwrap_or_default(),
+                        scope: scope as i32,
+                        scope_prefix,
+                        ttl_ms: ms(v.ttl),
+                    }
+                }
+                Err(e) => pb::SourceAnswer {
+                    source: a.source.to_owned(),
+                    verdict: "error".to_owned(),
+                    reason: e.message.clone(),
+                    ..Default::default()
+                },
+            })
+            .collect();
+        let response = match explanation.outcome {
+            Ok((decision, rule, decided_by)) => {
+                let (scope, scope_prefix) = scope_of(&decision.scope);
+                pb::ExplainResponse {
+                    allow: decision.allow,
+                    reason: decision.reason,
+                    rule: rule.unwrap_or_default(),
+                    scope: scope as i32,
+                    principal: Some((&principal).into()),
+                    identity_source,
+                    sources,
+                    decided_by: decided_by.unwrap_or_default().to_owned(),
+                    scope_prefix,
+                    ttl_ms: ms(decision.ttl),
+                    unavailable: false,
+                }
+            }
+            Err((source, error)) => pb::ExplainResponse {
+                allow: false,
+                reason: format!("cannot decide: {error} (the data plane answers 503)"),
+                principal: Some((&principal).into()),
+                identity_source,
+                sources,
+                decided_by: source.to_owned(),
+                unavailable: true,
+                ..Default::default()
+            },
+        };
+        Ok(Response::new(response))
     }
 
     async fn status(

@@ -118,6 +118,11 @@ impl Snapshot {
         self.sources.policy.explain(req).await.map_err(unavailable)
     }
 
+    /// A dry run through every policy source, with each one's answer.
+    pub async fn explain_sources(&self, req: &AuthorizeRequest) -> crate::sources::Explanation {
+        self.sources.policy.explain_sources(req).await
+    }
+
     /// The principal an access key belongs to, if any identity source knows it.
     pub async fn principal_of(
         &self,

@@ -82,6 +82,10 @@ impl Replica {
             name,
         });
         tokio::spawn(follow(Arc::downgrade(&replica), notes));
+        tokio::spawn(policy_reloads(
+            Arc::downgrade(&replica),
+            replica.registry.policy_changed.subscribe(),
+        ));
         tokio::spawn(heartbeat(Arc::downgrade(&replica)));
         Ok(replica)
     }
@@ -229,6 +233,17 @@ async fn follow(replica: Weak<Replica>, mut notes: broadcast::Receiver<Notificat
         for inv in invalidations(&note.touched, &state) {
             let _ = replica.events.send((state.version, inv));
         }
+    }
+}
+
+/// Announces a policy invalidation whenever a standing policy source
+/// reloaded its policy (not a state change: the version stays), until the
+/// replica is dropped.
+async fn policy_reloads(replica: Weak<Replica>, mut changed: watch::Receiver<u64>) {
+    while changed.changed().await.is_ok() {
+        let Some(r) = replica.upgrade() else { return };
+        info!("policy source reloaded; telling data planes to forget decisions");
+        let _ = r.events.send((r.version(), Invalidation::Policy));
     }
 }
 

@@ -149,8 +149,10 @@ def test_rule_change_reaches_every_data_plane(rc):
     eventually(lambda: works(c1, key) and works(c2, key), "new allow rule at both data planes")
     explain = rc.admin_json("cp2", "explain", "--access-key", bob.access_key, "--action", "s3:PutObject",
                             "--bucket", "data", "--key", f"rc/{key}")
-    assert explain == {"allow": True, "reason": "allowed by rule bob-shared", "rule": "bob-shared",
-                       "principal": "bob", "identity": "key"}
+    assert {k: explain[k] for k in ("allow", "reason", "rule", "principal", "identity", "decided_by")} == {
+        "allow": True, "reason": "allowed by rule bob-shared", "rule": "bob-shared", "principal": "bob",
+        "identity": "key", "decided_by": "rules"}  # fmt: skip
+    assert [(s["source"], s["verdict"]) for s in explain["sources"]] == [("rules", "allow")]
     as_jwt = rc.admin_json("cp2", "explain", "--principal", "bob", "--identity", "jwt", "--action",
                            "s3:PutObject", "--bucket", "data", "--key", f"rc/{key}")
     assert as_jwt["identity"] == "jwt" and as_jwt["allow"], as_jwt

@@ -27,9 +27,12 @@
 pub mod credentials;
 pub mod guard;
 pub mod identity;
+pub mod input;
 pub mod mtls;
 pub mod oidc;
+pub mod opa;
 pub mod policy;
+pub mod rego;
 pub mod sessions;
 pub mod sql;
 
@@ -37,7 +40,9 @@ use std::sync::Arc;
 
 pub use credentials::CredentialSource;
 pub use identity::IdentitySource;
-pub use policy::{Answer, PolicyChain, PolicySource, Verdict, VerdictKind};
+pub use policy::{
+    Answer, Explanation, PolicyChain, PolicySource, SourceAnswer, Verdict, VerdictKind,
+};
 
 use crate::config::{CacheConfig, IdentityConfig, PolicyConfig};
 use crate::state::State;
@@ -102,6 +107,24 @@ pub enum PolicySlot {
     Source(Arc<dyn PolicySource>),
 }
 
+/// Raised by a standing policy source whose policy changed without a state
+/// change (a Rego file reloaded): the replica announces a policy
+/// invalidation to every data plane. Cheap to clone; a counter, so a
+/// change is never lost between two looks.
+#[derive(Clone, Default)]
+pub struct PolicyChanged(Arc<tokio::sync::watch::Sender<u64>>);
+
+impl PolicyChanged {
+    /// Tells the replica (and so every data plane) to forget decisions.
+    pub fn notify(&self) {
+        self.0.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.0.subscribe()
+    }
+}
+
 /// The standing sources of a replica, and where the compiled built-ins go
 /// among them. Built once (from the process's configuration) and kept for
 /// the replica's lifetime.
@@ -116,6 +139,8 @@ pub struct Registry {
     pub credentials: Vec<Arc<dyn CredentialSource>>,
     /// Mints STS sessions (`[[roles]]`); none: STS calls are refused.
     pub sessions: Option<Arc<dyn crate::session::SessionIssuer>>,
+    /// Raised when a standing policy source reloaded its policy.
+    pub policy_changed: PolicyChanged,
 }
 
 impl Default for Registry {
@@ -126,6 +151,7 @@ impl Default for Registry {
             policy: vec![PolicySlot::Rules],
             credentials: Vec::new(),
             sessions: None,
+            policy_changed: PolicyChanged::default(),
         }
     }
 }
@@ -185,12 +211,15 @@ pub struct BuildError {
     pub message: String,
 }
 
-/// Where one `[[policy]]` entry goes in the chain (`cache`: its
-/// `decision_ttl` caps every answer's TTL). Register a new policy source
-/// kind here (and its settings in [`PolicyConfig`]).
+/// Where one `[[policy]]` entry goes in the chain. Register a new policy
+/// source kind here (and its settings in [`PolicyConfig`]). `cache`: the
+/// `[cache]` TTLs (an answer is never cached longer than
+/// `decision_ttl`); `changed`: what a source raises when its policy changed
+/// on its own (a reload).
 pub async fn policy_slot(
     config: &PolicyConfig,
     cache: &CacheConfig,
+    changed: &PolicyChanged,
 ) -> Result<PolicySlot, BuildError> {
     let unbuilt = |kind: &'static str| BuildError {
         section: "policy",
@@ -199,6 +228,10 @@ pub async fn policy_slot(
     };
     match config {
         PolicyConfig::Builtin(_) => Ok(PolicySlot::Rules),
+        PolicyConfig::Rego(c) => Ok(PolicySlot::Source(
+            rego::build(c, cache.decision_ttl, changed.clone()).await?,
+        )),
+        PolicyConfig::Opa(c) => Ok(PolicySlot::Source(opa::build(c, cache.decision_ttl)?)),
         PolicyConfig::Sql(c) => Ok(PolicySlot::Source(Arc::new(sql::policy::SqlPolicy::new(
             c, cache,
         )?))),
@@ -235,7 +268,7 @@ pub async fn register_configured(
     if !policy.is_empty() {
         let mut chain = Vec::with_capacity(policy.len());
         for entry in policy {
-            chain.push(policy_slot(entry, cache).await?);
+            chain.push(policy_slot(entry, cache, &registry.policy_changed).await?);
         }
         registry.policy = chain;
     }

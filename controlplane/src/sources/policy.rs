@@ -111,53 +111,149 @@ impl PolicyChain {
         &self,
         req: &AuthorizeRequest,
     ) -> Result<(Decision, Option<String>), SourceError> {
-        let mut allow: Option<Verdict> = None;
-        let mut abstain: Option<Verdict> = None;
-        let mut scope = Scope::Bucket;
-        let mut ttl = Duration::MAX;
+        let mut fold = Fold::default();
         for source in &self.sources {
             let verdict = source.decide(req).await?;
-            scope = narrower(scope, verdict.scope.clone());
-            ttl = ttl.min(verdict.ttl);
-            match verdict.kind {
-                // Final: later sources cannot allow it, and their failures
-                // cannot make it fail.
-                VerdictKind::Deny => {
-                    let decision = Decision {
-                        allow: false,
-                        reason: verdict.reason,
-                        scope: verdict.scope,
-                        ttl: verdict.ttl,
-                    };
-                    return Ok((decision, verdict.by));
+            // A deny is final: later sources cannot allow it, and their
+            // failures cannot make it fail.
+            if let Some((decision, by)) = fold.add(source.name(), verdict) {
+                return Ok((decision, by));
+            }
+        }
+        let (decision, by, _) = fold.finish();
+        Ok((decision, by))
+    }
+
+    /// Every source's answer (each one is asked, even after a deny), and
+    /// the combined outcome exactly as [`PolicyChain::decide`] reaches it.
+    pub async fn explain_sources(&self, req: &AuthorizeRequest) -> Explanation {
+        let mut answers = Vec::with_capacity(self.sources.len());
+        for source in &self.sources {
+            answers.push(SourceAnswer {
+                source: source.name(),
+                verdict: source.decide(req).await,
+            });
+        }
+        let mut fold = Fold::default();
+        let mut outcome = None;
+        for a in &answers {
+            match &a.verdict {
+                Err(e) => {
+                    outcome = Some(Err((a.source, e.clone())));
+                    break;
                 }
-                VerdictKind::Allow => {
-                    allow.get_or_insert(verdict);
-                }
-                VerdictKind::Abstain => {
-                    abstain.get_or_insert(verdict);
+                Ok(v) => {
+                    if let Some((decision, by)) = fold.add(a.source, v.clone()) {
+                        outcome = Some(Ok((decision, by, Some(a.source))));
+                        break;
+                    }
                 }
             }
         }
-        let (allowed, reason, by) = match (allow, abstain) {
-            (Some(v), _) => (true, v.reason, v.by),
-            (None, Some(v)) => (false, v.reason, None),
-            (None, None) => (false, "no policy source is configured".to_owned(), None),
+        let outcome = outcome.unwrap_or_else(|| Ok(fold.finish()));
+        Explanation { answers, outcome }
+    }
+}
+
+/// One source's answer, for Explain.
+#[derive(Debug, Clone)]
+pub struct SourceAnswer {
+    pub source: &'static str,
+    pub verdict: Result<Verdict, SourceError>,
+}
+
+/// What [`PolicyChain::explain_sources`] found.
+#[derive(Debug, Clone)]
+pub struct Explanation {
+    /// In chain order.
+    pub answers: Vec<SourceAnswer>,
+    /// The decision, what inside the deciding source decided it (a rule
+    /// id, a query) and which source decided (`None`: nothing allowed); or
+    /// the source that could not answer (the data plane answers 503).
+    #[allow(clippy::type_complexity)]
+    pub outcome:
+        Result<(Decision, Option<String>, Option<&'static str>), (&'static str, SourceError)>,
+}
+
+/// The chain's combination rule, one verdict at a time.
+struct Fold {
+    /// The first allow, and which source gave it.
+    allow: Option<(Verdict, &'static str)>,
+    abstain: Option<Verdict>,
+    scope: Scope,
+    ttl: Duration,
+}
+
+impl Default for Fold {
+    fn default() -> Self {
+        Self {
+            allow: None,
+            abstain: None,
+            scope: Scope::Bucket,
+            ttl: Duration::MAX,
+        }
+    }
+}
+
+impl Fold {
+    /// Takes one source's verdict; a deny is final and returned at once.
+    fn add(
+        &mut self,
+        source: &'static str,
+        verdict: Verdict,
+    ) -> Option<(Decision, Option<String>)> {
+        self.scope = narrower(
+            std::mem::replace(&mut self.scope, Scope::Exact),
+            verdict.scope.clone(),
+        );
+        self.ttl = self.ttl.min(verdict.ttl);
+        match verdict.kind {
+            VerdictKind::Deny => {
+                let decision = Decision {
+                    allow: false,
+                    reason: verdict.reason,
+                    scope: verdict.scope,
+                    ttl: verdict.ttl,
+                };
+                return Some((decision, verdict.by));
+            }
+            VerdictKind::Allow => {
+                self.allow.get_or_insert((verdict, source));
+            }
+            VerdictKind::Abstain => {
+                self.abstain.get_or_insert(verdict);
+            }
+        }
+        None
+    }
+
+    /// The decision when no source denied.
+    fn finish(self) -> (Decision, Option<String>, Option<&'static str>) {
+        let (allowed, reason, by, source) = match (self.allow, self.abstain) {
+            (Some((v, source)), _) => (true, v.reason, v.by, Some(source)),
+            (None, Some(v)) => (false, v.reason, None, None),
+            (None, None) => (
+                false,
+                "no policy source is configured".to_owned(),
+                None,
+                None,
+            ),
         };
-        let ttl = if ttl == Duration::MAX {
+        let ttl = if self.ttl == Duration::MAX {
             Duration::ZERO
         } else {
-            ttl
+            self.ttl
         };
-        Ok((
+        (
             Decision {
                 allow: allowed,
                 reason,
-                scope,
+                scope: self.scope,
                 ttl,
             },
             by,
-        ))
+            source,
+        )
     }
 }
 
@@ -440,6 +536,38 @@ mod tests {
         let d = chain(vec![open, rules()]).decide(&secret).await.unwrap();
         assert!(!d.allow);
         assert_eq!(d.scope, p("reports/secret/"));
+    }
+
+    #[tokio::test]
+    async fn explain_shows_every_answer_and_who_decided() {
+        let allow: Arc<dyn PolicySource> = Arc::new(Fixed(VerdictKind::Allow, Scope::Bucket));
+        let night: Arc<dyn PolicySource> = Arc::new(ClosedForTheNight { closed: true });
+        let broken: Arc<dyn PolicySource> = Arc::new(Broken);
+        // A deny decides; the sources after it are still shown.
+        let e = chain(vec![allow.clone(), night, broken.clone()])
+            .explain_sources(&request())
+            .await;
+        let names: Vec<_> = e.answers.iter().map(|a| a.source).collect();
+        assert_eq!(names, ["fixed", "closed-for-the-night", "broken"]);
+        assert!(e.answers[2].verdict.is_err());
+        let (decision, _, by) = e.outcome.unwrap();
+        assert!(!decision.allow);
+        assert_eq!(by, Some("closed-for-the-night"));
+        // An allow, then a source that cannot answer: unavailable.
+        let e = chain(vec![allow.clone(), broken])
+            .explain_sources(&request())
+            .await;
+        assert_eq!(e.outcome.unwrap_err().0, "broken");
+        // The allowing source, the combined scope and TTL.
+        let exact: Arc<dyn PolicySource> = Arc::new(Fixed(VerdictKind::Abstain, Scope::Exact));
+        let e = chain(vec![exact, allow]).explain_sources(&request()).await;
+        let (decision, _, by) = e.outcome.unwrap();
+        assert!(decision.allow);
+        assert_eq!(by, Some("fixed"));
+        assert_eq!(
+            (decision.scope, decision.ttl),
+            (Scope::Exact, Duration::from_secs(30))
+        );
     }
 
     #[test]

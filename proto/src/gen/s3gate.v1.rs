@@ -143,6 +143,21 @@ pub struct AuthenticateResponse {
         ::prost::alloc::string::String,
     >,
 }
+/// A request to decide. Policy sources outside the gateway (Rego, OPA, SQL,
+/// plugins) see it as one input document (README "Decision input"):
+/// principal        = principal.name ("*anonymous*" without credentials)
+/// groups           = principal.groups (a list)
+/// identity.source  = context.identity_source
+/// identity.claims  = context.claims (an object of strings)
+/// action, bucket   = action, bucket
+/// key              = key when kind is OBJECT, else ""
+/// prefix           = key when kind is PREFIX (the listed prefix), else ""
+/// kind             = "object" | "prefix" | "bucket"
+/// method           = context.method
+/// client_ip        = context.client_ip ("" if unknown)
+/// time             = when the control plane decides, RFC 3339 UTC
+/// headers          = context.headers (lower-case names, never a secret)
+/// The access key is not in the document.
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct AuthorizeRequest {
@@ -183,8 +198,10 @@ pub struct RequestContext {
     /// The HTTP method.
     #[prost(string, tag = "4")]
     pub method: ::prost::alloc::string::String,
-    /// Headers a policy may look at (lower-case names), e.g. content-type,
-    /// x-amz-server-side-encryption, x-amz-acl, x-amz-storage-class.
+    /// Headers a policy may look at (lower-case names): content-type, x-amz-acl,
+    /// x-amz-server-side-encryption, x-amz-server-side-encryption-aws-kms-key-id,
+    /// x-amz-storage-class, x-amz-object-lock-mode. Never authorization,
+    /// x-amz-security-token, cookie or any other secret.
     #[prost(map = "string, string", tag = "5")]
     pub headers: ::std::collections::HashMap<
         ::prost::alloc::string::String,
@@ -1684,7 +1701,7 @@ pub struct ExplainRequest {
     pub identity_source: ::prost::alloc::string::String,
 }
 #[allow(clippy::all)]
-#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+#[derive(Clone, PartialEq, ::prost::Message)]
 pub struct ExplainResponse {
     #[prost(bool, tag = "1")]
     pub allow: bool,
@@ -1700,6 +1717,46 @@ pub struct ExplainResponse {
     /// The identity source the decision was asked for.
     #[prost(string, tag = "6")]
     pub identity_source: ::prost::alloc::string::String,
+    /// Each policy source's answer, in chain order (every source is asked,
+    /// even after a deny, so that all answers can be seen).
+    #[prost(message, repeated, tag = "7")]
+    pub sources: ::prost::alloc::vec::Vec<SourceAnswer>,
+    /// The source whose answer decided: the first to deny, else the first to
+    /// allow, else the first that could not answer; empty when all abstained.
+    #[prost(string, tag = "8")]
+    pub decided_by: ::prost::alloc::string::String,
+    /// The combined scope's prefix (scope SCOPE_PREFIX) and how long the data
+    /// plane caches the decision.
+    #[prost(string, tag = "9")]
+    pub scope_prefix: ::prost::alloc::string::String,
+    #[prost(uint64, tag = "10")]
+    pub ttl_ms: u64,
+    /// A source could not answer before any denied: the data plane answers
+    /// 503 (never an allow).
+    #[prost(bool, tag = "11")]
+    pub unavailable: bool,
+}
+/// One policy source's answer, for Explain.
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct SourceAnswer {
+    /// The source's name: "rules" (the built-in [rules](rules)), "rego", "opa", …
+    #[prost(string, tag = "1")]
+    pub source: ::prost::alloc::string::String,
+    /// "allow", "deny", "abstain" or "error" (could not answer).
+    #[prost(string, tag = "2")]
+    pub verdict: ::prost::alloc::string::String,
+    #[prost(string, tag = "3")]
+    pub reason: ::prost::alloc::string::String,
+    /// What inside the source decided (a rule id, a query); empty if nothing.
+    #[prost(string, tag = "4")]
+    pub by: ::prost::alloc::string::String,
+    #[prost(enumeration = "Scope", tag = "5")]
+    pub scope: i32,
+    #[prost(string, tag = "6")]
+    pub scope_prefix: ::prost::alloc::string::String,
+    #[prost(uint64, tag = "7")]
+    pub ttl_ms: u64,
 }
 #[allow(clippy::all)]
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
