@@ -29,6 +29,7 @@ pub mod guard;
 pub mod identity;
 pub mod mtls;
 pub mod oidc;
+pub mod plugin;
 pub mod policy;
 pub mod sessions;
 
@@ -186,7 +187,10 @@ pub struct BuildError {
 
 /// Where one `[[policy]]` entry goes in the chain. Register a new policy
 /// source kind here (and its settings in [`PolicyConfig`]).
-pub async fn policy_slot(config: &PolicyConfig) -> Result<PolicySlot, BuildError> {
+pub async fn policy_slot(
+    config: &PolicyConfig,
+    cache: &CacheConfig,
+) -> Result<PolicySlot, BuildError> {
     let unbuilt = |kind: &'static str| BuildError {
         section: "policy",
         kind,
@@ -194,6 +198,7 @@ pub async fn policy_slot(config: &PolicyConfig) -> Result<PolicySlot, BuildError
     };
     match config {
         PolicyConfig::Builtin(_) => Ok(PolicySlot::Rules),
+        PolicyConfig::Plugin(c) => Ok(PolicySlot::Source(plugin::policy(c, cache).await?)),
         other => Err(unbuilt(other.kind())),
     }
 }
@@ -204,12 +209,14 @@ pub async fn identity_source(
     config: &IdentityConfig,
     cache: &CacheConfig,
 ) -> Result<Arc<dyn IdentitySource>, BuildError> {
-    let _ = cache;
-    Err(BuildError {
-        section: "identity",
-        kind: config.kind(),
-        message: "this kind of source is not available in this build".into(),
-    })
+    match config {
+        IdentityConfig::Plugin(c) => plugin::identity(c, cache).await,
+        other => Err(BuildError {
+            section: "identity",
+            kind: other.kind(),
+            message: "this kind of source is not available in this build".into(),
+        }),
+    }
 }
 
 /// The `[[policy]]` and `[[identity]]` entries of a config file, placed in
@@ -225,7 +232,7 @@ pub async fn register_configured(
     if !policy.is_empty() {
         let mut chain = Vec::with_capacity(policy.len());
         for entry in policy {
-            chain.push(policy_slot(entry).await?);
+            chain.push(policy_slot(entry, cache).await?);
         }
         registry.policy = chain;
     }
