@@ -103,6 +103,19 @@ pub trait ControlPlane: Send + Sync + 'static {
     /// How to reach the backend of a bucket, with credentials to sign for it.
     async fn route(&self, bucket: &str) -> Result<Route, ControlPlaneError>;
 
+    /// The route of a bucket for one (authenticated) principal: the same
+    /// as [`ControlPlane::route`] unless the bucket's credentials come from
+    /// a source that answers per principal, in which case they are this
+    /// principal's (and [`BackendCredentials::per_principal`] says so).
+    async fn route_for(
+        &self,
+        bucket: &str,
+        principal: &Principal,
+    ) -> Result<Route, ControlPlaneError> {
+        let _ = principal;
+        self.route(bucket).await
+    }
+
     /// The configured buckets `principal` may see (for ListBuckets).
     async fn visible_buckets(
         &self,
@@ -478,6 +491,9 @@ pub struct BackendCredentials {
     /// Unix seconds after which temporary credentials stop working; `None`
     /// for static ones. The data plane refreshes a route before this.
     pub expires_unix: Option<i64>,
+    /// The requesting principal's own credentials: the data plane caches
+    /// the route per (bucket, principal). `false`: shared by everyone.
+    pub per_principal: bool,
 }
 
 /// One variant per way of authenticating to a backend.

@@ -152,6 +152,10 @@ impl Sources {
         let certificates: Arc<dyn IdentitySource> =
             Arc::new(mtls::ClientCertificates::new(cache.key_ttl));
         let hmac: Arc<dyn CredentialSource> = Arc::new(credentials::StaticHmac::from_state(state));
+        // Before the backends' keys: a bucket with a source of its own is
+        // answered by it alone.
+        let bucket_plugins: Arc<dyn CredentialSource> =
+            Arc::new(plugin::PluginCredentials::from_state(state));
         let policy = registry
             .policy
             .iter()
@@ -166,7 +170,8 @@ impl Sources {
                 .chain(registry.identity.iter().cloned())
                 .collect(),
             policy: PolicyChain::new(policy),
-            credentials: std::iter::once(hmac)
+            credentials: [bucket_plugins, hmac]
+                .into_iter()
                 .chain(registry.credentials.iter().cloned())
                 .collect(),
             rules,

@@ -276,6 +276,122 @@ impl IdentitySource for PluginIdentity {
     }
 }
 
+/// The credential source of every bucket configured with `credentials =
+/// { kind = "plugin" }`, compiled from each state version (the guards, and
+/// the connections, outlive it: a breaker stays open across state changes).
+pub struct PluginCredentials {
+    by_bucket: HashMap<String, Arc<Remote>>,
+}
+
+/// One plugin URL and timeout, as bucket credentials ask it.
+pub struct Remote {
+    client: PluginClient<Channel>,
+    guard: Guard,
+}
+
+impl PluginCredentials {
+    /// The plugin buckets of `state`. A URL that is not one is logged and
+    /// its buckets fail closed (503) until it is fixed.
+    pub fn from_state(state: &crate::state::State) -> Self {
+        static REMOTES: OnceLock<Mutex<HashMap<(String, Duration), Arc<Remote>>>> = OnceLock::new();
+        let mut remotes = REMOTES
+            .get_or_init(Default::default)
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut by_bucket = HashMap::new();
+        for bucket in state.buckets.values() {
+            let Some(crate::credential::BucketCredentialSource::Plugin(c)) = &bucket.credentials
+            else {
+                continue;
+            };
+            let key = (c.url.clone(), c.timeout);
+            let remote = match remotes.get(&key) {
+                Some(remote) => remote.clone(),
+                None => match client(&c.url, "buckets") {
+                    Ok(client) => {
+                        let remote = Arc::new(Remote {
+                            client,
+                            guard: Guard::new(NAME, c.timeout),
+                        });
+                        remotes.insert(key, remote.clone());
+                        remote
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, bucket = %bucket.name, "bucket credentials plugin");
+                        continue;
+                    }
+                },
+            };
+            by_bucket.insert(bucket.name.clone(), remote);
+        }
+        Self { by_bucket }
+    }
+
+    /// Whether `bucket`'s credentials come from here.
+    pub fn serves(&self, bucket: &str) -> bool {
+        self.by_bucket.contains_key(bucket)
+    }
+}
+
+#[async_trait]
+impl super::CredentialSource for PluginCredentials {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    async fn credentials(
+        &self,
+        req: &super::credentials::CredentialRequest<'_>,
+    ) -> Result<Option<Arc<s3gate_proto::BackendCredentials>>, SourceError> {
+        let Some(remote) = self.by_bucket.get(req.bucket) else {
+            return Ok(None);
+        };
+        let msg = plugin_pb::BucketCredentialsRequest {
+            principal: req
+                .principal
+                .map(|p| p.name.to_string())
+                .unwrap_or_default(),
+            groups: req
+                .principal
+                .map(|p| p.groups.iter().map(|g| g.to_string()).collect())
+                .unwrap_or_default(),
+            bucket: req.bucket.to_owned(),
+            backend: req.backend.to_owned(),
+        };
+        let mut client = remote.client.clone();
+        let resp = remote
+            .guard
+            .run(async move { client.bucket_credentials(msg).await.map_err(failed) })
+            .await?
+            .into_inner();
+        // No credentials from the source that owns the bucket's: never the
+        // backend's own keys instead (they may reach more than this
+        // principal may).
+        if !resp.found {
+            return Err(SourceError::new(
+                NAME,
+                format!("no credentials for bucket {}", req.bucket),
+            ));
+        }
+        if resp.access_key.is_empty() || resp.secret_key.is_empty() {
+            return Err(SourceError::new(
+                NAME,
+                format!("incomplete credentials for bucket {}", req.bucket),
+            ));
+        }
+        Ok(Some(Arc::new(s3gate_proto::BackendCredentials {
+            auth: s3gate_proto::BackendAuth::SigV4 {
+                access_key: resp.access_key,
+                secret_key: s3gate_proto::Redacted::new(resp.secret_key),
+                session_token: (!resp.session_token.is_empty())
+                    .then(|| s3gate_proto::Redacted::new(resp.session_token)),
+            },
+            expires_unix: (resp.expires_unix != 0).then_some(resp.expires_unix),
+            per_principal: resp.per_principal && req.principal.is_some(),
+        })))
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
