@@ -666,4 +666,62 @@ mod tests {
             Some(SigV2Check::Mismatch)
         ));
     }
+
+    #[tokio::test]
+    async fn bucket_credentials_are_per_principal_when_the_plugin_says_so() {
+        use crate::credential::{BucketCredentialSource, RemoteCredentials};
+        use crate::sources::credentials::CredentialRequest;
+        use crate::sources::CredentialSource;
+
+        let url = serve(Arc::new(TestPlugin::default())).await;
+        let mut state = crate::state::State::default();
+        for (name, plugin) in [("reports", true), ("other", true), ("plain", false)] {
+            state.buckets.insert(
+                name.into(),
+                crate::state::BucketRecord {
+                    name: name.into(),
+                    backend: "b1".into(),
+                    backend_bucket: name.into(),
+                    cors: Vec::new(),
+                    credentials: plugin.then(|| {
+                        BucketCredentialSource::Plugin(RemoteCredentials {
+                            url: url.clone(),
+                            timeout: Duration::from_secs(2),
+                        })
+                    }),
+                },
+            );
+        }
+        let source = PluginCredentials::from_state(&state);
+        let alice = request("alice", object("k")).principal;
+        let ask = |bucket, principal| CredentialRequest {
+            backend: "b1",
+            bucket,
+            principal,
+        };
+        let c = source
+            .credentials(&ask("reports", Some(&alice)))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(c.public_id(), "BACKEND-alice");
+        assert!(c.per_principal);
+        let shared = source
+            .credentials(&ask("reports", None))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(!shared.per_principal);
+        // The plugin has none: fail closed, not the backend's keys.
+        assert!(source
+            .credentials(&ask("other", Some(&alice)))
+            .await
+            .is_err());
+        // Not a plugin bucket: someone else's to answer.
+        assert!(source
+            .credentials(&ask("plain", Some(&alice)))
+            .await
+            .unwrap()
+            .is_none());
+    }
 }
