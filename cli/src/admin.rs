@@ -293,6 +293,14 @@ or the document `aws s3api put-bucket-cors --cors-configuration` takes:
         /// preflights for the bucket from them.
         #[arg(long, value_name = "FILE")]
         cors_file: Option<std::path::PathBuf>,
+        /// Sign the bucket's backend requests with credentials from this
+        /// plugin (`s3gate.plugin.v1.Plugin` BucketCredentials, per
+        /// principal when it says so) instead of the backend's keys.
+        #[arg(long, value_name = "URL")]
+        credentials_plugin: Option<String>,
+        /// How long the credentials plugin may take to answer.
+        #[arg(long, value_name = "DURATION", default_value = "500ms", value_parser = humantime::parse_duration)]
+        credentials_timeout: std::time::Duration,
     },
     /// List buckets and where each lives.
     #[command(after_help = "\
@@ -743,6 +751,8 @@ async fn execute(mut client: Client, args: AdminArgs) -> anyhow::Result<()> {
                 backend,
                 backend_bucket,
                 cors_file,
+                credentials_plugin,
+                credentials_timeout,
             } => {
                 let cors = match cors_file {
                     Some(path) => {
@@ -759,6 +769,11 @@ async fn execute(mut client: Client, args: AdminArgs) -> anyhow::Result<()> {
                     backend,
                     backend_bucket: backend_bucket.unwrap_or_default(),
                     cors,
+                    credentials: credentials_plugin.map(|url| pb::BucketCredentialSource {
+                        kind: "plugin".into(),
+                        url,
+                        timeout_ms: credentials_timeout.as_millis() as u64,
+                    }),
                 };
                 let r = client
                     .put_bucket(pb::PutBucketRequest {

@@ -6,6 +6,7 @@
 //! constant time). Secrets are returned exactly once (create, rotate) and
 //! never listed.
 
+use crate::credential::{BucketCredentialSource, RemoteCredentials};
 use std::sync::Arc;
 
 use base64::Engine as _;
@@ -404,6 +405,7 @@ impl Admin for AdminService {
             name: b.name,
             backend: b.backend,
             cors: b.cors.into_iter().map(CorsRule::from).collect(),
+            credentials: b.credentials.map(bucket_credential_source).transpose()?,
         };
         let version = self.apply(Change::PutBucket(record)).await?;
         Ok(Response::new(pb::ChangeResponse { version }))
@@ -423,6 +425,13 @@ impl Admin for AdminService {
                 backend: b.backend.clone(),
                 backend_bucket: b.backend_bucket.clone(),
                 cors: b.cors.iter().map(pb::CorsRule::from).collect(),
+                credentials: b.credentials.as_ref().map(|c| match c {
+                    BucketCredentialSource::Plugin(r) => pb::BucketCredentialSource {
+                        kind: c.kind().to_owned(),
+                        url: r.url.clone(),
+                        timeout_ms: r.timeout.as_millis() as u64,
+                    },
+                }),
             })
             .collect();
         Ok(Response::new(pb::ListBucketsResponse { buckets }))
@@ -680,5 +689,27 @@ mod tests {
                 "{wrong}"
             );
         }
+    }
+}
+
+/// A bucket's credential source as the Admin API carries it.
+fn bucket_credential_source(
+    c: pb::BucketCredentialSource,
+) -> Result<BucketCredentialSource, Status> {
+    match c.kind.as_str() {
+        "plugin" if !c.url.is_empty() => Ok(BucketCredentialSource::Plugin(RemoteCredentials {
+            url: c.url,
+            timeout: if c.timeout_ms == 0 {
+                std::time::Duration::from_millis(500)
+            } else {
+                std::time::Duration::from_millis(c.timeout_ms)
+            },
+        })),
+        "plugin" => Err(Status::invalid_argument(
+            "credentials of kind plugin need a url",
+        )),
+        other => Err(Status::invalid_argument(format!(
+            "unknown bucket credential kind {other:?} (known: plugin)"
+        ))),
     }
 }

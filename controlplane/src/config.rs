@@ -399,6 +399,11 @@ pub struct BucketConfig {
     /// `[[buckets.cors]]`: the bucket's CORS rules, in order.
     #[serde(default)]
     pub cors: Vec<CorsRuleConfig>,
+    /// `credentials = { kind = "plugin", url = "…", timeout = "…" }`: the
+    /// backend credentials come from this source, per principal when it
+    /// says so, instead of from the backend's record.
+    #[serde(default)]
+    pub credentials: Option<crate::credential::BucketCredentialSource>,
 }
 
 /// One `[[buckets.cors]]` rule; the names mirror S3's `CORSRule`.
@@ -1051,6 +1056,39 @@ impl FileConfig {
             if let IdentityConfig::Sql(q) = p {
                 resolve(&mut q.url, "url")
                     .map_err(|m| src.entry_problem("identity", i, "url", None, m))?;
+            }
+        }
+        // A bucket's plugin credentials default to the plugin the policy
+        // or identity entries already name.
+        let default_plugin_url = self
+            .policy
+            .iter()
+            .find_map(|p| match p {
+                PolicyConfig::Plugin(r) => Some(r.url.clone()),
+                _ => None,
+            })
+            .or_else(|| {
+                self.identity.iter().find_map(|p| match p {
+                    IdentityConfig::Plugin(r) => Some(r.url.clone()),
+                    _ => None,
+                })
+            });
+        for (i, b) in self.buckets.iter_mut().enumerate() {
+            match &mut b.credentials {
+                Some(crate::credential::BucketCredentialSource::Plugin(r)) if r.url.is_empty() => {
+                    r.url = default_plugin_url.clone().ok_or_else(|| {
+                        src.entry_problem(
+                            "buckets",
+                            i,
+                            "credentials",
+                            None,
+                            "credentials of kind plugin need a url (no [[policy]] or \
+                             [[identity]] plugin entry names one)"
+                                .into(),
+                        )
+                    })?;
+                }
+                _ => {}
             }
         }
         for d in &mut self.base_domains {

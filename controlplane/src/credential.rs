@@ -122,3 +122,61 @@ mod tests {
         assert_eq!(back, sealed);
     }
 }
+
+/// Where a bucket's backend credentials come from when not from its
+/// backend's record: `credentials = { kind = "plugin", … }` in
+/// `[[buckets]]`, carried unchanged through the state, the store and the
+/// Admin API. It holds no secret (the source hands them out per request).
+///
+/// Adding a kind (`{ kind = "sql", query = "…" }`): one variant here, its
+/// Admin protobuf fields, and its arm in
+/// [`crate::sources::plugin::BucketCredentialSources`]' builder.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum BucketCredentialSource {
+    /// `BucketCredentials` of an `s3gate.plugin.v1.Plugin`, asked per
+    /// principal; the plugin says whether its answer is the principal's own.
+    Plugin(RemoteCredentials),
+}
+
+/// A credential source reached by URL.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RemoteCredentials {
+    /// Empty in a config file: the URL of the first `[[policy]]` or
+    /// `[[identity]]` plugin entry (filled in when the file is loaded).
+    #[serde(default)]
+    pub url: String,
+    /// How long one answer may take; past it, the request gets 503.
+    #[serde(default = "default_timeout", with = "duration_text")]
+    pub timeout: std::time::Duration,
+}
+
+impl BucketCredentialSource {
+    /// The `kind` tag.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Plugin(_) => "plugin",
+        }
+    }
+}
+
+fn default_timeout() -> std::time::Duration {
+    std::time::Duration::from_millis(500)
+}
+
+/// A duration as humantime text (`"500ms"`), both ways.
+mod duration_text {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s).map_err(serde::de::Error::custom)
+    }
+}

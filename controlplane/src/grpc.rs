@@ -117,7 +117,14 @@ impl Decisions for DecisionsService {
         &self,
         req: Request<pb::GetRouteRequest>,
     ) -> Result<Response<pb::GetRouteResponse>, Status> {
-        let route = self.replica.route(&req.into_inner().bucket).await?;
+        let req = req.into_inner();
+        let route = match req.principal {
+            Some(p) => {
+                let principal = p.try_into()?;
+                self.replica.route_for(&req.bucket, &principal).await?
+            }
+            None => self.replica.route(&req.bucket).await?,
+        };
         Ok(Response::new((&route).into()))
     }
 

@@ -62,6 +62,49 @@ struct Placement {
 }
 
 impl Snapshot {
+    /// The route of `bucket`, with credentials for `principal` (`None`:
+    /// the bucket's shared ones). A bucket whose credential source answers
+    /// per principal has no shared route.
+    async fn route_with(
+        &self,
+        bucket: &str,
+        principal: Option<&Principal>,
+    ) -> Result<Route, ControlPlaneError> {
+        let placement = self
+            .routes
+            .get(bucket)
+            .ok_or(ControlPlaneError::NoSuchBucket)?;
+        for source in &self.sources.credentials {
+            if let Some(credentials) = source
+                .credentials(&CredentialRequest {
+                    backend: &placement.backend.name,
+                    bucket,
+                    principal,
+                })
+                .await
+                .map_err(unavailable)?
+            {
+                if credentials.per_principal && principal.is_none() {
+                    return Err(ControlPlaneError::Unavailable(format!(
+                        "bucket {bucket}: its credentials are per principal, and none was given"
+                    )));
+                }
+                return Ok(Route {
+                    bucket: bucket.to_owned(),
+                    backend_bucket: placement.backend_bucket.clone(),
+                    backend: placement.backend.clone(),
+                    credentials,
+                    ttl: placement.ttl,
+                    cors: placement.cors.clone(),
+                });
+            }
+        }
+        Err(ControlPlaneError::Unavailable(format!(
+            "no credentials for backend {}",
+            placement.backend.name
+        )))
+    }
+
     /// Compiles `state`, placing its sources among the standing ones of
     /// `registry`.
     pub fn compile(state: &State, cache: &CacheConfig, registry: &Registry) -> Self {
@@ -215,34 +258,15 @@ impl ControlPlane for Snapshot {
     }
 
     async fn route(&self, bucket: &str) -> Result<Route, ControlPlaneError> {
-        let placement = self
-            .routes
-            .get(bucket)
-            .ok_or(ControlPlaneError::NoSuchBucket)?;
-        for source in &self.sources.credentials {
-            if let Some(credentials) = source
-                .credentials(&CredentialRequest {
-                    backend: &placement.backend.name,
-                    bucket,
-                    principal: None,
-                })
-                .await
-                .map_err(unavailable)?
-            {
-                return Ok(Route {
-                    bucket: bucket.to_owned(),
-                    backend_bucket: placement.backend_bucket.clone(),
-                    backend: placement.backend.clone(),
-                    credentials,
-                    ttl: placement.ttl,
-                    cors: placement.cors.clone(),
-                });
-            }
-        }
-        Err(ControlPlaneError::Unavailable(format!(
-            "no credentials for backend {}",
-            placement.backend.name
-        )))
+        self.route_with(bucket, None).await
+    }
+
+    async fn route_for(
+        &self,
+        bucket: &str,
+        principal: &Principal,
+    ) -> Result<Route, ControlPlaneError> {
+        self.route_with(bucket, Some(principal)).await
     }
 
     async fn visible_buckets(

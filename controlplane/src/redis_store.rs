@@ -201,6 +201,9 @@ struct StoredBucket {
     /// Added later: records written before it load without CORS.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     cors: Vec<StoredCorsRule>,
+    /// Added later: records written before it use their backend's keys.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    credentials: Option<crate::credential::BucketCredentialSource>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -1014,6 +1017,7 @@ impl RawState {
             let s: StoredBucket = from_json(&json, "bucket", &field)?;
             check_name("bucket", &field, &s.name)?;
             let record = BucketRecord {
+                credentials: s.credentials,
                 name: s.name,
                 backend: s.backend,
                 backend_bucket: s.backend_bucket,
@@ -1327,6 +1331,7 @@ fn encode_rule(r: &RuleRecord) -> Result<String, StoreError> {
 
 fn encode_bucket(b: &BucketRecord) -> Result<String, StoreError> {
     to_json(&StoredBucket {
+        credentials: b.credentials.clone(),
         name: b.name.clone(),
         backend: b.backend.clone(),
         backend_bucket: b.backend_bucket.clone(),
@@ -1459,6 +1464,12 @@ mod tests {
                     ..CorsRule::default()
                 },
             ],
+            credentials: Some(crate::credential::BucketCredentialSource::Plugin(
+                crate::credential::RemoteCredentials {
+                    url: "http://127.0.0.1:50061".into(),
+                    timeout: std::time::Duration::from_millis(250),
+                },
+            )),
         };
         let mut r = raw();
         r.buckets
@@ -1475,6 +1486,7 @@ mod tests {
         // And a bucket without rules is stored as before.
         let plain = BucketRecord {
             cors: Vec::new(),
+            credentials: None,
             ..bucket
         };
         assert!(!encode_bucket(&plain).unwrap().contains("cors"));

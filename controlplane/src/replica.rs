@@ -292,6 +292,14 @@ impl ControlPlane for Replica {
         self.snapshot().route(bucket).await
     }
 
+    async fn route_for(
+        &self,
+        bucket: &str,
+        principal: &Principal,
+    ) -> Result<Route, ControlPlaneError> {
+        self.snapshot().route_for(bucket, principal).await
+    }
+
     async fn visible_buckets(
         &self,
         principal: &Principal,

@@ -63,6 +63,9 @@ pub struct BucketRecord {
     /// CORS rules in order (the first that matches answers); empty: CORS is
     /// not enabled for the bucket.
     pub cors: Vec<CorsRule>,
+    /// Where the bucket's backend credentials come from; `None`: its
+    /// backend's record.
+    pub credentials: Option<crate::credential::BucketCredentialSource>,
 }
 
 /// One atomic edit of the state.
@@ -247,6 +250,7 @@ impl State {
                         backend: b.backend.clone(),
                         backend_bucket: b.backend_bucket.clone().unwrap_or_else(|| b.name.clone()),
                         cors: b.cors.iter().map(|r| r.to_rule()).collect(),
+                        credentials: b.credentials.clone(),
                     },
                 )
             })
@@ -458,6 +462,7 @@ mod tests {
             backend: "b1".into(),
             backend_bucket: "data".into(),
             cors: Vec::new(),
+            credentials: None,
         };
         assert!(
             s.apply(&Change::PutBucket(bucket.clone())).is_err(),
@@ -555,6 +560,7 @@ mod tests {
             backend: "b1".into(),
             backend_bucket: "web".into(),
             cors: vec![rule(&["*"], &["PATCH"])],
+            credentials: None,
         };
         assert!(matches!(
             s.apply(&Change::PutBucket(bucket)),

@@ -63,6 +63,7 @@ fn bucket(name: &str, backend: &str) -> BucketRecord {
         backend: backend.into(),
         backend_bucket: format!("{name}-upstream"),
         cors: Vec::new(),
+        credentials: None,
     }
 }
 

@@ -213,6 +213,23 @@ impl ControlPlane for GrpcControlPlane {
     async fn route(&self, bucket: &str) -> Result<Route, ControlPlaneError> {
         let msg = pb::GetRouteRequest {
             bucket: bucket.to_owned(),
+            principal: None,
+        };
+        let resp = self.call(|mut c| {
+            let msg = msg.clone();
+            async move { c.get_route(msg).await }
+        });
+        decode(resp.await?)
+    }
+
+    async fn route_for(
+        &self,
+        bucket: &str,
+        principal: &Principal,
+    ) -> Result<Route, ControlPlaneError> {
+        let msg = pb::GetRouteRequest {
+            bucket: bucket.to_owned(),
+            principal: Some(principal.into()),
         };
         let resp = self.call(|mut c| {
             let msg = msg.clone();

@@ -157,6 +157,7 @@ impl ControlPlane for StaticControlPlane {
                     session_token: None,
                 },
                 expires_unix: None,
+                per_principal: false,
             }),
             ttl: Duration::from_secs(60),
             cors: Arc::from([CorsRule {

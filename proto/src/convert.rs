@@ -740,6 +740,7 @@ impl From<&BackendCredentials> for pb::BackendCredentials {
         pb::BackendCredentials {
             expires_unix: c.expires_unix.unwrap_or_default(),
             auth: Some(auth),
+            per_principal: c.per_principal,
         }
     }
 }
@@ -763,6 +764,7 @@ impl TryFrom<pb::BackendCredentials> for BackendCredentials {
         Ok(BackendCredentials {
             auth,
             expires_unix: (c.expires_unix != 0).then_some(c.expires_unix),
+            per_principal: c.per_principal,
         })
     }
 }
@@ -884,6 +886,7 @@ mod tests {
                 session_token: Some(Redacted::new("TOK")),
             },
             expires_unix: Some(1_900_000_000),
+            per_principal: true,
         };
         assert_eq!(
             BackendCredentials::try_from(pb::BackendCredentials::from(&creds)).unwrap(),
@@ -1125,6 +1128,7 @@ mod tests {
     fn debug_redacts_secrets() {
         let c = pb::BackendCredentials {
             expires_unix: 0,
+            per_principal: false,
             auth: Some(pb::backend_credentials::Auth::Sigv4(pb::SigV4Credentials {
                 access_key: "AK".into(),
                 secret_key: "very-secret".into(),

@@ -32,6 +32,42 @@ pub mod pb {
     pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!("gen/descriptor.bin");
 }
 
+/// The generated messages, client and server of `s3gate.plugin.v1`
+/// (`proto/s3gate/plugin/v1/plugin.proto`): the service the control plane
+/// calls, which users implement (the Python SDK in `sdk/python`).
+#[allow(clippy::all, clippy::unwrap_used, clippy::expect_used, missing_docs)]
+pub mod plugin_pb {
+    include!("gen/s3gate.plugin.v1.rs");
+
+    use std::fmt;
+
+    // Secrets: the Debug impls are written by hand, redacted.
+
+    impl fmt::Debug for LookupSecretResponse {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.debug_struct("LookupSecretResponse")
+                .field("found", &self.found)
+                .field("secret", &"<redacted>")
+                .field("principal", &self.principal)
+                .field("groups", &self.groups)
+                .finish()
+        }
+    }
+
+    impl fmt::Debug for BucketCredentialsResponse {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.debug_struct("BucketCredentialsResponse")
+                .field("found", &self.found)
+                .field("access_key", &self.access_key)
+                .field("secret_key", &"<redacted>")
+                .field("session_token", &"<redacted>")
+                .field("per_principal", &self.per_principal)
+                .field("expires_unix", &self.expires_unix)
+                .finish()
+        }
+    }
+}
+
 /// Everything the data plane may ask the control plane.
 #[async_trait::async_trait]
 pub trait ControlPlane: Send + Sync + 'static {
@@ -66,6 +102,19 @@ pub trait ControlPlane: Send + Sync + 'static {
 
     /// How to reach the backend of a bucket, with credentials to sign for it.
     async fn route(&self, bucket: &str) -> Result<Route, ControlPlaneError>;
+
+    /// The route of a bucket for one (authenticated) principal: the same
+    /// as [`ControlPlane::route`] unless the bucket's credentials come from
+    /// a source that answers per principal, in which case they are this
+    /// principal's (and [`BackendCredentials::per_principal`] says so).
+    async fn route_for(
+        &self,
+        bucket: &str,
+        principal: &Principal,
+    ) -> Result<Route, ControlPlaneError> {
+        let _ = principal;
+        self.route(bucket).await
+    }
 
     /// The configured buckets `principal` may see (for ListBuckets).
     async fn visible_buckets(
@@ -446,6 +495,9 @@ pub struct BackendCredentials {
     /// Unix seconds after which temporary credentials stop working; `None`
     /// for static ones. The data plane refreshes a route before this.
     pub expires_unix: Option<i64>,
+    /// The requesting principal's own credentials: the data plane caches
+    /// the route per (bucket, principal). `false`: shared by everyone.
+    pub per_principal: bool,
 }
 
 /// One variant per way of authenticating to a backend.

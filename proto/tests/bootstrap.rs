@@ -1,5 +1,6 @@
 //! The generated code in `src/gen/` is committed (readable, no protoc at
-//! build time). This test regenerates it from `s3gate/v1/*.proto` with a
+//! build time). This test regenerates it from `s3gate/v1/*.proto` and
+//! `s3gate/plugin/v1/plugin.proto` with a
 //! vendored protoc and fails if anything changed, leaving the fresh files in
 //! place: run it, review the diff, commit.
 
@@ -40,11 +41,27 @@ fn generated_code_is_current() {
         ])
         .compile_protos(&protos, &[root.to_path_buf()])
         .unwrap();
+    // The plugin contract: a package of its own, with a server too (the
+    // control plane's tests run real plugins), and a descriptor of its own
+    // (the control plane does not serve it).
+    tonic_prost_build::configure()
+        .out_dir(&tmp)
+        .build_transport(true)
+        .skip_debug([
+            "s3gate.plugin.v1.LookupSecretResponse",
+            "s3gate.plugin.v1.BucketCredentialsResponse",
+        ])
+        .compile_protos(
+            &[root.join("s3gate/plugin/v1/plugin.proto")],
+            &[root.to_path_buf()],
+        )
+        .unwrap();
 
     let mut stale = Vec::new();
     for (generated, committed) in [
         ("s3gate.v1.rs", "s3gate.v1.rs"),
         ("descriptor.bin", "descriptor.bin"),
+        ("s3gate.plugin.v1.rs", "s3gate.plugin.v1.rs"),
     ] {
         let fresh = std::fs::read(tmp.join(generated)).unwrap();
         let path: PathBuf = gen.join(committed);

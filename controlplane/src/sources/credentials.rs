@@ -53,6 +53,7 @@ impl StaticHmac {
                     session_token,
                 } => {
                     let creds = BackendCredentials {
+                        per_principal: false,
                         auth: BackendAuth::SigV4 {
                             access_key: access_key.clone(),
                             secret_key: secret_key.clone(),

@@ -31,6 +31,7 @@ pub mod input;
 pub mod mtls;
 pub mod oidc;
 pub mod opa;
+pub mod plugin;
 pub mod policy;
 pub mod rego;
 pub mod sessions;
@@ -178,6 +179,10 @@ impl Sources {
         let certificates: Arc<dyn IdentitySource> =
             Arc::new(mtls::ClientCertificates::new(cache.key_ttl));
         let hmac: Arc<dyn CredentialSource> = Arc::new(credentials::StaticHmac::from_state(state));
+        // Before the backends' keys: a bucket with a source of its own is
+        // answered by it alone.
+        let bucket_plugins: Arc<dyn CredentialSource> =
+            Arc::new(plugin::PluginCredentials::from_state(state));
         let policy = registry
             .policy
             .iter()
@@ -192,7 +197,8 @@ impl Sources {
                 .chain(registry.identity.iter().cloned())
                 .collect(),
             policy: PolicyChain::new(policy),
-            credentials: std::iter::once(hmac)
+            credentials: [bucket_plugins, hmac]
+                .into_iter()
                 .chain(registry.credentials.iter().cloned())
                 .collect(),
             rules,
@@ -221,11 +227,6 @@ pub async fn policy_slot(
     cache: &CacheConfig,
     changed: &PolicyChanged,
 ) -> Result<PolicySlot, BuildError> {
-    let unbuilt = |kind: &'static str| BuildError {
-        section: "policy",
-        kind,
-        message: "this kind of source is not available in this build".into(),
-    };
     match config {
         PolicyConfig::Builtin(_) => Ok(PolicySlot::Rules),
         PolicyConfig::Rego(c) => Ok(PolicySlot::Source(
@@ -235,7 +236,7 @@ pub async fn policy_slot(
         PolicyConfig::Sql(c) => Ok(PolicySlot::Source(Arc::new(sql::policy::SqlPolicy::new(
             c, cache,
         )?))),
-        other => Err(unbuilt(other.kind())),
+        PolicyConfig::Plugin(c) => Ok(PolicySlot::Source(plugin::policy(c, cache).await?)),
     }
 }
 
@@ -247,11 +248,7 @@ pub async fn identity_source(
 ) -> Result<Arc<dyn IdentitySource>, BuildError> {
     match config {
         IdentityConfig::Sql(c) => Ok(Arc::new(sql::identity::SqlKeys::new(c, cache)?)),
-        other => Err(BuildError {
-            section: "identity",
-            kind: other.kind(),
-            message: "this kind of source is not available in this build".into(),
-        }),
+        IdentityConfig::Plugin(c) => plugin::identity(c, cache).await,
     }
 }
 

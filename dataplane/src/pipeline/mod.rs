@@ -64,6 +64,7 @@ pub struct Ctx {
     /// Prefix-scoped decisions; forgotten whenever `decisions` is.
     pub(crate) prefixes: authz::PrefixDecisions,
     pub(crate) routes: route::RouteCache,
+    pub(crate) principal_routes: route::PrincipalRouteCache,
     pub(crate) upstreams: Upstreams,
     /// Bytes buffered on requests' behalf, for all of them together.
     pub(crate) budget: Arc<Budget>,
@@ -84,6 +85,7 @@ impl Ctx {
             ),
             prefixes: authz::prefix_cache(cfg.decision_cache_bytes / 4),
             routes: route::cache(cfg.route_cache_capacity),
+            principal_routes: route::principal_cache(cfg.route_cache_capacity),
             upstreams: Upstreams::new(cfg.upstream_connect_timeout),
             budget: Budget::new(cfg.limits.buffer_budget),
             request_ids: RequestIds::new(),
@@ -121,7 +123,11 @@ impl Ctx {
                 self.decisions.invalidate_all();
                 self.prefixes.invalidate_all();
             }
-            Invalidation::Bucket(bucket) => self.routes.invalidate(bucket).await,
+            Invalidation::Bucket(bucket) => {
+                self.routes.invalidate(bucket).await;
+                // Rare: per-principal routes of every bucket go too.
+                self.principal_routes.invalidate_all();
+            }
             Invalidation::All => {
                 self.keys.invalidate_all();
                 self.unknown_keys.invalidate_all();
@@ -131,6 +137,7 @@ impl Ctx {
                 self.decisions.invalidate_all();
                 self.prefixes.invalidate_all();
                 self.routes.invalidate_all();
+                self.principal_routes.invalidate_all();
             }
         }
     }
@@ -288,7 +295,7 @@ async fn run(
         // Only ListBuckets has no bucket.
         return respond::list_buckets(cx, &who.principal).await;
     };
-    let route = route::lookup(cx, bucket).await?;
+    let route = route::lookup_for(cx, bucket, &who.principal).await?;
     let asker = authz::Asker {
         who: &who,
         head,
@@ -298,7 +305,7 @@ async fn run(
     trace.decision = Some(if grant.is_ok() { "allow" } else { "deny" });
     let grant = grant?;
     let source_route = match &req.copy_source {
-        Some(src) => Some(route::lookup_copy_source(cx, &route, src).await?),
+        Some(src) => Some(route::lookup_copy_source(cx, &route, src, &who.principal).await?),
         None => None,
     };
 

@@ -9,7 +9,7 @@ use aws_credential_types::Credentials;
 use aws_smithy_runtime_api::client::identity::Identity;
 use moka::future::Cache;
 use moka::Expiry;
-use s3gate_proto::{BackendAuth, Route};
+use s3gate_proto::{BackendAuth, Principal, Route};
 use s3gate_s3::request::CopySource;
 use s3gate_s3::{S3Error, S3ErrorCode};
 
@@ -18,6 +18,11 @@ use crate::error::Error;
 use crate::upstream::HttpClient;
 
 pub type RouteCache = Cache<String, Arc<RouteEntry>>;
+
+/// Routes of buckets whose credentials are per principal, by (bucket,
+/// principal name). Only such buckets have entries here: a shared route
+/// lives in the [`RouteCache`] and is found there first.
+pub type PrincipalRouteCache = Cache<(String, Arc<str>), Arc<RouteEntry>>;
 
 /// A route plus what it takes to use it, built once per cache fill.
 pub struct RouteEntry {
@@ -32,10 +37,10 @@ pub struct RouteEntry {
 
 struct RouteTtl;
 
-impl Expiry<String, Arc<RouteEntry>> for RouteTtl {
+impl<K> Expiry<K, Arc<RouteEntry>> for RouteTtl {
     fn expire_after_create(
         &self,
-        _key: &String,
+        _key: &K,
         value: &Arc<RouteEntry>,
         _at: Instant,
     ) -> Option<Duration> {
@@ -62,23 +67,72 @@ pub fn cache(capacity: u64) -> RouteCache {
         .build()
 }
 
+pub fn principal_cache(capacity: u64) -> PrincipalRouteCache {
+    Cache::builder()
+        .max_capacity(capacity)
+        .expire_after(RouteTtl)
+        .build()
+}
+
+/// The bucket's shared route (CORS, which runs before authentication).
 pub async fn lookup(cx: &Ctx, bucket: &str) -> Result<Arc<RouteEntry>, Error> {
     if let Some(entry) = cx.routes.get(bucket).await {
         return Ok(entry);
     }
     cx.routes
-        .try_get_with(bucket.to_owned(), fill(cx, bucket))
+        .try_get_with(bucket.to_owned(), fill(cx, bucket, None))
         .await
-        .map_err(|e| match &*e {
-            Error::NoSuchBucket => Error::NoSuchBucket,
-            Error::ControlPlane(m) => Error::ControlPlane(m.clone()),
-            Error::Config(m) => Error::Config(m.clone()),
-            other => Error::ControlPlane(other.to_string()),
-        })
+        .map_err(shared_error)
 }
 
-async fn fill(cx: &Ctx, bucket: &str) -> Result<Arc<RouteEntry>, Error> {
-    let route = cx.control_plane.route(bucket).await?;
+/// The route for an authenticated principal. A bucket with shared
+/// credentials costs one cache lookup, as [`lookup`] does; a bucket whose
+/// credentials are per principal misses there and is found by (bucket,
+/// principal). On a miss the control plane is asked with the principal,
+/// and its answer says which cache the route belongs in.
+pub async fn lookup_for(
+    cx: &Ctx,
+    bucket: &str,
+    principal: &Principal,
+) -> Result<Arc<RouteEntry>, Error> {
+    if let Some(entry) = cx.routes.get(bucket).await {
+        return Ok(entry);
+    }
+    let key = (bucket.to_owned(), principal.name.clone());
+    if let Some(entry) = cx.principal_routes.get(&key).await {
+        return Ok(entry);
+    }
+    let entry = cx
+        .principal_routes
+        .try_get_with(key.clone(), fill(cx, bucket, Some(principal)))
+        .await
+        .map_err(shared_error)?;
+    if !entry.route.credentials.per_principal {
+        // Shared after all: one entry for everyone.
+        cx.routes.insert(bucket.to_owned(), entry.clone()).await;
+        cx.principal_routes.invalidate(&key).await;
+    }
+    Ok(entry)
+}
+
+fn shared_error(e: Arc<Error>) -> Error {
+    match &*e {
+        Error::NoSuchBucket => Error::NoSuchBucket,
+        Error::ControlPlane(m) => Error::ControlPlane(m.clone()),
+        Error::Config(m) => Error::Config(m.clone()),
+        other => Error::ControlPlane(other.to_string()),
+    }
+}
+
+async fn fill(
+    cx: &Ctx,
+    bucket: &str,
+    principal: Option<&Principal>,
+) -> Result<Arc<RouteEntry>, Error> {
+    let route = match principal {
+        Some(p) => cx.control_plane.route_for(bucket, p).await?,
+        None => cx.control_plane.route(bucket).await?,
+    };
     let client = cx
         .upstreams
         .client_for(&route.backend)
@@ -111,8 +165,9 @@ pub async fn lookup_copy_source(
     cx: &Ctx,
     dest: &RouteEntry,
     src: &CopySource,
+    principal: &Principal,
 ) -> Result<Arc<RouteEntry>, Error> {
-    let entry = lookup(cx, &src.bucket).await?;
+    let entry = lookup_for(cx, &src.bucket, principal).await?;
     if entry.route.backend.name != dest.route.backend.name {
         return Err(S3Error::new(
             S3ErrorCode::NotImplemented,
@@ -149,6 +204,7 @@ mod tests {
                     session_token: None,
                 },
                 expires_unix,
+                per_principal: false,
             }),
             ttl: Duration::from_secs(300),
             cors: Arc::from([]),

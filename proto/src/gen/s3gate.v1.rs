@@ -227,6 +227,11 @@ pub struct AuthorizeResponse {
 pub struct GetRouteRequest {
     #[prost(string, tag = "1")]
     pub bucket: ::prost::alloc::string::String,
+    /// Who the route is for (the data plane resolves routes after
+    /// authentication); unset: the bucket's shared route. Buckets whose
+    /// credentials are per principal answer for this principal.
+    #[prost(message, optional, tag = "2")]
+    pub principal: ::core::option::Option<Principal>,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -254,6 +259,12 @@ pub struct BackendCredentials {
     /// credentials: STS, IBM IAM); 0 for static credentials.
     #[prost(int64, tag = "4")]
     pub expires_unix: i64,
+    /// The credentials are the requesting principal's own (from a credential
+    /// source that answers per principal): the data plane caches the route per
+    /// (bucket, principal) and asks again for every other principal. false:
+    /// shared by every principal of the bucket.
+    #[prost(bool, tag = "6")]
+    pub per_principal: bool,
     #[prost(oneof = "backend_credentials::Auth", tags = "5")]
     pub auth: ::core::option::Option<backend_credentials::Auth>,
 }
@@ -1655,6 +1666,24 @@ pub struct BucketInfo {
     /// CORS rules in order; empty: CORS is not enabled for the bucket.
     #[prost(message, repeated, tag = "4")]
     pub cors: ::prost::alloc::vec::Vec<CorsRule>,
+    /// Where the bucket's backend credentials come from; unset: its backend's
+    /// record (`\[[buckets]\] credentials` in a config file).
+    #[prost(message, optional, tag = "5")]
+    pub credentials: ::core::option::Option<BucketCredentialSource>,
+}
+/// A source of backend credentials for a bucket, asked per principal.
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct BucketCredentialSource {
+    /// "plugin": BucketCredentials of an s3gate.plugin.v1.Plugin.
+    #[prost(string, tag = "1")]
+    pub kind: ::prost::alloc::string::String,
+    /// The plugin's URL (<http://host:port>); required.
+    #[prost(string, tag = "2")]
+    pub url: ::prost::alloc::string::String,
+    /// How long one answer may take; 0: 500ms.
+    #[prost(uint64, tag = "3")]
+    pub timeout_ms: u64,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, ::prost::Message)]
