@@ -646,6 +646,28 @@ impl Admin for AdminService {
     }
 }
 
+/// A bucket's credential source as the Admin API carries it.
+fn bucket_credential_source(
+    c: pb::BucketCredentialSource,
+) -> Result<BucketCredentialSource, Status> {
+    match c.kind.as_str() {
+        "plugin" if !c.url.is_empty() => Ok(BucketCredentialSource::Plugin(RemoteCredentials {
+            url: c.url,
+            timeout: if c.timeout_ms == 0 {
+                std::time::Duration::from_millis(500)
+            } else {
+                std::time::Duration::from_millis(c.timeout_ms)
+            },
+        })),
+        "plugin" => Err(Status::invalid_argument(
+            "credentials of kind plugin need a url",
+        )),
+        other => Err(Status::invalid_argument(format!(
+            "unknown bucket credential kind {other:?} (known: plugin)"
+        ))),
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -689,27 +711,5 @@ mod tests {
                 "{wrong}"
             );
         }
-    }
-}
-
-/// A bucket's credential source as the Admin API carries it.
-fn bucket_credential_source(
-    c: pb::BucketCredentialSource,
-) -> Result<BucketCredentialSource, Status> {
-    match c.kind.as_str() {
-        "plugin" if !c.url.is_empty() => Ok(BucketCredentialSource::Plugin(RemoteCredentials {
-            url: c.url,
-            timeout: if c.timeout_ms == 0 {
-                std::time::Duration::from_millis(500)
-            } else {
-                std::time::Duration::from_millis(c.timeout_ms)
-            },
-        })),
-        "plugin" => Err(Status::invalid_argument(
-            "credentials of kind plugin need a url",
-        )),
-        other => Err(Status::invalid_argument(format!(
-            "unknown bucket credential kind {other:?} (known: plugin)"
-        ))),
     }
 }

@@ -293,7 +293,8 @@ impl PluginCredentials {
     /// The plugin buckets of `state`. A URL that is not one is logged and
     /// its buckets fail closed (503) until it is fixed.
     pub fn from_state(state: &crate::state::State) -> Self {
-        static REMOTES: OnceLock<Mutex<HashMap<(String, Duration), Arc<Remote>>>> = OnceLock::new();
+        type Remotes = Mutex<HashMap<(String, Duration), Arc<Remote>>>;
+        static REMOTES: OnceLock<Remotes> = OnceLock::new();
         let mut remotes = REMOTES
             .get_or_init(Default::default)
             .lock()
