@@ -71,13 +71,45 @@ pub enum SigV2Check {
 
 /// s3gate-issued keys, from the state (config file, Admin API).
 pub struct Keys {
-    keys: HashMap<String, KeyEntry>,
+    keys: HashMap<String, SecretEntry>,
     ttl: Duration,
 }
 
-struct KeyEntry {
-    secret: Secret,
-    principal: Principal,
+/// An access key's secret and principal, wherever a source found them (the
+/// state, a database row, a plugin's answer): what every source of secrets
+/// answers SigV4 and SigV2 from, so the secret stays in the control plane.
+pub struct SecretEntry {
+    pub secret: Secret,
+    pub principal: Principal,
+}
+
+impl SecretEntry {
+    /// The signing key derived for the request's date, region and service.
+    pub fn grant(&self, req: &SigningKeyRequest, ttl: Duration) -> SigningKeyGrant {
+        SigningKeyGrant {
+            key: SigningKey::derive(self.secret.expose(), &req.date, &req.region, &req.service),
+            principal: self.principal.clone(),
+            ttl,
+            session: None,
+        }
+    }
+
+    /// Whether the SigV2 signature was made with the secret.
+    pub fn check_sigv2(&self, req: &SigV2Request, ttl: Duration) -> SigV2Check {
+        let matches = s3gate_s3::sigv2::signature_matches(
+            self.secret.expose().as_bytes(),
+            req.string_to_sign.as_bytes(),
+            &req.signature,
+        );
+        if matches {
+            SigV2Check::Match(SigV2Grant {
+                principal: self.principal.clone(),
+                ttl,
+            })
+        } else {
+            SigV2Check::Mismatch
+        }
+    }
 }
 
 impl Keys {
@@ -93,7 +125,7 @@ impl Keys {
                 };
                 (
                     k.access_key.clone(),
-                    KeyEntry {
+                    SecretEntry {
                         secret: k.secret.clone(),
                         principal,
                     },
@@ -114,12 +146,10 @@ impl IdentitySource for Keys {
         &self,
         req: &SigningKeyRequest,
     ) -> Result<Option<SigningKeyGrant>, SourceError> {
-        Ok(self.keys.get(&req.access_key).map(|entry| SigningKeyGrant {
-            key: SigningKey::derive(entry.secret.expose(), &req.date, &req.region, &req.service),
-            principal: entry.principal.clone(),
-            ttl: self.ttl,
-            session: None,
-        }))
+        Ok(self
+            .keys
+            .get(&req.access_key)
+            .map(|e| e.grant(req, self.ttl)))
     }
 
     async fn principal(&self, access_key: &str) -> Result<Option<Principal>, SourceError> {
@@ -127,22 +157,10 @@ impl IdentitySource for Keys {
     }
 
     async fn verify_sigv2(&self, req: &SigV2Request) -> Result<Option<SigV2Check>, SourceError> {
-        let Some(entry) = self.keys.get(&req.access_key) else {
-            return Ok(None);
-        };
-        let matches = s3gate_s3::sigv2::signature_matches(
-            entry.secret.expose().as_bytes(),
-            req.string_to_sign.as_bytes(),
-            &req.signature,
-        );
-        Ok(Some(if matches {
-            SigV2Check::Match(SigV2Grant {
-                principal: entry.principal.clone(),
-                ttl: self.ttl,
-            })
-        } else {
-            SigV2Check::Mismatch
-        }))
+        Ok(self
+            .keys
+            .get(&req.access_key)
+            .map(|e| e.check_sigv2(req, self.ttl)))
     }
 }
 

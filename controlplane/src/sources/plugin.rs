@@ -25,13 +25,12 @@ use async_trait::async_trait;
 use s3gate_proto::plugin_pb;
 use s3gate_proto::plugin_pb::plugin_client::PluginClient;
 use s3gate_proto::{
-    AuthorizeRequest, Principal, Resource, SigV2Grant, SigV2Request, SigningKey, SigningKeyGrant,
-    SigningKeyRequest,
+    AuthorizeRequest, Principal, Resource, SigV2Request, SigningKeyGrant, SigningKeyRequest,
 };
 use tonic::transport::{Channel, Endpoint};
 
 use super::guard::Guard;
-use super::identity::{IdentitySource, SigV2Check};
+use super::identity::{IdentitySource, SecretEntry, SigV2Check};
 use super::policy::{Answer, PolicySource, Verdict, VerdictKind};
 use super::{BuildError, SourceError};
 use crate::config::{CacheConfig, RemoteSourceConfig};
@@ -180,15 +179,8 @@ impl PolicySource for PluginPolicy {
     }
 }
 
-/// What the plugin said of an access key; the secret stays in this struct
-/// and dies with it.
-struct Found {
-    secret: crate::config::Secret,
-    principal: Principal,
-}
-
 impl PluginIdentity {
-    async fn lookup(&self, access_key: &str) -> Result<Option<Found>, SourceError> {
+    async fn lookup(&self, access_key: &str) -> Result<Option<SecretEntry>, SourceError> {
         let mut client = self.client.clone();
         let msg = plugin_pb::LookupSecretRequest {
             access_key: access_key.to_owned(),
@@ -215,7 +207,7 @@ impl PluginIdentity {
                 format!("lookup_secret for {access_key}: an empty secret"),
             ));
         }
-        Ok(Some(Found {
+        Ok(Some(SecretEntry {
             principal: Principal {
                 name: Arc::from(resp.principal.as_str()),
                 groups: resp.groups.iter().map(|g| Arc::from(g.as_str())).collect(),
@@ -239,40 +231,18 @@ impl IdentitySource for PluginIdentity {
         Ok(self
             .lookup(&req.access_key)
             .await?
-            .map(|found| SigningKeyGrant {
-                key: SigningKey::derive(
-                    found.secret.expose(),
-                    &req.date,
-                    &req.region,
-                    &req.service,
-                ),
-                principal: found.principal,
-                ttl: self.ttl,
-                session: None,
-            }))
+            .map(|e| e.grant(req, self.ttl)))
     }
 
     async fn principal(&self, access_key: &str) -> Result<Option<Principal>, SourceError> {
-        Ok(self.lookup(access_key).await?.map(|f| f.principal))
+        Ok(self.lookup(access_key).await?.map(|e| e.principal))
     }
 
     async fn verify_sigv2(&self, req: &SigV2Request) -> Result<Option<SigV2Check>, SourceError> {
-        let Some(found) = self.lookup(&req.access_key).await? else {
-            return Ok(None);
-        };
-        let matches = s3gate_s3::sigv2::signature_matches(
-            found.secret.expose().as_bytes(),
-            req.string_to_sign.as_bytes(),
-            &req.signature,
-        );
-        Ok(Some(if matches {
-            SigV2Check::Match(SigV2Grant {
-                principal: found.principal,
-                ttl: self.ttl,
-            })
-        } else {
-            SigV2Check::Mismatch
-        }))
+        Ok(self
+            .lookup(&req.access_key)
+            .await?
+            .map(|e| e.check_sigv2(req, self.ttl)))
     }
 }
 
@@ -396,6 +366,7 @@ impl super::CredentialSource for PluginCredentials {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
+    use s3gate_proto::SigningKey;
     use std::borrow::Cow;
 
     use s3gate_proto::plugin_pb::plugin_server::{Plugin, PluginServer};

@@ -10,13 +10,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use s3gate_proto::{
-    Principal, SigV2Grant, SigV2Request, SigningKey, SigningKeyGrant, SigningKeyRequest,
-};
+use s3gate_proto::{Principal, SigV2Request, SigningKeyGrant, SigningKeyRequest};
 
 use super::{Database, Value};
 use crate::config::{CacheConfig, Secret, SqlSourceConfig};
-use crate::sources::identity::{IdentitySource, SigV2Check};
+use crate::sources::identity::{IdentitySource, SecretEntry, SigV2Check};
 use crate::sources::{BuildError, SourceError};
 
 const NAME: &str = "sql-keys";
@@ -30,12 +28,6 @@ pub struct SqlKeys {
     ttl: Duration,
 }
 
-/// What the database says of one key.
-struct Entry {
-    secret: Secret,
-    principal: Principal,
-}
-
 impl SqlKeys {
     pub fn new(config: &SqlSourceConfig, cache: &CacheConfig) -> Result<Self, BuildError> {
         Ok(Self {
@@ -44,7 +36,7 @@ impl SqlKeys {
         })
     }
 
-    async fn lookup(&self, access_key: &str) -> Result<Option<Entry>, SourceError> {
+    async fn lookup(&self, access_key: &str) -> Result<Option<SecretEntry>, SourceError> {
         let mut rows = self.db.query_rows(|_| access_key.to_owned()).await?;
         let bad = |message: String| {
             tracing::warn!(source = NAME, error = %message, "a key row is not usable");
@@ -79,7 +71,7 @@ impl SqlKeys {
                 )))
             }
         };
-        Ok(Some(Entry {
+        Ok(Some(SecretEntry {
             secret,
             principal: Principal {
                 name: Arc::from(name),
@@ -103,40 +95,18 @@ impl IdentitySource for SqlKeys {
         Ok(self
             .lookup(&req.access_key)
             .await?
-            .map(|entry| SigningKeyGrant {
-                key: SigningKey::derive(
-                    entry.secret.expose(),
-                    &req.date,
-                    &req.region,
-                    &req.service,
-                ),
-                principal: entry.principal,
-                ttl: self.ttl,
-                session: None,
-            }))
+            .map(|e| e.grant(req, self.ttl)))
     }
 
     async fn principal(&self, access_key: &str) -> Result<Option<Principal>, SourceError> {
-        Ok(self.lookup(access_key).await?.map(|entry| entry.principal))
+        Ok(self.lookup(access_key).await?.map(|e| e.principal))
     }
 
     async fn verify_sigv2(&self, req: &SigV2Request) -> Result<Option<SigV2Check>, SourceError> {
-        let Some(entry) = self.lookup(&req.access_key).await? else {
-            return Ok(None);
-        };
-        let matches = s3gate_s3::sigv2::signature_matches(
-            entry.secret.expose().as_bytes(),
-            req.string_to_sign.as_bytes(),
-            &req.signature,
-        );
-        Ok(Some(if matches {
-            SigV2Check::Match(SigV2Grant {
-                principal: entry.principal,
-                ttl: self.ttl,
-            })
-        } else {
-            SigV2Check::Mismatch
-        }))
+        Ok(self
+            .lookup(&req.access_key)
+            .await?
+            .map(|e| e.check_sigv2(req, self.ttl)))
     }
 }
 
@@ -144,6 +114,7 @@ impl IdentitySource for SqlKeys {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use s3gate_proto::SigningKey;
 
     fn keys(query: &str) -> SqlKeys {
         let config = SqlSourceConfig {
