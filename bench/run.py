@@ -546,23 +546,43 @@ def render_config(up: Upstream, keys: Keys, issuer: str | None = None) -> str:
     return "\n".join(out) + "\n" + POLICY_TABLES
 
 
+_SOURCE_URLS: dict[str, str] = {}
+
+
+def source_url(kind: str, work: Path) -> str:
+    """The address of the bench's remote decision source of `kind`, started
+    once per bench run and kept until it ends: "opa" (OPA's REST data API
+    over bench.rego, tests/harness/opa_server.py) or "plugin" (bench.rego's
+    decisions as an SDK plugin, bench/policy/bench_plugin.py)."""
+    if kind not in _SOURCE_URLS:
+        ready = work / f"{kind}.ready.json"
+        if kind == "opa":
+            argv = [sys.executable, str(REPO / "tests/harness/opa_server.py"), "--port", "0", "--ready-file", str(ready),
+                    str(REPO / "bench" / "policy" / "bench.rego")]  # fmt: skip
+        else:
+            argv = [sys.executable, str(REPO / "bench/policy/bench_plugin.py"), "--ready-file", str(ready)]
+        proc = procs.Proc(kind, argv, work / f"{kind}.log")
+        info = wait_for(lambda: procs.read_ready_file(ready), f"the bench's {kind} source", proc)
+        _SOURCE_URLS[kind] = (f"http://{info['addr']}/v1/data/s3gate/decision" if kind == "opa" else f"http://{info['grpc']}")
+    return _SOURCE_URLS[kind]
+
+
+POLICY_KINDS = ("none", "builtin", "rego", "opa", "plugin")
+
+
 def policy_tables(policy: str, work: Path) -> str:
-    """The [[policy]] tables of `--policy`; starts the OPA stand-in for "opa"."""
-    rego = REPO / "bench" / "policy" / "bench.rego"
+    """The [[policy]] tables of `--policy` (one source alone in the chain,
+    deciding as the bench's [[rules]]); starts the OPA stand-in or the
+    plugin for "opa" and "plugin"."""
     if policy == "none":
         return ""
     if policy == "builtin":
         return "\n".join(toml_table("policy", dict(kind="builtin"))) + "\n"
     if policy == "rego":
-        return "\n".join(toml_table("policy", dict(kind="rego", files=[str(rego)]))) + "\n"
-    if policy == "opa":
-        ready = work / "opa.ready.json"
-        proc = procs.Proc("opa", [sys.executable, str(REPO / "tests/harness/opa_server.py"), "--port", "0",
-                                  "--ready-file", str(ready), str(rego)], work / "opa.log")  # fmt: skip
-        info = wait_for(lambda: procs.read_ready_file(ready), "the OPA stand-in", proc)
-        url = f"http://{info['addr']}/v1/data/s3gate/decision"
-        return "\n".join(toml_table("policy", dict(kind="opa", url=url, timeout="1s"))) + "\n"
-    raise SystemExit(f"--policy {policy}: one of none, builtin, rego, opa")
+        return "\n".join(toml_table("policy", dict(kind="rego", files=[str(REPO / "bench" / "policy" / "bench.rego")]))) + "\n"
+    if policy in ("opa", "plugin"):
+        return "\n".join(toml_table("policy", dict(kind=policy, url=source_url(policy, work), timeout="1s"))) + "\n"
+    raise SystemExit(f"--policy {policy}: one of {', '.join(POLICY_KINDS)}")
 
 
 def assume_role(gw: "Gateway", token: str, seconds: int = 43200) -> tuple[str, str, str]:
@@ -910,14 +930,31 @@ class Bench:
     # S4sql-c1 is the same with one connection: no queueing, so the p99
     # over the built-in rules' is what a SQL decision adds.
     def s4sql(self, up: Upstream) -> None:
+        self.cold_sources(up, "S4sql", ("sql",))
+
+    # S4src: S4 (cold decisions) per decision source in one run, each alone
+    # in the chain and deciding as the built-in rules do: builtin (`s3gate`),
+    # rego (in-process), opa (the OPA stand-in), sql on PostgreSQL and on
+    # SQLite, plugin (the SDK plugin); at 32 connections and at one
+    # (S4src-c1: no queueing, so its p99 is what one decision costs).
+    def s4src(self, up: Upstream) -> None:
+        self.cold_sources(up, "S4src", ("rego", "opa", "sql", "plugin"))
+
+    def cold_sources(self, up: Upstream, scenario: str, kinds: tuple[str, ...]) -> None:
         c = self.cfg
         cold = ["--creds", str(self.keys.cold_file)]
         with SqlGrants(self.work, self.args.postgres_url) as dbs:
+            sources = [("s3gate", "")]
+            for kind in kinds:
+                if kind == "sql":
+                    sources += [(f"s3gate-sql-{k}", cfg) for k, cfg in dbs.configs()]
+                else:
+                    sources.append((f"s3gate-{kind}", policy_tables(kind, self.work)))
             for r in range(c["rounds"]):
-                for scen, conns in (("S4sql", "32"), ("S4sql-c1", "1")):
+                for scen, conns in ((scenario, "32"), (f"{scenario}-c1", "1")):
                     args = ["-c", conns, "--warmup", "0", "--unique", "--max-requests", str(c["s4_pool"]), "--get-key", "cold/{i}"]
                     self.load(scen, up, None, r, args, c["s4_duration"], self.direct_creds(up))
-                    for label, extra in [("s3gate", ""), *((f"s3gate-sql-{k}", cfg) for k, cfg in dbs.configs())]:
+                    for label, extra in sources:
                         gw = self.gateway(up, extra_config=extra)
                         try:
                             self.load(scen, up, gw, r, args, c["s4_duration"], cold, label=label)
@@ -1144,9 +1181,10 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="a few seconds per scenario, 1 round, 128 MiB transfers")
     ap.add_argument("--rounds", type=int, help="rounds per scenario (default 3, quick 1)")
     ap.add_argument("--scenarios", default="S1,S2,S3,S4,S5", help="comma-separated subset of S1..S5, plus S1g/S4g (S1/S4 through controlplane + dataplane + Redis), S4sql (S4 with a [[policy]] kind=sql: PostgreSQL, SQLite), "
-                    "S1s (S1 with STS session keys against a static key) and STS (cold AssumeRoleWithWebIdentity calls); the last four are not in the default set")
+                    "S4src (S4 per decision source in one run: builtin, rego, opa, sql on PostgreSQL and SQLite, plugin; at 32 connections and at 1), "
+                    "S1s (S1 with STS session keys against a static key) and STS (cold AssumeRoleWithWebIdentity calls); the last five are not in the default set")
     ap.add_argument("--postgres-url", default=os.environ.get("S3GATE_BENCH_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/postgres"),
-                    help="a PostgreSQL server where S4sql may create (and then drops) a database of its own")
+                    help="a PostgreSQL server where S4sql/S4src may create (and then drops) a database of its own")
     ap.add_argument("--redis-bin", default=shutil.which("redis-server") or "/usr/bin/redis-server", help="redis-server for S1g/S4g (a private one on a free 127.0.0.1 port, no persistence)")
     ap.add_argument("--upstreams", default="nginx,s3s-fs", help="comma-separated subset of nginx,s3s-fs")
     ap.add_argument("--nginx-workers", type=int, default=1, help="nginx worker processes (default 1)")
@@ -1163,8 +1201,9 @@ def main() -> int:
     ap.add_argument("--profile-freq", type=int, default=999, help="perf sampling frequency (Hz)")
     ap.add_argument("--profile-log", default="info", help="S3GATE_LOG for the profiled gateway")
     ap.add_argument("--policy", default="none", help="the decision chain of every gateway: none (no [[policy]]), builtin, rego "
-                    "(bench/policy/bench.rego in-process) or opa (the same file behind tests/harness/opa_server.py, OPA's "
-                    "REST API over a Python Rego engine); S4 then measures cold decisions of that source")
+                    "(bench/policy/bench.rego in-process), opa (the same file behind tests/harness/opa_server.py, OPA's "
+                    "REST API over a Python Rego engine) or plugin (bench/policy/bench_plugin.py, the same decisions as an "
+                    "SDK plugin); S4 then measures cold decisions of that source")
     ap.add_argument("--out", type=Path, default=REPO / "target/bench", help="where results JSON/Markdown go")
     args = ap.parse_args()
 
@@ -1174,7 +1213,7 @@ def main() -> int:
     scenarios = [s.strip().upper() for s in args.scenarios.split(",") if s.strip()]
     scenarios = [s[:-1] + "g" if s.endswith("G") else s for s in scenarios]  # S4G -> S4g
     scenarios = ["S1s" if s == "S1S" else s for s in scenarios]
-    scenarios = ["S4sql" if s == "S4SQL" else s for s in scenarios]
+    scenarios = [{"S4SQL": "S4sql", "S4SRC": "S4src"}.get(s, s) for s in scenarios]
     upstreams = [u.strip() for u in args.upstreams.split(",") if u.strip()]
     for exe in (args.gateway_bin, args.loadgen_bin):
         if not exe.exists():

@@ -7,22 +7,27 @@ OPA's data API (POST /v1/data/<path> {"input": …} → {"result": …}) and
 evaluates the same tests/fixtures/policy/s3.rego as the Rego tests with a real
 Rego engine (regorus, from PyPI).
 
-Covers: a prefix grant and a deny exception answered by OPA; fail closed: OPA
-down → 503 and nothing reaches the backend; a slow OPA → timeout → 503; the
-breaker: once open, requests fail fast (the latency drop is measured); and
-the recovery when OPA is back.
+Covers: a prefix grant and a deny exception answered by OPA, through boto3
+and the aws cli; fail closed: OPA down → 503 and nothing reaches the
+backend; a slow OPA → timeout → 503; the breaker: once open, requests fail
+fast (the latency drop is measured); the recovery when OPA is back; and
+distributed mode (OPA asked by `s3gate controlplane`, its answers cached by
+`s3gate dataplane`).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 import time
 import urllib.request
 
 import pytest
 
-from conftest import Proc, read_ready_file, stop_gateway, wait_for
+from conftest import REGION, Proc, gateway_bin, gateway_env, make_keys, node_files, read_ready_file, render_config, stop_gateway, unused_port, wait_for
+from harness.cluster import start_controlplane, start_dataplane
 from policyutil import error_code, explain, policy_dir, policy_tables, start_policy_gateway, status, unique
 
 TIMEOUT_MS = 300
@@ -99,6 +104,32 @@ def test_opa_grants_a_prefix_and_its_deny_beats_a_builtin_allow(opa_gw, s3_clien
     assert e["scope"] == 'prefix "home/bob/"'
 
 
+def test_the_aws_cli(opa_gw, tmp_path, backend):
+    gw, _, opa = opa_gw
+    dave = gw.keys["dave"]  # nobody else here asks for home/dave/: OPA decides anew
+    src = tmp_path / "f.txt"
+    src.write_text("from the aws cli, decided by OPA\n")
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": dave.access_key, "AWS_SECRET_ACCESS_KEY": dave.secret_key,
+           "AWS_DEFAULT_REGION": REGION, "HOME": str(tmp_path)}  # fmt: skip
+
+    def aws(*args):
+        return subprocess.run(["aws", "--endpoint-url", gw.endpoint, "s3", *args], capture_output=True, text=True,
+                              env=env, timeout=120, stdin=subprocess.DEVNULL)  # fmt: skip
+
+    asked = opa.count()
+    key = unique("home/dave/cli-")
+    r = aws("cp", str(src), f"s3://data/{key}")
+    assert r.returncode == 0, r.stderr
+    assert backend.file("data-prod", key).read_text() == "from the aws cli, decided by OPA\n"
+    assert opa.count() > asked, "OPA was not asked"
+    r = aws("ls", "s3://data/home/dave/")
+    assert r.returncode == 0 and key.split("/")[-1] in r.stdout, r.stderr
+    denied = unique("home/carol/cli-")
+    r = aws("cp", str(src), f"s3://data/{denied}")
+    assert r.returncode != 0 and "AccessDenied" in r.stderr
+    assert not backend.exists("data-prod", denied)
+
+
 def put_timed(alice, key) -> tuple[int, float]:
     t = time.monotonic()
     code = status(lambda: alice.put_object(Bucket="data", Key=key, Body=b"x"))
@@ -150,3 +181,47 @@ def test_fail_closed_slow_then_breaker_then_down_then_back(opa_gw, s3_client, ba
     key = unique("plain/")
     wait_for(lambda: put_timed(alice, key)[0] == 200, "OPA decisions again", gw.proc, timeout=15)
     assert backend.exists("data-prod", key)
+
+
+def test_distributed_control_plane_asks_opa(backend, tmp_path):
+    """OPA is asked by `s3gate controlplane`; `s3gate dataplane` caches the
+    answers: a cached allow holds while OPA is down, a new decision is 503
+    and reaches nothing."""
+    d = policy_dir(tmp_path)
+    opa = Opa(tmp_path, [d / "s3.rego", d / "window.rego"]).start()
+    keys = make_keys()
+    cfg = tmp_path / "cp.toml"
+    cfg.write_text(render_config(backend, keys, unused_port())
+                   + policy_tables(dict(kind="opa", url=f"{opa.url}/v1/data/s3gate/decision", timeout=f"{TIMEOUT_MS}ms")))  # fmt: skip
+    env = gateway_env(backend, keys, "debug")
+    cp, grpc = start_controlplane(gateway_bin(), "cp-opa", config=cfg, env=env, **node_files(tmp_path, "cp"))
+    dp, s3 = start_dataplane(gateway_bin(), "dp-opa", control_planes=[f"http://{grpc}"], region=REGION, env=env,
+                             **node_files(tmp_path, "dp"))  # fmt: skip
+    try:
+        from conftest import _client
+
+        def c(who):
+            return _client(f"http://{s3}", keys[who].access_key, keys[who].secret_key)
+
+        bob = c("bob")
+        key = unique("home/bob/")
+        asked = opa.count()
+        bob.put_object(Bucket="data", Key=key, Body=b"dp")
+        assert backend.exists("data-prod", key)
+        assert opa.count() > asked, "OPA was not asked"
+        assert error_code(lambda: bob.put_object(Bucket="data", Key=unique("home/carol/"), Body=b"x")) == "AccessDenied"
+        # OPA's answer for bob's home is prefix-scoped: cached by the data
+        # plane, it holds while OPA is down; another principal's new
+        # decision cannot be made.
+        opa.stop()
+        again = unique("home/bob/")
+        assert status(lambda: bob.put_object(Bucket="data", Key=again, Body=b"cached")) == 200
+        assert backend.exists("data-prod", again)
+        never = unique("home/alice/")
+        assert status(lambda: c("alice").put_object(Bucket="data", Key=never, Body=b"x")) == 503
+        assert not backend.exists("data-prod", never)
+    finally:
+        dp.stop()
+        cp.stop()
+        if opa.proc.alive():
+            opa.stop()
