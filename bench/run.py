@@ -840,6 +840,30 @@ class Bench:
             if ref:
                 ref.stop()
 
+    # S1src: warm S1 (every decision cached after the warm-up) with each
+    # decision chain of S4src that answers the hot principal bucket-wide:
+    # the built-in rules (`s3gate`), rego, opa, plugin; each gateway up for
+    # the whole run, measured in the same rounds with the nginx reverse
+    # proxy. A chain must cost nothing once its answers are cached.
+    def s1src(self, up: Upstream) -> None:
+        c = self.cfg
+        args = ["-c", "32", "--warmup", str(c["warmup"]), "--get-key", "small/{i}", "--get-count", str(SMALL_COUNT)]
+        gws = [("s3gate", self.gateway(up))]
+        gws += [(f"s3gate-{kind}", self.gateway(up, extra_config=policy_tables(kind, self.work))) for kind in ("rego", "opa", "plugin")]
+        ref = self.reference_proxy(up)
+        try:
+            for r in range(c["rounds"]):
+                self.load("S1src", up, None, r, args, c["s1_duration"], self.direct_creds(up))
+                for label, gw in gws:
+                    self.load("S1src", up, gw, r, args, c["s1_duration"], creds_args(self.keys.hot), label=label)
+                if ref:
+                    self.load("S1src", up, ref, r, args, c["s1_duration"], self.direct_creds(up), label="nginx-proxy")
+        finally:
+            for _, gw in gws:
+                gw.stop()
+            if ref:
+                ref.stop()
+
     # S1s: S1 through one gateway, with the hot static key and with temporary
     # keys from AssumeRoleWithWebIdentity (the same bucket-wide allow), in
     # the same rounds: what a session costs per request over a static key.
@@ -1182,7 +1206,8 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, help="rounds per scenario (default 3, quick 1)")
     ap.add_argument("--scenarios", default="S1,S2,S3,S4,S5", help="comma-separated subset of S1..S5, plus S1g/S4g (S1/S4 through controlplane + dataplane + Redis), S4sql (S4 with a [[policy]] kind=sql: PostgreSQL, SQLite), "
                     "S4src (S4 per decision source in one run: builtin, rego, opa, sql on PostgreSQL and SQLite, plugin; at 32 connections and at 1), "
-                    "S1s (S1 with STS session keys against a static key) and STS (cold AssumeRoleWithWebIdentity calls); the last five are not in the default set")
+                    "S1src (warm S1 per decision chain: builtin, rego, opa, plugin), "
+                    "S1s (S1 with STS session keys against a static key) and STS (cold AssumeRoleWithWebIdentity calls); the last six are not in the default set")
     ap.add_argument("--postgres-url", default=os.environ.get("S3GATE_BENCH_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/postgres"),
                     help="a PostgreSQL server where S4sql/S4src may create (and then drops) a database of its own")
     ap.add_argument("--redis-bin", default=shutil.which("redis-server") or "/usr/bin/redis-server", help="redis-server for S1g/S4g (a private one on a free 127.0.0.1 port, no persistence)")
@@ -1213,7 +1238,7 @@ def main() -> int:
     scenarios = [s.strip().upper() for s in args.scenarios.split(",") if s.strip()]
     scenarios = [s[:-1] + "g" if s.endswith("G") else s for s in scenarios]  # S4G -> S4g
     scenarios = ["S1s" if s == "S1S" else s for s in scenarios]
-    scenarios = [{"S4SQL": "S4sql", "S4SRC": "S4src"}.get(s, s) for s in scenarios]
+    scenarios = [{"S4SQL": "S4sql", "S4SRC": "S4src", "S1SRC": "S1src"}.get(s, s) for s in scenarios]
     upstreams = [u.strip() for u in args.upstreams.split(",") if u.strip()]
     for exe in (args.gateway_bin, args.loadgen_bin):
         if not exe.exists():
