@@ -1075,7 +1075,11 @@ fn bucket_credentials_summary(c: &pb::BucketCredentialSource) -> String {
     match c.kind.as_str() {
         "sql" => format!(
             "sql {url}{}",
-            if c.per_principal { " per-principal" } else { "" }
+            if c.per_principal {
+                " per-principal"
+            } else {
+                ""
+            }
         ),
         kind => format!("{kind} {url}"),
     }

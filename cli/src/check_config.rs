@@ -309,11 +309,11 @@ fn render_sources(cfg: &FileConfig, raw: &FileConfig, line: &mut impl FnMut(Stri
     use s3gate_controlplane::sources::sql::redacted_url;
     // As written when it is an env: reference; else the resolved URL
     // without its userinfo.
-    let sql_url = |resolved: &SqlSourceConfig, written: Option<&SqlSourceConfig>| {
-        match written.map(|w| w.url.expose()) {
-            Some(w) if w.starts_with("env:") => w.clone(),
-            _ => redacted_url(resolved.url.expose()),
-        }
+    let sql_url = |resolved: &SqlSourceConfig, written: Option<&SqlSourceConfig>| match written
+        .map(|w| w.url.expose())
+    {
+        Some(w) if w.starts_with("env:") => w.clone(),
+        _ => redacted_url(resolved.url.expose()),
     };
     line(String::new());
     if cfg.policy.is_empty() {

@@ -717,7 +717,12 @@ fn controlplane(args: ControlplaneArgs) -> Result<(), Failure> {
                 standing_sources(providers, file.as_ref(), store.clone(), &args.sts).await?;
             let replica = Replica::start_with(store, cache, name.clone(), registry).await?;
             if let Some(path) = &args.config {
-                replica.set_config_file(path.clone(), LoadOptions { allow_empty: args.redis.is_some() });
+                replica.set_config_file(
+                    path.clone(),
+                    LoadOptions {
+                        allow_empty: args.redis.is_some(),
+                    },
+                );
             }
             tokio::spawn(reload_on_hangup(Arc::downgrade(&replica)));
             if args.admin_token.is_none() {

@@ -1122,9 +1122,8 @@ impl FileConfig {
         let has_sql_entry = crate::sources::sql_default_url(&self.policy, &self.identity).is_some();
         for (i, b) in self.buckets.iter_mut().enumerate() {
             if let Some(c) = &b.credentials {
-                c.validate().map_err(|m| {
-                    src.entry_problem("buckets", i, "credentials", None, m)
-                })?;
+                c.validate()
+                    .map_err(|m| src.entry_problem("buckets", i, "credentials", None, m))?;
             }
             match &mut b.credentials {
                 Some(crate::credential::BucketCredentialSource::Sql(c))

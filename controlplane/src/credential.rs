@@ -198,8 +198,7 @@ impl SqlCredentials {
                 );
             }
         }
-        let rewritten =
-            binds::rewrite(&self.query, dialect).map_err(|e| format!("query: {e}"))?;
+        let rewritten = binds::rewrite(&self.query, dialect).map_err(|e| format!("query: {e}"))?;
         if let Some(name) = rewritten
             .binds
             .iter()

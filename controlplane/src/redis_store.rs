@@ -1489,7 +1489,11 @@ mod tests {
         };
         let mut r = raw();
         r.buckets.insert("web".into(), encode_bucket(&sql).unwrap());
-        assert!(r.buckets["web"].contains(r#""kind":"sql""#), "{}", r.buckets["web"]);
+        assert!(
+            r.buckets["web"].contains(r#""kind":"sql""#),
+            "{}",
+            r.buckets["web"]
+        );
         assert_eq!(r.decode(&m).unwrap().buckets["web"], sql);
         // Written before buckets had CORS rules: loads without any.
         let mut r = raw();

@@ -233,8 +233,7 @@ impl Replica {
         let next = before.with_configured(configured);
         // Signing keys come from identity sources: when those may have
         // changed, data planes forget keys (and everything else) too.
-        let wide =
-            !before.configured_identity.is_empty() || !next.configured_identity.is_empty();
+        let wide = !before.configured_identity.is_empty() || !next.configured_identity.is_empty();
         let sql_buckets: Vec<String> = {
             let _compiling = self.compiling.lock().unwrap_or_else(|p| p.into_inner());
             let state = self.installed_state();
@@ -657,11 +656,13 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("s3gate.toml");
         let policy = |query: &str| {
-            format!(
-                "[[policy]]\nkind = \"sql\"\nurl = \"sqlite::memory:\"\nquery = \"{query}\"\n"
-            )
+            format!("[[policy]]\nkind = \"sql\"\nurl = \"sqlite::memory:\"\nquery = \"{query}\"\n")
         };
-        std::fs::write(&path, policy("SELECT 'allow' AS effect WHERE :bucket = 'data'")).unwrap();
+        std::fs::write(
+            &path,
+            policy("SELECT 'allow' AS effect WHERE :bucket = 'data'"),
+        )
+        .unwrap();
         let file = FileConfig::load_with(&path, LoadOptions { allow_empty: true }).unwrap();
         let mut registry = Registry::default();
         crate::sources::register_configured(
@@ -691,11 +692,18 @@ mod tests {
         assert!(replica.authorize(ask()).await.unwrap().allow);
 
         let mut events = replica.events().subscribe();
-        std::fs::write(&path, policy("SELECT 'deny' AS effect, 'reloaded' AS reason")).unwrap();
+        std::fs::write(
+            &path,
+            policy("SELECT 'deny' AS effect, 'reloaded' AS reason"),
+        )
+        .unwrap();
         let reloaded = replica.reload().await.unwrap();
         assert_eq!(reloaded.invalidated, "policy");
         assert_eq!(reloaded.policy.len(), 1);
-        assert!(reloaded.policy[0].starts_with("sql sqlite::memory: query="), "{reloaded:?}");
+        assert!(
+            reloaded.policy[0].starts_with("sql sqlite::memory: query="),
+            "{reloaded:?}"
+        );
         let decision = replica.authorize(ask()).await.unwrap();
         assert!(!decision.allow);
         assert!(decision.reason.contains("reloaded"), "{}", decision.reason);
@@ -705,7 +713,10 @@ mod tests {
         // error names the section and the kind.
         std::fs::write(&path, policy("SELECT 'allow' AS effect WHERE :nope = 1")).unwrap();
         let err = replica.reload().await.unwrap_err().to_string();
-        assert!(err.contains("[[policy]] sql") && err.contains(":nope"), "{err}");
+        assert!(
+            err.contains("[[policy]] sql") && err.contains(":nope"),
+            "{err}"
+        );
         assert!(!replica.authorize(ask()).await.unwrap().allow);
         // A file that does not parse: likewise.
         std::fs::write(&path, "[[policy]]\nkind = \"nope\"\n").unwrap();

@@ -119,9 +119,7 @@ impl SqlBucketCredentials {
             None | Some(Value::Null) => None,
             Some(Value::Text(t)) if t.is_empty() => None,
             Some(Value::Text(t)) => Some(Redacted::new(t.clone())),
-            Some(other) => {
-                return Err(bad(format!("session_token is {}, not text", other.kind())))
-            }
+            Some(other) => return Err(bad(format!("session_token is {}, not text", other.kind()))),
         };
         let expires_unix = match row.get("expires_unix") {
             None | Some(Value::Null) => None,
@@ -370,7 +368,10 @@ mod tests {
             .unwrap();
         let BackendAuth::SigV4 { session_token, .. } = &c.auth;
         assert_eq!(
-            (c.public_id(), session_token.as_ref().map(|t| t.expose().as_str())),
+            (
+                c.public_id(),
+                session_token.as_ref().map(|t| t.expose().as_str())
+            ),
             ("AK-BOB", Some("tok-bob"))
         );
         // By group, with an empty token read as none.
@@ -484,14 +485,20 @@ mod tests {
         );
         assert_eq!(ok.validate(), Ok(()));
         assert!(ok.per_principal());
-        assert!(!sql("", "SELECT access_key, secret_key FROM k WHERE bucket = :bucket")
-            .per_principal());
+        assert!(!sql(
+            "",
+            "SELECT access_key, secret_key FROM k WHERE bucket = :bucket"
+        )
+        .per_principal());
         for (bad, says) in [
             (
                 sql("", "SELECT 1 WHERE principal = :princpal"),
                 "unknown bind :princpal",
             ),
-            (sql("", "SELECT 1 WHERE k = :action"), "unknown bind :action"),
+            (
+                sql("", "SELECT 1 WHERE k = :action"),
+                "unknown bind :action",
+            ),
             (sql("", "  "), "need a query"),
             (sql("mysql://db/x", "SELECT 1"), "postgres://"),
             (sql("postgres://u:hunter2@db/x", "SELECT 1"), "password"),

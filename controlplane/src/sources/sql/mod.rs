@@ -67,8 +67,12 @@ pub fn url_has_password(url: &str) -> bool {
     let (userinfo, query) = url_parts(url);
     userinfo.is_some_and(|u| u.contains(':'))
         || query.is_some_and(|q| {
-            q.split('&')
-                .any(|p| p.split('=').next().unwrap_or("").eq_ignore_ascii_case("password"))
+            q.split('&').any(|p| {
+                p.split('=')
+                    .next()
+                    .unwrap_or("")
+                    .eq_ignore_ascii_case("password")
+            })
         })
 }
 
@@ -491,10 +495,22 @@ mod tests {
     #[test]
     fn urls_are_shown_without_passwords() {
         for (url, shown, password) in [
-            ("postgres://u:hunter2@db:5432/x", "postgres://***@db:5432/x", true),
+            (
+                "postgres://u:hunter2@db:5432/x",
+                "postgres://***@db:5432/x",
+                true,
+            ),
             ("postgres://u@db/x", "postgres://***@db/x", false),
-            ("postgres://db/x?user=u&password=hunter2", "postgres://db/x?user=u&password=***", true),
-            ("sqlite:///var/lib/s3gate/keys.db", "sqlite:///var/lib/s3gate/keys.db", false),
+            (
+                "postgres://db/x?user=u&password=hunter2",
+                "postgres://db/x?user=u&password=***",
+                true,
+            ),
+            (
+                "sqlite:///var/lib/s3gate/keys.db",
+                "sqlite:///var/lib/s3gate/keys.db",
+                false,
+            ),
             ("sqlite::memory:", "sqlite::memory:", false),
             ("env:S3GATE_DB", "env:S3GATE_DB", false),
             ("postgres://u:p@w@db/x", "postgres://***@db/x", true),
