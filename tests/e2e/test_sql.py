@@ -25,7 +25,8 @@ for both: two principals write through one bucket and a backend that
 verifies SigV4 for several key pairs (keyed_backend.py) proves which key
 signed; no row is a 503 with nothing forwarded; a changed row is used after
 the route's expiry and after an invalidation; a database that is not there
-is a 503.
+is a 503. In distributed mode, a bucket put through the Admin CLI with an
+`env:` URL (a URL with a password refused).
 """
 
 from __future__ import annotations
@@ -709,3 +710,56 @@ def test_bucket_credentials_database_down_is_503(backend, tmp_path):
             assert kb.seen() == []
         finally:
             stop_gateway(gw)
+
+
+def test_bucket_credentials_from_sql_in_distributed_mode(backend, tmp_path):
+    """`s3gate controlplane` + `s3gate dataplane`; the bucket is created with
+    `s3gate admin buckets put --credentials-sql-url env:VAR
+    --credentials-sql-query …`: the control plane reads the URL from its own
+    environment, the data plane signs with the row's keys, and the listing
+    shows the reference, not a value. A URL with a password is refused."""
+    db = new_database("sqlite", tmp_path)
+    db.create()
+    db.exec(BUCKET_KEYS)
+    pairs = {"AKALICEDIST": ("sk-alice-dist-" + secrets.token_hex(8), None),
+             KEYED_DEFAULT[0]: (KEYED_DEFAULT[1], None)}  # fmt: skip
+    set_bucket_key(db, "alice", "AKALICEDIST", pairs["AKALICEDIST"][0])
+    with KeyedBackend(pairs) as kb:
+        keys = make_keys()
+        config = tmp_path / "cluster.toml"
+        config.write_text(render_config(backend, keys, unused_port()) + "\n".join([
+            "", "[[backends]]", 'name = "keyed"', f"endpoint = {q(kb.endpoint)}", 'region = "us-east-1"',
+            'addressing_style = "path"', f"access_key = {q(KEYED_DEFAULT[0])}", f"secret_key = {q(KEYED_DEFAULT[1])}", "",
+        ]) + rules_config([("allow", ["alice"], ["s3:*"], ["kb", "kb/*"])]))  # fmt: skip
+        env = gateway_env(backend, keys, "debug", S3GATE_ADMIN_TOKEN=ADMIN_TOKEN, S3GATE_E2E_CREDS_DB=db.url)
+        cp, cp_addr = start_controlplane(gateway_bin(), "cp-sqlcreds", config=config, env=env, **node_files(tmp_path, "cp-sqlcreds"))
+        try:
+            def admin(*args: str) -> subprocess.CompletedProcess:
+                return subprocess.run([str(gateway_bin()), "admin", "--control-plane", f"http://{cp_addr}", "--token", ADMIN_TOKEN,
+                                       *args], capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)  # fmt: skip
+
+            r = admin("buckets", "put", "--name", "kb", "--backend", "keyed", "--credentials-sql-url", "postgres://u:pw-0000@db/x",
+                      "--credentials-sql-query", CREDS_QUERY)  # fmt: skip
+            assert r.returncode != 0 and "carries a password" in r.stderr and "pw-0000" not in r.stderr, r.stderr
+            r = admin("buckets", "put", "--name", "kb", "--backend", "keyed", "--credentials-sql-url", "env:S3GATE_E2E_CREDS_DB",
+                      "--credentials-sql-query", CREDS_QUERY)  # fmt: skip
+            assert r.returncode == 0, r.stderr
+            listed = admin("--json", "buckets", "list")
+            kbinfo = next(b for b in json.loads(listed.stdout) if b["name"] == "kb")
+            assert kbinfo["credentials"]["url"] == "env:S3GATE_E2E_CREDS_DB", kbinfo
+            table = admin("buckets", "list").stdout
+            assert "sql env:S3GATE_E2E_CREDS_DB per-principal" in table, table
+            dp, dp_addr = start_dataplane(gateway_bin(), "dp-sqlcreds", control_planes=[f"http://{cp_addr}"], region=REGION,
+                                          env=env, **node_files(tmp_path, "dp-sqlcreds"))  # fmt: skip
+            try:
+                alice = _client(f"http://{dp_addr}", keys["alice"].access_key, keys["alice"].secret_key)
+                alice.put_object(Bucket="kb", Key="d.txt", Body=b"distributed")
+                assert kb.signers("/kb/d.txt") == ["AKALICEDIST"]
+                assert alice.get_object(Bucket="kb", Key="d.txt")["Body"].read() == b"distributed"
+            finally:
+                dp.stop()
+        finally:
+            cp.stop()
+        for name in ("cp-sqlcreds", "dp-sqlcreds"):
+            log = (tmp_path / f"{name}.log").read_text(errors="replace")
+            assert pairs["AKALICEDIST"][0] not in log, f"a backend secret from the database is in {name}'s log"
