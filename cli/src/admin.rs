@@ -92,6 +92,16 @@ Examples:
     Explain(ExplainArgs),
     /// Control-plane status: replica, state version, store health, counts.
     Status,
+    /// Re-read the control plane's config file and rebuild its [[policy]]
+    /// chain and [[identity]] sources (as SIGHUP does); its data planes
+    /// forget cached decisions. A file or source that does not load keeps
+    /// the sources in force, and this prints why. Each replica reads its
+    /// own file: reload each.
+    #[command(after_help = "\
+Examples:
+  s3gate admin reload
+  s3gate admin --json reload")]
+    Reload,
 }
 
 #[derive(Debug, Subcommand)]
@@ -273,6 +283,8 @@ enum BucketsCommand {
 Examples:
   s3gate admin buckets put --name data --backend aws --backend-bucket data-prod
   s3gate admin buckets put --name web --backend aws --cors-file cors.json
+  s3gate admin buckets put --name data --backend aws --credentials-sql-query \\
+    \"SELECT access_key, secret_key FROM bucket_keys WHERE principal = :principal AND bucket = :bucket\"
 
 cors.json holds the rules in order, with the names of [[buckets.cors]]:
   [{\"allowed_origins\": [\"https://app.example.com\"], \"allowed_methods\": [\"GET\", \"PUT\"],
@@ -298,7 +310,19 @@ or the document `aws s3api put-bucket-cors --cors-configuration` takes:
         /// principal when it says so) instead of the backend's keys.
         #[arg(long, value_name = "URL")]
         credentials_plugin: Option<String>,
-        /// How long the credentials plugin may take to answer.
+        /// Sign the bucket's backend requests with keys this SQL query
+        /// returns (access_key, secret_key, optional session_token) for
+        /// :principal, :groups, :bucket — per principal when it uses
+        /// :principal or :groups — instead of the backend's keys.
+        #[arg(long, value_name = "QUERY", conflicts_with = "credentials_plugin")]
+        credentials_sql_query: Option<String>,
+        /// The database of --credentials-sql-query: postgres://… or
+        /// sqlite:… without a password, or env:VAR (read by the control
+        /// plane). Default: the control plane's first [[policy]] or
+        /// [[identity]] sql entry's database.
+        #[arg(long, value_name = "URL", requires = "credentials_sql_query")]
+        credentials_sql_url: Option<String>,
+        /// How long the credentials plugin or query may take to answer.
         #[arg(long, value_name = "DURATION", default_value = "500ms", value_parser = humantime::parse_duration)]
         credentials_timeout: std::time::Duration,
     },
@@ -752,6 +776,8 @@ async fn execute(mut client: Client, args: AdminArgs) -> anyhow::Result<()> {
                 backend_bucket,
                 cors_file,
                 credentials_plugin,
+                credentials_sql_query,
+                credentials_sql_url,
                 credentials_timeout,
             } => {
                 let cors = match cors_file {
@@ -769,11 +795,22 @@ async fn execute(mut client: Client, args: AdminArgs) -> anyhow::Result<()> {
                     backend,
                     backend_bucket: backend_bucket.unwrap_or_default(),
                     cors,
-                    credentials: credentials_plugin.map(|url| pb::BucketCredentialSource {
-                        kind: "plugin".into(),
-                        url,
-                        timeout_ms: credentials_timeout.as_millis() as u64,
-                    }),
+                    credentials: match (credentials_plugin, credentials_sql_query) {
+                        (Some(url), _) => Some(pb::BucketCredentialSource {
+                            kind: "plugin".into(),
+                            url,
+                            timeout_ms: credentials_timeout.as_millis() as u64,
+                            ..Default::default()
+                        }),
+                        (None, Some(query)) => Some(pb::BucketCredentialSource {
+                            kind: "sql".into(),
+                            url: credentials_sql_url.unwrap_or_default(),
+                            query,
+                            timeout_ms: credentials_timeout.as_millis() as u64,
+                            per_principal: false,
+                        }),
+                        (None, None) => None,
+                    },
                 };
                 let r = client
                     .put_bucket(pb::PutBucketRequest {
@@ -790,7 +827,7 @@ async fn execute(mut client: Client, args: AdminArgs) -> anyhow::Result<()> {
                     .into_inner()
                     .buckets;
                 out.table(
-                    &["NAME", "BACKEND", "BACKEND BUCKET", "CORS"],
+                    &["NAME", "BACKEND", "BACKEND BUCKET", "CORS", "CREDENTIALS"],
                     buckets
                         .iter()
                         .map(|b| {
@@ -799,13 +836,24 @@ async fn execute(mut client: Client, args: AdminArgs) -> anyhow::Result<()> {
                                 b.backend.clone(),
                                 b.backend_bucket.clone(),
                                 cors_summary(&b.cors),
+                                b.credentials.as_ref().map_or_else(
+                                    || "backend".to_owned(),
+                                    bucket_credentials_summary,
+                                ),
                             ]
                         })
                         .collect(),
                     json!(buckets
                         .iter()
-                        .map(|b| json!({"name": b.name, "backend": b.backend, "backend_bucket": b.backend_bucket,
-                                         "cors": b.cors.iter().map(cors_rule_json).collect::<Vec<_>>()}))
+                        .map(|b| {
+                            let mut v = json!({"name": b.name, "backend": b.backend, "backend_bucket": b.backend_bucket,
+                                               "cors": b.cors.iter().map(cors_rule_json).collect::<Vec<_>>()});
+                            if let Some(c) = &b.credentials {
+                                v["credentials"] = json!({"kind": c.kind, "url": c.url, "query": c.query,
+                                                          "timeout_ms": c.timeout_ms, "per_principal": c.per_principal});
+                            }
+                            v
+                        })
                         .collect::<Vec<_>>()),
                 );
             }
@@ -973,6 +1021,25 @@ async fn execute(mut client: Client, args: AdminArgs) -> anyhow::Result<()> {
                 }
             }
         }
+        AdminCommand::Reload => {
+            let r = client.reload(pb::ReloadRequest {}).await?.into_inner();
+            if out.json {
+                println!(
+                    "{}",
+                    json!({"config_file": r.config_file, "policy": r.policy,
+                           "identity": r.identity, "invalidated": r.invalidated})
+                );
+            } else {
+                println!("reloaded {}", r.config_file);
+                for (i, p) in r.policy.iter().enumerate() {
+                    println!("policy[{i}]   {p}");
+                }
+                for (i, p) in r.identity.iter().enumerate() {
+                    println!("identity[{i}] {p}");
+                }
+                println!("invalidated  {}", r.invalidated);
+            }
+        }
         AdminCommand::Status => {
             let s = client.status(pb::StatusRequest {}).await?.into_inner();
             let v = json!({
@@ -996,6 +1063,26 @@ async fn execute(mut client: Client, args: AdminArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// A bucket's credential source in one cell (the URL comes redacted).
+fn bucket_credentials_summary(c: &pb::BucketCredentialSource) -> String {
+    let url = if c.url.is_empty() {
+        "(default database)"
+    } else {
+        c.url.as_str()
+    };
+    match c.kind.as_str() {
+        "sql" => format!(
+            "sql {url}{}",
+            if c.per_principal {
+                " per-principal"
+            } else {
+                ""
+            }
+        ),
+        kind => format!("{kind} {url}"),
+    }
 }
 
 /// A key as JSON: `created` in Unix seconds (0 for keys seeded from a config

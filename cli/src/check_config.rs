@@ -222,6 +222,10 @@ fn render(name: &str, cfg: &FileConfig, raw: &FileConfig) -> String {
             "backend_bucket = {}",
             q(b.backend_bucket.as_deref().unwrap_or(&b.name))
         ));
+        if let Some(c) = &b.credentials {
+            line(format!("# credentials: {}", c.summary()));
+            line(format!("credentials = {}", bucket_credentials(c)));
+        }
         for r in &b.cors {
             line(String::new());
             line("[[buckets.cors]]".into());
@@ -293,7 +297,93 @@ fn render(name: &str, cfg: &FileConfig, raw: &FileConfig) -> String {
         }
         line(format!("max_session = {}", duration(r.max_session)));
     }
+    render_sources(cfg, raw, &mut line);
     out
+}
+
+/// The `[[policy]]` chain and the `[[identity]]` sources, each entry with a
+/// one-line summary; URLs without credentials (an `env:VAR` reference by
+/// name), queries whole.
+fn render_sources(cfg: &FileConfig, raw: &FileConfig, line: &mut impl FnMut(String)) {
+    use s3gate_controlplane::config::{IdentityConfig, PolicyConfig, SqlSourceConfig};
+    use s3gate_controlplane::sources::sql::redacted_url;
+    // As written when it is an env: reference; else the resolved URL
+    // without its userinfo.
+    let sql_url = |resolved: &SqlSourceConfig, written: Option<&SqlSourceConfig>| match written
+        .map(|w| w.url.expose())
+    {
+        Some(w) if w.starts_with("env:") => w.clone(),
+        _ => redacted_url(resolved.url.expose()),
+    };
+    line(String::new());
+    if cfg.policy.is_empty() {
+        line("# [[policy]]: none; the built-in [[rules]] alone decide".into());
+    }
+    for (i, p) in cfg.policy.iter().enumerate() {
+        // Summarized as written: an env: URL by name, never its value.
+        let summary = raw.policy.get(i).unwrap_or(p).summary();
+        line(format!("[[policy]]  # policy[{i}] {summary}"));
+        line(format!("kind = {}", q(p.kind())));
+        match p {
+            PolicyConfig::Builtin(_) => {}
+            PolicyConfig::Rego(r) => {
+                let files: Vec<String> = r.files.iter().map(|f| f.display().to_string()).collect();
+                line(format!("files = {}", list(&files)));
+                line(format!("query = {}", q(&r.query)));
+            }
+            PolicyConfig::Opa(r) | PolicyConfig::Plugin(r) => {
+                line(format!("url = {}", q(&redacted_url(&r.url))));
+                line(format!("timeout = {}", duration(r.timeout)));
+            }
+            PolicyConfig::Sql(c) => {
+                let written = match raw.policy.get(i) {
+                    Some(PolicyConfig::Sql(w)) => Some(w),
+                    _ => None,
+                };
+                line(format!("url = {}", q(&sql_url(c, written))));
+                line(format!("query = {}", q(&c.query)));
+                line(format!("timeout = {}", duration(c.timeout)));
+            }
+        }
+        line(String::new());
+    }
+    if cfg.identity.is_empty() {
+        line("# [[identity]]: none; the built-in keys (and STS sessions, tokens) alone".into());
+    }
+    for (i, p) in cfg.identity.iter().enumerate() {
+        let summary = raw.identity.get(i).unwrap_or(p).summary();
+        line(format!("[[identity]]  # identity[{i}] {summary}"));
+        line(format!("kind = {}", q(p.kind())));
+        match p {
+            IdentityConfig::Plugin(r) => {
+                line(format!("url = {}", q(&redacted_url(&r.url))));
+                line(format!("timeout = {}", duration(r.timeout)));
+            }
+            IdentityConfig::Sql(c) => {
+                let written = match raw.identity.get(i) {
+                    Some(IdentityConfig::Sql(w)) => Some(w),
+                    _ => None,
+                };
+                line(format!("url = {}", q(&sql_url(c, written))));
+                line(format!("query = {}", q(&c.query)));
+                line(format!("timeout = {}", duration(c.timeout)));
+            }
+        }
+        line(String::new());
+    }
+}
+
+/// A bucket's credential source as a TOML inline table, the URL without
+/// credentials.
+fn bucket_credentials(c: &s3gate_controlplane::credential::BucketCredentialSource) -> String {
+    use s3gate_controlplane::credential::BucketCredentialSource;
+    use s3gate_controlplane::sources::sql::redacted_url;
+    let mut shown = c.clone();
+    match &mut shown {
+        BucketCredentialSource::Plugin(r) => r.url = redacted_url(&r.url),
+        BucketCredentialSource::Sql(s) => s.url = redacted_url(&s.url),
+    }
+    json_value(&serde_json::to_value(&shown).unwrap_or_default())
 }
 
 const REDACTED: &str = "<redacted>";
@@ -441,6 +531,59 @@ oidc = "ci"
 "#;
 
     #[test]
+    fn sources_are_shown_without_passwords() {
+        const SOURCES: &str = r#"
+[[backends]]
+name = "local"
+endpoint = "http://127.0.0.1:9000"
+access_key = "BACKENDKEY"
+secret_key = "BACKENDSECRET"
+
+[[buckets]]
+name = "data"
+backend = "local"
+credentials = { kind = "sql", query = "SELECT access_key, secret_key FROM bucket_keys WHERE principal = :principal AND bucket = :bucket", timeout = "200ms" }
+
+[[policy]]
+kind = "builtin"
+
+[[policy]]
+kind = "sql"
+url = "postgres://s3gate:hunter2@db.example.com/grants"
+query = "SELECT effect FROM grants WHERE principal = :principal"
+
+[[policy]]
+kind = "opa"
+url = "http://opa:hunter2@127.0.0.1:8181/v1/data/s3gate/decision"
+
+[[identity]]
+kind = "sql"
+url = "env:PATH"
+query = "SELECT secret, principal FROM k WHERE access_key = :access_key"
+"#;
+        let cfg = FileConfig::parse(SOURCES).unwrap();
+        let raw = FileConfig::parse_unresolved(SOURCES).unwrap();
+        let shown = render("s3gate.toml", &cfg, &raw);
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(!shown.contains(&std::env::var("PATH").unwrap()), "{shown}");
+        for expected in [
+            "[[policy]]  # policy[0] builtin",
+            "[[policy]]  # policy[1] sql postgres://***@db.example.com/grants query=\"SELECT effect FROM grants WHERE principal = :principal\"",
+            "url = \"http://***@127.0.0.1:8181/v1/data/s3gate/decision\"",
+            "[[identity]]  # identity[0] sql env:PATH",
+            "url = \"env:PATH\"",
+            "# credentials: sql (the first [[policy]]/[[identity]] sql database) query=",
+            "timeout=200ms per_principal",
+        ] {
+            assert!(shown.contains(expected), "{expected} not in\n{shown}");
+        }
+        let back = FileConfig::parse_unresolved(&shown).unwrap();
+        assert_eq!(back.policy.len(), 3);
+        assert_eq!(back.identity.len(), 1);
+        assert_eq!(back.buckets[0].credentials, cfg.buckets[0].credentials);
+    }
+
+    #[test]
     fn effective_config_redacts_secrets() {
         let cfg =
             FileConfig::parse_with(FILE, Some("s3gate.toml"), LoadOptions::default()).unwrap();
@@ -536,6 +679,9 @@ oidc = "ci"
 groups = []
 require_claims = {}
 max_session = "1h"
+
+# [[policy]]: none; the built-in [[rules]] alone decide
+# [[identity]]: none; the built-in keys (and STS sessions, tokens) alone
 "#;
         assert_eq!(shown, expected);
         for secret in ["INLINE-SECRET", &std::env::var("PATH").unwrap()] {

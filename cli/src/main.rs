@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use s3gate_controlplane::config::{FileConfig, OidcConfig};
+use s3gate_controlplane::config::{FileConfig, LoadOptions, OidcConfig};
 use s3gate_controlplane::crypto::MasterKey;
 use s3gate_controlplane::oidc::Providers;
 use s3gate_controlplane::redis_store::RedisStore;
@@ -510,6 +510,8 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
             let registry =
                 standing_sources(providers, Some(&file), store.clone(), &args.sts).await?;
             let replica = Replica::start_with(store, file.cache.clone(), "embedded".to_owned(), registry).await?;
+            replica.set_config_file(args.config.clone(), LoadOptions { allow_empty: false });
+            tokio::spawn(reload_on_hangup(Arc::downgrade(&replica)));
             let mut ready = serde_json::json!({});
             let plain = match listen {
                 Some(listen) => {
@@ -612,6 +614,30 @@ async fn standing_sources(
     Ok(registry)
 }
 
+/// SIGHUP: [`Replica::reload`] (the `[[policy]]` chain and `[[identity]]`
+/// sources from the config file), until the replica is gone. The outcome
+/// is logged; a reload that fails keeps the sources in force.
+async fn reload_on_hangup(replica: std::sync::Weak<Replica>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hangup = match signal(SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(error) => {
+            warn!(%error, "cannot listen for SIGHUP: reload with `s3gate admin reload`");
+            return;
+        }
+    };
+    while hangup.recv().await.is_some() {
+        let Some(replica) = replica.upgrade() else {
+            return;
+        };
+        info!("SIGHUP: reloading the configured sources");
+        if let Err(error) = replica.reload().await {
+            // Already placed: section, kind, file and line.
+            warn!(%error, "reload refused; the sources in force stay");
+        }
+    }
+}
+
 async fn serve_grpc(
     listener: TcpListener,
     replica: Arc<Replica>,
@@ -690,6 +716,15 @@ fn controlplane(args: ControlplaneArgs) -> Result<(), Failure> {
             let registry =
                 standing_sources(providers, file.as_ref(), store.clone(), &args.sts).await?;
             let replica = Replica::start_with(store, cache, name.clone(), registry).await?;
+            if let Some(path) = &args.config {
+                replica.set_config_file(
+                    path.clone(),
+                    LoadOptions {
+                        allow_empty: args.redis.is_some(),
+                    },
+                );
+            }
+            tokio::spawn(reload_on_hangup(Arc::downgrade(&replica)));
             if args.admin_token.is_none() {
                 warn!("no --admin-token: the Admin API is off");
             }

@@ -6,7 +6,7 @@
 //! constant time). Secrets are returned exactly once (create, rotate) and
 //! never listed.
 
-use crate::credential::{BucketCredentialSource, RemoteCredentials};
+use crate::credential::{BucketCredentialSource, RemoteCredentials, SqlCredentials};
 use std::sync::Arc;
 
 use base64::Engine as _;
@@ -428,8 +428,16 @@ impl Admin for AdminService {
                 credentials: b.credentials.as_ref().map(|c| match c {
                     BucketCredentialSource::Plugin(r) => pb::BucketCredentialSource {
                         kind: c.kind().to_owned(),
-                        url: r.url.clone(),
+                        url: crate::sources::sql::redacted_url(&r.url),
                         timeout_ms: r.timeout.as_millis() as u64,
+                        ..Default::default()
+                    },
+                    BucketCredentialSource::Sql(q) => pb::BucketCredentialSource {
+                        kind: c.kind().to_owned(),
+                        url: crate::sources::sql::redacted_url(&q.url),
+                        timeout_ms: q.timeout.as_millis() as u64,
+                        query: q.query.clone(),
+                        per_principal: q.per_principal(),
                     },
                 }),
             })
@@ -617,6 +625,24 @@ impl Admin for AdminService {
         Ok(Response::new(response))
     }
 
+    async fn reload(
+        &self,
+        _req: Request<pb::ReloadRequest>,
+    ) -> Result<Response<pb::ReloadResponse>, Status> {
+        match self.replica.reload().await {
+            Ok(r) => Ok(Response::new(pb::ReloadResponse {
+                config_file: r.config_file.display().to_string(),
+                policy: r.policy,
+                identity: r.identity,
+                invalidated: r.invalidated.to_owned(),
+            })),
+            Err(error) => {
+                tracing::warn!(%error, "reload refused");
+                Err(Status::failed_precondition(error.to_string()))
+            }
+        }
+    }
+
     async fn status(
         &self,
         _req: Request<pb::StatusRequest>,
@@ -650,7 +676,18 @@ impl Admin for AdminService {
 fn bucket_credential_source(
     c: pb::BucketCredentialSource,
 ) -> Result<BucketCredentialSource, Status> {
+    let timeout = if c.timeout_ms == 0 {
+        std::time::Duration::from_millis(500)
+    } else {
+        std::time::Duration::from_millis(c.timeout_ms)
+    };
     match c.kind.as_str() {
+        // Checked with the rest of the bucket when the change is applied.
+        "sql" => Ok(BucketCredentialSource::Sql(SqlCredentials {
+            url: c.url,
+            query: c.query,
+            timeout,
+        })),
         "plugin" if !c.url.is_empty() => Ok(BucketCredentialSource::Plugin(RemoteCredentials {
             url: c.url,
             timeout: if c.timeout_ms == 0 {
@@ -663,7 +700,7 @@ fn bucket_credential_source(
             "credentials of kind plugin need a url",
         )),
         other => Err(Status::invalid_argument(format!(
-            "unknown bucket credential kind {other:?} (known: plugin)"
+            "unknown bucket credential kind {other:?} (known: plugin, sql)"
         ))),
     }
 }

@@ -566,6 +566,44 @@ impl PolicyConfig {
             Self::Plugin(_) => "plugin",
         }
     }
+
+    /// One line for `check-config` and the reload report: the kind, the
+    /// URL without credentials, the files, the start of the query. Never a
+    /// password.
+    pub fn summary(&self) -> String {
+        match self {
+            Self::Builtin(_) => "builtin (the [[rules]])".to_owned(),
+            Self::Rego(r) => format!(
+                "rego files=[{}] query={}",
+                r.files
+                    .iter()
+                    .map(|f| f.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                r.query
+            ),
+            Self::Opa(r) => format!("opa {}", remote_summary(r)),
+            Self::Sql(c) => format!("sql {}", sql_summary(c)),
+            Self::Plugin(r) => format!("plugin {}", remote_summary(r)),
+        }
+    }
+}
+
+fn remote_summary(r: &RemoteSourceConfig) -> String {
+    format!(
+        "{} timeout={}",
+        crate::sources::sql::redacted_url(&r.url),
+        humantime::format_duration(r.timeout)
+    )
+}
+
+fn sql_summary(c: &SqlSourceConfig) -> String {
+    format!(
+        "{} query={:?} timeout={}",
+        crate::sources::sql::redacted_url(c.url.expose()),
+        crate::sources::sql::query_summary(&c.query),
+        humantime::format_duration(c.timeout)
+    )
 }
 
 /// `kind = "builtin"` takes no settings.
@@ -634,6 +672,14 @@ impl IdentityConfig {
         match self {
             Self::Sql(_) => "sql",
             Self::Plugin(_) => "plugin",
+        }
+    }
+
+    /// One line, as [`PolicyConfig::summary`].
+    pub fn summary(&self) -> String {
+        match self {
+            Self::Sql(c) => format!("sql {}", sql_summary(c)),
+            Self::Plugin(r) => format!("plugin {}", remote_summary(r)),
         }
     }
 }
@@ -1073,8 +1119,26 @@ impl FileConfig {
                     _ => None,
                 })
             });
+        let has_sql_entry = crate::sources::sql_default_url(&self.policy, &self.identity).is_some();
         for (i, b) in self.buckets.iter_mut().enumerate() {
+            if let Some(c) = &b.credentials {
+                c.validate()
+                    .map_err(|m| src.entry_problem("buckets", i, "credentials", None, m))?;
+            }
             match &mut b.credentials {
+                Some(crate::credential::BucketCredentialSource::Sql(c))
+                    if c.url.is_empty() && !has_sql_entry =>
+                {
+                    return Err(src.entry_problem(
+                        "buckets",
+                        i,
+                        "credentials",
+                        None,
+                        "credentials of kind sql need a url (no [[policy]] or [[identity]] sql \
+                         entry names a database)"
+                            .into(),
+                    ));
+                }
                 Some(crate::credential::BucketCredentialSource::Plugin(r)) if r.url.is_empty() => {
                     r.url = default_plugin_url.clone().ok_or_else(|| {
                         src.entry_problem(

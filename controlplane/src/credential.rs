@@ -128,15 +128,101 @@ mod tests {
 /// `[[buckets]]`, carried unchanged through the state, the store and the
 /// Admin API. It holds no secret (the source hands them out per request).
 ///
-/// Adding a kind (`{ kind = "sql", query = "…" }`): one variant here, its
-/// Admin protobuf fields, and its arm in
-/// [`crate::sources::plugin::BucketCredentialSources`]' builder.
+/// Adding a kind: one variant here, its Admin protobuf fields, and its
+/// compiled source in [`crate::sources::Sources::compile`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum BucketCredentialSource {
     /// `BucketCredentials` of an `s3gate.plugin.v1.Plugin`, asked per
     /// principal; the plugin says whether its answer is the principal's own.
     Plugin(RemoteCredentials),
+    /// A query returning `access_key`, `secret_key` (and optionally
+    /// `session_token`, `expires_unix`) for `:principal`, `:groups`,
+    /// `:bucket` ([`crate::sources::sql::credentials`]).
+    Sql(SqlCredentials),
+}
+
+/// `credentials = { kind = "sql", url = "…", query = "…", timeout = "…" }`.
+///
+/// The URL is kept as written, so no database password reaches the store
+/// or the Admin API: empty means the control plane's own database (the
+/// first `[[policy]]` or `[[identity]]` sql entry of its config file), an
+/// `env:VAR` reference is resolved by the control plane when it opens the
+/// pool, and a URL carrying a password is refused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SqlCredentials {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub url: String,
+    /// With the named binds `:principal`, `:groups` (a JSON array as text)
+    /// and `:bucket`. The answer is the principal's own when the query
+    /// uses `:principal` or `:groups`.
+    pub query: String,
+    /// How long one answer may take; past it, the request gets 503.
+    #[serde(default = "default_timeout", with = "duration_text")]
+    pub timeout: std::time::Duration,
+}
+
+impl SqlCredentials {
+    /// Checks what can be checked without the database: a query, binds
+    /// the source knows (named in the error), and a URL of a supported
+    /// database that carries no password.
+    pub fn validate(&self) -> Result<(), String> {
+        use crate::sources::sql::{binds, credentials::BINDS};
+        if self.query.trim().is_empty() {
+            return Err("credentials of kind sql need a query".to_owned());
+        }
+        let url = self.url.as_str();
+        let dialect = if url.starts_with("sqlite:") {
+            binds::Dialect::Sqlite
+        } else {
+            binds::Dialect::Postgres
+        };
+        if !url.is_empty() && !url.starts_with("env:") {
+            if !(url.starts_with("postgres://")
+                || url.starts_with("postgresql://")
+                || url.starts_with("sqlite:"))
+            {
+                return Err(
+                    "url: must start with postgres:// (or postgresql://) or sqlite:, or be an \
+                     env:VAR reference"
+                        .to_owned(),
+                );
+            }
+            if crate::sources::sql::url_has_password(url) {
+                return Err(
+                    "url: carries a password, which would be stored and listed with the bucket; \
+                     write url = \"env:VAR\" (resolved by the control plane) or leave url out \
+                     to use the database of the first [[policy]] or [[identity]] sql entry"
+                        .to_owned(),
+                );
+            }
+        }
+        let rewritten = binds::rewrite(&self.query, dialect).map_err(|e| format!("query: {e}"))?;
+        if let Some(name) = rewritten
+            .binds
+            .iter()
+            .find(|name| !BINDS.contains(&name.as_str()))
+        {
+            return Err(format!(
+                "query: unknown bind :{name} (bucket credentials bind :principal, :groups, \
+                 :bucket)"
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether the answer depends on who asks.
+    pub fn per_principal(&self) -> bool {
+        let dialect = if self.url.starts_with("sqlite:") {
+            crate::sources::sql::binds::Dialect::Sqlite
+        } else {
+            crate::sources::sql::binds::Dialect::Postgres
+        };
+        crate::sources::sql::binds::rewrite(&self.query, dialect).map_or(true, |r| {
+            r.binds.iter().any(|b| b == "principal" || b == "groups")
+        })
+    }
 }
 
 /// A credential source reached by URL.
@@ -157,6 +243,42 @@ impl BucketCredentialSource {
     pub fn kind(&self) -> &'static str {
         match self {
             Self::Plugin(_) => "plugin",
+            Self::Sql(_) => "sql",
+        }
+    }
+
+    /// Checks the settings (a plugin URL is checked when it is dialled).
+    pub fn validate(&self) -> Result<(), String> {
+        match self {
+            Self::Plugin(_) => Ok(()),
+            Self::Sql(c) => c.validate(),
+        }
+    }
+
+    /// One line for listings: the kind, the URL without credentials, and
+    /// for SQL the start of the query. Never a password.
+    pub fn summary(&self) -> String {
+        match self {
+            Self::Plugin(r) => format!(
+                "plugin {} timeout={}",
+                crate::sources::sql::redacted_url(&r.url),
+                humantime::format_duration(r.timeout)
+            ),
+            Self::Sql(c) => format!(
+                "sql {} query={:?} timeout={}{}",
+                if c.url.is_empty() {
+                    "(the first [[policy]]/[[identity]] sql database)".to_owned()
+                } else {
+                    crate::sources::sql::redacted_url(&c.url)
+                },
+                crate::sources::sql::query_summary(&c.query),
+                humantime::format_duration(c.timeout),
+                if c.per_principal() {
+                    " per_principal"
+                } else {
+                    ""
+                }
+            ),
         }
     }
 }

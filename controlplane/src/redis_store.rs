@@ -1475,6 +1475,26 @@ mod tests {
         r.buckets
             .insert("web".into(), encode_bucket(&bucket).unwrap());
         assert_eq!(r.decode(&m).unwrap().buckets["web"], bucket);
+        // SQL bucket credentials: the settings as given, no secret in them.
+        let sql = BucketRecord {
+            credentials: Some(crate::credential::BucketCredentialSource::Sql(
+                crate::credential::SqlCredentials {
+                    url: "env:S3GATE_CREDS_DB".into(),
+                    query: "SELECT access_key, secret_key FROM k WHERE principal = :principal"
+                        .into(),
+                    timeout: std::time::Duration::from_millis(200),
+                },
+            )),
+            ..bucket.clone()
+        };
+        let mut r = raw();
+        r.buckets.insert("web".into(), encode_bucket(&sql).unwrap());
+        assert!(
+            r.buckets["web"].contains(r#""kind":"sql""#),
+            "{}",
+            r.buckets["web"]
+        );
+        assert_eq!(r.decode(&m).unwrap().buckets["web"], sql);
         // Written before buckets had CORS rules: loads without any.
         let mut r = raw();
         r.buckets.insert(

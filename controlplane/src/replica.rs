@@ -6,8 +6,16 @@
 //! publishes the matching [`Invalidation`]s to its Watch streams (and, in
 //! `s3gate serve`, to the in-process data plane). If the store is down, the
 //! replica keeps answering from the snapshot it has and retries the reload.
+//!
+//! [`Replica::reload`] is the one way the replica's configured sources
+//! change while it runs (SIGHUP and the Admin `Reload` RPC both call it):
+//! it re-reads the config file, builds the `[[policy]]` chain and the
+//! `[[identity]]` sources, and swaps them in with a snapshot compiled from
+//! the same state, or keeps what it has when something does not build.
+//! Reloading more of the file later (issue 14) extends it.
 
-use std::sync::{Arc, RwLock, Weak};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -19,8 +27,8 @@ use s3gate_proto::{
 use tokio::sync::{broadcast, mpsc, watch};
 use tracing::{info, warn};
 
-use crate::config::CacheConfig;
-use crate::sources::Registry;
+use crate::config::{CacheConfig, FileConfig, LoadOptions};
+use crate::sources::{BuildError, Registry};
 use crate::state::{Change, State, Touched};
 use crate::store::{Notification, Store, StoreError};
 use crate::Snapshot;
@@ -32,11 +40,23 @@ pub type Events = broadcast::Sender<(u64, Invalidation)>;
 pub struct Replica {
     store: Arc<dyn Store>,
     cache: CacheConfig,
-    /// The standing sources: kept across every snapshot.
-    registry: Registry,
+    /// The standing sources: kept across every snapshot; its configured
+    /// part replaced by [`Replica::reload`]. Read when a snapshot is
+    /// compiled, never on the request path.
+    registry: RwLock<Registry>,
     /// The snapshot decisions are answered from. Read on every call (an
     /// `Arc` clone under a briefly held lock), replaced on every change.
     current: RwLock<Arc<Snapshot>>,
+    /// The state `current` was compiled from, for a reload to compile the
+    /// same state with new sources.
+    state: RwLock<Arc<State>>,
+    /// Held while a snapshot is compiled and swapped in, so a reload and a
+    /// state change never install one built from the other's stale half.
+    compiling: Mutex<()>,
+    /// The config file a reload reads (set by the process that read it).
+    config_file: OnceLock<(PathBuf, LoadOptions)>,
+    /// One reload at a time.
+    reloading: tokio::sync::Mutex<()>,
     /// The version of `current`, for read-your-writes waits.
     version: watch::Sender<u64>,
     events: Events,
@@ -72,20 +92,22 @@ impl Replica {
             buckets = state.buckets.len(),
             "control plane state loaded"
         );
+        let policy_changed = registry.policy_changed.subscribe();
         let replica = Arc::new(Self {
             current: RwLock::new(Arc::new(Snapshot::compile(&state, &cache, &registry))),
             version: watch::channel(state.version).0,
+            state: RwLock::new(Arc::new(state)),
+            compiling: Mutex::new(()),
+            config_file: OnceLock::new(),
+            reloading: tokio::sync::Mutex::new(()),
             events: broadcast::channel(1024).0,
             store,
             cache,
-            registry,
+            registry: RwLock::new(registry),
             name,
         });
         tokio::spawn(follow(Arc::downgrade(&replica), notes));
-        tokio::spawn(policy_reloads(
-            Arc::downgrade(&replica),
-            replica.registry.policy_changed.subscribe(),
-        ));
+        tokio::spawn(policy_reloads(Arc::downgrade(&replica), policy_changed));
         tokio::spawn(heartbeat(Arc::downgrade(&replica)));
         Ok(replica)
     }
@@ -147,14 +169,152 @@ impl Replica {
         Ok(version)
     }
 
+    fn registry(&self) -> Registry {
+        match self.registry.read() {
+            Ok(guard) => guard.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    fn installed_state(&self) -> Arc<State> {
+        match self.state.read() {
+            Ok(guard) => guard.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
     fn install(&self, state: &State) {
-        let next = Arc::new(Snapshot::compile(state, &self.cache, &self.registry));
+        let _compiling = self.compiling.lock().unwrap_or_else(|p| p.into_inner());
+        let next = Arc::new(Snapshot::compile(state, &self.cache, &self.registry()));
+        self.swap(next);
+        match self.state.write() {
+            Ok(mut guard) => *guard = Arc::new(state.clone()),
+            Err(poisoned) => *poisoned.into_inner() = Arc::new(state.clone()),
+        }
+        self.version.send_replace(state.version);
+    }
+
+    fn swap(&self, next: Arc<Snapshot>) {
         match self.current.write() {
             Ok(mut guard) => *guard = next,
             Err(poisoned) => *poisoned.into_inner() = next,
         }
-        self.version.send_replace(state.version);
     }
+
+    /// The config file [`Replica::reload`] reads; set once, by the process
+    /// that loaded it at start (none: reload answers
+    /// [`ReloadError::NoConfigFile`]).
+    pub fn set_config_file(&self, path: PathBuf, options: LoadOptions) {
+        let _ = self.config_file.set((path, options));
+    }
+
+    /// Re-reads the config file and swaps in the `[[policy]]` chain and the
+    /// `[[identity]]` sources it configures, then tells every data plane
+    /// of this replica to forget cached decisions — and the routes of
+    /// buckets whose credentials come from SQL, and everything (signing
+    /// keys too) when identity sources are involved before or after. A file that does not load or a source
+    /// that does not build changes nothing: the error says why (section and
+    /// kind). Other sections of the file (`[cache]`, `[[buckets]]`, …) are
+    /// not reloaded.
+    pub async fn reload(&self) -> Result<Reloaded, ReloadError> {
+        let (path, options) = self.config_file.get().ok_or(ReloadError::NoConfigFile)?;
+        let _one = self.reloading.lock().await;
+        let file = FileConfig::load_with(path, *options)
+            .map_err(|e| ReloadError::Config(e.to_string()))?;
+        let before = self.registry();
+        let configured = crate::sources::configure(
+            &file.policy,
+            &file.identity,
+            &self.cache,
+            &before.policy_changed,
+        )
+        .await
+        .map_err(ReloadError::Build)?;
+        let next = before.with_configured(configured);
+        // Signing keys come from identity sources: when those may have
+        // changed, data planes forget keys (and everything else) too.
+        let wide = !before.configured_identity.is_empty() || !next.configured_identity.is_empty();
+        let sql_buckets: Vec<String> = {
+            let _compiling = self.compiling.lock().unwrap_or_else(|p| p.into_inner());
+            let state = self.installed_state();
+            let snapshot = Arc::new(Snapshot::compile(&state, &self.cache, &next));
+            match self.registry.write() {
+                Ok(mut guard) => *guard = next,
+                Err(poisoned) => *poisoned.into_inner() = next,
+            }
+            self.swap(snapshot);
+            // Their database may be the default one, which may have changed.
+            state
+                .buckets
+                .values()
+                .filter(|b| {
+                    matches!(
+                        b.credentials,
+                        Some(crate::credential::BucketCredentialSource::Sql(_))
+                    )
+                })
+                .map(|b| b.name.clone())
+                .collect()
+        };
+        let invalidation = if wide {
+            Invalidation::All
+        } else {
+            Invalidation::Policy
+        };
+        let _ = self.events.send((self.version(), invalidation.clone()));
+        if !wide {
+            for bucket in sql_buckets {
+                let _ = self
+                    .events
+                    .send((self.version(), Invalidation::Bucket(bucket)));
+            }
+        }
+        let reloaded = Reloaded {
+            config_file: path.clone(),
+            policy: if file.policy.is_empty() {
+                vec!["builtin (the [[rules]]; no [[policy]] entry)".to_owned()]
+            } else {
+                file.policy.iter().map(|p| p.summary()).collect()
+            },
+            identity: file.identity.iter().map(|i| i.summary()).collect(),
+            invalidated: match invalidation {
+                Invalidation::All => "all",
+                _ => "policy",
+            },
+        };
+        info!(
+            file = %reloaded.config_file.display(),
+            policy = ?reloaded.policy,
+            identity = ?reloaded.identity,
+            invalidated = reloaded.invalidated,
+            "configured sources reloaded"
+        );
+        Ok(reloaded)
+    }
+}
+
+/// What [`Replica::reload`] put in force.
+#[derive(Debug, Clone)]
+pub struct Reloaded {
+    pub config_file: PathBuf,
+    /// The policy chain, one summary per entry (no secret).
+    pub policy: Vec<String>,
+    /// The identity sources, likewise.
+    pub identity: Vec<String>,
+    /// `policy` or `all`: what data planes were told to forget.
+    pub invalidated: &'static str,
+}
+
+/// Why a reload changed nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("this control plane was started without a config file: nothing to reload")]
+    NoConfigFile,
+    /// The file does not read, parse or validate (the message places it).
+    #[error("the config file does not load, the sources in force stay: {0}")]
+    Config(String),
+    #[error("a source does not build, the sources in force stay: {0}")]
+    Build(#[from] BuildError),
 }
 
 /// The next event for a subscriber of [`Replica::events`]. A subscriber
@@ -311,7 +471,8 @@ impl ControlPlane for Replica {
         &self,
         req: WebIdentityRequest,
     ) -> Result<AssumedRole, StsError> {
-        match &self.registry.sessions {
+        let sessions = self.registry().sessions;
+        match sessions {
             Some(issuer) => issuer.assume_role_with_web_identity(req).await,
             None => Err(StsError::refused(
                 StsErrorCode::AccessDenied,
@@ -478,5 +639,101 @@ mod tests {
         assert!(replica.authorize(ask()).await.unwrap().allow);
         // The same instance answered before and after the new snapshot.
         assert_eq!(warm.asked.load(std::sync::atomic::Ordering::SeqCst), 2);
+    }
+
+    /// A real config file, rewritten between reloads; the sources are
+    /// SQLite queries (in memory) that answer allow or deny.
+    #[tokio::test]
+    async fn reload_swaps_the_configured_sources_or_keeps_them() {
+        let dir = std::env::temp_dir().join(format!(
+            "s3gate-reload-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("s3gate.toml");
+        let policy = |query: &str| {
+            format!("[[policy]]\nkind = \"sql\"\nurl = \"sqlite::memory:\"\nquery = \"{query}\"\n")
+        };
+        std::fs::write(
+            &path,
+            policy("SELECT 'allow' AS effect WHERE :bucket = 'data'"),
+        )
+        .unwrap();
+        let file = FileConfig::load_with(&path, LoadOptions { allow_empty: true }).unwrap();
+        let mut registry = Registry::default();
+        crate::sources::register_configured(
+            &mut registry,
+            &file.policy,
+            &file.identity,
+            &file.cache,
+        )
+        .await
+        .unwrap();
+        let store = Arc::new(MemoryStore::new());
+        let replica = Replica::start_with(store, CacheConfig::default(), "r1".into(), registry)
+            .await
+            .unwrap();
+        let ask = || AuthorizeRequest {
+            principal: Principal::anonymous(),
+            action: "s3:GetObject".into(),
+            bucket: "data".into(),
+            resource: s3gate_proto::Resource::Object("k".into()),
+            context: Default::default(),
+        };
+        assert!(matches!(
+            replica.reload().await,
+            Err(ReloadError::NoConfigFile)
+        ));
+        replica.set_config_file(path.clone(), LoadOptions { allow_empty: true });
+        assert!(replica.authorize(ask()).await.unwrap().allow);
+
+        let mut events = replica.events().subscribe();
+        std::fs::write(
+            &path,
+            policy("SELECT 'deny' AS effect, 'reloaded' AS reason"),
+        )
+        .unwrap();
+        let reloaded = replica.reload().await.unwrap();
+        assert_eq!(reloaded.invalidated, "policy");
+        assert_eq!(reloaded.policy.len(), 1);
+        assert!(
+            reloaded.policy[0].starts_with("sql sqlite::memory: query="),
+            "{reloaded:?}"
+        );
+        let decision = replica.authorize(ask()).await.unwrap();
+        assert!(!decision.allow);
+        assert!(decision.reason.contains("reloaded"), "{}", decision.reason);
+        assert_eq!(events.recv().await.unwrap().1, Invalidation::Policy);
+
+        // A bind the source does not know: the deny stays in force, and the
+        // error names the section and the kind.
+        std::fs::write(&path, policy("SELECT 'allow' AS effect WHERE :nope = 1")).unwrap();
+        let err = replica.reload().await.unwrap_err().to_string();
+        assert!(
+            err.contains("[[policy]] sql") && err.contains(":nope"),
+            "{err}"
+        );
+        assert!(!replica.authorize(ask()).await.unwrap().allow);
+        // A file that does not parse: likewise.
+        std::fs::write(&path, "[[policy]]\nkind = \"nope\"\n").unwrap();
+        let err = replica.reload().await.unwrap_err().to_string();
+        assert!(err.contains("does not load"), "{err}");
+        assert!(!replica.authorize(ask()).await.unwrap().allow);
+
+        // Back to no [[policy]]: the built-in rules alone (none: deny), and
+        // a state change after the reload keeps the reloaded chain.
+        std::fs::write(&path, "[[identity]]\nkind = \"sql\"\nurl = \"sqlite::memory:\"\nquery = \"SELECT 1 WHERE :access_key = ''\"\n").unwrap();
+        let reloaded = replica.reload().await.unwrap();
+        assert_eq!(reloaded.invalidated, "all", "identity sources changed");
+        assert_eq!(reloaded.identity.len(), 1);
+        replica.apply(Change::PutKey(key_ak1())).await.unwrap();
+        let decision = replica.authorize(ask()).await.unwrap();
+        assert!(!decision.allow);
+        assert!(!decision.reason.contains("reloaded"), "{}", decision.reason);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

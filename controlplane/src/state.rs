@@ -173,6 +173,11 @@ impl State {
                 }
                 validate_cors(&b.cors)
                     .map_err(|m| ChangeError::Invalid(format!("bucket {:?}: {m}", b.name)))?;
+                if let Some(c) = &b.credentials {
+                    c.validate().map_err(|m| {
+                        ChangeError::Invalid(format!("bucket {:?}: credentials: {m}", b.name))
+                    })?;
+                }
                 self.buckets.insert(b.name.clone(), b.clone());
             }
             Change::DeleteBucket(name) => {

@@ -8,7 +8,10 @@
 - a rule on a bucket that is not configured: valid, with a located warning;
 - `serve --config` with a broken file: exit 64, the same located message,
   nothing bound;
-- the Admin API refuses a rule naming an action s3gate does not know.
+- the Admin API refuses a rule naming an action s3gate does not know;
+- the [[policy]] chain, the [[identity]] sources and bucket credential
+  sources in check-config's output, URLs without passwords; a bucket
+  credentials URL with a password refused.
 """
 
 import json
@@ -101,6 +104,71 @@ def test_check_config_locates_problems(tmp_path, old, new, expected):
     assert expected in first, r.stderr
     # the offending line follows, marked
     assert " | " in r.stderr and "^" in r.stderr, r.stderr
+
+
+SOURCES = """
+[[policy]]
+kind = "builtin"
+
+[[policy]]
+kind = "sql"
+url = "postgres://s3gate:pg-password-0000@127.0.0.1:5432/grants"
+query = "SELECT effect FROM grants WHERE principal = :principal AND bucket = :bucket"
+timeout = "200ms"
+
+[[policy]]
+kind = "rego"
+files = ["policies/s3.rego"]
+
+[[identity]]
+kind = "sql"
+url = "env:S3GATE_E2E_KEYS_DB"
+query = "SELECT secret, principal, groups FROM s3_keys WHERE access_key = :access_key"
+"""
+
+
+def test_check_config_prints_sources_and_bucket_credentials_without_passwords(tmp_path):
+    """The [[policy]] chain in order, the [[identity]] sources and a
+    bucket's SQL credential source: kinds, URLs without userinfo (an env:
+    reference by name), the queries; the output reads back as a config."""
+    (tmp_path / "policies").mkdir()
+    (tmp_path / "policies" / "s3.rego").write_text("package s3gate\ndefault decision := false\n")
+    cfg = tmp_path / "s3gate.toml"
+    creds = ('credentials = { kind = "sql", query = "SELECT access_key, secret_key FROM bucket_keys '
+             'WHERE principal = :principal AND bucket = :bucket", timeout = "200ms" }\n')
+    cfg.write_text(MINIMAL.replace('backend = "local"\n', 'backend = "local"\n' + creds, 1) + SOURCES)
+    env = {"PATH": "/usr/bin:/bin", "S3GATE_E2E_KEYS_DB": "postgres://keys:keys-password-0000@127.0.0.1/keys"}
+    r = check_config(cfg, env)
+    assert r.returncode == 0, r.stderr
+    out = r.stdout
+    for secret in ["pg-password-0000", "keys-password-0000", "backend-inline-secret-0000"]:
+        assert secret not in out + r.stderr, secret
+    lines = out.splitlines()
+    chain = [line for line in lines if line.startswith("[[policy]]  # ")]
+    assert [c.split()[3] for c in chain] == ["builtin", "sql", "rego"], chain
+    assert "postgres://***@127.0.0.1:5432/grants" in chain[1] and "timeout=200ms" in chain[1], chain[1]
+    assert 'url = "postgres://***@127.0.0.1:5432/grants"' in lines
+    assert any(line.startswith("[[identity]]  # identity[0] sql env:S3GATE_E2E_KEYS_DB") for line in lines), out
+    assert 'url = "env:S3GATE_E2E_KEYS_DB"' in lines
+    assert any(line.startswith("# credentials: sql (the first [[policy]]/[[identity]] sql database)")
+               and line.endswith("per_principal") for line in lines), out  # fmt: skip
+    # what it prints is a config file check-config accepts again
+    back = tmp_path / "back.toml"
+    back.write_text(out.replace('"postgres://***@127.0.0.1:5432/grants"', '"postgres://127.0.0.1:5432/grants"'))
+    r = check_config(back, env)
+    assert r.returncode == 0, r.stderr
+
+
+def test_check_config_refuses_a_password_in_bucket_credentials(tmp_path):
+    cfg = tmp_path / "s3gate.toml"
+    creds = ('credentials = { kind = "sql", url = "postgres://u:hunter2-0000@db/x", '
+             'query = "SELECT access_key, secret_key FROM k WHERE bucket = :bucket" }\n')
+    cfg.write_text(MINIMAL.replace('backend = "local"\n', 'backend = "local"\n' + creds, 1))
+    r = check_config(cfg)
+    assert r.returncode == EX_USAGE, r
+    first = r.stderr.splitlines()[0]
+    assert 'buckets[0] ("data")' in first and "url: carries a password" in first, r.stderr
+    assert "hunter2-0000" not in r.stderr.splitlines()[0]
 
 
 def test_check_config_syntax_error_shows_line_and_column(tmp_path):

@@ -19,6 +19,14 @@ nothing, then decides once the database exists; a query that does not
 prepare is logged at start and answers 503. PostgreSQL only: a slow
 query (pg_sleep) past the source's timeout is a 503 and forwards nothing;
 the distributed mode (control plane and data plane processes).
+
+Bucket credentials from SQL (`[[buckets]] credentials = { kind = "sql" }`),
+for both: two principals write through one bucket and a backend that
+verifies SigV4 for several key pairs (keyed_backend.py) proves which key
+signed; no row is a 503 with nothing forwarded; a changed row is used after
+the route's expiry and after an invalidation; a database that is not there
+is a 503. In distributed mode, a bucket put through the Admin CLI with an
+`env:` URL (a URL with a password refused).
 """
 
 from __future__ import annotations
@@ -39,10 +47,11 @@ import botocore.exceptions
 import pytest
 from botocore.config import Config
 
-from conftest import REGION, _client, gateway_bin, gateway_env, make_keys, node_files, render_config, stop_gateway, unused_port
+from conftest import REGION, _client, gateway_bin, gateway_env, make_keys, node_files, render_config, rules_config, stop_gateway, unused_port
 from harness.cluster import start_controlplane, start_dataplane
 from harness.config import q
 from harness.procs import ready_field, wait_for
+from keyed_backend import KeyedBackend
 from recorder import Recorder, launch_gateway, recorder_config
 
 PG_URL = os.environ.get("S3GATE_E2E_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/postgres")
@@ -545,3 +554,212 @@ def test_distributed_mode(backend, tmp_path):
             assert erin.secret_key not in log, f"the database's secret leaked into {name}'s log"
     finally:
         db.drop()
+
+
+# --------------------------------------------------------------------------- bucket credentials from SQL
+
+BUCKET_KEYS = ("CREATE TABLE bucket_keys (principal text NOT NULL, bucket text NOT NULL, access_key text NOT NULL, "
+               "secret_key text NOT NULL, session_token text, expires_unix bigint);")  # fmt: skip
+# Per principal: the query uses :principal.
+CREDS_QUERY = ("SELECT access_key, secret_key, session_token, expires_unix FROM bucket_keys "
+               "WHERE principal = :principal AND bucket = :bucket")  # fmt: skip
+KEYED_DEFAULT = ("KEYEDBACKENDOWNKEY", "keyed-backend-own-secret-000")
+# A [[policy]] sql entry that never answers: it names the database a bucket
+# credentials query without a url uses.
+ABSTAIN = "SELECT effect FROM grants WHERE principal = :principal AND 1 = 0"
+
+
+def set_bucket_key(db, principal: str, access_key: str, secret_key: str, token: str | None = None,
+                   expires_unix: int | None = None) -> None:  # fmt: skip
+    db.exec(f"DELETE FROM bucket_keys WHERE principal = {lit(principal)};"
+            f"INSERT INTO bucket_keys VALUES ({lit(principal)}, 'kb', {lit(access_key)}, {lit(secret_key)}, "
+            f"{lit(token)}, {'NULL' if expires_unix is None else expires_unix});")  # fmt: skip
+
+
+def test_the_keyed_backend_verifies_signatures():
+    """The backend the bucket credential tests rely on refuses a wrong
+    secret and an unknown key, and names the key that signed."""
+    from keyed_backend import self_test
+
+    self_test()
+
+
+@pytest.mark.parametrize("kind", ["postgres", "sqlite"])
+def test_bucket_credentials_from_sql_per_principal(kind, backend, tmp_path):
+    """`[[buckets]] credentials = { kind = "sql" }` without a url: the
+    database of the [[policy]] sql entry. The backend verifies SigV4 for a
+    set of key pairs (keyed_backend.py) and proves which signed: alice's and
+    bob's rows, never the backend's own pair. No row (carol): 503, nothing
+    forwarded. A changed row is used once the route's expiry (the row's
+    expires_unix) passes, and at once after an Admin write to the bucket
+    (an invalidation). Nothing is mocked."""
+    db = new_database(kind, tmp_path)
+    db.create()
+    now = int(time.time())
+    pairs = {
+        "AKALICE1": ("sk-alice-1-" + secrets.token_hex(8), None),
+        "AKALICE2": ("sk-alice-2-" + secrets.token_hex(8), None),
+        "AKALICE3": ("sk-alice-3-" + secrets.token_hex(8), None),
+        "AKBOB": ("sk-bob-" + secrets.token_hex(8), "tok-bob-" + secrets.token_hex(4)),
+        KEYED_DEFAULT[0]: (KEYED_DEFAULT[1], None),
+    }
+    try:
+        db.exec(GRANTS + BUCKET_KEYS)
+        # Cached by the data plane until a minute before expires_unix: ~4s.
+        set_bucket_key(db, "alice", "AKALICE1", pairs["AKALICE1"][0], expires_unix=now + 64)
+        set_bucket_key(db, "bob", "AKBOB", *pairs["AKBOB"])
+        with KeyedBackend(pairs) as kb:
+            extra = "\n".join([
+                "", "[[backends]]", 'name = "keyed"', f"endpoint = {q(kb.endpoint)}", 'region = "us-east-1"',
+                'addressing_style = "path"', f"access_key = {q(KEYED_DEFAULT[0])}", f"secret_key = {q(KEYED_DEFAULT[1])}",
+                "", "[[buckets]]", 'name = "kb"', 'backend = "keyed"',
+                f"credentials = {{ kind = \"sql\", query = {q(CREDS_QUERY)}, timeout = \"2s\" }}", "",
+            ]) + rules_config([("allow", ["alice", "bob", "carol"], ["s3:*"], ["kb", "kb/*"])]) + "\n".join([
+                "", "[[policy]]", 'kind = "builtin"',
+                # abstains: there to name the database the bucket's query uses
+                "", "[[policy]]", 'kind = "sql"', f"url = {q(db.url)}",
+                f"query = {q(ABSTAIN)}", "",
+            ])  # fmt: skip
+            gw = launch_gateway(tmp_path, backend, f"s3gate-sqlcreds-{kind}", extra, log_level="trace",
+                                extra_args=["--grpc-listen", "127.0.0.1:0"], env={"S3GATE_ADMIN_TOKEN": ADMIN_TOKEN})  # fmt: skip
+            try:
+                who = {n: _client(gw.endpoint, gw.keys[n].access_key, gw.keys[n].secret_key) for n in ("alice", "bob", "carol")}
+                who["alice"].put_object(Bucket="kb", Key="a.txt", Body=b"from alice")
+                who["bob"].put_object(Bucket="kb", Key="b.txt", Body=b"from bob")
+                assert kb.signers("/kb/a.txt") == ["AKALICE1"]
+                assert kb.signers("/kb/b.txt") == ["AKBOB"]
+                assert [s.session_token for s in kb.seen() if s.path == "/kb/b.txt"] == [pairs["AKBOB"][1]]
+                assert who["bob"].get_object(Bucket="kb", Key="a.txt")["Body"].read() == b"from alice"
+                assert kb.signers("/kb/a.txt") == ["AKALICE1", "AKBOB"]
+                assert all(s.accepted for s in kb.seen()), kb.seen()
+
+                # no row: no credentials, nothing forwarded, never the backend's own keys
+                before = len(kb.seen())
+                with pytest.raises(botocore.exceptions.ClientError) as e:
+                    who["carol"].put_object(Bucket="kb", Key="c.txt", Body=b"x")
+                assert code(e) == (503, "ServiceUnavailable")
+                assert len(kb.seen()) == before, "a request without credentials reached the backend"
+                assert KEYED_DEFAULT[0] not in [s.access_key for s in kb.seen()]
+
+                # a changed row: used once the cached route expires
+                set_bucket_key(db, "alice", "AKALICE2", pairs["AKALICE2"][0])
+                deadline = time.monotonic() + 20
+                n = 0
+                while True:
+                    n += 1
+                    who["alice"].put_object(Bucket="kb", Key=f"ttl-{n}.txt", Body=b"x")
+                    if kb.signers(f"/kb/ttl-{n}.txt") == ["AKALICE2"]:
+                        break
+                    assert kb.signers(f"/kb/ttl-{n}.txt") == ["AKALICE1"]
+                    assert time.monotonic() < deadline, "the changed row was not used after the route expired"
+                    time.sleep(0.3)
+                assert n > 1, "the first answer should have been cached until its expiry"
+
+                # ... and at once after an invalidation (no expiry now: cached for route_ttl, 5 min)
+                set_bucket_key(db, "alice", "AKALICE3", pairs["AKALICE3"][0])
+                who["alice"].put_object(Bucket="kb", Key="inv-0.txt", Body=b"x")
+                assert kb.signers("/kb/inv-0.txt") == ["AKALICE2"], "cached"
+                r = subprocess.run([str(gateway_bin()), "admin", "--control-plane", f"http://{ready_field(gw.ready_file, 'grpc')()}",
+                                    "--token", ADMIN_TOKEN, "buckets", "put", "--name", "kb", "--backend", "keyed",
+                                    "--credentials-sql-query", CREDS_QUERY, "--credentials-timeout", "2s"],
+                                   capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)  # fmt: skip
+                assert r.returncode == 0, r.stderr
+                deadline = time.monotonic() + 5
+                n = 0
+                while True:
+                    n += 1
+                    who["alice"].put_object(Bucket="kb", Key=f"inv-{n}.txt", Body=b"x")
+                    if kb.signers(f"/kb/inv-{n}.txt") == ["AKALICE3"]:
+                        break
+                    assert time.monotonic() < deadline, "the changed row was not used after the invalidation"
+                    time.sleep(0.1)
+                listed = subprocess.run([str(gateway_bin()), "admin", "--control-plane", f"http://{ready_field(gw.ready_file, 'grpc')()}",
+                                         "--token", ADMIN_TOKEN, "--json", "buckets", "list"],
+                                        capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)  # fmt: skip
+                kbinfo = next(b for b in json.loads(listed.stdout) if b["name"] == "kb")
+                assert kbinfo["credentials"]["kind"] == "sql" and kbinfo["credentials"]["per_principal"], kbinfo
+                assert all(s.accepted for s in kb.seen()), [s for s in kb.seen() if not s.accepted]
+            finally:
+                stop_gateway(gw)
+            log = gw.log_path.read_text(errors="replace")
+            for secret, token in pairs.values():
+                assert secret not in log, "a backend secret from the database is in the log"
+                assert token is None or token not in log
+    finally:
+        db.drop()
+
+
+def test_bucket_credentials_database_down_is_503(backend, tmp_path):
+    """The bucket's database is not there: 503, nothing forwarded, and the
+    backend's own keys are not used instead."""
+    db = new_database("sqlite", tmp_path)  # never created
+    with KeyedBackend({KEYED_DEFAULT[0]: (KEYED_DEFAULT[1], None)}) as kb:
+        extra = "\n".join([
+            "", "[[backends]]", 'name = "keyed"', f"endpoint = {q(kb.endpoint)}", 'region = "us-east-1"',
+            'addressing_style = "path"', f"access_key = {q(KEYED_DEFAULT[0])}", f"secret_key = {q(KEYED_DEFAULT[1])}",
+            "", "[[buckets]]", 'name = "kb"', 'backend = "keyed"',
+            f"credentials = {{ kind = \"sql\", url = {q(db.url + '?mode=ro')}, query = {q(CREDS_QUERY)}, timeout = \"300ms\" }}", "",
+        ]) + rules_config([("allow", ["alice"], ["s3:*"], ["kb", "kb/*"])])  # fmt: skip
+        gw = launch_gateway(tmp_path, backend, "s3gate-sqlcreds-down", extra)
+        try:
+            alice = _client(gw.endpoint, gw.keys["alice"].access_key, gw.keys["alice"].secret_key)
+            for _ in range(2):
+                with pytest.raises(botocore.exceptions.ClientError) as e:
+                    alice.put_object(Bucket="kb", Key="a.txt", Body=b"x")
+                assert code(e) == (503, "ServiceUnavailable")
+            assert kb.seen() == []
+        finally:
+            stop_gateway(gw)
+
+
+def test_bucket_credentials_from_sql_in_distributed_mode(backend, tmp_path):
+    """`s3gate controlplane` + `s3gate dataplane`; the bucket is created with
+    `s3gate admin buckets put --credentials-sql-url env:VAR
+    --credentials-sql-query …`: the control plane reads the URL from its own
+    environment, the data plane signs with the row's keys, and the listing
+    shows the reference, not a value. A URL with a password is refused."""
+    db = new_database("sqlite", tmp_path)
+    db.create()
+    db.exec(BUCKET_KEYS)
+    pairs = {"AKALICEDIST": ("sk-alice-dist-" + secrets.token_hex(8), None),
+             KEYED_DEFAULT[0]: (KEYED_DEFAULT[1], None)}  # fmt: skip
+    set_bucket_key(db, "alice", "AKALICEDIST", pairs["AKALICEDIST"][0])
+    with KeyedBackend(pairs) as kb:
+        keys = make_keys()
+        config = tmp_path / "cluster.toml"
+        config.write_text(render_config(backend, keys, unused_port()) + "\n".join([
+            "", "[[backends]]", 'name = "keyed"', f"endpoint = {q(kb.endpoint)}", 'region = "us-east-1"',
+            'addressing_style = "path"', f"access_key = {q(KEYED_DEFAULT[0])}", f"secret_key = {q(KEYED_DEFAULT[1])}", "",
+        ]) + rules_config([("allow", ["alice"], ["s3:*"], ["kb", "kb/*"])]))  # fmt: skip
+        env = gateway_env(backend, keys, "debug", S3GATE_ADMIN_TOKEN=ADMIN_TOKEN, S3GATE_E2E_CREDS_DB=db.url)
+        cp, cp_addr = start_controlplane(gateway_bin(), "cp-sqlcreds", config=config, env=env, **node_files(tmp_path, "cp-sqlcreds"))
+        try:
+            def admin(*args: str) -> subprocess.CompletedProcess:
+                return subprocess.run([str(gateway_bin()), "admin", "--control-plane", f"http://{cp_addr}", "--token", ADMIN_TOKEN,
+                                       *args], capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)  # fmt: skip
+
+            r = admin("buckets", "put", "--name", "kb", "--backend", "keyed", "--credentials-sql-url", "postgres://u:pw-0000@db/x",
+                      "--credentials-sql-query", CREDS_QUERY)  # fmt: skip
+            assert r.returncode != 0 and "carries a password" in r.stderr and "pw-0000" not in r.stderr, r.stderr
+            r = admin("buckets", "put", "--name", "kb", "--backend", "keyed", "--credentials-sql-url", "env:S3GATE_E2E_CREDS_DB",
+                      "--credentials-sql-query", CREDS_QUERY)  # fmt: skip
+            assert r.returncode == 0, r.stderr
+            listed = admin("--json", "buckets", "list")
+            kbinfo = next(b for b in json.loads(listed.stdout) if b["name"] == "kb")
+            assert kbinfo["credentials"]["url"] == "env:S3GATE_E2E_CREDS_DB", kbinfo
+            table = admin("buckets", "list").stdout
+            assert "sql env:S3GATE_E2E_CREDS_DB per-principal" in table, table
+            dp, dp_addr = start_dataplane(gateway_bin(), "dp-sqlcreds", control_planes=[f"http://{cp_addr}"], region=REGION,
+                                          env=env, **node_files(tmp_path, "dp-sqlcreds"))  # fmt: skip
+            try:
+                alice = _client(f"http://{dp_addr}", keys["alice"].access_key, keys["alice"].secret_key)
+                alice.put_object(Bucket="kb", Key="d.txt", Body=b"distributed")
+                assert kb.signers("/kb/d.txt") == ["AKALICEDIST"]
+                assert alice.get_object(Bucket="kb", Key="d.txt")["Body"].read() == b"distributed"
+            finally:
+                dp.stop()
+        finally:
+            cp.stop()
+        for name in ("cp-sqlcreds", "dp-sqlcreds"):
+            log = (tmp_path / f"{name}.log").read_text(errors="replace")
+            assert pairs["AKALICEDIST"][0] not in log, f"a backend secret from the database is in {name}'s log"

@@ -5,7 +5,7 @@
 //! |---|---|---|---|
 //! | identity | [`IdentitySource`] | access key → principal + derived signing key; token or certificate → identity | [`identity::Keys`] (s3gate-issued keys), [`mtls::ClientCertificates`] (verified client certificates), [`oidc::Oidc`] (JWT bearer tokens, standing), [`sessions::Sessions`] (STS session keys, standing), [`sql::identity::SqlKeys`] (`[[identity]] kind = "sql"`, standing) |
 //! | policy | [`PolicySource`] | request → allow / deny / abstain, with reason, scope, TTL | [`policy::Rules`] (built-in rules), [`sql::policy::SqlPolicy`] (`[[policy]] kind = "sql"`, standing) |
-//! | credentials | [`CredentialSource`] | backend → the credentials to sign with, and until when | [`credentials::StaticHmac`] |
+//! | credentials | [`CredentialSource`] | backend → the credentials to sign with, and until when | [`credentials::StaticHmac`], [`plugin::PluginCredentials`] and [`sql::credentials::SqlCredentialSources`] (per bucket, asked first) |
 //!
 //! A source is a value behind an `Arc<dyn …>`. Two lifetimes:
 //! - **compiled** sources ([`identity::Keys`], [`policy::Rules`],
@@ -45,7 +45,7 @@ pub use policy::{
     Answer, Explanation, PolicyChain, PolicySource, SourceAnswer, Verdict, VerdictKind,
 };
 
-use crate::config::{CacheConfig, IdentityConfig, PolicyConfig};
+use crate::config::{CacheConfig, IdentityConfig, PolicyConfig, Secret};
 use crate::state::State;
 
 /// A source could not answer (timeout, transport error, bad answer). The
@@ -142,6 +142,14 @@ pub struct Registry {
     pub sessions: Option<Arc<dyn crate::session::SessionIssuer>>,
     /// Raised when a standing policy source reloaded its policy.
     pub policy_changed: PolicyChanged,
+    /// The `[[identity]]` sources of the config file, asked after
+    /// `identity`; replaced as a whole by a reload.
+    pub configured_identity: Vec<Arc<dyn IdentitySource>>,
+    /// The database a bucket's `credentials = { kind = "sql" }` without a
+    /// URL uses: the first `[[policy]]` (else `[[identity]]`) sql entry's.
+    pub sql_default_url: Option<Secret>,
+    /// The pools of SQL bucket credential sources, kept across snapshots.
+    pub bucket_sql: sql::credentials::Pools,
 }
 
 impl Default for Registry {
@@ -153,6 +161,23 @@ impl Default for Registry {
             credentials: Vec::new(),
             sessions: None,
             policy_changed: PolicyChanged::default(),
+            configured_identity: Vec::new(),
+            sql_default_url: None,
+            bucket_sql: sql::credentials::Pools::default(),
+        }
+    }
+}
+
+impl Registry {
+    /// This registry with the configured sources of `configured` in place
+    /// of its own (what a reload swaps in); the standing built-ins (JWT,
+    /// STS sessions, credential sources) stay as they are.
+    pub fn with_configured(&self, configured: Configured) -> Self {
+        Self {
+            policy: configured.policy,
+            configured_identity: configured.identity,
+            sql_default_url: configured.sql_default_url,
+            ..self.clone()
         }
     }
 }
@@ -183,6 +208,12 @@ impl Sources {
         // answered by it alone.
         let bucket_plugins: Arc<dyn CredentialSource> =
             Arc::new(plugin::PluginCredentials::from_state(state));
+        let bucket_sql: Arc<dyn CredentialSource> =
+            Arc::new(sql::credentials::SqlCredentialSources::from_state(
+                state,
+                &registry.bucket_sql,
+                registry.sql_default_url.as_ref(),
+            ));
         let policy = registry
             .policy
             .iter()
@@ -195,9 +226,10 @@ impl Sources {
             identity: [keys, certificates]
                 .into_iter()
                 .chain(registry.identity.iter().cloned())
+                .chain(registry.configured_identity.iter().cloned())
                 .collect(),
             policy: PolicyChain::new(policy),
-            credentials: [bucket_plugins, hmac]
+            credentials: [bucket_plugins, bucket_sql, hmac]
                 .into_iter()
                 .chain(registry.credentials.iter().cloned())
                 .collect(),
@@ -252,25 +284,71 @@ pub async fn identity_source(
     }
 }
 
+/// The sources of a config file's `[[policy]]` and `[[identity]]`
+/// entries, built (what start-up registers and a reload swaps in).
+pub struct Configured {
+    /// The policy chain in order; no entry: the built-in rules alone.
+    pub policy: Vec<PolicySlot>,
+    pub identity: Vec<Arc<dyn IdentitySource>>,
+    /// See [`Registry::sql_default_url`].
+    pub sql_default_url: Option<Secret>,
+}
+
+/// Builds the sources of `policy` and `identity` (in order; the first
+/// entry that does not build is the error). `changed` is what a source
+/// raises when its policy changes on its own.
+pub async fn configure(
+    policy: &[PolicyConfig],
+    identity: &[IdentityConfig],
+    cache: &CacheConfig,
+    changed: &PolicyChanged,
+) -> Result<Configured, BuildError> {
+    let mut chain = Vec::with_capacity(policy.len().max(1));
+    for entry in policy {
+        chain.push(policy_slot(entry, cache, changed).await?);
+    }
+    if chain.is_empty() {
+        chain.push(PolicySlot::Rules);
+    }
+    let mut lookups = Vec::with_capacity(identity.len());
+    for entry in identity {
+        lookups.push(identity_source(entry, cache).await?);
+    }
+    Ok(Configured {
+        policy: chain,
+        identity: lookups,
+        sql_default_url: sql_default_url(policy, identity),
+    })
+}
+
+/// The URL of the first `[[policy]]` sql entry, else of the first
+/// `[[identity]]` one.
+pub fn sql_default_url(policy: &[PolicyConfig], identity: &[IdentityConfig]) -> Option<Secret> {
+    policy
+        .iter()
+        .find_map(|p| match p {
+            PolicyConfig::Sql(c) => Some(c.url.clone()),
+            _ => None,
+        })
+        .or_else(|| {
+            identity.iter().find_map(|p| match p {
+                IdentityConfig::Sql(c) => Some(c.url.clone()),
+                _ => None,
+            })
+        })
+}
+
 /// The `[[policy]]` and `[[identity]]` entries of a config file, placed in
 /// `registry`: the policy chain replaced by the entries in order (none: the
-/// built-in rules alone), the identity sources added after the built-in
-/// keys.
+/// built-in rules alone), the identity sources asked after the built-in
+/// ones.
 pub async fn register_configured(
     registry: &mut Registry,
     policy: &[PolicyConfig],
     identity: &[IdentityConfig],
     cache: &CacheConfig,
 ) -> Result<(), BuildError> {
-    if !policy.is_empty() {
-        let mut chain = Vec::with_capacity(policy.len());
-        for entry in policy {
-            chain.push(policy_slot(entry, cache, &registry.policy_changed).await?);
-        }
-        registry.policy = chain;
-    }
-    for entry in identity {
-        registry.identity.push(identity_source(entry, cache).await?);
-    }
+    let configured = configure(policy, identity, cache, &registry.policy_changed).await?;
+    *registry = registry.with_configured(configured);
     Ok(())
 }

@@ -250,7 +250,10 @@ impl IdentitySource for PluginIdentity {
 /// { kind = "plugin" }`, compiled from each state version (the guards, and
 /// the connections, outlive it: a breaker stays open across state changes).
 pub struct PluginCredentials {
-    by_bucket: HashMap<String, Arc<Remote>>,
+    /// An `Err`: the bucket's plugin cannot be asked (a URL that is not
+    /// one); its requests fail closed rather than fall through to the
+    /// backend's own keys.
+    by_bucket: HashMap<String, Result<Arc<Remote>, String>>,
 }
 
 /// One plugin URL and timeout, as bucket credentials ask it.
@@ -277,7 +280,7 @@ impl PluginCredentials {
             };
             let key = (c.url.clone(), c.timeout);
             let remote = match remotes.get(&key) {
-                Some(remote) => remote.clone(),
+                Some(remote) => Ok(remote.clone()),
                 None => match client(&c.url, "buckets") {
                     Ok(client) => {
                         let remote = Arc::new(Remote {
@@ -285,11 +288,11 @@ impl PluginCredentials {
                             guard: Guard::new(NAME, c.timeout),
                         });
                         remotes.insert(key, remote.clone());
-                        remote
+                        Ok(remote)
                     }
                     Err(error) => {
-                        tracing::warn!(%error, bucket = %bucket.name, "bucket credentials plugin");
-                        continue;
+                        tracing::warn!(%error, bucket = %bucket.name, "bucket credentials plugin cannot be asked: its requests get 503");
+                        Err(error.to_string())
                     }
                 },
             };
@@ -314,8 +317,15 @@ impl super::CredentialSource for PluginCredentials {
         &self,
         req: &super::credentials::CredentialRequest<'_>,
     ) -> Result<Option<Arc<s3gate_proto::BackendCredentials>>, SourceError> {
-        let Some(remote) = self.by_bucket.get(req.bucket) else {
-            return Ok(None);
+        let remote = match self.by_bucket.get(req.bucket) {
+            None => return Ok(None),
+            Some(Ok(remote)) => remote,
+            Some(Err(message)) => {
+                return Err(SourceError::new(
+                    NAME,
+                    format!("bucket {}: {message}", req.bucket),
+                ))
+            }
         };
         let msg = plugin_pb::BucketCredentialsRequest {
             principal: req
@@ -696,5 +706,21 @@ mod tests {
             .await
             .unwrap()
             .is_none());
+
+        // A URL that is not one: the bucket fails closed, it does not fall
+        // through to the next source (the backend's own keys).
+        let mut broken = state.clone();
+        if let Some(b) = broken.buckets.get_mut("reports") {
+            b.credentials = Some(BucketCredentialSource::Plugin(RemoteCredentials {
+                url: "not a url".into(),
+                timeout: Duration::from_secs(2),
+            }));
+        }
+        let source = PluginCredentials::from_state(&broken);
+        assert!(source.serves("reports"));
+        assert!(source
+            .credentials(&ask("reports", Some(&alice)))
+            .await
+            .is_err());
     }
 }

@@ -1676,14 +1676,26 @@ pub struct BucketInfo {
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct BucketCredentialSource {
     /// "plugin": BucketCredentials of an s3gate.plugin.v1.Plugin.
+    /// "sql": a query returning access_key, secret_key (and optionally
+    /// session_token, expires_unix) for :principal, :groups, :bucket.
     #[prost(string, tag = "1")]
     pub kind: ::prost::alloc::string::String,
-    /// The plugin's URL (<http://host:port>); required.
+    /// plugin: the plugin's URL (<http://host:port>); required.
+    /// sql: postgres://… or sqlite:…, without a password (or env:VAR, read
+    /// by the control plane); empty: the control plane's first [policy](policy) or
+    /// [identity](identity) sql entry's database. Listed with userinfo redacted.
     #[prost(string, tag = "2")]
     pub url: ::prost::alloc::string::String,
     /// How long one answer may take; 0: 500ms.
     #[prost(uint64, tag = "3")]
     pub timeout_ms: u64,
+    /// sql: the query.
+    #[prost(string, tag = "4")]
+    pub query: ::prost::alloc::string::String,
+    /// sql, in listings: the query uses :principal or :groups, so answers
+    /// are per principal. Ignored in a put.
+    #[prost(bool, tag = "5")]
+    pub per_principal: bool,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, ::prost::Message)]
@@ -1879,6 +1891,29 @@ pub struct RevokeSessionsResponse {
     /// The sessions revoked (none: nothing matched).
     #[prost(string, repeated, tag = "1")]
     pub access_keys: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+}
+#[allow(clippy::all)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ReloadRequest {}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ReloadResponse {
+    /// The file that was read.
+    #[prost(string, tag = "1")]
+    pub config_file: ::prost::alloc::string::String,
+    /// The [policy](policy) chain now in force, one summary per entry in order
+    /// (kind, URL without credentials, files, the start of the query).
+    #[prost(string, repeated, tag = "2")]
+    pub policy: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// The [identity](identity) sources now in force, likewise.
+    #[prost(string, repeated, tag = "3")]
+    pub identity: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// What data planes were told to forget: "policy" (cached decisions, and
+    /// the routes of buckets whose credentials come from SQL), or "all" (also
+    /// signing keys and every route, when identity sources are configured
+    /// before or after).
+    #[prost(string, tag = "4")]
+    pub invalidated: ::prost::alloc::string::String,
 }
 #[allow(clippy::all)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
@@ -2371,6 +2406,29 @@ pub mod admin_client {
             req.extensions_mut().insert(GrpcMethod::new("s3gate.v1.Admin", "Status"));
             self.inner.unary(req, path, codec).await
         }
+        /// Re-reads this replica's config file and rebuilds its [policy](policy) chain
+        /// and [identity](identity) sources (what SIGHUP does), then tells its data planes
+        /// to forget cached decisions. A file or a source that does not load
+        /// keeps the sources in force: FAILED_PRECONDITION, naming the section
+        /// and kind. Other replicas read their own files: reload each.
+        pub async fn reload(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ReloadRequest>,
+        ) -> std::result::Result<tonic::Response<super::ReloadResponse>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static("/s3gate.v1.Admin/Reload");
+            let mut req = request.into_request();
+            req.extensions_mut().insert(GrpcMethod::new("s3gate.v1.Admin", "Reload"));
+            self.inner.unary(req, path, codec).await
+        }
     }
 }
 /// Generated server implementations.
@@ -2481,6 +2539,15 @@ pub mod admin_server {
             &self,
             request: tonic::Request<super::StatusRequest>,
         ) -> std::result::Result<tonic::Response<super::StatusResponse>, tonic::Status>;
+        /// Re-reads this replica's config file and rebuilds its [policy](policy) chain
+        /// and [identity](identity) sources (what SIGHUP does), then tells its data planes
+        /// to forget cached decisions. A file or a source that does not load
+        /// keeps the sources in force: FAILED_PRECONDITION, naming the section
+        /// and kind. Other replicas read their own files: reload each.
+        async fn reload(
+            &self,
+            request: tonic::Request<super::ReloadRequest>,
+        ) -> std::result::Result<tonic::Response<super::ReloadResponse>, tonic::Status>;
     }
     #[derive(Debug)]
     pub struct AdminServer<T> {
@@ -3284,6 +3351,49 @@ pub mod admin_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = StatusSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/s3gate.v1.Admin/Reload" => {
+                    #[allow(non_camel_case_types)]
+                    struct ReloadSvc<T: Admin>(pub Arc<T>);
+                    impl<T: Admin> tonic::server::UnaryService<super::ReloadRequest>
+                    for ReloadSvc<T> {
+                        type Response = super::ReloadResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::ReloadRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Admin>::reload(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ReloadSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(

@@ -5,6 +5,9 @@
 //! - [`identity::SqlKeys`]: `[[identity]] kind = "sql"`, an access key's
 //!   `secret`, `principal` and `groups`; the signing key is derived here and
 //!   the secret never leaves the control plane.
+//! - [`credentials::SqlBucketCredentials`]: `[[buckets]] credentials =
+//!   { kind = "sql" }`, a bucket's backend keys (per principal when the
+//!   query uses `:principal` or `:groups`).
 //!
 //! Both sit on a [`Database`]: one pool, one query whose named binds
 //! (`:principal`) were rewritten into the driver's placeholders
@@ -17,6 +20,7 @@
 //! the query prepares), and meanwhile the source cannot decide (503).
 
 pub mod binds;
+pub mod credentials;
 pub mod identity;
 pub mod policy;
 
@@ -44,6 +48,71 @@ const MAX_CONNECTIONS: u32 = 8;
 
 /// The longest pause between two probes of a database that cannot be reached.
 const MAX_PROBE_INTERVAL: Duration = Duration::from_secs(30);
+
+/// The `user:password@` part of `url`'s authority and the query string,
+/// split out: `(userinfo, query)`.
+fn url_parts(url: &str) -> (Option<&str>, Option<&str>) {
+    let Some((_, rest)) = url.split_once("://") else {
+        return (None, url.split_once('?').map(|(_, q)| q));
+    };
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let authority = &rest[..authority_end];
+    let userinfo = authority.rfind('@').map(|at| &authority[..at]);
+    (userinfo, rest.split_once('?').map(|(_, q)| q))
+}
+
+/// Whether a database URL carries a password (`user:pw@host` or
+/// `?password=`).
+pub fn url_has_password(url: &str) -> bool {
+    let (userinfo, query) = url_parts(url);
+    userinfo.is_some_and(|u| u.contains(':'))
+        || query.is_some_and(|q| {
+            q.split('&').any(|p| {
+                p.split('=')
+                    .next()
+                    .unwrap_or("")
+                    .eq_ignore_ascii_case("password")
+            })
+        })
+}
+
+/// A URL as it may be shown: the userinfo (`user:password@`) replaced by
+/// `***@` and a `password=` parameter's value by `***`. An `env:VAR`
+/// reference is shown as it is (a name, not a value).
+pub fn redacted_url(url: &str) -> String {
+    if url.starts_with("env:") {
+        return url.to_owned();
+    }
+    let (userinfo, query) = url_parts(url);
+    let mut out = match (userinfo, url.split_once("://")) {
+        (Some(u), Some((scheme, rest))) => {
+            format!("{scheme}://***@{}", &rest[u.len() + 1..])
+        }
+        _ => url.to_owned(),
+    };
+    if let Some(q) = query {
+        let redacted: Vec<String> = q
+            .split('&')
+            .map(|p| match p.split_once('=') {
+                Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
+                _ => p.to_owned(),
+            })
+            .collect();
+        if let Some((head, _)) = out.split_once('?') {
+            out = format!("{head}?{}", redacted.join("&"));
+        }
+    }
+    out
+}
+
+/// The start of a query, on one line, for listings and the reload report.
+pub fn query_summary(query: &str) -> String {
+    let one_line = query.split_whitespace().collect::<Vec<_>>().join(" ");
+    match one_line.char_indices().nth(72) {
+        Some((cut, _)) => format!("{}…", &one_line[..cut]),
+        None => one_line,
+    }
+}
 
 /// One column's value, as the sources read it.
 #[derive(Clone, PartialEq)]
@@ -421,6 +490,36 @@ mod tests {
             query: query.to_owned(),
             timeout: Duration::from_millis(500),
         }
+    }
+
+    #[test]
+    fn urls_are_shown_without_passwords() {
+        for (url, shown, password) in [
+            (
+                "postgres://u:hunter2@db:5432/x",
+                "postgres://***@db:5432/x",
+                true,
+            ),
+            ("postgres://u@db/x", "postgres://***@db/x", false),
+            (
+                "postgres://db/x?user=u&password=hunter2",
+                "postgres://db/x?user=u&password=***",
+                true,
+            ),
+            (
+                "sqlite:///var/lib/s3gate/keys.db",
+                "sqlite:///var/lib/s3gate/keys.db",
+                false,
+            ),
+            ("sqlite::memory:", "sqlite::memory:", false),
+            ("env:S3GATE_DB", "env:S3GATE_DB", false),
+            ("postgres://u:p@w@db/x", "postgres://***@db/x", true),
+        ] {
+            assert_eq!(redacted_url(url), shown, "{url}");
+            assert_eq!(url_has_password(url), password, "{url}");
+        }
+        assert_eq!(query_summary("SELECT a\n  FROM   t"), "SELECT a FROM t");
+        assert!(query_summary(&"x ".repeat(100)).ends_with('…'));
     }
 
     #[tokio::test]
