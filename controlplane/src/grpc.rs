@@ -128,6 +128,14 @@ impl Decisions for DecisionsService {
         Ok(Response::new((&route).into()))
     }
 
+    async fn get_bucket_cors(
+        &self,
+        req: Request<pb::GetBucketCorsRequest>,
+    ) -> Result<Response<pb::GetBucketCorsResponse>, Status> {
+        let cors = self.replica.bucket_cors(&req.into_inner().bucket).await?;
+        Ok(Response::new((&cors).into()))
+    }
+
     async fn visible_buckets(
         &self,
         req: Request<pb::VisibleBucketsRequest>,

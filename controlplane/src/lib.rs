@@ -31,9 +31,9 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use s3gate_proto::{
-    AddressingStyle, AuthorizeRequest, Backend, ControlPlane, ControlPlaneError, Decision,
-    Identity, PresentedCredential, Principal, Route, SigV2Grant, SigV2Request, SigningKeyGrant,
-    SigningKeyRequest,
+    AddressingStyle, AuthorizeRequest, Backend, BucketCors, ControlPlane, ControlPlaneError,
+    Decision, Identity, PresentedCredential, Principal, Route, SigV2Grant, SigV2Request,
+    SigningKeyGrant, SigningKeyRequest,
 };
 
 use crate::config::{AddressingStyleConfig, CacheConfig};
@@ -267,6 +267,19 @@ impl ControlPlane for Snapshot {
         principal: &Principal,
     ) -> Result<Route, ControlPlaneError> {
         self.route_with(bucket, Some(principal)).await
+    }
+
+    async fn bucket_cors(&self, bucket: &str) -> Result<BucketCors, ControlPlaneError> {
+        // From the placement alone: a preflight has no principal to ask a
+        // credential source for.
+        let placement = self
+            .routes
+            .get(bucket)
+            .ok_or(ControlPlaneError::NoSuchBucket)?;
+        Ok(BucketCors {
+            rules: placement.cors.clone(),
+            ttl: placement.ttl,
+        })
     }
 
     async fn visible_buckets(

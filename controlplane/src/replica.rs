@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use s3gate_proto::{
-    AssumedRole, AuthorizeRequest, ControlPlane, ControlPlaneError, Decision, Identity,
+    AssumedRole, AuthorizeRequest, BucketCors, ControlPlane, ControlPlaneError, Decision, Identity,
     Invalidation, PresentedCredential, Principal, Route, SigV2Grant, SigV2Request, SigningKeyGrant,
     SigningKeyRequest, StsError, StsErrorCode, WebIdentityRequest,
 };
@@ -458,6 +458,10 @@ impl ControlPlane for Replica {
         principal: &Principal,
     ) -> Result<Route, ControlPlaneError> {
         self.snapshot().route_for(bucket, principal).await
+    }
+
+    async fn bucket_cors(&self, bucket: &str) -> Result<BucketCors, ControlPlaneError> {
+        self.snapshot().bucket_cors(bucket).await
     }
 
     async fn visible_buckets(

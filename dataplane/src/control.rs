@@ -15,9 +15,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use s3gate_proto::pb::decisions_client::DecisionsClient;
 use s3gate_proto::{
-    pb, AssumedRole, AuthorizeRequest, ControlPlane, ControlPlaneError, Decision, Identity,
-    Invalidation, PresentedCredential, Principal, Route, SigV2Grant, SigV2Request, SigningKeyGrant,
-    SigningKeyRequest, StsError, WebIdentityRequest,
+    pb, AssumedRole, AuthorizeRequest, BucketCors, ControlPlane, ControlPlaneError, Decision,
+    Identity, Invalidation, PresentedCredential, Principal, Route, SigV2Grant, SigV2Request,
+    SigningKeyGrant, SigningKeyRequest, StsError, WebIdentityRequest,
 };
 use tokio::sync::mpsc;
 use tonic::metadata::{Ascii, MetadataValue};
@@ -236,6 +236,17 @@ impl ControlPlane for GrpcControlPlane {
             async move { c.get_route(msg).await }
         });
         decode(resp.await?)
+    }
+
+    async fn bucket_cors(&self, bucket: &str) -> Result<BucketCors, ControlPlaneError> {
+        let msg = pb::GetBucketCorsRequest {
+            bucket: bucket.to_owned(),
+        };
+        let resp = self.call(|mut c| {
+            let msg = msg.clone();
+            async move { c.get_bucket_cors(msg).await }
+        });
+        Ok(resp.await?.into())
     }
 
     async fn visible_buckets(

@@ -31,9 +31,10 @@ use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use s3gate_proto::{
-    AddressingStyle, AuthorizeRequest, Backend, BackendAuth, BackendCredentials, ControlPlane,
-    ControlPlaneError, CorsRule, Decision, Identity, Invalidation, PresentedCredential, Principal,
-    Redacted, Route, Scope, SigningKey, SigningKeyGrant, SigningKeyRequest,
+    AddressingStyle, AuthorizeRequest, Backend, BackendAuth, BackendCredentials, BucketCors,
+    ControlPlane, ControlPlaneError, CorsRule, Decision, Identity, Invalidation,
+    PresentedCredential, Principal, Redacted, Route, Scope, SigningKey, SigningKeyGrant,
+    SigningKeyRequest,
 };
 use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
@@ -61,7 +62,9 @@ struct Seen {
 }
 
 /// A control plane with two client keys, allow-all, and bucket `data` →
-/// `data-prod` on one backend.
+/// `data-prod` on one backend; bucket `mine` → `mine-prod` on it has
+/// credentials per principal (as a plugin gives them): no shared route, as
+/// the real control plane answers.
 struct StaticControlPlane {
     backend: Arc<Backend>,
     calls: Arc<Calls>,
@@ -73,6 +76,10 @@ struct Calls {
     signing_key: AtomicUsize,
     authorize: AtomicUsize,
     route: AtomicUsize,
+    /// `bucket_cors` calls (preflights whose bucket has no cached route).
+    cors: AtomicUsize,
+    /// Every bucket whose shared route (no principal) was asked for.
+    shared_routes_asked: std::sync::Mutex<Vec<String>>,
     /// The access key of every `signing_key` call, in order.
     signing_keys_asked: std::sync::Mutex<Vec<String>>,
 }
@@ -142,13 +149,70 @@ impl ControlPlane for StaticControlPlane {
     }
 
     async fn route(&self, bucket: &str) -> Result<Route, ControlPlaneError> {
-        self.calls.route.fetch_add(1, Ordering::SeqCst);
-        if bucket != "data" {
+        self.calls
+            .shared_routes_asked
+            .lock()
+            .unwrap()
+            .push(bucket.to_owned());
+        self.route_with(bucket, None)
+    }
+
+    async fn route_for(
+        &self,
+        bucket: &str,
+        principal: &Principal,
+    ) -> Result<Route, ControlPlaneError> {
+        self.route_with(bucket, Some(principal))
+    }
+
+    async fn bucket_cors(&self, bucket: &str) -> Result<BucketCors, ControlPlaneError> {
+        self.calls.cors.fetch_add(1, Ordering::SeqCst);
+        if !BUCKETS.contains(&bucket) {
             return Err(ControlPlaneError::NoSuchBucket);
         }
+        Ok(BucketCors {
+            rules: cors_rules(),
+            ttl: Duration::from_secs(60),
+        })
+    }
+
+    async fn visible_buckets(&self, _p: &Principal) -> Result<Vec<String>, ControlPlaneError> {
+        Ok(vec!["data".into()])
+    }
+}
+
+/// The client buckets of [`StaticControlPlane`].
+const BUCKETS: [&str; 2] = ["data", "mine"];
+
+fn cors_rules() -> Arc<[CorsRule]> {
+    Arc::from([CorsRule {
+        allowed_origins: vec![APP_ORIGIN.into()],
+        allowed_methods: vec!["GET".into(), "PUT".into()],
+        allowed_headers: vec!["content-type".into()],
+        expose_headers: vec!["ETag".into()],
+        max_age: Some(60),
+    }])
+}
+
+impl StaticControlPlane {
+    fn route_with(
+        &self,
+        bucket: &str,
+        principal: Option<&Principal>,
+    ) -> Result<Route, ControlPlaneError> {
+        self.calls.route.fetch_add(1, Ordering::SeqCst);
+        if !BUCKETS.contains(&bucket) {
+            return Err(ControlPlaneError::NoSuchBucket);
+        }
+        let per_principal = bucket == "mine";
+        if per_principal && principal.is_none() {
+            return Err(ControlPlaneError::Unavailable(format!(
+                "bucket {bucket}: its credentials are per principal, and none was given"
+            )));
+        }
         Ok(Route {
-            bucket: "data".into(),
-            backend_bucket: "data-prod".into(),
+            bucket: bucket.into(),
+            backend_bucket: format!("{bucket}-prod"),
             backend: self.backend.clone(),
             credentials: Arc::new(BackendCredentials {
                 auth: BackendAuth::SigV4 {
@@ -157,21 +221,11 @@ impl ControlPlane for StaticControlPlane {
                     session_token: None,
                 },
                 expires_unix: None,
-                per_principal: false,
+                per_principal,
             }),
             ttl: Duration::from_secs(60),
-            cors: Arc::from([CorsRule {
-                allowed_origins: vec![APP_ORIGIN.into()],
-                allowed_methods: vec!["GET".into(), "PUT".into()],
-                allowed_headers: vec!["content-type".into()],
-                expose_headers: vec!["ETag".into()],
-                max_age: Some(60),
-            }]),
+            cors: cors_rules(),
         })
-    }
-
-    async fn visible_buckets(&self, _p: &Principal) -> Result<Vec<String>, ControlPlaneError> {
-        Ok(vec!["data".into()])
     }
 }
 
@@ -432,11 +486,12 @@ async fn warm_requests_make_no_control_plane_calls() {
     }
 }
 
-/// A CORS preflight is answered from the route alone: no signing key, no
-/// decision, nothing forwarded; a warm one asks nothing at all. A GET
-/// carrying preflight headers is still signed, authorized and forwarded.
+/// A CORS preflight is answered from the bucket's CORS rules alone: no
+/// signing key, no decision, no route, nothing forwarded; a warm one asks
+/// nothing at all. A GET carrying preflight headers is still signed,
+/// authorized and forwarded.
 #[tokio::test]
-async fn preflights_ask_only_for_the_route_and_reach_no_backend() {
+async fn preflights_ask_only_for_cors_rules_and_reach_no_backend() {
     let (upstream, mut seen) = start_upstream().await;
     let endpoint = format!("http://127.0.0.1:{}", upstream.port());
     let (gateway, _stop, calls, _) = start_gateway_counting(AddressingStyle::Path, endpoint).await;
@@ -465,18 +520,72 @@ async fn preflights_ask_only_for_the_route_and_reach_no_backend() {
         .await
         .unwrap();
     assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+    assert_eq!(calls.get(), (0, 0, 0), "preflights ask for no route");
     assert_eq!(
-        calls.get(),
-        (0, 0, 1),
-        "preflights ask for the route once, nothing else"
+        calls.cors.load(Ordering::SeqCst),
+        1,
+        "preflights ask for the bucket's CORS rules once, nothing else"
     );
     assert!(seen.try_recv().is_err(), "a preflight reached the backend");
 
     let (status, _) = send_signed(gateway, Method::GET, "/data/a", b"").await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(calls.get(), (1, 1, 1), "the route was already cached");
+    assert_eq!(calls.get(), (1, 1, 1));
     let got = seen.recv().await.unwrap();
     assert_eq!(got.signature_ok, Ok(()));
+    // Now the shared route is cached, and its rules answer.
+    let resp = client.request(preflight(APP_ORIGIN, "GET")).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(calls.get(), (1, 1, 1));
+    assert_eq!(calls.cors.load(Ordering::SeqCst), 1);
+}
+
+/// A bucket whose backend credentials are per principal has no shared
+/// route: a preflight (which carries no identity) must not ask for one (it
+/// used to, and got 503), yet it is answered from the bucket's rules; the
+/// signed requests that follow get the principal's route.
+#[tokio::test]
+async fn a_preflight_on_a_per_principal_bucket_asks_for_no_credentials() {
+    let (upstream, mut seen) = start_upstream().await;
+    let endpoint = format!("http://127.0.0.1:{}", upstream.port());
+    let (gateway, _stop, calls, _) = start_gateway_counting(AddressingStyle::Path, endpoint).await;
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let preflight = |origin: &str| {
+        Request::builder()
+            .method(Method::OPTIONS)
+            .uri(format!("http://{gateway}/mine/some/key"))
+            .header("origin", origin)
+            .header("access-control-request-method", "PUT")
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    };
+    let resp = client.request(preflight(APP_ORIGIN)).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.headers()["access-control-allow-origin"], APP_ORIGIN);
+    let resp = client
+        .request(preflight("https://evil.test"))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+
+    let (status, _) = send_signed(gateway, Method::PUT, "/mine/a", b"hi").await;
+    assert_eq!(status, StatusCode::OK);
+    let got = seen.recv().await.unwrap();
+    assert_eq!(got.uri.path(), "/mine-prod/a");
+    assert_eq!(got.signature_ok, Ok(()));
+    let resp = client.request(preflight(APP_ORIGIN)).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+
+    assert!(
+        calls.shared_routes_asked.lock().unwrap().is_empty(),
+        "a shared route was asked for"
+    );
+    assert_eq!(calls.cors.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        calls.route.load(Ordering::SeqCst),
+        1,
+        "the principal's route"
+    );
 }
 
 /// A key created, rotated or revoked reaches the data plane as

@@ -15,9 +15,9 @@ use tonic::{Code, Status};
 use crate::pb;
 use crate::{
     AddressingStyle, AssumedRole, AuthorizeRequest, Backend, BackendAuth, BackendCredentials,
-    ControlPlaneError, CorsRule, Decision, Identity, Invalidation, PresentedCredential, Principal,
-    Redacted, RequestContext, Resource, Route, Scope, SessionGrant, SigV2Grant, SigV2Request,
-    SigningKey, SigningKeyGrant, StsError, StsErrorCode, WebIdentityRequest,
+    BucketCors, ControlPlaneError, CorsRule, Decision, Identity, Invalidation, PresentedCredential,
+    Principal, Redacted, RequestContext, Resource, Route, Scope, SessionGrant, SigV2Grant,
+    SigV2Request, SigningKey, SigningKeyGrant, StsError, StsErrorCode, WebIdentityRequest,
 };
 
 /// A message that could not be turned into the contract's types.
@@ -692,6 +692,24 @@ impl TryFrom<pb::GetRouteResponse> for Route {
 }
 
 // === CORS rules ===
+
+impl From<&BucketCors> for pb::GetBucketCorsResponse {
+    fn from(c: &BucketCors) -> Self {
+        pb::GetBucketCorsResponse {
+            cors: c.rules.iter().map(pb::CorsRule::from).collect(),
+            ttl_ms: ms(c.ttl),
+        }
+    }
+}
+
+impl From<pb::GetBucketCorsResponse> for BucketCors {
+    fn from(c: pb::GetBucketCorsResponse) -> Self {
+        BucketCors {
+            rules: c.cors.into_iter().map(CorsRule::from).collect(),
+            ttl: Duration::from_millis(c.ttl_ms),
+        }
+    }
+}
 
 impl From<&CorsRule> for pb::CorsRule {
     fn from(r: &CorsRule) -> Self {

@@ -116,6 +116,19 @@ pub trait ControlPlane: Send + Sync + 'static {
         self.route(bucket).await
     }
 
+    /// A bucket's CORS rules, for preflights, which carry no identity.
+    /// Unlike [`ControlPlane::route`], this asks no credential source: a
+    /// bucket whose credentials are per principal has no shared route, and
+    /// its rules are the bucket's anyway. The default answers from the
+    /// shared route.
+    async fn bucket_cors(&self, bucket: &str) -> Result<BucketCors, ControlPlaneError> {
+        let route = self.route(bucket).await?;
+        Ok(BucketCors {
+            rules: route.cors,
+            ttl: route.ttl,
+        })
+    }
+
     /// The configured buckets `principal` may see (for ListBuckets).
     async fn visible_buckets(
         &self,
@@ -533,6 +546,16 @@ pub struct Route {
     /// The bucket's CORS rules, in order; empty: CORS is not enabled.
     /// Shared, as the bucket's placement is, by every route handed out.
     pub cors: Arc<[CorsRule]>,
+}
+
+/// A bucket's CORS rules without its route (see
+/// [`ControlPlane::bucket_cors`]).
+#[derive(Debug, Clone)]
+pub struct BucketCors {
+    /// In order; empty: CORS is not enabled.
+    pub rules: Arc<[CorsRule]>,
+    /// How long they may be cached (the route's TTL).
+    pub ttl: Duration,
 }
 
 /// One CORS rule of a bucket, as S3's `CORSRule`: which origins may use

@@ -3,9 +3,19 @@
 `Recorder` is a tiny threaded HTTP/1.1 server on 127.0.0.1:<kernel port> that
 stands in for an S3 backend: it records every request it receives (method,
 path, query, headers, body) and answers with whatever the test told it to
-(default: 200 with a small XML document). It verifies no signature; it is
-there to show exactly what the gateway forwards, and to feed the gateway
-hostile backend responses.
+(default: 200 with a small XML document). By default it verifies no
+signature; it is there to show exactly what the gateway forwards, and to
+feed the gateway hostile backend responses.
+
+`Recorder(keys={access_key: secret_key})` makes it a backend that verifies
+SigV4 as S3 does, for those key pairs only: it recomputes each request's
+signature with botocore's own SigV4 code (canonical request, string to
+sign, signing key) from the headers the request says it signed, checks a
+hex `x-amz-content-sha256` against the body, answers `403
+InvalidAccessKeyId` / `SignatureDoesNotMatch` / `400
+XAmzContentSHA256Mismatch` (S3 error XML) when they do not hold, and
+records which access key signed each request it accepted
+(`Recorded.signed_by`).
 
 `launch_gateway` starts an s3gate like conftest.start_gateway does, but with
 config appended to conftest.render_config's and extra command-line flags.
@@ -14,13 +24,20 @@ config appended to conftest.render_config's and extra command-line flags.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import hmac
 import http.server
 import json
 import os
+import re
 import threading
 import time
 from pathlib import Path
 from urllib.parse import unquote
+
+from botocore.auth import S3SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
 
 import conftest
 from conftest import (
@@ -50,6 +67,10 @@ class Recorded:
     query: str  # raw query string, "" if none
     headers: list[tuple[str, str]]  # names lower-cased, in order
     body: bytes
+    # With `Recorder(keys=…)`: the access key whose signature verified, or
+    # None when the request was refused (`refused` says why).
+    signed_by: str | None = None
+    refused: str | None = None
 
     def header(self, name: str) -> str | None:
         vals = [v for k, v in self.headers if k == name.lower()]
@@ -99,9 +120,14 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             body,
         )
         owner = self.server.owner
+        refusal = None
+        if owner.keys is not None:
+            rec.signed_by, refusal = verify_sigv4(rec, owner.keys, owner.region)
+            if refusal is not None:
+                rec.refused = refusal.code
         with owner.lock:
             owner.requests.append(rec)
-            reply = owner.reply
+            reply = refusal.reply() if refusal is not None else owner.reply
         self.send_response(reply.status)
         headers = {k.lower(): v for k, v in reply.headers.items()}
         for k, v in headers.items():
@@ -120,10 +146,74 @@ class _Server(http.server.ThreadingHTTPServer):
     owner: "Recorder"
 
 
-class Recorder:
-    """with Recorder() as rec: ... rec.requests, rec.reply = Reply(...)"""
+@dataclasses.dataclass
+class Refusal:
+    status: int
+    code: str
+    message: str
 
-    def __init__(self) -> None:
+    def reply(self) -> Reply:
+        body = (
+            '<?xml version="1.0" encoding="UTF-8"?>\n'
+            f"<Error><Code>{self.code}</Code><Message>{self.message}</Message></Error>"
+        ).encode()
+        return Reply(self.status, body)
+
+
+_AUTH = re.compile(
+    r"AWS4-HMAC-SHA256 Credential=(?P<ak>[^/,]+)/(?P<date>\d{8})/(?P<region>[^/]+)/(?P<service>[^/]+)/aws4_request,"
+    r"\s*SignedHeaders=(?P<signed>[^,]+),\s*Signature=(?P<sig>[0-9a-f]{64})$"
+)
+
+
+def verify_sigv4(rec: Recorded, keys: dict[str, str], region: str) -> tuple[str | None, Refusal | None]:
+    """(the access key that signed `rec`, None), or (None, why not) - as S3
+    checks a header-signed request. The signature is recomputed by
+    botocore's SigV4 signer from the headers the request lists as signed."""
+    auth = _AUTH.match(rec.header("authorization") or "")
+    if auth is None:
+        return None, Refusal(403, "AccessDenied", "a SigV4 Authorization header is required")
+    ak = auth["ak"]
+    if ak not in keys:
+        return None, Refusal(403, "InvalidAccessKeyId", "The AWS Access Key Id you provided does not exist in our records.")
+    amz_date = rec.header("x-amz-date") or ""
+    if auth["region"] != region or auth["service"] != "s3" or amz_date[:8] != auth["date"]:
+        return None, Refusal(403, "SignatureDoesNotMatch", "credential scope does not match the request")
+    signed = auth["signed"].split(";")
+    present = {name for name, _ in rec.headers}
+    if "host" not in signed or any(h not in present for h in signed):
+        return None, Refusal(403, "SignatureDoesNotMatch", "a signed header is missing")
+    payload = rec.header("x-amz-content-sha256") or ""
+    if re.fullmatch(r"[0-9a-f]{64}", payload) and payload != hashlib.sha256(rec.body).hexdigest():
+        return None, Refusal(400, "XAmzContentSHA256Mismatch", "The provided 'x-amz-content-sha256' header does not match what was computed.")
+    # Only the signed headers, in a fresh request: botocore signs every
+    # header it is given (but a few hop-by-hop ones).
+    headers: dict[str, str] = {}
+    for name, value in rec.headers:
+        if name in signed:
+            headers[name] = f"{headers[name]},{value}" if name in headers else value
+    url = "http://" + headers["host"] + rec.raw_path + (f"?{rec.query}" if rec.query else "")
+    request = AWSRequest(method=rec.method, url=url, headers=headers, data=rec.body)
+    request.context["timestamp"] = amz_date
+    signer = S3SigV4Auth(Credentials(ak, keys[ak]), "s3", region)
+    if signer.signed_headers(signer.headers_to_sign(request)) != auth["signed"]:
+        return None, Refusal(403, "SignatureDoesNotMatch", "botocore would sign other headers")
+    canonical = signer.canonical_request(request)
+    expected = signer.signature(signer.string_to_sign(request, canonical), request)
+    if not hmac.compare_digest(expected, auth["sig"]):
+        return None, Refusal(403, "SignatureDoesNotMatch", "The request signature we calculated does not match the signature you provided.")
+    return ak, None
+
+
+class Recorder:
+    """with Recorder() as rec: ... rec.requests, rec.reply = Reply(...)
+
+    `keys`: verify SigV4 for these {access_key: secret_key} pairs (see the
+    module docstring); None: verify nothing."""
+
+    def __init__(self, keys: dict[str, str] | None = None, region: str = "us-east-1") -> None:
+        self.keys = keys
+        self.region = region
         self.lock = threading.Lock()
         self.requests: list[Recorded] = []
         self.reply = Reply()

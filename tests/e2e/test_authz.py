@@ -236,3 +236,19 @@ def test_group_rule_ops_and_env_secret(client_as, backend, k):
     assert backend.file("other", f"authz/carol-{k}").read_bytes() == b"c"
     access_denied(carol.get_object, Bucket="data", Key="authz/notes.txt")
     access_denied(client_as("alice").get_object, Bucket="other", Key=f"authz/carol-{k}")
+
+
+def test_a_refused_upload_closes_the_connection_and_the_next_request_is_served(client_as, gateway, seeded):
+    """A PUT refused before its body is read answers `Connection: close`:
+    botocore sends a small body right behind its `Expect: 100-continue`
+    head, and a kept connection would parse those bytes as the next request
+    (a 400 for an innocent GET) or drop it. The same boto3 client then reads
+    on, every time."""
+    r = gateway.raw("bob").request("PUT", f"/data/authz-refused-{uuid.uuid4().hex}", body=b"abc")
+    assert r.status == 403 and r.headers.get("connection") == "close", r.describe()
+    bob = client_as("bob")
+    for _ in range(20):
+        with pytest.raises(botocore.exceptions.ClientError) as e:
+            bob.put_object(Bucket="data", Key=f"authz-refused-{uuid.uuid4().hex}", Body=b"abc")
+        assert e.value.response["Error"]["Code"] == "AccessDenied"
+        assert bob.get_object(Bucket="data", Key="reports/authz-r1")["Body"].read() == b"r1"

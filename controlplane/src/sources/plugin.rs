@@ -13,6 +13,13 @@
 //! entry has its own [`Guard`] (its timeout, its breaker). A plugin that
 //! fails, is slow or is gone cannot decide: never an allow.
 //!
+//! When a plugin's connection is first made (at startup, or when a config
+//! change names a new URL), its standard `grpc.health.v1` service is asked
+//! once, in the background: a plugin that does not answer SERVING is logged
+//! as a warning naming its URL. s3gate starts anyway (the plugin may start
+//! later); until it answers, requests it must decide get 503. The breaker's
+//! half-open probe is a real call, not a health check.
+//!
 //! A looked-up secret stays here: the control plane derives the SigV4
 //! signing key from it (and checks SigV2 signatures with it) as it does for
 //! its own keys; data planes only ever see derived keys.
@@ -28,6 +35,9 @@ use s3gate_proto::{
     AuthorizeRequest, Principal, Resource, SigV2Request, SigningKeyGrant, SigningKeyRequest,
 };
 use tonic::transport::{Channel, Endpoint};
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
 
 use super::guard::Guard;
 use super::identity::{IdentitySource, SecretEntry, SigV2Check};
@@ -36,6 +46,12 @@ use super::{BuildError, SourceError};
 use crate::config::{CacheConfig, RemoteSourceConfig};
 
 const NAME: &str = "plugin";
+
+/// The service name a plugin reports its health under.
+const SERVICE: &str = "s3gate.plugin.v1.Plugin";
+
+/// How long the startup health check waits for an answer.
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// The policy source of a `[[policy]] kind = "plugin"` entry.
 pub struct PluginPolicy {
@@ -76,10 +92,49 @@ pub fn client(url: &str, section: &'static str) -> Result<PluginClient<Channel>,
                 .tcp_nodelay(true)
                 .connect_lazy();
             channels.insert(url.to_owned(), channel.clone());
+            check_health_soon(url, channel.clone());
             channel
         }
     };
     Ok(PluginClient::new(channel))
+}
+
+/// Asks the plugin at `url` for its health in the background and logs the
+/// answer: a warning, naming the URL, unless it is SERVING. Never fails
+/// anything (outside a runtime, it does nothing).
+fn check_health_soon(url: &str, channel: Channel) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    let url = url.to_owned();
+    runtime.spawn(async move {
+        match health(channel).await {
+            Ok(ServingStatus::Serving) => tracing::info!(url, "plugin is serving"),
+            Ok(status) => tracing::warn!(
+                url,
+                status = status.as_str_name(),
+                "plugin health check: not serving; requests it must decide get 503 until it is"
+            ),
+            Err(error) => tracing::warn!(
+                url,
+                %error,
+                "plugin health check: unreachable; requests it must decide get 503 until it answers"
+            ),
+        }
+    });
+}
+
+/// The plugin's answer to `grpc.health.v1.Health/Check` for its service.
+pub async fn health(channel: Channel) -> Result<ServingStatus, String> {
+    let mut client = HealthClient::new(channel);
+    let req = HealthCheckRequest {
+        service: SERVICE.to_owned(),
+    };
+    match tokio::time::timeout(HEALTH_TIMEOUT, client.check(req)).await {
+        Err(_) => Err(format!("no answer within {HEALTH_TIMEOUT:?}")),
+        Ok(Err(status)) => Err(format!("{:?}: {}", status.code(), status.message())),
+        Ok(Ok(resp)) => Ok(resp.into_inner().status()),
+    }
 }
 
 /// `[[policy]] kind = "plugin"`.
@@ -465,6 +520,37 @@ mod tests {
                 .serve_with_incoming(TcpListenerStream::new(listener)),
         );
         url
+    }
+
+    #[tokio::test]
+    async fn health_is_asked_under_the_plugin_service_name() {
+        let (reporter, service) = tonic_health::server::health_reporter();
+        reporter
+            .set_service_status(SERVICE, tonic_health::ServingStatus::NotServing)
+            .await;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(TcpListenerStream::new(listener)),
+        );
+        let channel = || Endpoint::from_shared(url.clone()).unwrap().connect_lazy();
+        assert_eq!(health(channel()).await, Ok(ServingStatus::NotServing));
+        reporter
+            .set_service_status(SERVICE, tonic_health::ServingStatus::Serving)
+            .await;
+        assert_eq!(health(channel()).await, Ok(ServingStatus::Serving));
+
+        // Nothing listens there (a port just released): an error, not a panic.
+        let gone = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            format!("http://{}", l.local_addr().unwrap())
+        };
+        let err = health(Endpoint::from_shared(gone).unwrap().connect_lazy())
+            .await
+            .unwrap_err();
+        assert!(err.contains("Unavailable"), "{err}");
     }
 
     fn remote(url: &str, timeout_ms: u64) -> RemoteSourceConfig {

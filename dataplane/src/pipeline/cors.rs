@@ -5,10 +5,11 @@
 //! - a **preflight** (`OPTIONS` with `Origin` and
 //!   `Access-Control-Request-Method`) is answered here, before and instead
 //!   of authentication: browsers send it without credentials. It costs a
-//!   route lookup (cached), never an authorization call, and never reaches a
-//!   backend. The first rule (in order) that allows the origin, the method
-//!   and every requested header answers; none → `403 AccessForbidden`, as
-//!   S3 answers.
+//!   lookup of the bucket's rules (cached), never an authorization call or
+//!   a credential source, and never reaches a backend; so a bucket whose
+//!   credentials are per principal answers too. The first rule (in order)
+//!   that allows the origin, the method and every requested header
+//!   answers; none → `403 AccessForbidden`, as S3 answers.
 //! - an **actual request** carrying `Origin` is authenticated and served as
 //!   any other; its response (success or S3 error) gets the headers of the
 //!   first rule allowing the origin and the method. A request without
@@ -231,8 +232,8 @@ async fn answer(
         )
         .into());
     };
-    let route = route::lookup(cx, &bucket).await?;
-    if !route.cors.is_enabled() {
+    let rules = route::cors_rules(cx, &bucket).await?;
+    if !rules.is_enabled() {
         return Err(forbidden(
             "CORSResponse: CORS is not enabled for this bucket.",
         ));
@@ -248,8 +249,7 @@ async fn answer(
         let v = v.to_str().map_err(|_| not_allowed())?;
         requested.extend(v.split(',').map(str::trim).filter(|h| !h.is_empty()));
     }
-    let rule = route
-        .cors
+    let rule = rules
         .find(origin_str, &method, &requested)
         .ok_or_else(not_allowed)?;
 
@@ -304,12 +304,13 @@ pub async fn decorate(
     let Ok(origin_str) = origin.to_str() else {
         return response;
     };
-    // Cached: the request itself looked the route up (unless it failed
-    // before, at authentication, where this costs what a preflight does).
-    let Ok(route) = route::lookup(cx, bucket).await else {
+    // Cached: the shared route, or the rules a preflight or an earlier
+    // cross-origin request fetched (a bucket whose credentials are per
+    // principal has only the latter).
+    let Ok(rules) = route::cors_rules(cx, bucket).await else {
         return response;
     };
-    let Some(rule) = route.cors.find(origin_str, &head.method, &[]) else {
+    let Some(rule) = rules.find(origin_str, &head.method, &[]) else {
         return response;
     };
     let headers = response.headers_mut();

@@ -65,6 +65,9 @@ pub struct Ctx {
     pub(crate) prefixes: authz::PrefixDecisions,
     pub(crate) routes: route::RouteCache,
     pub(crate) principal_routes: route::PrincipalRouteCache,
+    /// CORS rules of buckets whose shared route is not cached; forgotten
+    /// with the routes.
+    pub(crate) cors: route::CorsCache,
     pub(crate) upstreams: Upstreams,
     /// Bytes buffered on requests' behalf, for all of them together.
     pub(crate) budget: Arc<Budget>,
@@ -86,6 +89,7 @@ impl Ctx {
             prefixes: authz::prefix_cache(cfg.decision_cache_bytes / 4),
             routes: route::cache(cfg.route_cache_capacity),
             principal_routes: route::principal_cache(cfg.route_cache_capacity),
+            cors: route::cors_cache(cfg.route_cache_capacity),
             upstreams: Upstreams::new(cfg.upstream_connect_timeout),
             budget: Budget::new(cfg.limits.buffer_budget),
             request_ids: RequestIds::new(),
@@ -125,6 +129,7 @@ impl Ctx {
             }
             Invalidation::Bucket(bucket) => {
                 self.routes.invalidate(bucket).await;
+                self.cors.invalidate(bucket).await;
                 // Rare: per-principal routes of every bucket go too.
                 self.principal_routes.invalidate_all();
             }
@@ -138,6 +143,7 @@ impl Ctx {
                 self.prefixes.invalidate_all();
                 self.routes.invalidate_all();
                 self.principal_routes.invalidate_all();
+                self.cors.invalidate_all();
             }
         }
     }

@@ -3,7 +3,7 @@
 //! and nowhere else. Every response gets the gateway's request id, every
 //! request one access-log line.
 
-use http::header::{CONNECTION, CONTENT_LENGTH, CONTENT_TYPE};
+use http::header::{CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, TRANSFER_ENCODING};
 use http::request::Parts;
 use http::{HeaderValue, Method, Response};
 use s3gate_proto::Principal;
@@ -41,9 +41,16 @@ pub fn finish(
             }
             let mut response = error_response(&s3, request_id, head.method == Method::HEAD);
             // (HTTP/2 has no `Connection`: the stream alone ends.)
-            if s3.code == S3ErrorCode::RequestTimeout && head.version != http::Version::HTTP_2 {
+            if (s3.code == S3ErrorCode::RequestTimeout || has_body(head))
+                && head.version != http::Version::HTTP_2
+            {
                 // The rest of the body will not be read: the connection
-                // cannot carry another request.
+                // cannot carry another request. A request refused before
+                // its body was read is the same: botocore sends a small
+                // body right behind its `Expect: 100-continue` head, and
+                // those bytes would be parsed as the next request (a 400
+                // for an innocent GET) or the connection would be dropped
+                // under the client's next request.
                 response
                     .headers_mut()
                     .insert(CONNECTION, HeaderValue::from_static("close"));
@@ -128,4 +135,14 @@ pub async fn list_buckets(cx: &Ctx, principal: &Principal) -> Result<Response<Bo
         .headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/xml"));
     Ok(response)
+}
+
+/// Whether the request declared a body (which an error answer may have
+/// left unread).
+fn has_body(head: &Parts) -> bool {
+    head.headers.contains_key(TRANSFER_ENCODING)
+        || head
+            .headers
+            .get(CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() != b"0")
 }

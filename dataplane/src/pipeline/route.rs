@@ -19,6 +19,17 @@ use crate::upstream::HttpClient;
 
 pub type RouteCache = Cache<String, Arc<RouteEntry>>;
 
+/// Buckets' CORS rules fetched for preflights (and cross-origin responses)
+/// when the bucket's shared route is not cached: a bucket whose credentials
+/// are per principal never has one, and a preflight has no principal.
+pub type CorsCache = Cache<String, Arc<CorsEntry>>;
+
+/// A bucket's compiled CORS rules and how long they may be cached.
+pub struct CorsEntry {
+    pub rules: Arc<super::cors::Rules>,
+    ttl: Duration,
+}
+
 /// Routes of buckets whose credentials are per principal, by (bucket,
 /// principal name). Only such buckets have entries here: a shared route
 /// lives in the [`RouteCache`] and is found there first.
@@ -32,7 +43,7 @@ pub struct RouteEntry {
     pub identity: Identity,
     /// The bucket's CORS rules, compiled; cached and invalidated with the
     /// route.
-    pub cors: super::cors::Rules,
+    pub cors: Arc<super::cors::Rules>,
 }
 
 struct RouteTtl;
@@ -60,6 +71,26 @@ fn effective_ttl(route: &Route, now: i64) -> Duration {
     }
 }
 
+struct CorsTtl;
+
+impl Expiry<String, Arc<CorsEntry>> for CorsTtl {
+    fn expire_after_create(
+        &self,
+        _key: &String,
+        value: &Arc<CorsEntry>,
+        _at: Instant,
+    ) -> Option<Duration> {
+        Some(value.ttl)
+    }
+}
+
+pub fn cors_cache(capacity: u64) -> CorsCache {
+    Cache::builder()
+        .max_capacity(capacity)
+        .expire_after(CorsTtl)
+        .build()
+}
+
 pub fn cache(capacity: u64) -> RouteCache {
     Cache::builder()
         .max_capacity(capacity)
@@ -74,15 +105,30 @@ pub fn principal_cache(capacity: u64) -> PrincipalRouteCache {
         .build()
 }
 
-/// The bucket's shared route (CORS, which runs before authentication).
-pub async fn lookup(cx: &Ctx, bucket: &str) -> Result<Arc<RouteEntry>, Error> {
+/// The bucket's CORS rules (preflights, which run before and without
+/// authentication, and cross-origin responses). From the shared route when
+/// it is cached; otherwise the control plane is asked for the rules alone,
+/// never for credentials: a preflight has no principal, and a bucket whose
+/// credentials are per principal has no shared route to give.
+pub async fn cors_rules(cx: &Ctx, bucket: &str) -> Result<Arc<super::cors::Rules>, Error> {
     if let Some(entry) = cx.routes.get(bucket).await {
-        return Ok(entry);
+        return Ok(entry.cors.clone());
     }
-    cx.routes
-        .try_get_with(bucket.to_owned(), fill(cx, bucket, None))
+    if let Some(entry) = cx.cors.get(bucket).await {
+        return Ok(entry.rules.clone());
+    }
+    let entry = cx
+        .cors
+        .try_get_with(bucket.to_owned(), async {
+            let cors = cx.control_plane.bucket_cors(bucket).await?;
+            Ok::<_, Error>(Arc::new(CorsEntry {
+                rules: Arc::new(super::cors::Rules::compile(&cors.rules)),
+                ttl: cors.ttl,
+            }))
+        })
         .await
-        .map_err(shared_error)
+        .map_err(shared_error)?;
+    Ok(entry.rules.clone())
 }
 
 /// The route for an authenticated principal. A bucket with shared
@@ -152,7 +198,7 @@ async fn fill(
         .into(),
     };
     Ok(Arc::new(RouteEntry {
-        cors: super::cors::Rules::compile(&route.cors),
+        cors: Arc::new(super::cors::Rules::compile(&route.cors)),
         route,
         client,
         identity,

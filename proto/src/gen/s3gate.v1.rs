@@ -333,6 +333,22 @@ pub struct CorsRule {
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct GetBucketCorsRequest {
+    #[prost(string, tag = "1")]
+    pub bucket: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct GetBucketCorsResponse {
+    /// The bucket's CORS rules, in order; empty: CORS is not enabled.
+    #[prost(message, repeated, tag = "1")]
+    pub cors: ::prost::alloc::vec::Vec<CorsRule>,
+    /// How long the data plane may cache them (the bucket's route TTL).
+    #[prost(uint64, tag = "2")]
+    pub ttl_ms: u64,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct VisibleBucketsRequest {
     #[prost(message, optional, tag = "1")]
     pub principal: ::core::option::Option<Principal>,
@@ -903,6 +919,33 @@ pub mod decisions_client {
                 );
             self.inner.unary(req, path, codec).await
         }
+        /// A bucket's CORS rules, for preflights: they carry no identity, and the
+        /// rules are the bucket's, so no credential source is asked (a bucket whose
+        /// credentials are per principal has no shared route to give).
+        pub async fn get_bucket_cors(
+            &mut self,
+            request: impl tonic::IntoRequest<super::GetBucketCorsRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::GetBucketCorsResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/s3gate.v1.Decisions/GetBucketCors",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("s3gate.v1.Decisions", "GetBucketCors"));
+            self.inner.unary(req, path, codec).await
+        }
     }
 }
 /// Generated server implementations.
@@ -990,6 +1033,16 @@ pub mod decisions_server {
             request: tonic::Request<super::AssumeRoleWithWebIdentityRequest>,
         ) -> std::result::Result<
             tonic::Response<super::AssumeRoleWithWebIdentityResponse>,
+            tonic::Status,
+        >;
+        /// A bucket's CORS rules, for preflights: they carry no identity, and the
+        /// rules are the bucket's, so no credential source is asked (a bucket whose
+        /// credentials are per principal has no shared route to give).
+        async fn get_bucket_cors(
+            &self,
+            request: tonic::Request<super::GetBucketCorsRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::GetBucketCorsResponse>,
             tonic::Status,
         >;
     }
@@ -1422,6 +1475,51 @@ pub mod decisions_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = AssumeRoleWithWebIdentitySvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/s3gate.v1.Decisions/GetBucketCors" => {
+                    #[allow(non_camel_case_types)]
+                    struct GetBucketCorsSvc<T: Decisions>(pub Arc<T>);
+                    impl<
+                        T: Decisions,
+                    > tonic::server::UnaryService<super::GetBucketCorsRequest>
+                    for GetBucketCorsSvc<T> {
+                        type Response = super::GetBucketCorsResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::GetBucketCorsRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Decisions>::get_bucket_cors(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = GetBucketCorsSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(
