@@ -1580,7 +1580,7 @@ impl<'a> Source<'a> {
     /// ```
     fn snippet(&self, span: &Range<usize>) -> Option<String> {
         let (line, col) = self.line_col(span.start)?;
-        let content = self.text.lines().nth(line - 1).unwrap_or("");
+        let content = mask_secrets(self.text.lines().nth(line - 1).unwrap_or(""));
         let rest = content.chars().count().saturating_sub(col - 1);
         let marked = self
             .text
@@ -1596,10 +1596,157 @@ impl<'a> Source<'a> {
     }
 }
 
+/// Keys whose values are secrets wherever they appear in a config file.
+const SECRET_KEYS: &[&str] = &[
+    "secret_key",
+    "session_token",
+    "password",
+    "api_key",
+    "client_secret",
+    "token",
+    "secret",
+];
+
+/// A config line as an error may quote it: the value of every secret key
+/// (`secret_key = "…"`, also inline and in URL queries as `password=…`)
+/// and the password of every URL's userinfo replaced by `*`, one for each
+/// character so the marks under the line still point at the right place.
+/// `env:` references are names, not secrets, and are kept.
+fn mask_secrets(line: &str) -> String {
+    let mut chars: Vec<char> = line.chars().collect();
+    let n = chars.len();
+    let mask = |chars: &mut Vec<char>, from: usize, to: usize| {
+        for c in &mut chars[from..to] {
+            *c = '*';
+        }
+    };
+    // `<secret key> = <value>` and `…?password=<value>`.
+    for name in SECRET_KEYS {
+        let name: Vec<char> = name.chars().collect();
+        let mut i = 0;
+        while i + name.len() <= n {
+            let boundary =
+                i == 0 || matches!(chars[i - 1], ' ' | '\t' | '{' | ',' | '.' | '?' | '&' | '"');
+            if !boundary || chars[i..i + name.len()] != name[..] {
+                i += 1;
+                continue;
+            }
+            let mut j = i + name.len();
+            if chars.get(j) == Some(&'"') {
+                j += 1; // a quoted key
+            }
+            while chars.get(j).is_some_and(|c| *c == ' ' || *c == '\t') {
+                j += 1;
+            }
+            if chars.get(j) != Some(&'=') {
+                i += 1;
+                continue;
+            }
+            j += 1;
+            while chars.get(j).is_some_and(|c| *c == ' ' || *c == '\t') {
+                j += 1;
+            }
+            let (start, end) = match chars.get(j) {
+                Some(&q @ ('"' | '\'')) => {
+                    let end = (j + 1..n).find(|&k| chars[k] == q).unwrap_or(n);
+                    (j + 1, end)
+                }
+                _ => {
+                    let end = (j..n)
+                        .find(|&k| matches!(chars[k], ',' | '}' | ' ' | '\t' | '&' | '#' | '"'))
+                        .unwrap_or(n);
+                    (j, end)
+                }
+            };
+            let value: String = chars[start..end].iter().collect();
+            if !value.starts_with("env:") {
+                mask(&mut chars, start, end);
+            }
+            i = end.max(i + 1);
+        }
+    }
+    // `scheme://user:password@host`.
+    let mut i = 0;
+    while i + 3 <= n {
+        if chars[i..i + 3] != [':', '/', '/'] {
+            i += 1;
+            continue;
+        }
+        let start = i + 3;
+        let stop = (start..n)
+            .find(|&k| matches!(chars[k], '/' | '"' | '\'' | ' ' | '@' | '?' | '#'))
+            .unwrap_or(n);
+        if chars.get(stop) == Some(&'@') {
+            if let Some(colon) = (start..stop).find(|&k| chars[k] == ':') {
+                mask(&mut chars, colon + 1, stop);
+            }
+        }
+        i = stop.max(start);
+    }
+    chars.into_iter().collect()
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn quoted_lines_never_show_a_secret() {
+        for (line, secret) in [
+            (r#"secret_key = "hunter2secret""#, "hunter2secret"),
+            (r#"secret_key = "hunter2secret"#, "hunter2secret"),
+            (r#"secret_key = 'hunter2secret'"#, "hunter2secret"),
+            (r#"session_token="tok-hunter2""#, "tok-hunter2"),
+            (r#"  "secret_key" = "hunter2secret""#, "hunter2secret"),
+            (
+                r#"credentials = { kind = "static_hmac", access_key = "AK", secret_key = "hunter2secret" }"#,
+                "hunter2secret",
+            ),
+            (
+                r#"url = "postgres://u:hunter2secret@127.0.0.1/db""#,
+                "hunter2secret",
+            ),
+            (
+                r#"url = "postgres://127.0.0.1/db?user=u&password=hunter2secret""#,
+                "hunter2secret",
+            ),
+            (r#"api_key = hunter2secret"#, "hunter2secret"),
+        ] {
+            let masked = mask_secrets(line);
+            assert!(!masked.contains(secret), "{line} -> {masked}");
+            assert_eq!(masked.chars().count(), line.chars().count(), "{masked}");
+        }
+        for kept in [
+            r#"secret_key = "env:BACKEND_SECRET""#,
+            r#"access_key = "AKIAEXAMPLE""#,
+            r#"endpoint = "http://127.0.0.1:9000/""#,
+            r#"url = "postgres://u@127.0.0.1/db""#,
+            r#"name = "token-bucket""#,
+        ] {
+            assert_eq!(mask_secrets(kept), kept);
+        }
+    }
+
+    #[test]
+    fn a_config_error_does_not_quote_the_secret_on_its_line() {
+        let dir = std::env::temp_dir().join(format!("s3gate-mask-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for (i, text) in [
+            "[[backends]]\nname = \"b\"\nendpoint = \"http://127.0.0.1:9\"\naccess_key = \"AK\"\nsecret_key = \"hunter2secret\n",
+            "[[backends]]\nname = \"b\"\nendpoint = \"http://127.0.0.1:9\"\naccess_key = \"AK\"\nsecret_key = \"hunter2secret\"\nsecret_key = \"hunter2secret\"\n",
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let path = dir.join(format!("c{i}.toml"));
+            std::fs::write(&path, text).unwrap();
+            let err = FileConfig::load(&path).unwrap_err().to_string();
+            assert!(err.contains("secret_key"), "{err}");
+            assert!(!err.contains("hunter2"), "{err}");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     const SAMPLE: &str = r#"
 listen = "127.0.0.1:9080"
