@@ -257,6 +257,12 @@ Example:
         /// anyone on the network path could pose as the backend.
         #[arg(long)]
         insecure_skip_verify: bool,
+        /// Refuse keys with `.`/`..` segments or a leading `/` (on by
+        /// default). Set false only for a backend that stores keys
+        /// literally (AWS S3, IBM COS), never for one that resolves them as
+        /// file paths.
+        #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "true|false")]
+        key_segment_guard: bool,
     },
     /// List backends: endpoints, regions and access keys (never secrets).
     #[command(after_help = "\
@@ -693,6 +699,7 @@ async fn execute(mut client: Client, args: AdminArgs) -> anyhow::Result<()> {
                 secret_key_env,
                 ca_bundle,
                 insecure_skip_verify,
+                key_segment_guard,
             } => {
                 let style = match addressing_style.as_str() {
                     "path" => pb::AddressingStyle::Path,
@@ -721,6 +728,7 @@ async fn execute(mut client: Client, args: AdminArgs) -> anyhow::Result<()> {
                         ca_bundle: ca_bundle.unwrap_or_default(),
                         insecure_skip_verify,
                         credentials: Some(credentials),
+                        literal_keys: !key_segment_guard,
                     }),
                     secret_key: String::new(),
                     session_token: String::new(),
@@ -757,7 +765,8 @@ async fn execute(mut client: Client, args: AdminArgs) -> anyhow::Result<()> {
                         .map(|b| json!({"name": b.name, "endpoint": b.endpoint, "region": b.region,
                                          "addressing_style": style(b.addressing_style), "access_key": b.access_key,
                                          "credentials": credential_kind(b),
-                                         "ca_bundle": b.ca_bundle, "insecure_skip_verify": b.insecure_skip_verify}))
+                                         "ca_bundle": b.ca_bundle, "insecure_skip_verify": b.insecure_skip_verify,
+                                         "key_segment_guard": !b.literal_keys}))
                         .collect::<Vec<_>>()),
                 );
             }

@@ -120,6 +120,8 @@ fn render(name: &str, cfg: &FileConfig, raw: &FileConfig) -> String {
     }
     line(format!("region = {}", q(&cfg.region)));
     line(format!("base_domains = {}", list(&cfg.base_domains)));
+    let proxies: Vec<String> = cfg.trusted_proxies.iter().map(|n| n.to_string()).collect();
+    line(format!("trusted_proxies = {}", list(&proxies)));
 
     line(String::new());
     line("[cache]".into());
@@ -212,6 +214,7 @@ fn render(name: &str, cfg: &FileConfig, raw: &FileConfig) -> String {
             line(format!("ca_bundle = {}", q(ca)));
         }
         line(format!("insecure_skip_verify = {}", b.insecure_skip_verify));
+        line(format!("key_segment_guard = {}", b.key_segment_guard));
     }
     for b in &cfg.buckets {
         line(String::new());
@@ -593,6 +596,7 @@ query = "SELECT secret, principal FROM k WHERE access_key = :access_key"
 listen = "127.0.0.1:9080"
 region = "us-east-1"
 base_domains = []
+trusted_proxies = []
 
 [cache]
 decision_ttl = "30s"
@@ -618,6 +622,7 @@ region = "us-east-1"
 addressing_style = "path"
 credentials = { kind = "static_hmac", access_key = "BACKENDKEY", secret_key = "<redacted>" }
 insecure_skip_verify = false
+key_segment_guard = true
 
 [[backends]]
 name = "other"
@@ -626,6 +631,7 @@ region = "us-east-1"
 addressing_style = "path"
 credentials = { kind = "static_hmac", access_key = "OTHERKEY", secret_key = "env:PATH", session_token = "<redacted>" }
 insecure_skip_verify = false
+key_segment_guard = true
 
 [[buckets]]
 name = "data"

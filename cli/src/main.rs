@@ -18,6 +18,7 @@ use s3gate_controlplane::session::SessionLimits;
 use s3gate_controlplane::sources::Registry;
 use s3gate_controlplane::state::State;
 use s3gate_controlplane::store::{MemoryStore, Store};
+use s3gate_dataplane::pipeline::forwarded::TrustedProxies;
 use s3gate_s3::request::HostConfig;
 use tokio::net::TcpListener;
 use tracing::{info, warn};
@@ -194,6 +195,17 @@ struct DataplaneArgs {
         value_delimiter = ','
     )]
     base_domains: Vec<String>,
+    /// Peers (CIDRs or addresses, comma-separated) whose `Forwarded` /
+    /// `X-Forwarded-For`/`-Proto`/`-Host` headers are believed: the
+    /// client's address, scheme and the host its signature is checked
+    /// against. From any other peer they change nothing.
+    #[arg(
+        long = "trusted-proxies",
+        env = "S3GATE_DP_TRUSTED_PROXIES",
+        value_delimiter = ',',
+        value_parser = s3gate_controlplane::config::parse_network
+    )]
+    trusted_proxies: Vec<ipnet::IpNet>,
     /// Once bound, write the listening addresses here as JSON.
     #[arg(long, env = "S3GATE_DP_READY_FILE")]
     ready_file: Option<PathBuf>,
@@ -491,6 +503,7 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
             .map(|t| check_config::principal_from(t.principal_from))
             .unwrap_or_default(),
         sigv2: file.auth.sigv2,
+        trusted_proxies: TrustedProxies::new(file.trusted_proxies.clone()),
         ..Default::default()
     };
     let providers = oidc_providers(&file.oidc)?;
@@ -764,6 +777,7 @@ fn dataplane(args: DataplaneArgs) -> Result<(), Failure> {
         limits: args.limits.resolve(None),
         principal_from: args.tls.tls_principal_from,
         sigv2: args.sigv2,
+        trusted_proxies: TrustedProxies::new(args.trusted_proxies.clone()),
         ..Default::default()
     };
     let tls = match (&args.tls.tls_listen, &args.tls.tls_cert, &args.tls.tls_key) {

@@ -157,6 +157,7 @@ fn backend_info(b: &BackendRecord) -> pb::BackendInfo {
         ca_bundle: b.ca_bundle.clone().unwrap_or_default(),
         insecure_skip_verify: b.insecure_skip_verify,
         credentials: Some(credentials_info(&b.credentials)),
+        literal_keys: !b.key_segment_guard,
     }
 }
 
@@ -359,6 +360,7 @@ impl Admin for AdminService {
             credentials,
             ca_bundle: (!b.ca_bundle.is_empty()).then_some(b.ca_bundle),
             insecure_skip_verify: b.insecure_skip_verify,
+            key_segment_guard: !b.literal_keys,
         };
         let version = self.apply(Change::PutBackend(record)).await?;
         Ok(Response::new(pb::ChangeResponse { version }))

@@ -75,6 +75,11 @@ pub struct FileConfig {
     /// Base domains for virtual-host-style requests (`<bucket>.<domain>`).
     #[serde(default)]
     pub base_domains: Vec<String>,
+    /// Peers (CIDRs or addresses) whose `Forwarded` / `X-Forwarded-*`
+    /// headers are believed: the client's address, scheme and host. From
+    /// any other peer those headers change nothing.
+    #[serde(default, deserialize_with = "networks")]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     #[serde(default)]
     pub cache: CacheConfig,
     #[serde(default)]
@@ -321,6 +326,11 @@ pub struct BackendConfig {
     pub credentials: CredentialSpec,
     pub ca_bundle: Option<String>,
     pub insecure_skip_verify: bool,
+    /// Refuse keys with `.`/`..` segments or a leading `/` on this backend
+    /// (`s3gate_s3::request::check_key_segments`). On by default: a backend
+    /// that resolves keys as paths would let `reports/../x` out of a
+    /// `reports/*` grant. Off only for backends that store keys literally.
+    pub key_segment_guard: bool,
 }
 
 #[derive(Deserialize)]
@@ -344,6 +354,12 @@ struct RawBackendConfig {
     ca_bundle: Option<String>,
     #[serde(default)]
     insecure_skip_verify: bool,
+    #[serde(default = "yes")]
+    key_segment_guard: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 // The place (`backends[1] ("name")`) is added where the error is reported.
@@ -377,6 +393,7 @@ impl TryFrom<RawBackendConfig> for BackendConfig {
             credentials,
             ca_bundle: raw.ca_bundle,
             insecure_skip_verify: raw.insecure_skip_verify,
+            key_segment_guard: raw.key_segment_guard,
         })
     }
 }
@@ -689,6 +706,24 @@ impl IdentityConfig {
 pub enum Effect {
     Allow,
     Deny,
+}
+
+/// One `trusted_proxies` entry: a CIDR network (`10.0.0.0/8`) or a single
+/// address (`127.0.0.1`, meaning `/32`). Also parses `s3gate dataplane
+/// --trusted-proxies`.
+pub fn parse_network(entry: &str) -> Result<ipnet::IpNet, String> {
+    let entry = entry.trim();
+    entry
+        .parse::<ipnet::IpNet>()
+        .or_else(|_| entry.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map_err(|_| format!("{entry:?} is not an address or a CIDR network (like 10.0.0.0/8)"))
+}
+
+fn networks<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<ipnet::IpNet>, D::Error> {
+    Vec::<String>::deserialize(d)?
+        .iter()
+        .map(|e| parse_network(e).map_err(serde::de::Error::custom))
+        .collect()
 }
 
 fn default_region() -> String {

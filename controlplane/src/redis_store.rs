@@ -171,6 +171,13 @@ struct StoredBackend {
     ca_bundle: Option<String>,
     #[serde(default)]
     insecure_skip_verify: bool,
+    /// Absent in records stored before it existed: on.
+    #[serde(default = "guarded")]
+    key_segment_guard: bool,
+}
+
+fn guarded() -> bool {
+    true
 }
 
 #[derive(Serialize, Deserialize)]
@@ -836,6 +843,7 @@ impl Inner {
             session_token: None,
             ca_bundle: b.ca_bundle.clone(),
             insecure_skip_verify: b.insecure_skip_verify,
+            key_segment_guard: b.key_segment_guard,
         };
         to_json(&stored)
     }
@@ -1010,6 +1018,7 @@ impl RawState {
                 credentials,
                 ca_bundle: s.ca_bundle,
                 insecure_skip_verify: s.insecure_skip_verify,
+                key_segment_guard: s.key_segment_guard,
             };
             state.backends.insert(field, record);
         }
@@ -1404,6 +1413,7 @@ mod tests {
             },
             ca_bundle: Some("/ca.pem".into()),
             insecure_skip_verify: true,
+            key_segment_guard: true,
         };
         let mut r = raw();
         r.keys

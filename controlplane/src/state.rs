@@ -53,6 +53,8 @@ pub struct BackendRecord {
     pub credentials: CredentialSpec,
     pub ca_bundle: Option<String>,
     pub insecure_skip_verify: bool,
+    /// See `config::BackendConfig::key_segment_guard`.
+    pub key_segment_guard: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -240,6 +242,7 @@ impl State {
                         credentials: b.credentials.clone(),
                         ca_bundle: b.ca_bundle.clone(),
                         insecure_skip_verify: b.insecure_skip_verify,
+                        key_segment_guard: b.key_segment_guard,
                     },
                 )
             })
@@ -456,6 +459,7 @@ mod tests {
             },
             ca_bundle: None,
             insecure_skip_verify: false,
+            key_segment_guard: true,
         }
     }
 

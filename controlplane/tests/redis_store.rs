@@ -54,6 +54,7 @@ fn backend(name: &str) -> BackendRecord {
         },
         ca_bundle: None,
         insecure_skip_verify: false,
+        key_segment_guard: true,
     }
 }
 

@@ -69,6 +69,9 @@ pub struct Config {
     /// Accept legacy SigV2 requests (verified by the control plane); off,
     /// they are refused with 400 InvalidRequest.
     pub sigv2: bool,
+    /// Peers whose `Forwarded`/`X-Forwarded-*` headers are believed (the
+    /// client's address, scheme and host); empty: nobody's.
+    pub trusted_proxies: pipeline::forwarded::TrustedProxies,
 }
 
 impl Default for Config {
@@ -84,6 +87,7 @@ impl Default for Config {
             limits: Limits::default(),
             principal_from: PrincipalFrom::default(),
             sigv2: true,
+            trusted_proxies: Default::default(),
         }
     }
 }

@@ -324,6 +324,7 @@ async fn start_gateway_counting(
             addressing_style: style,
             ca_bundle: None,
             insecure_skip_verify: false,
+            key_segment_guard: true,
         }),
     });
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

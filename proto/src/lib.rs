@@ -499,6 +499,11 @@ pub struct Backend {
     pub ca_bundle: Option<String>,
     /// Development only: accept any certificate.
     pub insecure_skip_verify: bool,
+    /// Refuse keys with `.`/`..` segments or a leading `/`
+    /// (`s3gate_s3::request::check_key_segments`); off only for backends
+    /// that store keys literally. On the wire as its negation
+    /// (`literal_keys`), so an absent field keeps it on.
+    pub key_segment_guard: bool,
 }
 
 /// What the data plane authenticates backend requests with.

@@ -15,7 +15,7 @@
 use quick_xml::events::{BytesStart, Event};
 
 use crate::error::{S3Error, S3ErrorCode};
-use crate::request::validate_key;
+use crate::request::check_key_segments;
 use crate::xml::escape;
 
 /// The most objects one DeleteObjects request may name (S3's limit).
@@ -26,6 +26,15 @@ pub const MAX_OBJECTS: usize = 1000;
 pub struct DeleteRequest {
     pub objects: Vec<ObjectToDelete>,
     pub quiet: bool,
+}
+
+impl DeleteRequest {
+    /// The key-segment guard ([`check_key_segments`]) over every key.
+    pub fn check_key_segments(&self) -> Result<(), S3Error> {
+        self.objects
+            .iter()
+            .try_for_each(|o| check_key_segments(&o.key))
+    }
 }
 
 /// One `<Object>`. The optional fields are carried through verbatim so that a
@@ -84,8 +93,9 @@ impl Field {
     }
 }
 
-/// Parses a DeleteObjects document. Every key is checked like a key in a
-/// request path ([`validate_key`]).
+/// Parses a DeleteObjects document. Keys are taken as written; the
+/// key-segment guard ([`DeleteRequest::check_key_segments`]) is the data
+/// plane's to apply, per backend, as for a key in a request path.
 pub fn parse(doc: &[u8]) -> Result<DeleteRequest, S3Error> {
     let doc = std::str::from_utf8(doc.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(doc))
         .map_err(|_| malformed())?;
@@ -177,7 +187,6 @@ pub fn parse(doc: &[u8]) -> Result<DeleteRequest, S3Error> {
                         if !seen_in_object.contains(&Field::Key) || object.key.is_empty() {
                             return Err(malformed());
                         }
-                        validate_key(&object.key)?;
                         if objects.len() == MAX_OBJECTS {
                             return Err(malformed());
                         }
@@ -329,7 +338,14 @@ mod tests {
         assert_eq!(one("&unknown;"), Err(MalformedXML));
         assert_eq!(one("a<b/>c"), Err(MalformedXML));
         assert_eq!(one(""), Err(MalformedXML));
-        assert_eq!(one("reports/../secret/x"), Err(InvalidArgument));
+        // A dot segment is a key like any other to the parser; the guard
+        // is the data plane's, per backend.
+        assert_eq!(one("reports/../secret/x").unwrap(), ["reports/../secret/x"]);
+        let doc = parse(
+            b"<Delete><Object><Key>ok</Key></Object><Object><Key>./x</Key></Object></Delete>",
+        )
+        .unwrap();
+        assert_eq!(doc.check_key_segments().unwrap_err().code, InvalidArgument);
         assert_eq!(keys("<Delete></Delete>"), Err(MalformedXML));
         assert_eq!(
             keys("<Delete><Object><Key>a</Key></Object>text</Delete>"),
@@ -497,10 +513,10 @@ mod tests {
                     prop_assert_eq!(ours.quiet, quiet);
                 }
                 (Err(e), Some(theirs)) => {
-                    // Only keys a conforming parser reads as empty, or as
-                    // keys refused in any request, are refused.
+                    // Only keys a conforming parser reads as empty are
+                    // refused (the key-segment guard is the data plane's).
                     prop_assert!(
-                        theirs.iter().any(|k| k.is_empty() || validate_key(k).is_err()),
+                        theirs.iter().any(|k| k.is_empty()),
                         "refused {:?} ({}) but the oracle read {:?}", doc, e, theirs
                     );
                 }

@@ -95,6 +95,20 @@ pub struct CopySource {
     pub version_id: Option<String>,
 }
 
+impl S3Request {
+    /// [`check_key_segments`] of every key the request names: its key (a
+    /// listing's prefix) and a copy's source key.
+    pub fn check_key_segments(&self) -> Result<(), S3Error> {
+        if let Some(key) = &self.key {
+            check_key_segments(key)?;
+        }
+        if let Some(src) = &self.copy_source {
+            check_key_segments(&src.key)?;
+        }
+        Ok(())
+    }
+}
+
 impl Op {
     /// The operation's name as S3's API reference spells it.
     pub fn as_str(self) -> &'static str {
@@ -154,9 +168,7 @@ pub fn classify(
     let key = if raw_key.is_empty() {
         None
     } else {
-        let key = decode(raw_key)?.into_owned();
-        validate_key(&key)?;
-        Some(key)
+        Some(decode(raw_key)?.into_owned())
     };
     if let Some(b) = &bucket {
         validate_bucket(b)?;
@@ -204,9 +216,7 @@ pub fn classify(
                 | Op::ListObjectsV2
                 | Op::ListObjectVersions
                 | Op::ListMultipartUploads => {
-                    let prefix = query.get("prefix").unwrap_or_default().into_owned();
-                    validate_key(&prefix)?;
-                    Some(prefix)
+                    Some(query.get("prefix").unwrap_or_default().into_owned())
                 }
                 _ => None,
             };
@@ -263,7 +273,6 @@ pub fn parse_copy_source(value: &str) -> Result<CopySource, S3Error> {
     if bucket.is_empty() || key.is_empty() {
         return Err(bad_copy_source());
     }
-    validate_key(&key)?;
     validate_bucket(&bucket)?;
     Ok(CopySource {
         bucket,
@@ -362,11 +371,15 @@ fn validate_bucket(bucket: &str) -> Result<(), S3Error> {
     }
 }
 
-/// Refuses keys (and list prefixes) with `.` or `..` segments or a leading
-/// `/`. S3 itself treats keys as opaque, but many backends (file-system
-/// stores, some gateways) resolve them as paths: `reports/../secret/x` would
-/// then escape a rule on `reports/*`, and `./secret/x` a deny on `secret/*`.
-pub fn validate_key(key: &str) -> Result<(), S3Error> {
+/// The key-segment guard: refuses keys (and list prefixes) with `.` or `..`
+/// segments or a leading `/`. S3 itself treats keys as opaque, but many
+/// backends (file-system stores, some gateways) resolve them as paths:
+/// `reports/../secret/x` would then escape a rule on `reports/*`, and
+/// `./secret/x` a deny on `secret/*`. Classification accepts such keys;
+/// the data plane applies this guard to every key a request names
+/// ([`S3Request::check_key_segments`], DeleteObjects keys) unless the
+/// request's backend stores keys literally (AWS S3, IBM COS).
+pub fn check_key_segments(key: &str) -> Result<(), S3Error> {
     let bad = key.starts_with('/') || key.split('/').any(|seg| seg == "." || seg == "..");
     if bad {
         Err(S3Error::new(
@@ -1136,12 +1149,23 @@ mod tests {
         check("POST", "/", None);
         check("GET", "/b%ff/k", None);
         check("GET", "/bad%2Fbucket/k", None);
-        check("GET", "/b/reports/../secret", None);
-        check("GET", "/b/reports/%2E%2E/secret", None);
-        check("GET", "/b/./secret/x", None);
-        check("GET", "/b//secret/x", None);
-        check("GET", "/b/..", None);
-        check("GET", "/b?prefix=reports/../", None);
+        // Dot segments and a leading '/' are keys like any other here: the
+        // key-segment guard is per backend (below, and in the data plane).
+        check(
+            "GET",
+            "/b/reports/%2E%2E/secret",
+            Some((
+                GetObject,
+                "s3:GetObject",
+                Some("b"),
+                Some("reports/../secret"),
+            )),
+        );
+        check(
+            "GET",
+            "/b//secret/x",
+            Some((GetObject, "s3:GetObject", Some("b"), Some("/secret/x"))),
+        );
         check(
             "GET",
             "/b/a..b/.c/d.",
@@ -1413,7 +1437,50 @@ mod tests {
         assert!(parse_copy_source("/src/k?acl").is_err());
         assert!(parse_copy_source("/src/k?versionId=v1&acl").is_err());
         assert!(parse_copy_source("/src/k?versionId=").is_err());
-        assert!(parse_copy_source("/src/a/../b").is_err());
+        assert_eq!(parse_copy_source("/src/a/../b").unwrap().key, "a/../b");
+    }
+
+    #[test]
+    fn the_key_segment_guard_sees_every_key_a_request_names() {
+        let hosts = HostConfig::default();
+        let req = |path: &str, copy: Option<&str>| {
+            let mut headers = HeaderMap::new();
+            if let Some(c) = copy {
+                headers.insert("x-amz-copy-source", c.parse().unwrap());
+            }
+            let method = if copy.is_some() {
+                Method::PUT
+            } else {
+                Method::GET
+            };
+            classify(&hosts, &method, &path.parse().unwrap(), None, &headers).unwrap()
+        };
+        for bad in [
+            "/b/reports/../secret",
+            "/b/reports/%2E%2E/secret",
+            "/b/./secret/x",
+            "/b/secret/./x",
+            "/b//secret/x",
+            "/b/..",
+            "/b?prefix=reports/../",
+            "/b?list-type=2&prefix=./x",
+        ] {
+            let e = req(bad, None).check_key_segments().unwrap_err();
+            assert_eq!(e.code, S3ErrorCode::InvalidArgument, "{bad}");
+        }
+        assert!(req("/b/k", Some("/src/a/../b"))
+            .check_key_segments()
+            .is_err());
+        for good in [
+            "/b/a..b/.c/d.",
+            "/b/k",
+            "/b?prefix=reports/",
+            "/b/...",
+            "/b/a/.../b",
+        ] {
+            assert!(req(good, None).check_key_segments().is_ok(), "{good}");
+        }
+        assert!(req("/b/k", Some("/src/a..b")).check_key_segments().is_ok());
     }
 
     proptest::proptest! {
@@ -1432,9 +1499,9 @@ mod tests {
             }
             let hosts = HostConfig { base_domains: vec!["s3.example.com".into()] };
             if let Ok(req) = classify(&hosts, &method, &uri, host.as_deref(), &headers) {
-                // whatever is accepted names a valid bucket and a key without dot segments
-                if let Some(k) = &req.key {
-                    proptest::prop_assert!(validate_key(k).is_ok());
+                // whatever is accepted names a valid bucket
+                if let Some(b) = &req.bucket {
+                    proptest::prop_assert!(validate_bucket(b).is_ok());
                 }
                 proptest::prop_assert!(req.action.starts_with("s3:"));
             }

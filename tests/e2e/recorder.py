@@ -277,13 +277,15 @@ def launch_gateway(
     extra_args: list[str] | tuple[str, ...] = (),
     log_level: str = "debug",
     env: dict[str, str] | None = None,
+    top_level: str = "",
 ) -> Gateway:
     """conftest.start_gateway with config appended and extra `serve` flags.
+    `top_level`: TOML lines put first (settings outside any table).
     Stop it with conftest.stop_gateway (which also checks the log for secrets)."""
     keys = make_keys()
     tmp.mkdir(parents=True, exist_ok=True)
     cfg = tmp / f"{name}.toml"
-    cfg.write_text(render_config(backend, keys, unused_port()) + extra_config)
+    cfg.write_text(top_level + render_config(backend, keys, unused_port()) + extra_config)
     ready = tmp / f"{name}.ready.json"
     log = tmp / f"{name}.log"
     env = {

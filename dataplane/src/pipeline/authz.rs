@@ -21,7 +21,6 @@ use crate::body::{self, Body};
 use crate::cache::PrefixCache;
 use crate::error::Error;
 use crate::limits::Reservation;
-use crate::listen::ConnInfo;
 
 pub type DecisionCache = Cache<DecisionKey, Decision>;
 
@@ -74,7 +73,9 @@ pub struct DecisionKey {
 pub struct Asker<'a> {
     pub who: &'a Authenticated,
     pub head: &'a Parts,
-    pub conn: &'a ConnInfo,
+    /// The client's address (`forwarded::Origin::client_ip`: the peer, or
+    /// what a trusted proxy says it was).
+    pub client_ip: std::net::IpAddr,
 }
 
 impl Asker<'_> {
@@ -89,7 +90,7 @@ impl Asker<'_> {
             })
             .collect();
         RequestContext {
-            client_ip: Some(self.conn.peer.ip()),
+            client_ip: Some(self.client_ip),
             identity_source: Cow::Borrowed(self.who.source),
             claims: self.who.claims.clone().unwrap_or_default(),
             method: Cow::Owned(self.head.method.as_str().to_owned()),
@@ -342,7 +343,7 @@ mod tests {
         cp: Arc<Scripted>,
         alice: Authenticated,
         head: Parts,
-        conn: ConnInfo,
+        client_ip: std::net::IpAddr,
     }
 
     impl Harness {
@@ -376,11 +377,7 @@ mod tests {
                     claims: None,
                 },
                 head,
-                conn: ConnInfo {
-                    peer: "192.0.2.7:5555".parse().unwrap(),
-                    local: "127.0.0.1:9000".parse().unwrap(),
-                    tls: None,
-                },
+                client_ip: "192.0.2.7".parse().unwrap(),
             }
         }
 
@@ -394,7 +391,7 @@ mod tests {
             let asker = Asker {
                 who: &self.alice,
                 head: &self.head,
-                conn: &self.conn,
+                client_ip: self.client_ip,
             };
             decide(&self.cx, &asker, action, "data", resource)
                 .await

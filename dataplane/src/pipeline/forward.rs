@@ -17,7 +17,7 @@ use http::request::Parts;
 use http::{HeaderMap, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use s3gate_proto::AddressingStyle;
-use s3gate_s3::request::{decode, encode_component, encode_key, Op, Query, S3Request};
+use s3gate_s3::request::{decode, encode_component, encode_key, Addressing, Op, Query, S3Request};
 use s3gate_s3::{S3Error, S3ErrorCode};
 use std::fmt::Write as _;
 
@@ -29,12 +29,16 @@ use crate::body::{Body, CollectError};
 use crate::error::Error;
 use s3gate_s3::xml::escape;
 
-/// Request headers never forwarded: hop-by-hop, and the client's own
-/// authentication (the backend request is signed anew).
+/// Request headers never forwarded: hop-by-hop, the client's own
+/// authentication (the backend request is signed anew), and what proxies
+/// in front of the gateway said (the backend's client is the gateway; a
+/// backend that believed them could check a signature against a host the
+/// gateway did not sign for).
 const DROP_REQUEST: &[&str] = &[
     "authorization",
     "connection",
     "expect",
+    "forwarded",
     "host",
     "keep-alive",
     "proxy-authenticate",
@@ -47,6 +51,11 @@ const DROP_REQUEST: &[&str] = &[
     "x-amz-content-sha256",
     "x-amz-date",
     "x-amz-security-token",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-port",
+    "x-forwarded-proto",
+    "x-real-ip",
 ];
 
 /// Extra request headers dropped when an aws-chunked body is forwarded decoded.
@@ -210,8 +219,9 @@ pub async fn downstream(
     route: &RouteEntry,
     head: &Parts,
     req: &S3Request,
-    request_id: &str,
+    ex: &super::Exchange,
 ) -> Result<Response<Body>, Error> {
+    let request_id = ex.request_id.as_str();
     let (mut parts, body) = response.into_parts();
     for name in DROP_RESPONSE {
         parts.headers.remove(*name);
@@ -241,7 +251,7 @@ pub async fn downstream(
     }
     let response = Response::from_parts(parts, body);
     if !head_only && needs_rewrite(req, route) {
-        rewrite_bucket(cx, response, route, head, req).await
+        rewrite_bucket(cx, response, route, head, req, ex.origin.https).await
     } else {
         Ok(response)
     }
@@ -276,6 +286,7 @@ async fn rewrite_bucket(
     route: &RouteEntry,
     head: &Parts,
     req: &S3Request,
+    https: bool,
 ) -> Result<Response<Body>, Error> {
     let (mut parts, body) = response.into_parts();
     let mut budget = cx.budget.reservation();
@@ -299,11 +310,19 @@ async fn rewrite_bucket(
                 .get(HOST)
                 .and_then(|h| h.to_str().ok())
                 .unwrap_or("localhost");
-            Some(format!(
-                "http://{host}/{}/{}",
-                route.route.bucket,
-                encode_key(key)
-            ))
+            // The scheme the client used: this listener's, or what a
+            // trusted proxy in front of it says.
+            let scheme = if https { "https" } else { "http" };
+            // Addressed as the client addressed the bucket: in the host
+            // (virtual-host style) or in the path.
+            Some(match req.addressing {
+                Addressing::VirtualHost => format!("{scheme}://{host}/{}", encode_key(key)),
+                Addressing::Path => format!(
+                    "{scheme}://{host}/{}/{}",
+                    route.route.bucket,
+                    encode_key(key)
+                ),
+            })
         }
         _ => None,
     };

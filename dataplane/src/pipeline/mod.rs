@@ -22,6 +22,7 @@ pub mod authn;
 pub mod authz;
 pub mod cors;
 pub mod forward;
+pub mod forwarded;
 pub mod parse;
 pub mod payload;
 pub mod respond;
@@ -175,6 +176,8 @@ pub struct Trace {
 pub struct Exchange {
     pub request_id: RequestId,
     pub conn: Arc<ConnInfo>,
+    /// Who the client is and what it addressed, believing trusted proxies.
+    pub origin: forwarded::Origin,
     pub start: Instant,
     pub trace: Trace,
     /// Where a body verifier leaves its verdict.
@@ -185,6 +188,7 @@ impl Exchange {
     fn new(cx: &Ctx, conn: Arc<ConnInfo>) -> Self {
         Self {
             request_id: cx.request_ids.next(),
+            origin: forwarded::Origin::direct(&conn),
             conn,
             start: Instant::now(),
             trace: Trace::default(),
@@ -197,6 +201,12 @@ pub async fn handle(cx: Arc<Ctx>, conn: Arc<ConnInfo>, req: Request<Incoming>) -
     let mut ex = Exchange::new(&cx, conn);
     let (mut head, body) = req.into_parts();
     host_from_authority(&mut head);
+    // Before anything reads `Host`: behind a trusted proxy the host the
+    // client addressed (and signed) is the one the proxy names.
+    ex.origin = forwarded::resolve(&cx.cfg.trusted_proxies, &ex.conn, &head.headers);
+    if let Some(host) = ex.origin.host.take() {
+        head.headers.insert(http::header::HOST, host);
+    }
     if head.method == Method::OPTIONS {
         // A browser's CORS preflight carries no credentials: answered from
         // the bucket's CORS rules alone, never authenticated or forwarded.
@@ -302,10 +312,16 @@ async fn run(
         return respond::list_buckets(cx, &who.principal).await;
     };
     let route = route::lookup_for(cx, bucket, &who.principal).await?;
+    // The key-segment guard, unless this backend stores keys literally. A
+    // copy's source lives on the same backend (`lookup_copy_source`).
+    let guarded = route.route.backend.key_segment_guard;
+    if guarded {
+        req.check_key_segments()?;
+    }
     let asker = authz::Asker {
         who: &who,
         head,
-        conn: &ex.conn,
+        client_ip: ex.origin.client_ip,
     };
     let grant = authz::check(cx, &asker, req).await;
     trace.decision = Some(if grant.is_ok() { "allow" } else { "deny" });
@@ -323,6 +339,9 @@ async fn run(
             payload::verify(cx, head, body, &who, slot, payload::Trailer::Decode)?;
         let doc = authz::read_document(cx, body, &mut buffered).await?;
         let doc = s3gate_s3::delete::parse(&doc)?;
+        if guarded {
+            doc.check_key_segments()?;
+        }
         let keys: Vec<&str> = doc.objects.iter().map(|o| o.key.as_str()).collect();
         trace.keys = serde_json::to_string(&keys).ok();
         if let Err((e, key)) = authz::check_delete_objects(cx, &asker, req, bucket, &doc).await {
@@ -364,7 +383,7 @@ async fn run(
     )
     .await?;
     drop(buffered);
-    forward::downstream(cx, response, &route, head, req, ex.request_id.as_str()).await
+    forward::downstream(cx, response, &route, head, req, ex).await
 }
 
 /// Request ids: a per-process random prefix and a counter. Unique enough to

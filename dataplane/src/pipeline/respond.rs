@@ -71,6 +71,8 @@ pub fn finish(
         target: "s3gate::access",
         request_id,
         %peer,
+        // Only when a trusted proxy named another address than the peer's.
+        client = (ex.origin.client_ip != super::forwarded::canonical(peer.ip())).then(|| tracing::field::display(ex.origin.client_ip)),
         principal = trace.principal.as_deref().unwrap_or("-"),
         identity = trace.identity.unwrap_or("-"),
         op = req.map_or(trace.op.unwrap_or("-"), |r| r.op.as_str()),

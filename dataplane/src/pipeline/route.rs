@@ -242,6 +242,7 @@ mod tests {
                 addressing_style: AddressingStyle::Path,
                 ca_bundle: None,
                 insecure_skip_verify: false,
+                key_segment_guard: true,
             }),
             credentials: Arc::new(BackendCredentials {
                 auth: BackendAuth::SigV4 {

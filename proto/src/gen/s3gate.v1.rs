@@ -248,6 +248,11 @@ pub struct Backend {
     pub ca_bundle: ::prost::alloc::string::String,
     #[prost(bool, tag = "6")]
     pub insecure_skip_verify: bool,
+    /// Keys with `.`/`..` segments or a leading `/` are passed on (the backend
+    /// stores keys literally). Default false: the data plane refuses them, so
+    /// a control plane that does not send this field keeps the guard on.
+    #[prost(bool, tag = "20")]
+    pub literal_keys: bool,
 }
 /// What the data plane authenticates backend requests with: one variant per
 /// kind of backend authentication.
@@ -1695,6 +1700,11 @@ pub struct BackendInfo {
     /// secret_key/session_token (PutBackendRequest) make a static HMAC one.
     #[prost(message, optional, tag = "8")]
     pub credentials: ::core::option::Option<CredentialSpec>,
+    /// The backend stores keys literally (AWS S3, IBM COS): keys with `.`/`..`
+    /// segments or a leading `/` are passed on. Default false: refused (the
+    /// key-segment guard), as a backend resolving keys as paths needs.
+    #[prost(bool, tag = "20")]
+    pub literal_keys: bool,
 }
 /// One variant per kind of backend credential.
 #[allow(clippy::all)]
