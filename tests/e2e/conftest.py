@@ -15,6 +15,7 @@ import dataclasses
 import os
 import re
 import secrets
+import socket
 import shutil
 import sys
 from pathlib import Path
@@ -369,3 +370,18 @@ def client_as(s3_client, keys):
         return s3_client(k.access_key, k.secret_key, **config)
 
     return make
+
+
+@pytest.fixture
+def resolve_s3_localhost(monkeypatch):
+    """Make s3.localhost and *.s3.localhost (virtual-host-style buckets under
+    the base domain render_config names) resolve to 127.0.0.1 inside this
+    process: glibc does not resolve subdomains of localhost."""
+    real = socket.getaddrinfo
+
+    def fake(host, *args, **kwargs):
+        if isinstance(host, str) and (host == "s3.localhost" or host.endswith(".s3.localhost")):
+            host = "127.0.0.1"
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", fake)

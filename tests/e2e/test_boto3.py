@@ -3,7 +3,6 @@ checksum behaviour (when_supported) and with WHEN_REQUIRED."""
 
 import hashlib
 import os
-import socket
 import uuid
 
 import botocore.exceptions
@@ -315,17 +314,6 @@ def test_list_keys_with_special_characters(alice, gateway, prefix):
     assert name == "data"
 
 
-@pytest.fixture
-def resolve_s3_localhost(monkeypatch):
-    """Make *.s3.localhost resolve to 127.0.0.1 inside this process."""
-    real = socket.getaddrinfo
-
-    def fake(host, *args, **kwargs):
-        if isinstance(host, str) and (host == "s3.localhost" or host.endswith(".s3.localhost")):
-            host = "127.0.0.1"
-        return real(host, *args, **kwargs)
-
-    monkeypatch.setattr(socket, "getaddrinfo", fake)
 
 
 def test_virtual_host_style(s3_client, keys, gateway, backend, mode, prefix, resolve_s3_localhost):

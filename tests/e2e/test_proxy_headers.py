@@ -110,16 +110,6 @@ backend gateways
     rec.close()
 
 
-@pytest.fixture
-def resolve_s3_localhost(monkeypatch):
-    real = socket.getaddrinfo
-
-    def fake(host, *args, **kwargs):
-        if isinstance(host, str) and (host == "s3.localhost" or host.endswith(".s3.localhost")):
-            host = "127.0.0.1"
-        return real(host, *args, **kwargs)
-
-    monkeypatch.setattr(socket, "getaddrinfo", fake)
 
 
 def client_through(lb, who: str, **s3):

@@ -20,7 +20,6 @@ import base64
 import hashlib
 import os
 import shutil
-import socket
 import subprocess
 import time
 import uuid
@@ -292,17 +291,6 @@ def test_forwarded_request_is_resigned_with_the_signed_headers(recgw, recorder):
         assert fwd.query_names() == [], (how, fwd.query)
 
 
-@pytest.fixture
-def resolve_s3_localhost(monkeypatch):
-    """Make *.s3.localhost resolve to 127.0.0.1 inside this process."""
-    real = socket.getaddrinfo
-
-    def fake(host, *args, **kwargs):
-        if isinstance(host, str) and (host == "s3.localhost" or host.endswith(".s3.localhost")):
-            host = "127.0.0.1"
-        return real(host, *args, **kwargs)
-
-    monkeypatch.setattr(socket, "getaddrinfo", fake)
 
 
 def test_virtual_host_style(gateway, keys, backend, prefix, resolve_s3_localhost):
