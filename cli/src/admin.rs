@@ -288,6 +288,7 @@ enum BucketsCommand {
     #[command(after_help = "\
 Examples:
   s3gate admin buckets put --name data --backend aws --backend-bucket data-prod
+  s3gate admin buckets put --name 'team-*' --backend aws --backend-bucket 'prod-{name}'
   s3gate admin buckets put --name web --backend aws --cors-file cors.json
   s3gate admin buckets put --name data --backend aws --credentials-sql-query \\
     \"SELECT access_key, secret_key FROM bucket_keys WHERE principal = :principal AND bucket = :bucket\"
@@ -298,13 +299,16 @@ cors.json holds the rules in order, with the names of [[buckets.cors]]:
 or the document `aws s3api put-bucket-cors --cors-configuration` takes:
   {\"CORSRules\": [{\"AllowedOrigins\": [\"https://app.example.com\"], \"AllowedMethods\": [\"GET\"]}]}")]
     Put {
-        /// The bucket name clients use.
+        /// The bucket name clients use, or a glob over such names (`*`:
+        /// any run of characters, `?`: one). An exact name wins over
+        /// patterns; two patterns may not both match a name.
         #[arg(long)]
         name: String,
         /// The backend it lives on (see `backends list`).
         #[arg(long)]
         backend: String,
-        /// Its name on the backend, when that differs (default: --name).
+        /// Its name on the backend, when that differs (default: the
+        /// client's name). `{name}` stands for the client's bucket name.
         #[arg(long)]
         backend_bucket: Option<String>,
         /// A JSON file of CORS rules (see below); s3gate answers browsers'
@@ -346,6 +350,21 @@ Example:
     Delete {
         /// The bucket name clients use (see `buckets list`).
         name: String,
+    },
+    /// Set the backend serving bucket names no entry matches (clients may
+    /// then create and use any bucket there that policy allows), or turn
+    /// it off.
+    #[command(after_help = "\
+Examples:
+  s3gate admin buckets default minio
+  s3gate admin buckets default --off")]
+    Default {
+        /// The backend (see `backends list`).
+        #[arg(required_unless_present = "off", conflicts_with = "off")]
+        backend: Option<String>,
+        /// No default backend: names no entry matches do not exist.
+        #[arg(long)]
+        off: bool,
     },
 }
 
@@ -829,12 +848,21 @@ async fn execute(mut client: Client, args: AdminArgs) -> anyhow::Result<()> {
                     .into_inner();
                 out.changed(r.version);
             }
+            BucketsCommand::Default { backend, off: _ } => {
+                let r = client
+                    .set_default_backend(pb::SetDefaultBackendRequest {
+                        backend: backend.unwrap_or_default(),
+                    })
+                    .await?
+                    .into_inner();
+                out.changed(r.version);
+            }
             BucketsCommand::List => {
-                let buckets = client
+                let listed = client
                     .list_buckets(pb::ListBucketsRequest {})
                     .await?
-                    .into_inner()
-                    .buckets;
+                    .into_inner();
+                let (buckets, default_backend) = (listed.buckets, listed.default_backend);
                 out.table(
                     &["NAME", "BACKEND", "BACKEND BUCKET", "CORS", "CREDENTIALS"],
                     buckets
@@ -865,6 +893,17 @@ async fn execute(mut client: Client, args: AdminArgs) -> anyhow::Result<()> {
                         })
                         .collect::<Vec<_>>()),
                 );
+                if !out.json {
+                    // (`admin --json status` has it as `default_backend`.)
+                    println!(
+                        "default backend: {}",
+                        if default_backend.is_empty() {
+                            "off"
+                        } else {
+                            &default_backend
+                        }
+                    );
+                }
             }
             BucketsCommand::Delete { name } => {
                 let r = client
@@ -1056,6 +1095,7 @@ async fn execute(mut client: Client, args: AdminArgs) -> anyhow::Result<()> {
                 "store": s.store, "store_healthy": s.store_healthy, "store_error": s.store_error,
                 "keys": s.keys, "rules": s.rules, "backends": s.backends, "buckets": s.buckets,
                 "replicas_seen": s.replicas_seen,
+                "default_backend": if s.default_backend.is_empty() { Value::Null } else { json!(s.default_backend) },
             });
             if out.json {
                 println!("{v}");

@@ -122,6 +122,13 @@ fn render(name: &str, cfg: &FileConfig, raw: &FileConfig) -> String {
     line(format!("base_domains = {}", list(&cfg.base_domains)));
     let proxies: Vec<String> = cfg.trusted_proxies.iter().map(|n| n.to_string()).collect();
     line(format!("trusted_proxies = {}", list(&proxies)));
+    match &cfg.default_backend {
+        Some(d) => line(format!("default_backend = {}", q(d))),
+        None => line(
+            "# default_backend: off (bucket names no [[buckets]] entry matches do not exist)"
+                .into(),
+        ),
+    }
 
     line(String::new());
     line("[cache]".into());
@@ -221,9 +228,15 @@ fn render(name: &str, cfg: &FileConfig, raw: &FileConfig) -> String {
         line("[[buckets]]".into());
         line(format!("name = {}", q(&b.name)));
         line(format!("backend = {}", q(&b.backend)));
+        if s3gate_proto::buckets::is_pattern(&b.name) {
+            line("# a pattern: every bucket name it matches".into());
+        }
         line(format!(
             "backend_bucket = {}",
-            q(b.backend_bucket.as_deref().unwrap_or(&b.name))
+            q(&s3gate_controlplane::state::default_backend_bucket(
+                &b.name,
+                b.backend_bucket.as_deref()
+            ))
         ));
         if let Some(c) = &b.credentials {
             line(format!("# credentials: {}", c.summary()));
@@ -597,6 +610,7 @@ listen = "127.0.0.1:9080"
 region = "us-east-1"
 base_domains = []
 trusted_proxies = []
+# default_backend: off (bucket names no [[buckets]] entry matches do not exist)
 
 [cache]
 decision_ttl = "30s"

@@ -399,11 +399,10 @@ impl Admin for AdminService {
             .bucket
             .ok_or_else(|| Status::invalid_argument("bucket is required"))?;
         let record = BucketRecord {
-            backend_bucket: if b.backend_bucket.is_empty() {
-                b.name.clone()
-            } else {
-                b.backend_bucket
-            },
+            backend_bucket: crate::state::default_backend_bucket(
+                &b.name,
+                (!b.backend_bucket.is_empty()).then_some(b.backend_bucket.as_str()),
+            ),
             name: b.name,
             backend: b.backend,
             cors: b.cors.into_iter().map(CorsRule::from).collect(),
@@ -417,9 +416,8 @@ impl Admin for AdminService {
         &self,
         _req: Request<pb::ListBucketsRequest>,
     ) -> Result<Response<pb::ListBucketsResponse>, Status> {
-        let buckets = self
-            .state()
-            .await?
+        let state = self.state().await?;
+        let buckets = state
             .buckets
             .values()
             .map(|b| pb::BucketInfo {
@@ -444,7 +442,20 @@ impl Admin for AdminService {
                 }),
             })
             .collect();
-        Ok(Response::new(pb::ListBucketsResponse { buckets }))
+        Ok(Response::new(pb::ListBucketsResponse {
+            buckets,
+            default_backend: state.default_backend.clone().unwrap_or_default(),
+        }))
+    }
+
+    async fn set_default_backend(
+        &self,
+        req: Request<pb::SetDefaultBackendRequest>,
+    ) -> Result<Response<pb::ChangeResponse>, Status> {
+        let backend = req.into_inner().backend;
+        let backend = (!backend.is_empty()).then_some(backend);
+        let version = self.apply(Change::SetDefaultBackend(backend)).await?;
+        Ok(Response::new(pb::ChangeResponse { version }))
     }
 
     async fn delete_bucket(
@@ -670,6 +681,10 @@ impl Admin for AdminService {
             backends: state.as_ref().map_or(0, |s| count(s.backends.len())),
             buckets: state.as_ref().map_or(0, |s| count(s.buckets.len())),
             replicas_seen,
+            default_backend: state
+                .as_ref()
+                .and_then(|s| s.default_backend.clone())
+                .unwrap_or_default(),
         }))
     }
 }

@@ -19,8 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::credential::CredentialSpec;
 use crate::state::{
-    valid_access_key, valid_bucket_name, valid_endpoint, valid_principal, valid_resource,
-    validate_cors,
+    valid_access_key, valid_endpoint, valid_principal, valid_resource, validate_cors,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -84,8 +83,13 @@ pub struct FileConfig {
     pub cache: CacheConfig,
     #[serde(default)]
     pub backends: Vec<BackendConfig>,
+    /// `[[buckets]]`: exact names and patterns (`team-*`).
     #[serde(default)]
     pub buckets: Vec<BucketConfig>,
+    /// The backend serving bucket names no `[[buckets]]` entry matches;
+    /// unset: such names do not exist (NoSuchBucket).
+    #[serde(default)]
+    pub default_backend: Option<String>,
     #[serde(default)]
     pub keys: Vec<KeyConfig>,
     #[serde(default)]
@@ -409,8 +413,12 @@ pub enum AddressingStyleConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BucketConfig {
+    /// An exact bucket name, or a glob over client bucket names (`*`: any
+    /// run of characters, `?`: one).
     pub name: String,
     pub backend: String,
+    /// The name at the backend; `{name}` stands for the client's name
+    /// (`prod-{name}`). Default: the client's name.
     #[serde(default)]
     pub backend_bucket: Option<String>,
     /// `[[buckets.cors]]`: the bucket's CORS rules, in order.
@@ -931,18 +939,50 @@ impl FileConfig {
                     format!("backend {:?} is not configured ({known})", b.backend),
                 ));
             }
-            if !valid_bucket_name(&b.name) {
-                return Err(at("name", format!("invalid bucket name {:?}", b.name)));
+            s3gate_proto::buckets::valid_entry_name(&b.name).map_err(|m| at("name", m))?;
+            let backend_bucket =
+                crate::state::default_backend_bucket(&b.name, b.backend_bucket.as_deref());
+            if let Err(m) = s3gate_proto::buckets::Template::parse(Some(&backend_bucket)) {
+                return Err(at("backend_bucket", m));
             }
-            if let Some(bb) = b
-                .backend_bucket
-                .as_deref()
-                .filter(|bb| !valid_bucket_name(bb))
+            let earlier: Vec<crate::state::BucketRecord> = self.buckets[..i]
+                .iter()
+                .map(|e| crate::state::BucketRecord {
+                    name: e.name.clone(),
+                    backend: e.backend.clone(),
+                    backend_bucket: String::new(),
+                    cors: Vec::new(),
+                    credentials: None,
+                })
+                .collect();
+            if let Err(m) = crate::state::check_placement(&b.name, &backend_bucket, earlier.iter())
             {
-                return Err(at("backend_bucket", format!("invalid bucket name {bb:?}")));
+                // Say which entry it collides with, by its place.
+                let field = if m.contains("overlaps") {
+                    "name"
+                } else {
+                    "backend_bucket"
+                };
+                let m = match earlier
+                    .iter()
+                    .position(|e| m.contains(&format!("{:?}", e.name)))
+                {
+                    Some(j) if m.contains("overlaps") => format!("{m}: buckets[{j}]"),
+                    _ => m,
+                };
+                return Err(at(field, m));
             }
             let cors: Vec<_> = b.cors.iter().map(CorsRuleConfig::to_rule).collect();
             validate_cors(&cors).map_err(|m| at("cors", m))?;
+        }
+        if let Some(d) = &self.default_backend {
+            if !names.contains(d) {
+                return Err(Problem {
+                    path: "default_backend".to_owned(),
+                    message: format!("default_backend {d:?} is not a configured backend"),
+                    span: None,
+                });
+            }
         }
         let mut keys = HashSet::new();
         for (i, k) in self.keys.iter_mut().enumerate() {
@@ -1245,9 +1285,11 @@ impl FileConfig {
         }
         for (i, r) in self.rules.iter().enumerate() {
             for res in &r.resources {
-                if !buckets
-                    .iter()
-                    .any(|b| crate::policy::resource_names_bucket(res, b))
+                // With a default backend every name exists.
+                if self.default_backend.is_none()
+                    && !buckets
+                        .iter()
+                        .any(|b| crate::policy::resource_names_bucket(res, b))
                 {
                     out.push(src.entry_problem(
                         "rules",

@@ -149,6 +149,19 @@ impl Decisions for DecisionsService {
         Ok(Response::new(pb::VisibleBucketsResponse { buckets }))
     }
 
+    async fn listing(
+        &self,
+        req: Request<pb::ListingRequest>,
+    ) -> Result<Response<pb::ListingResponse>, Status> {
+        let principal = req
+            .into_inner()
+            .principal
+            .ok_or_else(|| Status::invalid_argument("missing principal"))?
+            .try_into()?;
+        let listing = self.replica.listing(&principal).await?;
+        Ok(Response::new((&listing).into()))
+    }
+
     type WatchStream = WatchStream;
 
     async fn watch(&self, req: Request<pb::WatchRequest>) -> Result<Response<WatchStream>, Status> {

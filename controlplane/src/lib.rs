@@ -31,9 +31,9 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use s3gate_proto::{
-    AddressingStyle, AuthorizeRequest, Backend, BucketCors, ControlPlane, ControlPlaneError,
-    Decision, Identity, PresentedCredential, Principal, Route, SigV2Grant, SigV2Request,
-    SigningKeyGrant, SigningKeyRequest,
+    buckets, AddressingStyle, AuthorizeRequest, Backend, BackendListing, BucketCors, BucketEntry,
+    ControlPlane, ControlPlaneError, Decision, Identity, Listing, PresentedCredential, Principal,
+    Route, SigV2Grant, SigV2Request, SigningKeyGrant, SigningKeyRequest,
 };
 
 use crate::config::{AddressingStyleConfig, CacheConfig};
@@ -47,15 +47,18 @@ use crate::state::State;
 /// builds a new one.
 pub struct Snapshot {
     sources: Sources,
-    /// Bucket → where it lives; the credentials come from the credential
-    /// sources on every lookup.
-    routes: HashMap<String, Placement>,
+    /// Bucket name → where it lives (exact names, patterns, the default
+    /// backend); the credentials come from the credential sources on every
+    /// lookup.
+    routes: buckets::Table<Placement>,
+    /// The entries as data planes see them, for ListBuckets.
+    entries: Vec<BucketEntry>,
+    default_backend: Option<String>,
     version: u64,
 }
 
-/// A bucket's backend and name there.
+/// Where an entry's buckets live.
 struct Placement {
-    backend_bucket: String,
     backend: Arc<Backend>,
     ttl: std::time::Duration,
     cors: Arc<[s3gate_proto::CorsRule]>,
@@ -70,38 +73,52 @@ impl Snapshot {
         bucket: &str,
         principal: Option<&Principal>,
     ) -> Result<Route, ControlPlaneError> {
-        let placement = self
-            .routes
-            .get(bucket)
-            .ok_or(ControlPlaneError::NoSuchBucket)?;
+        let resolved = self.resolve(bucket)?;
+        let placement = resolved.value;
+        let credentials = self
+            .credentials(&CredentialRequest {
+                backend: &placement.backend.name,
+                bucket,
+                entry: resolved.matched.entry(bucket),
+                principal,
+            })
+            .await?;
+        if credentials.per_principal && principal.is_none() {
+            return Err(ControlPlaneError::Unavailable(format!(
+                "bucket {bucket}: its credentials are per principal, and none was given"
+            )));
+        }
+        Ok(Route {
+            bucket: bucket.to_owned(),
+            backend_bucket: resolved.backend_bucket,
+            backend: placement.backend.clone(),
+            credentials,
+            ttl: placement.ttl,
+            cors: placement.cors.clone(),
+        })
+    }
+
+    /// The entry serving `bucket`: exact, pattern, or the default backend.
+    fn resolve(&self, bucket: &str) -> Result<buckets::Resolved<'_, Placement>, ControlPlaneError> {
+        self.routes
+            .resolve(bucket)
+            .map_err(|e| ControlPlaneError::InvalidBucketName(e.0))?
+            .ok_or(ControlPlaneError::NoSuchBucket)
+    }
+
+    /// The first credential source's answer.
+    async fn credentials(
+        &self,
+        req: &CredentialRequest<'_>,
+    ) -> Result<Arc<s3gate_proto::BackendCredentials>, ControlPlaneError> {
         for source in &self.sources.credentials {
-            if let Some(credentials) = source
-                .credentials(&CredentialRequest {
-                    backend: &placement.backend.name,
-                    bucket,
-                    principal,
-                })
-                .await
-                .map_err(unavailable)?
-            {
-                if credentials.per_principal && principal.is_none() {
-                    return Err(ControlPlaneError::Unavailable(format!(
-                        "bucket {bucket}: its credentials are per principal, and none was given"
-                    )));
-                }
-                return Ok(Route {
-                    bucket: bucket.to_owned(),
-                    backend_bucket: placement.backend_bucket.clone(),
-                    backend: placement.backend.clone(),
-                    credentials,
-                    ttl: placement.ttl,
-                    cors: placement.cors.clone(),
-                });
+            if let Some(credentials) = source.credentials(req).await.map_err(unavailable)? {
+                return Ok(credentials);
             }
         }
         Err(ControlPlaneError::Unavailable(format!(
             "no credentials for backend {}",
-            placement.backend.name
+            req.backend
         )))
     }
 
@@ -128,23 +145,48 @@ impl Snapshot {
                 (b.name.as_str(), Arc::new(backend))
             })
             .collect();
-        let routes = state
-            .buckets
-            .values()
-            .filter_map(|b| {
-                let backend = backends.get(b.backend.as_str())?;
-                let placement = Placement {
+        let mut routes = buckets::Table::default();
+        let mut entries = Vec::with_capacity(state.buckets.len());
+        for b in state.buckets.values() {
+            let Some(backend) = backends.get(b.backend.as_str()) else {
+                continue;
+            };
+            let placement = Placement {
+                backend: backend.clone(),
+                ttl: cache.route_ttl,
+                cors: b.cors.iter().cloned().collect(),
+            };
+            // The state was checked entry by entry when it changed; an
+            // entry that fails here anyway (a record written by hand) is
+            // left out, loudly, rather than routed wrongly.
+            let placed = buckets::Template::parse(Some(&b.backend_bucket))
+                .and_then(|t| routes.insert(&b.name, t, placement));
+            match placed {
+                Ok(()) => entries.push(BucketEntry {
+                    name: b.name.clone(),
+                    backend: b.backend.clone(),
                     backend_bucket: b.backend_bucket.clone(),
-                    backend: backend.clone(),
-                    ttl: cache.route_ttl,
-                    cors: b.cors.iter().cloned().collect(),
-                };
-                Some((b.name.clone(), placement))
-            })
-            .collect();
+                }),
+                Err(error) => {
+                    tracing::warn!(bucket = b.name, %error, "bucket entry left out");
+                }
+            }
+        }
+        let default_backend = state
+            .default_backend
+            .as_ref()
+            .filter(|d| backends.contains_key(d.as_str()))
+            .cloned();
+        routes.set_default(default_backend.as_ref().map(|d| Placement {
+            backend: backends[d.as_str()].clone(),
+            ttl: cache.route_ttl,
+            cors: Arc::from([]),
+        }));
         Self {
             sources,
             routes,
+            entries,
+            default_backend,
             version: state.version,
         }
     }
@@ -273,10 +315,7 @@ impl ControlPlane for Snapshot {
     async fn bucket_cors(&self, bucket: &str) -> Result<BucketCors, ControlPlaneError> {
         // From the placement alone: a preflight has no principal to ask a
         // credential source for.
-        let placement = self
-            .routes
-            .get(bucket)
-            .ok_or(ControlPlaneError::NoSuchBucket)?;
+        let placement = self.resolve(bucket)?.value;
         Ok(BucketCors {
             rules: placement.cors.clone(),
             ttl: placement.ttl,
@@ -287,10 +326,42 @@ impl ControlPlane for Snapshot {
         &self,
         principal: &Principal,
     ) -> Result<Vec<String>, ControlPlaneError> {
+        // Exact names only: a pattern is no bucket (`listing` lists them).
+        let names = self.entries.iter().map(|e| e.name.as_str());
         Ok(self
             .sources
             .rules
-            .visible(principal, self.routes.keys().map(String::as_str)))
+            .visible(principal, names.filter(|n| !buckets::is_pattern(n))))
+    }
+
+    async fn listing(&self, principal: &Principal) -> Result<Listing, ControlPlaneError> {
+        let mut backends: Vec<BackendListing> = Vec::new();
+        for (entry, placement) in self.routes.values() {
+            let credentials = self
+                .credentials(&CredentialRequest {
+                    backend: &placement.backend.name,
+                    bucket: entry,
+                    entry,
+                    principal: Some(principal),
+                })
+                .await?;
+            // One listing per backend and credentials.
+            let seen = backends.iter().any(|b| {
+                b.backend.name == placement.backend.name
+                    && b.credentials.public_id() == credentials.public_id()
+            });
+            if !seen {
+                backends.push(BackendListing {
+                    backend: placement.backend.clone(),
+                    credentials,
+                });
+            }
+        }
+        Ok(Listing {
+            entries: self.entries.clone(),
+            default_backend: self.default_backend.clone(),
+            backends,
+        })
     }
 }
 

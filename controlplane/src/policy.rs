@@ -232,9 +232,12 @@ pub fn resource_bucket(resource: &str) -> &str {
         .map_or(resource, |(bucket, _)| bucket)
 }
 
-/// Whether the bucket part of `resource` matches `bucket`.
+/// Whether the bucket part of `resource` matches `bucket` (an exact name
+/// or a pattern entry).
 pub fn resource_names_bucket(resource: &str, bucket: &str) -> bool {
-    WildMatch::new(resource_bucket(resource)).matches(bucket)
+    // A bucket entry may be a pattern: the resource names it when some
+    // bucket name matches both.
+    s3gate_proto::buckets::globs_overlap(resource_bucket(resource), bucket)
 }
 
 /// The scope of an answer that depends on the first `depends_on` bytes of
@@ -417,6 +420,8 @@ mod tests {
         assert!(resource_names_bucket("da*/x", "data"));
         assert!(!resource_names_bucket("dta/*", "data"));
         assert!(!resource_names_bucket("data-prod", "data"));
+        assert!(resource_names_bucket("team-x/*", "team-*"));
+        assert!(!resource_names_bucket("tx-1", "team-*"));
     }
 
     fn who(name: &str, groups: &[&str]) -> Principal {

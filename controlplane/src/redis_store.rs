@@ -8,7 +8,7 @@
 //! | `p:keys` | hash | access key → JSON, secret sealed with context `key:<access key>` |
 //! | `p:rules` | hash | rule id → JSON |
 //! | `p:backends` | hash | name → JSON, secret sealed with `backend:<name>`, session token with `backend:<name>:session-token` |
-//! | `p:buckets` | hash | name → JSON |
+//! | `p:buckets` | hash | name (exact or pattern) → JSON; the field `:default-backend` → JSON `{"backend": name}` when a default backend is set (no bucket name starts with `:`) |
 //! | `p:events` | channel | JSON `{"version": N, "touched": …}` after every change |
 //! | `p:session:<access key>` | string | a temporary session as JSON, secret sealed with `session:<access key>`, token as SHA-256 only; `PEXPIREAT` its expiry |
 //! | `p:sessions` | sorted set | session access key → expiry (unix seconds); kept a day past expiry, so an expired key is told apart from an unknown one |
@@ -704,6 +704,10 @@ impl Inner {
                 Change::DeleteBackend(name) => tx.hdel(&n.backends, name),
                 Change::PutBucket(b) => tx.hset(&n.buckets, &b.name, encode_bucket(b)?),
                 Change::DeleteBucket(name) => tx.hdel(&n.buckets, name),
+                Change::SetDefaultBackend(Some(backend)) => {
+                    tx.hset(&n.buckets, DEFAULT_BACKEND_FIELD, encode_default(backend)?)
+                }
+                Change::SetDefaultBackend(None) => tx.hdel(&n.buckets, DEFAULT_BACKEND_FIELD),
             }
             .ignore()
             .incr(&n.version, 1u64);
@@ -735,11 +739,14 @@ impl Inner {
             .values()
             .map(|b| Ok((b.name.clone(), self.encode_backend(b)?)))
             .collect::<Result<Vec<_>, StoreError>>()?;
-        let buckets = seed
+        let mut buckets = seed
             .buckets
             .values()
             .map(|b| Ok((b.name.clone(), encode_bucket(b)?)))
             .collect::<Result<Vec<_>, StoreError>>()?;
+        if let Some(backend) = &seed.default_backend {
+            buckets.push((DEFAULT_BACKEND_FIELD.to_owned(), encode_default(backend)?));
+        }
         let all = [&n.version, &n.keys, &n.rules, &n.backends, &n.buckets];
 
         let mut conn = self.new_conn().await?;
@@ -1023,6 +1030,11 @@ impl RawState {
             state.backends.insert(field, record);
         }
         for (field, json) in self.buckets {
+            if field == DEFAULT_BACKEND_FIELD {
+                let d: StoredDefault = from_json(&json, "default backend", &field)?;
+                state.default_backend = Some(d.backend);
+                continue;
+            }
             let s: StoredBucket = from_json(&json, "bucket", &field)?;
             check_name("bucket", &field, &s.name)?;
             let record = BucketRecord {
@@ -1338,6 +1350,21 @@ fn encode_rule(r: &RuleRecord) -> Result<String, StoreError> {
     })
 }
 
+/// The field of `p:buckets` that holds the default backend. No bucket
+/// name starts with `:`.
+const DEFAULT_BACKEND_FIELD: &str = ":default-backend";
+
+#[derive(Serialize, Deserialize)]
+struct StoredDefault {
+    backend: String,
+}
+
+fn encode_default(backend: &str) -> Result<String, StoreError> {
+    to_json(&StoredDefault {
+        backend: backend.to_owned(),
+    })
+}
+
 fn encode_bucket(b: &BucketRecord) -> Result<String, StoreError> {
     to_json(&StoredBucket {
         credentials: b.credentials.clone(),
@@ -1451,6 +1478,20 @@ mod tests {
         let mut r = raw();
         r.backends.insert("b1".into(), swapped.to_string());
         assert!(matches!(r.decode(&m), Err(StoreError::Corrupt(_))));
+    }
+
+    #[test]
+    fn the_default_backend_is_a_field_of_the_buckets_hash() {
+        let m = master();
+        let mut r = raw();
+        assert_eq!(raw().decode(&m).unwrap().default_backend, None);
+        r.buckets.insert(
+            DEFAULT_BACKEND_FIELD.into(),
+            encode_default("minio").unwrap(),
+        );
+        let state = r.decode(&m).unwrap();
+        assert_eq!(state.default_backend.as_deref(), Some("minio"));
+        assert!(state.buckets.is_empty(), "not a bucket");
     }
 
     #[test]

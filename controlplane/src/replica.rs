@@ -21,8 +21,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use s3gate_proto::{
     AssumedRole, AuthorizeRequest, BucketCors, ControlPlane, ControlPlaneError, Decision, Identity,
-    Invalidation, PresentedCredential, Principal, Route, SigV2Grant, SigV2Request, SigningKeyGrant,
-    SigningKeyRequest, StsError, StsErrorCode, WebIdentityRequest,
+    Invalidation, Listing, PresentedCredential, Principal, Route, SigV2Grant, SigV2Request,
+    SigningKeyGrant, SigningKeyRequest, StsError, StsErrorCode, WebIdentityRequest,
 };
 use tokio::sync::{broadcast, mpsc, watch};
 use tracing::{info, warn};
@@ -413,12 +413,20 @@ fn invalidations(touched: &Touched, state: &State) -> Vec<Invalidation> {
         Touched::Key(k) => vec![Invalidation::Key(k.clone())],
         Touched::Rules => vec![Invalidation::Policy],
         Touched::Bucket(b) => vec![Invalidation::Bucket(b.clone())],
-        Touched::Backend(name) => state
-            .buckets
-            .values()
-            .filter(|b| &b.backend == name)
-            .map(|b| Invalidation::Bucket(b.name.clone()))
-            .collect(),
+        Touched::Backend(name) => {
+            // Bucket names may be patterns: data planes drop every route
+            // they match (and `*` drops the default backend's).
+            let mut out: Vec<Invalidation> = state
+                .buckets
+                .values()
+                .filter(|b| &b.backend == name)
+                .map(|b| Invalidation::Bucket(b.name.clone()))
+                .collect();
+            if state.default_backend.as_ref() == Some(name) {
+                out.push(Invalidation::Bucket("*".to_owned()));
+            }
+            out
+        }
         Touched::Sessions(keys) => keys.iter().cloned().map(Invalidation::Key).collect(),
         Touched::All => vec![Invalidation::All],
     }
@@ -469,6 +477,10 @@ impl ControlPlane for Replica {
         principal: &Principal,
     ) -> Result<Vec<String>, ControlPlaneError> {
         self.snapshot().visible_buckets(principal).await
+    }
+
+    async fn listing(&self, principal: &Principal) -> Result<Listing, ControlPlaneError> {
+        self.snapshot().listing(principal).await
     }
 
     async fn assume_role_with_web_identity(

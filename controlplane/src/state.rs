@@ -22,7 +22,11 @@ pub struct State {
     /// By rule id. Order does not matter to decisions: deny wins.
     pub rules: BTreeMap<String, RuleRecord>,
     pub backends: BTreeMap<String, BackendRecord>,
+    /// By name: exact names and patterns (`team-*`) alike.
     pub buckets: BTreeMap<String, BucketRecord>,
+    /// The backend serving bucket names no entry matches; `None`: such
+    /// names do not exist.
+    pub default_backend: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,8 +63,11 @@ pub struct BackendRecord {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BucketRecord {
+    /// An exact bucket name, or a glob (`*`, `?`) over client names.
     pub name: String,
     pub backend: String,
+    /// The name at the backend: a template where `{name}` stands for the
+    /// client's bucket name (always present in a pattern's).
     pub backend_bucket: String,
     /// CORS rules in order (the first that matches answers); empty: CORS is
     /// not enabled for the bucket.
@@ -83,6 +90,8 @@ pub enum Change {
     DeleteBackend(String),
     PutBucket(BucketRecord),
     DeleteBucket(String),
+    /// `None`: off.
+    SetDefaultBackend(Option<String>),
 }
 
 /// What a change touched, as told to every replica. Carries no secret.
@@ -117,6 +126,8 @@ impl Change {
             Change::DeleteBackend(b) => Touched::Backend(b.clone()),
             Change::PutBucket(b) => Touched::Bucket(b.name.clone()),
             Change::DeleteBucket(b) => Touched::Bucket(b.clone()),
+            // Every name no entry matches: the glob that matches them all.
+            Change::SetDefaultBackend(_) => Touched::Bucket("*".to_owned()),
         }
     }
 }
@@ -156,17 +167,18 @@ impl State {
                         bucket.name
                     )));
                 }
+                if self.default_backend.as_ref() == Some(name) {
+                    return Err(ChangeError::Invalid(format!(
+                        "backend {name:?} is the default backend"
+                    )));
+                }
                 self.backends
                     .remove(name)
                     .ok_or_else(|| ChangeError::NotFound(format!("backend {name:?}")))?;
             }
             Change::PutBucket(b) => {
-                if !valid_bucket_name(&b.name) || !valid_bucket_name(&b.backend_bucket) {
-                    return Err(ChangeError::Invalid(format!(
-                        "bucket {:?}: invalid bucket name",
-                        b.name
-                    )));
-                }
+                check_placement(&b.name, &b.backend_bucket, self.buckets.values())
+                    .map_err(|m| ChangeError::Invalid(format!("bucket {:?}: {m}", b.name)))?;
                 if !self.backends.contains_key(&b.backend) {
                     return Err(ChangeError::Invalid(format!(
                         "bucket {:?} names unknown backend {:?}",
@@ -186,6 +198,16 @@ impl State {
                 self.buckets
                     .remove(name)
                     .ok_or_else(|| ChangeError::NotFound(format!("bucket {name:?}")))?;
+            }
+            Change::SetDefaultBackend(backend) => {
+                if let Some(name) = backend {
+                    if !self.backends.contains_key(name) {
+                        return Err(ChangeError::Invalid(format!(
+                            "default backend {name:?} is not a backend"
+                        )));
+                    }
+                }
+                self.default_backend = backend.clone();
             }
         }
         Ok(())
@@ -256,7 +278,10 @@ impl State {
                     BucketRecord {
                         name: b.name.clone(),
                         backend: b.backend.clone(),
-                        backend_bucket: b.backend_bucket.clone().unwrap_or_else(|| b.name.clone()),
+                        backend_bucket: default_backend_bucket(
+                            &b.name,
+                            b.backend_bucket.as_deref(),
+                        ),
                         cors: b.cors.iter().map(|r| r.to_rule()).collect(),
                         credentials: b.credentials.clone(),
                     },
@@ -269,19 +294,51 @@ impl State {
             rules,
             backends,
             buckets,
+            default_backend: cfg.default_backend.clone(),
         }
     }
 }
 
+/// A bucket entry's `backend_bucket` when none is given: the client's name
+/// (for a pattern, as the template `{name}`).
+pub fn default_backend_bucket(name: &str, given: Option<&str>) -> String {
+    match given {
+        Some(bb) => bb.to_owned(),
+        None if s3gate_proto::buckets::is_pattern(name) => s3gate_proto::buckets::NAME.to_owned(),
+        None => name.to_owned(),
+    }
+}
+
+/// An entry's name and template, and (for a pattern) that it overlaps no
+/// other entry's pattern.
+pub(crate) fn check_placement<'a>(
+    name: &str,
+    backend_bucket: &str,
+    others: impl Iterator<Item = &'a BucketRecord>,
+) -> Result<(), String> {
+    use s3gate_proto::buckets::{globs_overlap, is_pattern, valid_entry_name, Template};
+    valid_entry_name(name)?;
+    let template = Template::parse(Some(backend_bucket))?;
+    if is_pattern(name) {
+        if !template.has_name() {
+            return Err(format!(
+                "pattern {name:?}: backend_bucket {backend_bucket:?} must contain {{name}} (otherwise every matching bucket would be the same backend bucket)"
+            ));
+        }
+        for other in others {
+            if other.name != name && is_pattern(&other.name) && globs_overlap(&other.name, name) {
+                return Err(format!(
+                    "pattern {name:?} overlaps pattern {:?} (some bucket name matches both)",
+                    other.name
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 // The checks a record must pass, shared with the config file's validation
 // (which says where in the file a value fails).
-
-pub(crate) fn valid_bucket_name(n: &str) -> bool {
-    !n.is_empty()
-        && n.len() <= 255
-        && n.bytes()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'-' | b'_'))
-}
 
 pub(crate) fn valid_access_key(ak: &str) -> bool {
     !ak.is_empty() && ak.bytes().all(|c| c.is_ascii_graphic() && c != b'/')
@@ -489,6 +546,49 @@ mod tests {
             s.apply(&Change::DeleteKey("nope".into())),
             Err(ChangeError::NotFound(_))
         ));
+    }
+
+    #[test]
+    fn patterns_and_the_default_backend() {
+        let mut s = State::default();
+        s.apply(&Change::PutBackend(backend("b1"))).unwrap();
+        let entry = |name: &str, backend_bucket: &str| {
+            Change::PutBucket(BucketRecord {
+                name: name.into(),
+                backend: "b1".into(),
+                backend_bucket: backend_bucket.into(),
+                cors: Vec::new(),
+                credentials: None,
+            })
+        };
+        s.apply(&entry("team-*", "prod-{name}")).unwrap();
+        // Replacing the same pattern is no overlap with itself.
+        s.apply(&entry("team-*", "{name}")).unwrap();
+        let e = s.apply(&entry("t*-x", "{name}")).unwrap_err();
+        assert_eq!(
+            e,
+            ChangeError::Invalid(
+                "bucket \"t*-x\": pattern \"t*-x\" overlaps pattern \"team-*\" (some bucket name matches both)".into()
+            )
+        );
+        assert!(s.apply(&entry("lab-*", "fixed")).is_err());
+        assert!(s.apply(&entry("lab-*", "a/{name}")).is_err());
+        s.apply(&entry("team-x", "anything")).unwrap();
+        assert!(s
+            .apply(&Change::SetDefaultBackend(Some("nope".into())))
+            .is_err());
+        s.apply(&Change::SetDefaultBackend(Some("b1".into())))
+            .unwrap();
+        assert_eq!(
+            Change::SetDefaultBackend(None).touched(),
+            Touched::Bucket("*".into())
+        );
+        s.apply(&Change::DeleteBucket("team-*".into())).unwrap();
+        s.apply(&Change::DeleteBucket("team-x".into())).unwrap();
+        let e = s.apply(&Change::DeleteBackend("b1".into())).unwrap_err();
+        assert!(e.to_string().contains("default backend"), "{e}");
+        s.apply(&Change::SetDefaultBackend(None)).unwrap();
+        s.apply(&Change::DeleteBackend("b1".into())).unwrap();
     }
 
     #[test]

@@ -16,8 +16,8 @@ use async_trait::async_trait;
 use s3gate_proto::pb::decisions_client::DecisionsClient;
 use s3gate_proto::{
     pb, AssumedRole, AuthorizeRequest, BucketCors, ControlPlane, ControlPlaneError, Decision,
-    Identity, Invalidation, PresentedCredential, Principal, Route, SigV2Grant, SigV2Request,
-    SigningKeyGrant, SigningKeyRequest, StsError, WebIdentityRequest,
+    Identity, Invalidation, Listing, PresentedCredential, Principal, Route, SigV2Grant,
+    SigV2Request, SigningKeyGrant, SigningKeyRequest, StsError, WebIdentityRequest,
 };
 use tokio::sync::mpsc;
 use tonic::metadata::{Ascii, MetadataValue};
@@ -261,6 +261,17 @@ impl ControlPlane for GrpcControlPlane {
             async move { c.visible_buckets(msg).await }
         });
         Ok(resp.await?.buckets)
+    }
+
+    async fn listing(&self, principal: &Principal) -> Result<Listing, ControlPlaneError> {
+        let msg = pb::ListingRequest {
+            principal: Some(principal.into()),
+        };
+        let resp = self.call(|mut c| {
+            let msg = msg.clone();
+            async move { c.listing(msg).await }
+        });
+        decode(resp.await?)
     }
 
     async fn assume_role_with_web_identity(

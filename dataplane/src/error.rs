@@ -135,6 +135,10 @@ impl From<&ControlPlaneError> for Error {
             }
             ControlPlaneError::CredentialExpired(m) => Self::CredentialExpired(m.clone()),
             ControlPlaneError::NoSuchBucket => Self::NoSuchBucket,
+            ControlPlaneError::InvalidBucketName(_) => Self::S3(S3Error::new(
+                S3ErrorCode::InvalidBucketName,
+                "The specified bucket is not valid.",
+            )),
             ControlPlaneError::Unavailable(m) => Self::ControlPlane(m.clone()),
         }
     }

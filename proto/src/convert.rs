@@ -15,9 +15,10 @@ use tonic::{Code, Status};
 use crate::pb;
 use crate::{
     AddressingStyle, AssumedRole, AuthorizeRequest, Backend, BackendAuth, BackendCredentials,
-    BucketCors, ControlPlaneError, CorsRule, Decision, Identity, Invalidation, PresentedCredential,
-    Principal, Redacted, RequestContext, Resource, Route, Scope, SessionGrant, SigV2Grant,
-    SigV2Request, SigningKey, SigningKeyGrant, StsError, StsErrorCode, WebIdentityRequest,
+    BackendListing, BucketCors, BucketEntry, ControlPlaneError, CorsRule, Decision, Identity,
+    Invalidation, Listing, PresentedCredential, Principal, Redacted, RequestContext, Resource,
+    Route, Scope, SessionGrant, SigV2Grant, SigV2Request, SigningKey, SigningKeyGrant, StsError,
+    StsErrorCode, WebIdentityRequest,
 };
 
 /// A message that could not be turned into the contract's types.
@@ -41,6 +42,10 @@ fn ms(d: Duration) -> u64 {
 /// (the code alone cannot say it; the message is for logs only).
 const CREDENTIAL_METADATA: &str = "s3gate-credential";
 const EXPIRED: &str = "expired";
+/// Marks an `InvalidArgument` status that is about the bucket's name (S3
+/// `InvalidBucketName`), not a malformed call.
+const BUCKET_METADATA: &str = "s3gate-bucket";
+const INVALID_NAME: &str = "invalid-name";
 
 impl From<ControlPlaneError> for Status {
     fn from(e: ControlPlaneError) -> Self {
@@ -61,6 +66,14 @@ impl From<ControlPlaneError> for Status {
                 s
             }
             ControlPlaneError::NoSuchBucket => Status::not_found("no such bucket"),
+            ControlPlaneError::InvalidBucketName(name) => {
+                let mut s = Status::invalid_argument(name);
+                s.metadata_mut().insert(
+                    BUCKET_METADATA,
+                    tonic::metadata::MetadataValue::from_static(INVALID_NAME),
+                );
+                s
+            }
             ControlPlaneError::Unavailable(m) => Status::unavailable(m),
         }
     }
@@ -80,6 +93,13 @@ impl From<Status> for ControlPlaneError {
             }
             Code::Unauthenticated => ControlPlaneError::UnknownAccessKey,
             Code::NotFound => ControlPlaneError::NoSuchBucket,
+            Code::InvalidArgument
+                if s.metadata()
+                    .get(BUCKET_METADATA)
+                    .is_some_and(|v| v == INVALID_NAME) =>
+            {
+                ControlPlaneError::InvalidBucketName(s.message().to_owned())
+            }
             code => ControlPlaneError::Unavailable(format!("{code:?}: {}", s.message())),
         }
     }
@@ -637,18 +657,7 @@ impl From<&Route> for pb::GetRouteResponse {
         pb::GetRouteResponse {
             bucket: r.bucket.clone(),
             backend_bucket: r.backend_bucket.clone(),
-            backend: Some(pb::Backend {
-                name: b.name.clone(),
-                endpoint: b.endpoint.clone(),
-                region: b.region.clone(),
-                addressing_style: match b.addressing_style {
-                    AddressingStyle::Path => pb::AddressingStyle::Path,
-                    AddressingStyle::Virtual => pb::AddressingStyle::Virtual,
-                } as i32,
-                ca_bundle: b.ca_bundle.clone().unwrap_or_default(),
-                insecure_skip_verify: b.insecure_skip_verify,
-                literal_keys: !b.key_segment_guard,
-            }),
+            backend: Some(pb::Backend::from(&**b)),
             credentials: Some(pb::BackendCredentials::from(&*r.credentials)),
             ttl_ms: ms(r.ttl),
             cors: r.cors.iter().map(pb::CorsRule::from).collect(),
@@ -664,31 +673,122 @@ impl TryFrom<pb::GetRouteResponse> for Route {
         let c = r
             .credentials
             .ok_or(DecodeError("route without credentials"))?;
+        if r.bucket.is_empty() || r.backend_bucket.is_empty() {
+            return Err(DecodeError("route needs bucket and backend bucket"));
+        }
+        Ok(Route {
+            bucket: r.bucket,
+            backend_bucket: r.backend_bucket,
+            backend: Arc::new(b.try_into()?),
+            credentials: Arc::new(c.try_into()?),
+            ttl: Duration::from_millis(r.ttl_ms),
+            cors: r.cors.into_iter().map(CorsRule::from).collect(),
+        })
+    }
+}
+
+impl From<&Backend> for pb::Backend {
+    fn from(b: &Backend) -> Self {
+        pb::Backend {
+            name: b.name.clone(),
+            endpoint: b.endpoint.clone(),
+            region: b.region.clone(),
+            addressing_style: match b.addressing_style {
+                AddressingStyle::Path => pb::AddressingStyle::Path,
+                AddressingStyle::Virtual => pb::AddressingStyle::Virtual,
+            } as i32,
+            ca_bundle: b.ca_bundle.clone().unwrap_or_default(),
+            insecure_skip_verify: b.insecure_skip_verify,
+            literal_keys: !b.key_segment_guard,
+        }
+    }
+}
+
+impl TryFrom<pb::Backend> for Backend {
+    type Error = DecodeError;
+
+    fn try_from(b: pb::Backend) -> Result<Self, DecodeError> {
         let addressing_style = match pb::AddressingStyle::try_from(b.addressing_style) {
             Ok(pb::AddressingStyle::Path) => AddressingStyle::Path,
             Ok(pb::AddressingStyle::Virtual) => AddressingStyle::Virtual,
             _ => return Err(DecodeError("unspecified addressing style")),
         };
-        if r.bucket.is_empty() || r.backend_bucket.is_empty() || b.endpoint.is_empty() {
-            return Err(DecodeError(
-                "route needs bucket, backend bucket and endpoint",
-            ));
+        if b.endpoint.is_empty() {
+            return Err(DecodeError("backend without endpoint"));
         }
-        Ok(Route {
-            bucket: r.bucket,
-            backend_bucket: r.backend_bucket,
-            backend: Arc::new(Backend {
-                name: b.name,
-                endpoint: b.endpoint,
-                region: b.region,
-                addressing_style,
-                ca_bundle: (!b.ca_bundle.is_empty()).then_some(b.ca_bundle),
-                insecure_skip_verify: b.insecure_skip_verify,
-                key_segment_guard: !b.literal_keys,
-            }),
-            credentials: Arc::new(c.try_into()?),
-            ttl: Duration::from_millis(r.ttl_ms),
-            cors: r.cors.into_iter().map(CorsRule::from).collect(),
+        Ok(Backend {
+            name: b.name,
+            endpoint: b.endpoint,
+            region: b.region,
+            addressing_style,
+            ca_bundle: (!b.ca_bundle.is_empty()).then_some(b.ca_bundle),
+            insecure_skip_verify: b.insecure_skip_verify,
+            key_segment_guard: !b.literal_keys,
+        })
+    }
+}
+
+// === ListBuckets ===
+
+impl From<&Listing> for pb::ListingResponse {
+    fn from(l: &Listing) -> Self {
+        pb::ListingResponse {
+            entries: l
+                .entries
+                .iter()
+                .map(|e| pb::BucketEntry {
+                    name: e.name.clone(),
+                    backend: e.backend.clone(),
+                    backend_bucket: e.backend_bucket.clone(),
+                })
+                .collect(),
+            default_backend: l.default_backend.clone().unwrap_or_default(),
+            backends: l
+                .backends
+                .iter()
+                .map(|b| pb::BackendListing {
+                    backend: Some(pb::Backend::from(&*b.backend)),
+                    credentials: Some(pb::BackendCredentials::from(&*b.credentials)),
+                })
+                .collect(),
+        }
+    }
+}
+
+impl TryFrom<pb::ListingResponse> for Listing {
+    type Error = DecodeError;
+
+    fn try_from(l: pb::ListingResponse) -> Result<Self, DecodeError> {
+        let backends = l
+            .backends
+            .into_iter()
+            .map(|b| {
+                Ok(BackendListing {
+                    backend: Arc::new(
+                        b.backend
+                            .ok_or(DecodeError("listing without backend"))?
+                            .try_into()?,
+                    ),
+                    credentials: Arc::new(
+                        b.credentials
+                            .ok_or(DecodeError("listing without credentials"))?
+                            .try_into()?,
+                    ),
+                })
+            })
+            .collect::<Result<_, DecodeError>>()?;
+        Ok(Listing {
+            entries: l
+                .entries
+                .into_iter()
+                .map(|e| BucketEntry {
+                    name: e.name,
+                    backend: e.backend,
+                    backend_bucket: e.backend_bucket,
+                })
+                .collect(),
+            default_backend: (!l.default_backend.is_empty()).then_some(l.default_backend),
+            backends,
         })
     }
 }

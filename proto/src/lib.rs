@@ -18,6 +18,7 @@ use std::time::Duration;
 pub use s3gate_s3::sigv4::SigningKey;
 pub use s3gate_s3::sts::StsErrorCode;
 
+pub mod buckets;
 pub mod convert;
 mod redacted;
 
@@ -129,6 +130,17 @@ pub trait ControlPlane: Send + Sync + 'static {
         })
     }
 
+    /// What answering ListBuckets for `principal` takes: the bucket
+    /// entries, the default backend, and credentials to list each backend
+    /// that serves any of them. The default: unavailable (ListBuckets then
+    /// answers 503).
+    async fn listing(&self, principal: &Principal) -> Result<Listing, ControlPlaneError> {
+        let _ = principal;
+        Err(ControlPlaneError::Unavailable(
+            "this control plane gives no bucket listing".to_owned(),
+        ))
+    }
+
     /// The configured buckets `principal` may see (for ListBuckets).
     async fn visible_buckets(
         &self,
@@ -164,6 +176,11 @@ pub enum ControlPlaneError {
     CredentialExpired(String),
     #[error("no such bucket")]
     NoSuchBucket,
+    /// A name a pattern or the default backend would serve, but which is
+    /// no valid S3 bucket name (as the client gave it, or as its template
+    /// makes it).
+    #[error("invalid bucket name {0:?}")]
+    InvalidBucketName(String),
     /// The control plane could not decide. The data plane fails closed.
     #[error("control plane unavailable: {0}")]
     Unavailable(String),
@@ -553,6 +570,47 @@ pub struct Route {
     pub cors: Arc<[CorsRule]>,
 }
 
+/// What a data plane needs to answer ListBuckets (see
+/// [`ControlPlane::listing`]).
+#[derive(Debug, Clone, Default)]
+pub struct Listing {
+    /// Exact names and patterns with their templates and backends.
+    pub entries: Vec<BucketEntry>,
+    /// The backend for names no entry matches; `None`: off.
+    pub default_backend: Option<String>,
+    /// One per (backend, credentials) serving any entry or the default.
+    pub backends: Vec<BackendListing>,
+}
+
+/// One bucket entry: an exact name or a glob, its backend, and its
+/// `backend_bucket` template (`{name}`: the client's name).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BucketEntry {
+    pub name: String,
+    pub backend: String,
+    pub backend_bucket: String,
+}
+
+/// A backend to list, and what to sign the listing with.
+#[derive(Debug, Clone)]
+pub struct BackendListing {
+    pub backend: Arc<Backend>,
+    pub credentials: Arc<BackendCredentials>,
+}
+
+impl Listing {
+    /// The entries in lookup form, with each entry's backend name.
+    pub fn table(&self) -> Result<buckets::Table<String>, String> {
+        let mut table = buckets::Table::default();
+        for e in &self.entries {
+            let template = buckets::Template::parse(Some(&e.backend_bucket))?;
+            table.insert(&e.name, template, e.backend.clone())?;
+        }
+        table.set_default(self.default_backend.clone());
+        Ok(table)
+    }
+}
+
 /// A bucket's CORS rules without its route (see
 /// [`ControlPlane::bucket_cors`]).
 #[derive(Debug, Clone)]
@@ -590,7 +648,9 @@ pub enum Invalidation {
     Key(String),
     /// Rules changed: every cached decision is suspect.
     Policy,
-    /// A bucket's route or backend changed.
+    /// A bucket's route or backend changed. May be a glob (a pattern
+    /// entry, or `*` when the default backend changed): every route and
+    /// remembered unknown bucket it matches goes.
     Bucket(String),
     /// Forget everything (e.g. after missing events).
     All,

@@ -28,8 +28,13 @@ pub trait CredentialSource: Send + Sync + 'static {
 pub struct CredentialRequest<'a> {
     /// The backend's name.
     pub backend: &'a str,
-    /// The client's bucket name.
+    /// The client's bucket name (for a ListBuckets listing, which has
+    /// none: the entry's name).
     pub bucket: &'a str,
+    /// The `[[buckets]]` entry that serves it: the bucket's own name, the
+    /// pattern that matched (`team-*`), or empty for the default backend.
+    /// Sources configured per entry are looked up by this.
+    pub entry: &'a str,
     /// Who asks, when the route is resolved for a principal; `None` for
     /// the bucket's shared credentials.
     pub principal: Option<&'a Principal>,

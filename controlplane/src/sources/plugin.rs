@@ -372,7 +372,7 @@ impl super::CredentialSource for PluginCredentials {
         &self,
         req: &super::credentials::CredentialRequest<'_>,
     ) -> Result<Option<Arc<s3gate_proto::BackendCredentials>>, SourceError> {
-        let remote = match self.by_bucket.get(req.bucket) {
+        let remote = match self.by_bucket.get(req.entry) {
             None => return Ok(None),
             Some(Ok(remote)) => remote,
             Some(Err(message)) => {
@@ -766,6 +766,7 @@ mod tests {
         let ask = |bucket, principal| CredentialRequest {
             backend: "b1",
             bucket,
+            entry: bucket,
             principal,
         };
         let c = source

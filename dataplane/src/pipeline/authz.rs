@@ -181,7 +181,7 @@ pub async fn check_delete_objects(
     Ok(())
 }
 
-async fn decide(
+pub(crate) async fn decide(
     cx: &Ctx,
     asker: &Asker<'_>,
     action: &'static str,

@@ -6,8 +6,8 @@
 //! | sts       | STS call (before authn) → STS XML answer        | control plane             |
 //! | parse     | request head → `S3Request`                      | none                      |
 //! | authn     | head + `ConnInfo` → `Authenticated`             | control plane on miss     |
-//! | route     | bucket → `RouteEntry` (backend, creds, client)  | control plane on miss     |
 //! | authz     | principal + `S3Request` → `Granted`             | control plane on miss     |
+//! | route     | bucket → `RouteEntry` (backend, creds, client)  | control plane on miss     |
 //! | payload   | body + payload mode → verified `Body`           | none (wraps the stream)   |
 //! | forward   | `RouteEntry` + head + body → cleaned response   | backend                   |
 //! | respond   | result + `Exchange` → response, XML, access log | none                      |
@@ -17,12 +17,15 @@
 //! `cors`: an `OPTIONS` preflight is answered before authentication from
 //! the bucket's CORS rules (and nothing else happens), and a response to a
 //! request carrying `Origin` gets the CORS headers of the matching rule.
+//! ListBuckets, which names no bucket, is answered by `listing` (every
+//! backend listed, names mapped back, filtered by s3:ListBucket).
 
 pub mod authn;
 pub mod authz;
 pub mod cors;
 pub mod forward;
 pub mod forwarded;
+pub mod listing;
 pub mod parse;
 pub mod payload;
 pub mod respond;
@@ -66,6 +69,8 @@ pub struct Ctx {
     pub(crate) prefixes: authz::PrefixDecisions,
     pub(crate) routes: route::RouteCache,
     pub(crate) principal_routes: route::PrincipalRouteCache,
+    /// Bucket names nothing serves, remembered briefly.
+    pub(crate) unknown_buckets: route::UnknownBuckets,
     /// CORS rules of buckets whose shared route is not cached; forgotten
     /// with the routes.
     pub(crate) cors: route::CorsCache,
@@ -90,6 +95,7 @@ impl Ctx {
             prefixes: authz::prefix_cache(cfg.decision_cache_bytes / 4),
             routes: route::cache(cfg.route_cache_capacity),
             principal_routes: route::principal_cache(cfg.route_cache_capacity),
+            unknown_buckets: route::unknown_buckets(cfg.route_cache_capacity),
             cors: route::cors_cache(cfg.route_cache_capacity),
             upstreams: Upstreams::new(cfg.upstream_connect_timeout),
             budget: Budget::new(cfg.limits.buffer_budget),
@@ -128,9 +134,18 @@ impl Ctx {
                 self.decisions.invalidate_all();
                 self.prefixes.invalidate_all();
             }
+            Invalidation::Bucket(bucket) if s3gate_proto::buckets::is_pattern(bucket) => {
+                // A pattern entry (or, as `*`, the default backend) changed:
+                // any cached bucket may have been routed by it. Rare.
+                self.routes.invalidate_all();
+                self.cors.invalidate_all();
+                self.unknown_buckets.invalidate_all();
+                self.principal_routes.invalidate_all();
+            }
             Invalidation::Bucket(bucket) => {
                 self.routes.invalidate(bucket).await;
                 self.cors.invalidate(bucket).await;
+                self.unknown_buckets.invalidate(bucket).await;
                 // Rare: per-principal routes of every bucket go too.
                 self.principal_routes.invalidate_all();
             }
@@ -144,6 +159,7 @@ impl Ctx {
                 self.prefixes.invalidate_all();
                 self.routes.invalidate_all();
                 self.principal_routes.invalidate_all();
+                self.unknown_buckets.invalidate_all();
                 self.cors.invalidate_all();
             }
         }
@@ -307,25 +323,40 @@ async fn run(
 ) -> Result<Response<Body>, Error> {
     let slot = &ex.slot;
     let trace = &mut ex.trace;
+    let asker = authz::Asker {
+        who: &who,
+        head,
+        client_ip: ex.origin.client_ip,
+    };
     let Some(bucket) = req.bucket.as_deref() else {
         // Only ListBuckets has no bucket.
-        return respond::list_buckets(cx, &who.principal).await;
+        return listing::list_buckets(cx, &asker).await;
     };
-    let route = route::lookup_for(cx, bucket, &who.principal).await?;
+    // Authorized before routed: a caller who may not touch a bucket hears
+    // AccessDenied whether or not it exists, never NoSuchBucket.
+    let grant = authz::check(cx, &asker, req).await;
+    trace.decision = Some(if grant.is_ok() { "allow" } else { "deny" });
+    let grant = grant?;
+    let route = match route::lookup_for(cx, bucket, &who.principal).await {
+        Err(Error::NoSuchBucket) if req.op == Op::CreateBucket => {
+            // The name is allowed but not served here: no entry or pattern
+            // matches it and there is no default backend. AccessDenied is
+            // what S3 says to a CreateBucket it will not do, and what
+            // tools report without retrying.
+            return Err(s3gate_s3::S3Error::new(
+                s3gate_s3::S3ErrorCode::AccessDenied,
+                "This gateway serves no bucket of this name: no bucket entry or pattern matches it, and there is no default backend.",
+            )
+            .into());
+        }
+        other => other?,
+    };
     // The key-segment guard, unless this backend stores keys literally. A
     // copy's source lives on the same backend (`lookup_copy_source`).
     let guarded = route.route.backend.key_segment_guard;
     if guarded {
         req.check_key_segments()?;
     }
-    let asker = authz::Asker {
-        who: &who,
-        head,
-        client_ip: ex.origin.client_ip,
-    };
-    let grant = authz::check(cx, &asker, req).await;
-    trace.decision = Some(if grant.is_ok() { "allow" } else { "deny" });
-    let grant = grant?;
     let source_route = match &req.copy_source {
         Some(src) => Some(route::lookup_copy_source(cx, &route, src, &who.principal).await?),
         None => None,

@@ -6,13 +6,11 @@
 use http::header::{CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, TRANSFER_ENCODING};
 use http::request::Parts;
 use http::{HeaderValue, Method, Response};
-use s3gate_proto::Principal;
 use s3gate_s3::request::S3Request;
-use s3gate_s3::xml::escape;
 use s3gate_s3::{S3Error, S3ErrorCode};
 use tracing::{debug, info, warn};
 
-use super::{Ctx, Exchange};
+use super::Exchange;
 use crate::body::{self, Body};
 use crate::error::Error;
 
@@ -106,37 +104,6 @@ pub fn error_response(err: &S3Error, request_id: &str, head_only: bool) -> Respo
         headers.insert("x-amz-request-id", v);
     }
     response
-}
-
-/// ListBuckets, answered by the gateway: the configured buckets the caller
-/// may see, not whatever the backends hold.
-pub async fn list_buckets(cx: &Ctx, principal: &Principal) -> Result<Response<Body>, Error> {
-    if principal.is_anonymous() {
-        return Err(Error::Denied {
-            reason: "anonymous ListBuckets".to_owned(),
-        });
-    }
-    let buckets = cx.control_plane.visible_buckets(principal).await?;
-    let mut xml = String::with_capacity(256 + buckets.len() * 128);
-    xml.push_str(r#"<?xml version="1.0" encoding="UTF-8"?>"#);
-    xml.push_str(
-        "\n<ListAllMyBucketsResult xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Owner><ID>",
-    );
-    escape(&mut xml, &principal.name);
-    xml.push_str("</ID><DisplayName>");
-    escape(&mut xml, &principal.name);
-    xml.push_str("</DisplayName></Owner><Buckets>");
-    for b in &buckets {
-        xml.push_str("<Bucket><Name>");
-        escape(&mut xml, b);
-        xml.push_str("</Name><CreationDate>2000-01-01T00:00:00.000Z</CreationDate></Bucket>");
-    }
-    xml.push_str("</Buckets></ListAllMyBucketsResult>");
-    let mut response = Response::new(body::full(xml));
-    response
-        .headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/xml"));
-    Ok(response)
 }
 
 /// Whether the request declared a body (which an error answer may have

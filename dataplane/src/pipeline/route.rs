@@ -19,6 +19,22 @@ use crate::upstream::HttpClient;
 
 pub type RouteCache = Cache<String, Arc<RouteEntry>>;
 
+/// Bucket names the control plane recently said nothing serves: a storm of
+/// requests for a name that does not exist costs one control-plane call
+/// per [`UNKNOWN_BUCKET_TTL`]. Forgotten when bucket entries change.
+pub type UnknownBuckets = Cache<String, ()>;
+
+/// How long an unknown bucket name is remembered: short, so that a bucket
+/// entry added while the Watch stream is down still shows soon.
+pub const UNKNOWN_BUCKET_TTL: Duration = Duration::from_secs(5);
+
+pub fn unknown_buckets(capacity: u64) -> UnknownBuckets {
+    Cache::builder()
+        .max_capacity(capacity)
+        .time_to_live(UNKNOWN_BUCKET_TTL)
+        .build()
+}
+
 /// Buckets' CORS rules fetched for preflights (and cross-origin responses)
 /// when the bucket's shared route is not cached: a bucket whose credentials
 /// are per principal never has one, and a preflight has no principal.
@@ -148,11 +164,22 @@ pub async fn lookup_for(
     if let Some(entry) = cx.principal_routes.get(&key).await {
         return Ok(entry);
     }
-    let entry = cx
+    if cx.unknown_buckets.contains_key(bucket) {
+        return Err(Error::NoSuchBucket);
+    }
+    let entry = match cx
         .principal_routes
         .try_get_with(key.clone(), fill(cx, bucket, Some(principal)))
         .await
-        .map_err(shared_error)?;
+        .map_err(shared_error)
+    {
+        Ok(entry) => entry,
+        Err(Error::NoSuchBucket) => {
+            cx.unknown_buckets.insert(bucket.to_owned(), ()).await;
+            return Err(Error::NoSuchBucket);
+        }
+        Err(e) => return Err(e),
+    };
     if !entry.route.credentials.per_principal {
         // Shared after all: one entry for everyone.
         cx.routes.insert(bucket.to_owned(), entry.clone()).await;
@@ -164,6 +191,7 @@ pub async fn lookup_for(
 fn shared_error(e: Arc<Error>) -> Error {
     match &*e {
         Error::NoSuchBucket => Error::NoSuchBucket,
+        Error::S3(e) => Error::S3(e.clone()),
         Error::ControlPlane(m) => Error::ControlPlane(m.clone()),
         Error::Config(m) => Error::Config(m.clone()),
         other => Error::ControlPlane(other.to_string()),
@@ -183,7 +211,18 @@ async fn fill(
         .upstreams
         .client_for(&route.backend)
         .map_err(|m| Error::Config(format!("backend {}: {m}", route.backend.name)))?;
-    let identity = match &route.credentials.auth {
+    let identity = identity_of(&route.credentials.auth);
+    Ok(Arc::new(RouteEntry {
+        cors: Arc::new(super::cors::Rules::compile(&route.cors)),
+        route,
+        client,
+        identity,
+    }))
+}
+
+/// Backend credentials in the form aws-sigv4 signs with.
+pub fn identity_of(auth: &BackendAuth) -> Identity {
+    match auth {
         BackendAuth::SigV4 {
             access_key,
             secret_key,
@@ -196,13 +235,7 @@ async fn fill(
             "s3gate-backend",
         )
         .into(),
-    };
-    Ok(Arc::new(RouteEntry {
-        cors: Arc::new(super::cors::Rules::compile(&route.cors)),
-        route,
-        client,
-        identity,
-    }))
+    }
 }
 
 /// The route of a CopyObject source. A copy runs inside one backend, so the

@@ -354,6 +354,46 @@ pub struct GetBucketCorsResponse {
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ListingRequest {
+    /// Whose ListBuckets this is (credential sources may answer per principal).
+    #[prost(message, optional, tag = "1")]
+    pub principal: ::core::option::Option<Principal>,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ListingResponse {
+    #[prost(message, repeated, tag = "1")]
+    pub entries: ::prost::alloc::vec::Vec<BucketEntry>,
+    /// Empty: off (names no entry matches do not exist).
+    #[prost(string, tag = "2")]
+    pub default_backend: ::prost::alloc::string::String,
+    /// One per (backend, credentials) that serves an entry or the default.
+    #[prost(message, repeated, tag = "3")]
+    pub backends: ::prost::alloc::vec::Vec<BackendListing>,
+}
+/// One [buckets](buckets) entry as routing sees it.
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct BucketEntry {
+    /// An exact name, or a glob (`*`, `?`).
+    #[prost(string, tag = "1")]
+    pub name: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub backend: ::prost::alloc::string::String,
+    /// The name at the backend; `{name}` stands for the client's name.
+    #[prost(string, tag = "3")]
+    pub backend_bucket: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct BackendListing {
+    #[prost(message, optional, tag = "1")]
+    pub backend: ::core::option::Option<Backend>,
+    #[prost(message, optional, tag = "2")]
+    pub credentials: ::core::option::Option<BackendCredentials>,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct VisibleBucketsRequest {
     #[prost(message, optional, tag = "1")]
     pub principal: ::core::option::Option<Principal>,
@@ -415,7 +455,9 @@ pub struct KeyChanged {
 #[allow(clippy::all)]
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct PolicyChanged {}
-/// A bucket's route or its backend changed: drop that route.
+/// A bucket's route or its backend changed: drop that route. The name may
+/// be a glob (`team-*`; `*` after a default-backend change): drop every
+/// route and remembered unknown bucket it matches.
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct BucketChanged {
@@ -951,6 +993,35 @@ pub mod decisions_client {
                 .insert(GrpcMethod::new("s3gate.v1.Decisions", "GetBucketCors"));
             self.inner.unary(req, path, codec).await
         }
+        /// What a data plane needs to answer ListBuckets: every bucket entry
+        /// (exact names and patterns, with their backend_bucket templates), the
+        /// default backend, and for each backend that serves any of them the
+        /// credentials to list it with. The data plane lists each backend, maps
+        /// the names back and asks Authorize (s3:ListBucket) per bucket.
+        pub async fn listing(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ListingRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ListingResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/s3gate.v1.Decisions/Listing",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("s3gate.v1.Decisions", "Listing"));
+            self.inner.unary(req, path, codec).await
+        }
     }
 }
 /// Generated server implementations.
@@ -1050,6 +1121,15 @@ pub mod decisions_server {
             tonic::Response<super::GetBucketCorsResponse>,
             tonic::Status,
         >;
+        /// What a data plane needs to answer ListBuckets: every bucket entry
+        /// (exact names and patterns, with their backend_bucket templates), the
+        /// default backend, and for each backend that serves any of them the
+        /// credentials to list it with. The data plane lists each backend, maps
+        /// the names back and asks Authorize (s3:ListBucket) per bucket.
+        async fn listing(
+            &self,
+            request: tonic::Request<super::ListingRequest>,
+        ) -> std::result::Result<tonic::Response<super::ListingResponse>, tonic::Status>;
     }
     #[derive(Debug)]
     pub struct DecisionsServer<T> {
@@ -1540,6 +1620,49 @@ pub mod decisions_server {
                     };
                     Box::pin(fut)
                 }
+                "/s3gate.v1.Decisions/Listing" => {
+                    #[allow(non_camel_case_types)]
+                    struct ListingSvc<T: Decisions>(pub Arc<T>);
+                    impl<T: Decisions> tonic::server::UnaryService<super::ListingRequest>
+                    for ListingSvc<T> {
+                        type Response = super::ListingResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::ListingRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Decisions>::listing(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ListingSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
                 _ => {
                     Box::pin(async move {
                         let mut response = http::Response::new(
@@ -1764,11 +1887,15 @@ pub struct DeleteBackendRequest {
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct BucketInfo {
+    /// An exact bucket name, or a glob over client bucket names (`*`, `?`);
+    /// an exact name wins over patterns, and two patterns may not both match
+    /// one name.
     #[prost(string, tag = "1")]
     pub name: ::prost::alloc::string::String,
     #[prost(string, tag = "2")]
     pub backend: ::prost::alloc::string::String,
-    /// Defaults to name when empty.
+    /// Defaults to name when empty. A template: `{name}` stands for the
+    /// client's bucket name (`prod-{name}`); a pattern's must contain it.
     #[prost(string, tag = "3")]
     pub backend_bucket: ::prost::alloc::string::String,
     /// CORS rules in order; empty: CORS is not enabled for the bucket.
@@ -1819,6 +1946,16 @@ pub struct ListBucketsRequest {}
 pub struct ListBucketsResponse {
     #[prost(message, repeated, tag = "1")]
     pub buckets: ::prost::alloc::vec::Vec<BucketInfo>,
+    /// The backend for names no entry matches; empty: off.
+    #[prost(string, tag = "30")]
+    pub default_backend: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct SetDefaultBackendRequest {
+    /// Empty: off.
+    #[prost(string, tag = "1")]
+    pub backend: ::prost::alloc::string::String,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -1936,6 +2073,9 @@ pub struct StatusResponse {
     /// Replicas that announced themselves in the store recently.
     #[prost(string, repeated, tag = "11")]
     pub replicas_seen: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// The backend for bucket names no entry matches; empty: off.
+    #[prost(string, tag = "30")]
+    pub default_backend: ::prost::alloc::string::String,
 }
 /// A temporary session (from STS AssumeRoleWithWebIdentity). Never its
 /// secret or token.
@@ -2422,6 +2562,29 @@ pub mod admin_client {
                 .insert(GrpcMethod::new("s3gate.v1.Admin", "DeleteBucket"));
             self.inner.unary(req, path, codec).await
         }
+        /// Sets (or, with an empty backend, turns off) the backend that serves
+        /// bucket names no [buckets](buckets) entry matches.
+        pub async fn set_default_backend(
+            &mut self,
+            request: impl tonic::IntoRequest<super::SetDefaultBackendRequest>,
+        ) -> std::result::Result<tonic::Response<super::ChangeResponse>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/s3gate.v1.Admin/SetDefaultBackend",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("s3gate.v1.Admin", "SetDefaultBackend"));
+            self.inner.unary(req, path, codec).await
+        }
         /// Temporary (STS) sessions, without secrets or tokens; optionally one
         /// principal's.
         pub async fn list_sessions(
@@ -2619,6 +2782,12 @@ pub mod admin_server {
         async fn delete_bucket(
             &self,
             request: tonic::Request<super::DeleteBucketRequest>,
+        ) -> std::result::Result<tonic::Response<super::ChangeResponse>, tonic::Status>;
+        /// Sets (or, with an empty backend, turns off) the backend that serves
+        /// bucket names no [buckets](buckets) entry matches.
+        async fn set_default_backend(
+            &self,
+            request: tonic::Request<super::SetDefaultBackendRequest>,
         ) -> std::result::Result<tonic::Response<super::ChangeResponse>, tonic::Status>;
         /// Temporary (STS) sessions, without secrets or tokens; optionally one
         /// principal's.
@@ -3283,6 +3452,51 @@ pub mod admin_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = DeleteBucketSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/s3gate.v1.Admin/SetDefaultBackend" => {
+                    #[allow(non_camel_case_types)]
+                    struct SetDefaultBackendSvc<T: Admin>(pub Arc<T>);
+                    impl<
+                        T: Admin,
+                    > tonic::server::UnaryService<super::SetDefaultBackendRequest>
+                    for SetDefaultBackendSvc<T> {
+                        type Response = super::ChangeResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::SetDefaultBackendRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Admin>::set_default_backend(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = SetDefaultBackendSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(

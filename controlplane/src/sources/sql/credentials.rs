@@ -238,7 +238,7 @@ impl CredentialSource for SqlCredentialSources {
         &self,
         req: &CredentialRequest<'_>,
     ) -> Result<Option<Arc<BackendCredentials>>, SourceError> {
-        match self.by_bucket.get(req.bucket) {
+        match self.by_bucket.get(req.entry) {
             None => Ok(None),
             Some(Ok(source)) => source.credentials(req).await.map(Some),
             Some(Err(message)) => Err(SourceError::new(
@@ -341,6 +341,7 @@ mod tests {
         let ask = |bucket, principal| CredentialRequest {
             backend: "b1",
             bucket,
+            entry: bucket,
             principal,
         };
         let alice = principal("alice", &[]);
@@ -448,6 +449,7 @@ mod tests {
                 .credentials(&CredentialRequest {
                     backend: "b1",
                     bucket,
+                    entry: bucket,
                     principal: None,
                 })
                 .await
@@ -470,6 +472,7 @@ mod tests {
             .credentials(&CredentialRequest {
                 backend: "b1",
                 bucket: "data",
+                entry: "data",
                 principal: None,
             })
             .await
