@@ -163,6 +163,53 @@ def test_rule_change_reaches_every_data_plane(rc):
     rc.admin("cp1", "rules", "delete", "bob-shared")
 
 
+def test_bucket_patterns_and_default_backend_reach_every_data_plane(rc, backend):
+    """A pattern and the default backend set through one control plane reach
+    both data planes through Redis and Watch, within a second: sooner than
+    the 5 s for which a data plane remembers a name nothing served."""
+    alice = rc.keys["alice"]
+    c1 = rc.s3("dp1", alice.access_key, alice.secret_key)
+    c2 = rc.s3("dp2", alice.access_key, alice.secret_key)
+    tag = uuid.uuid4().hex[:6]
+    pat, free = f"rcpat-{tag}", f"rcfree-{tag}"
+    rc.admin("cp1", "rules", "put", "--id", "alice-rc-buckets", "--effect", "allow", "--principal", "alice",
+             "--action", "s3:*", "--resource", "rcpat-*", "--resource", "rcpat-*/*", "--resource", "rcfree-*",
+             "--resource", "rcfree-*/*")  # fmt: skip
+
+    def status(call, **kw) -> int:
+        try:
+            call(**kw)
+            return 200
+        except botocore.exceptions.ClientError as e:
+            return e.response["ResponseMetadata"]["HTTPStatusCode"]
+
+    # Allowed but unserved: each data plane now remembers both names as unknown.
+    eventually(lambda: status(c1.head_bucket, Bucket=pat) == 404 and status(c2.head_bucket, Bucket=pat) == 404
+               and status(c1.head_bucket, Bucket=free) == 404, "the rule at both data planes")  # fmt: skip
+    rc.admin("cp1", "buckets", "put", "--name", "rcpat-*", "--backend", "local", "--backend-bucket", "rc-{name}")
+    try:
+        eventually(lambda: status(c2.create_bucket, Bucket=pat) == 200, "the pattern at dp2")
+        assert (backend.root / f"rc-{pat}").is_dir()
+        eventually(lambda: status(c1.head_bucket, Bucket=pat) == 200, "the pattern at dp1")
+        rc.admin("cp2", "buckets", "default", "local")
+        eventually(lambda: status(c1.create_bucket, Bucket=free) == 200, "the default backend at dp1")
+        assert (backend.root / free).is_dir()
+        listed = {b["Name"] for b in c2.list_buckets()["Buckets"]}
+        assert {pat, free} <= listed and f"rc-{pat}" not in listed, listed
+        assert rc.admin_json("cp2", "status")["default_backend"] == "local"
+        c1.delete_bucket(Bucket=free)
+        rc.admin("cp1", "buckets", "default", "--off")
+        eventually(lambda: status(c2.create_bucket, Bucket=free) == 403, "default off at dp2")
+        assert not (backend.root / free).exists()
+        c2.delete_bucket(Bucket=pat)
+        assert not (backend.root / f"rc-{pat}").exists()
+    finally:
+        rc.admin("cp1", "buckets", "default", "--off")
+        rc.admin("cp2", "buckets", "delete", "rcpat-*")
+        rc.admin("cp1", "rules", "delete", "alice-rc-buckets")
+    eventually(lambda: status(c1.head_bucket, Bucket=pat) == 403, "the pattern gone at dp1")
+
+
 def test_admin_requires_the_token(rc):
     argv = [str(gateway_bin()), "admin", "--control-plane", f"http://{rc.addrs['cp1']}", "--token", "wrong",
             "keys", "list"]
