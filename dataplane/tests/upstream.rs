@@ -634,3 +634,46 @@ async fn a_key_change_drops_only_that_keys_signing_keys() {
         "another key's cached signing key must survive a key change"
     );
 }
+
+/// A storm of requests for a bucket nothing serves costs one control-plane
+/// lookup (the name is remembered as unknown), and a bucket change names it
+/// (exactly, or by a glob such as a new pattern's) makes the next request
+/// ask again.
+#[tokio::test]
+async fn unknown_buckets_are_remembered_until_a_bucket_change() {
+    let (upstream, _seen) = start_upstream().await;
+    let endpoint = format!("http://127.0.0.1:{}", upstream.port());
+    let (gateway, _stop, calls, invalidations) =
+        start_gateway_counting(AddressingStyle::Path, endpoint).await;
+    let routes = || calls.route.load(Ordering::SeqCst);
+    for _ in 0..50 {
+        let (status, body) = send_signed(gateway, Method::GET, "/nope/k", b"").await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert!(
+            String::from_utf8_lossy(&body).contains("<Code>NoSuchBucket</Code>"),
+            "{body:?}"
+        );
+    }
+    assert_eq!(routes(), 1, "one lookup for 50 requests");
+
+    for change in ["nope", "no*"] {
+        let before = routes();
+        invalidations
+            .send(Invalidation::Bucket(change.to_owned()))
+            .await
+            .unwrap();
+        // Applied in the data plane's own task: poll until it asks again.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while routes() == before {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "BucketChanged({change}) did not make the data plane ask again"
+            );
+            send_signed(gateway, Method::GET, "/nope/k", b"").await;
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(routes(), before + 1, "then remembered again");
+        send_signed(gateway, Method::GET, "/nope/k", b"").await;
+        assert_eq!(routes(), before + 1);
+    }
+}
