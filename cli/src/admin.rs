@@ -55,6 +55,8 @@ pub struct AdminArgs {
     command: AdminCommand,
 }
 
+// Parsed once per run: the size of the largest command does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 enum AdminCommand {
     /// Access keys: the credentials clients sign S3 requests with.
@@ -221,14 +223,24 @@ Examples:
       --action 's3:*' --resource 'data/secret/*'
 Quote * so the shell leaves it alone.";
 
+// Parsed once per run: `put`'s many flags cost nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 enum BackendsCommand {
-    /// Create or replace a backend. The secret is read from the environment
-    /// variable named by --secret-key-env, never from the command line.
+    /// Create or replace a backend. Secrets are read from the environment
+    /// variables named by --secret-key-env, --session-token-env and
+    /// --ibm-api-key-env, never from the command line.
     #[command(after_help = "\
-Example:
+Examples:
   BACKEND_SECRET=... s3gate admin backends put --name aws --endpoint https://s3.eu-west-1.amazonaws.com \\
-      --region eu-west-1 --access-key AKIAEXAMPLE --secret-key-env BACKEND_SECRET")]
+      --region eu-west-1 --access-key AKIAEXAMPLE --secret-key-env BACKEND_SECRET
+  COS_API_KEY=... s3gate admin backends put --name ibm --kind ibm_iam \\
+      --endpoint https://s3.eu-de.cloud-object-storage.appdomain.cloud --region eu-de \\
+      --ibm-api-key-env COS_API_KEY --service-instance-id crn:v1:bluemix:public:cloud-object-storage:...
+  BACKEND_SECRET=... s3gate admin backends put --name aws-prod --kind aws_assume_role \\
+      --endpoint https://s3.eu-west-1.amazonaws.com --region eu-west-1 \\
+      --role-arn arn:aws:iam::123456789012:role/s3gate --access-key AKIAEXAMPLE \\
+      --secret-key-env BACKEND_SECRET --duration 1h")]
     Put {
         /// The backend's name, which buckets refer to (buckets put --backend NAME).
         #[arg(long)]
@@ -243,12 +255,53 @@ Example:
         /// path (ENDPOINT/BUCKET/KEY) or virtual (BUCKET.HOST/KEY).
         #[arg(long, default_value = "path", value_parser = ["path", "virtual"])]
         addressing_style: String,
-        /// The access key s3gate signs backend requests with.
+        /// How s3gate authenticates there: static_hmac (an access key
+        /// pair), ibm_iam (an IBM Cloud API key exchanged for IAM tokens)
+        /// or aws_assume_role (a key pair that assumes a role through STS).
+        #[arg(long, default_value = "static_hmac", value_parser = ["static_hmac", "ibm_iam", "aws_assume_role"])]
+        kind: String,
+        /// The access key s3gate signs backend requests (static_hmac) or
+        /// STS calls (aws_assume_role) with.
         #[arg(long)]
-        access_key: String,
+        access_key: Option<String>,
         /// Environment variable holding the secret key (omit on update to keep the stored one).
         #[arg(long, value_name = "VAR")]
         secret_key_env: Option<String>,
+        /// Environment variable holding a session token for the key pair.
+        #[arg(long, value_name = "VAR")]
+        session_token_env: Option<String>,
+        /// ibm_iam: environment variable holding the API key (omit on
+        /// update to keep the stored one).
+        #[arg(long, value_name = "VAR")]
+        ibm_api_key_env: Option<String>,
+        /// ibm_iam: the IAM token endpoint [default: https://iam.cloud.ibm.com/identity/token].
+        #[arg(long, value_name = "URL")]
+        iam_endpoint: Option<String>,
+        /// ibm_iam: the COS service instance (sent as ibm-service-instance-id).
+        #[arg(long, value_name = "ID")]
+        service_instance_id: Option<String>,
+        /// aws_assume_role: the role to assume.
+        #[arg(long, value_name = "ARN")]
+        role_arn: Option<String>,
+        /// aws_assume_role: the STS endpoint [default: https://sts.amazonaws.com].
+        #[arg(long, value_name = "URL")]
+        sts_endpoint: Option<String>,
+        /// aws_assume_role: the region STS calls are signed for [default: from the endpoint, else us-east-1].
+        #[arg(long, value_name = "REGION")]
+        sts_region: Option<String>,
+        /// aws_assume_role: the session's lifetime, 15m to 12h [default: 1h].
+        #[arg(long, value_parser = humantime::parse_duration)]
+        duration: Option<std::time::Duration>,
+        /// aws_assume_role: the role session name [default: s3gate].
+        #[arg(long)]
+        session_name: Option<String>,
+        /// aws_assume_role: the external id the role's trust policy asks for.
+        #[arg(long)]
+        external_id: Option<String>,
+        /// ibm_iam, aws_assume_role: a PEM file of extra CA certificates to
+        /// trust for the IAM or STS endpoint (read by the control plane).
+        #[arg(long, value_name = "PATH")]
+        credentials_ca_bundle: Option<String>,
         /// A PEM file of extra CA certificates to trust for an https
         /// endpoint (a private CA). A path on the data planes: each reads it there.
         #[arg(long, value_name = "PATH")]
@@ -714,8 +767,20 @@ async fn execute(mut client: Client, args: AdminArgs) -> anyhow::Result<()> {
                 endpoint,
                 region,
                 addressing_style,
+                kind,
                 access_key,
                 secret_key_env,
+                session_token_env,
+                ibm_api_key_env,
+                iam_endpoint,
+                service_instance_id,
+                role_arn,
+                sts_endpoint,
+                sts_region,
+                duration,
+                session_name,
+                external_id,
+                credentials_ca_bundle,
                 ca_bundle,
                 insecure_skip_verify,
                 key_segment_guard,
@@ -725,18 +790,83 @@ async fn execute(mut client: Client, args: AdminArgs) -> anyhow::Result<()> {
                     "virtual" => pb::AddressingStyle::Virtual,
                     other => bail!("--addressing-style must be path or virtual, not {other:?}"),
                 };
-                let secret_key = match secret_key_env {
+                let from_env = |var: Option<String>| match var {
                     Some(var) => std::env::var(&var)
-                        .with_context(|| format!("environment variable {var} is not set"))?,
-                    None => String::new(),
+                        .with_context(|| format!("environment variable {var} is not set")),
+                    None => Ok(String::new()),
                 };
-                let credentials = pb::CredentialSpec {
-                    kind: Some(pb::credential_spec::Kind::StaticHmac(pb::StaticHmacSpec {
-                        access_key,
-                        secret_key,
-                        session_token: String::new(),
-                    })),
+                // A flag of another kind is a mistake worth saying.
+                let given = |flag: &str, set: bool, kinds: &[&str]| {
+                    if set && !kinds.contains(&kind.as_str()) {
+                        bail!("{flag} does not apply to --kind {kind}");
+                    }
+                    Ok(())
                 };
+                given(
+                    "--access-key",
+                    access_key.is_some(),
+                    &["static_hmac", "aws_assume_role"],
+                )?;
+                given(
+                    "--secret-key-env",
+                    secret_key_env.is_some(),
+                    &["static_hmac", "aws_assume_role"],
+                )?;
+                given(
+                    "--session-token-env",
+                    session_token_env.is_some(),
+                    &["static_hmac", "aws_assume_role"],
+                )?;
+                given("--ibm-api-key-env", ibm_api_key_env.is_some(), &["ibm_iam"])?;
+                given("--iam-endpoint", iam_endpoint.is_some(), &["ibm_iam"])?;
+                given(
+                    "--service-instance-id",
+                    service_instance_id.is_some(),
+                    &["ibm_iam"],
+                )?;
+                for (flag, set) in [
+                    ("--role-arn", role_arn.is_some()),
+                    ("--sts-endpoint", sts_endpoint.is_some()),
+                    ("--sts-region", sts_region.is_some()),
+                    ("--duration", duration.is_some()),
+                    ("--session-name", session_name.is_some()),
+                    ("--external-id", external_id.is_some()),
+                ] {
+                    given(flag, set, &["aws_assume_role"])?;
+                }
+                given(
+                    "--credentials-ca-bundle",
+                    credentials_ca_bundle.is_some(),
+                    &["ibm_iam", "aws_assume_role"],
+                )?;
+                use pb::credential_spec::Kind;
+                let kind = match kind.as_str() {
+                    "ibm_iam" => Kind::IbmIam(pb::IbmIamSpec {
+                        api_key: from_env(ibm_api_key_env)?,
+                        iam_endpoint: iam_endpoint.unwrap_or_default(),
+                        service_instance_id: service_instance_id.unwrap_or_default(),
+                        ca_bundle: credentials_ca_bundle.unwrap_or_default(),
+                    }),
+                    "aws_assume_role" => Kind::AwsAssumeRole(pb::AwsAssumeRoleSpec {
+                        role_arn: role_arn.context("--kind aws_assume_role needs --role-arn")?,
+                        access_key: access_key
+                            .context("--kind aws_assume_role needs --access-key")?,
+                        secret_key: from_env(secret_key_env)?,
+                        session_token: from_env(session_token_env)?,
+                        sts_endpoint: sts_endpoint.unwrap_or_default(),
+                        duration_seconds: duration.map_or(0, |d| d.as_secs()),
+                        session_name: session_name.unwrap_or_default(),
+                        external_id: external_id.unwrap_or_default(),
+                        ca_bundle: credentials_ca_bundle.unwrap_or_default(),
+                        sts_region: sts_region.unwrap_or_default(),
+                    }),
+                    _ => Kind::StaticHmac(pb::StaticHmacSpec {
+                        access_key: access_key.context("--kind static_hmac needs --access-key")?,
+                        secret_key: from_env(secret_key_env)?,
+                        session_token: from_env(session_token_env)?,
+                    }),
+                };
+                let credentials = pb::CredentialSpec { kind: Some(kind) };
                 let req = pb::PutBackendRequest {
                     backend: Some(pb::BackendInfo {
                         name,
@@ -766,7 +896,7 @@ async fn execute(mut client: Client, args: AdminArgs) -> anyhow::Result<()> {
                     _ => "path",
                 };
                 out.table(
-                    &["NAME", "ENDPOINT", "REGION", "STYLE", "ACCESS KEY"],
+                    &["NAME", "ENDPOINT", "REGION", "STYLE", "ACCESS KEY", "KIND"],
                     backends
                         .iter()
                         .map(|b| {
@@ -776,6 +906,7 @@ async fn execute(mut client: Client, args: AdminArgs) -> anyhow::Result<()> {
                                 b.region.clone(),
                                 style(b.addressing_style).to_owned(),
                                 b.access_key.clone(),
+                                credential_kind(b)["kind"].as_str().unwrap_or("-").to_owned(),
                             ]
                         })
                         .collect(),
@@ -1336,6 +1467,16 @@ fn credential_kind(b: &pb::BackendInfo) -> serde_json::Value {
     match b.credentials.as_ref().and_then(|c| c.kind.as_ref()) {
         Some(pb::credential_spec::Kind::StaticHmac(s)) => {
             json!({"kind": "static_hmac", "access_key": s.access_key})
+        }
+        Some(pb::credential_spec::Kind::IbmIam(s)) => {
+            json!({"kind": "ibm_iam", "iam_endpoint": s.iam_endpoint,
+                   "service_instance_id": s.service_instance_id, "ca_bundle": s.ca_bundle})
+        }
+        Some(pb::credential_spec::Kind::AwsAssumeRole(s)) => {
+            json!({"kind": "aws_assume_role", "role_arn": s.role_arn, "access_key": s.access_key,
+                   "sts_endpoint": s.sts_endpoint, "sts_region": s.sts_region,
+                   "duration_seconds": s.duration_seconds, "session_name": s.session_name,
+                   "external_id": s.external_id, "ca_bundle": s.ca_bundle})
         }
         None => serde_json::Value::Null,
     }

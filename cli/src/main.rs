@@ -584,7 +584,11 @@ async fn standing_sources(
     store: Arc<dyn Store>,
     sts: &StsArgs,
 ) -> anyhow::Result<Registry> {
-    let mut registry = Registry::default();
+    let mut registry = Registry {
+        // One exchange per backend across the replicas of a shared store.
+        exchanges: s3gate_controlplane::sources::exchanged::Exchanges::new(Some(store.clone())),
+        ..Registry::default()
+    };
     let providers = (!providers.is_empty()).then_some(providers);
     if let Some(providers) = &providers {
         info!(providers = ?providers.names().collect::<Vec<_>>(), "oidc providers configured");

@@ -170,6 +170,39 @@ fn credentials_info(spec: &CredentialSpec) -> pb::CredentialSpec {
             secret_key: String::new(),
             session_token: String::new(),
         }),
+        CredentialSpec::IbmIam {
+            iam_endpoint,
+            service_instance_id,
+            ca_bundle,
+            ..
+        } => Kind::IbmIam(pb::IbmIamSpec {
+            api_key: String::new(),
+            iam_endpoint: iam_endpoint.clone(),
+            service_instance_id: service_instance_id.clone().unwrap_or_default(),
+            ca_bundle: ca_bundle.clone().unwrap_or_default(),
+        }),
+        CredentialSpec::AwsAssumeRole {
+            role_arn,
+            access_key,
+            sts_endpoint,
+            duration,
+            session_name,
+            external_id,
+            sts_region,
+            ca_bundle,
+            ..
+        } => Kind::AwsAssumeRole(pb::AwsAssumeRoleSpec {
+            role_arn: role_arn.clone(),
+            access_key: access_key.clone(),
+            secret_key: String::new(),
+            session_token: String::new(),
+            sts_endpoint: sts_endpoint.clone(),
+            duration_seconds: duration.as_secs(),
+            session_name: session_name.clone(),
+            external_id: external_id.clone().unwrap_or_default(),
+            sts_region: sts_region.clone().unwrap_or_default(),
+            ca_bundle: ca_bundle.clone().unwrap_or_default(),
+        }),
     };
     pb::CredentialSpec { kind: Some(kind) }
 }
@@ -195,6 +228,7 @@ fn credentials_from_put(
         (false, _) => Some(Secret::new(given)),
         (true, stored) => stored.cloned(),
     };
+    let some = |s: String| (!s.is_empty()).then_some(s);
     match kind {
         Kind::StaticHmac(s) => {
             let (stored_secret, stored_token) = match existing {
@@ -203,7 +237,7 @@ fn credentials_from_put(
                     session_token,
                     ..
                 }) => (Some(secret_key), session_token.as_ref()),
-                None => (None, None),
+                _ => (None, None),
             };
             Ok(CredentialSpec::StaticHmac {
                 access_key: s.access_key,
@@ -211,6 +245,52 @@ fn credentials_from_put(
                     Status::invalid_argument("secret_key is required for a new backend")
                 })?,
                 session_token: keep(s.session_token, stored_token),
+            })
+        }
+        Kind::IbmIam(s) => {
+            let stored = match existing {
+                Some(CredentialSpec::IbmIam { api_key, .. }) => Some(api_key),
+                _ => None,
+            };
+            Ok(CredentialSpec::IbmIam {
+                api_key: keep(s.api_key, stored).ok_or_else(|| {
+                    Status::invalid_argument("api_key is required for a new ibm_iam credential")
+                })?,
+                iam_endpoint: some(s.iam_endpoint)
+                    .unwrap_or_else(|| crate::credential::DEFAULT_IAM_ENDPOINT.to_owned()),
+                service_instance_id: some(s.service_instance_id),
+                ca_bundle: some(s.ca_bundle),
+            })
+        }
+        Kind::AwsAssumeRole(s) => {
+            let (stored_secret, stored_token) = match existing {
+                Some(CredentialSpec::AwsAssumeRole {
+                    secret_key,
+                    session_token,
+                    ..
+                }) => (Some(secret_key), session_token.as_ref()),
+                _ => (None, None),
+            };
+            Ok(CredentialSpec::AwsAssumeRole {
+                role_arn: s.role_arn,
+                access_key: s.access_key,
+                secret_key: keep(s.secret_key, stored_secret).ok_or_else(|| {
+                    Status::invalid_argument(
+                        "secret_key is required for a new aws_assume_role credential",
+                    )
+                })?,
+                session_token: keep(s.session_token, stored_token),
+                sts_endpoint: some(s.sts_endpoint)
+                    .unwrap_or_else(|| crate::credential::DEFAULT_STS_ENDPOINT.to_owned()),
+                duration: match s.duration_seconds {
+                    0 => crate::credential::default_role_duration(),
+                    n => std::time::Duration::from_secs(n),
+                },
+                session_name: some(s.session_name)
+                    .unwrap_or_else(|| crate::credential::DEFAULT_SESSION_NAME.to_owned()),
+                external_id: some(s.external_id),
+                sts_region: some(s.sts_region),
+                ca_bundle: some(s.ca_bundle),
             })
         }
     }
@@ -765,5 +845,86 @@ mod tests {
                 "{wrong}"
             );
         }
+    }
+
+    fn put(kind: pb::credential_spec::Kind) -> (pb::BackendInfo, pb::PutBackendRequest) {
+        let backend = pb::BackendInfo {
+            credentials: Some(pb::CredentialSpec { kind: Some(kind) }),
+            ..Default::default()
+        };
+        (backend, pb::PutBackendRequest::default())
+    }
+
+    #[test]
+    fn exchanged_kinds_put_keep_secrets_and_list_without_them() {
+        use pb::credential_spec::Kind;
+        let (mut b, mut r) = put(Kind::IbmIam(pb::IbmIamSpec {
+            api_key: "APIKEY1".into(),
+            service_instance_id: "crn:x".into(),
+            ..Default::default()
+        }));
+        let ibm = credentials_from_put(&mut b, &mut r, None).unwrap();
+        let CredentialSpec::IbmIam {
+            api_key,
+            iam_endpoint,
+            service_instance_id,
+            ..
+        } = &ibm
+        else {
+            panic!("{ibm:?}")
+        };
+        assert_eq!(api_key.expose(), "APIKEY1");
+        assert_eq!(iam_endpoint, crate::credential::DEFAULT_IAM_ENDPOINT);
+        assert_eq!(service_instance_id.as_deref(), Some("crn:x"));
+        // An update without the key keeps it; a new backend must give it.
+        let (mut b, mut r) = put(Kind::IbmIam(pb::IbmIamSpec::default()));
+        let kept = credentials_from_put(&mut b, &mut r, Some(&ibm)).unwrap();
+        assert!(
+            matches!(&kept, CredentialSpec::IbmIam { api_key, .. } if api_key.expose() == "APIKEY1")
+        );
+        let (mut b, mut r) = put(Kind::IbmIam(pb::IbmIamSpec::default()));
+        assert!(credentials_from_put(&mut b, &mut r, None).is_err());
+        // A secret of another kind is never carried over.
+        let (mut b, mut r) = put(Kind::AwsAssumeRole(pb::AwsAssumeRoleSpec {
+            role_arn: "arn:aws:iam::1:role/r".into(),
+            access_key: "AK".into(),
+            ..Default::default()
+        }));
+        assert!(credentials_from_put(&mut b, &mut r, Some(&ibm)).is_err());
+
+        let (mut b, mut r) = put(Kind::AwsAssumeRole(pb::AwsAssumeRoleSpec {
+            role_arn: "arn:aws:iam::1:role/r".into(),
+            access_key: "AK".into(),
+            secret_key: "ROLESECRET".into(),
+            duration_seconds: 7200,
+            ..Default::default()
+        }));
+        let aws = credentials_from_put(&mut b, &mut r, None).unwrap();
+        let CredentialSpec::AwsAssumeRole {
+            duration,
+            session_name,
+            sts_endpoint,
+            ..
+        } = &aws
+        else {
+            panic!("{aws:?}")
+        };
+        assert_eq!(duration.as_secs(), 7200);
+        assert_eq!(session_name, "s3gate");
+        assert_eq!(sts_endpoint, crate::credential::DEFAULT_STS_ENDPOINT);
+        aws.validate().unwrap();
+
+        let listed = format!("{:?} {:?}", credentials_info(&ibm), credentials_info(&aws));
+        for secret in ["APIKEY1", "ROLESECRET"] {
+            assert!(!listed.contains(secret), "{listed}");
+        }
+        let Some(Kind::AwsAssumeRole(a)) = credentials_info(&aws).kind else {
+            panic!()
+        };
+        assert!(a.secret_key.is_empty() && a.access_key == "AK" && a.duration_seconds == 7200);
+        let Some(Kind::IbmIam(i)) = credentials_info(&ibm).kind else {
+            panic!()
+        };
+        assert!(i.api_key.is_empty() && i.service_instance_id == "crn:x");
     }
 }

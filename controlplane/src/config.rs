@@ -1876,7 +1876,9 @@ resources = ["data", "data/reports/*"]
         // PATH is always set: it resolves
         let text = SAMPLE.replace("\"BACKENDSECRET\"", "\"env:PATH\"");
         let cfg = FileConfig::parse(&text).unwrap();
-        let CredentialSpec::StaticHmac { secret_key, .. } = &cfg.backends[0].credentials;
+        let CredentialSpec::StaticHmac { secret_key, .. } = &cfg.backends[0].credentials else {
+            panic!("not static_hmac")
+        };
         assert_eq!(*secret_key.expose(), std::env::var("PATH").unwrap());
     }
 
@@ -2384,5 +2386,49 @@ url = \"http://127.0.0.1:50061\"
             "",
         );
         assert!(FileConfig::parse(&neither).is_err());
+    }
+
+    #[test]
+    fn exchanged_backend_credentials() {
+        let flat = "access_key = \"BACKENDKEY\"\nsecret_key = \"BACKENDSECRET\"";
+        let ibm = SAMPLE.replace(
+            flat,
+            "credentials = { kind = \"ibm_iam\", api_key = \"env:PATH\", service_instance_id = \"crn:v1:x\" }",
+        );
+        let cfg = FileConfig::parse(&ibm).unwrap();
+        let CredentialSpec::IbmIam { api_key, .. } = &cfg.backends[0].credentials else {
+            panic!("{:?}", cfg.backends[0].credentials)
+        };
+        assert_eq!(*api_key.expose(), std::env::var("PATH").unwrap());
+        let aws = SAMPLE.replace(
+            flat,
+            "credentials = { kind = \"aws_assume_role\", role_arn = \"arn:aws:iam::123456789012:role/s3gate\", \
+             access_key = \"AKIAX\", secret_key = \"ROLESECRETX\", duration = \"2h\" }",
+        );
+        let cfg = FileConfig::parse(&aws).unwrap();
+        assert_eq!(cfg.backends[0].credentials.kind(), "aws_assume_role");
+        // Errors name the entry, the field and the line; never the secret.
+        let e = FileConfig::parse(&aws.replace("\"2h\"", "\"13h\""))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("line 9") && e.contains("backends[0] (\"local\")") && e.contains("duration"),
+            "{e}"
+        );
+        assert!(!e.contains("ROLESECRETX"), "{e}");
+        let e = FileConfig::parse(&ibm.replace("env:PATH", "env:S3GATE_TEST_UNSET_VAR_XYZ"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("api_key") && e.contains("S3GATE_TEST_UNSET_VAR_XYZ"),
+            "{e}"
+        );
+        let e = FileConfig::parse(&ibm.replace(
+            "kind = \"ibm_iam\", ",
+            "kind = \"ibm_iam\", role_arn = \"x\", ",
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("role_arn"), "{e}");
     }
 }

@@ -14,6 +14,8 @@
 //! | `p:sessions` | sorted set | session access key → expiry (unix seconds); kept a day past expiry, so an expired key is told apart from an unknown one |
 //! | `p:sessions-of:<principal>` | sorted set | the principal's session access keys → expiry, for revoke-by-principal; expires with its last session |
 //! | `p:session-token:<access key>` | string | base64 SHA-256 of the session's token; kept a day past expiry, so that only a caller showing the token hears `ExpiredToken` |
+//! | `p:exchange-lock:<backend>` | string | the replica exchanging the backend's long-lived credential right now (`SET NX PX`) |
+//! | `p:exchanged:<backend>` | string | the temporary credential that exchange got, sealed whole with `exchanged:<backend>`; `PEXPIREAT` its expiry |
 //!
 //! Sessions are not part of the versioned state: they are written without
 //! touching `p:version`, and read one at a time (a data plane's key-cache
@@ -118,6 +120,10 @@ struct Names {
     sessions_of: String,
     /// `p:session-token:`, followed by an access key.
     session_token: String,
+    /// `p:exchange-lock:`, followed by a backend name.
+    exchange_lock: String,
+    /// `p:exchanged:`, followed by a backend name.
+    exchanged: String,
 }
 
 /// What `p:events` carries.
@@ -505,6 +511,94 @@ impl Store for RedisStore {
             (None, Some(expires)) if (expires as i64) <= now => known_expired(expires as i64),
             (None, _) => SessionLookup::Unknown,
         })
+    }
+
+    fn shares_exchanges(&self) -> bool {
+        true
+    }
+
+    async fn lock_exchange(
+        &self,
+        backend: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let key = format!("{}{backend}", self.inner.names.exchange_lock);
+        let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        let set: Option<String> = self
+            .inner
+            .on_shared(|mut conn| {
+                let mut cmd = redis::cmd("SET");
+                cmd.arg(&key).arg(holder).arg("NX").arg("PX").arg(ms);
+                async move { call(cmd.query_async(&mut conn)).await }
+            })
+            .await?;
+        Ok(set.is_some())
+    }
+
+    async fn unlock_exchange(&self, backend: &str, holder: &str) -> Result<(), StoreError> {
+        let key = format!("{}{backend}", self.inner.names.exchange_lock);
+        // Only the holder's own lock: one that expired and was taken by
+        // another replica stays.
+        const UNLOCK: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then \
+                              return redis.call('DEL', KEYS[1]) else return 0 end";
+        let _: i64 = self
+            .inner
+            .on_shared(|mut conn| {
+                let mut cmd = redis::cmd("EVAL");
+                cmd.arg(UNLOCK).arg(1).arg(&key).arg(holder);
+                async move { call(cmd.query_async(&mut conn)).await }
+            })
+            .await?;
+        Ok(())
+    }
+
+    async fn exchanged(&self, backend: &str) -> Result<Option<Secret>, StoreError> {
+        let key = format!("{}{backend}", self.inner.names.exchanged);
+        let sealed: Option<String> = self
+            .inner
+            .on_shared(|mut conn| {
+                let mut cmd = redis::cmd("GET");
+                cmd.arg(&key);
+                async move { call(cmd.query_async(&mut conn)).await }
+            })
+            .await?;
+        sealed
+            .map(|sealed| {
+                self.inner
+                    .master
+                    .open(&sealed, &exchanged_context(backend))
+                    .map_err(|e| {
+                        StoreError::Corrupt(format!("exchanged credential of {backend}: {e}"))
+                    })
+            })
+            .transpose()
+    }
+
+    async fn put_exchanged(
+        &self,
+        backend: &str,
+        value: &Secret,
+        expires_unix: i64,
+    ) -> Result<(), StoreError> {
+        let key = format!("{}{backend}", self.inner.names.exchanged);
+        let sealed = self.inner.seal(value, &exchanged_context(backend))?;
+        let at_ms = expires_unix.saturating_mul(1000);
+        let _: () = self
+            .inner
+            .on_shared(|mut conn| {
+                let mut p = redis::pipe();
+                p.atomic()
+                    .set(&key, &sealed)
+                    .ignore()
+                    .cmd("PEXPIREAT")
+                    .arg(&key)
+                    .arg(at_ms)
+                    .ignore();
+                async move { call(p.query_async(&mut conn)).await }
+            })
+            .await?;
+        Ok(())
     }
 
     async fn sessions(&self, principal: Option<&str>) -> Result<Vec<SessionInfo>, StoreError> {
@@ -1076,6 +1170,8 @@ impl Names {
             session: format!("{prefix}:session:"),
             sessions_of: format!("{prefix}:sessions-of:"),
             session_token: format!("{prefix}:session-token:"),
+            exchange_lock: format!("{prefix}:exchange-lock:"),
+            exchanged: format!("{prefix}:exchanged:"),
         }
     }
 }
@@ -1265,6 +1361,10 @@ fn backend_context(name: &str) -> String {
 
 fn session_token_context(name: &str) -> String {
     format!("backend:{name}:session-token")
+}
+
+fn exchanged_context(backend: &str) -> String {
+    format!("exchanged:{backend}")
 }
 
 fn session_context(access_key: &str) -> String {

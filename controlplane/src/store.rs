@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use tokio::sync::broadcast;
 
+use crate::config::Secret;
 use crate::session::{
     SessionInfo, SessionLimits, SessionLookup, SessionRecord, SessionTarget, EXPIRED_KNOWN_FOR,
 };
@@ -98,6 +99,49 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes sessions and tells every replica (`Touched::Sessions`), so
     /// data planes drop what they cached. Returns the access keys revoked.
     async fn revoke_sessions(&self, target: &SessionTarget) -> Result<Vec<String>, StoreError>;
+
+    // Exchanged backend credentials (`crate::sources::exchanged`): one
+    // exchange at a time per backend across the replicas sharing the store,
+    // and its result shared. A store that is one replica's own (memory)
+    // shares nothing: the defaults say so.
+
+    /// Whether other replicas share this store (and so exchanges).
+    fn shares_exchanges(&self) -> bool {
+        false
+    }
+
+    /// Takes `backend`'s exchange lock for `holder` for at most `ttl`;
+    /// `false`: another holder has it.
+    async fn lock_exchange(
+        &self,
+        _backend: &str,
+        _holder: &str,
+        _ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        Ok(true)
+    }
+
+    /// Releases the lock if `holder` still has it.
+    async fn unlock_exchange(&self, _backend: &str, _holder: &str) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// The last exchange's result for `backend` (as given to
+    /// [`Store::put_exchanged`]), unless it has expired.
+    async fn exchanged(&self, _backend: &str) -> Result<Option<Secret>, StoreError> {
+        Ok(None)
+    }
+
+    /// Keeps an exchange's result (a secret: sealed at rest) until
+    /// `expires_unix`.
+    async fn put_exchanged(
+        &self,
+        _backend: &str,
+        _value: &Secret,
+        _expires_unix: i64,
+    ) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 // === MemoryStore ===

@@ -898,3 +898,136 @@ async fn sessions_are_bounded_in_all_and_per_principal() {
         .await
         .unwrap();
 }
+
+/// IBM IAM and AWS AssumeRole backends: every secret sealed per field (the
+/// dump holds none), and each read back as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exchanged_kinds_are_sealed_and_round_trip() {
+    let redis = RedisServer::start();
+    let m = master();
+    let store = store(&redis, &m).await;
+    store.seed(&State::default()).await.unwrap();
+    let ibm = BackendRecord {
+        credentials: CredentialSpec::IbmIam {
+            api_key: Secret::new("IBMAPIKEY-VALUE".to_owned()),
+            iam_endpoint: "https://iam.example/identity/token".into(),
+            service_instance_id: Some("crn:v1:instance".into()),
+            ca_bundle: None,
+        },
+        ..backend("ibm")
+    };
+    let aws = BackendRecord {
+        credentials: CredentialSpec::AwsAssumeRole {
+            role_arn: "arn:aws:iam::123456789012:role/s3gate".into(),
+            access_key: "AKIAROLE".into(),
+            secret_key: Secret::new("ROLESECRET-VALUE".to_owned()),
+            session_token: Some(Secret::new("ROLETOKEN-VALUE".to_owned())),
+            sts_endpoint: "https://sts.eu-west-1.amazonaws.com".into(),
+            duration: Duration::from_secs(7200),
+            session_name: "gw".into(),
+            external_id: Some("ext-1".into()),
+            sts_region: None,
+            ca_bundle: None,
+        },
+        ..backend("aws")
+    };
+    store.apply(Change::PutBackend(ibm.clone())).await.unwrap();
+    store.apply(Change::PutBackend(aws.clone())).await.unwrap();
+    let loaded = store.load().await.unwrap();
+    assert_eq!(loaded.backends["ibm"].credentials, ibm.credentials);
+    assert_eq!(loaded.backends["aws"].credentials, aws.credentials);
+
+    let mut conn = redis
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let dump: Vec<(String, String)> = redis::cmd("HGETALL")
+        .arg("s3gate:backends")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let dump = format!("{dump:?}");
+    assert!(
+        dump.contains("AKIAROLE") && dump.contains("crn:v1:instance"),
+        "{dump}"
+    );
+    for secret in ["IBMAPIKEY", "ROLESECRET", "ROLETOKEN"] {
+        assert!(
+            !dump.contains(secret),
+            "{secret} stored in plaintext: {dump}"
+        );
+    }
+    // Another master key cannot open them.
+    let wrong = RedisStore::connect(&redis.url(), master(), DEFAULT_PREFIX)
+        .await
+        .unwrap();
+    assert!(matches!(
+        wrong.load().await.unwrap_err(),
+        StoreError::Corrupt(_)
+    ));
+}
+
+/// The exchange lock is one holder's at a time and released only by it;
+/// the shared result is sealed, expires with the credential, and does not
+/// open under another backend's name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exchange_lock_and_shared_result() {
+    let redis = RedisServer::start();
+    let m = master();
+    let a = store(&redis, &m).await;
+    let b = store(&redis, &m).await;
+    assert!(a.shares_exchanges());
+    let ttl = Duration::from_secs(10);
+    assert!(a.lock_exchange("ibm", "replica-a", ttl).await.unwrap());
+    assert!(!b.lock_exchange("ibm", "replica-b", ttl).await.unwrap());
+    // Another backend's lock is separate.
+    assert!(b.lock_exchange("aws", "replica-b", ttl).await.unwrap());
+    // Only the holder releases it.
+    b.unlock_exchange("ibm", "replica-b").await.unwrap();
+    assert!(!b.lock_exchange("ibm", "replica-b", ttl).await.unwrap());
+    a.unlock_exchange("ibm", "replica-a").await.unwrap();
+    assert!(b.lock_exchange("ibm", "replica-b", ttl).await.unwrap());
+    // The lock expires on its own (a replica that died holding it).
+    assert!(a
+        .lock_exchange("short", "replica-a", Duration::from_millis(200))
+        .await
+        .unwrap());
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(b.lock_exchange("short", "replica-b", ttl).await.unwrap());
+
+    assert!(a.exchanged("ibm").await.unwrap().is_none());
+    let expires = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+        + 2;
+    let value = Secret::new("{\"token\":\"IAMTOKEN-VALUE\"}".to_owned());
+    a.put_exchanged("ibm", &value, expires).await.unwrap();
+    assert_eq!(b.exchanged("ibm").await.unwrap().unwrap(), value);
+    let mut conn = redis
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let raw: String = redis::cmd("GET")
+        .arg("s3gate:exchanged:ibm")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(!raw.contains("IAMTOKEN"), "{raw}");
+    // Moved to another backend's key, it does not open.
+    let _: () = redis::cmd("SET")
+        .arg("s3gate:exchanged:other")
+        .arg(&raw)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(matches!(
+        b.exchanged("other").await.unwrap_err(),
+        StoreError::Corrupt(_)
+    ));
+    // Gone with its expiry.
+    tokio::time::sleep(Duration::from_millis(3100)).await;
+    assert!(a.exchanged("ibm").await.unwrap().is_none());
+}

@@ -218,6 +218,7 @@ impl fmt::Debug for pb::backend_credentials::Auth {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Sigv4(c) => c.fmt(f),
+            Self::Bearer(c) => c.fmt(f),
         }
     }
 }
@@ -234,6 +235,15 @@ fn key_pair_debug(f: &mut fmt::Formatter<'_>, name: &str, access_key: &str) -> f
 impl fmt::Debug for pb::SigV4Credentials {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         key_pair_debug(f, "SigV4Credentials", &self.access_key)
+    }
+}
+
+impl fmt::Debug for pb::BearerCredentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BearerCredentials")
+            .field("token", &"<redacted>")
+            .field("service_instance_id", &self.service_instance_id)
+            .finish()
     }
 }
 
@@ -856,6 +866,13 @@ impl From<&BackendCredentials> for pb::BackendCredentials {
                     .map(|t| t.expose().clone())
                     .unwrap_or_default(),
             }),
+            BackendAuth::Bearer {
+                token,
+                service_instance_id,
+            } => Auth::Bearer(pb::BearerCredentials {
+                token: token.expose().clone(),
+                service_instance_id: service_instance_id.clone().unwrap_or_default(),
+            }),
         };
         pb::BackendCredentials {
             expires_unix: c.expires_unix.unwrap_or_default(),
@@ -879,6 +896,11 @@ impl TryFrom<pb::BackendCredentials> for BackendCredentials {
                         .then(|| Redacted::new(s.session_token)),
                 }
             }
+            Some(Auth::Bearer(b)) if !b.token.is_empty() => BackendAuth::Bearer {
+                token: Redacted::new(b.token),
+                service_instance_id: (!b.service_instance_id.is_empty())
+                    .then_some(b.service_instance_id),
+            },
             _ => return Err(DecodeError("route without usable credentials")),
         };
         Ok(BackendCredentials {
@@ -937,6 +959,34 @@ impl fmt::Debug for pb::KeyWithSecret {
 impl fmt::Debug for pb::StaticHmacSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         key_pair_debug(f, "StaticHmacSpec", &self.access_key)
+    }
+}
+
+impl fmt::Debug for pb::IbmIamSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IbmIamSpec")
+            .field("api_key", &"<redacted>")
+            .field("iam_endpoint", &self.iam_endpoint)
+            .field("service_instance_id", &self.service_instance_id)
+            .field("ca_bundle", &self.ca_bundle)
+            .finish()
+    }
+}
+
+impl fmt::Debug for pb::AwsAssumeRoleSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AwsAssumeRoleSpec")
+            .field("role_arn", &self.role_arn)
+            .field("access_key", &self.access_key)
+            .field("secret_key", &"<redacted>")
+            .field("session_token", &"<redacted>")
+            .field("sts_endpoint", &self.sts_endpoint)
+            .field("duration_seconds", &self.duration_seconds)
+            .field("session_name", &self.session_name)
+            .field("external_id", &self.external_id)
+            .field("ca_bundle", &self.ca_bundle)
+            .field("sts_region", &self.sts_region)
+            .finish()
     }
 }
 
@@ -1264,6 +1314,56 @@ mod tests {
         }
         let mut empty = pb::BackendCredentials::from(&BackendCredentials::try_from(c).unwrap());
         empty.auth = None;
+        assert!(BackendCredentials::try_from(empty).is_err());
+        let bearer = pb::BackendCredentials {
+            expires_unix: 0,
+            per_principal: false,
+            auth: Some(pb::backend_credentials::Auth::Bearer(
+                pb::BearerCredentials {
+                    token: "iam-token-value".into(),
+                    service_instance_id: "crn:x".into(),
+                },
+            )),
+        };
+        let ibm = pb::IbmIamSpec {
+            api_key: "api-key-value".into(),
+            ..Default::default()
+        };
+        let aws = pb::AwsAssumeRoleSpec {
+            secret_key: "role-secret".into(),
+            session_token: "role-token".into(),
+            ..Default::default()
+        };
+        let dbg = format!("{bearer:?} {ibm:?} {aws:?}");
+        for secret in [
+            "iam-token-value",
+            "api-key-value",
+            "role-secret",
+            "role-token",
+        ] {
+            assert!(!dbg.contains(secret), "{dbg}");
+        }
+        assert!(dbg.contains("crn:x"), "{dbg}");
+    }
+
+    #[test]
+    fn bearer_credentials_round_trip() {
+        let creds = BackendCredentials {
+            auth: BackendAuth::Bearer {
+                token: Redacted::new("tok"),
+                service_instance_id: Some("crn:v1:x".into()),
+            },
+            expires_unix: Some(1_900_000_000),
+            per_principal: false,
+        };
+        assert_eq!(
+            BackendCredentials::try_from(pb::BackendCredentials::from(&creds)).unwrap(),
+            creds
+        );
+        let mut empty = pb::BackendCredentials::from(&creds);
+        empty.auth = Some(pb::backend_credentials::Auth::Bearer(
+            pb::BearerCredentials::default(),
+        ));
         assert!(BackendCredentials::try_from(empty).is_err());
     }
 }

@@ -545,13 +545,22 @@ pub enum BackendAuth {
         secret_key: Redacted<String>,
         session_token: Option<Redacted<String>>,
     },
+    /// `Authorization: Bearer <token>` instead of a signature (IBM Cloud
+    /// Object Storage with an IAM token); `ibm-service-instance-id` too
+    /// when set.
+    Bearer {
+        token: Redacted<String>,
+        service_instance_id: Option<String>,
+    },
 }
 
 impl BackendCredentials {
-    /// What may be shown of them (the access key id); never a secret.
+    /// What may be shown of them (the access key id; empty for a bearer
+    /// token); never a secret.
     pub fn public_id(&self) -> &str {
         match &self.auth {
             BackendAuth::SigV4 { access_key, .. } => access_key,
+            BackendAuth::Bearer { .. } => "",
         }
     }
 }

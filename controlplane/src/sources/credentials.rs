@@ -51,7 +51,7 @@ impl StaticHmac {
         let by_backend = state
             .backends
             .values()
-            .map(|b| match &b.credentials {
+            .filter_map(|b| match &b.credentials {
                 CredentialSpec::StaticHmac {
                     access_key,
                     secret_key,
@@ -66,8 +66,10 @@ impl StaticHmac {
                         },
                         expires_unix: None,
                     };
-                    (b.name.clone(), Arc::new(creds))
+                    Some((b.name.clone(), Arc::new(creds)))
                 }
+                // Exchanged first: `super::exchanged`.
+                CredentialSpec::IbmIam { .. } | CredentialSpec::AwsAssumeRole { .. } => None,
             })
             .collect();
         Self { by_backend }

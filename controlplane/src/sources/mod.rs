@@ -5,7 +5,7 @@
 //! |---|---|---|---|
 //! | identity | [`IdentitySource`] | access key → principal + derived signing key; token or certificate → identity | [`identity::Keys`] (s3gate-issued keys), [`mtls::ClientCertificates`] (verified client certificates), [`oidc::Oidc`] (JWT bearer tokens, standing), [`sessions::Sessions`] (STS session keys, standing), [`sql::identity::SqlKeys`] (`[[identity]] kind = "sql"`, standing) |
 //! | policy | [`PolicySource`] | request → allow / deny / abstain, with reason, scope, TTL | [`policy::Rules`] (built-in rules), [`sql::policy::SqlPolicy`] (`[[policy]] kind = "sql"`, standing) |
-//! | credentials | [`CredentialSource`] | backend → the credentials to sign with, and until when | [`credentials::StaticHmac`], [`plugin::PluginCredentials`] and [`sql::credentials::SqlCredentialSources`] (per bucket, asked first) |
+//! | credentials | [`CredentialSource`] | backend → the credentials to sign with, and until when | [`credentials::StaticHmac`], [`exchanged::ExchangedCredentials`] (IBM IAM tokens and STS sessions, refreshed by the standing [`exchanged::Exchanges`]), [`plugin::PluginCredentials`] and [`sql::credentials::SqlCredentialSources`] (per bucket, asked first) |
 //!
 //! A source is a value behind an `Arc<dyn …>`. Two lifetimes:
 //! - **compiled** sources ([`identity::Keys`], [`policy::Rules`],
@@ -25,6 +25,7 @@
 //! replica starts with for a standing one.
 
 pub mod credentials;
+pub mod exchanged;
 pub mod guard;
 pub mod identity;
 pub mod input;
@@ -150,6 +151,9 @@ pub struct Registry {
     pub sql_default_url: Option<Secret>,
     /// The pools of SQL bucket credential sources, kept across snapshots.
     pub bucket_sql: sql::credentials::Pools,
+    /// Exchanged backend credentials (`ibm_iam`, `aws_assume_role`), kept
+    /// across snapshots.
+    pub exchanges: Arc<exchanged::Exchanges>,
 }
 
 impl Default for Registry {
@@ -164,6 +168,7 @@ impl Default for Registry {
             configured_identity: Vec::new(),
             sql_default_url: None,
             bucket_sql: sql::credentials::Pools::default(),
+            exchanges: exchanged::Exchanges::new(None),
         }
     }
 }
@@ -204,6 +209,9 @@ impl Sources {
         let certificates: Arc<dyn IdentitySource> =
             Arc::new(mtls::ClientCertificates::new(cache.key_ttl));
         let hmac: Arc<dyn CredentialSource> = Arc::new(credentials::StaticHmac::from_state(state));
+        let exchanged: Arc<dyn CredentialSource> = Arc::new(
+            exchanged::ExchangedCredentials::from_state(state, &registry.exchanges),
+        );
         // Before the backends' keys: a bucket with a source of its own is
         // answered by it alone.
         let bucket_plugins: Arc<dyn CredentialSource> =
@@ -229,7 +237,7 @@ impl Sources {
                 .chain(registry.configured_identity.iter().cloned())
                 .collect(),
             policy: PolicyChain::new(policy),
-            credentials: [bucket_plugins, bucket_sql, hmac]
+            credentials: [bucket_plugins, bucket_sql, hmac, exchanged]
                 .into_iter()
                 .chain(registry.credentials.iter().cloned())
                 .collect(),

@@ -23,7 +23,7 @@ use std::fmt::Write as _;
 
 use super::authz::Granted;
 use super::payload::{PayloadPlan, UpstreamPayload};
-use super::route::RouteEntry;
+use super::route::{RouteEntry, UpstreamAuth};
 use super::Ctx;
 use crate::body::{Body, CollectError};
 use crate::error::Error;
@@ -40,6 +40,9 @@ const DROP_REQUEST: &[&str] = &[
     "expect",
     "forwarded",
     "host",
+    // The gateway says which IBM service instance (from the backend's
+    // credentials); a client never does.
+    "ibm-service-instance-id",
     "keep-alive",
     "proxy-authenticate",
     "proxy-authorization",
@@ -135,6 +138,26 @@ pub async fn send(
 
     let headers = upstream_headers(head, &host, &plan, req, source)?;
 
+    let identity = match &route.auth {
+        UpstreamAuth::SigV4(identity) => identity,
+        UpstreamAuth::Bearer {
+            authorization,
+            service_instance_id,
+        } => {
+            return send_bearer(
+                route,
+                head,
+                target,
+                headers,
+                &plan,
+                body,
+                authorization,
+                service_instance_id.as_ref(),
+            )
+            .await
+        }
+    };
+
     // Sign. aws-sigv4 wants &str values: S3 headers must be visible ASCII anyway.
     let mut pairs = Vec::with_capacity(headers.len());
     for (name, value) in &headers {
@@ -171,7 +194,7 @@ pub async fn send(
     settings.uri_path_normalization_mode = UriPathNormalizationMode::Disabled;
     settings.payload_checksum_kind = PayloadChecksumKind::XAmzSha256;
     let params = v4::SigningParams::builder()
-        .identity(&route.identity)
+        .identity(identity)
         .region(&backend.region)
         .name("s3")
         .time(SystemTime::now())
@@ -201,6 +224,61 @@ pub async fn send(
     *upstream.headers_mut() = headers;
     instructions.apply_to_request_http1x(&mut upstream);
 
+    route
+        .client
+        .request(upstream)
+        .await
+        .map_err(|e| Error::Upstream(Box::new(e)))
+}
+
+/// A request authenticated with a bearer token (IBM COS with an IAM
+/// token) instead of a signature. `x-amz-content-sha256` still says what
+/// the body is, as it would in a signed request: a streaming body needs it
+/// (`STREAMING-UNSIGNED-PAYLOAD-TRAILER`), and a digest lets the backend
+/// check the bytes. `ibm-service-instance-id` goes on every request when
+/// set (IBM needs it to create and list buckets, and ignores it elsewhere).
+#[allow(clippy::too_many_arguments)]
+async fn send_bearer(
+    route: &RouteEntry,
+    head: &Parts,
+    target: String,
+    mut headers: HeaderMap,
+    plan: &PayloadPlan,
+    body: Body,
+    authorization: &HeaderValue,
+    service_instance_id: Option<&HeaderValue>,
+) -> Result<Response<Incoming>, Error> {
+    let content_sha256 = match &plan.upstream {
+        UpstreamPayload::Sha256(hex) => HeaderValue::from_str(hex),
+        UpstreamPayload::Replaced { sha256_hex, .. } => HeaderValue::from_str(sha256_hex),
+        UpstreamPayload::Unsigned => Ok(HeaderValue::from_static("UNSIGNED-PAYLOAD")),
+        UpstreamPayload::UnsignedTrailer { .. } => Ok(HeaderValue::from_static(
+            "STREAMING-UNSIGNED-PAYLOAD-TRAILER",
+        )),
+    }
+    .map_err(|_| Error::Config("invalid payload digest".to_owned()))?;
+    headers.insert(
+        HeaderName::from_static("x-amz-content-sha256"),
+        content_sha256,
+    );
+    headers.insert(http::header::AUTHORIZATION, authorization.clone());
+    if let Some(id) = service_instance_id {
+        headers.insert(
+            HeaderName::from_static("ibm-service-instance-id"),
+            id.clone(),
+        );
+    }
+    let mut upstream = Request::builder()
+        .method(head.method.clone())
+        .uri(target.as_str())
+        .body(body)
+        .map_err(|e| {
+            Error::S3(S3Error::new(
+                S3ErrorCode::InvalidURI,
+                format!("invalid upstream request: {e}"),
+            ))
+        })?;
+    *upstream.headers_mut() = headers;
     route
         .client
         .request(upstream)

@@ -27,13 +27,14 @@ use aws_sigv4::http_request::{
     UriPathNormalizationMode,
 };
 use aws_sigv4::sign::v4;
-use http::header::CONTENT_TYPE;
+use http::header::{HeaderName, CONTENT_TYPE};
 use http::{HeaderValue, Request, Response};
 use quick_xml::events::Event;
 use s3gate_proto::{BackendListing, Resource};
 use s3gate_s3::xml::escape;
 
 use super::authz::{self, Asker};
+use super::route::UpstreamAuth;
 use super::Ctx;
 use crate::body::{self, Body};
 use crate::error::Error;
@@ -160,37 +161,53 @@ async fn list_backend(cx: &Ctx, b: &BackendListing) -> Result<Vec<Listed>, ListE
         .ok()
         .and_then(|u| u.authority().map(|a| a.as_str().to_owned()))
         .ok_or_else(|| ListError::Request("endpoint has no host".to_owned()))?;
-    let identity = super::route::identity_of(&b.credentials.auth);
-    let mut settings = SigningSettings::default();
-    settings.percent_encoding_mode = PercentEncodingMode::Single;
-    settings.uri_path_normalization_mode = UriPathNormalizationMode::Disabled;
-    settings.payload_checksum_kind = PayloadChecksumKind::XAmzSha256;
-    let params = v4::SigningParams::builder()
-        .identity(&identity)
-        .region(&backend.region)
-        .name("s3")
-        .time(SystemTime::now())
-        .settings(settings)
-        .build()
-        .map_err(|e| ListError::Request(format!("signing parameters: {e}")))?
-        .into();
-    let signable = SignableRequest::new(
-        "GET",
-        uri.as_str(),
-        [("host", host.as_str())].into_iter(),
-        SignableBody::Bytes(&[]),
-    )
-    .map_err(|e| ListError::Request(format!("cannot sign: {e}")))?;
-    let (instructions, _signature) = sign(signable, &params)
-        .map_err(|e| ListError::Request(format!("cannot sign: {e}")))?
-        .into_parts();
     let mut request = Request::builder()
         .method(http::Method::GET)
         .uri(uri.as_str())
         .header(http::header::HOST, host.as_str())
         .body(body::empty())
         .map_err(|e| ListError::Request(e.to_string()))?;
-    instructions.apply_to_request_http1x(&mut request);
+    match super::route::upstream_auth(&b.credentials.auth, &backend.name)
+        .map_err(ListError::Request)?
+    {
+        UpstreamAuth::SigV4(identity) => {
+            let mut settings = SigningSettings::default();
+            settings.percent_encoding_mode = PercentEncodingMode::Single;
+            settings.uri_path_normalization_mode = UriPathNormalizationMode::Disabled;
+            settings.payload_checksum_kind = PayloadChecksumKind::XAmzSha256;
+            let params = v4::SigningParams::builder()
+                .identity(&identity)
+                .region(&backend.region)
+                .name("s3")
+                .time(SystemTime::now())
+                .settings(settings)
+                .build()
+                .map_err(|e| ListError::Request(format!("signing parameters: {e}")))?
+                .into();
+            let signable = SignableRequest::new(
+                "GET",
+                uri.as_str(),
+                [("host", host.as_str())].into_iter(),
+                SignableBody::Bytes(&[]),
+            )
+            .map_err(|e| ListError::Request(format!("cannot sign: {e}")))?;
+            let (instructions, _signature) = sign(signable, &params)
+                .map_err(|e| ListError::Request(format!("cannot sign: {e}")))?
+                .into_parts();
+            instructions.apply_to_request_http1x(&mut request);
+        }
+        // IBM COS lists the buckets of the service instance it is told.
+        UpstreamAuth::Bearer {
+            authorization,
+            service_instance_id,
+        } => {
+            let headers = request.headers_mut();
+            headers.insert(http::header::AUTHORIZATION, authorization);
+            if let Some(id) = service_instance_id {
+                headers.insert(HeaderName::from_static("ibm-service-instance-id"), id);
+            }
+        }
+    }
 
     let fetch = async {
         let response = client

@@ -55,11 +55,23 @@ pub type PrincipalRouteCache = Cache<(String, Arc<str>), Arc<RouteEntry>>;
 pub struct RouteEntry {
     pub route: Route,
     pub client: HttpClient,
-    /// The backend credentials in the form aws-sigv4 signs with.
-    pub identity: Identity,
+    /// How backend requests are authenticated, built once per fill.
+    pub auth: UpstreamAuth,
     /// The bucket's CORS rules, compiled; cached and invalidated with the
     /// route.
     pub cors: Arc<super::cors::Rules>,
+}
+
+/// The backend credentials in the form a request takes them.
+pub enum UpstreamAuth {
+    /// Signed with SigV4: the credentials as aws-sigv4 takes them.
+    SigV4(Identity),
+    /// `Authorization: Bearer …` (marked sensitive, so no HTTP layer logs
+    /// it) and, when set, `ibm-service-instance-id`.
+    Bearer {
+        authorization: http::HeaderValue,
+        service_instance_id: Option<http::HeaderValue>,
+    },
 }
 
 struct RouteTtl;
@@ -211,31 +223,55 @@ async fn fill(
         .upstreams
         .client_for(&route.backend)
         .map_err(|m| Error::Config(format!("backend {}: {m}", route.backend.name)))?;
-    let identity = identity_of(&route.credentials.auth);
+    let auth =
+        upstream_auth(&route.credentials.auth, &route.backend.name).map_err(Error::ControlPlane)?;
     Ok(Arc::new(RouteEntry {
         cors: Arc::new(super::cors::Rules::compile(&route.cors)),
         route,
         client,
-        identity,
+        auth,
     }))
 }
 
-/// Backend credentials in the form aws-sigv4 signs with.
-pub fn identity_of(auth: &BackendAuth) -> Identity {
-    match auth {
+/// Backend credentials in the form a request takes them: an identity
+/// aws-sigv4 signs with, or the bearer headers.
+pub fn upstream_auth(auth: &BackendAuth, backend: &str) -> Result<UpstreamAuth, String> {
+    Ok(match auth {
         BackendAuth::SigV4 {
             access_key,
             secret_key,
             session_token,
-        } => Credentials::new(
-            access_key.clone(),
-            secret_key.expose().clone(),
-            session_token.as_ref().map(|t| t.expose().clone()),
-            None,
-            "s3gate-backend",
-        )
-        .into(),
-    }
+        } => UpstreamAuth::SigV4(
+            Credentials::new(
+                access_key.clone(),
+                secret_key.expose().clone(),
+                session_token.as_ref().map(|t| t.expose().clone()),
+                None,
+                "s3gate-backend",
+            )
+            .into(),
+        ),
+        BackendAuth::Bearer {
+            token,
+            service_instance_id,
+        } => {
+            let bad =
+                || format!("backend {backend}: the bearer credential is not a valid header value");
+            let mut authorization =
+                http::HeaderValue::from_str(&format!("Bearer {}", token.expose()))
+                    .map_err(|_| bad())?;
+            authorization.set_sensitive(true);
+            let service_instance_id = service_instance_id
+                .as_deref()
+                .map(http::HeaderValue::from_str)
+                .transpose()
+                .map_err(|_| bad())?;
+            UpstreamAuth::Bearer {
+                authorization,
+                service_instance_id,
+            }
+        }
+    })
 }
 
 /// The route of a CopyObject source. A copy runs inside one backend, so the

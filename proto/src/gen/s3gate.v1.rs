@@ -270,7 +270,7 @@ pub struct BackendCredentials {
     /// shared by every principal of the bucket.
     #[prost(bool, tag = "6")]
     pub per_principal: bool,
-    #[prost(oneof = "backend_credentials::Auth", tags = "5")]
+    #[prost(oneof = "backend_credentials::Auth", tags = "5, 7")]
     pub auth: ::core::option::Option<backend_credentials::Auth>,
 }
 /// Nested message and enum types in `BackendCredentials`.
@@ -281,6 +281,8 @@ pub mod backend_credentials {
     pub enum Auth {
         #[prost(message, tag = "5")]
         Sigv4(super::SigV4Credentials),
+        #[prost(message, tag = "7")]
+        Bearer(super::BearerCredentials),
     }
 }
 /// Requests are signed with AWS Signature Version 4.
@@ -295,6 +297,18 @@ pub struct SigV4Credentials {
     /// Empty for long-term keys.
     #[prost(string, tag = "3")]
     pub session_token: ::prost::alloc::string::String,
+}
+/// Requests carry `Authorization: Bearer <token>` instead of a signature
+/// (IBM Cloud Object Storage with an IAM token).
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+#[prost(skip_debug)]
+pub struct BearerCredentials {
+    #[prost(string, tag = "1")]
+    pub token: ::prost::alloc::string::String,
+    /// Sent as ibm-service-instance-id when not empty.
+    #[prost(string, tag = "2")]
+    pub service_instance_id: ::prost::alloc::string::String,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, ::prost::Message)]
@@ -1833,7 +1847,7 @@ pub struct BackendInfo {
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct CredentialSpec {
-    #[prost(oneof = "credential_spec::Kind", tags = "1")]
+    #[prost(oneof = "credential_spec::Kind", tags = "1, 2, 3")]
     pub kind: ::core::option::Option<credential_spec::Kind>,
 }
 /// Nested message and enum types in `CredentialSpec`.
@@ -1843,6 +1857,10 @@ pub mod credential_spec {
     pub enum Kind {
         #[prost(message, tag = "1")]
         StaticHmac(super::StaticHmacSpec),
+        #[prost(message, tag = "2")]
+        IbmIam(super::IbmIamSpec),
+        #[prost(message, tag = "3")]
+        AwsAssumeRole(super::AwsAssumeRoleSpec),
     }
 }
 #[allow(clippy::all)]
@@ -1857,6 +1875,58 @@ pub struct StaticHmacSpec {
     pub secret_key: ::prost::alloc::string::String,
     #[prost(string, tag = "3")]
     pub session_token: ::prost::alloc::string::String,
+}
+/// An IBM Cloud API key, exchanged at IAM for short-lived bearer tokens.
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+#[prost(skip_debug)]
+pub struct IbmIamSpec {
+    /// Empty in listings; on an update of the same kind, empty keeps the
+    /// stored one.
+    #[prost(string, tag = "1")]
+    pub api_key: ::prost::alloc::string::String,
+    /// Empty: <https://iam.cloud.ibm.com/identity/token.>
+    #[prost(string, tag = "2")]
+    pub iam_endpoint: ::prost::alloc::string::String,
+    /// Sent as ibm-service-instance-id (bucket creation and listing need it).
+    #[prost(string, tag = "3")]
+    pub service_instance_id: ::prost::alloc::string::String,
+    /// PEM file of extra CA certificates trusted for the IAM endpoint.
+    #[prost(string, tag = "4")]
+    pub ca_bundle: ::prost::alloc::string::String,
+}
+/// An access key pair that assumes a role through STS; the session is what
+/// requests are signed with.
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+#[prost(skip_debug)]
+pub struct AwsAssumeRoleSpec {
+    #[prost(string, tag = "1")]
+    pub role_arn: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub access_key: ::prost::alloc::string::String,
+    /// Empty in listings; on an update of the same kind, empty keeps the
+    /// stored one.
+    #[prost(string, tag = "3")]
+    pub secret_key: ::prost::alloc::string::String,
+    #[prost(string, tag = "4")]
+    pub session_token: ::prost::alloc::string::String,
+    /// Empty: <https://sts.amazonaws.com.>
+    #[prost(string, tag = "5")]
+    pub sts_endpoint: ::prost::alloc::string::String,
+    /// Seconds; 0: one hour.
+    #[prost(uint64, tag = "6")]
+    pub duration_seconds: u64,
+    /// Empty: "s3gate".
+    #[prost(string, tag = "7")]
+    pub session_name: ::prost::alloc::string::String,
+    #[prost(string, tag = "8")]
+    pub external_id: ::prost::alloc::string::String,
+    #[prost(string, tag = "9")]
+    pub ca_bundle: ::prost::alloc::string::String,
+    /// The region STS requests are signed for; empty: from the endpoint.
+    #[prost(string, tag = "10")]
+    pub sts_region: ::prost::alloc::string::String,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]

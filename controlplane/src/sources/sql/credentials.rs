@@ -356,7 +356,10 @@ mod tests {
             secret_key,
             session_token,
             ..
-        } = &c.auth;
+        } = &c.auth
+        else {
+            panic!("{c:?}")
+        };
         assert_eq!(secret_key.expose(), "sk-alice-hunter2");
         assert!(session_token.is_none());
         assert!(!format!("{c:?}").contains("hunter2"));
@@ -367,7 +370,9 @@ mod tests {
             .await
             .unwrap()
             .unwrap();
-        let BackendAuth::SigV4 { session_token, .. } = &c.auth;
+        let BackendAuth::SigV4 { session_token, .. } = &c.auth else {
+            panic!("{c:?}")
+        };
         assert_eq!(
             (
                 c.public_id(),
