@@ -2096,6 +2096,52 @@ resources = ["data", "data/reports/*"]
         assert!(FileConfig::parse(SAMPLE).unwrap().warnings.is_empty());
     }
 
+    #[test]
+    fn bucket_patterns_templates_and_the_default_backend() {
+        let with = |extra: &str| SAMPLE.replace("[[keys]]", &format!("{extra}[[keys]]"));
+        let pattern = |name: &str, bb: &str| {
+            format!("[[buckets]]\nname = \"{name}\"\nbackend = \"local\"\n{bb}")
+        };
+        let text =
+            with(&(pattern("team-*", "backend_bucket = \"prod-{name}\"\n") + &pattern("t*-x", "")));
+        let e = FileConfig::parse_with(&text, Some("s3gate.toml"), LoadOptions::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("buckets[2] (\"t*-x\"): pattern \"t*-x\" overlaps pattern \"team-*\" (some bucket name matches both): buckets[1]"),
+            "{e}"
+        );
+        let e = FileConfig::parse(&with(&pattern("lab-*", "backend_bucket = \"fixed\"\n")))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("must contain {name}"), "{e}");
+        // A rule on buckets a pattern serves names a configured bucket.
+        let text = with(&pattern("team-*", "")).replace("\"data/reports/*\"", "\"team-a/*\"");
+        let cfg = FileConfig::parse(&text).unwrap();
+        assert!(cfg.warnings.is_empty(), "{:?}", cfg.warnings);
+        let state = crate::state::State::from_config(&cfg);
+        assert_eq!(state.buckets["team-*"].backend_bucket, "{name}");
+        assert_eq!(state.buckets["data"].backend_bucket, "data-prod");
+        // With a default backend every name is served: no warning.
+        let text = SAMPLE.replace("\"data/reports/*\"", "\"elsewhere/*\"");
+        assert_eq!(FileConfig::parse(&text).unwrap().warnings.len(), 1);
+        let cfg = FileConfig::parse(&format!("default_backend = \"local\"\n{text}")).unwrap();
+        assert!(cfg.warnings.is_empty(), "{:?}", cfg.warnings);
+        assert_eq!(
+            crate::state::State::from_config(&cfg)
+                .default_backend
+                .as_deref(),
+            Some("local")
+        );
+        let e = FileConfig::parse(&format!("default_backend = \"nope\"\n{SAMPLE}"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("default_backend \"nope\" is not a configured backend"),
+            "{e}"
+        );
+    }
+
     const OIDC: &str = r#"
 [[oidc]]
 name = "corp"
