@@ -316,6 +316,30 @@ Examples:
         /// file paths.
         #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "true|false")]
         key_segment_guard: bool,
+        /// Egress proxy towards the backend, http://host:port: CONNECT for
+        /// an https endpoint, absolute-form requests for an http one.
+        /// Without it the data plane's HTTPS_PROXY/HTTP_PROXY/NO_PROXY apply.
+        #[arg(long, value_name = "URL")]
+        proxy: Option<String>,
+        /// A host, domain (and its subdomains), address or CIDR reached
+        /// without the proxy, as in NO_PROXY; repeat or separate with commas.
+        #[arg(long, value_name = "HOST", value_delimiter = ',')]
+        no_proxy: Vec<String>,
+        /// env:VAR: the variable in each data plane's environment holding
+        /// user:password for the proxy (the secret never leaves it).
+        #[arg(long, value_name = "env:VAR")]
+        proxy_credentials: Option<String>,
+        /// Requests in flight to the backend at once (one connection
+        /// each); more wait up to 2 s for a slot, then get 503 SlowDown.
+        #[arg(long, value_name = "N", default_value_t = s3gate_proto::DEFAULT_MAX_CONNECTIONS)]
+        max_connections: u32,
+        /// TCP connect, proxy CONNECT and TLS handshake together (default:
+        /// the data plane's --upstream-connect-timeout).
+        #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+        connect_timeout: Option<std::time::Duration>,
+        /// From the request sent to the backend's response headers.
+        #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = humantime::parse_duration)]
+        response_timeout: std::time::Duration,
     },
     /// List backends: endpoints, regions and access keys (never secrets).
     #[command(after_help = "\
@@ -784,7 +808,26 @@ async fn execute(mut client: Client, args: AdminArgs) -> anyhow::Result<()> {
                 ca_bundle,
                 insecure_skip_verify,
                 key_segment_guard,
+                proxy,
+                no_proxy,
+                proxy_credentials,
+                max_connections,
+                connect_timeout,
+                response_timeout,
             } => {
+                let egress = s3gate_proto::Egress {
+                    proxy,
+                    no_proxy,
+                    proxy_credentials,
+                };
+                let limits = s3gate_proto::BackendLimits {
+                    max_connections,
+                    connect_timeout,
+                    response_timeout,
+                };
+                if let Err(m) = egress.validate().and_then(|()| limits.validate()) {
+                    bail!("{m}");
+                }
                 let style = match addressing_style.as_str() {
                     "path" => pb::AddressingStyle::Path,
                     "virtual" => pb::AddressingStyle::Virtual,
@@ -878,6 +921,8 @@ async fn execute(mut client: Client, args: AdminArgs) -> anyhow::Result<()> {
                         insecure_skip_verify,
                         credentials: Some(credentials),
                         literal_keys: !key_segment_guard,
+                        egress: Some(pb::BackendEgress::from(&egress)),
+                        limits: Some(pb::BackendLimits::from(&limits)),
                     }),
                     secret_key: String::new(),
                     session_token: String::new(),
@@ -916,7 +961,8 @@ async fn execute(mut client: Client, args: AdminArgs) -> anyhow::Result<()> {
                                          "addressing_style": style(b.addressing_style), "access_key": b.access_key,
                                          "credentials": credential_kind(b),
                                          "ca_bundle": b.ca_bundle, "insecure_skip_verify": b.insecure_skip_verify,
-                                         "key_segment_guard": !b.literal_keys}))
+                                         "key_segment_guard": !b.literal_keys,
+                                         "egress": egress_json(b), "limits": limits_json(b)}))
                         .collect::<Vec<_>>()),
                 );
             }
@@ -1480,6 +1526,20 @@ fn credential_kind(b: &pb::BackendInfo) -> serde_json::Value {
         }
         None => serde_json::Value::Null,
     }
+}
+
+/// A backend's egress proxy for `backends list --json` (credentials as
+/// their `env:` reference).
+fn egress_json(b: &pb::BackendInfo) -> serde_json::Value {
+    let e = s3gate_proto::Egress::from(b.egress.clone().unwrap_or_default());
+    json!({"proxy": e.proxy, "no_proxy": e.no_proxy, "proxy_credentials": e.proxy_credentials})
+}
+
+fn limits_json(b: &pb::BackendInfo) -> serde_json::Value {
+    let l = s3gate_proto::BackendLimits::from(b.limits.unwrap_or_default());
+    json!({"max_connections": l.max_connections,
+           "connect_timeout": l.connect_timeout.map(|d| humantime::format_duration(d).to_string()),
+           "response_timeout": humantime::format_duration(l.response_timeout).to_string()})
 }
 
 #[cfg(test)]

@@ -222,6 +222,24 @@ fn render(name: &str, cfg: &FileConfig, raw: &FileConfig) -> String {
         }
         line(format!("insecure_skip_verify = {}", b.insecure_skip_verify));
         line(format!("key_segment_guard = {}", b.key_segment_guard));
+        if let Some(proxy) = &b.egress.proxy {
+            line(format!("proxy = {}", q(proxy)));
+        }
+        if !b.egress.no_proxy.is_empty() {
+            line(format!("no_proxy = {}", list(&b.egress.no_proxy)));
+        }
+        if let Some(creds) = &b.egress.proxy_credentials {
+            // An env: reference, never the secret.
+            line(format!("proxy_credentials = {}", q(creds)));
+        }
+        line(format!("max_connections = {}", b.limits.max_connections));
+        if let Some(t) = b.limits.connect_timeout {
+            line(format!("connect_timeout = {}", duration(t)));
+        }
+        line(format!(
+            "response_timeout = {}",
+            duration(b.limits.response_timeout)
+        ));
     }
     for b in &cfg.buckets {
         line(String::new());
@@ -637,6 +655,8 @@ addressing_style = "path"
 credentials = { kind = "static_hmac", access_key = "BACKENDKEY", secret_key = "<redacted>" }
 insecure_skip_verify = false
 key_segment_guard = true
+max_connections = 512
+response_timeout = "1m"
 
 [[backends]]
 name = "other"
@@ -646,6 +666,8 @@ addressing_style = "path"
 credentials = { kind = "static_hmac", access_key = "OTHERKEY", secret_key = "env:PATH", session_token = "<redacted>" }
 insecure_skip_verify = false
 key_segment_guard = true
+max_connections = 512
+response_timeout = "1m"
 
 [[buckets]]
 name = "data"

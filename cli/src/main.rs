@@ -504,6 +504,7 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
             .unwrap_or_default(),
         sigv2: file.auth.sigv2,
         trusted_proxies: TrustedProxies::new(file.trusted_proxies.clone()),
+        proxy_env: s3gate_dataplane::ProxyEnv::from_env(),
         ..Default::default()
     };
     let providers = oidc_providers(&file.oidc)?;
@@ -782,6 +783,7 @@ fn dataplane(args: DataplaneArgs) -> Result<(), Failure> {
         principal_from: args.tls.tls_principal_from,
         sigv2: args.sigv2,
         trusted_proxies: TrustedProxies::new(args.trusted_proxies.clone()),
+        proxy_env: s3gate_dataplane::ProxyEnv::from_env(),
         ..Default::default()
     };
     let tls = match (&args.tls.tls_listen, &args.tls.tls_cert, &args.tls.tls_key) {

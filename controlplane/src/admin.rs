@@ -158,6 +158,8 @@ fn backend_info(b: &BackendRecord) -> pb::BackendInfo {
         insecure_skip_verify: b.insecure_skip_verify,
         credentials: Some(credentials_info(&b.credentials)),
         literal_keys: !b.key_segment_guard,
+        egress: Some(pb::BackendEgress::from(&b.egress)),
+        limits: Some(pb::BackendLimits::from(&b.limits)),
     }
 }
 
@@ -441,6 +443,11 @@ impl Admin for AdminService {
             ca_bundle: (!b.ca_bundle.is_empty()).then_some(b.ca_bundle),
             insecure_skip_verify: b.insecure_skip_verify,
             key_segment_guard: !b.literal_keys,
+            egress: b.egress.map(s3gate_proto::Egress::from).unwrap_or_default(),
+            limits: b
+                .limits
+                .map(s3gate_proto::BackendLimits::from)
+                .unwrap_or_default(),
         };
         let version = self.apply(Change::PutBackend(record)).await?;
         Ok(Response::new(pb::ChangeResponse { version }))

@@ -15,6 +15,7 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use s3gate_proto::{BackendLimits, Egress};
 use serde::{Deserialize, Serialize};
 
 use crate::credential::CredentialSpec;
@@ -335,6 +336,11 @@ pub struct BackendConfig {
     /// that resolves keys as paths would let `reports/../x` out of a
     /// `reports/*` grant. Off only for backends that store keys literally.
     pub key_segment_guard: bool,
+    /// `proxy`, `no_proxy`, `proxy_credentials`: the egress proxy towards
+    /// the backend (none: the data plane's environment decides).
+    pub egress: Egress,
+    /// `max_connections`, `connect_timeout`, `response_timeout`.
+    pub limits: BackendLimits,
 }
 
 #[derive(Deserialize)]
@@ -360,6 +366,18 @@ struct RawBackendConfig {
     insecure_skip_verify: bool,
     #[serde(default = "yes")]
     key_segment_guard: bool,
+    #[serde(default)]
+    proxy: Option<String>,
+    #[serde(default)]
+    no_proxy: Vec<String>,
+    #[serde(default)]
+    proxy_credentials: Option<String>,
+    #[serde(default)]
+    max_connections: Option<u32>,
+    #[serde(default, with = "humantime_serde_opt")]
+    connect_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde_opt")]
+    response_timeout: Option<Duration>,
 }
 
 fn yes() -> bool {
@@ -389,6 +407,19 @@ impl TryFrom<RawBackendConfig> for BackendConfig {
                 _ => return Err(NO_CREDENTIALS.to_owned()),
             },
         };
+        let egress = Egress {
+            proxy: raw.proxy.map(|p| p.trim_end_matches('/').to_owned()),
+            no_proxy: raw.no_proxy.iter().map(|e| e.trim().to_owned()).collect(),
+            proxy_credentials: raw.proxy_credentials,
+        };
+        egress.validate()?;
+        let defaults = BackendLimits::default();
+        let limits = BackendLimits {
+            max_connections: raw.max_connections.unwrap_or(defaults.max_connections),
+            connect_timeout: raw.connect_timeout,
+            response_timeout: raw.response_timeout.unwrap_or(defaults.response_timeout),
+        };
+        limits.validate()?;
         Ok(Self {
             name: raw.name,
             endpoint: raw.endpoint,
@@ -398,6 +429,8 @@ impl TryFrom<RawBackendConfig> for BackendConfig {
             ca_bundle: raw.ca_bundle,
             insecure_skip_verify: raw.insecure_skip_verify,
             key_segment_guard: raw.key_segment_guard,
+            egress,
+            limits,
         })
     }
 }

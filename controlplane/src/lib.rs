@@ -141,6 +141,8 @@ impl Snapshot {
                     ca_bundle: b.ca_bundle.clone(),
                     insecure_skip_verify: b.insecure_skip_verify,
                     key_segment_guard: b.key_segment_guard,
+                    egress: b.egress.clone(),
+                    limits: b.limits,
                 };
                 (b.name.as_str(), Arc::new(backend))
             })

@@ -180,10 +180,29 @@ struct StoredBackend {
     /// Absent in records stored before it existed: on.
     #[serde(default = "guarded")]
     key_segment_guard: bool,
+    /// The egress proxy and limits; absent in older records (no proxy,
+    /// defaults).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    proxy: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    no_proxy: Vec<String>,
+    /// An `env:` reference, never the secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    proxy_credentials: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    max_connections: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    connect_timeout_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    response_timeout_ms: Option<u64>,
 }
 
 fn guarded() -> bool {
     true
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 #[derive(Serialize, Deserialize)]
@@ -945,6 +964,12 @@ impl Inner {
             ca_bundle: b.ca_bundle.clone(),
             insecure_skip_verify: b.insecure_skip_verify,
             key_segment_guard: b.key_segment_guard,
+            proxy: b.egress.proxy.clone(),
+            no_proxy: b.egress.no_proxy.clone(),
+            proxy_credentials: b.egress.proxy_credentials.clone(),
+            max_connections: Some(b.limits.max_connections),
+            connect_timeout_ms: b.limits.connect_timeout.map(millis),
+            response_timeout_ms: Some(millis(b.limits.response_timeout)),
         };
         to_json(&stored)
     }
@@ -1120,6 +1145,21 @@ impl RawState {
                 ca_bundle: s.ca_bundle,
                 insecure_skip_verify: s.insecure_skip_verify,
                 key_segment_guard: s.key_segment_guard,
+                egress: s3gate_proto::Egress {
+                    proxy: s.proxy,
+                    no_proxy: s.no_proxy,
+                    proxy_credentials: s.proxy_credentials,
+                },
+                limits: {
+                    let d = s3gate_proto::BackendLimits::default();
+                    s3gate_proto::BackendLimits {
+                        max_connections: s.max_connections.unwrap_or(d.max_connections),
+                        connect_timeout: s.connect_timeout_ms.map(Duration::from_millis),
+                        response_timeout: s
+                            .response_timeout_ms
+                            .map_or(d.response_timeout, Duration::from_millis),
+                    }
+                },
             };
             state.backends.insert(field, record);
         }
@@ -1541,6 +1581,16 @@ mod tests {
             ca_bundle: Some("/ca.pem".into()),
             insecure_skip_verify: true,
             key_segment_guard: true,
+            egress: s3gate_proto::Egress {
+                proxy: Some("http://127.0.0.1:3128".into()),
+                no_proxy: vec![".internal".into()],
+                proxy_credentials: Some("env:PROXY_AUTH".into()),
+            },
+            limits: s3gate_proto::BackendLimits {
+                max_connections: 7,
+                connect_timeout: Some(Duration::from_millis(1500)),
+                response_timeout: Duration::from_secs(9),
+            },
         };
         let mut r = raw();
         r.keys
@@ -1567,7 +1617,13 @@ mod tests {
         });
         let mut r = raw();
         r.backends.insert("b1".into(), legacy.to_string());
-        assert_eq!(r.decode(&m).unwrap().backends["b1"], backend);
+        // (Nor proxy nor limits then: the defaults.)
+        let old = BackendRecord {
+            egress: Default::default(),
+            limits: Default::default(),
+            ..backend.clone()
+        };
+        assert_eq!(r.decode(&m).unwrap().backends["b1"], old);
         // Sealed secrets swapped between the fields of one credential fail.
         let mut swapped: serde_json::Value =
             serde_json::from_str(&i.encode_backend(&backend).unwrap()).unwrap();

@@ -59,6 +59,9 @@ pub struct BackendRecord {
     pub insecure_skip_verify: bool,
     /// See `config::BackendConfig::key_segment_guard`.
     pub key_segment_guard: bool,
+    /// Egress proxy (`proxy_credentials` is an `env:` reference).
+    pub egress: s3gate_proto::Egress,
+    pub limits: s3gate_proto::BackendLimits,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -265,6 +268,8 @@ impl State {
                         ca_bundle: b.ca_bundle.clone(),
                         insecure_skip_verify: b.insecure_skip_verify,
                         key_segment_guard: b.key_segment_guard,
+                        egress: b.egress.clone(),
+                        limits: b.limits,
                     },
                 )
             })
@@ -488,6 +493,10 @@ fn validate_backend(b: &BackendRecord) -> Result<(), ChangeError> {
         }
     });
     secrets?;
+    b.egress
+        .validate()
+        .and_then(|()| b.limits.validate())
+        .map_err(|m| ChangeError::Invalid(format!("backend {:?}: {m}", b.name)))?;
     if valid_endpoint(&b.endpoint) {
         Ok(())
     } else {
@@ -517,6 +526,8 @@ mod tests {
             ca_bundle: None,
             insecure_skip_verify: false,
             key_segment_guard: true,
+            egress: Default::default(),
+            limits: Default::default(),
         }
     }
 

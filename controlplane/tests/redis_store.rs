@@ -55,6 +55,8 @@ fn backend(name: &str) -> BackendRecord {
         ca_bundle: None,
         insecure_skip_verify: false,
         key_segment_guard: true,
+        egress: Default::default(),
+        limits: Default::default(),
     }
 }
 

@@ -40,8 +40,21 @@ pub fn full(bytes: impl Into<Bytes>) -> Body {
         .boxed_unsync()
 }
 
-pub fn incoming(body: Incoming) -> Body {
-    body.map_err(BoxError::from).boxed_unsync()
+/// A backend response body that holds `guard` (its slot in the backend's
+/// pool) until it is done or dropped: one box, as [`incoming`].
+pub fn incoming_holding<G: Send + Unpin + 'static>(body: Incoming, guard: G) -> Body {
+    Holding {
+        inner: body.map_err(BoxError::from),
+        _guard: guard,
+    }
+    .boxed_unsync()
+}
+
+pub fn boxed<B>(body: B) -> Body
+where
+    B: HttpBody<Data = Bytes, Error = BoxError> + Send + 'static,
+{
+    body.boxed_unsync()
 }
 
 pub fn timed(body: TimedBody) -> Body {
@@ -58,12 +71,12 @@ pub fn holding<G: Send + Unpin + 'static>(body: Body, guard: G) -> Body {
     .boxed_unsync()
 }
 
-struct Holding<G> {
-    inner: Body,
+struct Holding<G, B = Body> {
+    inner: B,
     _guard: G,
 }
 
-impl<G: Unpin> HttpBody for Holding<G> {
+impl<G: Unpin, B: HttpBody<Data = Bytes, Error = BoxError> + Unpin> HttpBody for Holding<G, B> {
     type Data = Bytes;
     type Error = BoxError;
 

@@ -8,6 +8,7 @@ use s3gate_s3::{S3Error, S3ErrorCode};
 use s3gate_proto::ControlPlaneError;
 
 use crate::body::CollectError;
+use crate::upstream::{BackendFailure, Cause};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -42,6 +43,10 @@ pub enum Error {
     Config(String),
     #[error("upstream request failed: {0}")]
     Upstream(#[source] BoxError),
+    /// The backend did not answer: unreachable, a TLS or proxy failure, a
+    /// timeout, or its pool full. The log gets the backend and the cause.
+    #[error("{0}")]
+    Backend(#[from] BackendFailure),
 }
 
 impl Error {
@@ -70,6 +75,7 @@ impl Error {
                 "Please reduce your request rate or retry: the authorization service is unavailable.",
             ),
             Self::Upstream(_) => S3Error::new(S3ErrorCode::BadGateway, "The storage backend could not be reached."),
+            Self::Backend(f) => backend_error(f.cause),
             Self::Config(_) => S3Error::new(
                 S3ErrorCode::InternalError,
                 "We encountered an internal error. Please try again.",
@@ -115,10 +121,12 @@ impl Error {
     /// Whether this is the gateway's (or a backend's) fault rather than the
     /// client's: decides the log level.
     pub fn is_server_fault(&self) -> bool {
-        matches!(
-            self,
-            Self::ControlPlane(_) | Self::Upstream(_) | Self::Config(_)
-        )
+        match self {
+            Self::ControlPlane(_) | Self::Upstream(_) | Self::Config(_) => true,
+            // A full pool is load, not a fault: logged like shed requests.
+            Self::Backend(f) => f.cause != Cause::PoolFull,
+            _ => false,
+        }
     }
 }
 
@@ -147,6 +155,33 @@ impl From<&ControlPlaneError> for Error {
 impl From<ControlPlaneError> for Error {
     fn from(e: ControlPlaneError) -> Self {
         Self::from(&e)
+    }
+}
+
+/// What a client sees when a backend did not answer. All are statuses SDKs
+/// retry (502, 503, 504): 503 when nothing reached the backend (safe to
+/// retry anywhere), 502 when the backend's identity could not be verified
+/// or the connection broke after the request went out, 504 when it did not
+/// answer in time.
+fn backend_error(cause: Cause) -> S3Error {
+    match cause {
+        Cause::PoolFull => S3Error::new(S3ErrorCode::SlowDown, "Please reduce your request rate."),
+        Cause::ConnectRefused
+        | Cause::ConnectTimeout
+        | Cause::ConnectFailed
+        | Cause::ProxyUnreachable
+        | Cause::ProxyRefused => S3Error::new(
+            S3ErrorCode::ServiceUnavailable,
+            "The storage backend is unavailable. Please retry.",
+        ),
+        Cause::ProxyAuth | Cause::Tls | Cause::Reset | Cause::Other => S3Error::new(
+            S3ErrorCode::BadGateway,
+            "The storage backend could not be reached.",
+        ),
+        Cause::ResponseTimeout => S3Error::new(
+            S3ErrorCode::GatewayTimeout,
+            "The storage backend did not answer in time. Please retry.",
+        ),
     }
 }
 

@@ -42,6 +42,7 @@ pub use crate::error::Error;
 pub use crate::limits::Limits;
 pub use crate::listen::{Acceptor, ConnInfo, PlainTcp, TlsAcceptor, TlsInfo};
 pub use crate::tls::{ClientAuth, PrincipalFrom};
+pub use crate::upstream::ProxyEnv;
 
 /// Data plane settings. Buckets, keys and rules are not here: they come from
 /// the control plane.
@@ -72,6 +73,9 @@ pub struct Config {
     /// Peers whose `Forwarded`/`X-Forwarded-*` headers are believed (the
     /// client's address, scheme and host); empty: nobody's.
     pub trusted_proxies: pipeline::forwarded::TrustedProxies,
+    /// `HTTPS_PROXY`, `HTTP_PROXY`, `ALL_PROXY`, `NO_PROXY` as read at
+    /// start: the egress proxy of backends that set none.
+    pub proxy_env: upstream::ProxyEnv,
 }
 
 impl Default for Config {
@@ -88,6 +92,7 @@ impl Default for Config {
             principal_from: PrincipalFrom::default(),
             sigv2: true,
             trusted_proxies: Default::default(),
+            proxy_env: Default::default(),
         }
     }
 }

@@ -325,6 +325,8 @@ async fn start_gateway_counting(
             ca_bundle: None,
             insecure_skip_verify: false,
             key_segment_guard: true,
+            egress: Default::default(),
+            limits: Default::default(),
         }),
     });
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

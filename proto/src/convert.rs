@@ -15,10 +15,10 @@ use tonic::{Code, Status};
 use crate::pb;
 use crate::{
     AddressingStyle, AssumedRole, AuthorizeRequest, Backend, BackendAuth, BackendCredentials,
-    BackendListing, BucketCors, BucketEntry, ControlPlaneError, CorsRule, Decision, Identity,
-    Invalidation, Listing, PresentedCredential, Principal, Redacted, RequestContext, Resource,
-    Route, Scope, SessionGrant, SigV2Grant, SigV2Request, SigningKey, SigningKeyGrant, StsError,
-    StsErrorCode, WebIdentityRequest,
+    BackendLimits, BackendListing, BucketCors, BucketEntry, ControlPlaneError, CorsRule, Decision,
+    Egress, Identity, Invalidation, Listing, PresentedCredential, Principal, Redacted,
+    RequestContext, Resource, Route, Scope, SessionGrant, SigV2Grant, SigV2Request, SigningKey,
+    SigningKeyGrant, StsError, StsErrorCode, WebIdentityRequest,
 };
 
 /// A message that could not be turned into the contract's types.
@@ -710,6 +710,8 @@ impl From<&Backend> for pb::Backend {
             ca_bundle: b.ca_bundle.clone().unwrap_or_default(),
             insecure_skip_verify: b.insecure_skip_verify,
             literal_keys: !b.key_segment_guard,
+            egress: Some(pb::BackendEgress::from(&b.egress)),
+            limits: Some(pb::BackendLimits::from(&b.limits)),
         }
     }
 }
@@ -734,6 +736,8 @@ impl TryFrom<pb::Backend> for Backend {
             ca_bundle: (!b.ca_bundle.is_empty()).then_some(b.ca_bundle),
             insecure_skip_verify: b.insecure_skip_verify,
             key_segment_guard: !b.literal_keys,
+            egress: b.egress.map(Egress::from).unwrap_or_default(),
+            limits: b.limits.map(BackendLimits::from).unwrap_or_default(),
         })
     }
 }
@@ -800,6 +804,59 @@ impl TryFrom<pb::ListingResponse> for Listing {
             default_backend: (!l.default_backend.is_empty()).then_some(l.default_backend),
             backends,
         })
+    }
+}
+
+// === backend egress and limits ===
+
+impl From<&Egress> for pb::BackendEgress {
+    fn from(e: &Egress) -> Self {
+        pb::BackendEgress {
+            proxy: e.proxy.clone().unwrap_or_default(),
+            no_proxy: e.no_proxy.clone(),
+            proxy_credentials: e.proxy_credentials.clone().unwrap_or_default(),
+        }
+    }
+}
+
+impl From<pb::BackendEgress> for Egress {
+    fn from(e: pb::BackendEgress) -> Self {
+        Egress {
+            proxy: (!e.proxy.is_empty()).then_some(e.proxy),
+            no_proxy: e.no_proxy,
+            proxy_credentials: (!e.proxy_credentials.is_empty()).then_some(e.proxy_credentials),
+        }
+    }
+}
+
+impl From<&BackendLimits> for pb::BackendLimits {
+    fn from(l: &BackendLimits) -> Self {
+        pb::BackendLimits {
+            max_connections: l.max_connections,
+            connect_timeout_ms: l.connect_timeout.map_or(0, ms),
+            response_timeout_ms: ms(l.response_timeout),
+        }
+    }
+}
+
+/// Zero fields (an older peer, or "default") take the defaults.
+impl From<pb::BackendLimits> for BackendLimits {
+    fn from(l: pb::BackendLimits) -> Self {
+        let d = BackendLimits::default();
+        BackendLimits {
+            max_connections: if l.max_connections == 0 {
+                d.max_connections
+            } else {
+                l.max_connections
+            },
+            connect_timeout: (l.connect_timeout_ms != 0)
+                .then(|| Duration::from_millis(l.connect_timeout_ms)),
+            response_timeout: if l.response_timeout_ms == 0 {
+                d.response_timeout
+            } else {
+                Duration::from_millis(l.response_timeout_ms)
+            },
+        }
     }
 }
 

@@ -521,6 +521,142 @@ pub struct Backend {
     /// that store keys literally. On the wire as its negation
     /// (`literal_keys`), so an absent field keeps it on.
     pub key_segment_guard: bool,
+    /// How the data plane reaches the backend (an egress proxy or not).
+    pub egress: Egress,
+    /// Connection-pool limit and timeouts.
+    pub limits: BackendLimits,
+}
+
+/// The egress proxy towards one backend. With no `proxy`, the data plane's
+/// environment decides (`HTTPS_PROXY`, `HTTP_PROXY`, `ALL_PROXY`,
+/// `NO_PROXY`, as curl reads them).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct Egress {
+    /// `http://host:port`: HTTP CONNECT tunnels to https backends,
+    /// absolute-form requests to http ones. Never with credentials in it.
+    pub proxy: Option<String>,
+    /// Hosts, domains (and their subdomains), addresses or CIDRs reached
+    /// directly, as in `NO_PROXY`. Applies to the environment's proxy too.
+    pub no_proxy: Vec<String>,
+    /// `env:VAR`: the variable in the data plane's own environment holding
+    /// `user:password` for `Proxy-Authorization: Basic`. A reference, so
+    /// the secret never travels over gRPC nor sits in Redis.
+    pub proxy_credentials: Option<String>,
+}
+
+impl Egress {
+    /// Checks what a config file or an Admin API call gives: the proxy an
+    /// `http://host:port` URL without credentials or path, the credentials
+    /// an `env:` reference, `no_proxy` entries non-empty.
+    pub fn validate(&self) -> Result<(), String> {
+        if let Some(proxy) = &self.proxy {
+            validate_proxy_url(proxy)?;
+        }
+        if let Some(creds) = &self.proxy_credentials {
+            let var = creds.strip_prefix("env:").ok_or_else(|| {
+                "proxy_credentials must be an env: reference (env:VAR holding user:password), \
+                 so the secret stays in the data plane's environment"
+                    .to_owned()
+            })?;
+            if var.is_empty() || var.contains('=') || var.contains('\0') {
+                return Err(format!("proxy_credentials: {var:?} is not a variable name"));
+            }
+            if self.proxy.is_none() {
+                return Err("proxy_credentials needs a proxy".to_owned());
+            }
+        }
+        for entry in &self.no_proxy {
+            let entry = entry.trim();
+            if entry.is_empty() || entry.contains(',') || entry.contains(char::is_whitespace) {
+                return Err(format!(
+                    "no_proxy entry {entry:?} must be one host, domain, address or CIDR"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The one kind of egress proxy supported: plain `http://host:port`.
+fn validate_proxy_url(url: &str) -> Result<(), String> {
+    let rest = url.strip_prefix("http://").ok_or_else(|| {
+        "proxy must be an http:// URL (https:// and socks proxies are not supported)".to_owned()
+    })?;
+    let authority = rest.strip_suffix('/').unwrap_or(rest);
+    if authority.contains('@') {
+        return Err(
+            "proxy must not carry credentials: use proxy_credentials = \"env:VAR\"".to_owned(),
+        );
+    }
+    if authority.is_empty() || authority.contains(['/', '?', '#']) {
+        return Err("proxy must be http://host:port, without a path".to_owned());
+    }
+    // host, host:port, [v6] or [v6]:port
+    let (host, port) = match authority.strip_prefix('[') {
+        Some(v6) => {
+            let (host, after) = v6
+                .split_once(']')
+                .ok_or_else(|| format!("proxy {url:?} is not a URL"))?;
+            (host, after.strip_prefix(':'))
+        }
+        None => match authority.split_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (authority, None),
+        },
+    };
+    let host_ok = !host.is_empty()
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b':'));
+    if !host_ok || port.is_some_and(|p| p.parse::<u16>().map_or(true, |p| p == 0)) {
+        return Err(format!("proxy {url:?} must be http://host:port"));
+    }
+    Ok(())
+}
+
+/// Requests in flight to one backend when the config says nothing.
+pub const DEFAULT_MAX_CONNECTIONS: u32 = 512;
+/// Time to a backend's response headers when the config says nothing.
+pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A backend's connection-pool limit and timeouts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct BackendLimits {
+    /// Requests in flight to the backend at once, each holding one
+    /// connection from request to the end of its response body. More wait
+    /// briefly for a slot, then get 503 SlowDown.
+    pub max_connections: u32,
+    /// TCP connect, proxy CONNECT and TLS handshake together; `None`: the
+    /// data plane's `--upstream-connect-timeout`.
+    pub connect_timeout: Option<Duration>,
+    /// From the request sent (the last byte of its body) to the response
+    /// headers.
+    pub response_timeout: Duration,
+}
+
+impl Default for BackendLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            connect_timeout: None,
+            response_timeout: DEFAULT_RESPONSE_TIMEOUT,
+        }
+    }
+}
+
+impl BackendLimits {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.max_connections == 0 {
+            return Err("max_connections must be at least 1".to_owned());
+        }
+        if self.connect_timeout.is_some_and(|t| t.is_zero()) {
+            return Err("connect_timeout must be positive".to_owned());
+        }
+        if self.response_timeout.is_zero() {
+            return Err("response_timeout must be positive".to_owned());
+        }
+        Ok(())
+    }
 }
 
 /// What the data plane authenticates backend requests with.

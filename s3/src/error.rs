@@ -47,6 +47,9 @@ pub enum S3ErrorCode {
     /// Not an S3 code, but what S3-compatible gateways answer when the
     /// backend cannot be reached.
     BadGateway,
+    /// Not an S3 code either: the backend took longer than the gateway
+    /// waits for its answer (504, which SDKs retry).
+    GatewayTimeout,
 }
 
 impl S3ErrorCode {
@@ -83,6 +86,7 @@ impl S3ErrorCode {
             Self::SlowDown => "SlowDown",
             Self::XAmzContentSHA256Mismatch => "XAmzContentSHA256Mismatch",
             Self::BadGateway => "BadGateway",
+            Self::GatewayTimeout => "GatewayTimeout",
         }
     }
 
@@ -117,6 +121,7 @@ impl S3ErrorCode {
             Self::NotImplemented => StatusCode::NOT_IMPLEMENTED,
             Self::InternalError => StatusCode::INTERNAL_SERVER_ERROR,
             Self::BadGateway => StatusCode::BAD_GATEWAY,
+            Self::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
             Self::ServiceUnavailable | Self::SlowDown => StatusCode::SERVICE_UNAVAILABLE,
         }
     }

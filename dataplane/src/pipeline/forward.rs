@@ -27,6 +27,7 @@ use super::route::{RouteEntry, UpstreamAuth};
 use super::Ctx;
 use crate::body::{Body, CollectError};
 use crate::error::Error;
+use crate::upstream::Slot;
 use s3gate_s3::xml::escape;
 
 /// Request headers never forwarded: hop-by-hop, the client's own
@@ -121,7 +122,7 @@ pub async fn send(
     _grant: &Granted,
     body: Body,
     plan: PayloadPlan,
-) -> Result<Response<Incoming>, Error> {
+) -> Result<(Response<Incoming>, Slot), Error> {
     let backend = &route.route.backend;
     let object_key = if req.is_list() {
         None
@@ -224,11 +225,7 @@ pub async fn send(
     *upstream.headers_mut() = headers;
     instructions.apply_to_request_http1x(&mut upstream);
 
-    route
-        .client
-        .request(upstream)
-        .await
-        .map_err(|e| Error::Upstream(Box::new(e)))
+    Ok(route.upstream.send(upstream).await?)
 }
 
 /// A request authenticated with a bearer token (IBM COS with an IAM
@@ -247,7 +244,7 @@ async fn send_bearer(
     body: Body,
     authorization: &HeaderValue,
     service_instance_id: Option<&HeaderValue>,
-) -> Result<Response<Incoming>, Error> {
+) -> Result<(Response<Incoming>, Slot), Error> {
     let content_sha256 = match &plan.upstream {
         UpstreamPayload::Sha256(hex) => HeaderValue::from_str(hex),
         UpstreamPayload::Replaced { sha256_hex, .. } => HeaderValue::from_str(sha256_hex),
@@ -279,11 +276,7 @@ async fn send_bearer(
             ))
         })?;
     *upstream.headers_mut() = headers;
-    route
-        .client
-        .request(upstream)
-        .await
-        .map_err(|e| Error::Upstream(Box::new(e)))
+    Ok(route.upstream.send(upstream).await?)
 }
 
 /// The backend's response on its way to the client. Nothing of the backend
@@ -293,7 +286,7 @@ async fn send_bearer(
 /// few fields that are safe to pass on.
 pub async fn downstream(
     cx: &Ctx,
-    response: Response<Incoming>,
+    (response, slot): (Response<Incoming>, Slot),
     route: &RouteEntry,
     head: &Parts,
     req: &S3Request,
@@ -322,7 +315,8 @@ pub async fn downstream(
         }
     }
     let status = parts.status;
-    let body = crate::body::incoming(body);
+    // The slot in the backend's pool is held until the body is done.
+    let body = crate::body::incoming_holding(body, slot);
     let head_only = head.method == http::Method::HEAD;
     if !status.is_success() && status != StatusCode::NOT_MODIFIED {
         return Ok(rewrite_error(cx, parts, body, route, req, request_id, head_only).await);

@@ -151,9 +151,10 @@ enum ListError {
 /// ListBuckets on one backend, signed with the credentials given for it.
 async fn list_backend(cx: &Ctx, b: &BackendListing) -> Result<Vec<Listed>, ListError> {
     let backend = &b.backend;
-    let client = cx
+    // The backend's own client: its proxy, its pool limit, its timeouts.
+    let upstream = cx
         .upstreams
-        .client_for(backend)
+        .for_backend(backend)
         .map_err(ListError::Request)?;
     let uri = format!("{}/", backend.endpoint);
     let host = uri
@@ -210,14 +211,14 @@ async fn list_backend(cx: &Ctx, b: &BackendListing) -> Result<Vec<Listed>, ListE
     }
 
     let fetch = async {
-        let response = client
-            .request(request)
+        let (response, slot) = upstream
+            .send(request)
             .await
             .map_err(|e| ListError::Request(e.to_string()))?;
         let status = response.status();
         let mut reservation = cx.budget.reservation();
         let doc = body::collect_limited(
-            body::incoming(response.into_body()),
+            body::incoming_holding(response.into_body(), slot),
             MAX_LISTING,
             &mut reservation,
         )

@@ -97,7 +97,7 @@ impl Ctx {
             principal_routes: route::principal_cache(cfg.route_cache_capacity),
             unknown_buckets: route::unknown_buckets(cfg.route_cache_capacity),
             cors: route::cors_cache(cfg.route_cache_capacity),
-            upstreams: Upstreams::new(cfg.upstream_connect_timeout),
+            upstreams: Upstreams::new(cfg.upstream_connect_timeout, cfg.proxy_env.clone()),
             budget: Budget::new(cfg.limits.buffer_budget),
             request_ids: RequestIds::new(),
             control_plane,

@@ -29,7 +29,7 @@ pub fn finish(
         Err(err) => {
             // A body verifier's verdict beats the transport error it caused.
             let s3 = match (&err, slot.get()) {
-                (Error::Upstream(_), Some(verdict)) => verdict.clone(),
+                (Error::Upstream(_) | Error::Backend(_), Some(verdict)) => verdict.clone(),
                 _ => err.to_s3(),
             };
             if err.is_server_fault() && slot.get().is_none() {

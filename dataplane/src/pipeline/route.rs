@@ -15,7 +15,7 @@ use s3gate_s3::{S3Error, S3ErrorCode};
 
 use super::Ctx;
 use crate::error::Error;
-use crate::upstream::HttpClient;
+use crate::upstream::Upstream;
 
 pub type RouteCache = Cache<String, Arc<RouteEntry>>;
 
@@ -54,7 +54,8 @@ pub type PrincipalRouteCache = Cache<(String, Arc<str>), Arc<RouteEntry>>;
 /// A route plus what it takes to use it, built once per cache fill.
 pub struct RouteEntry {
     pub route: Route,
-    pub client: HttpClient,
+    /// The backend's client and pool.
+    pub upstream: Arc<Upstream>,
     /// How backend requests are authenticated, built once per fill.
     pub auth: UpstreamAuth,
     /// The bucket's CORS rules, compiled; cached and invalidated with the
@@ -219,16 +220,16 @@ async fn fill(
         Some(p) => cx.control_plane.route_for(bucket, p).await?,
         None => cx.control_plane.route(bucket).await?,
     };
-    let client = cx
+    let upstream = cx
         .upstreams
-        .client_for(&route.backend)
+        .for_backend(&route.backend)
         .map_err(|m| Error::Config(format!("backend {}: {m}", route.backend.name)))?;
     let auth =
         upstream_auth(&route.credentials.auth, &route.backend.name).map_err(Error::ControlPlane)?;
     Ok(Arc::new(RouteEntry {
         cors: Arc::new(super::cors::Rules::compile(&route.cors)),
         route,
-        client,
+        upstream,
         auth,
     }))
 }
@@ -312,6 +313,8 @@ mod tests {
                 ca_bundle: None,
                 insecure_skip_verify: false,
                 key_segment_guard: true,
+                egress: Default::default(),
+                limits: Default::default(),
             }),
             credentials: Arc::new(BackendCredentials {
                 auth: BackendAuth::SigV4 {

@@ -253,6 +253,47 @@ pub struct Backend {
     /// a control plane that does not send this field keeps the guard on.
     #[prost(bool, tag = "20")]
     pub literal_keys: bool,
+    /// How the data plane reaches the backend: an egress proxy or not.
+    #[prost(message, optional, tag = "7")]
+    pub egress: ::core::option::Option<BackendEgress>,
+    /// Connection-pool limit and timeouts; unset or zero fields take the
+    /// data plane's defaults.
+    #[prost(message, optional, tag = "8")]
+    pub limits: ::core::option::Option<BackendLimits>,
+}
+/// The egress proxy towards one backend. No proxy set: the data plane's own
+/// environment decides (HTTPS_PROXY, HTTP_PROXY, ALL_PROXY, NO_PROXY).
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct BackendEgress {
+    /// `<http://host:port`:> CONNECT tunnels to https backends, absolute-form
+    /// requests to http ones. Never carries credentials.
+    #[prost(string, tag = "1")]
+    pub proxy: ::prost::alloc::string::String,
+    /// Hosts, domains (`.example.com` or `example.com`: and its subdomains),
+    /// addresses or CIDRs reached directly, as NO_PROXY.
+    #[prost(string, repeated, tag = "2")]
+    pub no_proxy: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// `env:VAR`: `user:password` for the proxy, read from the data plane's
+    /// own environment (the secret itself never travels).
+    #[prost(string, tag = "3")]
+    pub proxy_credentials: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct BackendLimits {
+    /// Requests in flight to the backend at once (each holds one
+    /// connection); 0: the default (512).
+    #[prost(uint32, tag = "1")]
+    pub max_connections: u32,
+    /// TCP connect, proxy CONNECT and TLS handshake together; 0: the data
+    /// plane's --upstream-connect-timeout.
+    #[prost(uint64, tag = "2")]
+    pub connect_timeout_ms: u64,
+    /// From the request (its body) sent to the response headers; 0: the
+    /// default (60 s).
+    #[prost(uint64, tag = "3")]
+    pub response_timeout_ms: u64,
 }
 /// What the data plane authenticates backend requests with: one variant per
 /// kind of backend authentication.
@@ -1842,6 +1883,13 @@ pub struct BackendInfo {
     /// key-segment guard), as a backend resolving keys as paths needs.
     #[prost(bool, tag = "20")]
     pub literal_keys: bool,
+    /// Egress proxy towards the backend (proxy_credentials is an `env:`
+    /// reference, never a secret).
+    #[prost(message, optional, tag = "9")]
+    pub egress: ::core::option::Option<BackendEgress>,
+    /// Connection-pool limit and timeouts (zero: defaults).
+    #[prost(message, optional, tag = "10")]
+    pub limits: ::core::option::Option<BackendLimits>,
 }
 /// One variant per kind of backend credential.
 #[allow(clippy::all)]
