@@ -490,3 +490,64 @@ def test_check_config_shows_kinds_never_secrets(tmp_path):
     assert r.returncode == 64, (r.returncode, r.stderr)
     assert str(cfg) in r.stderr and "duration" in r.stderr and "15m..12h" in r.stderr, r.stderr
     assert secret not in r.stderr and api_key not in r.stderr
+
+
+def test_ibm_iam_through_the_admin_cli(cos):
+    """`s3gate admin backends put --kind ibm_iam`: an update that leaves the
+    API key out keeps the stored one (requests keep working, now with the
+    new service instance); `backends list` shows the kind and the
+    non-secret fields, never the key; the API key is taken from the
+    environment only."""
+    tmp, fs, iam, upstream = cos
+    tmp = tmp / "admin"
+    token = "admin-" + secrets.token_hex(16)
+    config = gateway_config([ibm_backend("ibm", upstream, iam.endpoint)], {"cos": ("ibm", "other")})
+    tmp.mkdir()
+    (tmp / "s3gate.toml").write_text(config)
+    ready = tmp / "ready.json"
+    proc = Proc("ibm-admin", [str(gateway_bin()), "serve", "--config", str(tmp / "s3gate.toml"), "--listen", "127.0.0.1:0",
+                              "--grpc-listen", "127.0.0.1:0", "--admin-token", token, "--ready-file", str(ready)],
+                tmp / "s3gate.log", {**os.environ, "S3GATE_LOG": "trace", API_KEY_ENV: iam.api_key})  # fmt: skip
+    try:
+        info = wait_for(lambda: (read_ready_file(ready) or {}).get("grpc") and read_ready_file(ready), "ready", proc)
+        grpc = "http://" + info["grpc"]
+
+        def admin(*args, env=None):
+            return subprocess.run([str(gateway_bin()), "admin", "--control-plane", grpc, "--token", token, *args],
+                                  capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL,
+                                  env={**{k: v for k, v in os.environ.items() if not k.startswith("S3GATE_")}, **(env or {})})  # fmt: skip
+
+        c = _client("http://" + info["s3"], ALICE.access_key, ALICE.secret_key)
+        fs.put("other", "admin.txt", b"admin")
+        assert c.get_object(Bucket="cos", Key="admin.txt")["Body"].read() == b"admin"
+        new_instance = "crn:v1:bluemix:public:cloud-object-storage:global:a/0123456789:second::"
+        r = admin("backends", "put", "--name", "ibm", "--kind", "ibm_iam", "--endpoint", upstream.endpoint,
+                  "--iam-endpoint", iam.endpoint, "--service-instance-id", new_instance)  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        deadline = time.monotonic() + 10
+        while upstream.requests()[-1].service_instance_id != new_instance:
+            assert time.monotonic() < deadline, "the update did not reach the data plane"
+            assert c.get_object(Bucket="cos", Key="admin.txt")["Body"].read() == b"admin"
+            time.sleep(0.2)
+        r = admin("--json", "backends", "list")
+        assert r.returncode == 0, r.stderr
+        listed = {b["name"]: b for b in json.loads(r.stdout)}
+        assert listed["ibm"]["credentials"] == {"kind": "ibm_iam", "iam_endpoint": iam.endpoint,
+                                                "service_instance_id": new_instance, "ca_bundle": ""}  # fmt: skip
+        assert iam.api_key not in r.stdout
+        # Secrets come from the environment, never the command line.
+        r = admin("backends", "put", "--name", "ibm2", "--kind", "ibm_iam", "--endpoint", upstream.endpoint,
+                  "--ibm-api-key-env", "S3GATE_E2E_UNSET_VAR")  # fmt: skip
+        assert r.returncode != 0 and "S3GATE_E2E_UNSET_VAR" in r.stderr
+        r = admin("backends", "put", "--name", "ibm2", "--kind", "ibm_iam", "--endpoint", upstream.endpoint)
+        assert r.returncode != 0 and "api_key is required" in r.stderr, r.stderr
+        r = admin("backends", "put", "--name", "aws2", "--kind", "aws_assume_role", "--endpoint", upstream.endpoint,
+                  "--access-key", "AKIAX")  # fmt: skip
+        assert r.returncode != 0 and "--role-arn" in r.stderr, r.stderr
+        r = admin("backends", "put", "--name", "x", "--kind", "static_hmac", "--endpoint", upstream.endpoint,
+                  "--access-key", "AK", "--role-arn", "arn:aws:iam::1:role/r")  # fmt: skip
+        assert r.returncode != 0 and "--role-arn does not apply to --kind static_hmac" in r.stderr, r.stderr
+    finally:
+        code, killed = proc.stop()
+    assert not killed and code == 0
+    assert_quiet({"ibm-admin": (tmp / "s3gate.log").read_text(errors="replace")}, ibm_secrets(iam))
