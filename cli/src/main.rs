@@ -26,6 +26,7 @@ use tracing::{info, warn};
 mod admin;
 mod check_config;
 mod logsink;
+mod otel;
 
 /// The profile showed glibc malloc/free at ~19% of the gateway's CPU on
 /// small requests; mimalloc's thread-local free lists cut that.
@@ -74,6 +75,8 @@ struct RuntimeArgs {
     /// S3GATE_LOG=debug; default info).
     #[arg(long, env = "S3GATE_LOG_FORMAT")]
     log_format: Option<LogFormat>,
+    #[command(flatten)]
+    trace: otel::TraceArgs,
 }
 
 /// STS settings of the server subcommands that embed a control plane.
@@ -117,6 +120,15 @@ enum Command {
 }
 
 impl Command {
+    /// The `service.name` of a server's traces.
+    fn service_name(&self) -> &'static str {
+        match self {
+            Command::Controlplane(_) => "s3gate-controlplane",
+            Command::Dataplane(_) => "s3gate-dataplane",
+            _ => "s3gate",
+        }
+    }
+
     /// The runtime flags of a server subcommand; `None` for the clients.
     fn runtime(&self) -> Option<&RuntimeArgs> {
         match self {
@@ -437,8 +449,25 @@ fn main() -> ExitCode {
         .log_format
         .or(server.and_then(|r| r.log_format))
         .unwrap_or(LogFormat::Text);
+    // Held until main returns: dropping it exports the spans still queued.
+    let exporter = match server.and_then(|r| r.trace.endpoint().map(|e| (e, &r.trace))) {
+        Some((endpoint, args)) => {
+            match otel::Exporter::start(
+                &endpoint,
+                args.trace_sample_ratio,
+                cli.command.service_name(),
+            ) {
+                Ok(exporter) => Some(exporter),
+                Err(e) => {
+                    eprintln!("s3gate: {e:#}");
+                    return ExitCode::from(EX_USAGE);
+                }
+            }
+        }
+        None => None,
+    };
     // Held until main returns: dropping it flushes the lines still queued.
-    let _log_flush = init_tracing(log_format, quiet);
+    let _log_flush = init_tracing(log_format, quiet, exporter.as_ref());
     let result = match cli.command {
         Command::Serve(args) => serve(args),
         Command::Controlplane(args) => controlplane(args),
@@ -927,8 +956,13 @@ static LOG_SINK: std::sync::OnceLock<logsink::LogSink> = std::sync::OnceLock::ne
 
 /// Logs go to stderr through [`logsink`]: formatted on the request's thread,
 /// written in batches by a dedicated thread. Without that thread (it could
-/// not be started), straight to stderr.
-fn init_tracing(format: LogFormat, quiet: bool) -> Option<logsink::FlushOnDrop> {
+/// not be started), straight to stderr. With an exporter, the spans meant
+/// for OpenTelemetry go to it (and only they: log lines stay log lines).
+fn init_tracing(
+    format: LogFormat,
+    quiet: bool,
+    exporter: Option<&otel::Exporter>,
+) -> Option<logsink::FlushOnDrop> {
     use tracing_subscriber::fmt::writer::BoxMakeWriter;
     use tracing_subscriber::EnvFilter;
     let filter = if quiet {
@@ -943,6 +977,12 @@ fn init_tracing(format: LogFormat, quiet: bool) -> Option<logsink::FlushOnDrop> 
         Ok(directive) => filter.add_directive(directive),
         Err(_) => filter,
     };
+    // The trace spans are not log lines, whatever S3GATE_LOG says: turned
+    // off here, they cost nothing unless the exporter's layer wants them.
+    let filter = match format!("{}=off", s3gate_proto::trace::TARGET).parse() {
+        Ok(directive) => filter.add_directive(directive),
+        Err(_) => filter,
+    };
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let (writer, flush) = match logsink::LogSink::start(std::io::stderr()) {
         Ok((sink, flush)) => {
@@ -954,6 +994,21 @@ fn init_tracing(format: LogFormat, quiet: bool) -> Option<logsink::FlushOnDrop> 
             (BoxMakeWriter::new(std::io::stderr), None)
         }
     };
+    if let Some(exporter) = exporter {
+        use tracing_subscriber::prelude::*;
+        let fmt = tracing_subscriber::fmt::layer()
+            .with_writer(writer)
+            .with_ansi(ansi);
+        let fmt = match format {
+            LogFormat::Text => fmt.boxed(),
+            LogFormat::Json => fmt.json().boxed(),
+        };
+        tracing_subscriber::registry()
+            .with(fmt.with_filter(filter))
+            .with(exporter.layer())
+            .init();
+        return flush;
+    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer)

@@ -237,7 +237,10 @@ pub async fn serve(
     reporter
         .set_serving::<DecisionsServer<DecisionsService>>()
         .await;
-    let mut server = tonic::transport::Server::builder();
+    // A span per unary Decisions/Admin call, a child of the data plane's
+    // call span when it sent a `traceparent` (disabled unless traces are
+    // exported).
+    let mut server = tonic::transport::Server::builder().trace_fn(s3gate_proto::trace::server_span);
     let router = server
         .add_service(health)
         .add_optional_service(cluster_token.clone().map(|t| {

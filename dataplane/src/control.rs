@@ -25,11 +25,12 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::service::Interceptor;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
-use tracing::{debug, info, warn};
+use tracing::{debug, info, warn, Instrument as _};
 
 type Client = DecisionsClient<InterceptedService<Channel, ClusterToken>>;
 
-/// Adds `authorization: Bearer <cluster token>` to every call, when set.
+/// Adds `authorization: Bearer <cluster token>` to every call, when set,
+/// and the call's trace context while traces are exported.
 #[derive(Clone)]
 pub struct ClusterToken(Option<MetadataValue<Ascii>>);
 
@@ -50,6 +51,11 @@ impl Interceptor for ClusterToken {
     fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
         if let Some(v) = &self.0 {
             req.metadata_mut().insert("authorization", v.clone());
+        }
+        // Called as the call is polled, inside `GrpcControlPlane::call`'s
+        // span: the control plane's span becomes its child.
+        if tracing::enabled!(target: s3gate_proto::trace::TARGET, tracing::Level::INFO) {
+            s3gate_proto::trace::inject_metadata(&tracing::Span::current(), req.metadata_mut());
         }
         Ok(req)
     }
@@ -105,7 +111,40 @@ impl GrpcControlPlane {
         }
     }
 
-    async fn call<T, F, Fut>(&self, rpc: F) -> Result<T, ControlPlaneError>
+    /// One call, `method` of `s3gate.v1.Decisions`, failing over across
+    /// the replicas. Its span (while traces are exported) covers every
+    /// attempt; each attempt carries it as `traceparent` ([`ClusterToken`]
+    /// puts it in the metadata).
+    async fn call<T, F, Fut>(&self, method: &'static str, rpc: F) -> Result<T, ControlPlaneError>
+    where
+        F: Fn(Client) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        let span = tracing::info_span!(
+            target: s3gate_proto::trace::TARGET,
+            "control plane call",
+            otel.kind = "client",
+            otel.status_code = tracing::field::Empty,
+            rpc.system = "grpc",
+            rpc.service = "s3gate.v1.Decisions",
+            rpc.method = method,
+            server.address = tracing::field::Empty,
+        );
+        if span.is_disabled() {
+            return self.attempts(&span, rpc).await;
+        }
+        let result = self.attempts(&span, rpc).instrument(span.clone()).await;
+        if let Err(ControlPlaneError::Unavailable(_)) = &result {
+            span.record("otel.status_code", "ERROR");
+        }
+        result
+    }
+
+    async fn attempts<T, F, Fut>(
+        &self,
+        span: &tracing::Span,
+        rpc: F,
+    ) -> Result<T, ControlPlaneError>
     where
         F: Fn(Client) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
@@ -116,6 +155,7 @@ impl GrpcControlPlane {
         for i in 0..n {
             let idx = (start + i) % n;
             let (url, client) = &self.clients[idx];
+            span.record("server.address", url.as_str());
             match rpc(client.clone()).await {
                 Ok(resp) => {
                     if i > 0 {
@@ -165,7 +205,7 @@ impl ControlPlane for GrpcControlPlane {
                 .map(|h| h.to_vec())
                 .unwrap_or_default(),
         };
-        let resp = self.call(|mut c| {
+        let resp = self.call("SigningKey", |mut c| {
             let msg = msg.clone();
             async move { c.signing_key(msg).await }
         });
@@ -177,7 +217,7 @@ impl ControlPlane for GrpcControlPlane {
         credential: PresentedCredential,
     ) -> Result<Identity, ControlPlaneError> {
         let msg = pb::AuthenticateRequest::from(&credential);
-        let resp = self.call(|mut c| {
+        let resp = self.call("Authenticate", |mut c| {
             let msg = msg.clone();
             async move { c.authenticate(msg).await }
         });
@@ -193,7 +233,7 @@ impl ControlPlane for GrpcControlPlane {
 
     async fn verify_sigv2(&self, req: SigV2Request) -> Result<SigV2Grant, ControlPlaneError> {
         let msg = pb::VerifySigV2Request::from(&req);
-        let resp = self.call(|mut c| {
+        let resp = self.call("VerifySigV2", |mut c| {
             let msg = msg.clone();
             async move { c.verify_sig_v2(msg).await }
         });
@@ -203,7 +243,7 @@ impl ControlPlane for GrpcControlPlane {
 
     async fn authorize(&self, req: AuthorizeRequest) -> Result<Decision, ControlPlaneError> {
         let msg = pb::AuthorizeRequest::from(&req);
-        let resp = self.call(|mut c| {
+        let resp = self.call("Authorize", |mut c| {
             let msg = msg.clone();
             async move { c.authorize(msg).await }
         });
@@ -215,7 +255,7 @@ impl ControlPlane for GrpcControlPlane {
             bucket: bucket.to_owned(),
             principal: None,
         };
-        let resp = self.call(|mut c| {
+        let resp = self.call("GetRoute", |mut c| {
             let msg = msg.clone();
             async move { c.get_route(msg).await }
         });
@@ -231,7 +271,7 @@ impl ControlPlane for GrpcControlPlane {
             bucket: bucket.to_owned(),
             principal: Some(principal.into()),
         };
-        let resp = self.call(|mut c| {
+        let resp = self.call("GetRoute", |mut c| {
             let msg = msg.clone();
             async move { c.get_route(msg).await }
         });
@@ -242,7 +282,7 @@ impl ControlPlane for GrpcControlPlane {
         let msg = pb::GetBucketCorsRequest {
             bucket: bucket.to_owned(),
         };
-        let resp = self.call(|mut c| {
+        let resp = self.call("GetBucketCors", |mut c| {
             let msg = msg.clone();
             async move { c.get_bucket_cors(msg).await }
         });
@@ -256,7 +296,7 @@ impl ControlPlane for GrpcControlPlane {
         let msg = pb::VisibleBucketsRequest {
             principal: Some(principal.into()),
         };
-        let resp = self.call(|mut c| {
+        let resp = self.call("VisibleBuckets", |mut c| {
             let msg = msg.clone();
             async move { c.visible_buckets(msg).await }
         });
@@ -267,7 +307,7 @@ impl ControlPlane for GrpcControlPlane {
         let msg = pb::ListingRequest {
             principal: Some(principal.into()),
         };
-        let resp = self.call(|mut c| {
+        let resp = self.call("Listing", |mut c| {
             let msg = msg.clone();
             async move { c.listing(msg).await }
         });
@@ -279,7 +319,7 @@ impl ControlPlane for GrpcControlPlane {
         req: WebIdentityRequest,
     ) -> Result<AssumedRole, StsError> {
         let msg = pb::AssumeRoleWithWebIdentityRequest::from(&req);
-        let resp = self.call(|mut c| {
+        let resp = self.call("AssumeRoleWithWebIdentity", |mut c| {
             let msg = msg.clone();
             async move { c.assume_role_with_web_identity(msg).await }
         });

@@ -21,6 +21,7 @@ pub use s3gate_s3::sts::StsErrorCode;
 pub mod buckets;
 pub mod convert;
 mod redacted;
+pub mod trace;
 
 pub use redacted::Redacted;
 

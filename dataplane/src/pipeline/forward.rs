@@ -49,6 +49,10 @@ const DROP_REQUEST: &[&str] = &[
     "proxy-authorization",
     "proxy-connection",
     "te",
+    // A client's trace context: the gateway's own span is the backend
+    // request's parent (a trusted proxy's context is its parent's).
+    "traceparent",
+    "tracestate",
     "trailer",
     "transfer-encoding",
     "upgrade",
@@ -224,8 +228,19 @@ pub async fn send(
         })?;
     *upstream.headers_mut() = headers;
     instructions.apply_to_request_http1x(&mut upstream);
+    // After signing, so unsigned: S3 checks only the headers a signature
+    // names, and a proxy on the way may rewrite trace context.
+    trace_context(upstream.headers_mut());
 
     Ok(route.upstream.send(upstream).await?)
+}
+
+/// The `forward` stage's span as the backend request's `traceparent`,
+/// while traces are exported.
+fn trace_context(headers: &mut HeaderMap) {
+    if tracing::enabled!(target: s3gate_proto::trace::TARGET, tracing::Level::INFO) {
+        s3gate_proto::trace::inject(&tracing::Span::current(), headers);
+    }
 }
 
 /// A request authenticated with a bearer token (IBM COS with an IAM
@@ -276,6 +291,7 @@ async fn send_bearer(
             ))
         })?;
     *upstream.headers_mut() = headers;
+    trace_context(upstream.headers_mut());
     Ok(route.upstream.send(upstream).await?)
 }
 

@@ -32,6 +32,16 @@ pub mod respond;
 pub mod route;
 pub mod sts;
 
+/// A span for one stage of a request, a child of the request's span. It
+/// exists only while traces are exported (see `spans`).
+macro_rules! stage_span {
+    ($name:literal) => {
+        tracing::info_span!(target: s3gate_proto::trace::TARGET, $name)
+    };
+}
+
+mod spans;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -40,6 +50,7 @@ use hyper::body::Incoming;
 use hyper::{Method, Request, Response};
 use s3gate_proto::{ControlPlane, Invalidation};
 use s3gate_s3::request::{Op, S3Request};
+use tracing::Instrument as _;
 
 use crate::body::{self, Body, FailureSlot};
 use crate::error::Error;
@@ -198,6 +209,9 @@ pub struct Exchange {
     pub trace: Trace,
     /// Where a body verifier leaves its verdict.
     pub slot: FailureSlot,
+    /// The request's trace span; disabled (and free) unless traces are
+    /// exported.
+    pub span: tracing::Span,
 }
 
 impl Exchange {
@@ -209,6 +223,7 @@ impl Exchange {
             start: Instant::now(),
             trace: Trace::default(),
             slot: FailureSlot::default(),
+            span: tracing::Span::none(),
         }
     }
 }
@@ -223,10 +238,26 @@ pub async fn handle(cx: Arc<Ctx>, conn: Arc<ConnInfo>, req: Request<Incoming>) -
     if let Some(host) = ex.origin.host.take() {
         head.headers.insert(http::header::HOST, host);
     }
+    ex.span = spans::request(&cx, &ex, &head);
+    if ex.span.is_disabled() {
+        return stages(&cx, head, body, &mut ex).await;
+    }
+    let span = ex.span.clone();
+    let response = stages(&cx, head, body, &mut ex).instrument(span).await;
+    spans::finish(&ex, response)
+}
+
+/// The stages of [`handle`], after the request's origin is known.
+async fn stages(
+    cx: &Arc<Ctx>,
+    mut head: http::request::Parts,
+    body: Incoming,
+    ex: &mut Exchange,
+) -> Response<Body> {
     if head.method == Method::OPTIONS {
         // A browser's CORS preflight carries no credentials: answered from
         // the bucket's CORS rules alone, never authenticated or forwarded.
-        return cors::preflight(&cx, &head, &mut ex).await;
+        return cors::preflight(cx, &head, ex).await;
     }
     // STS calls carry no signature: the token in them is the credential,
     // and only the control plane can judge it.
@@ -237,8 +268,10 @@ pub async fn handle(cx: Arc<Ctx>, conn: Arc<ConnInfo>, req: Request<Incoming>) -
         parse::host(&head),
         &head.headers,
     ) {
-        let response = sts::answer(&cx, &head, body, call, &mut ex).await;
-        return respond::finish(&head, Ok(response), &ex, None);
+        let response = sts::answer(cx, &head, body, call, ex)
+            .instrument(stage_span!("sts"))
+            .await;
+        return respond::finish(&head, Ok(response), ex, None);
     }
     authn::fold_presigned(&cx.cfg, &mut head);
     // Classifying is pure and cheap; its verdict waits for authentication,
@@ -246,11 +279,17 @@ pub async fn handle(cx: Arc<Ctx>, conn: Arc<ConnInfo>, req: Request<Incoming>) -
     // the gateway thinks of the request's shape. (The access log still
     // names what the request looked like.)
     let parsed = parse::s3_request(&cx.cfg.hosts, &head);
-    let who = match authn::verify(&cx, &head, &ex.conn, &mut ex.trace).await {
+    if let Ok(req) = &parsed {
+        spans::record_request(&ex.span, req);
+    }
+    let who = match authn::verify(cx, &head, &ex.conn, &mut ex.trace)
+        .instrument(stage_span!("authn"))
+        .await
+    {
         Ok(who) => who,
         Err(e) => {
-            let response = respond::finish(&head, Err(e), &ex, parsed.as_ref().ok());
-            return cross_origin(&cx, &head, parsed.as_ref().ok(), response).await;
+            let response = respond::finish(&head, Err(e), ex, parsed.as_ref().ok());
+            return cross_origin(cx, &head, parsed.as_ref().ok(), response).await;
         }
     };
     ex.trace.principal = Some(who.principal.name.clone());
@@ -267,12 +306,12 @@ pub async fn handle(cx: Arc<Ctx>, conn: Arc<ConnInfo>, req: Request<Incoming>) -
             } else {
                 e
             };
-            return respond::finish(&head, Err(e), &ex, None);
+            return respond::finish(&head, Err(e), ex, None);
         }
     };
-    let result = run(&cx, &head, &req, who, body, &mut ex).await;
-    let response = respond::finish(&head, result, &ex, Some(&req));
-    cross_origin(&cx, &head, Some(&req), response).await
+    let result = run(cx, &head, &req, who, body, ex).await;
+    let response = respond::finish(&head, result, ex, Some(&req));
+    cross_origin(cx, &head, Some(&req), response).await
 }
 
 /// The response, with the bucket's CORS headers when the request came from
@@ -334,10 +373,15 @@ async fn run(
     };
     // Authorized before routed: a caller who may not touch a bucket hears
     // AccessDenied whether or not it exists, never NoSuchBucket.
-    let grant = authz::check(cx, &asker, req).await;
+    let grant = authz::check(cx, &asker, req)
+        .instrument(stage_span!("authz"))
+        .await;
     trace.decision = Some(if grant.is_ok() { "allow" } else { "deny" });
     let grant = grant?;
-    let route = match route::lookup_for(cx, bucket, &who.principal).await {
+    let route = match route::lookup_for(cx, bucket, &who.principal)
+        .instrument(stage_span!("route"))
+        .await
+    {
         Err(Error::NoSuchBucket) if req.op == Op::CreateBucket => {
             // The name is allowed but not served here: no entry or pattern
             // matches it and there is no default backend. AccessDenied is
@@ -358,7 +402,11 @@ async fn run(
         req.check_key_segments()?;
     }
     let source_route = match &req.copy_source {
-        Some(src) => Some(route::lookup_copy_source(cx, &route, src, &who.principal).await?),
+        Some(src) => Some(
+            route::lookup_copy_source(cx, &route, src, &who.principal)
+                .instrument(stage_span!("route"))
+                .await?,
+        ),
         None => None,
     };
 
@@ -375,7 +423,10 @@ async fn run(
         }
         let keys: Vec<&str> = doc.objects.iter().map(|o| o.key.as_str()).collect();
         trace.keys = serde_json::to_string(&keys).ok();
-        if let Err((e, key)) = authz::check_delete_objects(cx, &asker, req, bucket, &doc).await {
+        if let Err((e, key)) = authz::check_delete_objects(cx, &asker, req, bucket, &doc)
+            .instrument(stage_span!("authz"))
+            .await
+        {
             trace.decision = Some("deny");
             trace.refused_key = Some(key);
             return Err(e);
@@ -412,6 +463,7 @@ async fn run(
         body,
         payload,
     )
+    .instrument(stage_span!("forward"))
     .await?;
     drop(buffered);
     forward::downstream(cx, response, &route, head, req, ex).await
