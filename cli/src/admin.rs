@@ -94,11 +94,12 @@ Examples:
     Explain(ExplainArgs),
     /// Control-plane status: replica, state version, store health, counts.
     Status,
-    /// Re-read the control plane's config file and rebuild its [[policy]]
-    /// chain and [[identity]] sources (as SIGHUP does); its data planes
-    /// forget cached decisions. A file or source that does not load keeps
-    /// the sources in force, and this prints why. Each replica reads its
-    /// own file: reload each.
+    /// Re-read the control plane's config file, as SIGHUP does: its keys,
+    /// rules, backends, buckets, [cache] TTLs, [[policy]] chain and
+    /// [[identity]] sources (with --redis, the store keeps the state: only
+    /// the sources and TTLs). Data planes forget what changed. A file that
+    /// does not load keeps the config in force, and this prints why. Each
+    /// replica reads its own file: reload each.
     #[command(after_help = "\
 Examples:
   s3gate admin reload
@@ -1248,12 +1249,24 @@ async fn execute(mut client: Client, args: AdminArgs) -> anyhow::Result<()> {
         }
         AdminCommand::Reload => {
             let r = client.reload(pb::ReloadRequest {}).await?.into_inner();
+            let counts = |c: Option<pb::ReloadCounts>| {
+                let c = c.unwrap_or_default();
+                json!({"added": c.added, "removed": c.removed, "changed": c.changed})
+            };
+            let from_file = r.state_from == "file";
             if out.json {
-                println!(
-                    "{}",
-                    json!({"config_file": r.config_file, "policy": r.policy,
-                           "identity": r.identity, "invalidated": r.invalidated})
-                );
+                let mut v = json!({"config_file": r.config_file, "policy": r.policy,
+                       "identity": r.identity, "invalidated": r.invalidated,
+                       "state_from": r.state_from, "state_version": r.state_version,
+                       "cache_changed": r.cache_changed, "restart_needed": r.restart_needed});
+                if from_file {
+                    v["keys"] = counts(r.keys);
+                    v["rules"] = counts(r.rules);
+                    v["backends"] = counts(r.backends);
+                    v["buckets"] = counts(r.buckets);
+                    v["default_backend_changed"] = json!(r.default_backend_changed);
+                }
+                println!("{v}");
             } else {
                 println!("reloaded {}", r.config_file);
                 for (i, p) in r.policy.iter().enumerate() {
@@ -1262,7 +1275,38 @@ async fn execute(mut client: Client, args: AdminArgs) -> anyhow::Result<()> {
                 for (i, p) in r.identity.iter().enumerate() {
                     println!("identity[{i}] {p}");
                 }
+                if from_file {
+                    let line = |c: Option<pb::ReloadCounts>| {
+                        let c = c.unwrap_or_default();
+                        format!(
+                            "{} added, {} removed, {} changed",
+                            c.added, c.removed, c.changed
+                        )
+                    };
+                    println!("keys         {}", line(r.keys));
+                    println!("rules        {}", line(r.rules));
+                    println!("backends     {}", line(r.backends));
+                    println!("buckets      {}", line(r.buckets));
+                    if r.default_backend_changed {
+                        println!("default_backend changed");
+                    }
+                } else {
+                    println!(
+                        "state        kept: the {} is its source of truth (change it with `s3gate admin`)",
+                        r.state_from
+                    );
+                }
+                if r.cache_changed {
+                    println!("cache TTLs   changed");
+                }
+                println!("state version {}", r.state_version);
                 println!("invalidated  {}", r.invalidated);
+                if !r.restart_needed.is_empty() {
+                    println!(
+                        "restart needed for: {} (changed in the file; the running values stay)",
+                        r.restart_needed.join(", ")
+                    );
+                }
             }
         }
         AdminCommand::Status => {

@@ -553,7 +553,7 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
             let registry =
                 standing_sources(providers, Some(&file), store.clone(), &args.sts).await?;
             let replica = Replica::start_with(store, file.cache.clone(), "embedded".to_owned(), registry).await?;
-            replica.set_config_file(args.config.clone(), LoadOptions { allow_empty: false });
+            replica.set_config_file(args.config.clone(), LoadOptions { allow_empty: false }, file.restart_only(true));
             tokio::spawn(reload_on_hangup(Arc::downgrade(&replica)));
             let mut ready = serde_json::json!({});
             let plain = match listen {
@@ -661,9 +661,9 @@ async fn standing_sources(
     Ok(registry)
 }
 
-/// SIGHUP: [`Replica::reload`] (the `[[policy]]` chain and `[[identity]]`
-/// sources from the config file), until the replica is gone. The outcome
-/// is logged; a reload that fails keeps the sources in force.
+/// SIGHUP: [`Replica::reload`] (the whole config file; with Redis, its
+/// sources and TTLs only), until the replica is gone. The outcome is
+/// logged; a reload that fails keeps the config in force.
 async fn reload_on_hangup(replica: std::sync::Weak<Replica>) {
     use tokio::signal::unix::{signal, SignalKind};
     let mut hangup = match signal(SignalKind::hangup()) {
@@ -677,10 +677,10 @@ async fn reload_on_hangup(replica: std::sync::Weak<Replica>) {
         let Some(replica) = replica.upgrade() else {
             return;
         };
-        info!("SIGHUP: reloading the configured sources");
+        info!("SIGHUP: reloading the config file");
         if let Err(error) = replica.reload().await {
             // Already placed: section, kind, file and line.
-            warn!(%error, "reload refused; the sources in force stay");
+            warn!(%error, "reload refused; the config in force stays");
         }
     }
 }
@@ -763,12 +763,13 @@ fn controlplane(args: ControlplaneArgs) -> Result<(), Failure> {
             let registry =
                 standing_sources(providers, file.as_ref(), store.clone(), &args.sts).await?;
             let replica = Replica::start_with(store, cache, name.clone(), registry).await?;
-            if let Some(path) = &args.config {
+            if let (Some(path), Some(file)) = (&args.config, &file) {
                 replica.set_config_file(
                     path.clone(),
                     LoadOptions {
                         allow_empty: args.redis.is_some(),
                     },
+                    file.restart_only(false),
                 );
             }
             tokio::spawn(reload_on_hangup(Arc::downgrade(&replica)));

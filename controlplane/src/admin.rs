@@ -730,12 +730,29 @@ impl Admin for AdminService {
         _req: Request<pb::ReloadRequest>,
     ) -> Result<Response<pb::ReloadResponse>, Status> {
         match self.replica.reload().await {
-            Ok(r) => Ok(Response::new(pb::ReloadResponse {
-                config_file: r.config_file.display().to_string(),
-                policy: r.policy,
-                identity: r.identity,
-                invalidated: r.invalidated.to_owned(),
-            })),
+            Ok(r) => {
+                let counts = |c: crate::state::Counts| pb::ReloadCounts {
+                    added: c.added,
+                    removed: c.removed,
+                    changed: c.changed,
+                };
+                let diff = r.state.as_ref();
+                Ok(Response::new(pb::ReloadResponse {
+                    config_file: r.config_file.display().to_string(),
+                    policy: r.policy,
+                    identity: r.identity,
+                    invalidated: r.invalidated.to_owned(),
+                    state_from: if diff.is_some() { "file" } else { "store" }.to_owned(),
+                    keys: diff.map(|d| counts(d.keys)),
+                    rules: diff.map(|d| counts(d.rules)),
+                    backends: diff.map(|d| counts(d.backends)),
+                    buckets: diff.map(|d| counts(d.buckets)),
+                    default_backend_changed: diff.is_some_and(|d| d.default_backend),
+                    cache_changed: r.cache_changed,
+                    state_version: r.state_version,
+                    restart_needed: r.restart_needed.iter().map(|s| (*s).to_owned()).collect(),
+                }))
+            }
             Err(error) => {
                 tracing::warn!(%error, "reload refused");
                 Err(Status::failed_precondition(error.to_string()))

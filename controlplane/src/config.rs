@@ -55,6 +55,26 @@ fn resolve(secret: &mut Secret, field: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// What [`FileConfig::restart_only`] gives: settings by name and value.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RestartOnly {
+    serve: bool,
+    settings: Vec<(&'static str, String)>,
+}
+
+impl RestartOnly {
+    /// The names of the settings `file` sets otherwise than these.
+    pub fn differing(&self, file: &FileConfig) -> Vec<&'static str> {
+        let now = file.restart_only(self.serve);
+        self.settings
+            .iter()
+            .zip(&now.settings)
+            .filter(|(a, b)| a != b)
+            .map(|((name, _), _)| *name)
+            .collect()
+    }
+}
+
 /// How strict [`FileConfig::load_with`] is.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct LoadOptions {
@@ -296,7 +316,7 @@ mod humantime_serde_opt {
 }
 
 /// How long the data plane may keep what the control plane told it.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CacheConfig {
     #[serde(default = "default_decision_ttl", with = "humantime_serde_compat")]
@@ -902,6 +922,30 @@ impl FileConfig {
     pub fn parse_unresolved(text: &str) -> Result<Self, ConfigError> {
         let src = Source::new(text, None);
         Self::deserialize_located(&src).map_err(|p| ConfigError::Parse(src.render(&p)))
+    }
+
+    /// The settings a running process keeps until it restarts, each by
+    /// its name in the file and its value as text (no secret is among
+    /// them): in `s3gate serve` (`serve`) the data plane's listeners,
+    /// region, hosts, proxies, limits and `[auth]`, and in every process
+    /// the `[[oidc]]` providers and `[[roles]]`. A reload compares them
+    /// with those the process started with and names the ones that differ.
+    pub fn restart_only(&self, serve: bool) -> RestartOnly {
+        let mut settings = Vec::new();
+        if serve {
+            settings.extend([
+                ("listen", format!("{:?}", self.listen)),
+                ("region", self.region.clone()),
+                ("base_domains", format!("{:?}", self.base_domains)),
+                ("trusted_proxies", format!("{:?}", self.trusted_proxies)),
+                ("limits", format!("{:?}", self.limits)),
+                ("tls", format!("{:?}", self.tls)),
+                ("auth", format!("{:?}", self.auth)),
+            ]);
+        }
+        settings.push(("oidc", format!("{:?}", self.oidc)));
+        settings.push(("roles", format!("{:?}", self.roles)));
+        RestartOnly { serve, settings }
     }
 
     /// True when the file sets up no backend, bucket, key or rule: it

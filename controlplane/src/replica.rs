@@ -7,12 +7,16 @@
 //! `s3gate serve`, to the in-process data plane). If the store is down, the
 //! replica keeps answering from the snapshot it has and retries the reload.
 //!
-//! [`Replica::reload`] is the one way the replica's configured sources
-//! change while it runs (SIGHUP and the Admin `Reload` RPC both call it):
-//! it re-reads the config file, builds the `[[policy]]` chain and the
-//! `[[identity]]` sources, and swaps them in with a snapshot compiled from
-//! the same state, or keeps what it has when something does not build.
-//! Reloading more of the file later (issue 14) extends it.
+//! [`Replica::reload`] is the one way the replica's config file is read
+//! again while it runs (SIGHUP and the Admin `Reload` RPC both call it). It
+//! loads and validates the whole file first and changes nothing if any of
+//! it fails. Then it swaps in the `[[policy]]` chain, the `[[identity]]`
+//! sources and the `[cache]` TTLs, and — when the file is the state's
+//! source of truth (a memory store: `serve`, `controlplane` without
+//! Redis) — replaces the state (keys, rules, backends, buckets, default
+//! backend) at once; the store tells every replica exactly which entries
+//! changed. With Redis the store is the source of truth: the state is not
+//! read from the file again.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
@@ -27,9 +31,9 @@ use s3gate_proto::{
 use tokio::sync::{broadcast, mpsc, watch};
 use tracing::{info, warn};
 
-use crate::config::{CacheConfig, FileConfig, LoadOptions};
+use crate::config::{CacheConfig, FileConfig, LoadOptions, RestartOnly};
 use crate::sources::{BuildError, Registry};
-use crate::state::{Change, State, Touched};
+use crate::state::{Change, State, StateDiff, Touched};
 use crate::store::{Notification, Store, StoreError};
 use crate::Snapshot;
 
@@ -39,7 +43,8 @@ pub type Events = broadcast::Sender<(u64, Invalidation)>;
 
 pub struct Replica {
     store: Arc<dyn Store>,
-    cache: CacheConfig,
+    /// The TTLs data planes are told; replaced by [`Replica::reload`].
+    cache: RwLock<CacheConfig>,
     /// The standing sources: kept across every snapshot; its configured
     /// part replaced by [`Replica::reload`]. Read when a snapshot is
     /// compiled, never on the request path.
@@ -53,8 +58,9 @@ pub struct Replica {
     /// Held while a snapshot is compiled and swapped in, so a reload and a
     /// state change never install one built from the other's stale half.
     compiling: Mutex<()>,
-    /// The config file a reload reads (set by the process that read it).
-    config_file: OnceLock<(PathBuf, LoadOptions)>,
+    /// The config file a reload reads (set by the process that read it),
+    /// and its settings that only a restart changes, as they were at start.
+    config_file: OnceLock<(PathBuf, LoadOptions, RestartOnly)>,
     /// One reload at a time.
     reloading: tokio::sync::Mutex<()>,
     /// The version of `current`, for read-your-writes waits.
@@ -102,7 +108,7 @@ impl Replica {
             reloading: tokio::sync::Mutex::new(()),
             events: broadcast::channel(1024).0,
             store,
-            cache,
+            cache: RwLock::new(cache),
             registry: RwLock::new(registry),
             name,
         });
@@ -176,6 +182,24 @@ impl Replica {
         }
     }
 
+    fn cache(&self) -> CacheConfig {
+        match self.cache.read() {
+            Ok(guard) => guard.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    fn set_sources(&self, registry: Registry, cache: CacheConfig) {
+        match self.registry.write() {
+            Ok(mut guard) => *guard = registry,
+            Err(poisoned) => *poisoned.into_inner() = registry,
+        }
+        match self.cache.write() {
+            Ok(mut guard) => *guard = cache,
+            Err(poisoned) => *poisoned.into_inner() = cache,
+        }
+    }
+
     fn installed_state(&self) -> Arc<State> {
         match self.state.read() {
             Ok(guard) => guard.clone(),
@@ -185,7 +209,7 @@ impl Replica {
 
     fn install(&self, state: &State) {
         let _compiling = self.compiling.lock().unwrap_or_else(|p| p.into_inner());
-        let next = Arc::new(Snapshot::compile(state, &self.cache, &self.registry()));
+        let next = Arc::new(Snapshot::compile(state, &self.cache(), &self.registry()));
         self.swap(next);
         match self.state.write() {
             Ok(mut guard) => *guard = Arc::new(state.clone()),
@@ -203,59 +227,104 @@ impl Replica {
 
     /// The config file [`Replica::reload`] reads; set once, by the process
     /// that loaded it at start (none: reload answers
-    /// [`ReloadError::NoConfigFile`]).
-    pub fn set_config_file(&self, path: PathBuf, options: LoadOptions) {
-        let _ = self.config_file.set((path, options));
+    /// [`ReloadError::NoConfigFile`]). `started`: its settings that only a
+    /// restart changes, as the process runs with them.
+    pub fn set_config_file(&self, path: PathBuf, options: LoadOptions, started: RestartOnly) {
+        let _ = self.config_file.set((path, options, started));
     }
 
-    /// Re-reads the config file and swaps in the `[[policy]]` chain and the
-    /// `[[identity]]` sources it configures, then tells every data plane
-    /// of this replica to forget cached decisions — and the routes of
-    /// buckets whose credentials come from SQL, and everything (signing
-    /// keys too) when identity sources are involved before or after. A file that does not load or a source
-    /// that does not build changes nothing: the error says why (section and
-    /// kind). Other sections of the file (`[cache]`, `[[buckets]]`, …) are
-    /// not reloaded.
+    /// Re-reads the config file and puts it in force as a whole, or keeps
+    /// everything in force when any of it fails (the error says where):
+    ///
+    /// 1. load and validate the file (parse, cross references, `env:`
+    ///    secrets); when the store follows the file, check its state as the
+    ///    Admin API checks a change; build the `[[policy]]` and
+    ///    `[[identity]]` sources;
+    /// 2. swap in the sources and the `[cache]` TTLs, and (store follows
+    ///    the file) replace the state in the store, which tells every
+    ///    replica exactly what changed: data planes forget the keys and
+    ///    buckets touched, and decisions when rules changed;
+    /// 3. tell data planes to forget cached decisions (the sources may
+    ///    decide differently) — and everything when identity sources are
+    ///    involved before or after, or the TTLs changed.
+    ///
+    /// Settings only a restart changes (listen addresses, region, `[tls]`,
+    /// …) keep their running values; [`Reloaded::restart_needed`] names
+    /// those the file now sets otherwise.
     pub async fn reload(&self) -> Result<Reloaded, ReloadError> {
-        let (path, options) = self.config_file.get().ok_or(ReloadError::NoConfigFile)?;
+        let (path, options, started) = self.config_file.get().ok_or(ReloadError::NoConfigFile)?;
         let _one = self.reloading.lock().await;
         let file = FileConfig::load_with(path, *options)
             .map_err(|e| ReloadError::Config(e.to_string()))?;
+        for warning in &file.warnings {
+            warn!(%warning, "config file: probably not what was meant");
+        }
+        let from_file = self.store.follows_config_file();
+        let next_state = if from_file {
+            Some(
+                State::from_config_checked(&file)
+                    .map_err(|e| ReloadError::State(format!("{}: {e}", path.display())))?,
+            )
+        } else {
+            None
+        };
         let before = self.registry();
+        let cache_before = self.cache();
         let configured = crate::sources::configure(
             &file.policy,
             &file.identity,
-            &self.cache,
+            &file.cache,
             &before.policy_changed,
         )
         .await
         .map_err(ReloadError::Build)?;
         let next = before.with_configured(configured);
         // Signing keys come from identity sources: when those may have
-        // changed, data planes forget keys (and everything else) too.
-        let wide = !before.configured_identity.is_empty() || !next.configured_identity.is_empty();
-        let sql_buckets: Vec<String> = {
-            let _compiling = self.compiling.lock().unwrap_or_else(|p| p.into_inner());
-            let state = self.installed_state();
-            let snapshot = Arc::new(Snapshot::compile(&state, &self.cache, &next));
-            match self.registry.write() {
-                Ok(mut guard) => *guard = next,
-                Err(poisoned) => *poisoned.into_inner() = next,
+        // changed, data planes forget keys (and everything else) too; and
+        // everything they cached under the old TTLs when those changed.
+        let cache_changed = cache_before != file.cache;
+        let wide = !before.configured_identity.is_empty()
+            || !next.configured_identity.is_empty()
+            || cache_changed;
+        // No snapshot uses the new sources until one is compiled: the one
+        // installed next, with the new state when there is one.
+        self.set_sources(next, file.cache.clone());
+        let diff = match next_state {
+            Some(mut state) => match self.store.replace(state.clone()).await {
+                Ok((version, diff)) => {
+                    state.version = version;
+                    self.install(&state);
+                    Some(diff)
+                }
+                Err(error) => {
+                    self.set_sources(before, cache_before);
+                    return Err(ReloadError::Store(error));
+                }
+            },
+            None => {
+                let _compiling = self.compiling.lock().unwrap_or_else(|p| p.into_inner());
+                let state = self.installed_state();
+                self.swap(Arc::new(Snapshot::compile(
+                    &state,
+                    &self.cache(),
+                    &self.registry(),
+                )));
+                None
             }
-            self.swap(snapshot);
-            // Their database may be the default one, which may have changed.
-            state
-                .buckets
-                .values()
-                .filter(|b| {
-                    matches!(
-                        b.credentials,
-                        Some(crate::credential::BucketCredentialSource::Sql(_))
-                    )
-                })
-                .map(|b| b.name.clone())
-                .collect()
         };
+        // Their database may be the default one, which may have changed.
+        let sql_buckets: Vec<String> = self
+            .installed_state()
+            .buckets
+            .values()
+            .filter(|b| {
+                matches!(
+                    b.credentials,
+                    Some(crate::credential::BucketCredentialSource::Sql(_))
+                )
+            })
+            .map(|b| b.name.clone())
+            .collect();
         let invalidation = if wide {
             Invalidation::All
         } else {
@@ -281,19 +350,18 @@ impl Replica {
                 Invalidation::All => "all",
                 _ => "policy",
             },
+            state: diff,
+            state_version: self.version(),
+            cache_changed,
+            restart_needed: started.differing(&file),
         };
-        info!(
-            file = %reloaded.config_file.display(),
-            policy = ?reloaded.policy,
-            identity = ?reloaded.identity,
-            invalidated = reloaded.invalidated,
-            "configured sources reloaded"
-        );
+        reloaded.log(self.store.kind());
         Ok(reloaded)
     }
 }
 
-/// What [`Replica::reload`] put in force.
+/// What [`Replica::reload`] put in force. Counts and summaries only: no
+/// secret, no key or bucket name.
 #[derive(Debug, Clone)]
 pub struct Reloaded {
     pub config_file: PathBuf,
@@ -301,8 +369,58 @@ pub struct Reloaded {
     pub policy: Vec<String>,
     /// The identity sources, likewise.
     pub identity: Vec<String>,
-    /// `policy` or `all`: what data planes were told to forget.
+    /// `policy` or `all`: what data planes were told to forget besides
+    /// the entries `state` counts.
     pub invalidated: &'static str,
+    /// How the state changed; `None`: the store (Redis) is the state's
+    /// source of truth, and the file's state was not read.
+    pub state: Option<StateDiff>,
+    /// The state version in force after the reload.
+    pub state_version: u64,
+    /// Whether the `[cache]` TTLs changed.
+    pub cache_changed: bool,
+    /// Settings the file now sets otherwise than the process runs with,
+    /// which keep their running values until a restart.
+    pub restart_needed: Vec<&'static str>,
+}
+
+impl Reloaded {
+    fn log(&self, store: &str) {
+        match &self.state {
+            Some(d) => info!(
+                file = %self.config_file.display(),
+                version = self.state_version,
+                keys = %d.keys,
+                rules = %d.rules,
+                backends = %d.backends,
+                buckets = %d.buckets,
+                default_backend_changed = d.default_backend,
+                cache_changed = self.cache_changed,
+                policy = ?self.policy,
+                identity = ?self.identity,
+                invalidated = self.invalidated,
+                "config reloaded (counts: +added -removed ~changed)"
+            ),
+            None => info!(
+                file = %self.config_file.display(),
+                store,
+                cache_changed = self.cache_changed,
+                policy = ?self.policy,
+                identity = ?self.identity,
+                invalidated = self.invalidated,
+                "configured sources reloaded; keys, rules, backends and buckets live in the \
+                 store and change only through the Admin API (the file only seeds an empty store)"
+            ),
+        }
+        if !self.restart_needed.is_empty() {
+            warn!(
+                file = %self.config_file.display(),
+                settings = ?self.restart_needed,
+                "these settings changed in the file but take effect only after a restart; \
+                 the running values stay"
+            );
+        }
+    }
 }
 
 /// Why a reload changed nothing.
@@ -311,10 +429,16 @@ pub enum ReloadError {
     #[error("this control plane was started without a config file: nothing to reload")]
     NoConfigFile,
     /// The file does not read, parse or validate (the message places it).
-    #[error("the config file does not load, the sources in force stay: {0}")]
+    #[error("the config file does not load, the config in force stays: {0}")]
     Config(String),
-    #[error("a source does not build, the sources in force stay: {0}")]
+    /// The file's keys, rules, backends and buckets do not make a valid
+    /// state together.
+    #[error("the config file's state is invalid, the config in force stays: {0}")]
+    State(String),
+    #[error("a source does not build, the config in force stays: {0}")]
     Build(#[from] BuildError),
+    #[error("the state was not replaced, the config in force stays: {0}")]
+    Store(StoreError),
 }
 
 /// The next event for a subscriber of [`Replica::events`]. A subscriber
@@ -428,9 +552,27 @@ fn invalidations(touched: &Touched, state: &State) -> Vec<Invalidation> {
             out
         }
         Touched::Sessions(keys) => keys.iter().cloned().map(Invalidation::Key).collect(),
+        Touched::Several(all) => {
+            let mut out: Vec<Invalidation> = Vec::new();
+            for t in all {
+                for inv in invalidations(t, state) {
+                    if !out.contains(&inv) {
+                        out.push(inv);
+                    }
+                }
+                // Past this many, one flush costs data planes less.
+                if out.len() > MAX_INVALIDATIONS {
+                    return vec![Invalidation::All];
+                }
+            }
+            out
+        }
         Touched::All => vec![Invalidation::All],
     }
 }
+
+/// The most invalidations one notification is told as; beyond, `All`.
+const MAX_INVALIDATIONS: usize = 256;
 
 #[async_trait]
 impl ControlPlane for Replica {
@@ -704,7 +846,11 @@ mod tests {
             replica.reload().await,
             Err(ReloadError::NoConfigFile)
         ));
-        replica.set_config_file(path.clone(), LoadOptions { allow_empty: true });
+        replica.set_config_file(
+            path.clone(),
+            LoadOptions { allow_empty: true },
+            RestartOnly::default(),
+        );
         assert!(replica.authorize(ask()).await.unwrap().allow);
 
         let mut events = replica.events().subscribe();
@@ -750,6 +896,155 @@ mod tests {
         let decision = replica.authorize(ask()).await.unwrap();
         assert!(!decision.allow);
         assert!(!decision.reason.contains("reloaded"), "{}", decision.reason);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// The whole file reloaded over a memory store: keys, rules, backends
+    /// and buckets replaced at once and announced entry by entry; a file
+    /// that does not parse, a bucket naming a missing backend and an unset
+    /// `env:` secret each keep everything in force.
+    #[tokio::test]
+    async fn reload_replaces_the_state_of_a_memory_store_or_keeps_it() {
+        let dir = std::env::temp_dir().join(format!(
+            "s3gate-reload-state-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("s3gate.toml");
+        let backend = |name: &str, port: u16| {
+            format!("[[backends]]\nname = \"{name}\"\nendpoint = \"http://127.0.0.1:{port}\"\naccess_key = \"A\"\nsecret_key = \"s\"\n")
+        };
+        let bucket = |name: &str, backend: &str| {
+            format!("[[buckets]]\nname = \"{name}\"\nbackend = \"{backend}\"\n")
+        };
+        let key = |ak: &str, secret: &str| {
+            format!("[[keys]]\naccess_key = \"{ak}\"\nsecret_key = \"{secret}\"\nprincipal = \"alice\"\n")
+        };
+        let rule = |bucket: &str| {
+            format!("[[rules]]\neffect = \"allow\"\nprincipals = [\"alice\"]\nactions = [\"s3:GetObject\"]\nresources = [\"{bucket}/*\"]\n")
+        };
+        let v1 = [
+            backend("b1", 9000),
+            bucket("data", "b1"),
+            key("AK1", "s1"),
+            rule("data"),
+        ]
+        .concat();
+        std::fs::write(&path, &v1).unwrap();
+        let file = FileConfig::load(&path).unwrap();
+        let store = Arc::new(MemoryStore::new());
+        store.seed(&State::from_config(&file)).await.unwrap();
+        let replica = Replica::start(store, file.cache.clone(), "r1".into())
+            .await
+            .unwrap();
+        replica.set_config_file(
+            path.clone(),
+            LoadOptions::default(),
+            file.restart_only(true),
+        );
+        let ask = |bucket: &str| AuthorizeRequest {
+            principal: Principal {
+                name: "alice".into(),
+                ..Principal::anonymous()
+            },
+            action: "s3:GetObject".into(),
+            bucket: bucket.into(),
+            resource: s3gate_proto::Resource::Object("k".into()),
+            context: Default::default(),
+        };
+        let signing = |ak: &str| SigningKeyRequest {
+            access_key: ak.into(),
+            date: "20240101".into(),
+            region: "us-east-1".into(),
+            service: "s3".into(),
+            security_token_sha256: None,
+        };
+        assert!(replica.authorize(ask("data")).await.unwrap().allow);
+        assert!(replica.route("logs").await.is_err());
+        let version = replica.version();
+
+        // Nothing changed: the state version stays.
+        let same = replica.reload().await.unwrap();
+        assert_eq!(same.state.as_ref().map(StateDiff::is_empty), Some(true));
+        assert_eq!(same.state_version, version);
+
+        let mut events = replica.events().subscribe();
+        let v2 = [
+            "listen = \"127.0.0.1:1\"\n".to_owned(),
+            backend("b1", 9000),
+            backend("b2", 9001),
+            bucket("data", "b1"),
+            bucket("logs", "b2"),
+            key("AK2", "s2"),
+            rule("logs"),
+        ]
+        .concat();
+        std::fs::write(&path, &v2).unwrap();
+        let reloaded = replica.reload().await.unwrap();
+        let diff = reloaded.state.clone().unwrap();
+        let c = |added, removed, changed| crate::state::Counts {
+            added,
+            removed,
+            changed,
+        };
+        assert_eq!(
+            (diff.keys, diff.rules, diff.backends, diff.buckets),
+            (c(1, 1, 0), c(1, 1, 0), c(1, 0, 0), c(1, 0, 0))
+        );
+        assert_eq!(reloaded.restart_needed, ["listen"]);
+        assert_eq!(reloaded.state_version, version + 1);
+        // In force as soon as reload returns.
+        assert!(!replica.authorize(ask("data")).await.unwrap().allow);
+        assert!(replica.authorize(ask("logs")).await.unwrap().allow);
+        assert_eq!(replica.route("logs").await.unwrap().backend.name, "b2");
+        assert!(matches!(
+            replica.signing_key(signing("AK1")).await,
+            Err(ControlPlaneError::UnknownAccessKey)
+        ));
+        assert!(replica.signing_key(signing("AK2")).await.is_ok());
+        // Data planes hear of each touched entry (the follower's), and of
+        // the decisions (the reload's), in either order.
+        let mut heard = Vec::new();
+        while heard.len() < 5 {
+            let (_, inv) = tokio::time::timeout(Duration::from_secs(2), events.recv())
+                .await
+                .unwrap()
+                .unwrap();
+            heard.push(inv);
+        }
+        for want in [
+            Invalidation::Key("AK1".into()),
+            Invalidation::Key("AK2".into()),
+            Invalidation::Policy,
+            Invalidation::Bucket("logs".into()),
+        ] {
+            assert!(heard.contains(&want), "{want:?} not in {heard:?}");
+        }
+
+        // Each of these keeps v2 in force, and says where.
+        let broken = [
+            (format!("{v2}[[keys]\n"), "s3gate.toml:"),
+            (
+                [v2.as_str(), &bucket("more", "nope")].concat(),
+                "backend \"nope\" is not configured",
+            ),
+            (
+                [v2.as_str(), &key("AK3", "env:S3GATE_TEST_SURELY_UNSET")].concat(),
+                "S3GATE_TEST_SURELY_UNSET is not set",
+            ),
+        ];
+        for (text, says) in broken {
+            std::fs::write(&path, &text).unwrap();
+            let err = replica.reload().await.unwrap_err().to_string();
+            assert!(err.contains("does not load") && err.contains(says), "{err}");
+            assert_eq!(replica.version(), version + 1);
+            assert!(replica.authorize(ask("logs")).await.unwrap().allow);
+            assert!(replica.signing_key(signing("AK2")).await.is_ok());
+        }
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -109,6 +109,9 @@ pub enum Touched {
     /// Temporary sessions were revoked (not a state change: the version
     /// stays). Replicas that do not know this variant reload everything.
     Sessions(Vec<String>),
+    /// Several of the above at once: a reload of the config file that
+    /// replaced the whole state ([`StateDiff`]).
+    Several(Vec<Touched>),
     /// Anything, e.g. after a replica missed notifications.
     All,
 }
@@ -218,6 +221,30 @@ impl State {
         Ok(())
     }
 
+    /// [`State::from_config`], checked as a whole as the Admin API checks
+    /// each change (every record valid, every bucket naming a backend, no
+    /// overlapping patterns, a default backend that exists): what a reload
+    /// swaps in. The file's own validation already placed its problems by
+    /// line; this is the second line of defence.
+    pub fn from_config_checked(cfg: &FileConfig) -> Result<Self, ChangeError> {
+        let seed = Self::from_config(cfg);
+        let mut state = State::default();
+        let changes = seed
+            .backends
+            .into_values()
+            .map(Change::PutBackend)
+            .chain(seed.buckets.into_values().map(Change::PutBucket))
+            .chain(seed.keys.into_values().map(Change::PutKey))
+            .chain(seed.rules.into_values().map(Change::PutRule))
+            .chain(std::iter::once(Change::SetDefaultBackend(
+                seed.default_backend,
+            )));
+        for change in changes {
+            state.apply(&change)?;
+        }
+        Ok(state)
+    }
+
     /// The state a config file describes. Rules get ids `r001`, `r002`, …
     /// in file order.
     pub fn from_config(cfg: &FileConfig) -> Self {
@@ -303,6 +330,148 @@ impl State {
             buckets,
             default_backend: cfg.default_backend.clone(),
         }
+    }
+}
+
+/// How the entries of one kind differ between two states.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub added: u32,
+    pub removed: u32,
+    pub changed: u32,
+}
+
+impl Counts {
+    pub fn is_zero(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+impl std::fmt::Display for Counts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "+{} -{} ~{}", self.added, self.removed, self.changed)
+    }
+}
+
+/// What differs between two states: how many entries of each kind were
+/// added, removed or changed (names and secrets stay out), and what every
+/// replica must be told ([`Touched`]) for data planes to forget exactly the
+/// entries that changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StateDiff {
+    pub keys: Counts,
+    /// Rules compared by what they say, not by id: file rules are numbered
+    /// in order, so one inserted rule would otherwise renumber the rest.
+    /// Never `changed`: an edited rule is one removed and one added.
+    pub rules: Counts,
+    pub backends: Counts,
+    pub buckets: Counts,
+    pub default_backend: bool,
+    pub touched: Vec<Touched>,
+}
+
+impl StateDiff {
+    pub fn between(old: &State, new: &State) -> Self {
+        let mut touched = Vec::new();
+        let keys = diff_maps(&old.keys, &new.keys, |ak| {
+            touched.push(Touched::Key(ak.to_owned()));
+        });
+        let rules = diff_rules(old, new);
+        if !rules.is_zero() {
+            touched.push(Touched::Rules);
+        }
+        // A removed backend serves no bucket any more: the buckets that
+        // named it were removed or changed, and are touched as such.
+        let mut changed_backends = Vec::new();
+        let backends = diff_maps(&old.backends, &new.backends, |name| {
+            if old.backends.contains_key(name) && new.backends.contains_key(name) {
+                changed_backends.push(name.to_owned());
+            }
+        });
+        touched.extend(changed_backends.into_iter().map(Touched::Backend));
+        let buckets = diff_maps(&old.buckets, &new.buckets, |name| {
+            touched.push(Touched::Bucket(name.to_owned()));
+        });
+        let default_backend = old.default_backend != new.default_backend;
+        if default_backend {
+            touched.push(Touched::Bucket("*".to_owned()));
+        }
+        Self {
+            keys,
+            rules,
+            backends,
+            buckets,
+            default_backend,
+            touched,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.touched.is_empty()
+    }
+
+    /// The one notification for the whole difference (`None`: none).
+    pub fn notification(&self) -> Option<Touched> {
+        match self.touched.as_slice() {
+            [] => None,
+            [one] => Some(one.clone()),
+            many => Some(Touched::Several(many.to_vec())),
+        }
+    }
+}
+
+/// Counts the entries added, removed and changed from `old` to `new`,
+/// calling `touch` with the name of each.
+fn diff_maps<V: PartialEq>(
+    old: &BTreeMap<String, V>,
+    new: &BTreeMap<String, V>,
+    mut touch: impl FnMut(&str),
+) -> Counts {
+    let mut counts = Counts::default();
+    for (name, value) in old {
+        match new.get(name) {
+            None => {
+                counts.removed += 1;
+                touch(name);
+            }
+            Some(v) if v != value => {
+                counts.changed += 1;
+                touch(name);
+            }
+            Some(_) => {}
+        }
+    }
+    for name in new.keys().filter(|name| !old.contains_key(*name)) {
+        counts.added += 1;
+        touch(name);
+    }
+    counts
+}
+
+/// Rules as multisets of what they say (effect, principals, actions,
+/// resources), ids aside.
+fn diff_rules(old: &State, new: &State) -> Counts {
+    type Said<'a> = (Effect, &'a [String], &'a [String], &'a [String]);
+    let said = |s: &'_ State| -> BTreeMap<String, usize> {
+        let mut out = BTreeMap::new();
+        for r in s.rules.values() {
+            let key: Said<'_> = (r.effect, &r.principals, &r.actions, &r.resources);
+            *out.entry(format!("{key:?}")).or_insert(0) += 1;
+        }
+        out
+    };
+    let (old, new) = (said(old), said(new));
+    let count = |a: &BTreeMap<String, usize>, b: &BTreeMap<String, usize>| -> u32 {
+        a.iter()
+            .map(|(k, n)| n.saturating_sub(b.get(k).copied().unwrap_or(0)))
+            .sum::<usize>()
+            .try_into()
+            .unwrap_or(u32::MAX)
+    };
+    Counts {
+        added: count(&new, &old),
+        removed: count(&old, &new),
+        changed: 0,
     }
 }
 
@@ -531,6 +700,142 @@ mod tests {
             egress: Default::default(),
             limits: Default::default(),
         }
+    }
+
+    fn diff(old: &State, new: &State) -> (Vec<Counts>, bool, Vec<Touched>) {
+        let d = StateDiff::between(old, new);
+        (
+            vec![d.keys, d.rules, d.backends, d.buckets],
+            d.default_backend,
+            d.touched,
+        )
+    }
+
+    #[test]
+    fn a_diff_counts_and_touches_exactly_what_changed() {
+        let key = |ak: &str, principal: &str| KeyRecord {
+            access_key: ak.into(),
+            secret: Secret::new("s"),
+            principal: principal.into(),
+            groups: vec![],
+            created: 0,
+        };
+        let rule = |id: &str, resource: &str| RuleRecord {
+            id: id.into(),
+            effect: Effect::Allow,
+            principals: vec!["*".into()],
+            actions: vec!["s3:GetObject".into()],
+            resources: vec![resource.into()],
+        };
+        let bucket = |name: &str, backend: &str| BucketRecord {
+            name: name.into(),
+            backend: backend.into(),
+            backend_bucket: name.into(),
+            cors: vec![],
+            credentials: None,
+        };
+        let mut old = State::default();
+        for c in [
+            Change::PutBackend(backend("b1")),
+            Change::PutBackend(backend("b2")),
+            Change::PutBucket(bucket("kept", "b1")),
+            Change::PutBucket(bucket("moved", "b1")),
+            Change::PutBucket(bucket("gone", "b2")),
+            Change::PutKey(key("AK1", "alice")),
+            Change::PutKey(key("AK2", "bob")),
+            Change::PutRule(rule("r001", "kept/*")),
+            Change::PutRule(rule("r002", "gone/*")),
+        ] {
+            old.apply(&c).unwrap();
+        }
+        // The same state with other version and rule ids: no difference.
+        let mut same = old.clone();
+        same.version = 9;
+        let r = same.rules.remove("r001").unwrap();
+        same.rules.insert(
+            "x".into(),
+            RuleRecord {
+                id: "x".into(),
+                ..r
+            },
+        );
+        assert_eq!(
+            diff(&old, &same),
+            (vec![Counts::default(); 4], false, vec![])
+        );
+        assert_eq!(StateDiff::between(&old, &same).notification(), None);
+
+        let mut new = old.clone();
+        let mut b2 = backend("b2");
+        b2.endpoint = "http://127.0.0.1:9001".into();
+        for c in [
+            Change::DeleteBucket("gone".into()),
+            Change::PutBucket(bucket("moved", "b2")),
+            Change::PutBucket(bucket("new", "b1")),
+            Change::PutBackend(backend("b3")),
+            Change::PutBackend(b2),
+            Change::DeleteKey("AK2".into()),
+            Change::PutKey(key("AK1", "carol")),
+            Change::PutKey(key("AK3", "dave")),
+            Change::DeleteRule("r002".into()),
+            Change::PutRule(rule("r003", "new/*")),
+            Change::PutRule(rule("r004", "new/*")),
+            Change::SetDefaultBackend(Some("b1".into())),
+        ] {
+            new.apply(&c).unwrap();
+        }
+        let (counts, default_backend, touched) = diff(&old, &new);
+        let c = |added, removed, changed| Counts {
+            added,
+            removed,
+            changed,
+        };
+        assert_eq!(
+            counts,
+            [c(1, 1, 1), c(2, 1, 0), c(1, 0, 1), c(1, 1, 1)],
+            "keys, rules, backends, buckets"
+        );
+        assert!(default_backend);
+        assert_eq!(
+            touched,
+            [
+                Touched::Key("AK1".into()),
+                Touched::Key("AK2".into()),
+                Touched::Key("AK3".into()),
+                Touched::Rules,
+                Touched::Backend("b2".into()),
+                Touched::Bucket("gone".into()),
+                Touched::Bucket("moved".into()),
+                Touched::Bucket("new".into()),
+                Touched::Bucket("*".into()),
+            ]
+        );
+        assert!(matches!(
+            StateDiff::between(&old, &new).notification(),
+            Some(Touched::Several(all)) if all.len() == 9
+        ));
+    }
+
+    #[test]
+    fn a_config_state_is_checked_as_a_whole() {
+        let cfg = FileConfig::parse(
+            "default_backend = \"b\"\n\
+             [[backends]]\nname = \"b\"\nendpoint = \"http://127.0.0.1:9000\"\naccess_key = \"A\"\nsecret_key = \"s\"\n\
+             [[buckets]]\nname = \"data\"\nbackend = \"b\"\n\
+             [[keys]]\naccess_key = \"AK\"\nsecret_key = \"k\"\nprincipal = \"alice\"\n\
+             [[rules]]\neffect = \"allow\"\nprincipals = [\"alice\"]\nactions = [\"s3:*\"]\nresources = [\"data\"]\n",
+        )
+        .unwrap();
+        let checked = State::from_config_checked(&cfg).unwrap();
+        assert_eq!(checked, State::from_config(&cfg));
+        // What the file's own validation would refuse, made after it.
+        let mut bad = cfg.clone();
+        bad.buckets[0].backend = "nope".into();
+        let err = State::from_config_checked(&bad).unwrap_err().to_string();
+        assert!(err.contains("unknown backend \"nope\""), "{err}");
+        let mut bad = cfg;
+        bad.default_backend = Some("nope".into());
+        assert!(State::from_config_checked(&bad).is_err());
     }
 
     #[test]

@@ -20,7 +20,7 @@ use crate::config::Secret;
 use crate::session::{
     SessionInfo, SessionLimits, SessionLookup, SessionRecord, SessionTarget, EXPIRED_KNOWN_FOR,
 };
-use crate::state::{Change, ChangeError, State, Touched};
+use crate::state::{Change, ChangeError, State, StateDiff, Touched};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -58,6 +58,26 @@ pub trait Store: Send + Sync + 'static {
 
     /// Writes `seed` if the store holds no state yet. Returns whether it did.
     async fn seed(&self, seed: &State) -> Result<bool, StoreError>;
+
+    /// Whether the config file is this store's source of truth: the store
+    /// is one process's own (memory), seeded from the file, and a reload
+    /// of the file replaces its state ([`Store::replace`]). A shared store
+    /// (Redis) is the source of truth itself: the file only seeds it empty.
+    fn follows_config_file(&self) -> bool {
+        false
+    }
+
+    /// Replaces the whole state at once with `next` (its version ignored),
+    /// bumps the version if anything differs and notifies every replica of
+    /// exactly what did. Returns the version in force and the difference.
+    /// Only a store that [`Store::follows_config_file`] does this.
+    async fn replace(&self, next: State) -> Result<(u64, StateDiff), StoreError> {
+        let _ = next;
+        Err(StoreError::Unavailable(format!(
+            "the {} store is the source of truth: change it through the Admin API",
+            self.kind()
+        )))
+    }
 
     /// Changes made through any replica, this one included. After a gap (a
     /// lost subscription, a lagging receiver) the store sends `Touched::All`.
@@ -296,6 +316,27 @@ impl Store for MemoryStore {
 
     fn subscribe(&self) -> broadcast::Receiver<Notification> {
         self.notify.subscribe()
+    }
+
+    fn follows_config_file(&self) -> bool {
+        true
+    }
+
+    async fn replace(&self, next: State) -> Result<(u64, StateDiff), StoreError> {
+        let (version, diff) = {
+            let mut state = self.lock()?;
+            let diff = StateDiff::between(&state, &next);
+            if !diff.is_empty() {
+                let version = state.version + 1;
+                *state = next;
+                state.version = version;
+            }
+            (state.version, diff)
+        };
+        if let Some(touched) = diff.notification() {
+            let _ = self.notify.send(Notification { version, touched });
+        }
+        Ok((version, diff))
     }
 
     async fn health(&self) -> Result<(), StoreError> {

@@ -1,6 +1,10 @@
-"""Reloading the [[policy]] chain and [[identity]] sources without a restart:
-SIGHUP to `s3gate serve` and `s3gate admin reload` (Admin `Reload`), and the
-same against `s3gate controlplane` with a separate `s3gate dataplane`.
+"""Reloading the config file without a restart: SIGHUP to `s3gate serve` and
+`s3gate admin reload` (Admin `Reload`), and the same against `s3gate
+controlplane` (no Redis) with a separate `s3gate dataplane`.
+
+The whole file reloads: keys, rules, backends and buckets (the state of a
+control plane without Redis is the file), and the [[policy]] chain and
+[[identity]] sources. A file that does not load keeps everything in force.
 
 The config file is rewritten between steps: an entry whose settings change
 (an SQL query against an in-memory SQLite database that denies alice), then
@@ -14,6 +18,7 @@ why (section and kind). Nothing is mocked: real processes, boto3, the CLI.
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import time
@@ -21,7 +26,9 @@ import uuid
 
 import botocore.exceptions
 
-from conftest import _client, gateway_bin, gateway_env, make_keys, node_files, render_config, stop_gateway, unused_port
+from conftest import (BACKEND_SECRET_ENV, RULES, _client, gateway_bin, gateway_env, make_keys, node_files, render_config,
+                      rules_config, stop_gateway, unused_port)  # fmt: skip
+from harness.config import toml_table
 from harness.cluster import start_controlplane, start_dataplane
 from harness.procs import ready_field
 from recorder import launch_gateway
@@ -173,3 +180,164 @@ def test_reload_without_grpc_is_sighup_only(backend, tmp_path):
         becomes(alice, "data", key, "AccessDenied")
     finally:
         stop_gateway(gw)
+
+
+# --------------------------------------------------------------------------- the whole file
+
+FRESH_FOR_ALICE = "\n".join(toml_table("rules", dict(effect="allow", principals=["alice"], actions=["s3:GetObject"], resources=["fresh/*"]))) + "\n"
+
+ERIN = ("S3GATEERIN001", "csec-erin-" + uuid.uuid4().hex)
+
+
+def key_table(key) -> str:
+    """The [[keys]] table render_config writes for `key`."""
+    secret = f"env:{key.from_env}" if key.from_env else key.secret_key
+    return "\n".join(toml_table("keys", dict(access_key=key.access_key, secret_key=secret, principal=key.principal, groups=key.groups)))
+
+
+def rewritten(base: str, keys) -> str:
+    """The gateway's config with every kind of state changed: dave's key gone and
+    erin's new; the ops rule (carol's grant on `other`) gone and a grant for
+    bob on all of data new; a new backend and a new bucket `fresh` on it
+    (backend bucket `public`, granted to erin); and base_domains changed,
+    which needs a restart."""
+    assert key_table(keys["dave"]) in base and rules_config(RULES) in base
+    ops = [r for r in RULES if r[1] == ["group:ops"]]
+    rules = [r for r in RULES if r not in ops] + [
+        ("allow", ["bob"], ["s3:GetObject"], ["data/*"]),
+        ("allow", ["erin"], ["s3:*"], ["fresh", "fresh/*"]),
+    ]
+    text = base.replace(key_table(keys["dave"]), "").replace(rules_config(RULES), rules_config(rules))
+    text = text.replace('base_domains = ["s3.localhost"]', 'base_domains = ["s3.example"]')
+    endpoint = re.search(r'endpoint = "(http://127\.0\.0\.1:\d+)"', base).group(1)
+    extra = [
+        *toml_table("backends", dict(name="fresh-be", endpoint=endpoint, region="us-east-1", addressing_style="path",
+                                     credentials=dict(kind="static_hmac", access_key=re.search(r'access_key = "(BK[0-9A-F]+)"', base).group(1),
+                                                      secret_key="env:" + BACKEND_SECRET_ENV))),  # fmt: skip
+        *toml_table("buckets", dict(name="fresh", backend="fresh-be", backend_bucket="public")),
+        *toml_table("keys", dict(access_key=ERIN[0], secret_key=ERIN[1], principal="erin")),
+    ]
+    # Tables after the rules: the file's top-level keys stay first.
+    return text + "\n".join(extra) + "\n"
+
+
+def wait_log(path, needle: str, count: int = 1, within: float = 10) -> str:
+    """The log once `needle` occurs `count` times in it."""
+    deadline = time.monotonic() + within
+    while (text := path.read_text(errors="replace")).count(needle) < count:
+        assert time.monotonic() < deadline, f"{needle!r} not logged {count} time(s) within {within}s"
+        time.sleep(0.1)
+    return text
+
+
+def test_sighup_reloads_keys_rules_backends_and_buckets_in_serve(backend, tmp_path):
+    # alice may read `fresh` from the start: before the reload it does not
+    # exist (NoSuchBucket, remembered by the data plane), after it does.
+    gw = launch_gateway(tmp_path, backend, "s3gate-reload-all", extra_args=["--grpc-listen", "127.0.0.1:0"],
+                        env={"S3GATE_ADMIN_TOKEN": ADMIN_TOKEN}, extra_config=FRESH_FOR_ALICE)  # fmt: skip
+    try:
+        grpc = ready_field(gw.ready_file, "grpc")()
+        base = gw.config_path.read_text()
+        key = f"reload/{uuid.uuid4().hex[:8]}.txt"
+        for bucket in ("data-prod", "other", "public"):
+            backend.put(bucket, key, b"reloaded " + bucket.encode())
+        c = {name: _client(gw.endpoint, k.access_key, k.secret_key) for name, k in gw.keys.items()}
+        erin = _client(gw.endpoint, *ERIN)
+        # Before: each answer is now cached (decisions, signing keys, routes).
+        assert outcome(c["bob"], "data", key) == "AccessDenied"
+        assert outcome(c["carol"], "other", key) == "allowed"
+        assert outcome(c["dave"], "data", key) == "allowed"
+        assert outcome(erin, "fresh", key) == "InvalidAccessKeyId"
+        assert outcome(c["alice"], "fresh", key) == "NoSuchBucket"
+
+        new = rewritten(base, gw.keys)
+        gw.config_path.write_text(new)
+        gw.proc.popen.send_signal(signal.SIGHUP)
+        log = wait_log(gw.log_path, "config reloaded")
+        # Counts, +added -removed ~changed; the running base_domains stay.
+        line = next(l for l in log.splitlines() if "config reloaded" in l)
+        for field in ("keys=+1 -1 ~0", "rules=+2 -1 ~0", "backends=+1 -0 ~0", "buckets=+1 -0 ~0"):
+            assert field in line, line
+        assert "take effect only after a restart" in log and "base_domains" in log
+        becomes(c["bob"], "data", key, "allowed")  # a denial cached before is gone
+        becomes(c["carol"], "other", key, "AccessDenied")  # a grant removed stops working
+        becomes(c["dave"], "data", key, "InvalidAccessKeyId")  # a removed key is refused
+        becomes(erin, "fresh", key, "allowed")  # a new key, rule, backend and bucket
+        becomes(c["alice"], "fresh", key, "allowed")  # no longer a remembered unknown bucket
+        assert erin.get_object(Bucket="fresh", Key=key)["Body"].read() == b"reloaded public"
+        erin.put_object(Bucket="fresh", Key=key + ".new", Body=b"through fresh-be")
+        assert backend.file("public", key + ".new").read_bytes() == b"through fresh-be"
+        assert outcome(c["alice"], "data", key) == "allowed"  # untouched
+
+        # Broken files keep all of it, and the log says where (file:line).
+        refused = log.count("reload refused")
+        for text, says in [
+            (new + "\n[[keys]\n", f"{gw.config_path}:"),
+            (new + "\n".join(toml_table("buckets", dict(name="orphan", backend="nope"))) + "\n", "backend \"nope\" is not configured"),
+            (new.replace("env:" + BACKEND_SECRET_ENV, "env:S3GATE_E2E_SURELY_UNSET"), "S3GATE_E2E_SURELY_UNSET is not set"),
+        ]:
+            gw.config_path.write_text(text)
+            gw.proc.popen.send_signal(signal.SIGHUP)
+            refused += 1
+            log = wait_log(gw.log_path, "reload refused", refused)
+            last = [l for l in log.splitlines() if "reload refused" in l][-1]
+            assert says in last and re.search(re.escape(str(gw.config_path)) + r":\d+:\d+", last), last
+            assert gw.proc.alive()
+            assert outcome(erin, "fresh", key) == "allowed"
+            assert outcome(c["dave"], "data", key) == "InvalidAccessKeyId"
+            assert outcome(c["bob"], "data", key) == "allowed"
+
+        # The Admin API's reload reports the same counts (and never a secret).
+        gw.config_path.write_text(new.replace("\n".join(toml_table("keys", dict(access_key=ERIN[0], secret_key=ERIN[1], principal="erin"))), ""))
+        r = admin(grpc, "--json", "reload")
+        assert r.returncode == 0, r.stderr
+        report = json.loads(r.stdout)
+        assert report["state_from"] == "file" and report["keys"] == {"added": 0, "removed": 1, "changed": 0}, report
+        assert report["rules"] == {"added": 0, "removed": 0, "changed": 0} and report["restart_needed"] == ["base_domains"], report
+        assert ERIN[1] not in r.stdout
+        becomes(erin, "fresh", key, "InvalidAccessKeyId")
+        r = admin(grpc, "reload")
+        assert r.returncode == 0 and "keys         0 added, 0 removed, 0 changed" in r.stdout, r.stdout
+        assert "restart needed for: base_domains" in r.stdout, r.stdout
+    finally:
+        stop_gateway(gw)
+
+
+def test_sighup_to_a_controlplane_without_redis_reaches_its_dataplane(backend, tmp_path):
+    """`s3gate controlplane --config` (state in memory, from the file) and an
+    `s3gate dataplane`: SIGHUP to the control plane; the data plane hears of
+    the changed keys, rules and buckets over Watch, without a restart."""
+    keys = make_keys()
+    config = tmp_path / "cluster-all.toml"
+    base = render_config(backend, keys, unused_port()) + FRESH_FOR_ALICE
+    config.write_text(base)
+    env = gateway_env(backend, keys, "debug")
+    cp, cp_addr = start_controlplane(gateway_bin(), "cp-reload-all", config=config, env=env, **node_files(tmp_path, "cp-reload-all"))
+    try:
+        dp, dp_addr = start_dataplane(gateway_bin(), "dp-reload-all", control_planes=[f"http://{cp_addr}"], region="us-east-1",
+                                      env=env, **node_files(tmp_path, "dp-reload-all"))  # fmt: skip
+        try:
+            key = f"reload/{uuid.uuid4().hex[:8]}.txt"
+            for bucket in ("data-prod", "other", "public"):
+                backend.put(bucket, key, b"x")
+            c = {name: _client(f"http://{dp_addr}", k.access_key, k.secret_key) for name, k in keys.items()}
+            erin = _client(f"http://{dp_addr}", *ERIN)
+            assert outcome(c["bob"], "data", key) == "AccessDenied"
+            assert outcome(c["carol"], "other", key) == "allowed"
+            assert outcome(c["dave"], "data", key) == "allowed"
+            assert outcome(c["alice"], "fresh", key) == "NoSuchBucket"
+            config.write_text(rewritten(base, keys))
+            cp.popen.send_signal(signal.SIGHUP)
+            becomes(c["bob"], "data", key, "allowed")
+            becomes(c["carol"], "other", key, "AccessDenied")
+            becomes(c["dave"], "data", key, "InvalidAccessKeyId")
+            becomes(erin, "fresh", key, "allowed")
+            becomes(c["alice"], "fresh", key, "allowed")
+            assert dp.alive() and cp.alive()
+            # The data plane was told exactly these (plus the decisions).
+            dp_log = node_files(tmp_path, "dp-reload-all")["log_path"].read_text(errors="replace")
+            assert "Key(\"S3GATEDAVE001\")" in dp_log and "Bucket(\"fresh\")" in dp_log, dp_log[-3000:]
+        finally:
+            dp.stop()
+    finally:
+        cp.stop()

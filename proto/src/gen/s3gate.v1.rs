@@ -2274,12 +2274,51 @@ pub struct ReloadResponse {
     /// The [identity](identity) sources now in force, likewise.
     #[prost(string, repeated, tag = "3")]
     pub identity: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
-    /// What data planes were told to forget: "policy" (cached decisions, and
-    /// the routes of buckets whose credentials come from SQL), or "all" (also
-    /// signing keys and every route, when identity sources are configured
-    /// before or after).
+    /// What data planes were told to forget besides the entries the counts
+    /// below name: "policy" (cached decisions, and the routes of buckets whose
+    /// credentials come from SQL), or "all" (also signing keys and every
+    /// route, when identity sources are configured before or after, or the
+    /// \[cache\] TTLs changed).
     #[prost(string, tag = "4")]
     pub invalidated: ::prost::alloc::string::String,
+    /// "file": the state (keys, rules, backends, buckets) was read from the
+    /// file and replaced as a whole; "store": the store (Redis) is the
+    /// state's source of truth and the file's state was not read — change it
+    /// through the Admin API.
+    #[prost(string, tag = "5")]
+    pub state_from: ::prost::alloc::string::String,
+    /// How the state changed (state_from "file"); never a name or a secret.
+    /// Rules are compared by content: an edited rule counts as one removed
+    /// and one added.
+    #[prost(message, optional, tag = "6")]
+    pub keys: ::core::option::Option<ReloadCounts>,
+    #[prost(message, optional, tag = "7")]
+    pub rules: ::core::option::Option<ReloadCounts>,
+    #[prost(message, optional, tag = "8")]
+    pub backends: ::core::option::Option<ReloadCounts>,
+    #[prost(message, optional, tag = "9")]
+    pub buckets: ::core::option::Option<ReloadCounts>,
+    #[prost(bool, tag = "10")]
+    pub default_backend_changed: bool,
+    #[prost(bool, tag = "11")]
+    pub cache_changed: bool,
+    /// The state version in force after the reload.
+    #[prost(uint64, tag = "12")]
+    pub state_version: u64,
+    /// Settings the file now sets otherwise than the process runs with (e.g.
+    /// "listen", "tls"): they keep their running values until a restart.
+    #[prost(string, repeated, tag = "13")]
+    pub restart_needed: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+}
+#[allow(clippy::all)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ReloadCounts {
+    #[prost(uint32, tag = "1")]
+    pub added: u32,
+    #[prost(uint32, tag = "2")]
+    pub removed: u32,
+    #[prost(uint32, tag = "3")]
+    pub changed: u32,
 }
 #[allow(clippy::all)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
