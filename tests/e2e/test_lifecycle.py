@@ -1,11 +1,18 @@
-"""Process lifecycle: ready file, SIGTERM, bad configuration."""
+"""Process lifecycle: ready file, SIGTERM and the drain, bad configuration."""
 
+import hashlib
 import json
+import os
+import signal
+import socket
 import subprocess
+import time
+import uuid
 from pathlib import Path
 
-from conftest import gateway_bin, gateway_env, make_keys, render_config, start_gateway, stop_gateway, unused_port
+from conftest import _client, gateway_bin, gateway_env, make_keys, render_config, start_gateway, stop_gateway, unused_port
 from harness.procs import start_with_ready_file
+from recorder import launch_gateway
 
 
 def test_ready_file_and_sigterm(backend, tmp_path):
@@ -76,3 +83,81 @@ def test_missing_env_secret_fails_fast(backend, tmp_path):
     )
     assert p.returncode != 0
     assert "S3GATE_E2E_DEFINITELY_UNSET" in p.stderr, p.stderr
+
+
+# --------------------------------------------------------------------------- drain
+
+GIB = 1 << 30
+MIB = 1 << 20
+
+
+def write_object(path: Path, size: int) -> str:
+    """Writes `size` bytes to `path` (a file of the s3s-fs backend: no upload
+    through anything) and returns their SHA-256. Every MiB differs (a random
+    block stamped with its index), so bytes out of place change the hash."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    block = bytearray(os.urandom(MIB))
+    digest = hashlib.sha256()
+    with open(path, "wb") as f:
+        for i in range(size // MIB):
+            block[:8] = i.to_bytes(8, "big")
+            f.write(block)
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def refused(addr: tuple[str, int]) -> bool:
+    """Whether a new TCP connection to `addr` is refused (not accepted, and
+    not left hanging in a backlog nobody reads)."""
+    try:
+        with socket.create_connection(addr, timeout=2):
+            return False
+    except ConnectionRefusedError:
+        return True
+
+
+def test_sigterm_drains_a_1gib_get(backend, tmp_path):
+    """SIGTERM while a 1 GiB GET streams through `s3gate serve`: the listener
+    closes at once (new connections are refused), the GET completes with every
+    byte right (hashed as it streams, never held), and the process then exits 0
+    well inside --drain-timeout."""
+    key = f"drain/{uuid.uuid4().hex[:8]}.bin"
+    started = time.monotonic()
+    want = write_object(backend.file("data-prod", key), GIB)
+    gw = launch_gateway(tmp_path, backend, "s3gate-drain", extra_args=["--drain-timeout", "60s"], log_level="info")
+    try:
+        client = _client(gw.endpoint, gw.keys["alice"].access_key, gw.keys["alice"].secret_key)
+        obj = client.get_object(Bucket="data", Key=key)
+        assert obj["ContentLength"] == GIB
+        body = obj["Body"]
+        digest = hashlib.sha256()
+        got = 0
+        # Some of it first: the response is streaming when the signal comes.
+        while got < 64 * MIB:
+            chunk = body.read(MIB)
+            assert chunk, f"body ended after {got} bytes"
+            digest.update(chunk)
+            got += len(chunk)
+        assert refused(gw.addr) is False
+        gw.proc.popen.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while "shutting down, draining connections" not in gw.log_path.read_text(errors="replace"):
+            assert time.monotonic() < deadline, "SIGTERM not acted on within 10s"
+            time.sleep(0.05)
+        assert refused(gw.addr), "a new connection was accepted after SIGTERM"
+        assert gw.proc.alive(), "exited with a GET in flight"
+        while chunk := body.read(MIB):
+            digest.update(chunk)
+            got += len(chunk)
+        assert got == GIB
+        assert digest.hexdigest() == want, "the drained GET returned other bytes"
+        # Drained: the process exits on its own, well before the timeout.
+        code = gw.proc.popen.wait(timeout=20)
+        assert code == 0, gw.proc.tail()
+        log = gw.log_path.read_text(errors="replace")
+        assert "all connections drained" in log and "drain timeout reached" not in log, gw.proc.tail()
+        assert refused(gw.addr)
+    finally:
+        stop_gateway(gw)
+        backend.file("data-prod", key).unlink(missing_ok=True)
+    assert time.monotonic() - started < 60
