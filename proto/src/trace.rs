@@ -39,6 +39,12 @@ pub fn continue_from(span: &Span, headers: &HeaderMap) {
     }
 }
 
+/// Whether `span` is recorded (sampled), deciding it now if it was not
+/// yet. False for a disabled span.
+pub fn is_sampled(span: &Span) -> bool {
+    !span.is_disabled() && span.context().span().span_context().is_sampled()
+}
+
 /// Writes `span`'s context into `headers` as `traceparent` (and
 /// `tracestate` when it has one), replacing any there. Nothing when the
 /// span is disabled.

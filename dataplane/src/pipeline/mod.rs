@@ -33,10 +33,16 @@ pub mod route;
 pub mod sts;
 
 /// A span for one stage of a request, a child of the request's span. It
-/// exists only while traces are exported (see `spans`).
+/// exists only when the request's trace is recorded (`Exchange::traced`):
+/// an unsampled request makes no stage spans, only the request span whose
+/// context it passes on.
 macro_rules! stage_span {
-    ($name:literal) => {
-        tracing::info_span!(target: s3gate_proto::trace::TARGET, $name)
+    ($ex:expr, $name:literal) => {
+        if $ex.traced {
+            tracing::info_span!(target: s3gate_proto::trace::TARGET, $name)
+        } else {
+            tracing::Span::none()
+        }
     };
 }
 
@@ -212,6 +218,9 @@ pub struct Exchange {
     /// The request's trace span; disabled (and free) unless traces are
     /// exported.
     pub span: tracing::Span,
+    /// Whether the request's trace is recorded (exported and sampled): only
+    /// then are stage spans made and the outcome recorded.
+    pub traced: bool,
 }
 
 impl Exchange {
@@ -224,6 +233,7 @@ impl Exchange {
             trace: Trace::default(),
             slot: FailureSlot::default(),
             span: tracing::Span::none(),
+            traced: false,
         }
     }
 }
@@ -238,13 +248,17 @@ pub async fn handle(cx: Arc<Ctx>, conn: Arc<ConnInfo>, req: Request<Incoming>) -
     if let Some(host) = ex.origin.host.take() {
         head.headers.insert(http::header::HOST, host);
     }
-    ex.span = spans::request(&cx, &ex, &head);
+    (ex.span, ex.traced) = spans::request(&cx, &ex, &head);
     if ex.span.is_disabled() {
         return stages(&cx, head, body, &mut ex).await;
     }
     let span = ex.span.clone();
     let response = stages(&cx, head, body, &mut ex).instrument(span).await;
-    spans::finish(&ex, response)
+    if ex.traced {
+        spans::finish(&ex, response)
+    } else {
+        response
+    }
 }
 
 /// The stages of [`handle`], after the request's origin is known.
@@ -268,8 +282,9 @@ async fn stages(
         parse::host(&head),
         &head.headers,
     ) {
+        let span = stage_span!(ex, "sts");
         let response = sts::answer(cx, &head, body, call, ex)
-            .instrument(stage_span!("sts"))
+            .instrument(span)
             .await;
         return respond::finish(&head, Ok(response), ex, None);
     }
@@ -280,10 +295,10 @@ async fn stages(
     // names what the request looked like.)
     let parsed = parse::s3_request(&cx.cfg.hosts, &head);
     if let Ok(req) = &parsed {
-        spans::record_request(&ex.span, req);
+        spans::record_request(ex, req);
     }
     let who = match authn::verify(cx, &head, &ex.conn, &mut ex.trace)
-        .instrument(stage_span!("authn"))
+        .instrument(stage_span!(ex, "authn"))
         .await
     {
         Ok(who) => who,
@@ -374,12 +389,12 @@ async fn run(
     // Authorized before routed: a caller who may not touch a bucket hears
     // AccessDenied whether or not it exists, never NoSuchBucket.
     let grant = authz::check(cx, &asker, req)
-        .instrument(stage_span!("authz"))
+        .instrument(stage_span!(ex, "authz"))
         .await;
     trace.decision = Some(if grant.is_ok() { "allow" } else { "deny" });
     let grant = grant?;
     let route = match route::lookup_for(cx, bucket, &who.principal)
-        .instrument(stage_span!("route"))
+        .instrument(stage_span!(ex, "route"))
         .await
     {
         Err(Error::NoSuchBucket) if req.op == Op::CreateBucket => {
@@ -404,7 +419,7 @@ async fn run(
     let source_route = match &req.copy_source {
         Some(src) => Some(
             route::lookup_copy_source(cx, &route, src, &who.principal)
-                .instrument(stage_span!("route"))
+                .instrument(stage_span!(ex, "route"))
                 .await?,
         ),
         None => None,
@@ -424,7 +439,7 @@ async fn run(
         let keys: Vec<&str> = doc.objects.iter().map(|o| o.key.as_str()).collect();
         trace.keys = serde_json::to_string(&keys).ok();
         if let Err((e, key)) = authz::check_delete_objects(cx, &asker, req, bucket, &doc)
-            .instrument(stage_span!("authz"))
+            .instrument(stage_span!(ex, "authz"))
             .await
         {
             trace.decision = Some("deny");
@@ -463,7 +478,7 @@ async fn run(
         body,
         payload,
     )
-    .instrument(stage_span!("forward"))
+    .instrument(stage_span!(ex, "forward"))
     .await?;
     drop(buffered);
     forward::downstream(cx, response, &route, head, req, ex).await

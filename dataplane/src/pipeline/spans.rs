@@ -28,18 +28,19 @@ use super::{Ctx, Exchange};
 use crate::body::{self, Body};
 use crate::error::BoxError;
 
-/// The span of a request. A `traceparent` is believed only from a trusted
-/// proxy (`trusted_proxies`): from anyone else the request starts a trace
-/// of its own, as its forwarding headers change nothing either.
-pub(super) fn request(cx: &Ctx, ex: &Exchange, head: &Parts) -> Span {
+/// The span of a request, and whether it is recorded (sampled): only then
+/// are its attributes filled in. A `traceparent` is believed only from a
+/// trusted proxy (`trusted_proxies`): from anyone else the request starts a
+/// trace of its own, as its forwarding headers change nothing either.
+pub(super) fn request(cx: &Ctx, ex: &Exchange, head: &Parts) -> (Span, bool) {
     let span = tracing::info_span!(
         target: TARGET,
         "s3 request",
         otel.kind = "server",
         otel.status_code = Empty,
-        request_id = ex.request_id.as_str(),
-        http.request.method = head.method.as_str(),
-        client.address = %ex.origin.client_ip,
+        request_id = Empty,
+        http.request.method = Empty,
+        client.address = Empty,
         s3.op = Empty,
         s3.bucket = Empty,
         principal = Empty,
@@ -50,22 +51,32 @@ pub(super) fn request(cx: &Ctx, ex: &Exchange, head: &Parts) -> Span {
         http.response.body.size = Empty,
     );
     if span.is_disabled() {
-        return span;
-    }
-    if let Some(len) = declared_length(head) {
-        span.record("http.request.body.size", int(len));
+        return (span, false);
     }
     if cx.cfg.trusted_proxies.contains(ex.conn.peer.ip()) {
         trace::continue_from(&span, &head.headers);
     }
-    span
+    if !trace::is_sampled(&span) {
+        return (span, false);
+    }
+    span.record("request_id", ex.request_id.as_str());
+    span.record("http.request.method", head.method.as_str());
+    span.record(
+        "client.address",
+        tracing::field::display(ex.origin.client_ip),
+    );
+    if let Some(len) = declared_length(head) {
+        span.record("http.request.body.size", int(len));
+    }
+    (span, true)
 }
 
 /// What the request is, once classified.
-pub(super) fn record_request(span: &Span, req: &S3Request) {
-    if span.is_disabled() {
+pub(super) fn record_request(ex: &Exchange, req: &S3Request) {
+    if !ex.traced {
         return;
     }
+    let span = &ex.span;
     span.record("s3.op", req.op.as_str());
     if let Some(bucket) = &req.bucket {
         span.record("s3.bucket", bucket.as_str());
