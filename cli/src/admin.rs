@@ -95,9 +95,9 @@ Examples:
     /// Control-plane status: replica, state version, store health, counts.
     Status,
     /// Re-read the control plane's config file, as SIGHUP does: its keys,
-    /// rules, backends, buckets, [cache] TTLs, [[policy]] chain and
-    /// [[identity]] sources (with --redis, the store keeps the state: only
-    /// the sources and TTLs). Data planes forget what changed. A file that
+    /// rules, backends, buckets, [cache] TTLs, [[roles]], [[policy]] chain
+    /// and [[identity]] sources (with --redis, the store keeps the state:
+    /// only the rest). Data planes forget what changed. A file that
     /// does not load keeps the config in force, and this prints why. Each
     /// replica reads its own file: reload each.
     #[command(after_help = "\

@@ -928,7 +928,7 @@ impl FileConfig {
     /// its name in the file and its value as text (no secret is among
     /// them): in `s3gate serve` (`serve`) the data plane's listeners,
     /// region, hosts, proxies, limits and `[auth]`, and in every process
-    /// the `[[oidc]]` providers and `[[roles]]`. A reload compares them
+    /// the `[[oidc]]` providers. A reload compares them
     /// with those the process started with and names the ones that differ.
     pub fn restart_only(&self, serve: bool) -> RestartOnly {
         let mut settings = Vec::new();
@@ -944,7 +944,6 @@ impl FileConfig {
             ]);
         }
         settings.push(("oidc", format!("{:?}", self.oidc)));
-        settings.push(("roles", format!("{:?}", self.roles)));
         RestartOnly { serve, settings }
     }
 

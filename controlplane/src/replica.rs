@@ -312,6 +312,16 @@ impl Replica {
                 None
             }
         };
+        // STS roles apply to the sessions minted from now on. Without an
+        // STS engine (no roles, or no [[oidc]], at start) there is none to
+        // give them to until a restart.
+        let mut restart_needed = started.differing(&file);
+        let sts = self.registry().sessions;
+        let roles_set =
+            sts.is_some_and(|sts| sts.set_roles(crate::roles::Roles::from_config(&file.roles)));
+        if !roles_set && !file.roles.is_empty() {
+            restart_needed.push("roles");
+        }
         // Their database may be the default one, which may have changed.
         let sql_buckets: Vec<String> = self
             .installed_state()
@@ -353,7 +363,8 @@ impl Replica {
             state: diff,
             state_version: self.version(),
             cache_changed,
-            restart_needed: started.differing(&file),
+            roles: if roles_set { file.roles.len() } else { 0 },
+            restart_needed,
         };
         reloaded.log(self.store.kind());
         Ok(reloaded)
@@ -379,6 +390,9 @@ pub struct Reloaded {
     pub state_version: u64,
     /// Whether the `[cache]` TTLs changed.
     pub cache_changed: bool,
+    /// The STS `[[roles]]` now in force (sessions already minted keep
+    /// theirs).
+    pub roles: usize,
     /// Settings the file now sets otherwise than the process runs with,
     /// which keep their running values until a restart.
     pub restart_needed: Vec<&'static str>,
@@ -396,6 +410,7 @@ impl Reloaded {
                 buckets = %d.buckets,
                 default_backend_changed = d.default_backend,
                 cache_changed = self.cache_changed,
+                roles = self.roles,
                 policy = ?self.policy,
                 identity = ?self.identity,
                 invalidated = self.invalidated,
@@ -405,6 +420,7 @@ impl Reloaded {
                 file = %self.config_file.display(),
                 store,
                 cache_changed = self.cache_changed,
+                roles = self.roles,
                 policy = ?self.policy,
                 identity = ?self.identity,
                 invalidated = self.invalidated,

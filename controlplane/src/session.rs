@@ -51,6 +51,14 @@ pub trait SessionIssuer: Send + Sync + 'static {
         &self,
         req: WebIdentityRequest,
     ) -> Result<AssumedRole, StsError>;
+
+    /// Puts `roles` in force for the sessions minted from now on (a
+    /// reload of the config file); sessions already minted keep what they
+    /// got. `false`: this issuer's roles do not change while it runs.
+    fn set_roles(&self, roles: crate::roles::Roles) -> bool {
+        let _ = roles;
+        false
+    }
 }
 
 /// A session with its secret. Deliberately not `Serialize`: a store

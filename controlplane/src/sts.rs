@@ -47,7 +47,8 @@ pub fn register(
 }
 
 pub struct Sts {
-    roles: Roles,
+    /// Replaced by a reload of the config file ([`SessionIssuer::set_roles`]).
+    roles: std::sync::RwLock<Arc<Roles>>,
     providers: Arc<Providers>,
     store: Arc<dyn Store>,
     /// The shortest `DurationSeconds` accepted: 900, lowered by tests only.
@@ -65,7 +66,7 @@ impl Sts {
         min_duration: Duration,
     ) -> Self {
         Self {
-            roles,
+            roles: std::sync::RwLock::new(Arc::new(roles)),
             providers,
             store,
             min_duration: min_duration.as_secs().max(1),
@@ -95,7 +96,11 @@ impl Sts {
                 "RoleSessionName must be 2 to 64 characters of letters, digits and +=,.@_-".into(),
             );
         }
-        let Some(role) = self.roles.get(&req.role_arn) else {
+        let roles = match self.roles.read() {
+            Ok(guard) => guard.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        };
+        let Some(role) = roles.get(&req.role_arn) else {
             return refuse(
                 AccessDenied,
                 format!(
@@ -217,6 +222,15 @@ impl Sts {
 
 #[async_trait::async_trait]
 impl SessionIssuer for Sts {
+    fn set_roles(&self, roles: Roles) -> bool {
+        let roles = Arc::new(roles);
+        match self.roles.write() {
+            Ok(mut guard) => *guard = roles,
+            Err(poisoned) => *poisoned.into_inner() = roles,
+        }
+        true
+    }
+
     async fn assume_role_with_web_identity(
         &self,
         req: WebIdentityRequest,

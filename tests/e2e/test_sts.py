@@ -22,6 +22,7 @@ import hmac
 import json
 import os
 import re
+import signal
 import subprocess
 import time
 import uuid
@@ -625,3 +626,31 @@ def test_sessions_are_bounded_per_principal_and_in_all(tmp_path_factory, backend
     assert "sessions ended: the principal holds the most sessions allowed" in log
     assert "session refused: the session bound is reached" in log
     assert_nothing_secret_in(g.log_path)
+
+
+def test_sighup_reloads_the_roles(tmp_path_factory, backend, idp):
+    """[[roles]] reload with the rest of the file: a role removed mints no
+    more sessions, a role added mints them, without a restart; a session
+    minted before keeps working."""
+    g = start_sts_gateway(tmp_path_factory.mktemp("sts-reload"), backend, idp, "s3gate-sts-reload")
+    try:
+        before = assume(g, mint(idp, groups=("sts-readers",)), PLAIN)
+        added = ROLE.format("added-by-reload")
+        text = g.config_path.read_text()
+        plain = "\n".join(toml_table("roles", dict(arn=PLAIN, oidc="corp")))
+        assert plain in text
+        g.config_path.write_text(text.replace(plain, "\n".join(toml_table("roles", dict(arn=added, oidc="corp", groups=["sts-writers"])))))
+        g.proc.popen.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while "config reloaded" not in g.log_path.read_text(errors="replace"):
+            assert time.monotonic() < deadline, "SIGHUP not acted on"
+            time.sleep(0.1)
+        r = sts_call(g, {"RoleArn": PLAIN, "WebIdentityToken": mint(idp)})
+        assert sts_error(r)[1] == "AccessDenied", r.text
+        c = assume(g, mint(idp, groups=()), added)
+        key = obj()
+        session_client(g, c).put_object(Bucket="data", Key=key, Body=b"by a reloaded role")  # its groups apply
+        assert session_client(g, before).get_object(Bucket="data", Key=key)["Body"].read() == b"by a reloaded role"
+    finally:
+        stop_gateway(g)
+        assert_nothing_secret_in(g.log_path)
