@@ -19,17 +19,19 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import signal
 import subprocess
 import time
 import uuid
 
 import botocore.exceptions
+import pytest
 
 from conftest import (BACKEND_SECRET_ENV, RULES, _client, gateway_bin, gateway_env, make_keys, node_files, render_config,
                       rules_config, stop_gateway, unused_port)  # fmt: skip
 from harness.config import toml_table
-from harness.cluster import start_controlplane, start_dataplane
+from harness.cluster import Redis, gen_master_key, start_controlplane, start_dataplane
 from harness.procs import ready_field
 from recorder import launch_gateway
 
@@ -341,3 +343,51 @@ def test_sighup_to_a_controlplane_without_redis_reaches_its_dataplane(backend, t
             dp.stop()
     finally:
         cp.stop()
+
+
+def test_with_redis_the_store_keeps_the_state(backend, tmp_path):
+    """`s3gate controlplane --redis --config`: the store is the state's
+    source of truth. SIGHUP and `admin reload` rebuild the sources and TTLs
+    from the file, keep the state (a key removed from the file still works),
+    and say that state changes go through the Admin API."""
+    exe = shutil.which("redis-server")
+    if exe is None:
+        pytest.fail("redis-server is not installed (apt-get install redis-server)")
+    redis = Redis(exe, tmp_path, tmp_path / "redis.log")
+    redis.start()
+    keys = make_keys()
+    config = tmp_path / "seed.toml"
+    base = render_config(backend, keys, unused_port())
+    config.write_text(base)
+    env = gateway_env(backend, keys, "debug", S3GATE_ADMIN_TOKEN=ADMIN_TOKEN, S3GATE_MASTER_KEY=gen_master_key(gateway_bin()))
+    files = node_files(tmp_path, "cp-reload-redis")
+    cp, cp_addr = start_controlplane(gateway_bin(), "cp-reload-redis", config=config, redis_url=redis.url, env=env, **files)
+    try:
+        dp, dp_addr = start_dataplane(gateway_bin(), "dp-reload-redis", control_planes=[f"http://{cp_addr}"], region="us-east-1",
+                                      env=env, **node_files(tmp_path, "dp-reload-redis"))  # fmt: skip
+        try:
+            key = f"reload/{uuid.uuid4().hex[:8]}.txt"
+            backend.put("data-prod", key, b"x")
+            dave = _client(f"http://{dp_addr}", keys["dave"].access_key, keys["dave"].secret_key)
+            assert outcome(dave, "data", key) == "allowed"
+            config.write_text(rewritten(base, keys) + '\n[cache]\ndecision_ttl = "5s"\n')
+            cp.popen.send_signal(signal.SIGHUP)
+            log = wait_log(files["log_path"], "change only through the Admin API")
+            assert "reload refused" not in log
+            r = admin(cp_addr, "--json", "reload")
+            assert r.returncode == 0, r.stderr
+            report = json.loads(r.stdout)
+            assert report["state_from"] == "store" and "keys" not in report, report
+            assert report["cache_changed"] is False, report  # already in force since the SIGHUP
+            r = admin(cp_addr, "reload")
+            assert "state        kept: the store is its source of truth" in r.stdout, r.stdout
+            # dave's key, gone from the file, is still in the store
+            assert outcome(dave, "data", key) == "allowed"
+            erin = _client(f"http://{dp_addr}", *ERIN)
+            assert outcome(erin, "fresh", key) == "InvalidAccessKeyId"
+        finally:
+            dp.stop()
+    finally:
+        cp.stop()
+        if redis.proc:
+            redis.proc.stop()
