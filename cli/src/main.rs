@@ -19,13 +19,13 @@ use s3gate_controlplane::sources::Registry;
 use s3gate_controlplane::state::State;
 use s3gate_controlplane::store::{MemoryStore, Store};
 use s3gate_dataplane::pipeline::forwarded::TrustedProxies;
+use s3gate_observe::sink as logsink;
 use s3gate_s3::request::HostConfig;
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
 mod admin;
 mod check_config;
-mod logsink;
 mod otel;
 
 /// The profile showed glibc malloc/free at ~19% of the gateway's CPU on
@@ -77,6 +77,84 @@ struct RuntimeArgs {
     log_format: Option<LogFormat>,
     #[command(flatten)]
     trace: otel::TraceArgs,
+    /// Address of the admin HTTP listener: /metrics (Prometheus),
+    /// /healthz (alive), /readyz (can serve; 503 while draining or
+    /// without a control plane or store). Off unless given. Port 0 takes
+    /// a free port; --ready-file tells which (`admin`).
+    #[arg(long, env = "S3GATE_ADMIN_LISTEN")]
+    admin_listen: Option<SocketAddr>,
+    /// Record metrics [default: true]; false leaves /metrics with the
+    /// build info and zeroes (for measuring what recording costs).
+    #[arg(long, env = "S3GATE_METRICS", default_value_t = true, action = clap::ArgAction::Set, value_name = "true|false")]
+    metrics: bool,
+}
+
+impl RuntimeArgs {
+    /// Metrics on or off, and the process's name in `s3gate_build_info`.
+    fn observe(&self, process: &'static str) {
+        let metrics = s3gate_observe::metrics();
+        metrics.set_enabled(self.metrics);
+        metrics.set_process(process);
+    }
+}
+
+/// Binds the admin listener (`--admin-listen`) and serves it for the life
+/// of the process; its address, for the ready file.
+async fn admin_listener(
+    addr: Option<SocketAddr>,
+    health: &Arc<s3gate_observe::Health>,
+) -> anyhow::Result<Option<SocketAddr>> {
+    let Some(addr) = addr else {
+        return Ok(None);
+    };
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("bind admin listener on {addr}"))?;
+    let local = listener.local_addr().context("read listener address")?;
+    info!(address = %local, "admin listener serving /metrics, /healthz, /readyz");
+    tokio::spawn(s3gate_observe::admin::serve(listener, health.clone()));
+    Ok(Some(local))
+}
+
+/// `/readyz` says 503 from the moment a shutdown signal arrives.
+fn draining_on(shutdown: &Shutdown, health: &Arc<s3gate_observe::Health>) {
+    let (shutdown, health) = (shutdown.clone(), health.clone());
+    tokio::spawn(async move {
+        shutdown.requested().await;
+        health.set_draining();
+    });
+}
+
+/// The audit log of `--audit-log`, and the guard that flushes it at exit.
+fn audit_log(
+    path: Option<&Path>,
+) -> Result<
+    Option<(
+        Arc<s3gate_observe::Audit>,
+        s3gate_observe::sink::FlushOnDrop,
+    )>,
+    Failure,
+> {
+    path.map(|p| {
+        s3gate_observe::Audit::open(p)
+            .map(|(audit, flush)| (Arc::new(audit), flush))
+            .with_context(|| format!("open the audit log {}", p.display()))
+            .map_err(Failure::Usage)
+    })
+    .transpose()
+}
+
+/// A control plane is ready while its store answers.
+struct StoreReady(Arc<dyn Store>);
+
+#[async_trait::async_trait]
+impl s3gate_observe::Readiness for StoreReady {
+    async fn check(&self) -> Result<(), String> {
+        self.0
+            .health()
+            .await
+            .map_err(|e| format!("store unavailable: {e}"))
+    }
 }
 
 /// STS settings of the server subcommands that embed a control plane.
@@ -230,6 +308,10 @@ struct DataplaneArgs {
     /// How long to wait for in-flight requests on shutdown.
     #[arg(long, env = "S3GATE_DRAIN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     drain_timeout: Duration,
+    /// Write one JSON line per decided request (who, what, the decision and
+    /// what made it, status, bytes) to this file, appending; `-` is stdout.
+    #[arg(long, env = "S3GATE_AUDIT_LOG")]
+    audit_log: Option<PathBuf>,
     /// Accept legacy SigV2 requests (`AWS key:signature`, presigned
     /// `AWSAccessKeyId`/`Signature`/`Expires`), verified by the control
     /// plane; `false` refuses them with 400 InvalidRequest.
@@ -421,6 +503,10 @@ struct ServeArgs {
     /// How long to wait for in-flight requests on shutdown.
     #[arg(long, env = "S3GATE_DRAIN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     drain_timeout: Duration,
+    /// Write one JSON line per decided request (who, what, the decision and
+    /// what made it, status, bytes) to this file, appending; `-` is stdout.
+    #[arg(long, env = "S3GATE_AUDIT_LOG")]
+    audit_log: Option<PathBuf>,
     /// Also serve the control plane's gRPC API (Decisions, and Admin when
     /// --admin-token is set) here, e.g. for `s3gate admin`.
     #[arg(long, env = "S3GATE_GRPC_LISTEN")]
@@ -536,6 +622,10 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
         proxy_env: s3gate_dataplane::ProxyEnv::from_env(),
         ..Default::default()
     };
+    let audit = audit_log(args.audit_log.as_deref())?;
+    let (audit, _audit_flush) = audit.map_or((None, None), |(a, f)| (Some(a), Some(f)));
+    let dp_cfg = s3gate_dataplane::Config { audit, ..dp_cfg };
+    args.runtime.observe("serve");
     let providers = oidc_providers(&file.oidc)?;
     if args.grpc_listen.is_none() && args.admin_token.is_some() {
         return Err(Failure::Usage(anyhow::anyhow!(
@@ -555,7 +645,13 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
             let replica = Replica::start_with(store, file.cache.clone(), "embedded".to_owned(), registry).await?;
             replica.set_config_file(args.config.clone(), LoadOptions { allow_empty: false }, file.restart_only(true));
             tokio::spawn(reload_on_hangup(Arc::downgrade(&replica)));
+            // The embedded control plane is this process: ready until it drains.
+            let health = s3gate_observe::Health::new(Arc::new(s3gate_observe::AlwaysReady));
+            draining_on(&shutdown, &health);
             let mut ready = serde_json::json!({});
+            if let Some(admin) = admin_listener(args.runtime.admin_listen, &health).await? {
+                ready["admin"] = serde_json::json!(admin.to_string());
+            }
             let plain = match listen {
                 Some(listen) => {
                     let listener = TcpListener::bind(listen)
@@ -714,6 +810,7 @@ async fn serve_grpc(
 }
 
 fn controlplane(args: ControlplaneArgs) -> Result<(), Failure> {
+    args.runtime.observe("controlplane");
     let file = match &args.config {
         // With Redis, the file may only set cache TTLs.
         Some(path) => Some(check_config::load(path, args.redis.is_some())?),
@@ -755,6 +852,10 @@ fn controlplane(args: ControlplaneArgs) -> Result<(), Failure> {
                 }
             }
             let cache = file.as_ref().map(|f| f.cache.clone()).unwrap_or_default();
+            let shutdown = Shutdown::watch();
+            let health = s3gate_observe::Health::new(Arc::new(StoreReady(store.clone())));
+            draining_on(&shutdown, &health);
+            let admin = admin_listener(args.runtime.admin_listen, &health).await?;
             let listener = TcpListener::bind(args.listen)
                 .await
                 .with_context(|| format!("bind gRPC listener on {}", args.listen))?;
@@ -778,18 +879,18 @@ fn controlplane(args: ControlplaneArgs) -> Result<(), Failure> {
             }
             info!(address = %local, name, "s3gate control plane serving gRPC");
             if let Some(path) = &args.ready_file {
-                write_ready(
-                    path,
-                    &serde_json::json!({ "grpc": local.to_string() }).to_string(),
-                )
-                .context("write ready file")?;
+                let mut ready = serde_json::json!({ "grpc": local.to_string() });
+                if let Some(admin) = admin {
+                    ready["admin"] = serde_json::json!(admin.to_string());
+                }
+                write_ready(path, &ready.to_string()).context("write ready file")?;
             }
             serve_grpc(
                 listener,
                 replica,
                 args.cluster_token,
                 args.admin_token,
-                Shutdown::watch(),
+                shutdown,
             )
             .await
         })
@@ -844,6 +945,10 @@ fn dataplane(args: DataplaneArgs) -> Result<(), Failure> {
         tls.is_none()
             .then(|| SocketAddr::from(([127, 0, 0, 1], 9080)))
     });
+    let audit = audit_log(args.audit_log.as_deref())?;
+    let (audit, _audit_flush) = audit.map_or((None, None), |(a, f)| (Some(a), Some(f)));
+    let dp_cfg = s3gate_dataplane::Config { audit, ..dp_cfg };
+    args.runtime.observe("dataplane");
     runtime()?
         .block_on(async move {
             tokio::spawn(report_dropped_log_lines());
@@ -876,15 +981,26 @@ fn dataplane(args: DataplaneArgs) -> Result<(), Failure> {
                 args.rpc_timeout,
                 token.clone(),
             ));
-            let invalidations = s3gate_dataplane::control::watch(endpoints, name, token);
+            let up = s3gate_dataplane::control::WatchUp::default();
+            let invalidations = s3gate_dataplane::control::watch(endpoints, name, token, up.clone());
+            let shutdown = Shutdown::watch();
+            let health = s3gate_observe::Health::new(Arc::new(up));
+            draining_on(&shutdown, &health);
+            let admin = admin_listener(args.runtime.admin_listen, &health).await?;
             if let Some(path) = &args.ready_file {
-                write_ready(path, &s3gate_dataplane::ready_json(local, local_tls)).context("write ready file")?;
+                let mut ready: serde_json::Value =
+                    serde_json::from_str(&s3gate_dataplane::ready_json(local, local_tls))
+                        .context("ready file")?;
+                if let Some(admin) = admin {
+                    ready["admin"] = serde_json::json!(admin.to_string());
+                }
+                write_ready(path, &ready.to_string()).context("write ready file")?;
             }
             let listeners = s3gate_dataplane::Listeners {
                 plain,
                 tls: tls.map(|(listener, acceptor, _)| (listener, acceptor)),
             };
-            s3gate_dataplane::serve_on(listeners, dp_cfg, control_plane, invalidations, Shutdown::watch().requested(), args.drain_timeout)
+            s3gate_dataplane::serve_on(listeners, dp_cfg, control_plane, invalidations, shutdown.requested(), args.drain_timeout)
                 .await;
             anyhow::Ok(())
         })
@@ -985,7 +1101,7 @@ fn init_tracing(
         Err(_) => filter,
     };
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let (writer, flush) = match logsink::LogSink::start(std::io::stderr()) {
+    let (writer, flush) = match logsink::LogSink::start("log", std::io::stderr()) {
         Ok((sink, flush)) => {
             let _ = LOG_SINK.set(sink.clone());
             (BoxMakeWriter::new(sink), Some(flush))

@@ -45,121 +45,174 @@ impl DecisionsService {
 
 type WatchStream = ReceiverStream<Result<pb::WatchEvent, Status>>;
 
+/// Counts an answered RPC (`s3gate_rpc_served_total`) and passes it on.
+fn served<T>(rpc: &'static str, answer: Result<T, Status>) -> Result<T, Status> {
+    let result = match &answer {
+        Ok(_) => "ok",
+        Err(status) => match status.code() {
+            tonic::Code::NotFound => "not_found",
+            tonic::Code::Unauthenticated => "unauthenticated",
+            tonic::Code::Unavailable => "unavailable",
+            tonic::Code::InvalidArgument => "invalid_argument",
+            tonic::Code::PermissionDenied => "permission_denied",
+            _ => "error",
+        },
+    };
+    s3gate_observe::metrics().rpc_served(rpc, result);
+    answer
+}
+
 #[tonic::async_trait]
 impl Decisions for DecisionsService {
     async fn signing_key(
         &self,
         req: Request<pb::SigningKeyRequest>,
     ) -> Result<Response<pb::SigningKeyResponse>, Status> {
-        let r = req.into_inner();
-        let grant = self
-            .replica
-            .signing_key(SigningKeyRequest {
-                access_key: r.access_key,
-                date: r.date,
-                region: r.region,
-                service: r.service,
-                security_token_sha256: r.security_token_sha256.as_slice().try_into().ok(),
-            })
-            .await?;
-        // A data plane that would not check a session's token and expiry
-        // never gets a session's key.
-        if grant.session.is_some() && !r.session_aware {
-            return Err(ControlPlaneError::UnknownAccessKey.into());
+        let answer: Result<Response<pb::SigningKeyResponse>, Status> = async {
+            let r = req.into_inner();
+            let grant = self
+                .replica
+                .signing_key(SigningKeyRequest {
+                    access_key: r.access_key,
+                    date: r.date,
+                    region: r.region,
+                    service: r.service,
+                    security_token_sha256: r.security_token_sha256.as_slice().try_into().ok(),
+                })
+                .await?;
+            // A data plane that would not check a session's token and expiry
+            // never gets a session's key.
+            if grant.session.is_some() && !r.session_aware {
+                return Err(ControlPlaneError::UnknownAccessKey.into());
+            }
+            Ok(Response::new((&grant).into()))
         }
-        Ok(Response::new((&grant).into()))
+        .await;
+        served("SigningKey", answer)
     }
 
     async fn verify_sig_v2(
         &self,
         req: Request<pb::VerifySigV2Request>,
     ) -> Result<Response<pb::VerifySigV2Response>, Status> {
-        let ask = req.into_inner().try_into()?;
-        let answer = self.replica.verify_sigv2(ask).await;
-        match s3gate_proto::convert::sigv2_response(&answer) {
-            Some(response) => Ok(Response::new(response)),
-            None => Err(answer
-                .err()
-                .map_or_else(|| Status::internal("no SigV2 answer"), Status::from)),
+        let answer: Result<Response<pb::VerifySigV2Response>, Status> = async {
+            let ask = req.into_inner().try_into()?;
+            let answer = self.replica.verify_sigv2(ask).await;
+            match s3gate_proto::convert::sigv2_response(&answer) {
+                Some(response) => Ok(Response::new(response)),
+                None => Err(answer
+                    .err()
+                    .map_or_else(|| Status::internal("no SigV2 answer"), Status::from)),
+            }
         }
+        .await;
+        served("VerifySigV2", answer)
     }
 
     async fn assume_role_with_web_identity(
         &self,
         req: Request<pb::AssumeRoleWithWebIdentityRequest>,
     ) -> Result<Response<pb::AssumeRoleWithWebIdentityResponse>, Status> {
-        let result = self
-            .replica
-            .assume_role_with_web_identity(req.into_inner().into())
-            .await;
-        pb::AssumeRoleWithWebIdentityResponse::from_result(&result).map(Response::new)
+        let answer: Result<Response<pb::AssumeRoleWithWebIdentityResponse>, Status> = async {
+            let result = self
+                .replica
+                .assume_role_with_web_identity(req.into_inner().into())
+                .await;
+            pb::AssumeRoleWithWebIdentityResponse::from_result(&result).map(Response::new)
+        }
+        .await;
+        served("AssumeRoleWithWebIdentity", answer)
     }
 
     async fn authenticate(
         &self,
         req: Request<pb::AuthenticateRequest>,
     ) -> Result<Response<pb::AuthenticateResponse>, Status> {
-        let credential = req.into_inner().try_into()?;
-        let identity = self.replica.authenticate(credential).await?;
-        Ok(Response::new((&identity).into()))
+        let answer: Result<Response<pb::AuthenticateResponse>, Status> = async {
+            let credential = req.into_inner().try_into()?;
+            let identity = self.replica.authenticate(credential).await?;
+            Ok(Response::new((&identity).into()))
+        }
+        .await;
+        served("Authenticate", answer)
     }
 
     async fn authorize(
         &self,
         req: Request<pb::AuthorizeRequest>,
     ) -> Result<Response<pb::AuthorizeResponse>, Status> {
-        let ask = req.into_inner().try_into()?;
-        let decision = self.replica.authorize(ask).await?;
-        Ok(Response::new((&decision).into()))
+        let answer: Result<Response<pb::AuthorizeResponse>, Status> = async {
+            let ask = req.into_inner().try_into()?;
+            let decision = self.replica.authorize(ask).await?;
+            Ok(Response::new((&decision).into()))
+        }
+        .await;
+        served("Authorize", answer)
     }
 
     async fn get_route(
         &self,
         req: Request<pb::GetRouteRequest>,
     ) -> Result<Response<pb::GetRouteResponse>, Status> {
-        let req = req.into_inner();
-        let route = match req.principal {
-            Some(p) => {
-                let principal = p.try_into()?;
-                self.replica.route_for(&req.bucket, &principal).await?
-            }
-            None => self.replica.route(&req.bucket).await?,
-        };
-        Ok(Response::new((&route).into()))
+        let answer: Result<Response<pb::GetRouteResponse>, Status> = async {
+            let req = req.into_inner();
+            let route = match req.principal {
+                Some(p) => {
+                    let principal = p.try_into()?;
+                    self.replica.route_for(&req.bucket, &principal).await?
+                }
+                None => self.replica.route(&req.bucket).await?,
+            };
+            Ok(Response::new((&route).into()))
+        }
+        .await;
+        served("GetRoute", answer)
     }
 
     async fn get_bucket_cors(
         &self,
         req: Request<pb::GetBucketCorsRequest>,
     ) -> Result<Response<pb::GetBucketCorsResponse>, Status> {
-        let cors = self.replica.bucket_cors(&req.into_inner().bucket).await?;
-        Ok(Response::new((&cors).into()))
+        let answer: Result<Response<pb::GetBucketCorsResponse>, Status> = async {
+            let cors = self.replica.bucket_cors(&req.into_inner().bucket).await?;
+            Ok(Response::new((&cors).into()))
+        }
+        .await;
+        served("GetBucketCors", answer)
     }
 
     async fn visible_buckets(
         &self,
         req: Request<pb::VisibleBucketsRequest>,
     ) -> Result<Response<pb::VisibleBucketsResponse>, Status> {
-        let principal = req
-            .into_inner()
-            .principal
-            .ok_or_else(|| Status::invalid_argument("missing principal"))?
-            .try_into()?;
-        let buckets = self.replica.visible_buckets(&principal).await?;
-        Ok(Response::new(pb::VisibleBucketsResponse { buckets }))
+        let answer: Result<Response<pb::VisibleBucketsResponse>, Status> = async {
+            let principal = req
+                .into_inner()
+                .principal
+                .ok_or_else(|| Status::invalid_argument("missing principal"))?
+                .try_into()?;
+            let buckets = self.replica.visible_buckets(&principal).await?;
+            Ok(Response::new(pb::VisibleBucketsResponse { buckets }))
+        }
+        .await;
+        served("VisibleBuckets", answer)
     }
 
     async fn listing(
         &self,
         req: Request<pb::ListingRequest>,
     ) -> Result<Response<pb::ListingResponse>, Status> {
-        let principal = req
-            .into_inner()
-            .principal
-            .ok_or_else(|| Status::invalid_argument("missing principal"))?
-            .try_into()?;
-        let listing = self.replica.listing(&principal).await?;
-        Ok(Response::new((&listing).into()))
+        let answer: Result<Response<pb::ListingResponse>, Status> = async {
+            let principal = req
+                .into_inner()
+                .principal
+                .ok_or_else(|| Status::invalid_argument("missing principal"))?
+                .try_into()?;
+            let listing = self.replica.listing(&principal).await?;
+            Ok(Response::new((&listing).into()))
+        }
+        .await;
+        served("Listing", answer)
     }
 
     type WatchStream = WatchStream;

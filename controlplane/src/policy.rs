@@ -137,6 +137,8 @@ impl Policy {
                 reason,
                 scope,
                 ttl,
+                // The chain names the source with the rule.
+                decided_by: None,
             },
             rule,
         )

@@ -159,6 +159,9 @@ impl HttpBody for TimedBody {
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 this.last_frame = Instant::now();
+                if let Some(data) = frame.data_ref() {
+                    s3gate_observe::metrics().received(data.len() as u64);
+                }
                 return Poll::Ready(Some(Ok(frame)));
             }
             Poll::Ready(Some(Err(e))) => {

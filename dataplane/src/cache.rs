@@ -9,7 +9,43 @@ use std::time::{Duration, Instant};
 
 use moka::future::Cache;
 use moka::Expiry;
+use s3gate_observe::CacheKind;
 use s3gate_proto::{Decision, Identity, SigningKeyGrant};
+
+/// A cache lookup's answer, counted as a hit or a miss of `cache`.
+#[inline]
+pub(crate) fn seen<V>(cache: CacheKind, found: Option<V>) -> Option<V> {
+    let metrics = s3gate_observe::metrics();
+    match found {
+        Some(_) => metrics.cache_hit(cache),
+        None => metrics.cache_miss(cache),
+    }
+    found
+}
+
+/// A membership test of a negative cache: present is a hit.
+#[inline]
+pub(crate) fn seen_key(cache: CacheKind, present: bool) -> bool {
+    let metrics = s3gate_observe::metrics();
+    if present {
+        metrics.cache_hit(cache);
+    } else {
+        metrics.cache_miss(cache);
+    }
+    present
+}
+
+/// An eviction listener counting entries dropped for size or age (not
+/// those invalidated or replaced).
+pub(crate) fn count_evictions<K, V>(
+    cache: CacheKind,
+) -> impl Fn(Arc<K>, V, moka::notification::RemovalCause) + Send + Sync + 'static {
+    move |_, _, cause| {
+        if cause.was_evicted() {
+            s3gate_observe::metrics().cache_eviction(cache);
+        }
+    }
+}
 
 /// A value that knows how long it may be cached.
 pub trait Ttl {

@@ -10,6 +10,7 @@
 
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -130,13 +131,23 @@ impl GrpcControlPlane {
             rpc.method = method,
             server.address = tracing::field::Empty,
         );
-        if span.is_disabled() {
-            return self.attempts(&span, rpc).await;
-        }
-        let result = self.attempts(&span, rpc).instrument(span.clone()).await;
-        if let Err(ControlPlaneError::Unavailable(_)) = &result {
-            span.record("otel.status_code", "ERROR");
-        }
+        let start = std::time::Instant::now();
+        let result = if span.is_disabled() {
+            self.attempts(&span, rpc).await
+        } else {
+            let result = self.attempts(&span, rpc).instrument(span.clone()).await;
+            if let Err(ControlPlaneError::Unavailable(_)) = &result {
+                span.record("otel.status_code", "ERROR");
+            }
+            result
+        };
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(ControlPlaneError::Unavailable(_)) => "unavailable",
+            // A definitive answer (an unknown key, no such bucket).
+            Err(_) => "answered_error",
+        };
+        s3gate_observe::metrics().control_plane_call(method, outcome, start.elapsed());
         result
     }
 
@@ -333,14 +344,39 @@ impl ControlPlane for GrpcControlPlane {
     }
 }
 
+/// Whether a Watch stream to a control plane is up: a data plane's
+/// readiness (`/readyz`). A control plane that said Hello has its state
+/// loaded and answers; without one, only cached answers can be given.
+#[derive(Clone, Default)]
+pub struct WatchUp(Arc<std::sync::atomic::AtomicBool>);
+
+impl WatchUp {
+    fn set(&self, up: bool) {
+        self.0.store(up, Ordering::Relaxed);
+    }
+}
+
+#[async_trait]
+impl s3gate_observe::Readiness for WatchUp {
+    async fn check(&self) -> Result<(), String> {
+        if self.0.load(Ordering::Relaxed) {
+            Ok(())
+        } else {
+            Err("no control plane reachable (no Watch stream up)".to_owned())
+        }
+    }
+}
+
 /// Keeps a Watch stream open to one of `endpoints` and forwards what it
-/// says. On (re)connect, a Hello whose version differs from the last one
-/// seen means events may have been missed: everything is flushed. While no
-/// stream is up, cached entries still expire by their TTL.
+/// says; `up` tells whether one is open. On (re)connect, a Hello whose
+/// version differs from the last one seen means events may have been
+/// missed: everything is flushed. While no stream is up, cached entries
+/// still expire by their TTL.
 pub fn watch(
     endpoints: Vec<Endpoint>,
     node: String,
     token: ClusterToken,
+    up: WatchUp,
 ) -> mpsc::Receiver<Invalidation> {
     let (tx, rx) = mpsc::channel(1024);
     tokio::spawn(async move {
@@ -366,6 +402,7 @@ pub fn watch(
                                     ) =>
                                     {
                                         info!(control_plane = %endpoint.uri(), version = event.version, "watch connected");
+                                        up.set(true);
                                         let stale =
                                             last_version.is_some_and(|v| v != event.version);
                                         last_version = Some(event.version);
@@ -391,6 +428,7 @@ pub fn watch(
                             }
                         }
                     }
+                    up.set(false);
                     warn!(control_plane = %endpoint.uri(), "watch stream lost, reconnecting");
                 }
                 Err(status) => {

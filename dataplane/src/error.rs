@@ -31,7 +31,12 @@ pub enum Error {
     #[error("credential expired: {0}")]
     CredentialExpired(String),
     #[error("access denied: {reason}")]
-    Denied { reason: String },
+    Denied {
+        reason: String,
+        /// The policy source and rule, when a policy decided (the audit
+        /// log's `decided_by`); `None` for the gateway's own refusals.
+        decided_by: Option<std::sync::Arc<str>>,
+    },
     #[error("no such bucket")]
     NoSuchBucket,
     #[error("control plane unavailable: {0}")]

@@ -76,6 +76,8 @@ pub struct Config {
     /// `HTTPS_PROXY`, `HTTP_PROXY`, `ALL_PROXY`, `NO_PROXY` as read at
     /// start: the egress proxy of backends that set none.
     pub proxy_env: upstream::ProxyEnv,
+    /// Where one JSON line per decided request goes (`--audit-log`); `None`: nowhere.
+    pub audit: Option<Arc<s3gate_observe::Audit>>,
 }
 
 impl Default for Config {
@@ -93,6 +95,7 @@ impl Default for Config {
             sigv2: true,
             trusted_proxies: Default::default(),
             proxy_env: Default::default(),
+            audit: None,
         }
     }
 }
@@ -359,6 +362,7 @@ async fn serve_conn<A: Acceptor>(
     permit: tokio::sync::OwnedSemaphorePermit,
     mut drain: watch::Receiver<bool>,
 ) {
+    let _open = s3gate_observe::metrics().connection();
     let (io, conn) = match acceptor.accept(stream, peer).await {
         Ok(accepted) => accepted,
         Err(error) => {

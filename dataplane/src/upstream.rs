@@ -358,6 +358,7 @@ impl Upstream {
     }
 
     fn failure(&self, cause: Cause, detail: String) -> BackendFailure {
+        s3gate_observe::metrics().upstream_error(&self.name, cause.as_str());
         BackendFailure {
             backend: self.name.clone(),
             cause,

@@ -145,6 +145,7 @@ impl ControlPlane for StaticControlPlane {
             reason: "test".into(),
             scope: Scope::Bucket,
             ttl: Duration::from_secs(60),
+            decided_by: None,
         })
     }
 

@@ -636,6 +636,7 @@ impl From<&Decision> for pb::AuthorizeResponse {
             scope: scope as i32,
             scope_prefix,
             ttl_ms: ms(d.ttl),
+            decided_by: d.decided_by.as_deref().unwrap_or_default().to_owned(),
         }
     }
 }
@@ -655,6 +656,7 @@ impl TryFrom<pb::AuthorizeResponse> for Decision {
             reason: r.reason,
             scope,
             ttl: Duration::from_millis(r.ttl_ms),
+            decided_by: (!r.decided_by.is_empty()).then(|| r.decided_by.into()),
         })
     }
 }
@@ -1151,6 +1153,7 @@ mod tests {
                 reason: "r".into(),
                 scope,
                 ttl: Duration::from_millis(1500),
+                decided_by: Some("rules:r".into()),
             };
             assert_eq!(
                 Decision::try_from(pb::AuthorizeResponse::from(&d)).unwrap(),

@@ -495,6 +495,10 @@ pub struct Decision {
     pub reason: String,
     pub scope: Scope,
     pub ttl: Duration,
+    /// What decided: the policy source, and inside it the rule or path
+    /// (`rules:readers`); `None` when nothing allowed (the default deny).
+    /// Shared, as the decision is cloned out of caches per request.
+    pub decided_by: Option<std::sync::Arc<str>>,
 }
 
 // === routing ===

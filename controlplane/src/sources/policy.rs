@@ -214,6 +214,7 @@ impl Fold {
                     reason: verdict.reason,
                     scope: verdict.scope,
                     ttl: verdict.ttl,
+                    decided_by: Some(decided_by(source, verdict.by.as_deref())),
                 };
                 return Some((decision, verdict.by));
             }
@@ -250,10 +251,19 @@ impl Fold {
                 reason,
                 scope: self.scope,
                 ttl,
+                decided_by: source.map(|s| decided_by(s, by.as_deref())),
             },
             by,
             source,
         )
+    }
+}
+
+/// `source:rule` (or the source alone), as the audit log names a decision's maker.
+fn decided_by(source: &str, by: Option<&str>) -> Arc<str> {
+    match by {
+        Some(by) => format!("{source}:{by}").into(),
+        None => source.into(),
     }
 }
 

@@ -36,6 +36,9 @@ pub fn decision_cache(max_bytes: u64) -> DecisionCache {
         })
         .expire_after(crate::cache::ByValueTtl)
         .support_invalidation_closures()
+        .eviction_listener(crate::cache::count_evictions(
+            s3gate_observe::CacheKind::Decisions,
+        ))
         .build()
 }
 
@@ -103,6 +106,8 @@ impl Asker<'_> {
 #[derive(Debug)]
 pub struct Granted {
     pub reason: String,
+    /// What decided (`Decision::decided_by`), for the audit log.
+    pub decided_by: Option<std::sync::Arc<str>>,
 }
 
 /// Largest DeleteObjects document accepted (1000 keys of 1 KiB, plus XML).
@@ -196,9 +201,15 @@ pub(crate) async fn decide(
         kind: resource.kind(),
         key: None,
     };
-    let decision = if let Some(d) = cx.decisions.get(&wide).await {
+    let decision = if let Some(d) = crate::cache::seen(
+        s3gate_observe::CacheKind::Decisions,
+        cx.decisions.get(&wide).await,
+    ) {
         d
-    } else if let Some(d) = prefixed(cx, &wide, &resource).await {
+    } else if let Some(d) = crate::cache::seen(
+        s3gate_observe::CacheKind::Prefixes,
+        prefixed(cx, &wide, &resource).await,
+    ) {
         d
     } else {
         ask(cx, asker, wide, resource).await?
@@ -206,10 +217,12 @@ pub(crate) async fn decide(
     if decision.allow {
         Ok(Granted {
             reason: decision.reason,
+            decided_by: decision.decided_by,
         })
     } else {
         Err(Error::Denied {
             reason: decision.reason,
+            decided_by: decision.decided_by,
         })
     }
 }
@@ -308,6 +321,7 @@ mod tests {
                 reason: format!("scripted {allow}"),
                 scope,
                 ttl: self.ttl,
+                decided_by: None,
             })
         }
 

@@ -63,6 +63,7 @@ pub async fn list_buckets(cx: &Ctx, asker: &Asker<'_>) -> Result<Response<Body>,
     if principal.is_anonymous() {
         return Err(Error::Denied {
             reason: "anonymous ListBuckets".to_owned(),
+            decided_by: None,
         });
     }
     let listing = cx.control_plane.listing(principal).await?;

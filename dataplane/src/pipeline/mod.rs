@@ -196,16 +196,21 @@ pub struct Trace {
     /// `sigv2` for a request that presents a SigV2 credential (legacy,
     /// worth seeing in the log); `None` otherwise.
     pub auth: Option<&'static str>,
-    /// For DeleteObjects: every key of the document, as a JSON array.
-    pub keys: Option<String>,
+    /// For DeleteObjects: every key of the document.
+    pub keys: Option<Vec<String>>,
+    /// What allowed the request (`Decision::decided_by`); a denial carries
+    /// its own in `Error::Denied`.
+    pub decided_by: Option<Arc<str>>,
+    /// Why it was allowed, kept only for the audit log.
+    pub reason: Option<String>,
     /// The key a refusal was about, when it is not the request's own key
     /// (a DeleteObjects key).
     pub refused_key: Option<String>,
 }
 
 /// One request's context: what the stages share besides the request itself,
-/// and what observers of the finished request see (the access log today;
-/// metrics and trace spans hang off the same place).
+/// and what observers of the finished request see (`respond::finish`: the
+/// access log, metrics, the audit log).
 pub struct Exchange {
     pub request_id: RequestId,
     pub conn: Arc<ConnInfo>,
@@ -221,6 +226,11 @@ pub struct Exchange {
     /// Whether the request's trace is recorded (exported and sampled): only
     /// then are stage spans made and the outcome recorded.
     pub traced: bool,
+    /// Counts the request in flight until its response body is done
+    /// (`respond::finish` hands it to the body).
+    in_flight: Option<s3gate_observe::Open>,
+    /// The audit log, when there is one.
+    audit: Option<Arc<s3gate_observe::Audit>>,
 }
 
 impl Exchange {
@@ -234,6 +244,8 @@ impl Exchange {
             slot: FailureSlot::default(),
             span: tracing::Span::none(),
             traced: false,
+            in_flight: Some(s3gate_observe::metrics().in_flight()),
+            audit: cx.cfg.audit.clone(),
         }
     }
 }
@@ -317,6 +329,7 @@ async fn stages(
                 tracing::debug!(request_id = ex.request_id.as_str(), error = %e, "anonymous request refused on its shape");
                 Error::Denied {
                     reason: "anonymous request of an unsupported shape".to_owned(),
+                    decided_by: None,
                 }
             } else {
                 e
@@ -362,9 +375,9 @@ fn host_from_authority(head: &mut http::request::Parts) {
 
 /// A request refused before it was looked at, because too many are in flight.
 pub fn shed(cx: &Ctx, conn: Arc<ConnInfo>, req: Request<Incoming>) -> Response<Body> {
-    let ex = Exchange::new(cx, conn);
+    let mut ex = Exchange::new(cx, conn);
     let (head, _body) = req.into_parts();
-    respond::finish(&head, Err(Error::slow_down()), &ex, None)
+    respond::finish(&head, Err(Error::slow_down()), &mut ex, None)
 }
 
 async fn run(
@@ -376,6 +389,7 @@ async fn run(
     ex: &mut Exchange,
 ) -> Result<Response<Body>, Error> {
     let slot = &ex.slot;
+    let ex_audited = ex.audit.is_some();
     let trace = &mut ex.trace;
     let asker = authz::Asker {
         who: &who,
@@ -384,7 +398,12 @@ async fn run(
     };
     let Some(bucket) = req.bucket.as_deref() else {
         // Only ListBuckets has no bucket.
-        return listing::list_buckets(cx, &asker).await;
+        let listed = listing::list_buckets(cx, &asker).await;
+        if listed.is_ok() {
+            // Each bucket listed was allowed (s3:ListBucket) on its own.
+            trace.decision = Some("allow");
+        }
+        return listed;
     };
     // Authorized before routed: a caller who may not touch a bucket hears
     // AccessDenied whether or not it exists, never NoSuchBucket.
@@ -393,6 +412,10 @@ async fn run(
         .await;
     trace.decision = Some(if grant.is_ok() { "allow" } else { "deny" });
     let grant = grant?;
+    trace.decided_by = grant.decided_by.clone();
+    if ex_audited {
+        trace.reason = Some(grant.reason.clone());
+    }
     let route = match route::lookup_for(cx, bucket, &who.principal)
         .instrument(stage_span!(ex, "route"))
         .await
@@ -436,8 +459,7 @@ async fn run(
         if guarded {
             doc.check_key_segments()?;
         }
-        let keys: Vec<&str> = doc.objects.iter().map(|o| o.key.as_str()).collect();
-        trace.keys = serde_json::to_string(&keys).ok();
+        trace.keys = Some(doc.objects.iter().map(|o| o.key.clone()).collect());
         if let Err((e, key)) = authz::check_delete_objects(cx, &asker, req, bucket, &doc)
             .instrument(stage_span!(ex, "authz"))
             .await

@@ -1,7 +1,9 @@
 //! Stage 7: the response. Backend responses arrive here already cleaned by
 //! `forward::downstream`; the gateway's own errors become S3 error XML here
 //! and nowhere else. Every response gets the gateway's request id, every
-//! request one access-log line.
+//! request one access-log line and its metrics, every decided request one
+//! audit line (written when its response body is done, so it has the
+//! bytes sent).
 
 use http::header::{CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, TRANSFER_ENCODING};
 use http::request::Parts;
@@ -15,13 +17,20 @@ use crate::body::{self, Body};
 use crate::error::Error;
 
 /// The response for a request's result, and the request's observers: the
-/// access log line.
+/// access log line, the metrics, the audit line.
 pub fn finish(
     head: &Parts,
     result: Result<Response<Body>, Error>,
-    ex: &Exchange,
+    ex: &mut Exchange,
     req: Option<&S3Request>,
 ) -> Response<Body> {
+    // A denial names what decided it; an allow left that in the trace.
+    if let Err(Error::Denied { reason, decided_by }) = &result {
+        ex.trace.decided_by = decided_by.clone();
+        if ex.audit.is_some() {
+            ex.trace.reason = Some(reason.clone());
+        }
+    }
     let (slot, trace, request_id) = (&ex.slot, &ex.trace, ex.request_id.as_str());
     let (peer, start) = (ex.conn.peer, ex.start);
     let mut response = match result {
@@ -63,8 +72,15 @@ pub fn finish(
     let key = trace
         .refused_key
         .as_deref()
-        .or_else(|| req.and_then(|r| r.key.as_deref()))
-        .unwrap_or("-");
+        .or_else(|| req.and_then(|r| r.key.as_deref()));
+    let op = req.map_or(trace.op.unwrap_or("-"), |r| r.op.as_str());
+    let status = response.status().as_u16();
+    let identity = trace.identity.unwrap_or("-");
+    let decision = trace.decision.unwrap_or("-");
+    let keys = trace
+        .keys
+        .as_ref()
+        .and_then(|k| serde_json::to_string(k).ok());
     info!(
         target: "s3gate::access",
         request_id,
@@ -72,19 +88,164 @@ pub fn finish(
         // Only when a trusted proxy named another address than the peer's.
         client = (ex.origin.client_ip != super::forwarded::canonical(peer.ip())).then(|| tracing::field::display(ex.origin.client_ip)),
         principal = trace.principal.as_deref().unwrap_or("-"),
-        identity = trace.identity.unwrap_or("-"),
-        op = req.map_or(trace.op.unwrap_or("-"), |r| r.op.as_str()),
+        identity,
+        op,
         bucket = req.and_then(|r| r.bucket.as_deref()).unwrap_or("-"),
-        key,
+        key = key.unwrap_or("-"),
         // Only DeleteObjects has this field; `None` records nothing.
-        keys = trace.keys.as_deref(),
-        decision = trace.decision.unwrap_or("-"),
+        keys = keys.as_deref(),
+        decision,
         // Only SigV2 requests have this field.
         auth = trace.auth,
-        status = response.status().as_u16(),
+        status,
         latency_us = start.elapsed().as_micros() as u64,
     );
-    response
+    let metrics = s3gate_observe::metrics();
+    metrics.request(op, status, decision, identity, start.elapsed());
+    // Policy decisions only: not CORS preflights, not refusals before one.
+    let audit = match (&ex.audit, decision) {
+        (Some(audit), "allow" | "deny") => Some(Box::new(Pending {
+            audit: audit.clone(),
+            request_id: ex.request_id,
+            principal: trace.principal.clone(),
+            identity,
+            client: ex.origin.client_ip,
+            action: req.map_or("-", |r| r.action),
+            op,
+            bucket: req.and_then(|r| r.bucket.clone()),
+            key: key.map(str::to_owned),
+            keys: ex.trace.keys.take(),
+            decision,
+            decided_by: ex.trace.decided_by.take(),
+            reason: ex.trace.reason.take(),
+            status,
+            bytes_in: declared_length(head),
+        })),
+        _ => None,
+    };
+    let in_flight = ex.in_flight.take();
+    if !metrics.enabled() && audit.is_none() {
+        // Nothing to observe while the body streams: no wrapper.
+        drop(in_flight);
+        return response;
+    }
+    response.map(|inner| {
+        body::boxed(Observed {
+            inner,
+            sent: 0,
+            op,
+            start,
+            _in_flight: in_flight,
+            audit,
+        })
+    })
+}
+
+/// A response body on its way to the client, counted; when it is done (or
+/// dropped: the client went away) the request's duration is recorded and
+/// its audit line written.
+struct Observed {
+    inner: Body,
+    sent: u64,
+    op: &'static str,
+    start: std::time::Instant,
+    _in_flight: Option<s3gate_observe::Open>,
+    audit: Option<Box<Pending>>,
+}
+
+impl http_body::Body for Observed {
+    type Data = bytes::Bytes;
+    type Error = crate::error::BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        if let std::task::Poll::Ready(Some(Ok(frame))) = &polled {
+            if let Some(data) = frame.data_ref() {
+                let n = data.len() as u64;
+                self.sent += n;
+                s3gate_observe::metrics().sent(n);
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for Observed {
+    fn drop(&mut self) {
+        let took = self.start.elapsed();
+        s3gate_observe::metrics().request_done(self.op, took);
+        if let Some(pending) = self.audit.take() {
+            pending.write(self.sent, took);
+        }
+    }
+}
+
+/// An audit line waiting for its response body to be done.
+struct Pending {
+    audit: std::sync::Arc<s3gate_observe::Audit>,
+    request_id: super::RequestId,
+    principal: Option<std::sync::Arc<str>>,
+    identity: &'static str,
+    client: std::net::IpAddr,
+    action: &'static str,
+    op: &'static str,
+    bucket: Option<String>,
+    key: Option<String>,
+    keys: Option<Vec<String>>,
+    decision: &'static str,
+    decided_by: Option<std::sync::Arc<str>>,
+    reason: Option<String>,
+    status: u16,
+    bytes_in: u64,
+}
+
+impl Pending {
+    fn write(&self, bytes_out: u64, took: std::time::Duration) {
+        self.audit.record(&s3gate_observe::AuditRecord {
+            time: s3gate_observe::audit::now(),
+            request_id: self.request_id.as_str(),
+            principal: self.principal.as_deref().unwrap_or("-"),
+            identity: self.identity,
+            client: self.client,
+            action: self.action,
+            op: self.op,
+            bucket: self.bucket.as_deref(),
+            key: self.key.as_deref(),
+            keys: self.keys.as_deref(),
+            decision: self.decision,
+            decided_by: self.decided_by.as_deref(),
+            reason: self.reason.as_deref(),
+            status: self.status,
+            bytes_in: self.bytes_in,
+            bytes_out,
+            duration_ms: took.as_secs_f64() * 1e3,
+        });
+    }
+}
+
+/// The body length a request declared: the decoded length of an
+/// aws-chunked upload, else its Content-Length; 0 without either.
+fn declared_length(head: &Parts) -> u64 {
+    let number = |name: &str| {
+        head.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+    number("x-amz-decoded-content-length")
+        .or_else(|| number("content-length"))
+        .unwrap_or(0)
 }
 
 pub fn error_response(err: &S3Error, request_id: &str, head_only: bool) -> Response<Body> {

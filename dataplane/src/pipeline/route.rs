@@ -32,6 +32,9 @@ pub fn unknown_buckets(capacity: u64) -> UnknownBuckets {
     Cache::builder()
         .max_capacity(capacity)
         .time_to_live(UNKNOWN_BUCKET_TTL)
+        .eviction_listener(crate::cache::count_evictions(
+            s3gate_observe::CacheKind::UnknownBuckets,
+        ))
         .build()
 }
 
@@ -117,6 +120,9 @@ pub fn cors_cache(capacity: u64) -> CorsCache {
     Cache::builder()
         .max_capacity(capacity)
         .expire_after(CorsTtl)
+        .eviction_listener(crate::cache::count_evictions(
+            s3gate_observe::CacheKind::Cors,
+        ))
         .build()
 }
 
@@ -124,6 +130,9 @@ pub fn cache(capacity: u64) -> RouteCache {
     Cache::builder()
         .max_capacity(capacity)
         .expire_after(RouteTtl)
+        .eviction_listener(crate::cache::count_evictions(
+            s3gate_observe::CacheKind::Routes,
+        ))
         .build()
 }
 
@@ -131,6 +140,9 @@ pub fn principal_cache(capacity: u64) -> PrincipalRouteCache {
     Cache::builder()
         .max_capacity(capacity)
         .expire_after(RouteTtl)
+        .eviction_listener(crate::cache::count_evictions(
+            s3gate_observe::CacheKind::PrincipalRoutes,
+        ))
         .build()
 }
 
@@ -140,10 +152,15 @@ pub fn principal_cache(capacity: u64) -> PrincipalRouteCache {
 /// never for credentials: a preflight has no principal, and a bucket whose
 /// credentials are per principal has no shared route to give.
 pub async fn cors_rules(cx: &Ctx, bucket: &str) -> Result<Arc<super::cors::Rules>, Error> {
-    if let Some(entry) = cx.routes.get(bucket).await {
+    if let Some(entry) = crate::cache::seen(
+        s3gate_observe::CacheKind::Routes,
+        cx.routes.get(bucket).await,
+    ) {
         return Ok(entry.cors.clone());
     }
-    if let Some(entry) = cx.cors.get(bucket).await {
+    if let Some(entry) =
+        crate::cache::seen(s3gate_observe::CacheKind::Cors, cx.cors.get(bucket).await)
+    {
         return Ok(entry.rules.clone());
     }
     let entry = cx
@@ -170,14 +187,23 @@ pub async fn lookup_for(
     bucket: &str,
     principal: &Principal,
 ) -> Result<Arc<RouteEntry>, Error> {
-    if let Some(entry) = cx.routes.get(bucket).await {
+    if let Some(entry) = crate::cache::seen(
+        s3gate_observe::CacheKind::Routes,
+        cx.routes.get(bucket).await,
+    ) {
         return Ok(entry);
     }
     let key = (bucket.to_owned(), principal.name.clone());
-    if let Some(entry) = cx.principal_routes.get(&key).await {
+    if let Some(entry) = crate::cache::seen(
+        s3gate_observe::CacheKind::PrincipalRoutes,
+        cx.principal_routes.get(&key).await,
+    ) {
         return Ok(entry);
     }
-    if cx.unknown_buckets.contains_key(bucket) {
+    if crate::cache::seen_key(
+        s3gate_observe::CacheKind::UnknownBuckets,
+        cx.unknown_buckets.contains_key(bucket),
+    ) {
         return Err(Error::NoSuchBucket);
     }
     let entry = match cx

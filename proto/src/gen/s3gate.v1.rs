@@ -221,6 +221,11 @@ pub struct AuthorizeResponse {
     pub scope_prefix: ::prost::alloc::string::String,
     #[prost(uint64, tag = "5")]
     pub ttl_ms: u64,
+    /// What decided: the policy source, and inside it the rule or path
+    /// (`rules:readers`, `rego`); empty when nothing allowed (the default
+    /// deny). For the audit log; never a secret.
+    #[prost(string, tag = "6")]
+    pub decided_by: ::prost::alloc::string::String,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]

@@ -307,9 +307,20 @@ impl Slot {
 
     async fn exchange(&self) -> Result<Current, String> {
         let obtained_unix = crate::unix_now();
-        let t = match &self.exchanger {
-            Exchanger::Ibm(x) => x.exchange().await?,
-            Exchanger::Sts(x) => x.exchange().await?,
+        let exchanged = match &self.exchanger {
+            Exchanger::Ibm(x) => x.exchange().await,
+            Exchanger::Sts(x) => x.exchange().await,
+        };
+        let metrics = s3gate_observe::metrics();
+        let t = match exchanged {
+            Ok(t) => {
+                metrics.credential_refresh(&self.backend, "ok");
+                t
+            }
+            Err(error) => {
+                metrics.credential_refresh(&self.backend, "failed");
+                return Err(error);
+            }
         };
         Ok(Current::new(t.auth, obtained_unix, t.expires_unix))
     }

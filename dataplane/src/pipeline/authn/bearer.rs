@@ -40,6 +40,9 @@ pub fn token_cache(max_bytes: u64) -> TokenCache {
             u32::try_from(id.principal.name.len() + groups + claims + 512).unwrap_or(u32::MAX)
         })
         .expire_after(crate::cache::ByValueTtl)
+        .eviction_listener(crate::cache::count_evictions(
+            s3gate_observe::CacheKind::Tokens,
+        ))
         .build()
 }
 
@@ -91,7 +94,10 @@ pub(super) async fn verify(cx: &Ctx, head: &Parts, token: &str) -> Result<Authen
         other => other,
     })?;
     let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-    let identity = match cx.tokens.get(&digest).await {
+    let identity = match crate::cache::seen(
+        s3gate_observe::CacheKind::Tokens,
+        cx.tokens.get(&digest).await,
+    ) {
         Some(identity) => identity,
         None => {
             let credential = PresentedCredential::BearerToken(Redacted::new(token.to_owned()));

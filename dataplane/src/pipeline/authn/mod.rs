@@ -49,6 +49,9 @@ pub fn unknown_keys(capacity: u64) -> UnknownKeys {
     moka::future::Cache::builder()
         .max_capacity(capacity)
         .time_to_live(UNKNOWN_KEY_TTL)
+        .eviction_listener(crate::cache::count_evictions(
+            s3gate_observe::CacheKind::UnknownKeys,
+        ))
         .build()
 }
 
@@ -59,7 +62,10 @@ async fn known_key<T>(
     access_key: &str,
     lookup: impl std::future::Future<Output = Result<T, Arc<s3gate_proto::ControlPlaneError>>>,
 ) -> Result<T, Error> {
-    if cx.unknown_keys.contains_key(access_key) {
+    if crate::cache::seen_key(
+        s3gate_observe::CacheKind::UnknownKeys,
+        cx.unknown_keys.contains_key(access_key),
+    ) {
         return Err(Error::UnknownAccessKey);
     }
     match lookup.await {

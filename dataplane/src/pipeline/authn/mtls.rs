@@ -52,6 +52,9 @@ pub fn cert_cache(capacity: u64) -> CertCache {
     Cache::builder()
         .max_capacity(capacity)
         .expire_after(crate::cache::ByValueTtl)
+        .eviction_listener(crate::cache::count_evictions(
+            s3gate_observe::CacheKind::Certs,
+        ))
         .build()
 }
 
@@ -71,12 +74,16 @@ pub(super) async fn verify(
     let Some(leaf) = leaf(conn) else {
         return Err(Error::Denied {
             reason: "no client certificate".to_owned(),
+            decided_by: None,
         });
     };
     // Nothing signs the body: it is bound as an anonymous request's is.
     let payload = anonymous::unsigned_payload(head)?;
     let fingerprint: [u8; 32] = Sha256::digest(leaf).into();
-    let identity = match cx.certs.get(&fingerprint).await {
+    let identity = match crate::cache::seen(
+        s3gate_observe::CacheKind::Certs,
+        cx.certs.get(&fingerprint).await,
+    ) {
         Some(identity) => identity,
         None => cx
             .certs
@@ -106,11 +113,13 @@ impl Refused {
         match self {
             Self::Certificate(reason) => Error::Denied {
                 reason: reason.clone(),
+                decided_by: None,
             },
             // A certificate no identity source takes is a refusal, not a
             // malformed token.
             Self::ControlPlane(ControlPlaneError::NotAuthenticated(reason)) => Error::Denied {
                 reason: format!("client certificate not accepted: {reason}"),
+                decided_by: None,
             },
             Self::ControlPlane(e) => Error::from(e),
         }

@@ -63,6 +63,9 @@ pub fn sigv2_cache(capacity: u64) -> SigV2Cache {
         .max_capacity(capacity)
         .expire_after(crate::cache::ByValueTtl)
         .support_invalidation_closures()
+        .eviction_listener(crate::cache::count_evictions(
+            s3gate_observe::CacheKind::SigV2,
+        ))
         .build()
 }
 
@@ -115,7 +118,8 @@ pub(super) async fn verify(cx: &Ctx, head: &Parts) -> Result<Authenticated, Erro
         signature: auth.signature,
         string_to_sign_sha256: Sha256::digest(string_to_sign.as_bytes()).into(),
     };
-    let entry = match cx.sigv2.get(&key).await {
+    let entry = match crate::cache::seen(s3gate_observe::CacheKind::SigV2, cx.sigv2.get(&key).await)
+    {
         Some(entry) => entry,
         None => {
             let reusable = sigv2::valid_for(&auth, now);

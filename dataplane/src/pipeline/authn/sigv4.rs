@@ -35,6 +35,9 @@ pub fn key_cache(capacity: u64) -> KeyCache {
         .max_capacity(capacity)
         .expire_after(crate::cache::ByValueTtl)
         .support_invalidation_closures()
+        .eviction_listener(crate::cache::count_evictions(
+            s3gate_observe::CacheKind::Keys,
+        ))
         .build()
 }
 
@@ -88,7 +91,10 @@ pub(super) async fn verify(
         &scope.region,
         &scope.service,
     );
-    let grant = match cx.keys.get(&cache_key).await {
+    let grant = match crate::cache::seen(
+        s3gate_observe::CacheKind::Keys,
+        cx.keys.get(&cache_key).await,
+    ) {
         Some(grant) => grant,
         None => {
             let ask = SigningKeyRequest {

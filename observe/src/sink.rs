@@ -1,4 +1,4 @@
-//! Where log lines go: a buffer in memory that a dedicated thread writes out
+//! Where log lines go (the log on stderr, the audit log): a buffer in memory that a dedicated thread writes out
 //! in batches, so that a request never waits for a `write(2)` nor for a slow
 //! log consumer.
 //!
@@ -42,6 +42,8 @@ struct Shared {
     pending: Mutex<Pending>,
     wake: Condvar,
     dropped: AtomicU64,
+    /// Which stream, for the dropped-lines metric (`log`, `audit`).
+    name: &'static str,
 }
 
 impl Shared {
@@ -64,8 +66,12 @@ pub struct FlushOnDrop {
 }
 
 impl LogSink {
-    /// Starts the writer thread for `out`.
-    pub fn start<W: Write + Send + 'static>(out: W) -> std::io::Result<(LogSink, FlushOnDrop)> {
+    /// Starts the writer thread for `out`; `name` says which stream it is
+    /// in the dropped-lines metric.
+    pub fn start<W: Write + Send + 'static>(
+        name: &'static str,
+        out: W,
+    ) -> std::io::Result<(LogSink, FlushOnDrop)> {
         let shared = Arc::new(Shared {
             pending: Mutex::new(Pending {
                 buf: Vec::with_capacity(BATCH_BYTES),
@@ -73,9 +79,10 @@ impl LogSink {
             }),
             wake: Condvar::new(),
             dropped: AtomicU64::new(0),
+            name,
         });
         let thread = std::thread::Builder::new()
-            .name("s3gate-log".to_owned())
+            .name(format!("s3gate-{name}"))
             .spawn({
                 let shared = shared.clone();
                 move || write_batches(&shared, out)
@@ -96,12 +103,14 @@ impl LogSink {
         self.shared.dropped.load(Ordering::Relaxed)
     }
 
-    fn append(&self, line: &[u8]) {
+    /// Queues one whole line (with its newline) without waiting.
+    pub fn append(&self, line: &[u8]) {
         let mut pending = self.shared.lock();
         let before = pending.buf.len();
         if before + line.len() > MAX_PENDING_BYTES {
             drop(pending);
             self.shared.dropped.fetch_add(1, Ordering::Relaxed);
+            crate::metrics().log_line_dropped(self.shared.name);
             return;
         }
         pending.buf.extend_from_slice(line);
@@ -218,7 +227,7 @@ mod tests {
     #[test]
     fn lines_arrive_in_order_batched_and_soon() {
         let rec = Recorder::default();
-        let (sink, guard) = LogSink::start(rec.clone()).unwrap();
+        let (sink, guard) = LogSink::start("test", rec.clone()).unwrap();
         for i in 0..1000 {
             line(&sink, &format!("line {i}\n"));
         }
@@ -237,7 +246,7 @@ mod tests {
     #[test]
     fn drop_flushes_what_is_pending() {
         let rec = Recorder::default();
-        let (sink, guard) = LogSink::start(rec.clone()).unwrap();
+        let (sink, guard) = LogSink::start("test", rec.clone()).unwrap();
         line(&sink, "last words\n");
         drop(guard);
         assert_eq!(rec.text(), "last words\n");
@@ -247,7 +256,7 @@ mod tests {
     fn a_stalled_consumer_costs_lines_not_requests() {
         let rec = Recorder::default();
         let stall = rec.gate.lock().unwrap();
-        let (sink, guard) = LogSink::start(rec.clone()).unwrap();
+        let (sink, guard) = LogSink::start("test", rec.clone()).unwrap();
         // Let the writer thread take the first batch and block in write().
         line(&sink, "first\n");
         std::thread::sleep(GATHER * 3);
