@@ -7,11 +7,13 @@ import signal
 import socket
 import subprocess
 import time
+import urllib.error
+import urllib.request
 import uuid
 from pathlib import Path
 
 from conftest import _client, gateway_bin, gateway_env, make_keys, render_config, start_gateway, stop_gateway, unused_port
-from harness.procs import start_with_ready_file
+from harness.procs import read_ready_file, start_with_ready_file
 from recorder import launch_gateway
 
 
@@ -116,16 +118,29 @@ def refused(addr: tuple[str, int]) -> bool:
         return True
 
 
+def readyz(admin: str) -> int:
+    """The status of the admin listener's /readyz."""
+    try:
+        with urllib.request.urlopen(admin + "/readyz", timeout=5) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
 def test_sigterm_drains_a_1gib_get(backend, tmp_path):
     """SIGTERM while a 1 GiB GET streams through `s3gate serve`: the listener
     closes at once (new connections are refused), the GET completes with every
     byte right (hashed as it streams, never held), and the process then exits 0
-    well inside --drain-timeout."""
+    well inside --drain-timeout. Meanwhile the admin listener's /readyz
+    answers 503, so a load balancer takes the instance out."""
     key = f"drain/{uuid.uuid4().hex[:8]}.bin"
     started = time.monotonic()
     want = write_object(backend.file("data-prod", key), GIB)
-    gw = launch_gateway(tmp_path, backend, "s3gate-drain", extra_args=["--drain-timeout", "60s"], log_level="info")
+    gw = launch_gateway(tmp_path, backend, "s3gate-drain", extra_args=["--drain-timeout", "60s", "--admin-listen", "127.0.0.1:0"],
+                        log_level="info")  # fmt: skip
     try:
+        admin = "http://" + read_ready_file(gw.ready_file)["admin"]
+        assert readyz(admin) == 200
         client = _client(gw.endpoint, gw.keys["alice"].access_key, gw.keys["alice"].secret_key)
         obj = client.get_object(Bucket="data", Key=key)
         assert obj["ContentLength"] == GIB
@@ -145,6 +160,8 @@ def test_sigterm_drains_a_1gib_get(backend, tmp_path):
             assert time.monotonic() < deadline, "SIGTERM not acted on within 10s"
             time.sleep(0.05)
         assert refused(gw.addr), "a new connection was accepted after SIGTERM"
+        # The admin listener keeps answering while the process drains: not ready.
+        assert readyz(admin) == 503
         assert gw.proc.alive(), "exited with a GET in flight"
         while chunk := body.read(MIB):
             digest.update(chunk)
