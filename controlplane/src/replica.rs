@@ -815,19 +815,22 @@ mod tests {
         assert_eq!(warm.asked.load(std::sync::atomic::Ordering::SeqCst), 2);
     }
 
+    /// A new empty directory for a test's config files.
+    fn scratch_dir(tag: &str) -> std::path::PathBuf {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let dir = std::env::temp_dir().join(format!("{tag}-{}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
     /// A real config file, rewritten between reloads; the sources are
     /// SQLite queries (in memory) that answer allow or deny.
     #[tokio::test]
     async fn reload_swaps_the_configured_sources_or_keeps_them() {
-        let dir = std::env::temp_dir().join(format!(
-            "s3gate-reload-{}-{}",
-            std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = scratch_dir("s3gate-reload");
         let path = dir.join("s3gate.toml");
         let policy = |query: &str| {
             format!("[[policy]]\nkind = \"sql\"\nurl = \"sqlite::memory:\"\nquery = \"{query}\"\n")
@@ -921,15 +924,7 @@ mod tests {
     /// `env:` secret each keep everything in force.
     #[tokio::test]
     async fn reload_replaces_the_state_of_a_memory_store_or_keeps_it() {
-        let dir = std::env::temp_dir().join(format!(
-            "s3gate-reload-state-{}-{}",
-            std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = scratch_dir("s3gate-reload-state");
         let path = dir.join("s3gate.toml");
         let backend = |name: &str, port: u16| {
             format!("[[backends]]\nname = \"{name}\"\nendpoint = \"http://127.0.0.1:{port}\"\naccess_key = \"A\"\nsecret_key = \"s\"\n")

@@ -441,17 +441,9 @@ def invocations() -> list[tuple[str, list[str], list[str]]]:
     return out
 
 
-def admin_listener_missing() -> bool:
-    """Interim, while issue 14's admin listener is landing: the deploy files
-    already give every process --admin-listen. Once `s3gate dataplane
-    --help` lists it, this is False for good."""
-    return "--admin-listen" not in run(str(gateway_bin()), "dataplane", "--help").stdout
-
-
 def test_flags_exist():
     exe = str(gateway_bin())
     top = run(exe, "--help").stdout
-    pending = {"--admin-listen"} if admin_listener_missing() else set()
     helps: dict[str, str] = {}
     seen_kinds = set()
     for where, argv, env in invocations():
@@ -464,8 +456,6 @@ def test_flags_exist():
         for a in argv[1:]:
             if a.startswith("--"):
                 flag = a.split("=", 1)[0]
-                if flag in pending:
-                    continue
                 assert re.search(rf"(^|[\s,]){re.escape(flag)}[\s=<]", helps[cmd], re.M), (
                     f"{where}: `s3gate {cmd}` has no {flag}"
                 )
@@ -492,8 +482,6 @@ def test_rehearsal():
             if os.environ.get("CI"):
                 pytest.fail(f"{t} is not installed (.ci/run installs it)")
             pytest.skip(f"{t} is not installed (.ci/run installs it)")
-    if admin_listener_missing():
-        pytest.skip("s3gate has no --admin-listen yet (/readyz, /metrics): issue 14's admin listener")
     env = {**os.environ, "S3GATE_BIN": str(gateway_bin()), "PYTHON": sys.executable}
     r = subprocess.run(["bash", str(DEPLOY / "rehearse.sh")], capture_output=True, text=True, timeout=300,
                        stdin=subprocess.DEVNULL, env=env)  # fmt: skip

@@ -267,10 +267,9 @@ pub async fn handle(cx: Arc<Ctx>, conn: Arc<ConnInfo>, req: Request<Incoming>) -
     let span = ex.span.clone();
     let response = stages(&cx, head, body, &mut ex).instrument(span).await;
     if ex.traced {
-        spans::finish(&ex, response)
-    } else {
-        response
+        spans::finish(&ex, response.status());
     }
+    response
 }
 
 /// The stages of [`handle`], after the request's origin is known.

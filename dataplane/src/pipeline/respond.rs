@@ -81,6 +81,7 @@ pub fn finish(
         .keys
         .as_ref()
         .and_then(|k| serde_json::to_string(k).ok());
+    let ttfb = start.elapsed();
     info!(
         target: "s3gate::access",
         request_id,
@@ -98,10 +99,10 @@ pub fn finish(
         // Only SigV2 requests have this field.
         auth = trace.auth,
         status,
-        latency_us = start.elapsed().as_micros() as u64,
+        latency_us = ttfb.as_micros() as u64,
     );
     let metrics = s3gate_observe::metrics();
-    metrics.request(op, status, decision, identity, start.elapsed());
+    metrics.request(op, status, decision, identity, ttfb);
     // Policy decisions only: not CORS preflights, not refusals before one.
     let audit = match (&ex.audit, decision) {
         (Some(audit), "allow" | "deny") => Some(Box::new(Pending {
@@ -119,12 +120,14 @@ pub fn finish(
             decided_by: ex.trace.decided_by.take(),
             reason: ex.trace.reason.take(),
             status,
-            bytes_in: declared_length(head),
+            bytes_in: declared_length(head).unwrap_or(0),
         })),
         _ => None,
     };
     let in_flight = ex.in_flight.take();
-    if !metrics.enabled() && audit.is_none() {
+    // A recorded trace's span ends with the body (`spans`).
+    let span = ex.traced.then(|| ex.span.clone());
+    if !metrics.enabled() && audit.is_none() && span.is_none() {
         // Nothing to observe while the body streams: no wrapper.
         drop(in_flight);
         return response;
@@ -137,13 +140,14 @@ pub fn finish(
             start,
             _in_flight: in_flight,
             audit,
+            span,
         })
     })
 }
 
 /// A response body on its way to the client, counted; when it is done (or
-/// dropped: the client went away) the request's duration is recorded and
-/// its audit line written.
+/// dropped: the client went away) the request's duration is recorded, its
+/// audit line written and its trace span ended with the bytes sent.
 struct Observed {
     inner: Body,
     sent: u64,
@@ -151,6 +155,7 @@ struct Observed {
     start: std::time::Instant,
     _in_flight: Option<s3gate_observe::Open>,
     audit: Option<Box<Pending>>,
+    span: Option<tracing::Span>,
 }
 
 impl http_body::Body for Observed {
@@ -187,6 +192,9 @@ impl Drop for Observed {
         s3gate_observe::metrics().request_done(self.op, took);
         if let Some(pending) = self.audit.take() {
             pending.write(self.sent, took);
+        }
+        if let Some(span) = &self.span {
+            span.record("http.response.body.size", super::spans::int(self.sent));
         }
     }
 }
@@ -235,17 +243,13 @@ impl Pending {
 }
 
 /// The body length a request declared: the decoded length of an
-/// aws-chunked upload, else its Content-Length; 0 without either.
-fn declared_length(head: &Parts) -> u64 {
-    let number = |name: &str| {
-        head.headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok())
-    };
-    number("x-amz-decoded-content-length")
-        .or_else(|| number("content-length"))
-        .unwrap_or(0)
+/// aws-chunked upload, else its Content-Length.
+pub(super) fn declared_length(head: &Parts) -> Option<u64> {
+    head.headers
+        .get("x-amz-decoded-content-length")
+        .or_else(|| head.headers.get(CONTENT_LENGTH))
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
 }
 
 pub fn error_response(err: &S3Error, request_id: &str, head_only: bool) -> Response<Body> {

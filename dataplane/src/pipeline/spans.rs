@@ -12,21 +12,13 @@
 //! and sizes, the request id. Never a header value, a query string (a
 //! presigned URL's is a credential) or an object key.
 
-use std::pin::Pin;
-use std::task::{Context, Poll};
-
-use bytes::Bytes;
 use http::request::Parts;
-use http_body::{Body as HttpBody, Frame, SizeHint};
-use hyper::Response;
 use s3gate_proto::trace::{self, TARGET};
 use s3gate_s3::request::S3Request;
 use tracing::field::Empty;
 use tracing::Span;
 
 use super::{Ctx, Exchange};
-use crate::body::{self, Body};
-use crate::error::BoxError;
 
 /// The span of a request, and whether it is recorded (sampled): only then
 /// are its attributes filled in. A `traceparent` is believed only from a
@@ -65,7 +57,7 @@ pub(super) fn request(cx: &Ctx, ex: &Exchange, head: &Parts) -> (Span, bool) {
         "client.address",
         tracing::field::display(ex.origin.client_ip),
     );
-    if let Some(len) = declared_length(head) {
+    if let Some(len) = super::respond::declared_length(head) {
         span.record("http.request.body.size", int(len));
     }
     (span, true)
@@ -83,9 +75,10 @@ pub(super) fn record_request(ex: &Exchange, req: &S3Request) {
     }
 }
 
-/// Records how the request ended and hands the span to the response body,
-/// so that it ends (and counts bytes) when the body is done.
-pub(super) fn finish(ex: &Exchange, response: Response<Body>) -> Response<Body> {
+/// Records how the request ended. The span itself went to the response
+/// body (`respond::finish`), which ends it, with the bytes sent, when the
+/// body is done.
+pub(super) fn finish(ex: &Exchange, status: http::StatusCode) {
     let span = &ex.span;
     let t = &ex.trace;
     if let Some(principal) = &t.principal {
@@ -100,74 +93,14 @@ pub(super) fn finish(ex: &Exchange, response: Response<Body>) -> Response<Body> 
     if let Some(op) = t.op {
         span.record("s3.op", op);
     }
-    let status = response.status();
     span.record("http.response.status_code", i64::from(status.as_u16()));
     if status.is_server_error() {
         span.record("otel.status_code", "ERROR");
     }
-    let (parts, inner) = response.into_parts();
-    Response::from_parts(
-        parts,
-        body::boxed(Traced {
-            inner,
-            sent: 0,
-            span: span.clone(),
-        }),
-    )
 }
 
 /// A count as an OTel integer: `tracing-opentelemetry` records `u64`
 /// fields as strings.
-fn int(n: u64) -> i64 {
+pub(super) fn int(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
-}
-
-/// The body's length as the client declared it: the decoded length of an
-/// aws-chunked body, else `Content-Length`.
-fn declared_length(head: &Parts) -> Option<u64> {
-    head.headers
-        .get("x-amz-decoded-content-length")
-        .or_else(|| head.headers.get(http::header::CONTENT_LENGTH))
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
-}
-
-/// A response body that counts what it sends and holds the request's
-/// span until it is done or dropped.
-struct Traced {
-    inner: Body,
-    sent: u64,
-    span: Span,
-}
-
-impl HttpBody for Traced {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(Some(Ok(frame))) = &polled {
-            if let Some(data) = frame.data_ref() {
-                self.sent += data.len() as u64;
-            }
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-impl Drop for Traced {
-    fn drop(&mut self) {
-        self.span.record("http.response.body.size", int(self.sent));
-    }
 }
