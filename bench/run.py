@@ -315,14 +315,15 @@ class NginxProxy:
 
 
 class Gateway:
-    def __init__(self, exe: Path, work: Path, name: str, upstream: Upstream, keys: "Keys", log_level: str = "info", extra_env: dict | None = None, issuer: str | None = None, extra_config: str = ""):
+    def __init__(self, exe: Path, work: Path, name: str, upstream: Upstream, keys: "Keys", log_level: str = "info", extra_env: dict | None = None, issuer: str | None = None, extra_config: str = "",
+                 extra_args: list[str] | None = None):
         extra_env = extra_env or {}
         self.name = name
         cfg = work / f"{name}.toml"
         cfg.write_text(render_config(upstream, keys, issuer) + extra_config)
         ready = work / f"{name}.ready.json"
         env = {**os.environ, "S3GATE_LOG": log_level, **extra_env}
-        argv = [str(exe), "serve", "--config", str(cfg), "--listen", "127.0.0.1:0", "--ready-file", str(ready)]
+        argv = [str(exe), "serve", "--config", str(cfg), "--listen", "127.0.0.1:0", "--ready-file", str(ready)] + (extra_args or [])
         self.proc, self.addr = start_with_ready_file("s3gate", argv, ready, "s3", work / f"{name}.log", env, append=True)
         self.pid = self.proc.pid
 
@@ -709,10 +710,10 @@ class Bench:
         self.gw_count = 0
         self._idp = None
 
-    def gateway(self, up: Upstream, log_level: str = "info", issuer: str | None = None, extra_config: str = "") -> Gateway:
+    def gateway(self, up: Upstream, log_level: str = "info", issuer: str | None = None, extra_config: str = "", extra_args: list[str] | None = None) -> Gateway:
         self.gw_count += 1
         env = dict(kv.split("=", 1) for kv in self.args.gateway_env)
-        return Gateway(self.gw_exe, self.work, f"s3gate-{self.gw_count:03d}-{up.name}", up, self.keys, log_level, env, issuer, extra_config)
+        return Gateway(self.gw_exe, self.work, f"s3gate-{self.gw_count:03d}-{up.name}", up, self.keys, log_level, env, issuer, extra_config, extra_args)
 
     def idp(self):
         """The OIDC provider of S1s/STS (oauth2-mock-server), started once."""
@@ -863,6 +864,44 @@ class Bench:
                 gw.stop()
             if ref:
                 ref.stop()
+
+    # S1obs: what observability costs per request (issue 14). S1 through four
+    # gateways in the same rounds: metrics on (the default, with the admin
+    # listener up as deployed), metrics off, and traces exported over OTLP to
+    # a real gRPC receiver at 1 % and at 100 % sampling; direct and the nginx
+    # reverse proxy as yardsticks. Each row also counts the spans received.
+    def s1obs(self, up: Upstream) -> None:
+        from harness.otlp_receiver import OtlpReceiver
+
+        c = self.cfg
+        args = ["-c", "32", "--warmup", str(c["warmup"]), "--get-key", "small/{i}", "--get-count", str(SMALL_COUNT)]
+        rx = OtlpReceiver(keep=False)
+        gws = []
+        try:
+            gws.append(("s3gate-metrics", self.gateway(up, extra_args=["--admin-listen", "127.0.0.1:0"])))
+            gws.append(("s3gate-nometrics", self.gateway(up, extra_args=["--metrics", "false"])))
+            for label, ratio in (("s3gate-trace1", "0.01"), ("s3gate-trace100", "1")):
+                gws.append((label, self.gateway(up, extra_args=["--otlp-endpoint", rx.endpoint, "--trace-sample-ratio", ratio])))
+            ref = self.reference_proxy(up)
+            try:
+                for r in range(c["rounds"]):
+                    self.load("S1obs", up, None, r, args, c["s1_duration"], self.direct_creds(up))
+                    for label, gw in gws:
+                        before = rx.span_count
+                        row = self.load("S1obs", up, gw, r, args, c["s1_duration"], creds_args(self.keys.hot), label=label)
+                        # The exporter batches: give the last batch a moment.
+                        if "trace" in label:
+                            time.sleep(6)
+                        row["spans_received"] = rx.span_count - before
+                    if ref:
+                        self.load("S1obs", up, ref, r, args, c["s1_duration"], self.direct_creds(up), label="nginx-proxy")
+            finally:
+                if ref:
+                    ref.stop()
+        finally:
+            for _, gw in gws:
+                gw.stop()
+            rx.close()
 
     # S1s: S1 through one gateway, with the hot static key and with temporary
     # keys from AssumeRoleWithWebIdentity (the same bucket-wide allow), in
@@ -1060,13 +1099,15 @@ def summarize(results: list[dict]) -> tuple[str, list[dict]]:
         g.setdefault(r["via"], []).append(r)
     lines = []
     rows = []
-    load_hdr = "| scenario | upstream | via | rounds | req/s | ratio | p50 µs | p99 µs | added p99 µs | s3gate CPU µs/req | upstream CPU µs/req | s3gate peak RSS MiB | errors | other CPU % |"
+    load_hdr = "| scenario | upstream | via | rounds | req/s | ratio | p50 µs | p99 µs | added p99 µs | s3gate CPU µs/req | × nginx-proxy CPU | upstream CPU µs/req | s3gate peak RSS MiB | errors | other CPU % |"
     xfer_hdr = "| scenario | upstream | via | rounds | MB/s | ratio | s3gate CPU-s/GiB | upstream CPU-s/GiB | s3gate peak RSS MiB | status | other CPU % |"
-    load_lines, xfer_lines = [load_hdr, "|" + "---|" * 14], [xfer_hdr, "|" + "---|" * 11]
+    load_lines, xfer_lines = [load_hdr, "|" + "---|" * 15], [xfer_hdr, "|" + "---|" * 11]
     dist_hdr = load_hdr + " control-plane CPU µs/req | Redis CPU µs/req | Redis CPU % of a core | Redis commands per run | dataplane + controlplane + Redis CPU µs/req | control-plane peak RSS MiB |"
-    dist_lines = [dist_hdr, "|" + "---|" * 20]
+    dist_lines = [dist_hdr, "|" + "---|" * 21]
     for (scen, up), by in groups.items():
         direct = by.get("direct", [])
+        # The yardstick: one plain user-space proxy hop, same scenario and rounds.
+        proxy_cpu = med([r.get("gw_cpu_us_per_req") for r in by.get("nginx-proxy", [])])
         for via, rs in by.items():
             other = med([r.get("other_cpu_pct") for r in rs])
             if "rps" in rs[0]:
@@ -1081,11 +1122,13 @@ def summarize(results: list[dict]) -> tuple[str, list[dict]]:
                 errors = sum(r["errors"] for r in rs)
                 row = dict(scenario=scen, upstream=up, via=via, rounds=len(rs), rps=rps, ratio=(rps / drps if via != "direct" and drps else None),
                            p50_us=p50, p99_us=p99, added_p99_us=(p99 - dp99 if via != "direct" and dp99 is not None and p99 is not None else None),
-                           gw_cpu_us_per_req=cpu, upstream_cpu_us_per_req=ucpu, gw_peak_rss_mib=rss, errors=errors, other_cpu_pct=other)  # fmt: skip
+                           gw_cpu_us_per_req=cpu, upstream_cpu_us_per_req=ucpu, gw_peak_rss_mib=rss, errors=errors, other_cpu_pct=other,
+                           cpu_vs_nginx_proxy=(cpu / proxy_cpu if cpu is not None and proxy_cpu and via not in ("direct", "nginx-proxy") else None),
+                           spans_received=med([r.get("spans_received") for r in rs]))  # fmt: skip
                 rows.append(row)
                 line = (
                     f"| {scen} | {up} | {via} | {len(rs)} | {fmt(rps, ',.0f')} | {fmt(row['ratio'], '.2f')}× | {fmt(p50, ',.0f')} | {fmt(p99, ',.0f')} | "
-                    f"{fmt(row['added_p99_us'], '+,.0f')} | {fmt(cpu, '.1f')} | {fmt(ucpu, '.1f')} | {fmt(rss, '.1f')} | {errors} | {fmt(other, '.0f')} |"
+                    f"{fmt(row['added_p99_us'], '+,.0f')} | {fmt(cpu, '.1f')} | {fmt(row['cpu_vs_nginx_proxy'], '.2f', '×')} | {fmt(ucpu, '.1f')} | {fmt(rss, '.1f')} | {errors} | {fmt(other, '.0f')} |"
                 )
                 if scen not in DIST_SCENARIOS:
                     load_lines.append(line)
@@ -1207,7 +1250,8 @@ def main() -> int:
     ap.add_argument("--scenarios", default="S1,S2,S3,S4,S5", help="comma-separated subset of S1..S5, plus S1g/S4g (S1/S4 through controlplane + dataplane + Redis), S4sql (S4 with a [[policy]] kind=sql: PostgreSQL, SQLite), "
                     "S4src (S4 per decision source in one run: builtin, rego, opa, sql on PostgreSQL and SQLite, plugin; at 32 connections and at 1), "
                     "S1src (warm S1 per decision chain: builtin, rego, opa, plugin), "
-                    "S1s (S1 with STS session keys against a static key) and STS (cold AssumeRoleWithWebIdentity calls); the last six are not in the default set")
+                    "S1s (S1 with STS session keys against a static key), STS (cold AssumeRoleWithWebIdentity calls) and "
+                    "S1obs (S1 with metrics on/off and traces at 1 %% and 100 %% sampling); the last seven are not in the default set")
     ap.add_argument("--postgres-url", default=os.environ.get("S3GATE_BENCH_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/postgres"),
                     help="a PostgreSQL server where S4sql/S4src may create (and then drops) a database of its own")
     ap.add_argument("--redis-bin", default=shutil.which("redis-server") or "/usr/bin/redis-server", help="redis-server for S1g/S4g (a private one on a free 127.0.0.1 port, no persistence)")
@@ -1238,7 +1282,7 @@ def main() -> int:
     scenarios = [s.strip().upper() for s in args.scenarios.split(",") if s.strip()]
     scenarios = [s[:-1] + "g" if s.endswith("G") else s for s in scenarios]  # S4G -> S4g
     scenarios = ["S1s" if s == "S1S" else s for s in scenarios]
-    scenarios = [{"S4SQL": "S4sql", "S4SRC": "S4src", "S1SRC": "S1src"}.get(s, s) for s in scenarios]
+    scenarios = [{"S4SQL": "S4sql", "S4SRC": "S4src", "S1SRC": "S1src", "S1OBS": "S1obs"}.get(s, s) for s in scenarios]
     upstreams = [u.strip() for u in args.upstreams.split(",") if u.strip()]
     for exe in (args.gateway_bin, args.loadgen_bin):
         if not exe.exists():

@@ -25,6 +25,20 @@ use tokio_stream::StreamExt as _;
 use tonic::{Request, Response, Status};
 use tracing::info;
 
+/// Streams one gRPC connection may have open at once. A data plane needs
+/// one Watch plus its concurrent decision calls; tonic alone sets no limit
+/// (hyper's default of 200 is removed), so a peer could otherwise open
+/// streams without bound on one connection.
+const MAX_CONCURRENT_STREAMS: u32 = 256;
+/// Largest header block a peer may send (metadata is a token and a
+/// `traceparent`); hyper's default is 16 MiB.
+const MAX_HEADER_LIST_SIZE: u32 = 16 * 1024;
+/// HTTP/2 pings on idle connections find peers that vanished without a FIN
+/// (a data plane's host lost), so their Watch streams and tasks are freed.
+const KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
+/// A ping not answered within this closes the connection.
+const KEEPALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
+
 #[derive(Clone)]
 pub struct DecisionsService {
     /// Answers every call from its local snapshot; its events feed Watch.
@@ -293,7 +307,12 @@ pub async fn serve(
     // A span per unary Decisions/Admin call, a child of the data plane's
     // call span when it sent a `traceparent` (disabled unless traces are
     // exported).
-    let mut server = tonic::transport::Server::builder().trace_fn(s3gate_proto::trace::server_span);
+    let mut server = tonic::transport::Server::builder()
+        .trace_fn(s3gate_proto::trace::server_span)
+        .max_concurrent_streams(Some(MAX_CONCURRENT_STREAMS))
+        .http2_max_header_list_size(Some(MAX_HEADER_LIST_SIZE))
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT));
     let router = server
         .add_service(health)
         .add_optional_service(cluster_token.clone().map(|t| {

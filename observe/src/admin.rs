@@ -77,9 +77,39 @@ impl Health {
     }
 }
 
-/// Serves the admin endpoints on `listener` for the life of the process.
+/// Admin connections served at once. Probes and scrapes need a handful; a
+/// client that opens more waits in the kernel's accept queue instead of
+/// costing the process a task and buffers each.
+pub const MAX_CONNECTIONS: usize = 64;
+/// How long one admin connection may live. Prometheus keeps its scrape
+/// connection open; after this it is closed gracefully (the request in
+/// progress finishes) and the scraper reconnects, so an idle or slow peer
+/// cannot hold one of the [`MAX_CONNECTIONS`] slots forever.
+pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(300);
+/// After the graceful close starts, how long the request in progress has.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
+
+/// Serves the admin endpoints on `listener` for the life of the process,
+/// with the default bounds.
 pub async fn serve(listener: TcpListener, health: Arc<Health>) {
+    serve_bounded(listener, health, MAX_CONNECTIONS, CONNECTION_LIFETIME).await
+}
+
+/// [`serve`] with explicit bounds: at most `max_connections` at once (the
+/// next is accepted when one ends), each closed after `lifetime`.
+pub async fn serve_bounded(
+    listener: TcpListener,
+    health: Arc<Health>,
+    max_connections: usize,
+    lifetime: Duration,
+) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(max_connections));
     loop {
+        // Take the slot before accepting: past the cap, connections wait in
+        // the listen backlog rather than being accepted and parked.
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return; // the semaphore is never closed
+        };
         let (stream, peer) = match listener.accept().await {
             Ok(conn) => conn,
             Err(error) => {
@@ -91,6 +121,7 @@ pub async fn serve(listener: TcpListener, health: Arc<Health>) {
         };
         let health = health.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let service = hyper::service::service_fn(move |req| {
                 let health = health.clone();
                 async move { Ok::<_, Infallible>(answer(req, &health).await) }
@@ -100,7 +131,18 @@ pub async fn serve(listener: TcpListener, health: Arc<Health>) {
                 .header_read_timeout(HEADER_TIMEOUT)
                 .keep_alive(true)
                 .serve_connection(TokioIo::new(stream), service);
-            if let Err(error) = conn.await {
+            tokio::pin!(conn);
+            let result = tokio::select! {
+                result = conn.as_mut() => result,
+                () = tokio::time::sleep(lifetime) => {
+                    conn.as_mut().graceful_shutdown();
+                    match tokio::time::timeout(CLOSE_GRACE, conn.as_mut()).await {
+                        Ok(result) => result,
+                        Err(_) => Ok(()), // dropped: the socket closes
+                    }
+                }
+            };
+            if let Err(error) = result {
                 debug!(%peer, %error, "admin connection ended");
             }
         });
@@ -146,4 +188,66 @@ fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
         http::HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     response
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    async fn healthz(stream: &mut TcpStream) -> String {
+        stream
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = vec![0u8; 512];
+        let n = stream.read(&mut buf).await.unwrap();
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    }
+
+    #[tokio::test]
+    async fn connections_are_capped_and_idle_ones_end_after_their_lifetime() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let health = Health::new(Arc::new(AlwaysReady));
+        tokio::spawn(serve_bounded(
+            listener,
+            health,
+            2,
+            Duration::from_millis(800),
+        ));
+
+        let mut first = TcpStream::connect(addr).await.unwrap();
+        let mut second = TcpStream::connect(addr).await.unwrap();
+        assert!(healthz(&mut first).await.starts_with("HTTP/1.1 200"));
+        assert!(healthz(&mut second).await.starts_with("HTTP/1.1 200"));
+
+        // The third connects (the kernel's backlog) but is not served while
+        // the two hold their slots.
+        let mut third = TcpStream::connect(addr).await.unwrap();
+        third
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = vec![0u8; 512];
+        let early = tokio::time::timeout(Duration::from_millis(300), third.read(&mut buf)).await;
+        assert!(early.is_err(), "a third connection was served past the cap");
+
+        // The idle two are closed at the end of their lifetime, which frees
+        // the slots: the third is answered.
+        let n = tokio::time::timeout(Duration::from_secs(5), third.read(&mut buf))
+            .await
+            .expect("the third connection was never served")
+            .unwrap();
+        assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+        let mut rest = Vec::new();
+        let closed =
+            tokio::time::timeout(Duration::from_secs(5), first.read_to_end(&mut rest)).await;
+        assert!(
+            matches!(closed, Ok(Ok(0))),
+            "an idle connection outlived its lifetime"
+        );
+    }
 }

@@ -10,6 +10,8 @@ their TTL; recovery when a control plane comes back on the same address,
 without restarting data planes.
 """
 
+import socket
+import struct
 import uuid
 
 import botocore.exceptions
@@ -113,6 +115,39 @@ def test_reflection_and_health(cluster):
         assert check(b"", timeout=5) == b"\x08\x01"  # status: SERVING
     finally:
         channel.close()
+
+
+def server_settings(addr: str) -> dict[int, int]:
+    """The HTTP/2 SETTINGS a gRPC server sends first, read off the wire: send
+    the client preface and an empty SETTINGS frame, parse frames until the
+    server's own (non-ACK) SETTINGS arrives."""
+    host, port = addr.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        buf = b""
+        while True:
+            while len(buf) < 9:
+                chunk = sock.recv(4096)
+                assert chunk, "the server closed before sending SETTINGS"
+                buf += chunk
+            length = int.from_bytes(buf[:3], "big")
+            kind, flags = buf[3], buf[4]
+            while len(buf) < 9 + length:
+                chunk = sock.recv(4096)
+                assert chunk, "the server closed mid-frame"
+                buf += chunk
+            payload, buf = buf[9:9 + length], buf[9 + length:]
+            if kind == 0x4 and not flags & 0x1:
+                return {ident: value for ident, value in
+                        (struct.unpack(">HI", payload[i:i + 6]) for i in range(0, len(payload), 6))}
+
+
+def test_grpc_connections_are_bounded(cluster):
+    # tonic sets no stream limit unless told: the control plane announces its
+    # own, and a small header-list limit (hyper's default is 16 MiB).
+    settings = server_settings(cluster.cp_addrs["cp1"])
+    assert settings.get(0x3) == 256, settings  # SETTINGS_MAX_CONCURRENT_STREAMS
+    assert settings.get(0x6) == 16384, settings  # SETTINGS_MAX_HEADER_LIST_SIZE
 
 
 def test_failover_fail_closed_and_recovery(cluster, backend):

@@ -50,6 +50,12 @@ class _TraceService(trace_service_pb2_grpc.TraceServiceServicer):
         self.receiver = receiver
 
     def Export(self, request, context):  # noqa: N802 (the gRPC method's name)
+        if not self.receiver.keep:
+            count = sum(len(ss.spans) for rs in request.resource_spans for ss in rs.scope_spans)
+            with self.receiver._lock:
+                self.receiver.span_count += count
+                self.receiver.exports += 1
+            return trace_service_pb2.ExportTraceServiceResponse()
         spans = []
         for rs in request.resource_spans:
             res = {kv.key: _value(kv.value) for kv in rs.resource.attributes}
@@ -69,17 +75,21 @@ class _TraceService(trace_service_pb2_grpc.TraceServiceServicer):
                     )
         with self.receiver._lock:
             self.receiver._spans.extend(spans)
+            self.receiver.span_count += len(spans)
             self.receiver.exports += 1
         return trace_service_pb2.ExportTraceServiceResponse()
 
 
 class OtlpReceiver:
     """Start with `with OtlpReceiver() as rx:`; point the gateway at
-    `rx.endpoint` (`--otlp-endpoint`)."""
+    `rx.endpoint` (`--otlp-endpoint`). With `keep=False` (bench/) spans are
+    only counted, in `span_count`, not kept."""
 
-    def __init__(self) -> None:
+    def __init__(self, keep: bool = True) -> None:
+        self.keep = keep
         self._lock = threading.Lock()
         self._spans: list[Span] = []
+        self.span_count = 0
         self.exports = 0
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
         trace_service_pb2_grpc.add_TraceServiceServicer_to_server(_TraceService(self), self._server)
