@@ -1,8 +1,8 @@
 //! The request a backend receives, on real sockets: `s3gate_dataplane::serve`
 //! on port 0 in front of a recording upstream that verifies the SigV4
-//! signature with the backend's secret (using `s3gate-s3`, an implementation
-//! independent of the aws-sigv4 signer the gateway uses). Clients sign with
-//! aws-sigv4.
+//! signature with the backend's secret (using `s3gate-s3`'s verifier; the
+//! gateway's signer is held to aws-sigv4 in tests/signer.rs). Clients sign
+//! with aws-sigv4.
 //!
 //! This covers what the e2e suite cannot: s3s-fs 0.14.1 does not parse a
 //! virtual-host `Host` that carries a port, so virtual-style addressing towards

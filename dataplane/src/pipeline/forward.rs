@@ -2,13 +2,6 @@
 //! name, its addressing style — keep the S3 semantics headers, drop hop-by-hop
 //! and client auth, re-sign with the backend credentials, and stream.
 
-use std::time::SystemTime;
-
-use aws_sigv4::http_request::{
-    sign, PayloadChecksumKind, PercentEncodingMode, SignableBody, SignableRequest, SigningSettings,
-    UriPathNormalizationMode,
-};
-use aws_sigv4::sign::v4;
 use http::header::{
     HeaderName, HeaderValue, CONNECTION, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, HOST,
     LOCATION,
@@ -18,7 +11,7 @@ use http::{HeaderMap, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use s3gate_proto::AddressingStyle;
 use s3gate_s3::request::{decode, encode_component, encode_key, Addressing, Op, Query, S3Request};
-use s3gate_s3::{S3Error, S3ErrorCode};
+use s3gate_s3::{sigv4, S3Error, S3ErrorCode};
 use std::fmt::Write as _;
 
 use super::authz::Granted;
@@ -143,8 +136,8 @@ pub async fn send(
 
     let headers = upstream_headers(head, &host, &plan, req, source)?;
 
-    let identity = match &route.auth {
-        UpstreamAuth::SigV4(identity) => identity,
+    let signer = match &route.auth {
+        UpstreamAuth::SigV4(signer) => signer,
         UpstreamAuth::Bearer {
             authorization,
             service_instance_id,
@@ -163,59 +156,6 @@ pub async fn send(
         }
     };
 
-    // Sign. aws-sigv4 wants &str values: S3 headers must be visible ASCII anyway.
-    let mut pairs = Vec::with_capacity(headers.len());
-    for (name, value) in &headers {
-        let value = value.to_str().map_err(|_| {
-            S3Error::new(
-                S3ErrorCode::InvalidArgument,
-                format!("header {name} must be US-ASCII (encode non-ASCII metadata per RFC 2047)"),
-            )
-        })?;
-        pairs.push((name.as_str(), value));
-    }
-    let signable_body = match &plan.upstream {
-        UpstreamPayload::Sha256(hex) => SignableBody::Precomputed(hex.clone()),
-        UpstreamPayload::Replaced { sha256_hex, .. } => {
-            SignableBody::Precomputed(sha256_hex.clone())
-        }
-        UpstreamPayload::Unsigned => SignableBody::UnsignedPayload,
-        UpstreamPayload::UnsignedTrailer { .. } => SignableBody::StreamingUnsignedPayloadTrailer,
-    };
-    let signable = SignableRequest::new(
-        head.method.as_str(),
-        target.as_str(),
-        pairs.into_iter(),
-        signable_body,
-    )
-    .map_err(|e| {
-        Error::S3(S3Error::new(
-            S3ErrorCode::InvalidRequest,
-            format!("cannot sign request: {e}"),
-        ))
-    })?;
-    let mut settings = SigningSettings::default();
-    settings.percent_encoding_mode = PercentEncodingMode::Single;
-    settings.uri_path_normalization_mode = UriPathNormalizationMode::Disabled;
-    settings.payload_checksum_kind = PayloadChecksumKind::XAmzSha256;
-    let params = v4::SigningParams::builder()
-        .identity(identity)
-        .region(&backend.region)
-        .name("s3")
-        .time(SystemTime::now())
-        .settings(settings)
-        .build()
-        .map_err(|e| Error::Config(format!("signing parameters: {e}")))?
-        .into();
-    let (instructions, _signature) = sign(signable, &params)
-        .map_err(|e| {
-            Error::S3(S3Error::new(
-                S3ErrorCode::InvalidRequest,
-                format!("cannot sign request: {e}"),
-            ))
-        })?
-        .into_parts();
-
     let mut upstream = Request::builder()
         .method(head.method.clone())
         .uri(target.as_str())
@@ -227,7 +167,29 @@ pub async fn send(
             ))
         })?;
     *upstream.headers_mut() = headers;
-    instructions.apply_to_request_http1x(&mut upstream);
+    let payload = match &plan.upstream {
+        UpstreamPayload::Sha256(hex) => hex.as_str(),
+        UpstreamPayload::Replaced { sha256_hex, .. } => sha256_hex.as_str(),
+        UpstreamPayload::Unsigned => sigv4::UNSIGNED_PAYLOAD,
+        UpstreamPayload::UnsignedTrailer { .. } => sigv4::STREAMING_UNSIGNED_TRAILER,
+    };
+    let (mut parts, body) = upstream.into_parts();
+    signer
+        .sign(
+            parts.method.as_str(),
+            parts.uri.path(),
+            parts.uri.query().unwrap_or(""),
+            &mut parts.headers,
+            payload,
+            crate::unix_now(),
+        )
+        .map_err(|e| match e {
+            sigv4::SignError::NonAsciiHeader(_) => {
+                Error::S3(S3Error::new(S3ErrorCode::InvalidArgument, e.to_string()))
+            }
+            sigv4::SignError::Clock => Error::Config(e.to_string()),
+        })?;
+    let mut upstream = Request::from_parts(parts, body);
     // After signing, so unsigned: S3 checks only the headers a signature
     // names, and a proxy on the way may rewrite trace context.
     trace_context(upstream.headers_mut());

@@ -20,13 +20,8 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::task::Poll;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use aws_sigv4::http_request::{
-    sign, PayloadChecksumKind, PercentEncodingMode, SignableBody, SignableRequest, SigningSettings,
-    UriPathNormalizationMode,
-};
-use aws_sigv4::sign::v4;
 use http::header::{HeaderName, CONTENT_TYPE};
 use http::{HeaderValue, Request, Response};
 use quick_xml::events::Event;
@@ -169,34 +164,20 @@ async fn list_backend(cx: &Ctx, b: &BackendListing) -> Result<Vec<Listed>, ListE
         .header(http::header::HOST, host.as_str())
         .body(body::empty())
         .map_err(|e| ListError::Request(e.to_string()))?;
-    match super::route::upstream_auth(&b.credentials.auth, &backend.name)
-        .map_err(ListError::Request)?
-    {
-        UpstreamAuth::SigV4(identity) => {
-            let mut settings = SigningSettings::default();
-            settings.percent_encoding_mode = PercentEncodingMode::Single;
-            settings.uri_path_normalization_mode = UriPathNormalizationMode::Disabled;
-            settings.payload_checksum_kind = PayloadChecksumKind::XAmzSha256;
-            let params = v4::SigningParams::builder()
-                .identity(&identity)
-                .region(&backend.region)
-                .name("s3")
-                .time(SystemTime::now())
-                .settings(settings)
-                .build()
-                .map_err(|e| ListError::Request(format!("signing parameters: {e}")))?
-                .into();
-            let signable = SignableRequest::new(
-                "GET",
-                uri.as_str(),
-                [("host", host.as_str())].into_iter(),
-                SignableBody::Bytes(&[]),
-            )
-            .map_err(|e| ListError::Request(format!("cannot sign: {e}")))?;
-            let (instructions, _signature) = sign(signable, &params)
-                .map_err(|e| ListError::Request(format!("cannot sign: {e}")))?
-                .into_parts();
-            instructions.apply_to_request_http1x(&mut request);
+    match super::route::upstream_auth(&b.credentials.auth, backend).map_err(ListError::Request)? {
+        UpstreamAuth::SigV4(signer) => {
+            let (mut parts, body) = request.into_parts();
+            signer
+                .sign(
+                    "GET",
+                    parts.uri.path(),
+                    parts.uri.query().unwrap_or(""),
+                    &mut parts.headers,
+                    s3gate_s3::sigv4::EMPTY_SHA256_HEX,
+                    crate::unix_now(),
+                )
+                .map_err(|e| ListError::Request(format!("cannot sign: {e}")))?;
+            request = Request::from_parts(parts, body);
         }
         // IBM COS lists the buckets of the service instance it is told.
         UpstreamAuth::Bearer {

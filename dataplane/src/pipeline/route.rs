@@ -5,12 +5,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use aws_credential_types::Credentials;
-use aws_smithy_runtime_api::client::identity::Identity;
 use moka::future::Cache;
 use moka::Expiry;
-use s3gate_proto::{BackendAuth, Principal, Route};
+use s3gate_proto::{Backend, BackendAuth, Principal, Route};
 use s3gate_s3::request::CopySource;
+use s3gate_s3::sigv4::Signer;
 use s3gate_s3::{S3Error, S3ErrorCode};
 
 use super::Ctx;
@@ -68,8 +67,8 @@ pub struct RouteEntry {
 
 /// The backend credentials in the form a request takes them.
 pub enum UpstreamAuth {
-    /// Signed with SigV4: the credentials as aws-sigv4 takes them.
-    SigV4(Identity),
+    /// Signed with SigV4 (the signer keeps the day's signing key).
+    SigV4(Signer),
     /// `Authorization: Bearer …` (marked sensitive, so no HTTP layer logs
     /// it) and, when set, `ibm-service-instance-id`.
     Bearer {
@@ -251,7 +250,7 @@ async fn fill(
         .for_backend(&route.backend)
         .map_err(|m| Error::Config(format!("backend {}: {m}", route.backend.name)))?;
     let auth =
-        upstream_auth(&route.credentials.auth, &route.backend.name).map_err(Error::ControlPlane)?;
+        upstream_auth(&route.credentials.auth, &route.backend).map_err(Error::ControlPlane)?;
     Ok(Arc::new(RouteEntry {
         cors: Arc::new(super::cors::Rules::compile(&route.cors)),
         route,
@@ -260,30 +259,34 @@ async fn fill(
     }))
 }
 
-/// Backend credentials in the form a request takes them: an identity
-/// aws-sigv4 signs with, or the bearer headers.
-pub fn upstream_auth(auth: &BackendAuth, backend: &str) -> Result<UpstreamAuth, String> {
+/// Backend credentials in the form a request takes them: a signer for the
+/// backend's region, or the bearer headers.
+pub fn upstream_auth(auth: &BackendAuth, backend: &Backend) -> Result<UpstreamAuth, String> {
     Ok(match auth {
         BackendAuth::SigV4 {
             access_key,
             secret_key,
             session_token,
         } => UpstreamAuth::SigV4(
-            Credentials::new(
+            Signer::new(
                 access_key.clone(),
                 secret_key.expose().clone(),
-                session_token.as_ref().map(|t| t.expose().clone()),
-                None,
-                "s3gate-backend",
+                session_token.as_ref().map(|t| t.expose().as_str()),
+                backend.region.clone(),
+                "s3",
             )
-            .into(),
+            .map_err(|e| format!("backend {}: {e}", backend.name))?,
         ),
         BackendAuth::Bearer {
             token,
             service_instance_id,
         } => {
-            let bad =
-                || format!("backend {backend}: the bearer credential is not a valid header value");
+            let bad = || {
+                format!(
+                    "backend {}: the bearer credential is not a valid header value",
+                    backend.name
+                )
+            };
             let mut authorization =
                 http::HeaderValue::from_str(&format!("Bearer {}", token.expose()))
                     .map_err(|_| bad())?;

@@ -29,12 +29,14 @@ use crate::S3ErrorCode;
 mod canonical;
 mod clock;
 mod parse;
+mod sign;
 #[cfg(test)]
 mod tests;
 mod verify;
 
 pub use clock::{check_time, format_amz_date, parse_amz_date};
 pub use parse::parse;
+pub use sign::{InvalidSessionToken, SignError, Signer};
 pub use verify::{canonical_request, string_to_sign, verify};
 
 pub const ALGORITHM: &str = "AWS4-HMAC-SHA256";
