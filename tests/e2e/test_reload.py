@@ -336,8 +336,15 @@ def test_sighup_to_a_controlplane_without_redis_reaches_its_dataplane(backend, t
             becomes(erin, "fresh", key, "allowed")
             becomes(c["alice"], "fresh", key, "allowed")
             assert dp.alive() and cp.alive()
-            # The data plane was told exactly these (plus the decisions).
-            dp_log = node_files(tmp_path, "dp-reload-all")["log_path"].read_text(errors="replace")
+            # The data plane was told exactly these (plus the decisions). Its
+            # log thread writes in batches (up to 20 ms late): wait for it.
+            log_path = node_files(tmp_path, "dp-reload-all")["log_path"]
+            deadline = time.monotonic() + 5
+            while True:
+                dp_log = log_path.read_text(errors="replace")
+                if ("Key(\"S3GATEDAVE001\")" in dp_log and "Bucket(\"fresh\")" in dp_log) or time.monotonic() > deadline:
+                    break
+                time.sleep(0.1)
             assert "Key(\"S3GATEDAVE001\")" in dp_log and "Bucket(\"fresh\")" in dp_log, dp_log[-3000:]
         finally:
             dp.stop()

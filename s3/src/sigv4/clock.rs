@@ -68,17 +68,29 @@ pub fn parse_amz_date(s: &str) -> Option<i64> {
 
 /// Formats unix seconds as `YYYYMMDDTHHMMSSZ`, the inverse of [`parse_amz_date`].
 pub fn format_amz_date(unix: i64) -> Option<String> {
+    let stamp = amz_date_bytes(unix)?;
+    Some(stamp.iter().map(|&b| char::from(b)).collect())
+}
+
+/// [`format_amz_date`] into a stack buffer: no allocation, no formatter
+/// (the signer calls this on every forwarded request). `None` outside the
+/// years 0000–9999.
+pub fn amz_date_bytes(unix: i64) -> Option<[u8; 16]> {
     let t = time::OffsetDateTime::from_unix_timestamp(unix).ok()?;
-    if !(0..=9999).contains(&t.year()) {
-        return None;
-    }
-    Some(format!(
-        "{:04}{:02}{:02}T{:02}{:02}{:02}Z",
-        t.year(),
-        u8::from(t.month()),
-        t.day(),
-        t.hour(),
-        t.minute(),
-        t.second()
-    ))
+    let year = u16::try_from(t.year()).ok().filter(|y| *y <= 9999)?;
+    let mut out = *b"00000000T000000Z";
+    let mut put = |at: usize, width: usize, mut value: u16| {
+        for slot in out[at..at + width].iter_mut().rev() {
+            // `value % 10` is one digit.
+            *slot = b'0' + (value % 10) as u8;
+            value /= 10;
+        }
+    };
+    put(0, 4, year);
+    put(4, 2, u16::from(u8::from(t.month())));
+    put(6, 2, u16::from(t.day()));
+    put(9, 2, u16::from(t.hour()));
+    put(11, 2, u16::from(t.minute()));
+    put(13, 2, u16::from(t.second()));
+    Some(out)
 }

@@ -34,7 +34,7 @@ mod sign;
 mod tests;
 mod verify;
 
-pub use clock::{check_time, format_amz_date, parse_amz_date};
+pub use clock::{amz_date_bytes, check_time, format_amz_date, parse_amz_date};
 pub use parse::parse;
 pub use sign::{InvalidSessionToken, SignError, Signer};
 pub use verify::{canonical_request, string_to_sign, verify};

@@ -28,6 +28,8 @@ pub struct Signer {
     session_token: Option<HeaderValue>,
     region: String,
     service: String,
+    /// `/region/service/aws4_request`: the credential scope after its date.
+    scope_tail: String,
     /// The signing key of the last day signed for. `try_lock` only: a
     /// request that finds it busy derives its own.
     today: Mutex<Option<([u8; 8], SigningKey)>>,
@@ -61,12 +63,15 @@ impl Signer {
             })
             .transpose()
             .map_err(|_| InvalidSessionToken)?;
+        let (region, service) = (region.into(), service.into());
+        let scope_tail = format!("/{region}/{service}/{TERMINATOR}");
         Ok(Self {
             access_key: access_key.into(),
             secret: secret.into(),
             session_token,
-            region: region.into(),
-            service: service.into(),
+            region,
+            service,
+            scope_tail,
             today: Mutex::new(None),
         })
     }
@@ -91,12 +96,15 @@ impl Signer {
         payload: &str,
         now_unix: i64,
     ) -> Result<(), SignError> {
-        let amz_date = format_amz_date(now_unix).ok_or(SignError::Clock)?;
+        let stamp = amz_date_bytes(now_unix).ok_or(SignError::Clock)?;
+        // Digits, `T` and `Z`: ASCII by construction.
+        let amz_date = std::str::from_utf8(&stamp).map_err(|_| SignError::Clock)?;
         let mut date = [0u8; 8];
-        date.copy_from_slice(&amz_date.as_bytes()[..8]);
+        date.copy_from_slice(&stamp[..8]);
+        let date_str = &amz_date[..8];
         headers.insert(
             HeaderName::from_static(X_AMZ_DATE),
-            HeaderValue::from_str(&amz_date).map_err(|_| SignError::Clock)?,
+            HeaderValue::from_bytes(&stamp).map_err(|_| SignError::Clock)?,
         );
         let payload_value = HeaderValue::from_str(payload).map_err(|_| {
             SignError::NonAsciiHeader(HeaderName::from_static(X_AMZ_CONTENT_SHA256))
@@ -149,29 +157,45 @@ impl Signer {
         canonical.push('\n');
         canonical.push_str(payload);
 
-        let scope = format!(
-            "{}/{}/{}/{TERMINATOR}",
-            // The date is digits: ASCII by construction.
-            std::str::from_utf8(&date).map_err(|_| SignError::Clock)?,
-            self.region,
-            self.service
+        // The string to sign, written in place: algorithm, timestamp, scope
+        // and the canonical request's digest.
+        let mut hex_buf = [0u8; 64];
+        let mut sts = String::with_capacity(
+            ALGORITHM.len() + amz_date.len() + date_str.len() + self.scope_tail.len() + 64 + 3,
         );
-        let sts = string_to_sign(&amz_date, &scope, &canonical);
-        let signature = hex::encode(self.key(date).sign(sts.as_bytes()));
+        sts.push_str(ALGORITHM);
+        sts.push('\n');
+        sts.push_str(amz_date);
+        sts.push('\n');
+        sts.push_str(date_str);
+        sts.push_str(&self.scope_tail);
+        sts.push('\n');
+        sts.push_str(hex_lower(
+            &Sha256::digest(canonical.as_bytes()).into(),
+            &mut hex_buf,
+        ));
+        let mac = self.key(date).sign(sts.as_bytes());
 
         let signed_headers = &canonical[signed_at..signed_end];
         let mut authorization = String::with_capacity(
-            ALGORITHM.len() + self.access_key.len() + scope.len() + signed_headers.len() + 100,
+            ALGORITHM.len()
+                + self.access_key.len()
+                + date_str.len()
+                + self.scope_tail.len()
+                + signed_headers.len()
+                + 64
+                + 40,
         );
         authorization.push_str(ALGORITHM);
         authorization.push_str(" Credential=");
         authorization.push_str(&self.access_key);
         authorization.push('/');
-        authorization.push_str(&scope);
+        authorization.push_str(date_str);
+        authorization.push_str(&self.scope_tail);
         authorization.push_str(", SignedHeaders=");
         authorization.push_str(signed_headers);
         authorization.push_str(", Signature=");
-        authorization.push_str(&signature);
+        authorization.push_str(hex_lower(&mac, &mut hex_buf));
         let mut value = HeaderValue::from_str(&authorization)
             .map_err(|_| SignError::NonAsciiHeader(AUTHORIZATION))?;
         value.set_sensitive(true);
@@ -203,6 +227,17 @@ impl Signer {
             &self.service,
         )
     }
+}
+
+/// Lower-case hex of a 32-byte digest, written into `buf`.
+fn hex_lower<'a>(bytes: &[u8; 32], buf: &'a mut [u8; 64]) -> &'a str {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for (pair, byte) in buf.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = DIGITS[usize::from(byte >> 4)];
+        pair[1] = DIGITS[usize::from(byte & 0x0f)];
+    }
+    // Hex digits only: ASCII by construction.
+    std::str::from_utf8(buf).unwrap_or_default()
 }
 
 impl fmt::Debug for Signer {

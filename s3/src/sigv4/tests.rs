@@ -609,6 +609,16 @@ fn amz_dates() {
         format_amz_date(1_369_353_600).as_deref(),
         Some("20130524T000000Z")
     );
+    assert_eq!(
+        format_amz_date(-62_167_219_200).as_deref(),
+        Some("00000101T000000Z")
+    );
+    assert_eq!(
+        format_amz_date(253_402_300_799).as_deref(),
+        Some("99991231T235959Z")
+    );
+    assert_eq!(format_amz_date(253_402_300_800), None);
+    assert_eq!(format_amz_date(-62_167_219_201), None);
 }
 
 #[test]
