@@ -1205,7 +1205,14 @@ def profile_s1(args, cfg: dict, work: Path, root: Path, runner: Runner) -> int:
         return 2
     up = Nginx(work, root, args.nginx_workers)
     bench = Bench(args, cfg, work, args.gateway_bin, runner)
-    gw = bench.gateway(up, log_level=args.profile_log)
+    rx = None
+    extra_args = []
+    if args.profile_trace_ratio is not None:
+        from harness.otlp_receiver import OtlpReceiver
+
+        rx = OtlpReceiver(keep=False)
+        extra_args = ["--otlp-endpoint", rx.endpoint, "--trace-sample-ratio", str(args.profile_trace_ratio)]
+    gw = bench.gateway(up, log_level=args.profile_log, extra_args=extra_args)
     secs = args.profile_seconds
     data = args.out / "perf-s1.data"
     try:
@@ -1226,6 +1233,8 @@ def profile_s1(args, cfg: dict, work: Path, root: Path, runner: Runner) -> int:
     finally:
         gw.stop()
         up.proc.stop()
+        if rx is not None:
+            rx.close()
     reports = {
         "self": ["--no-children", "--sort", "symbol", "-g", "none", "--percent-limit", "0.3"],
         "children": ["--children", "--sort", "symbol", "-g", "none", "--percent-limit", "1"],
@@ -1269,6 +1278,8 @@ def main() -> int:
     ap.add_argument("--profile-seconds", type=int, default=10)
     ap.add_argument("--profile-freq", type=int, default=999, help="perf sampling frequency (Hz)")
     ap.add_argument("--profile-log", default="info", help="S3GATE_LOG for the profiled gateway")
+    ap.add_argument("--profile-trace-ratio", type=float, default=None,
+                    help="profile with traces exported to a real OTLP receiver at this sampling ratio (as S1obs's trace rows)")
     ap.add_argument("--policy", default="none", help="the decision chain of every gateway: none (no [[policy]]), builtin, rego "
                     "(bench/policy/bench.rego in-process), opa (the same file behind tests/harness/opa_server.py, OPA's "
                     "REST API over a Python Rego engine) or plugin (bench/policy/bench_plugin.py, the same decisions as an "

@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::WithExportConfig as _;
-use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
+use opentelemetry_sdk::trace::SdkTracerProvider;
 use opentelemetry_sdk::Resource;
 use tracing_subscriber::filter::Targets;
 use tracing_subscriber::registry::LookupSpan;
@@ -83,11 +83,12 @@ impl Exporter {
                 .build()
                 .context("--otlp-endpoint")?
         };
+        // The data plane draws for each new request trace before making
+        // a span; the sampler records the root request spans it made.
+        s3gate_proto::trace::set_head_ratio(ratio);
         let provider = SdkTracerProvider::builder()
             .with_batch_exporter(exporter)
-            .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
-                ratio,
-            ))))
+            .with_sampler(s3gate_proto::trace::HeadSampler::new(ratio))
             .with_resource(Resource::builder().with_service_name(service).build())
             .build();
         Ok(Self {

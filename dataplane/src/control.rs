@@ -55,8 +55,15 @@ impl Interceptor for ClusterToken {
         }
         // Called as the call is polled, inside `GrpcControlPlane::call`'s
         // span: the control plane's span becomes its child.
+        // An unrecorded request has no span, only ids to pass on.
         if tracing::enabled!(target: s3gate_proto::trace::TARGET, tracing::Level::INFO) {
-            s3gate_proto::trace::inject_metadata(&tracing::Span::current(), req.metadata_mut());
+            match crate::pipeline::spans::unsampled() {
+                Some(ids) => ids.inject_metadata(req.metadata_mut()),
+                None => s3gate_proto::trace::inject_metadata(
+                    &tracing::Span::current(),
+                    req.metadata_mut(),
+                ),
+            }
         }
         Ok(req)
     }
@@ -121,16 +128,22 @@ impl GrpcControlPlane {
         F: Fn(Client) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
-        let span = tracing::info_span!(
-            target: s3gate_proto::trace::TARGET,
-            "control plane call",
-            otel.kind = "client",
-            otel.status_code = tracing::field::Empty,
-            rpc.system = "grpc",
-            rpc.service = "s3gate.v1.Decisions",
-            rpc.method = method,
-            server.address = tracing::field::Empty,
-        );
+        // Inside an unrecorded request: no span (it would start a trace of
+        // its own); the call still carries the request's ids.
+        let span = if crate::pipeline::spans::unsampled().is_some() {
+            tracing::Span::none()
+        } else {
+            tracing::info_span!(
+                target: s3gate_proto::trace::TARGET,
+                "control plane call",
+                otel.kind = "client",
+                otel.status_code = tracing::field::Empty,
+                rpc.system = "grpc",
+                rpc.service = "s3gate.v1.Decisions",
+                rpc.method = method,
+                server.address = tracing::field::Empty,
+            )
+        };
         let start = std::time::Instant::now();
         let result = if span.is_disabled() {
             self.attempts(&span, rpc).await

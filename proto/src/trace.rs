@@ -10,10 +10,14 @@
 //! bridge is `tracing-opentelemetry`; this module only moves contexts in
 //! and out of headers.
 
-use http::HeaderMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use http::{HeaderMap, HeaderValue};
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
-use opentelemetry::trace::TraceContextExt;
+use opentelemetry::trace::{Link, SpanKind, TraceContextExt, TraceId};
+use opentelemetry::KeyValue;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::{Sampler, SamplingResult, ShouldSample};
 use tonic::metadata::{MetadataKey, MetadataMap, MetadataValue};
 use tracing::Span;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
@@ -23,19 +27,144 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 /// nothing unless traces are exported.
 pub const TARGET: &str = "s3gate::otel";
 
+/// The name of a data plane's request span: the root of a request's trace
+/// unless a trusted proxy sent a trace context.
+pub const REQUEST_SPAN: &str = "s3 request";
+
 /// Makes `span` a child of the context in `headers`, when they carry a
 /// valid `traceparent`. Call it only for headers from a party allowed to
 /// choose the trace (a trusted proxy, a data plane); a span without a
 /// remote parent starts a new trace.
 pub fn continue_from(span: &Span, headers: &HeaderMap) {
-    if span.is_disabled() || !headers.contains_key("traceparent") {
+    if span.is_disabled() {
         return;
     }
-    let cx = TraceContextPropagator::new().extract(&Headers(headers));
-    if cx.span().span_context().is_valid() {
+    if let Some(cx) = remote_parent(headers) {
         // Fails only without the OpenTelemetry layer, which a span that is
         // enabled at TARGET implies is there.
         let _ = span.set_parent(cx);
+    }
+}
+
+/// Makes `span` a child of `parent` (from [`remote_parent`]).
+pub fn set_parent(span: &Span, parent: opentelemetry::Context) {
+    // Fails only without the OpenTelemetry layer, which a span that is
+    // enabled at TARGET implies is there.
+    let _ = span.set_parent(parent);
+}
+
+/// The valid trace context in `headers` (`traceparent`, `tracestate`), if
+/// any.
+pub fn remote_parent(headers: &HeaderMap) -> Option<opentelemetry::Context> {
+    if !headers.contains_key("traceparent") {
+        return None;
+    }
+    let cx = TraceContextPropagator::new().extract(&Headers(headers));
+    cx.span().span_context().is_valid().then_some(cx)
+}
+
+// === head sampling ===
+
+/// The sampling ratio of new traces as `f64` bits; 1.0 until
+/// [`set_head_ratio`].
+static HEAD_RATIO: AtomicU64 = AtomicU64::new(0x3FF0_0000_0000_0000);
+
+/// Sets the share of new request traces that are recorded (the exporter's
+/// `--trace-sample-ratio`).
+pub fn set_head_ratio(ratio: f64) {
+    HEAD_RATIO.store(ratio.clamp(0.0, 1.0).to_bits(), Ordering::Relaxed);
+}
+
+/// Decides, before any span exists, whether a new request trace is
+/// recorded. A request that draws `false` makes no span at all and carries
+/// an [`Unsampled`] context instead: at 1 % sampling, 99 requests in 100
+/// cost a random number, not a span in the registry and the OTel layer.
+/// [`HeadSampler`] records every root request span, since this drew for it.
+pub fn draw_head() -> bool {
+    let ratio = f64::from_bits(HEAD_RATIO.load(Ordering::Relaxed));
+    ratio >= 1.0 || fastrand::f64() < ratio
+}
+
+/// The exporter's sampler: a root [`REQUEST_SPAN`] was drawn for by
+/// [`draw_head`] (only drawn requests make one), so it is recorded; every
+/// other span follows its parent, or the ratio when it has none.
+#[derive(Debug, Clone)]
+pub struct HeadSampler {
+    otherwise: Sampler,
+}
+
+impl HeadSampler {
+    pub fn new(ratio: f64) -> Self {
+        Self {
+            otherwise: Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(ratio))),
+        }
+    }
+}
+
+impl ShouldSample for HeadSampler {
+    fn should_sample(
+        &self,
+        parent_context: Option<&opentelemetry::Context>,
+        trace_id: TraceId,
+        name: &str,
+        span_kind: &SpanKind,
+        attributes: &[KeyValue],
+        links: &[Link],
+    ) -> SamplingResult {
+        let root = !parent_context.is_some_and(|cx| cx.has_active_span());
+        let sampler = if root && name == REQUEST_SPAN {
+            &Sampler::AlwaysOn
+        } else {
+            &self.otherwise
+        };
+        sampler.should_sample(parent_context, trace_id, name, span_kind, attributes, links)
+    }
+}
+
+/// The trace context of a request that [`draw_head`] left unrecorded: no
+/// span, only ids, so that the backend and the control plane still hear
+/// "this trace is not sampled" (`traceparent` with flags `00`) and do not
+/// start traces of their own for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Unsampled {
+    trace_id: u128,
+    span_id: u64,
+}
+
+impl Unsampled {
+    /// A new trace's ids (never the all-zero invalid ones).
+    pub fn new_root() -> Self {
+        Self {
+            trace_id: fastrand::u128(1..),
+            span_id: fastrand::u64(1..),
+        }
+    }
+
+    /// `00-<trace id>-<span id>-00`.
+    pub fn traceparent(&self) -> HeaderValue {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let mut out = *b"00-00000000000000000000000000000000-0000000000000000-00";
+        let mut put = |at: usize, digits: usize, value: u128| {
+            for i in 0..digits {
+                // A nibble: `& 0xf` keeps it below 16.
+                out[at + i] = DIGITS[((value >> (4 * (digits - 1 - i))) & 0xf) as usize];
+            }
+        };
+        put(3, 32, self.trace_id);
+        put(36, 16, u128::from(self.span_id));
+        HeaderValue::from_bytes(&out).unwrap_or_else(|_| HeaderValue::from_static(""))
+    }
+
+    /// Writes `traceparent` into `headers`, replacing any there.
+    pub fn inject(&self, headers: &mut HeaderMap) {
+        headers.insert("traceparent", self.traceparent());
+    }
+
+    /// [`inject`](Self::inject) into gRPC request metadata.
+    pub fn inject_metadata(&self, metadata: &mut MetadataMap) {
+        if let Ok(value) = MetadataValue::try_from(self.traceparent().as_bytes()) {
+            metadata.insert("traceparent", value);
+        }
     }
 }
 
@@ -140,6 +269,64 @@ impl Injector for Metadata<'_> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unsampled_traceparent_is_valid_and_not_sampled() {
+        let u = Unsampled {
+            trace_id: 0x0af7_6519_16cd_43dd_8448_eb21_1c80_319c,
+            span_id: 0xb7ad_6b71_6920_3331,
+        };
+        assert_eq!(
+            u.traceparent(),
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00"
+        );
+        let mut headers = HeaderMap::new();
+        Unsampled::new_root().inject(&mut headers);
+        let cx = TraceContextPropagator::new().extract(&Headers(&headers));
+        let sc = cx.span().span_context().clone();
+        assert!(sc.is_valid() && !sc.is_sampled(), "{headers:?}");
+        let mut md = MetadataMap::new();
+        u.inject_metadata(&mut md);
+        assert_eq!(
+            md.get("traceparent").unwrap(),
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00"
+        );
+    }
+
+    #[test]
+    fn head_sampler_records_drawn_roots_and_follows_parents() {
+        use opentelemetry::trace::{SpanContext, TraceFlags, TraceState};
+        use opentelemetry_sdk::trace::SamplingDecision;
+        let sampler = HeadSampler::new(0.0);
+        let decide = |parent: Option<&opentelemetry::Context>, name: &str| {
+            sampler
+                .should_sample(parent, TraceId::from(7), name, &SpanKind::Server, &[], &[])
+                .decision
+        };
+        let none = opentelemetry::Context::new();
+        assert_eq!(
+            decide(None, REQUEST_SPAN),
+            SamplingDecision::RecordAndSample
+        );
+        assert_eq!(
+            decide(Some(&none), REQUEST_SPAN),
+            SamplingDecision::RecordAndSample
+        );
+        // Any other root goes by the ratio (0 here).
+        assert_eq!(
+            decide(Some(&none), "control plane call"),
+            SamplingDecision::Drop
+        );
+        // A request span under a remote unsampled parent follows it.
+        let parent = none.with_remote_span_context(SpanContext::new(
+            TraceId::from(7),
+            opentelemetry::trace::SpanId::from(9),
+            TraceFlags::default(),
+            true,
+            TraceState::default(),
+        ));
+        assert_eq!(decide(Some(&parent), REQUEST_SPAN), SamplingDecision::Drop);
+    }
 
     /// Without the OpenTelemetry layer the span is disabled and nothing is
     /// read or written: off costs nothing and leaks nothing.

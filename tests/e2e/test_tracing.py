@@ -333,3 +333,34 @@ def test_control_plane_spans_are_children_of_the_data_plane_calls(backend, tmp_p
     finally:
         dp.stop()
         cp.stop()
+
+
+def test_an_unrecorded_request_tells_the_control_plane_not_to_record(backend, tmp_path):
+    """A data plane at ratio 0 makes no span for its requests, yet its
+    control-plane calls carry the request's trace as unsampled: a control
+    plane recording every new trace (ratio 1) records none of them, and
+    sees the same trace id the backend is given."""
+    keys = make_keys()
+    config = tmp_path / "cluster.toml"
+    config.write_text(render_config(backend, keys, unused_port()))
+    env = {**gateway_env(backend, keys, "info"), **FAST_EXPORT}
+    with OtlpReceiver() as rx:
+        cp, cp_addr = start_controlplane(gateway_bin(), "cp0", config=config, env={**env, "S3GATE_OTLP_ENDPOINT": rx.endpoint},
+                                         **node_files(tmp_path, "cp0"))  # fmt: skip
+        try:
+            dp, dp_addr = start_dataplane(
+                gateway_bin(), "dp0", control_planes=[f"http://{cp_addr}"], region=REGION, env=env,
+                extra_args=["--otlp-endpoint", rx.endpoint, "--trace-sample-ratio", "0"], **node_files(tmp_path, "dp0"),
+            )  # fmt: skip
+            try:
+                alice = keys["alice"]
+                s3 = _client(f"http://{dp_addr}", alice.access_key, alice.secret_key)
+                # Cold: each asks the control plane for the key, the decision and the route.
+                for i in range(3):
+                    s3.put_object(Bucket="data", Key=f"u0/{uuid.uuid4().hex}/{i}", Body=b"u")
+            finally:
+                dp.stop()
+        finally:
+            # SIGTERM exports whatever is queued: after it, nothing can come.
+            cp.stop()
+        assert rx.spans() == [], rx.spans()

@@ -200,9 +200,7 @@ pub async fn send(
 /// The `forward` stage's span as the backend request's `traceparent`,
 /// while traces are exported.
 fn trace_context(headers: &mut HeaderMap) {
-    if tracing::enabled!(target: s3gate_proto::trace::TARGET, tracing::Level::INFO) {
-        s3gate_proto::trace::inject(&tracing::Span::current(), headers);
-    }
+    super::spans::inject(headers);
 }
 
 /// A request authenticated with a bearer token (IBM COS with an IAM

@@ -46,7 +46,7 @@ macro_rules! stage_span {
     };
 }
 
-mod spans;
+pub(crate) mod spans;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -260,9 +260,12 @@ pub async fn handle(cx: Arc<Ctx>, conn: Arc<ConnInfo>, req: Request<Incoming>) -
     if let Some(host) = ex.origin.host.take() {
         head.headers.insert(http::header::HOST, host);
     }
-    (ex.span, ex.traced) = spans::request(&cx, &ex, &head);
-    if ex.span.is_disabled() {
-        return stages(&cx, head, body, &mut ex).await;
+    match spans::request(&cx, &ex, &head) {
+        spans::Traced::Off => return stages(&cx, head, body, &mut ex).await,
+        spans::Traced::Unsampled(ids) => {
+            return spans::in_unsampled(ids, stages(&cx, head, body, &mut ex)).await;
+        }
+        spans::Traced::Span(span, traced) => (ex.span, ex.traced) = (span, traced),
     }
     let span = ex.span.clone();
     let response = stages(&cx, head, body, &mut ex).instrument(span).await;

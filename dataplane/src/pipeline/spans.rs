@@ -7,6 +7,11 @@
 //! without `--otlp-endpoint` [`request`] returns a disabled span without
 //! allocating and `handle` skips the rest.
 //!
+//! With it, a new trace is drawn for before any span exists
+//! ([`trace::draw_head`]): a request left unrecorded makes no span and runs
+//! in an [`UNSAMPLED`] scope whose ids still go to the backend and the
+//! control plane as a `traceparent` with flags `00`.
+//!
 //! What a span records is chosen to be safe to ship to a trace backend: the
 //! operation, the bucket, the principal's name, the decision, the status
 //! and sizes, the request id. Never a header value, a query string (a
@@ -20,11 +25,66 @@ use tracing::Span;
 
 use super::{Ctx, Exchange};
 
-/// The span of a request, and whether it is recorded (sampled): only then
-/// are its attributes filled in. A `traceparent` is believed only from a
-/// trusted proxy (`trusted_proxies`): from anyone else the request starts a
-/// trace of its own, as its forwarding headers change nothing either.
-pub(super) fn request(cx: &Ctx, ex: &Exchange, head: &Parts) -> (Span, bool) {
+tokio::task_local! {
+    /// The trace context of an unrecorded request, while its stages run.
+    static UNSAMPLED: trace::Unsampled;
+}
+
+/// Where a request's trace stands.
+pub(super) enum Traced {
+    /// No traces are exported.
+    Off,
+    /// Not recorded: no span, these ids ([`in_unsampled`]).
+    Unsampled(trace::Unsampled),
+    /// A span, recorded (sampled) or not: only a recorded one has its
+    /// attributes filled in.
+    Span(Span, bool),
+}
+
+/// Runs `fut` (a request's stages) as the unrecorded request `ids`.
+pub(super) async fn in_unsampled<F: std::future::Future>(
+    ids: trace::Unsampled,
+    fut: F,
+) -> F::Output {
+    UNSAMPLED.scope(ids, fut).await
+}
+
+/// The unrecorded request being served on this task, if it is one.
+pub fn unsampled() -> Option<trace::Unsampled> {
+    UNSAMPLED.try_with(|ids| *ids).ok()
+}
+
+/// Writes the current trace context into `headers` as `traceparent`: the
+/// current span's, or an unrecorded request's ids. Nothing when traces are
+/// not exported.
+pub fn inject(headers: &mut http::HeaderMap) {
+    if !tracing::enabled!(target: TARGET, tracing::Level::INFO) {
+        return;
+    }
+    match unsampled() {
+        Some(ids) => ids.inject(headers),
+        None => trace::inject(&Span::current(), headers),
+    }
+}
+
+/// The request's trace: its span, or an unrecorded request's ids. A
+/// `traceparent` is believed only from a trusted proxy
+/// (`trusted_proxies`): from anyone else the request starts a trace of its
+/// own, as its forwarding headers change nothing either.
+pub(super) fn request(cx: &Ctx, ex: &Exchange, head: &Parts) -> Traced {
+    if !tracing::enabled!(target: TARGET, tracing::Level::INFO) {
+        return Traced::Off;
+    }
+    let parent = if cx.cfg.trusted_proxies.contains(ex.conn.peer.ip()) {
+        trace::remote_parent(&head.headers)
+    } else {
+        None
+    };
+    // A new trace is drawn for here; the exporter's sampler records every
+    // root request span (`trace::HeadSampler`).
+    if parent.is_none() && !trace::draw_head() {
+        return Traced::Unsampled(trace::Unsampled::new_root());
+    }
     let span = tracing::info_span!(
         target: TARGET,
         "s3 request",
@@ -42,14 +102,11 @@ pub(super) fn request(cx: &Ctx, ex: &Exchange, head: &Parts) -> (Span, bool) {
         http.request.body.size = Empty,
         http.response.body.size = Empty,
     );
-    if span.is_disabled() {
-        return (span, false);
-    }
-    if cx.cfg.trusted_proxies.contains(ex.conn.peer.ip()) {
-        trace::continue_from(&span, &head.headers);
+    if let Some(parent) = parent {
+        trace::set_parent(&span, parent);
     }
     if !trace::is_sampled(&span) {
-        return (span, false);
+        return Traced::Span(span, false);
     }
     span.record("request_id", ex.request_id.as_str());
     span.record("http.request.method", head.method.as_str());
@@ -60,7 +117,7 @@ pub(super) fn request(cx: &Ctx, ex: &Exchange, head: &Parts) -> (Span, bool) {
     if let Some(len) = super::respond::declared_length(head) {
         span.record("http.request.body.size", int(len));
     }
-    (span, true)
+    Traced::Span(span, true)
 }
 
 /// What the request is, once classified.
