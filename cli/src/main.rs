@@ -1104,6 +1104,15 @@ fn init_tracing(
     let (writer, flush) = match logsink::LogSink::start("log", std::io::stderr()) {
         Ok((sink, flush)) => {
             let _ = LOG_SINK.set(sink.clone());
+            // The access log skips tracing's formatter (same bytes): not on
+            // a terminal, which gets tracing's colours.
+            if !ansi {
+                let format = match format {
+                    LogFormat::Text => s3gate_observe::access::Format::Text,
+                    LogFormat::Json => s3gate_observe::access::Format::Json,
+                };
+                s3gate_observe::access::install(sink.clone(), format);
+            }
             (BoxMakeWriter::new(sink), Some(flush))
         }
         Err(error) => {

@@ -121,8 +121,14 @@ where
     V: Clone + Send + Sync + 'static,
 {
     /// A cache holding about `max_bytes`, as estimated from the heap bytes
-    /// of each wide key and each value.
-    pub fn new(max_bytes: u64, key_bytes: fn(&K) -> usize, value_bytes: fn(&V) -> usize) -> Self {
+    /// of each wide key and each value; its groups dropped for size or age
+    /// count as evictions of `kind`.
+    pub fn new(
+        kind: CacheKind,
+        max_bytes: u64,
+        key_bytes: fn(&K) -> usize,
+        value_bytes: fn(&V) -> usize,
+    ) -> Self {
         let groups = Cache::builder()
             .max_capacity(max_bytes)
             .weigher(move |k: &K, group: &PrefixGroup<V>| -> u32 {
@@ -136,6 +142,7 @@ where
                 u32::try_from(key_bytes(k) + elements + 512).unwrap_or(u32::MAX)
             })
             .expire_after(GroupExpiry)
+            .eviction_listener(count_evictions(kind))
             .build();
         Self {
             groups,
@@ -233,7 +240,32 @@ mod tests {
     use super::*;
 
     fn cache() -> PrefixCache<&'static str, u32> {
-        PrefixCache::new(1 << 20, |k| k.len(), |_| 0)
+        PrefixCache::new(CacheKind::Prefixes, 1 << 20, |k| k.len(), |_| 0)
+    }
+
+    /// `s3gate_cache_evictions_total{cache="…"}` as the registry shows it.
+    fn evictions(cache: &str) -> f64 {
+        let text = s3gate_observe::metrics().encode();
+        let want = format!("s3gate_cache_evictions_total{{cache=\"{cache}\"}}");
+        text.lines()
+            .find_map(|l| l.strip_prefix(want.as_str()))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    #[tokio::test]
+    async fn groups_dropped_for_size_count_as_evictions() {
+        // Room for a few groups only: each weighs its key, its elements
+        // and 512 bytes of overhead.
+        let c: PrefixCache<String, u32> =
+            PrefixCache::new(CacheKind::Prefixes, 4 << 10, |k| k.len(), |_| 0);
+        let before = evictions("prefix_decisions");
+        for i in 0..64u32 {
+            c.insert(format!("wide-{i}"), "p/", i, MINUTE).await;
+        }
+        c.groups.run_pending_tasks().await;
+        let counted = evictions("prefix_decisions") - before;
+        assert!(counted >= 50.0, "{counted} evictions counted");
     }
 
     const MINUTE: Duration = Duration::from_secs(60);

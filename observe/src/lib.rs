@@ -8,6 +8,7 @@
 //! observers) and its caches, the control plane from its gRPC services and
 //! credential exchanges.
 
+pub mod access;
 pub mod admin;
 pub mod audit;
 pub mod metrics;

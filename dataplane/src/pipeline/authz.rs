@@ -48,6 +48,7 @@ pub type PrefixDecisions = PrefixCache<DecisionKey, Decision>;
 /// A prefix decision cache holding at most about `max_bytes`.
 pub fn prefix_cache(max_bytes: u64) -> PrefixDecisions {
     PrefixCache::new(
+        s3gate_observe::CacheKind::Prefixes,
         max_bytes,
         |k| k.bucket.len(),
         |v| {
