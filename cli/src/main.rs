@@ -67,8 +67,11 @@ struct Cli {
 /// result and log warnings only.
 #[derive(Debug, Clone, clap::Args)]
 struct RuntimeArgs {
-    /// Tokio worker threads [default: one per core]. On a machine shared
-    /// with other busy processes, fewer threads cost fewer wake-ups.
+    /// Threads that serve connections [default: one per core]: each
+    /// connection stays on one of them, a single-threaded runtime, from
+    /// accept to close. Also sizes the tokio runtime of everything else
+    /// (accepting, the control plane). On a machine shared with other busy
+    /// processes, fewer threads cost fewer wake-ups.
     #[arg(long, env = "S3GATE_WORKER_THREADS")]
     worker_threads: Option<usize>,
     /// Log line format [default: text]. Which lines: S3GATE_LOG (e.g.
@@ -624,7 +627,11 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
     };
     let audit = audit_log(args.audit_log.as_deref())?;
     let (audit, _audit_flush) = audit.map_or((None, None), |(a, f)| (Some(a), Some(f)));
-    let dp_cfg = s3gate_dataplane::Config { audit, ..dp_cfg };
+    let dp_cfg = s3gate_dataplane::Config {
+        audit,
+        workers: Some(connection_workers()?),
+        ..dp_cfg
+    };
     args.runtime.observe("serve");
     let providers = oidc_providers(&file.oidc)?;
     if args.grpc_listen.is_none() && args.admin_token.is_some() {
@@ -947,7 +954,11 @@ fn dataplane(args: DataplaneArgs) -> Result<(), Failure> {
     });
     let audit = audit_log(args.audit_log.as_deref())?;
     let (audit, _audit_flush) = audit.map_or((None, None), |(a, f)| (Some(a), Some(f)));
-    let dp_cfg = s3gate_dataplane::Config { audit, ..dp_cfg };
+    let dp_cfg = s3gate_dataplane::Config {
+        audit,
+        workers: Some(connection_workers()?),
+        ..dp_cfg
+    };
     args.runtime.observe("dataplane");
     runtime()?
         .block_on(async move {
@@ -1018,6 +1029,22 @@ fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
         .enable_all()
         .build()
         .context("start tokio runtime")
+        .map_err(Failure::Runtime)
+}
+
+/// The data plane's connection workers (single-threaded runtimes, see
+/// `s3gate_dataplane::workers`): as many as `--worker-threads`, else one per
+/// core.
+fn connection_workers() -> Result<Arc<s3gate_dataplane::workers::Workers>, Failure> {
+    let n = WORKER_THREADS
+        .get()
+        .copied()
+        .flatten()
+        .filter(|n| *n > 0)
+        .or_else(|| std::thread::available_parallelism().ok().map(usize::from))
+        .unwrap_or(1);
+    s3gate_dataplane::workers::Workers::start(n)
+        .context("start connection workers")
         .map_err(Failure::Runtime)
 }
 

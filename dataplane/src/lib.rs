@@ -24,6 +24,7 @@ pub mod pipeline;
 mod stall;
 pub mod tls;
 mod upstream;
+pub mod workers;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -78,6 +79,9 @@ pub struct Config {
     pub proxy_env: upstream::ProxyEnv,
     /// Where one JSON line per decided request goes (`--audit-log`); `None`: nowhere.
     pub audit: Option<Arc<s3gate_observe::Audit>>,
+    /// Single-threaded runtimes that connections are handed to at accept
+    /// (see [`workers`]); `None`: connections run on the calling runtime.
+    pub workers: Option<Arc<workers::Workers>>,
 }
 
 impl Default for Config {
@@ -96,6 +100,7 @@ impl Default for Config {
             trusted_proxies: Default::default(),
             proxy_env: Default::default(),
             audit: None,
+            workers: None,
         }
     }
 }
@@ -305,12 +310,12 @@ async fn serve_pair<A: Acceptor, B: Acceptor>(
         tokio::select! {
             accepted = accept(a.as_ref()) => {
                 if let (Some((stream, peer)), Some((_, acceptor))) = (or_back_off(accepted).await, &a) {
-                    tokio::spawn(serve_conn(shared.clone(), acceptor.clone(), stream, peer, permit, drain_rx.clone()));
+                    spawn_conn(&shared, acceptor, stream, peer, permit, &drain_rx);
                 }
             }
             accepted = accept(b.as_ref()) => {
                 if let (Some((stream, peer)), Some((_, acceptor))) = (or_back_off(accepted).await, &b) {
-                    tokio::spawn(serve_conn(shared.clone(), acceptor.clone(), stream, peer, permit, drain_rx.clone()));
+                    spawn_conn(&shared, acceptor, stream, peer, permit, &drain_rx);
                 }
             }
             () = &mut shutdown => break,
@@ -350,6 +355,37 @@ async fn or_back_off(
             None
         }
     }
+}
+
+/// Hands an accepted connection to a worker, or without workers spawns it
+/// here. A worker's runtime has its own I/O driver: the socket leaves this
+/// runtime's and is registered with the worker's.
+fn spawn_conn<A: Acceptor>(
+    shared: &Arc<Shared>,
+    acceptor: &A,
+    stream: TcpStream,
+    peer: SocketAddr,
+    permit: tokio::sync::OwnedSemaphorePermit,
+    drain: &watch::Receiver<bool>,
+) {
+    let (shared, acceptor, drain) = (shared.clone(), acceptor.clone(), drain.clone());
+    let Some(workers) = shared.cx.cfg.workers.clone() else {
+        tokio::spawn(serve_conn(shared, acceptor, stream, peer, permit, drain));
+        return;
+    };
+    let stream = match stream.into_std() {
+        Ok(stream) => stream,
+        Err(error) => {
+            debug!(%error, %peer, "connection lost before it reached a worker");
+            return;
+        }
+    };
+    workers.spawn(async move {
+        match TcpStream::from_std(stream) {
+            Ok(stream) => serve_conn(shared, acceptor, stream, peer, permit, drain).await,
+            Err(error) => debug!(%error, %peer, "connection not registered with its worker"),
+        }
+    });
 }
 
 /// One connection, from the handshake to its end. `permit` is its place

@@ -260,7 +260,10 @@ impl Settings {
 pub struct Upstream {
     name: Arc<str>,
     settings: Settings,
-    client: HttpClient,
+    /// One client (and so one connection pool) per connection worker, whose
+    /// connections live on that worker's runtime, and a last one for every
+    /// other thread (see [`crate::workers`]).
+    clients: Box<[HttpClient]>,
     slots: Arc<Semaphore>,
     response_timeout: Duration,
     /// The proxy of an http endpoint: requests through it carry its
@@ -273,6 +276,13 @@ pub struct Upstream {
 pub type Slot = OwnedSemaphorePermit;
 
 impl Upstream {
+    /// The client of the thread's worker, or the shared one.
+    fn client(&self) -> &HttpClient {
+        let last = self.clients.len() - 1;
+        let i = crate::workers::Workers::current().map_or(last, |i| i.min(last));
+        &self.clients[i]
+    }
+
     /// Sends `req` within the backend's limits. The returned slot must live
     /// as long as the response body.
     pub async fn send(
@@ -306,7 +316,7 @@ impl Upstream {
         let proxied = proxied.map(|p| p.display.as_str());
         let timeout = self.response_timeout;
         let response = if req.body().is_end_stream() {
-            tokio::time::timeout(timeout, self.client.request(req))
+            tokio::time::timeout(timeout, self.client().request(req))
                 .await
                 .map_err(|_| self.timed_out())?
         } else {
@@ -322,7 +332,7 @@ impl Upstream {
                     last_ms: progress.clone(),
                 })
             });
-            let request = self.client.request(req);
+            let request = self.client().request(req);
             tokio::pin!(request);
             let sleep = tokio::time::sleep(timeout);
             tokio::pin!(sleep);
@@ -535,21 +545,28 @@ impl Upstreams {
             .enable_http1()
             .wrap_connector(egress);
         let max = settings.limits.max_connections.max(1);
-        let client = Client::builder(TokioExecutor::new())
+        let mut builder = Client::builder(TokioExecutor::new());
+        builder
             .pool_idle_timeout(Duration::from_secs(30))
             .pool_max_idle_per_host(usize::try_from(max.min(256)).unwrap_or(256))
-            .http1_max_buf_size(crate::CONNECTION_BUFFER)
-            .build(Deadline {
-                inner: https,
-                timeout: connect_timeout,
-            });
+            .http1_max_buf_size(crate::CONNECTION_BUFFER);
+        // The pools share nothing but the connector's settings; the slots
+        // below bound the backend's requests across all of them.
+        let clients = (0..=crate::workers::Workers::count())
+            .map(|_| {
+                builder.build(Deadline {
+                    inner: https.clone(),
+                    timeout: connect_timeout,
+                })
+            })
+            .collect();
         let http_proxy = proxy.filter(|_| !settings.https);
         Ok(Upstream {
             name: Arc::from(name),
             response_timeout: settings.limits.response_timeout,
             slots: Arc::new(Semaphore::new(usize::try_from(max).unwrap_or(usize::MAX))),
             settings,
-            client,
+            clients,
             http_proxy,
         })
     }

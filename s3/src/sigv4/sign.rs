@@ -230,13 +230,10 @@ impl Signer {
 }
 
 /// Lower-case hex of a 32-byte digest, written into `buf`.
-fn hex_lower<'a>(bytes: &[u8; 32], buf: &'a mut [u8; 64]) -> &'a str {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    for (pair, byte) in buf.chunks_exact_mut(2).zip(bytes) {
-        pair[0] = DIGITS[usize::from(byte >> 4)];
-        pair[1] = DIGITS[usize::from(byte & 0x0f)];
-    }
-    // Hex digits only: ASCII by construction.
+pub(crate) fn hex_lower<'a>(bytes: &[u8; 32], buf: &'a mut [u8; 64]) -> &'a str {
+    // 64 bytes for 32: `encode_to_slice` cannot fail on these sizes, and
+    // writes hex digits only, so the buffer is ASCII.
+    let _ = hex::encode_to_slice(bytes, buf);
     std::str::from_utf8(buf).unwrap_or_default()
 }
 

@@ -87,8 +87,14 @@ pub fn canonical_request(
 
 /// `AWS4-HMAC-SHA256 \n amz_date \n scope \n hex(sha256(canonical_request))`.
 pub fn string_to_sign(amz_date: &str, scope: &str, canonical_request: &str) -> String {
-    format!(
-        "{ALGORITHM}\n{amz_date}\n{scope}\n{}",
-        hex::encode(Sha256::digest(canonical_request.as_bytes()))
-    )
+    let mut hex = [0u8; 64];
+    let hash = super::sign::hex_lower(
+        &Sha256::digest(canonical_request.as_bytes()).into(),
+        &mut hex,
+    );
+    let mut sts = String::with_capacity(ALGORITHM.len() + amz_date.len() + scope.len() + 3 + 64);
+    for part in [ALGORITHM, "\n", amz_date, "\n", scope, "\n", hash] {
+        sts.push_str(part);
+    }
+    sts
 }
