@@ -111,7 +111,7 @@ fn text(out: &mut Vec<u8>, at: SystemTime, l: &Line<'_>) {
     out.extend_from_slice(b": request_id=");
     debug_str(out, l.request_id);
     out.extend_from_slice(b" peer=");
-    let _ = write!(out, "{}", l.peer);
+    socket_addr(out, l.peer);
     if let Some(client) = l.client {
         out.extend_from_slice(b" client=");
         let _ = write!(out, "{client}");
@@ -149,7 +149,7 @@ fn json(out: &mut Vec<u8>, at: SystemTime, l: &Line<'_>) {
     out.extend_from_slice(b"\",\"level\":\"INFO\",\"fields\":{\"request_id\":");
     json_str(out, l.request_id);
     out.extend_from_slice(b",\"peer\":\"");
-    let _ = write!(out, "{}", l.peer);
+    socket_addr(out, l.peer);
     out.push(b'"');
     if let Some(client) = l.client {
         out.extend_from_slice(b",\"client\":\"");
@@ -183,6 +183,24 @@ fn json(out: &mut Vec<u8>, at: SystemTime, l: &Line<'_>) {
     out.extend_from_slice(b"},\"target\":\"");
     out.extend_from_slice(TARGET.as_bytes());
     out.extend_from_slice(b"\"}\n");
+}
+
+/// `addr` as its `Display` writes it. IPv4 (nearly every peer) digit by
+/// digit; IPv6, with its zero-run compression, through `Display` itself.
+fn socket_addr(out: &mut Vec<u8>, addr: SocketAddr) {
+    let SocketAddr::V4(v4) = addr else {
+        let _ = write!(out, "{addr}");
+        return;
+    };
+    let mut digits = itoa::Buffer::new();
+    for (i, octet) in v4.ip().octets().into_iter().enumerate() {
+        if i > 0 {
+            out.push(b'.');
+        }
+        out.extend_from_slice(digits.format(octet).as_bytes());
+    }
+    out.push(b':');
+    out.extend_from_slice(digits.format(v4.port()).as_bytes());
 }
 
 /// `s` as `<str as Debug>` writes it: quoted, escaped. Printable ASCII
@@ -337,6 +355,23 @@ mod tests {
         let at = SystemTime::UNIX_EPOCH + Duration::new(1_796_528_322, 458_503_999);
         timestamp(&mut out, at);
         assert_eq!(out, b"2026-12-06T03:38:42.458503Z");
+    }
+
+    #[test]
+    fn socket_addrs_are_what_display_writes() {
+        for addr in [
+            "0.0.0.0:0",
+            "255.255.255.255:65535",
+            "10.20.3.104:443",
+            "[::1]:8080",
+            "[2001:db8::7]:1",
+            "[::ffff:192.0.2.1]:80",
+        ] {
+            let addr: SocketAddr = addr.parse().unwrap();
+            let mut out = Vec::new();
+            socket_addr(&mut out, addr);
+            assert_eq!(String::from_utf8(out).unwrap(), addr.to_string());
+        }
     }
 
     #[test]

@@ -72,7 +72,12 @@ pub fn canonical_request(
         out.push('\n');
     }
     out.push('\n');
-    out.push_str(&auth.signed_headers.join(";"));
+    for (i, name) in auth.signed_headers.iter().enumerate() {
+        if i > 0 {
+            out.push(';');
+        }
+        out.push_str(name);
+    }
     out.push('\n');
     match auth.kind {
         AuthKind::Presigned { .. } => out.push_str(UNSIGNED_PAYLOAD),
