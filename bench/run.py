@@ -821,19 +821,28 @@ class Bench:
 
     # S1: small GET, hot caches.
     def s1(self, up: Upstream) -> None:
+        self.small_gets("S1", up, "32", quiet_row=True)
+
+    # S1c1: S1 at one connection. Nothing queues, so its added p99 is what
+    # the gateway adds to one request, not the CPU contention of 32
+    # connections on the machine's cores.
+    def s1c1(self, up: Upstream) -> None:
+        self.small_gets("S1c1", up, "1", quiet_row=False)
+
+    def small_gets(self, scenario: str, up: Upstream, conns: str, quiet_row: bool) -> None:
         c = self.cfg
-        args = ["-c", "32", "--warmup", str(c["warmup"]), "--get-key", "small/{i}", "--get-count", str(SMALL_COUNT)]
+        args = ["-c", conns, "--warmup", str(c["warmup"]), "--get-key", "small/{i}", "--get-count", str(SMALL_COUNT)]
         gw = self.gateway(up)
-        quiet = self.gateway(up, log_level="warn") if (self.args.s1_quiet and up.name == "nginx") else None
+        quiet = self.gateway(up, log_level="warn") if (quiet_row and self.args.s1_quiet and up.name == "nginx") else None
         ref = self.reference_proxy(up)
         try:
             for r in range(c["rounds"]):
-                self.load("S1", up, None, r, args, c["s1_duration"], self.direct_creds(up))
-                self.load("S1", up, gw, r, args, c["s1_duration"], creds_args(self.keys.hot))
+                self.load(scenario, up, None, r, args, c["s1_duration"], self.direct_creds(up))
+                self.load(scenario, up, gw, r, args, c["s1_duration"], creds_args(self.keys.hot))
                 if quiet:
-                    self.load("S1", up, quiet, r, args, c["s1_duration"], creds_args(self.keys.hot), label="s3gate-nolog")
+                    self.load(scenario, up, quiet, r, args, c["s1_duration"], creds_args(self.keys.hot), label="s3gate-nolog")
                 if ref:
-                    self.load("S1", up, ref, r, args, c["s1_duration"], self.direct_creds(up), label="nginx-proxy")
+                    self.load(scenario, up, ref, r, args, c["s1_duration"], self.direct_creds(up), label="nginx-proxy")
         finally:
             gw.stop()
             if quiet:
@@ -1259,8 +1268,9 @@ def main() -> int:
     ap.add_argument("--scenarios", default="S1,S2,S3,S4,S5", help="comma-separated subset of S1..S5, plus S1g/S4g (S1/S4 through controlplane + dataplane + Redis), S4sql (S4 with a [[policy]] kind=sql: PostgreSQL, SQLite), "
                     "S4src (S4 per decision source in one run: builtin, rego, opa, sql on PostgreSQL and SQLite, plugin; at 32 connections and at 1), "
                     "S1src (warm S1 per decision chain: builtin, rego, opa, plugin), "
-                    "S1s (S1 with STS session keys against a static key), STS (cold AssumeRoleWithWebIdentity calls) and "
-                    "S1obs (S1 with metrics on/off and traces at 1 %% and 100 %% sampling); the last seven are not in the default set")
+                    "S1s (S1 with STS session keys against a static key), STS (cold AssumeRoleWithWebIdentity calls), "
+                    "S1obs (S1 with metrics on/off and traces at 1 %% and 100 %% sampling) and "
+                    "S1c1 (S1 at one connection: the latency added without queueing); the last eight are not in the default set")
     ap.add_argument("--postgres-url", default=os.environ.get("S3GATE_BENCH_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/postgres"),
                     help="a PostgreSQL server where S4sql/S4src may create (and then drops) a database of its own")
     ap.add_argument("--redis-bin", default=shutil.which("redis-server") or "/usr/bin/redis-server", help="redis-server for S1g/S4g (a private one on a free 127.0.0.1 port, no persistence)")
@@ -1293,7 +1303,7 @@ def main() -> int:
     scenarios = [s.strip().upper() for s in args.scenarios.split(",") if s.strip()]
     scenarios = [s[:-1] + "g" if s.endswith("G") else s for s in scenarios]  # S4G -> S4g
     scenarios = ["S1s" if s == "S1S" else s for s in scenarios]
-    scenarios = [{"S4SQL": "S4sql", "S4SRC": "S4src", "S1SRC": "S1src", "S1OBS": "S1obs"}.get(s, s) for s in scenarios]
+    scenarios = [{"S4SQL": "S4sql", "S4SRC": "S4src", "S1SRC": "S1src", "S1OBS": "S1obs", "S1C1": "S1c1"}.get(s, s) for s in scenarios]
     upstreams = [u.strip() for u in args.upstreams.split(",") if u.strip()]
     for exe in (args.gateway_bin, args.loadgen_bin):
         if not exe.exists():

@@ -160,7 +160,10 @@ def assert_no_token_in(path) -> None:
     text = path.read_text(errors="replace")
     for t in ISSUED:
         sig = t.rsplit(".", 1)[-1]
-        assert t not in text, f"a token leaked into {path}"
+        # The malformed ones ("abc", "a.b") turn up in any log by chance,
+        # inside the random hex of an object key: too short to tell a leak.
+        if len(t) >= 16:
+            assert t not in text, f"a token leaked into {path}"
         if len(sig) >= 16:
             assert sig not in text, f"a token signature leaked into {path}"
 

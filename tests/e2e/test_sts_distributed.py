@@ -124,7 +124,10 @@ def sc(tmp_path_factory, backend):
     for p in c.procs.values():
         text = p.log_path.read_text(errors="replace")
         for s in SECRETS:
-            assert s not in text, f"a token or session secret leaked into {p.name}'s log"
+            # As test_sts.assert_nothing_secret_in: short malformed tokens
+            # are not checked.
+            if len(s) >= 16:
+                assert s not in text, f"a token or session secret leaked into {p.name}'s log"
 
 
 def refused_at_both(sc, clients, key: str, within: float = 1.0) -> float:
