@@ -21,6 +21,7 @@ mod h2;
 pub mod limits;
 pub mod listen;
 pub mod pipeline;
+mod pool;
 mod stall;
 pub mod tls;
 mod upstream;

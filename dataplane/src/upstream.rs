@@ -32,8 +32,7 @@ use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::dns::{GaiResolver, Name};
 use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
@@ -47,8 +46,16 @@ use tokio::time::Instant;
 
 use crate::body::Body;
 use crate::error::BoxError;
+use crate::pool::{Checkout, Pool, SendError};
 
-pub type HttpClient = Client<Deadline<HttpsConnector<EgressConnector>>, Body>;
+/// Opens a backend connection: TCP, through the proxy if any, TLS for
+/// https, all within the connect timeout.
+pub type Connector = Deadline<HttpsConnector<EgressConnector>>;
+/// What [`Connector`] opens.
+pub type ConnectorIo = hyper_rustls::MaybeHttpsStream<EgressStream>;
+
+/// How long an unused backend connection stays open.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How long a request waits for a free slot in a full backend pool before
 /// it is answered 503 SlowDown.
@@ -130,6 +137,11 @@ pub struct BackendFailure {
     pub detail: String,
 }
 
+/// Opening the connection failed: nothing of the request was sent.
+#[derive(Debug, thiserror::Error)]
+#[error("connecting failed")]
+struct ConnectError(#[source] BoxError);
+
 /// What the egress connector itself reports.
 #[derive(Debug, thiserror::Error)]
 enum EgressError {
@@ -167,9 +179,7 @@ fn classify(err: &(dyn std::error::Error + 'static)) -> Cause {
     let mut found = None;
     let mut next: Option<&(dyn std::error::Error + 'static)> = Some(err);
     while let Some(e) = next {
-        if let Some(c) = e.downcast_ref::<hyper_util::client::legacy::Error>() {
-            connect |= c.is_connect();
-        }
+        connect |= e.is::<ConnectError>();
         if let Some(eg) = e.downcast_ref::<EgressError>() {
             return eg.cause();
         }
@@ -256,14 +266,15 @@ impl Settings {
     }
 }
 
-/// One backend's client, connection-pool limit and response timeout.
+/// One backend's connections, limits and response timeout.
 pub struct Upstream {
     name: Arc<str>,
     settings: Settings,
-    /// One client (and so one connection pool) per connection worker, whose
-    /// connections live on that worker's runtime, and a last one for every
-    /// other thread (see [`crate::workers`]).
-    clients: Box<[HttpClient]>,
+    /// Idle connections per connection worker, whose connections live on
+    /// that worker's runtime, and for every other thread (see
+    /// [`crate::workers`]); at most `max_connections` open in all.
+    pool: Pool,
+    /// `max_connections` requests in flight.
     slots: Arc<Semaphore>,
     response_timeout: Duration,
     /// The proxy of an http endpoint: requests through it carry its
@@ -272,15 +283,22 @@ pub struct Upstream {
 }
 
 /// Held by a request from before it is sent until its response body is
-/// done or dropped: one slot of the backend's pool.
-pub type Slot = OwnedSemaphorePermit;
+/// done or dropped: one slot of the backend's pool and the connection,
+/// given back to the pool first.
+pub struct Slot {
+    _connection: Checkout,
+    _permit: OwnedSemaphorePermit,
+}
 
 impl Upstream {
-    /// The client of the thread's worker, or the shared one.
-    fn client(&self) -> &HttpClient {
-        let last = self.clients.len() - 1;
-        let i = crate::workers::Workers::current().map_or(last, |i| i.min(last));
-        &self.clients[i]
+    /// The idle list of the thread's worker, or the shared one.
+    fn home() -> usize {
+        crate::workers::Workers::current().unwrap_or(usize::MAX)
+    }
+
+    /// Connections open to this backend now.
+    pub fn open_connections(&self) -> usize {
+        self.pool.open()
     }
 
     /// Sends `req` within the backend's limits. The returned slot must live
@@ -316,7 +334,7 @@ impl Upstream {
         let proxied = proxied.map(|p| p.display.as_str());
         let timeout = self.response_timeout;
         let response = if req.body().is_end_stream() {
-            tokio::time::timeout(timeout, self.client().request(req))
+            tokio::time::timeout(timeout, self.pool.send(Self::home(), req, POOL_WAIT))
                 .await
                 .map_err(|_| self.timed_out())?
         } else {
@@ -332,7 +350,7 @@ impl Upstream {
                     last_ms: progress.clone(),
                 })
             });
-            let request = self.client().request(req);
+            let request = self.pool.send(Self::home(), req, POOL_WAIT);
             tokio::pin!(request);
             let sleep = tokio::time::sleep(timeout);
             tokio::pin!(sleep);
@@ -351,12 +369,29 @@ impl Upstream {
             }
         };
         match response {
-            Ok(r) if proxied.is_some() && is_proxy_auth_failure(&r) => Err(self.failure(
+            Ok((r, _)) if proxied.is_some() && is_proxy_auth_failure(&r) => Err(self.failure(
                 Cause::ProxyAuth,
                 format!("proxy {} answered 407", proxied.unwrap_or_default()),
             )),
-            Ok(r) => Ok((r, slot)),
-            Err(e) => Err(self.failure(classify(&e), chain(&e))),
+            Ok((r, connection)) => Ok((
+                r,
+                Slot {
+                    _connection: connection,
+                    _permit: slot,
+                },
+            )),
+            Err(SendError::Full) => Err(self.failure(
+                Cause::PoolFull,
+                format!(
+                    "{} connections open for {POOL_WAIT:?}",
+                    self.settings.limits.max_connections
+                ),
+            )),
+            Err(SendError::Connect(e)) => {
+                let e = ConnectError(e);
+                Err(self.failure(classify(&e), chain(&e)))
+            }
+            Err(SendError::Http(e)) => Err(self.failure(classify(&e), chain(&e))),
         }
     }
 
@@ -481,6 +516,7 @@ fn split_list(v: &str) -> Vec<String> {
 
 pub struct Upstreams {
     connect_timeout: Duration,
+    idle_timeout: Duration,
     env: ProxyEnv,
     /// By backend name. Only touched on route-cache misses, never per
     /// request.
@@ -501,6 +537,7 @@ impl Upstreams {
         }
         Self {
             connect_timeout,
+            idle_timeout: IDLE_TIMEOUT,
             env,
             backends: Mutex::new(HashMap::new()),
         }
@@ -544,29 +581,24 @@ impl Upstreams {
             .https_or_http()
             .enable_http1()
             .wrap_connector(egress);
-        let max = settings.limits.max_connections.max(1);
-        let mut builder = Client::builder(TokioExecutor::new());
-        builder
-            .pool_idle_timeout(Duration::from_secs(30))
-            .pool_max_idle_per_host(usize::try_from(max.min(256)).unwrap_or(256))
-            .http1_max_buf_size(crate::CONNECTION_BUFFER);
-        // The pools share nothing but the connector's settings; the slots
-        // below bound the backend's requests across all of them.
-        let clients = (0..=crate::workers::Workers::count())
-            .map(|_| {
-                builder.build(Deadline {
-                    inner: https.clone(),
-                    timeout: connect_timeout,
-                })
-            })
-            .collect();
+        let max = usize::try_from(settings.limits.max_connections.max(1)).unwrap_or(usize::MAX);
+        let pool = Pool::new(
+            Deadline {
+                inner: https,
+                timeout: connect_timeout,
+            },
+            max,
+            crate::workers::Workers::count() + 1,
+            self.idle_timeout,
+            crate::CONNECTION_BUFFER,
+        );
         let http_proxy = proxy.filter(|_| !settings.https);
         Ok(Upstream {
             name: Arc::from(name),
             response_timeout: settings.limits.response_timeout,
-            slots: Arc::new(Semaphore::new(usize::try_from(max).unwrap_or(usize::MAX))),
+            slots: Arc::new(Semaphore::new(max)),
             settings,
-            clients,
+            pool,
             http_proxy,
         })
     }
@@ -1250,6 +1282,175 @@ mod tests {
             .unwrap();
         let err = u2.send(req).await.err().unwrap();
         assert_eq!(err.cause, Cause::ProxyUnreachable, "{err}");
+    }
+
+    /// An http backend on 127.0.0.1 whose handler waits `delay`: counts
+    /// connections accepted and open now.
+    struct Counted {
+        addr: SocketAddr,
+        accepted: Arc<std::sync::atomic::AtomicUsize>,
+        open: Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    async fn counted_backend(delay: Duration) -> Counted {
+        use std::sync::atomic::AtomicUsize;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let open = Arc::new(AtomicUsize::new(0));
+        let (a, o) = (accepted.clone(), open.clone());
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                a.fetch_add(1, Ordering::SeqCst);
+                o.fetch_add(1, Ordering::SeqCst);
+                let o = o.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |_req| async move {
+                        tokio::time::sleep(delay).await;
+                        Ok::<_, std::convert::Infallible>(Response::new(http_body_util::Full::new(
+                            Bytes::from_static(b"ok"),
+                        )))
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(tcp), service)
+                        .await;
+                    o.fetch_sub(1, Ordering::SeqCst);
+                });
+            }
+        });
+        Counted {
+            addr,
+            accepted,
+            open,
+        }
+    }
+
+    fn plain_backend(name: &str, addr: SocketAddr, max_connections: u32) -> Backend {
+        Backend {
+            name: name.into(),
+            endpoint: format!("http://{addr}"),
+            region: "us-east-1".into(),
+            addressing_style: s3gate_proto::AddressingStyle::Path,
+            ca_bundle: None,
+            insecure_skip_verify: false,
+            key_segment_guard: true,
+            egress: Egress::default(),
+            limits: BackendLimits {
+                max_connections,
+                ..BackendLimits::default()
+            },
+        }
+    }
+
+    /// Sends `n` GETs at once and reads every body; the statuses.
+    async fn burst(u: Arc<Upstream>, addr: SocketAddr, n: usize) -> Vec<Result<u16, String>> {
+        let mut sends = tokio::task::JoinSet::new();
+        for i in 0..n {
+            let u = u.clone();
+            sends.spawn(async move {
+                let req = Request::get(format!("http://{addr}/b/k{i}"))
+                    .header(http::header::HOST, addr.to_string())
+                    .body(crate::body::empty())
+                    .map_err(|e| e.to_string())?;
+                let (response, slot) = u.send(req).await.map_err(|e| e.to_string())?;
+                let status = response.status().as_u16();
+                let body = crate::body::incoming_holding(response.into_body(), slot);
+                http_body_util::BodyExt::collect(body)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok(status)
+            });
+        }
+        let mut out = Vec::new();
+        while let Some(r) = sends.join_next().await {
+            out.push(r.unwrap_or_else(|e| Err(e.to_string())));
+        }
+        out
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn backend_connections_stay_within_max_connections_across_workers() {
+        let workers = crate::workers::Workers::start(2).unwrap();
+        let count = crate::workers::Workers::count();
+        assert!(count >= 2);
+        let backend = counted_backend(Duration::from_millis(40)).await;
+        let ups = Upstreams::new(Duration::from_secs(2), ProxyEnv::default());
+        let u = ups
+            .for_backend(&plain_backend("capped", backend.addr, 2))
+            .unwrap();
+        // Bursts of 4 on one worker after another: each worker's idle
+        // connections are still open when the next worker's burst starts.
+        for round in 0..2 * count {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let (mine, addr) = (u.clone(), backend.addr);
+            workers.spawn_on(round % count, async move {
+                let on = crate::workers::Workers::current();
+                let _ = tx.send((on, burst(mine, addr, 4).await));
+            });
+            let (on, results) = rx.await.unwrap();
+            assert_eq!(on, Some(round % count));
+            assert!(results.iter().all(|r| r == &Ok(200)), "{results:?}");
+            assert!(u.open_connections() <= 2, "{}", u.open_connections());
+            // The backend learns of a close when it reads the FIN: give it
+            // a moment, then count what it holds open.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let open = backend.open.load(Ordering::SeqCst);
+            assert!(open <= 2, "the backend holds {open} connections");
+        }
+        // Connections are reused, not opened per request.
+        let accepted = backend.accepted.load(Ordering::SeqCst);
+        assert!(accepted < 4 * 2 * count, "{accepted} connections");
+    }
+
+    #[tokio::test]
+    async fn idle_connections_close_and_closed_ones_are_not_used() {
+        let backend = counted_backend(Duration::ZERO).await;
+        let mut ups = Upstreams::new(Duration::from_secs(2), ProxyEnv::default());
+        ups.idle_timeout = Duration::from_millis(300);
+        let u = ups
+            .for_backend(&plain_backend("idle", backend.addr, 8))
+            .unwrap();
+        assert_eq!(burst(u.clone(), backend.addr, 1).await, vec![Ok(200)]);
+        assert_eq!(burst(u.clone(), backend.addr, 1).await, vec![Ok(200)]);
+        assert_eq!(backend.accepted.load(Ordering::SeqCst), 1, "reused");
+        assert_eq!(u.open_connections(), 1);
+        tokio::time::sleep(Duration::from_millis(900)).await;
+        assert_eq!(u.open_connections(), 0, "closed after the idle timeout");
+        assert_eq!(backend.open.load(Ordering::SeqCst), 0);
+        assert_eq!(burst(u.clone(), backend.addr, 1).await, vec![Ok(200)]);
+        assert_eq!(backend.accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_backend_closing_kept_alive_connections_fails_no_request() {
+        // Answers keep-alive, then closes the socket anyway.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut tcp, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 4096];
+                    let mut got = Vec::new();
+                    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match tcp.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => got.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let _ = tcp
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                        .await;
+                });
+            }
+        });
+        let ups = Upstreams::new(Duration::from_secs(2), ProxyEnv::default());
+        let u = ups.for_backend(&plain_backend("closer", addr, 4)).unwrap();
+        for _ in 0..5 {
+            assert_eq!(burst(u.clone(), addr, 1).await, vec![Ok(200)]);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(u.open_connections(), 0);
     }
 
     #[test]

@@ -82,6 +82,15 @@ impl Workers {
         drop(self.handles[i].spawn(task));
     }
 
+    /// Runs `task` on worker `i`.
+    #[cfg(test)]
+    pub(crate) fn spawn_on<F>(&self, i: usize, task: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        drop(self.handles[i % self.handles.len()].spawn(task));
+    }
+
     /// The index of the worker this thread is, if it is one.
     pub fn current() -> Option<usize> {
         INDEX.with(Cell::get)

@@ -369,7 +369,15 @@ def test_killed_under_load_cached_decisions_hold_and_nothing_new_is_written(stac
     threads = [threading.Thread(target=worker, args=(n,), daemon=True) for n in range(4)]
     for t in threads:
         t.start()
-    time.sleep(1.0)
+    # Until a PUT (a plugin decision) has succeeded: on a loaded machine the
+    # first may take longer than a fixed second.
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        with lock:
+            if any(op == "PUT" and s == 200 for op, _, _, _, s in results):
+                break
+        time.sleep(0.05)
+    time.sleep(0.5)
     plugin.popen.send_signal(signal.SIGKILL)
     plugin.popen.wait()
     killed_at = time.monotonic()

@@ -161,14 +161,16 @@ def test_fail_closed_slow_then_breaker_then_down_then_back(opa_gw, s3_client, ba
             assert code == 503
             assert not backend.exists("data-prod", key)
             fast.append(took)
+        # Still slow: should the breaker's cool-down end while the CLI starts
+        # (a loaded machine), its probe meets the slow OPA and fails too.
+        e = explain(grpc, "--principal", "alice", "--action", "s3:PutObject", "--bucket", "data", "--key", unique("plain/"))
+        assert e["unavailable"] and e["decided_by"] == "opa"
     finally:
         opa.delay(0)
     slow_med, fast_med = sorted(slow)[2], sorted(fast)[2]
     print(f"\nslow OPA: median {slow_med * 1000:.0f} ms per request; breaker open: median {fast_med * 1000:.0f} ms")
     assert slow_med >= TIMEOUT_MS / 1000 * 0.9
     assert fast_med < slow_med / 3, (slow, fast)
-    e = explain(grpc, "--principal", "alice", "--action", "s3:PutObject", "--bucket", "data", "--key", unique("plain/"))
-    assert e["unavailable"] and e["decided_by"] == "opa"
     # Down: refused connections, 503, nothing at the backend.
     opa.stop()
     time.sleep(2.2)  # the breaker's cool-down (2 s): the next request probes the dead server
