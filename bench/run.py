@@ -316,15 +316,15 @@ class NginxProxy:
 
 class Gateway:
     def __init__(self, exe: Path, work: Path, name: str, upstream: Upstream, keys: "Keys", log_level: str = "info", extra_env: dict | None = None, issuer: str | None = None, extra_config: str = "",
-                 extra_args: list[str] | None = None):
+                 extra_args: list[str] | None = None, wrapper: list[str] | None = None, start_timeout: float = 30):
         extra_env = extra_env or {}
         self.name = name
         cfg = work / f"{name}.toml"
         cfg.write_text(render_config(upstream, keys, issuer) + extra_config)
         ready = work / f"{name}.ready.json"
         env = {**os.environ, "S3GATE_LOG": log_level, **extra_env}
-        argv = [str(exe), "serve", "--config", str(cfg), "--listen", "127.0.0.1:0", "--ready-file", str(ready)] + (extra_args or [])
-        self.proc, self.addr = start_with_ready_file("s3gate", argv, ready, "s3", work / f"{name}.log", env, append=True)
+        argv = (wrapper or []) + [str(exe), "serve", "--config", str(cfg), "--listen", "127.0.0.1:0", "--ready-file", str(ready)] + (extra_args or [])
+        self.proc, self.addr = start_with_ready_file("s3gate", argv, ready, "s3", work / f"{name}.log", env, append=True, timeout=start_timeout)
         self.pid = self.proc.pid
 
     def stop(self) -> None:
@@ -710,10 +710,12 @@ class Bench:
         self.gw_count = 0
         self._idp = None
 
-    def gateway(self, up: Upstream, log_level: str = "info", issuer: str | None = None, extra_config: str = "", extra_args: list[str] | None = None) -> Gateway:
+    def gateway(self, up: Upstream, log_level: str = "info", issuer: str | None = None, extra_config: str = "", extra_args: list[str] | None = None,
+                wrapper: list[str] | None = None, start_timeout: float = 30) -> Gateway:
         self.gw_count += 1
         env = dict(kv.split("=", 1) for kv in self.args.gateway_env)
-        return Gateway(self.gw_exe, self.work, f"s3gate-{self.gw_count:03d}-{up.name}", up, self.keys, log_level, env, issuer, extra_config, extra_args)
+        return Gateway(self.gw_exe, self.work, f"s3gate-{self.gw_count:03d}-{up.name}", up, self.keys, log_level, env, issuer, extra_config, extra_args,
+                       wrapper, start_timeout)  # fmt: skip
 
     def idp(self):
         """The OIDC provider of S1s/STS (oauth2-mock-server), started once."""
@@ -1257,6 +1259,55 @@ def profile_s1(args, cfg: dict, work: Path, root: Path, runner: Runner) -> int:
     return 0
 
 
+def callgrind_s1(args, cfg: dict, work: Path, root: Path, runner: Runner) -> int:
+    """s3gate's user-space instructions per S1 request, counted by callgrind:
+    the same for the same binary and requests whatever else the machine
+    does, so changes far below S1's run-to-run noise show. The kernel's
+    share (socket I/O, about 40 % of s3gate's CPU) is not counted."""
+    valgrind, ctl = shutil.which("valgrind"), shutil.which("callgrind_control")
+    if not (valgrind and ctl):
+        print("valgrind is not on PATH (Debian: apt-get install valgrind)", file=sys.stderr)
+        return 2
+    up = Nginx(work, root, args.nginx_workers)
+    bench = Bench(args, cfg, work, args.gateway_bin, runner)
+    out = args.out / "callgrind-s1.out"
+    for old in args.out.glob("callgrind-s1.out*"):
+        old.unlink()
+    wrapper = [valgrind, "--tool=callgrind", "--instr-atstart=no", "--separate-threads=no", f"--callgrind-out-file={out}"]
+    gw = bench.gateway(up, log_level=args.profile_log, wrapper=wrapper, start_timeout=300)
+    n = args.callgrind
+
+    def load(requests: int) -> dict:
+        return runner.run(["load", "--addr", gw.addr, "--bucket", BUCKET, "-c", str(args.callgrind_connections), "--warmup", "0",
+                           "--duration", "3600", "--max-requests", str(requests), "--get-key", "small/{i}", "--get-count", str(SMALL_COUNT)]
+                          + creds_args(bench.keys.hot), timeout=3600)  # fmt: skip
+
+    try:
+        load(max(n // 5, 500))  # caches, pools and the allocator warm
+        subprocess.run([ctl, "-i", "on", str(gw.pid)], check=True, capture_output=True, timeout=120)
+        res = load(n)
+        subprocess.run([ctl, "-d", str(gw.pid)], check=True, capture_output=True, timeout=600)
+    finally:
+        gw.stop()
+        up.proc.stop()
+    dumps = sorted((p for p in args.out.glob("callgrind-s1.out*") if p.stat().st_size > 0), key=lambda p: p.stat().st_mtime)
+    total = None
+    for dump in dumps:
+        for line in dump.read_text(errors="replace").splitlines():
+            if line.startswith(("totals:", "summary:")):
+                total = int(line.split()[1])
+        if total:
+            break
+    requests = res.get("requests") or n
+    if not total:
+        print("no callgrind totals found", file=sys.stderr)
+        return 1
+    print(f"S1 under callgrind, {args.callgrind_connections} connections: {requests} requests, {total:,} instructions, "
+          f"{total / requests:,.0f} instructions per request")  # fmt: skip
+    print(f"dump -> {dumps[0]}  (callgrind_annotate --inclusive=yes {dumps[0]})")
+    return 0
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -1286,6 +1337,8 @@ def main() -> int:
     ap.add_argument("--work", type=Path, help="work directory (default: a new one under /tmp, removed afterwards)")
     ap.add_argument("--profile", action="store_true", help="perf-record s3gate under the S1 load (nginx upstream) instead of benchmarking")
     ap.add_argument("--profile-seconds", type=int, default=10)
+    ap.add_argument("--callgrind", type=int, metavar="N", help="count s3gate's instructions over N S1 requests under callgrind (valgrind) instead of benchmarking")
+    ap.add_argument("--callgrind-connections", type=int, default=4, help="connections of the --callgrind load")
     ap.add_argument("--profile-freq", type=int, default=999, help="perf sampling frequency (Hz)")
     ap.add_argument("--profile-log", default="info", help="S3GATE_LOG for the profiled gateway")
     ap.add_argument("--profile-trace-ratio", type=float, default=None,
@@ -1326,14 +1379,14 @@ def main() -> int:
 
     root = work / "root"
     t0 = time.monotonic()
-    if args.profile:
+    if args.profile or args.callgrind:
         cfg = dict(QUICK, large_size=MiB, s4_pool=0)
     seed_data(root, cfg)
     print(f"seeded data in {time.monotonic() - t0:.1f}s")
 
-    if args.profile:
+    if args.profile or args.callgrind:
         try:
-            return profile_s1(args, cfg, work, root, runner)
+            return (callgrind_s1 if args.callgrind else profile_s1)(args, cfg, work, root, runner)
         finally:
             if own_work:
                 shutil.rmtree(work, ignore_errors=True)

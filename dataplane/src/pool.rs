@@ -181,7 +181,12 @@ impl Pool {
         for _ in 0..4 {
             let (mut checkout, reused) = match self.shared.take_idle(home, &authority) {
                 Some(c) => (c, true),
-                None => (self.connect(home, &scheme, &authority, wait).await?, false),
+                // Boxed: rare, and its future is the largest part of this
+                // one.
+                None => (
+                    Box::pin(self.connect(home, &scheme, &authority, wait)).await?,
+                    false,
+                ),
             };
             set_form(&mut req, checkout.conn.proxied, &scheme, &authority, &path);
             let Some(sender) = checkout.sender.as_mut() else {

@@ -401,7 +401,8 @@ impl ChunkedDecoder {
         if self.cfg.signing.is_none() {
             return Ok(());
         }
-        let hash = hex::encode(std::mem::take(&mut self.chunk_hash).finalize());
+        let hash =
+            crate::sigv4::hex_string(&std::mem::take(&mut self.chunk_hash).finalize().into());
         self.verify_chunk(&hash)?;
         out.unsplit(self.pending.split());
         Ok(())
@@ -416,7 +417,7 @@ impl ChunkedDecoder {
             "AWS4-HMAC-SHA256-PAYLOAD\n{}\n{}\n{}\n{EMPTY_SHA256_HEX}\n{hash_hex}",
             signing.amz_date,
             signing.scope,
-            hex::encode(self.previous_signature),
+            crate::sigv4::hex_string(&self.previous_signature),
         );
         let expected = signing.key.sign(sts.as_bytes());
         if !bool::from(expected.ct_eq(&self.chunk_signature)) {

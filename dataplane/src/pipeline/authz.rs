@@ -213,7 +213,8 @@ pub(crate) async fn decide(
     ) {
         d
     } else {
-        ask(cx, asker, wide, resource).await?
+        // Boxed: a miss's future is large and rare (see `pipeline::handle`).
+        Box::pin(ask(cx, asker, wide, resource)).await?
     };
     if decision.allow {
         Ok(Granted {

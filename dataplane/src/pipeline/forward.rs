@@ -82,17 +82,22 @@ fn is_copy_source_header(name: &str) -> bool {
     name.starts_with("x-amz-copy-source")
 }
 
-/// Response headers never passed back.
-const DROP_RESPONSE: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-];
+/// Drops the response headers never passed back. (By name, not by
+/// `&str`: a `&str` is parsed and hashed again on each removal.)
+fn drop_response_headers(headers: &mut HeaderMap) {
+    for name in [
+        CONNECTION,
+        HeaderName::from_static("keep-alive"),
+        http::header::PROXY_AUTHENTICATE,
+        HeaderName::from_static("proxy-connection"),
+        http::header::TE,
+        http::header::TRAILER,
+        http::header::TRANSFER_ENCODING,
+        http::header::UPGRADE,
+    ] {
+        headers.remove(name);
+    }
+}
 
 /// Presign parameters (SigV4, then SigV2): they authenticated the client,
 /// not us.
@@ -142,7 +147,9 @@ pub async fn send(
             authorization,
             service_instance_id,
         } => {
-            return send_bearer(
+            // Boxed: its future would otherwise be part of every SigV4
+            // backend's request future too (see `pipeline::handle`).
+            return Box::pin(send_bearer(
                 route,
                 head,
                 target,
@@ -151,8 +158,8 @@ pub async fn send(
                 body,
                 authorization,
                 service_instance_id.as_ref(),
-            )
-            .await
+            ))
+            .await;
         }
     };
 
@@ -270,9 +277,7 @@ pub async fn downstream(
 ) -> Result<Response<Body>, Error> {
     let request_id = ex.request_id.as_str();
     let (mut parts, body) = response.into_parts();
-    for name in DROP_RESPONSE {
-        parts.headers.remove(*name);
-    }
+    drop_response_headers(&mut parts.headers);
     // The gateway answers CORS; the backend's own answer never reaches a
     // browser.
     super::cors::strip_backend_headers(&mut parts.headers);

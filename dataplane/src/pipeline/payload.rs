@@ -89,7 +89,7 @@ pub fn verify(
 
     match who.payload {
         PayloadMode::Sha256(expected) => {
-            let hex = hex::encode(expected);
+            let hex = s3gate_s3::sigv4::hex_string(&expected);
             if !has_body {
                 // Nothing to stream: check now, before anything goes upstream.
                 if hex != EMPTY_SHA256_HEX {

@@ -205,11 +205,14 @@ pub async fn lookup_for(
     ) {
         return Err(Error::NoSuchBucket);
     }
-    let entry = match cx
-        .principal_routes
-        .try_get_with(key.clone(), fill(cx, bucket, Some(principal)))
-        .await
-        .map_err(shared_error)
+    // Boxed: the miss path's future is large and rare; kept inline it
+    // would grow every request's future (see `pipeline::handle`).
+    let entry = match Box::pin(
+        cx.principal_routes
+            .try_get_with(key.clone(), fill(cx, bucket, Some(principal))),
+    )
+    .await
+    .map_err(shared_error)
     {
         Ok(entry) => entry,
         Err(Error::NoSuchBucket) => {

@@ -42,11 +42,15 @@ pub(super) enum Traced {
 }
 
 /// Runs `fut` (a request's stages) as the unrecorded request `ids`.
-pub(super) async fn in_unsampled<F: std::future::Future>(
+///
+/// A plain function, not `async fn`: an async fn would keep `fut` twice
+/// in its state (as argument and inside the scope), doubling the size of
+/// every request's future.
+pub(super) fn in_unsampled<F: std::future::Future>(
     ids: trace::Unsampled,
     fut: F,
-) -> F::Output {
-    UNSAMPLED.scope(ids, fut).await
+) -> impl std::future::Future<Output = F::Output> {
+    UNSAMPLED.scope(ids, fut)
 }
 
 /// The unrecorded request being served on this task, if it is one.

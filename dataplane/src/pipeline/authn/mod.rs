@@ -160,11 +160,13 @@ pub async fn verify(
     if matches!(credential, Credential::SigV2) {
         trace.auth = Some("sigv2");
     }
+    // The other kinds are boxed: their futures would otherwise size this
+    // one, and so every request's (see `pipeline::handle`).
     match credential {
         Credential::SigV4(auth) => sigv4::verify(cx, head, *auth).await,
-        Credential::Bearer(token) => bearer::verify(cx, head, token).await,
-        Credential::ClientCertificate => mtls::verify(cx, head, conn).await,
-        Credential::SigV2 => sigv2::verify(cx, head).await,
+        Credential::Bearer(token) => Box::pin(bearer::verify(cx, head, token)).await,
+        Credential::ClientCertificate => Box::pin(mtls::verify(cx, head, conn)).await,
+        Credential::SigV2 => Box::pin(sigv2::verify(cx, head)).await,
         Credential::Anonymous => anonymous::verify(head),
     }
 }

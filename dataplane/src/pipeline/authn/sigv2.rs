@@ -136,7 +136,12 @@ pub(super) async fn verify(cx: &Ctx, head: &Parts) -> Result<Authenticated, Erro
                 })
             };
             let access_key = key.access_key.clone();
-            super::known_key(cx, &access_key, cx.sigv2.try_get_with(key, verified)).await?
+            Box::pin(super::known_key(
+                cx,
+                &access_key,
+                cx.sigv2.try_get_with(key, verified),
+            ))
+            .await?
         }
     };
     Ok(Authenticated {

@@ -105,12 +105,14 @@ pub(super) async fn verify(
                 security_token_sha256: security_token(head, &auth)?
                     .map(|t| s3gate_s3::sts::token_sha256(&t)),
             };
-            super::known_key(
+            // Boxed: a miss's future is large and rare (see
+            // `pipeline::handle`).
+            Box::pin(super::known_key(
                 cx,
                 &scope.access_key,
                 cx.keys
                     .try_get_with(cache_key, cx.control_plane.signing_key(ask)),
-            )
+            ))
             .await?
         }
     };
