@@ -490,9 +490,15 @@ impl Idp {
     }
 }
 
+/// The refetch window of `fast` providers, and a wait just past it. Wide
+/// enough that a loaded CI machine (test binaries in parallel on 2 cores)
+/// does not cross it between two steps meant to fall inside.
+const WINDOW: Duration = Duration::from_millis(1000);
+const PAST_WINDOW: Duration = Duration::from_millis(1100);
+
 fn fast(p: Provider) -> Arc<Provider> {
     Arc::new(Provider {
-        min_refetch: Duration::from_millis(300),
+        min_refetch: WINDOW,
         ..p
     })
 }
@@ -512,6 +518,10 @@ async fn unknown_kids_refetch_at_most_once_per_window() {
         Fetcher::new(None).unwrap(),
     ));
     let c = claims_for(&idp.issuer);
+    // Signed before the first fetch starts the window.
+    let flood: Vec<_> = (0..50)
+        .map(|i| sign(Algorithm::RS256, Some(&format!("junk-{i}")), &c))
+        .collect();
 
     // first use: discovery, then the JWKS
     let a = sign(Algorithm::RS256, Some("a"), &c);
@@ -525,9 +535,6 @@ async fn unknown_kids_refetch_at_most_once_per_window() {
     );
 
     // a flood of unknown kids within the window: no fetch at all
-    let flood: Vec<_> = (0..50)
-        .map(|i| sign(Algorithm::RS256, Some(&format!("junk-{i}")), &c))
-        .collect();
     let answers = futures_join(&p, &flood).await;
     assert!(answers
         .iter()
@@ -535,13 +542,13 @@ async fn unknown_kids_refetch_at_most_once_per_window() {
     assert_eq!(idp.hits("/jwks"), 1);
 
     // after the window, the same flood costs one fetch (single flight)
-    tokio::time::sleep(Duration::from_millis(350)).await;
+    tokio::time::sleep(PAST_WINDOW).await;
     futures_join(&p, &flood).await;
     assert_eq!(idp.hits("/jwks"), 2);
     assert_eq!(idp.hits("/.well-known/openid-configuration"), 1);
 
     // rotation: a new kid is fetched and accepted, without a new provider
-    tokio::time::sleep(Duration::from_millis(350)).await;
+    tokio::time::sleep(PAST_WINDOW).await;
     idp.set_keys(json!({"keys": [rsa_jwk("a", None), rsa_jwk("b", None)]}));
     let b = sign(Algorithm::RS256, Some("b"), &c);
     assert!(p.verify(&b).await.is_ok());
@@ -549,7 +556,7 @@ async fn unknown_kids_refetch_at_most_once_per_window() {
 
     // removal: once a refetch saw the new set, the removed kid is unknown
     idp.set_keys(json!({"keys": [rsa_jwk("b", None)]}));
-    tokio::time::sleep(Duration::from_millis(350)).await;
+    tokio::time::sleep(PAST_WINDOW).await;
     let _ = p.verify(&sign(Algorithm::RS256, Some("trigger"), &c)).await;
     assert_eq!(idp.hits("/jwks"), 4);
     invalid(p.verify(&a).await, "unknown kid");
@@ -559,7 +566,7 @@ async fn unknown_kids_refetch_at_most_once_per_window() {
     // told apart from a rotation, so it fails closed
     idp.task.abort();
     let _ = idp.task.await;
-    tokio::time::sleep(Duration::from_millis(350)).await;
+    tokio::time::sleep(PAST_WINDOW).await;
     assert!(p.verify(&b).await.is_ok());
     let z = sign(Algorithm::RS256, Some("z"), &c);
     assert!(matches!(
