@@ -93,9 +93,9 @@ struct Idle {
 /// A connection in use by one request. Given back when dropped after its
 /// response arrived; closed when dropped before (an error, a timeout).
 pub struct Checkout {
-    sender: Option<http1::SendRequest<Body>>,
+    /// Taken when dropped, to go back to the idle list as it is.
+    live: Option<Idle>,
     answered: bool,
-    conn: Arc<ConnState>,
     /// The idle list it goes back to.
     home: usize,
     shared: Arc<Shared>,
@@ -103,26 +103,24 @@ pub struct Checkout {
 
 impl Drop for Checkout {
     fn drop(&mut self) {
-        let Some(sender) = self.sender.take() else {
+        let Some(entry) = self.live.take() else {
             return;
         };
-        if !self.answered || sender.is_closed() {
+        if !self.answered || entry.sender.is_closed() {
             return;
         }
         // Still IN_USE: neither eviction nor the idle timer moves a busy
         // connection, so a plain store is safe.
-        self.conn
+        entry
+            .conn
             .state
             .store(self.shared.now_ms(), Ordering::Release);
-        let entry = Idle {
-            sender,
-            conn: self.conn.clone(),
-        };
         if let Ok(mut idle) = self.shared.idle[self.home].lock() {
-            match idle.get_mut(&*self.conn.key) {
+            match idle.get_mut(&*entry.conn.key) {
                 Some(list) => list.push(entry),
                 None => {
-                    idle.insert(self.conn.key.clone(), vec![entry]);
+                    let key = entry.conn.key.clone();
+                    idle.insert(key, vec![entry]);
                 }
             }
         }
@@ -188,11 +186,11 @@ impl Pool {
                     false,
                 ),
             };
-            set_form(&mut req, checkout.conn.proxied, &scheme, &authority, &path);
-            let Some(sender) = checkout.sender.as_mut() else {
+            let Some(live) = checkout.live.as_mut() else {
                 return Err(SendError::Connect("connection lost".into()));
             };
-            match sender.try_send_request(req).await {
+            set_form(&mut req, live.conn.proxied, &scheme, &authority, &path);
+            match live.sender.try_send_request(req).await {
                 Ok(response) => {
                     checkout.answered = true;
                     return Ok((response, checkout));
@@ -262,9 +260,8 @@ impl Pool {
             shared.epoch,
         ));
         Ok(Checkout {
-            sender: Some(sender),
+            live: Some(Idle { sender, conn }),
             answered: false,
-            conn,
             home,
             shared: shared.clone(),
         })
@@ -308,9 +305,8 @@ impl Shared {
             let entry = list.remove(i);
             if taken {
                 return Some(Checkout {
-                    sender: Some(entry.sender),
+                    live: Some(entry),
                     answered: false,
-                    conn: entry.conn,
                     home,
                     shared: self.clone(),
                 });

@@ -1248,17 +1248,11 @@ mod tests {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             l.local_addr().unwrap().port()
         };
-        let backend = Backend {
-            name: "gone".into(),
-            endpoint: format!("http://127.0.0.1:{port}"),
-            region: "us-east-1".into(),
-            addressing_style: s3gate_proto::AddressingStyle::Path,
-            ca_bundle: None,
-            insecure_skip_verify: false,
-            key_segment_guard: true,
-            egress: Egress::default(),
-            limits: BackendLimits::default(),
-        };
+        let backend = plain_backend(
+            "gone",
+            SocketAddr::from(([127, 0, 0, 1], port)),
+            BackendLimits::default().max_connections,
+        );
         let ups = Upstreams::new(Duration::from_secs(2), ProxyEnv::default());
         let u = ups.for_backend(&backend).unwrap();
         assert!(Arc::ptr_eq(&u, &ups.for_backend(&backend).unwrap()));

@@ -24,6 +24,7 @@ pub mod chunked;
 pub mod chunked_encoder;
 pub mod delete;
 pub mod error;
+pub mod names;
 pub mod request;
 pub mod sigv2;
 pub mod sigv4;

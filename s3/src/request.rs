@@ -201,7 +201,7 @@ pub fn classify(
         };
     };
 
-    let copy_source = match headers.get("x-amz-copy-source") {
+    let copy_source = match headers.get(crate::names::X_AMZ_COPY_SOURCE) {
         Some(v) => Some(parse_copy_source(
             v.to_str().map_err(|_| bad_copy_source())?,
         )?),
@@ -399,7 +399,7 @@ pub fn decode(raw: &str) -> Result<Cow<'_, str>, S3Error> {
 }
 
 /// Encodes an object key for use in a request path.
-pub fn encode_key(key: &str) -> impl std::fmt::Display + '_ {
+pub fn encode_key(key: &str) -> percent_encoding::PercentEncode<'_> {
     utf8_percent_encode(key, ENCODE_PATH)
 }
 

@@ -3,7 +3,9 @@
 //! Three modes, each printing one JSON object on stdout:
 //! - `load`: N keep-alive connections in a closed loop for a fixed time (or
 //!   until a pool of unique requests is used up), GETs and optionally a share
-//!   of PUTs; req/s and latency percentiles.
+//!   of PUTs; req/s and latency percentiles. With `--rate` the loop is open:
+//!   requests leave on a fixed schedule, so latency is measured at a load
+//!   the server keeps up with instead of at saturation.
 //! - `get`: one GET on one connection (large objects); MB/s.
 //! - `put`: one PUT of a generated body with a hex sha256 payload hash or an
 //!   aws-chunked body with chunk signatures; MB/s.
@@ -113,6 +115,12 @@ struct LoadArgs {
     /// Upper bound on requests sent (warm-up included).
     #[arg(long, default_value_t = 10_000_000)]
     max_requests: usize,
+    /// Open loop: request i is sent at start + i/RATE seconds (on the
+    /// first free connection), whatever the responses; latency is from the
+    /// moment it is written. Without it, each connection sends its next
+    /// request when the last one is answered (closed loop).
+    #[arg(long)]
+    rate: Option<f64>,
     /// Share of requests that are PUTs (0..1).
     #[arg(long, default_value_t = 0.0)]
     put_fraction: f64,
@@ -439,6 +447,8 @@ struct Stats {
     first_error: Option<String>,
     latencies_ns: Vec<u64>,
     put_latencies_ns: Vec<u64>,
+    /// Open loop: requests sent more than 2 ms after they were due.
+    late: u64,
 }
 
 struct Shared {
@@ -451,17 +461,23 @@ struct Shared {
     live: Cell<usize>,
     done: tokio::sync::Notify,
     stats: RefCell<Stats>,
+    /// Open loop: when the schedule started and the gap between requests.
+    schedule: Option<(Instant, Duration)>,
 }
 
 impl Shared {
-    fn take(&self) -> Option<&Req> {
+    /// The next request, and in an open loop when it is due.
+    fn take(&self) -> Option<(&Req, Option<Instant>)> {
         let i = self.next.get();
         if self.stop.get() || i >= self.limit {
             return None;
         }
         self.next.set(i + 1);
         let idx = if self.rotate { i % self.pool.len() } else { i };
-        self.pool.get(idx)
+        let due = self
+            .schedule
+            .map(|(start, gap)| start + gap.saturating_mul(u32::try_from(i).unwrap_or(u32::MAX)));
+        self.pool.get(idx).map(|r| (r, due))
     }
 
     fn counting(&self, started: Instant) -> bool {
@@ -476,6 +492,9 @@ async fn load(a: LoadArgs) -> Result<String> {
     }
     if !(0.0..=1.0).contains(&a.put_fraction) {
         return Err("put-fraction must be within 0..1".to_owned());
+    }
+    if a.rate.is_some_and(|r| !(1.0..=1e6).contains(&r)) {
+        return Err("rate must be within 1..1000000 requests per second".to_owned());
     }
     if a.form.is_some() && (a.unique || a.put_fraction > 0.0) {
         return Err("--form sends one request shape: no --unique, no --put-fraction".to_owned());
@@ -550,6 +569,9 @@ async fn load(a: LoadArgs) -> Result<String> {
             latencies_ns: Vec::with_capacity(1 << 20),
             ..Stats::default()
         }),
+        schedule: a
+            .rate
+            .map(|r| (Instant::now(), Duration::from_secs_f64(1.0 / r))),
     });
 
     let mut conns = Vec::with_capacity(a.connections);
@@ -610,7 +632,7 @@ async fn load(a: LoadArgs) -> Result<String> {
         .collect::<Vec<_>>()
         .join(", ");
     Ok(format!(
-        "{{\"mode\": \"load\", \"connections\": {}, \"elapsed_s\": {elapsed:.3}, \"requests\": {}, \"gets\": {}, \"puts\": {}, \"errors\": {}, \"io_errors\": {}, \"rps\": {:.1}, \"bytes_in\": {}, \"latency_us\": {lat}, \"put_latency_us\": {put_lat}, \"statuses\": {{{statuses}}}, \"cpu_s\": {}, \"sent_total\": {}, \"pool\": {}, \"sign_s\": {sign_s:.3}, \"first_error\": {}}}",
+        "{{\"mode\": \"load\", \"connections\": {}, \"elapsed_s\": {elapsed:.3}, \"requests\": {}, \"gets\": {}, \"puts\": {}, \"errors\": {}, \"io_errors\": {}, \"rps\": {:.1}, \"bytes_in\": {}, \"latency_us\": {lat}, \"put_latency_us\": {put_lat}, \"statuses\": {{{statuses}}}, \"cpu_s\": {}, \"sent_total\": {}, \"pool\": {}, \"sign_s\": {sign_s:.3}, \"first_error\": {}, \"rate\": {}, \"late\": {}}}",
         a.connections,
         st.ok,
         st.gets,
@@ -623,12 +645,24 @@ async fn load(a: LoadArgs) -> Result<String> {
         shared.next.get(),
         shared.pool.len(),
         st.first_error.as_deref().map_or("null".to_owned(), json_str),
+        a.rate.map_or("null".to_owned(), |r| format!("{r:.1}")),
+        st.late,
     ))
 }
 
 async fn worker(shared: Rc<Shared>, mut conn: Conn, addr: SocketAddr) {
     loop {
-        let Some(req) = shared.take() else { return };
+        let Some((req, due)) = shared.take() else {
+            return;
+        };
+        if let Some(due) = due {
+            tokio::time::sleep_until(due.into()).await;
+            // Behind the schedule by more than the timer's 1 ms: the offered
+            // rate was not kept (every connection was busy).
+            if Instant::now() > due + Duration::from_millis(2) && shared.counting(due) {
+                shared.stats.borrow_mut().late += 1;
+            }
+        }
         let started = Instant::now();
         let result = async {
             conn.write_all(&req.bytes).await?;

@@ -11,7 +11,7 @@ use http::{HeaderMap, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use s3gate_proto::AddressingStyle;
 use s3gate_s3::request::{decode, encode_component, encode_key, Addressing, Op, Query, S3Request};
-use s3gate_s3::{sigv4, S3Error, S3ErrorCode};
+use s3gate_s3::{names, sigv4, S3Error, S3ErrorCode};
 use std::fmt::Write as _;
 
 use super::authz::Granted;
@@ -165,7 +165,7 @@ pub async fn send(
 
     let mut upstream = Request::builder()
         .method(head.method.clone())
-        .uri(target.as_str())
+        .uri(target)
         .body(body)
         .map_err(|e| {
             Error::S3(S3Error::new(
@@ -236,10 +236,7 @@ async fn send_bearer(
         )),
     }
     .map_err(|_| Error::Config("invalid payload digest".to_owned()))?;
-    headers.insert(
-        HeaderName::from_static("x-amz-content-sha256"),
-        content_sha256,
-    );
+    headers.insert(names::X_AMZ_CONTENT_SHA256, content_sha256);
     headers.insert(http::header::AUTHORIZATION, authorization.clone());
     if let Some(id) = service_instance_id {
         headers.insert(
@@ -249,7 +246,7 @@ async fn send_bearer(
     }
     let mut upstream = Request::builder()
         .method(head.method.clone())
-        .uri(target.as_str())
+        .uri(target)
         .body(body)
         .map_err(|e| {
             Error::S3(S3Error::new(
@@ -281,10 +278,10 @@ pub async fn downstream(
     // The gateway answers CORS; the backend's own answer never reaches a
     // browser.
     super::cors::strip_backend_headers(&mut parts.headers);
-    if let Some(backend_id) = parts.headers.remove("x-amz-request-id") {
+    if let Some(backend_id) = parts.headers.remove(names::X_AMZ_REQUEST_ID) {
         tracing::debug!(request_id, backend_request_id = ?backend_id, "backend answered");
     }
-    parts.headers.remove("x-amz-id-2");
+    parts.headers.remove(names::X_AMZ_ID_2);
     // The backend's software and version are nobody's business.
     parts.headers.remove(http::header::SERVER);
     if parts.headers.contains_key(LOCATION) {
@@ -388,7 +385,7 @@ async fn rewrite_bucket(
     parts
         .headers
         .insert(CONTENT_LENGTH, HeaderValue::from(doc.len()));
-    parts.headers.remove("content-md5");
+    parts.headers.remove(names::CONTENT_MD5);
     Ok(Response::from_parts(parts, crate::body::full(doc)))
 }
 
@@ -411,9 +408,12 @@ fn upstream_target(
         String::with_capacity(64 + object_key.map_or(0, |k| k.len() * 3) + query.len());
     let host = match style {
         AddressingStyle::Path => {
-            let _ = write!(target, "{scheme}://{authority}/{bucket}");
+            for part in [scheme, "://", authority, "/", bucket] {
+                target.push_str(part);
+            }
             if let Some(k) = object_key {
-                let _ = write!(target, "/{}", encode_key(k));
+                target.push('/');
+                target.extend(encode_key(k));
             }
             authority.to_owned()
         }
@@ -516,7 +516,7 @@ fn upstream_headers(
     {
         out.insert(CONTENT_LENGTH, HeaderValue::from(*len));
         if let Ok(v) = HeaderValue::from_str(content_md5) {
-            out.insert(HeaderName::from_static("content-md5"), v);
+            out.insert(names::CONTENT_MD5, v);
         }
     }
     let host = HeaderValue::from_str(host)
@@ -558,7 +558,7 @@ fn upstream_headers(
                 "invalid x-amz-copy-source header",
             )
         })?;
-        out.insert(HeaderName::from_static("x-amz-copy-source"), value);
+        out.insert(names::X_AMZ_COPY_SOURCE, value);
     }
     Ok(out)
 }

@@ -137,7 +137,7 @@ pub fn verify(
         | PayloadMode::StreamingUnsignedTrailer => {
             let decoded = head
                 .headers
-                .get("x-amz-decoded-content-length")
+                .get(s3gate_s3::names::X_AMZ_DECODED_CONTENT_LENGTH)
                 .and_then(|v| v.to_str().ok())
                 .and_then(|s| s.parse::<u64>().ok())
                 .ok_or_else(|| {
@@ -149,7 +149,7 @@ pub fn verify(
             let trailer = if who.payload.has_trailer() {
                 let name = head
                     .headers
-                    .get("x-amz-trailer")
+                    .get(s3gate_s3::names::X_AMZ_TRAILER)
                     .and_then(|v| v.to_str().ok())
                     .ok_or_else(|| {
                         S3Error::new(S3ErrorCode::InvalidRequest, "missing x-amz-trailer header")

@@ -275,7 +275,7 @@ impl Pending {
 /// aws-chunked upload, else its Content-Length.
 pub(super) fn declared_length(head: &Parts) -> Option<u64> {
     head.headers
-        .get("x-amz-decoded-content-length")
+        .get(s3gate_s3::names::X_AMZ_DECODED_CONTENT_LENGTH)
         .or_else(|| head.headers.get(CONTENT_LENGTH))
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse().ok())

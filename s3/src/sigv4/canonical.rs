@@ -66,7 +66,14 @@ pub(super) fn canonical_header_value(
     uri: &Uri,
     headers: &HeaderMap,
 ) -> Result<(), VerifyError> {
-    let mut values = headers.get_all(name).iter().peekable();
+    // The names every request signs are looked up without parsing them.
+    let values = match name {
+        "host" => headers.get_all(http::header::HOST),
+        "x-amz-date" => headers.get_all(crate::names::X_AMZ_DATE),
+        "x-amz-content-sha256" => headers.get_all(crate::names::X_AMZ_CONTENT_SHA256),
+        _ => headers.get_all(name),
+    };
+    let mut values = values.iter().peekable();
     if values.peek().is_none() {
         // HTTP/2 carries the host in the :authority pseudo-header, which
         // `http` exposes through the URI rather than the header map.
@@ -91,6 +98,10 @@ pub(super) fn canonical_header_value(
 
 /// Trims the value and collapses inner runs of blanks to one space.
 pub(super) fn push_trimmed(out: &mut String, value: &str) {
+    if !value.bytes().any(|b| b == b' ' || b == b'\t') {
+        out.push_str(value);
+        return;
+    }
     let mut words = value.split([' ', '\t']).filter(|w| !w.is_empty());
     if let Some(first) = words.next() {
         out.push_str(first);

@@ -101,11 +101,11 @@ pub(super) fn parse_header(value: &str, headers: &HeaderMap) -> Result<AuthReque
     let signature = decode_hex32(signature)
         .ok_or_else(|| VerifyError::header("the signature must be 64 hex characters"))?;
 
-    let amz_date = single_header(headers, X_AMZ_DATE)?.ok_or(VerifyError::MissingDate)?;
+    let amz_date = single_header(headers, &X_AMZ_DATE)?.ok_or(VerifyError::MissingDate)?;
     let timestamp = parse_amz_date(amz_date).ok_or(VerifyError::MissingDate)?;
 
     let payload =
-        single_header(headers, X_AMZ_CONTENT_SHA256)?.ok_or(VerifyError::MissingContentSha256)?;
+        single_header(headers, &X_AMZ_CONTENT_SHA256)?.ok_or(VerifyError::MissingContentSha256)?;
     let payload = PayloadMode::parse(payload)?;
 
     Ok(AuthRequest {
@@ -182,7 +182,7 @@ pub(super) fn parse_signed_headers(
 /// The value of a header that must not repeat, if present.
 pub(super) fn single_header<'a>(
     headers: &'a HeaderMap,
-    name: &str,
+    name: &http::HeaderName,
 ) -> Result<Option<&'a str>, VerifyError> {
     let mut values = headers.get_all(name).iter();
     let Some(value) = values.next() else {

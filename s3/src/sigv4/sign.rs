@@ -103,18 +103,14 @@ impl Signer {
         date.copy_from_slice(&stamp[..8]);
         let date_str = &amz_date[..8];
         headers.insert(
-            HeaderName::from_static(X_AMZ_DATE),
+            X_AMZ_DATE,
             HeaderValue::from_bytes(&stamp).map_err(|_| SignError::Clock)?,
         );
-        let payload_value = HeaderValue::from_str(payload).map_err(|_| {
-            SignError::NonAsciiHeader(HeaderName::from_static(X_AMZ_CONTENT_SHA256))
-        })?;
-        headers.insert(HeaderName::from_static(X_AMZ_CONTENT_SHA256), payload_value);
+        let payload_value = HeaderValue::from_str(payload)
+            .map_err(|_| SignError::NonAsciiHeader(X_AMZ_CONTENT_SHA256))?;
+        headers.insert(X_AMZ_CONTENT_SHA256, payload_value);
         if let Some(token) = &self.session_token {
-            headers.insert(
-                HeaderName::from_static("x-amz-security-token"),
-                token.clone(),
-            );
+            headers.insert(crate::names::X_AMZ_SECURITY_TOKEN, token.clone());
         }
 
         let mut names: Vec<&HeaderName> = headers

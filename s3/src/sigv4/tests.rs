@@ -9,6 +9,9 @@ use super::*;
 use http::{HeaderValue, Request};
 use proptest::prelude::*;
 
+/// The test tables spell header names as text.
+const X_AMZ_CONTENT_SHA256: &str = "x-amz-content-sha256";
+
 type Parts = (Method, Uri, HeaderMap);
 
 /// Builds the request parts from a method, a URI and `name: value` header lines.
@@ -748,6 +751,31 @@ fn canonical_forms() {
     let mut out = String::new();
     push_trimmed(&mut out, " \t a \t  b  c ");
     assert_eq!(out, "a b c");
+    // Without blanks a value is copied as it is.
+    for plain in ["", "abc", "20130524T000000Z"] {
+        let mut out = String::from("x:");
+        push_trimmed(&mut out, plain);
+        assert_eq!(out, format!("x:{plain}"));
+    }
+}
+
+#[test]
+fn hex32_takes_64_digits_of_either_case_and_nothing_else() {
+    let lower = "9095672bbd1f56dfc5b65f3e153adc8731a4a654192329106275f4c7b24d0b6e";
+    let bytes = decode_hex32(lower).unwrap();
+    assert_eq!(hex::encode(bytes), lower);
+    assert_eq!(decode_hex32(&lower.to_uppercase()), Some(bytes));
+    assert_eq!(decode_hex32(&lower[..62]), None);
+    assert_eq!(decode_hex32(&format!("{lower}00")), None);
+    for bad in ['g', 'G', ' ', '/', ':', '@', '`', '\u{7f}'] {
+        for at in [0, 1, 31, 63] {
+            let mut s = lower.to_owned();
+            s.replace_range(at..at + 1, &bad.to_string());
+            assert_eq!(decode_hex32(&s), None, "{s:?}");
+        }
+    }
+    // 64 bytes but not 64 characters.
+    assert_eq!(decode_hex32(&format!("{}é", &lower[..62])), None);
 }
 
 #[test]
@@ -873,6 +901,13 @@ fn query_strategy() -> impl Strategy<Value = String> {
 proptest! {
     // Regressions are kept as explicit tests instead of files.
     #![proptest_config(ProptestConfig { failure_persistence: None, ..ProptestConfig::default() })]
+
+    #[test]
+    fn hex32_agrees_with_the_hex_crate(s in "[0-9a-fA-F]{64}|[0-9a-zA-Z]{60,66}") {
+        let mut want = [0u8; 32];
+        let want = hex::decode_to_slice(&s, &mut want).ok().map(|()| want);
+        prop_assert_eq!(decode_hex32(&s), want);
+    }
 
     #[test]
     fn sign_then_verify_round_trips(

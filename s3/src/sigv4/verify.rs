@@ -82,7 +82,7 @@ pub fn canonical_request(
     match auth.kind {
         AuthKind::Presigned { .. } => out.push_str(UNSIGNED_PAYLOAD),
         // The client signed the header as sent; `parse` made sure it is there.
-        AuthKind::Header => match single_header(headers, X_AMZ_CONTENT_SHA256)? {
+        AuthKind::Header => match single_header(headers, &X_AMZ_CONTENT_SHA256)? {
             Some(value) => out.push_str(value),
             None => out.push_str(&auth.payload.to_header_value()),
         },

@@ -1,0 +1,45 @@
+//! S3's header names as `HeaderName` constants.
+//!
+//! A lookup by `&str` parses and validates the name on every call; these are
+//! built at compile time, so a lookup by one of them only hashes it. (A
+//! `HeaderName::from_static` call outside a `const` runs its check each time
+//! too.)
+
+use http::HeaderName;
+
+pub const X_AMZ_DATE: HeaderName = HeaderName::from_static("x-amz-date");
+pub const X_AMZ_CONTENT_SHA256: HeaderName = HeaderName::from_static("x-amz-content-sha256");
+pub const X_AMZ_SECURITY_TOKEN: HeaderName = HeaderName::from_static("x-amz-security-token");
+pub const X_AMZ_COPY_SOURCE: HeaderName = HeaderName::from_static("x-amz-copy-source");
+pub const X_AMZ_DECODED_CONTENT_LENGTH: HeaderName =
+    HeaderName::from_static("x-amz-decoded-content-length");
+pub const X_AMZ_TRAILER: HeaderName = HeaderName::from_static("x-amz-trailer");
+pub const X_AMZ_REQUEST_ID: HeaderName = HeaderName::from_static("x-amz-request-id");
+pub const X_AMZ_ID_2: HeaderName = HeaderName::from_static("x-amz-id-2");
+pub const CONTENT_MD5: HeaderName = HeaderName::from_static("content-md5");
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_their_lowercase_text() {
+        for (name, text) in [
+            (X_AMZ_DATE, "x-amz-date"),
+            (X_AMZ_CONTENT_SHA256, "x-amz-content-sha256"),
+            (X_AMZ_SECURITY_TOKEN, "x-amz-security-token"),
+            (X_AMZ_COPY_SOURCE, "x-amz-copy-source"),
+            (X_AMZ_DECODED_CONTENT_LENGTH, "x-amz-decoded-content-length"),
+            (X_AMZ_TRAILER, "x-amz-trailer"),
+            (X_AMZ_REQUEST_ID, "x-amz-request-id"),
+            (X_AMZ_ID_2, "x-amz-id-2"),
+            (CONTENT_MD5, "content-md5"),
+        ] {
+            assert_eq!(name, HeaderName::from_bytes(text.as_bytes()).unwrap());
+            let mut h = http::HeaderMap::new();
+            h.insert(text.parse::<HeaderName>().unwrap(), "v".parse().unwrap());
+            assert!(h.contains_key(&name), "{text}");
+        }
+    }
+}
