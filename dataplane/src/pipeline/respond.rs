@@ -67,7 +67,9 @@ pub fn finish(
     };
     // Every response carries the gateway's request id, backend ones included.
     if let Ok(v) = HeaderValue::from_str(request_id) {
-        response.headers_mut().insert("x-amz-request-id", v);
+        response
+            .headers_mut()
+            .insert(s3gate_s3::names::X_AMZ_REQUEST_ID, v);
     }
     let key = trace
         .refused_key
@@ -295,7 +297,7 @@ pub fn error_response(err: &S3Error, request_id: &str, head_only: bool) -> Respo
         headers.insert(CONTENT_LENGTH, HeaderValue::from(xml.len()));
     }
     if let Ok(v) = HeaderValue::from_str(request_id) {
-        headers.insert("x-amz-request-id", v);
+        headers.insert(s3gate_s3::names::X_AMZ_REQUEST_ID, v);
     }
     response
 }
