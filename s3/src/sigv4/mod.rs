@@ -204,10 +204,21 @@ impl fmt::Debug for SigningKey {
 impl CredentialScope {
     /// `date/region/service/aws4_request`, the third line of the string to sign.
     pub fn to_scope_string(&self) -> String {
-        format!(
-            "{}/{}/{}/{TERMINATOR}",
-            self.date, self.region, self.service
-        )
+        // Pushed, not `format!`ed: this runs for every verified request.
+        let parts = [
+            &self.date,
+            "/",
+            &self.region,
+            "/",
+            &self.service,
+            "/",
+            TERMINATOR,
+        ];
+        let mut out = String::with_capacity(parts.iter().map(|p| p.len()).sum());
+        for part in parts {
+            out.push_str(part);
+        }
+        out
     }
 
     /// Parses `AK/YYYYMMDD/region/service/aws4_request`.
