@@ -17,6 +17,8 @@ pub const X_AMZ_TRAILER: HeaderName = HeaderName::from_static("x-amz-trailer");
 pub const X_AMZ_REQUEST_ID: HeaderName = HeaderName::from_static("x-amz-request-id");
 pub const X_AMZ_ID_2: HeaderName = HeaderName::from_static("x-amz-id-2");
 pub const CONTENT_MD5: HeaderName = HeaderName::from_static("content-md5");
+/// IBM COS: the service instance a bucket is created in or listed for.
+pub const IBM_SERVICE_INSTANCE_ID: HeaderName = HeaderName::from_static("ibm-service-instance-id");
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
@@ -35,6 +37,7 @@ mod tests {
             (X_AMZ_REQUEST_ID, "x-amz-request-id"),
             (X_AMZ_ID_2, "x-amz-id-2"),
             (CONTENT_MD5, "content-md5"),
+            (IBM_SERVICE_INSTANCE_ID, "ibm-service-instance-id"),
         ] {
             assert_eq!(name, HeaderName::from_bytes(text.as_bytes()).unwrap());
             let mut h = http::HeaderMap::new();

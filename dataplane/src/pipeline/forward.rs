@@ -82,19 +82,21 @@ fn is_copy_source_header(name: &str) -> bool {
     name.starts_with("x-amz-copy-source")
 }
 
-/// Drops the response headers never passed back. (By name, not by
-/// `&str`: a `&str` is parsed and hashed again on each removal.)
+/// Response headers never passed back: names built at compile time (see
+/// `s3gate_s3::names`).
+const DROP_RESPONSE: [HeaderName; 8] = [
+    CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    http::header::PROXY_AUTHENTICATE,
+    HeaderName::from_static("proxy-connection"),
+    http::header::TE,
+    http::header::TRAILER,
+    http::header::TRANSFER_ENCODING,
+    http::header::UPGRADE,
+];
+
 fn drop_response_headers(headers: &mut HeaderMap) {
-    for name in [
-        CONNECTION,
-        HeaderName::from_static("keep-alive"),
-        http::header::PROXY_AUTHENTICATE,
-        HeaderName::from_static("proxy-connection"),
-        http::header::TE,
-        http::header::TRAILER,
-        http::header::TRANSFER_ENCODING,
-        http::header::UPGRADE,
-    ] {
+    for name in DROP_RESPONSE {
         headers.remove(name);
     }
 }
@@ -239,10 +241,7 @@ async fn send_bearer(
     headers.insert(names::X_AMZ_CONTENT_SHA256, content_sha256);
     headers.insert(http::header::AUTHORIZATION, authorization.clone());
     if let Some(id) = service_instance_id {
-        headers.insert(
-            HeaderName::from_static("ibm-service-instance-id"),
-            id.clone(),
-        );
+        headers.insert(names::IBM_SERVICE_INSTANCE_ID, id.clone());
     }
     let mut upstream = Request::builder()
         .method(head.method.clone())

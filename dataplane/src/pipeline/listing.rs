@@ -22,7 +22,7 @@ use std::pin::Pin;
 use std::task::Poll;
 use std::time::Duration;
 
-use http::header::{HeaderName, CONTENT_TYPE};
+use http::header::CONTENT_TYPE;
 use http::{HeaderValue, Request, Response};
 use quick_xml::events::Event;
 use s3gate_proto::{BackendListing, Resource};
@@ -187,7 +187,7 @@ async fn list_backend(cx: &Ctx, b: &BackendListing) -> Result<Vec<Listed>, ListE
             let headers = request.headers_mut();
             headers.insert(http::header::AUTHORIZATION, authorization);
             if let Some(id) = service_instance_id {
-                headers.insert(HeaderName::from_static("ibm-service-instance-id"), id);
+                headers.insert(s3gate_s3::names::IBM_SERVICE_INSTANCE_ID, id);
             }
         }
     }
