@@ -3,7 +3,10 @@
 //!
 //! Recording is a few relaxed atomic operations (plus, for labelled
 //! families, a read-locked hash lookup): no allocation for the label sets
-//! of the request path, whose values are all `&'static str`. Families with
+//! of the request path, whose values are all `&'static str`. The two
+//! labelled series every request records are looked up through a
+//! per-thread table of handles ([`Resolved`]), keyed by the addresses of
+//! those label values: no hashing of label text, and no family lock. Families with
 //! open-ended label values (backend names) are touched only on rare events
 //! (an upstream error, a credential refresh). `--metrics false` turns
 //! recording off ([`Metrics::set_enabled`]); the endpoint then serves the
@@ -12,7 +15,10 @@
 //! Exposition is `prometheus-client`'s OpenMetrics text encoder: nothing
 //! here formats the wire format by hand.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -145,8 +151,11 @@ fn rpc_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.000_1, 2.0, 16))
 }
 
-/// Every metric of the process. Only [`crate::metrics`] makes one.
+/// Every metric of the process. Only [`crate::metrics`] makes one (and
+/// tests, more).
 pub struct Metrics {
+    /// Tells apart the handles [`Resolved`] holds for different `Metrics`.
+    id: u64,
     enabled: AtomicBool,
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
@@ -282,7 +291,9 @@ impl Metrics {
             "Always 1: the version of s3gate and the kind of process",
             build_info.clone(),
         );
+        static IDS: AtomicU64 = AtomicU64::new(1);
         Self {
+            id: IDS.fetch_add(1, Ordering::Relaxed),
             enabled: AtomicBool::new(true),
             registry,
             requests,
@@ -352,7 +363,30 @@ impl Metrics {
             decision,
             identity,
         };
-        self.requests.get_or_create(&labels).inc();
+        let [op, status, decision, identity] =
+            [labels.op, labels.status, labels.decision, labels.identity].map(addr);
+        let key = [
+            op[0],
+            op[1],
+            status[0],
+            status[1],
+            decision[0],
+            decision[1],
+            identity[0],
+            identity[1],
+        ];
+        let cached = RESOLVED.try_with(|r| {
+            let mut r = r.borrow_mut();
+            r.owned_by(self.id)
+                .requests
+                .entry(key)
+                .or_insert_with(|| self.requests.get_or_create(&labels).clone())
+                .inc();
+        });
+        if cached.is_err() {
+            // This thread is exiting and its table is gone.
+            self.requests.get_or_create(&labels).inc();
+        }
         self.ttfb.observe(ttfb.as_secs_f64());
     }
 
@@ -361,9 +395,20 @@ impl Metrics {
         if !self.enabled() {
             return;
         }
-        self.duration
-            .get_or_create(&OpLabels { op })
-            .observe(duration.as_secs_f64());
+        let seconds = duration.as_secs_f64();
+        let cached = RESOLVED.try_with(|r| {
+            let mut r = r.borrow_mut();
+            r.owned_by(self.id)
+                .durations
+                .entry(addr(op))
+                .or_insert_with(|| self.duration.get_or_create(&OpLabels { op }).clone())
+                .observe(seconds);
+        });
+        if cached.is_err() {
+            self.duration
+                .get_or_create(&OpLabels { op })
+                .observe(seconds);
+        }
     }
 
     #[inline]
@@ -476,6 +521,75 @@ impl Drop for Open {
     }
 }
 
+thread_local! {
+    static RESOLVED: RefCell<Resolved> = RefCell::new(Resolved::default());
+}
+
+/// One thread's handles of the labelled series it has recorded, by the
+/// addresses (and lengths) of their `&'static str` label values. A handle
+/// is the family's own series (a shared `Arc`), so what is recorded
+/// through it is what the family encodes. Label values are static, so the
+/// table is bounded by the label sets the binary can produce; a text
+/// reached through two addresses gets two entries for the same series.
+#[derive(Default)]
+struct Resolved {
+    /// The [`Metrics::id`] these handles belong to.
+    owner: u64,
+    requests: HashMap<[usize; 8], Counter, BuildHasherDefault<AddrHasher>>,
+    durations: HashMap<[usize; 2], Histogram, BuildHasherDefault<AddrHasher>>,
+}
+
+impl Resolved {
+    /// The table, emptied first if it held another `Metrics`' handles.
+    fn owned_by(&mut self, id: u64) -> &mut Self {
+        if self.owner != id {
+            *self = Resolved {
+                owner: id,
+                ..Resolved::default()
+            };
+        }
+        self
+    }
+}
+
+/// A `&'static str`'s address and length: equal for the same literal.
+fn addr(s: &'static str) -> [usize; 2] {
+    [s.as_ptr() as usize, s.len()]
+}
+
+/// A multiply-rotate hash of machine words (as rustc's `FxHasher`). Its
+/// keys are addresses of the binary's own constants, never anything a
+/// client sends, so it needs no defence against chosen collisions.
+#[derive(Default)]
+struct AddrHasher(u64);
+
+impl Hasher for AddrHasher {
+    /// A key's words arrive here as one slice of bytes.
+    fn write(&mut self, bytes: &[u8]) {
+        let mut words = bytes.chunks_exact(8);
+        for word in &mut words {
+            let mut w = [0; 8];
+            w.copy_from_slice(word);
+            self.write_u64(u64::from_ne_bytes(w));
+        }
+        for b in words.remainder() {
+            self.write_u64(u64::from(*b));
+        }
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        self.write_u64(n as u64);
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
 fn status_class(status: u16) -> &'static str {
     match status {
         100..=199 => "1xx",
@@ -522,6 +636,42 @@ mod tests {
             assert!(text.contains(expected), "missing {expected:?} in\n{text}");
         }
         assert!(text.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn each_metrics_counts_its_own_requests_on_one_thread() {
+        // The per-thread handle table must not carry one registry's series
+        // into another's.
+        let count = |m: &Metrics, series: &str| {
+            m.encode()
+                .lines()
+                .find_map(|l| l.strip_prefix(series))
+                .map(|v| v.trim().to_owned())
+        };
+        let get = "s3gate_requests_total{op=\"GetObject\",status=\"2xx\",decision=\"allow\",identity=\"key\"}";
+        let done = "s3gate_request_duration_seconds_count{op=\"GetObject\"}";
+        let a = Metrics::new();
+        let b = Metrics::new();
+        for _ in 0..3 {
+            a.request("GetObject", 200, "allow", "key", Duration::from_millis(1));
+            a.request_done("GetObject", Duration::from_millis(1));
+        }
+        b.request("GetObject", 204, "allow", "key", Duration::from_millis(1));
+        b.request_done("GetObject", Duration::from_millis(1));
+        a.request("GetObject", 200, "allow", "key", Duration::from_millis(1));
+        assert_eq!(count(&a, get).as_deref(), Some("4"));
+        assert_eq!(count(&b, get).as_deref(), Some("1"));
+        assert_eq!(count(&a, done).as_deref(), Some("3"));
+        assert_eq!(count(&b, done).as_deref(), Some("1"));
+        // Another thread records into the same series.
+        let a = std::sync::Arc::new(a);
+        let other = a.clone();
+        std::thread::spawn(move || {
+            other.request("GetObject", 200, "allow", "key", Duration::from_millis(1))
+        })
+        .join()
+        .unwrap();
+        assert_eq!(count(&a, get).as_deref(), Some("5"));
     }
 
     #[test]

@@ -16,7 +16,7 @@
 //!   `Origin` pays one header lookup.
 //!
 //! The backend's own `Access-Control-*` response headers are dropped
-//! ([`strip_backend_headers`]) and the request's CORS headers are not
+//! (`forward::strip_backend_headers`) and the request's CORS headers are not
 //! forwarded, so the gateway's answer is the only one.
 
 use http::header::{
@@ -333,16 +333,9 @@ pub fn is_request_header(name: &str) -> bool {
     name == "origin" || name.starts_with("access-control-request-")
 }
 
-/// Drops the backend's own `Access-Control-*` headers. The scan allocates
-/// nothing; only a response that has some collects their names.
-pub fn strip_backend_headers(headers: &mut HeaderMap) {
-    let is_cors = |n: &HeaderName| n.as_str().starts_with("access-control-");
-    if headers.keys().any(is_cors) {
-        let names: Vec<HeaderName> = headers.keys().filter(|n| is_cors(n)).cloned().collect();
-        for name in names {
-            headers.remove(name);
-        }
-    }
+/// A CORS response header (`Access-Control-*`).
+pub fn is_cors_header(name: &HeaderName) -> bool {
+    name.as_str().starts_with("access-control-")
 }
 
 #[cfg(test)]
@@ -442,7 +435,7 @@ mod tests {
             "access-control-allow-private-network",
             HeaderValue::from_static("true"),
         );
-        strip_backend_headers(&mut h);
+        super::super::forward::strip_backend_headers(&mut h);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("etag"));
         for name in [

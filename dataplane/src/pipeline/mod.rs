@@ -32,16 +32,20 @@ pub mod respond;
 pub mod route;
 pub mod sts;
 
-/// A span for one stage of a request, a child of the request's span. It
-/// exists only when the request's trace is recorded (`Exchange::traced`):
-/// an unsampled request makes no stage spans, only the request span whose
-/// context it passes on.
-macro_rules! stage_span {
-    ($ex:expr, $name:literal) => {
+/// Awaits one stage of a request. When the request's trace is recorded
+/// (`Exchange::traced`) the stage runs inside its own span, a child of the
+/// request's; otherwise (an unsampled request makes no stage spans, only
+/// the request span whose context it passes on) it is awaited bare:
+/// wrapping it in a disabled span's `Instrumented` still moved the whole
+/// stage future once more, on every request.
+macro_rules! staged {
+    ($ex:expr, $name:literal, $stage:expr) => {
         if $ex.traced {
-            tracing::info_span!(target: s3gate_proto::trace::TARGET, $name)
+            $stage
+                .instrument(tracing::info_span!(target: s3gate_proto::trace::TARGET, $name))
+                .await
         } else {
-            tracing::Span::none()
+            $stage.await
         }
     };
 }
@@ -305,10 +309,7 @@ async fn stages(
         parse::host(&head),
         &head.headers,
     ) {
-        let span = stage_span!(ex, "sts");
-        let response = sts::answer(cx, &head, body, call, ex)
-            .instrument(span)
-            .await;
+        let response = staged!(ex, "sts", sts::answer(cx, &head, body, call, ex));
         return respond::finish(&head, Ok(response), ex, None);
     }
     authn::fold_presigned(&cx.cfg, &mut head);
@@ -320,10 +321,11 @@ async fn stages(
     if let Ok(req) = &parsed {
         spans::record_request(ex, req);
     }
-    let who = match authn::verify(cx, &head, &ex.conn, &mut ex.trace)
-        .instrument(stage_span!(ex, "authn"))
-        .await
-    {
+    let who = match staged!(
+        ex,
+        "authn",
+        authn::verify(cx, &head, &ex.conn, &mut ex.trace)
+    ) {
         Ok(who) => who,
         Err(e) => {
             let response = respond::finish(&head, Err(e), ex, parsed.as_ref().ok());
@@ -418,19 +420,14 @@ async fn run(
     };
     // Authorized before routed: a caller who may not touch a bucket hears
     // AccessDenied whether or not it exists, never NoSuchBucket.
-    let grant = authz::check(cx, &asker, req)
-        .instrument(stage_span!(ex, "authz"))
-        .await;
+    let grant = staged!(ex, "authz", authz::check(cx, &asker, req));
     trace.decision = Some(if grant.is_ok() { "allow" } else { "deny" });
     let grant = grant?;
     trace.decided_by = grant.decided_by.clone();
     if ex_audited {
         trace.reason = Some(grant.reason.clone());
     }
-    let route = match route::lookup_for(cx, bucket, &who.principal)
-        .instrument(stage_span!(ex, "route"))
-        .await
-    {
+    let route = match staged!(ex, "route", route::lookup_for(cx, bucket, &who.principal)) {
         Err(Error::NoSuchBucket) if req.op == Op::CreateBucket => {
             // The name is allowed but not served here: no entry or pattern
             // matches it and there is no default backend. AccessDenied is
@@ -451,11 +448,11 @@ async fn run(
         req.check_key_segments()?;
     }
     let source_route = match &req.copy_source {
-        Some(src) => Some(
+        Some(src) => Some(staged!(
+            ex,
+            "route",
             route::lookup_copy_source(cx, &route, src, &who.principal)
-                .instrument(stage_span!(ex, "route"))
-                .await?,
-        ),
+        )?),
         None => None,
     };
 
@@ -471,10 +468,11 @@ async fn run(
             doc.check_key_segments()?;
         }
         trace.keys = Some(doc.objects.iter().map(|o| o.key.clone()).collect());
-        if let Err((e, key)) = authz::check_delete_objects(cx, &asker, req, bucket, &doc)
-            .instrument(stage_span!(ex, "authz"))
-            .await
-        {
+        if let Err((e, key)) = staged!(
+            ex,
+            "authz",
+            authz::check_delete_objects(cx, &asker, req, bucket, &doc)
+        ) {
             trace.decision = Some("deny");
             trace.refused_key = Some(key);
             return Err(e);
@@ -502,17 +500,19 @@ async fn run(
             (body, payload)
         }
     };
-    let response = forward::send(
-        &route,
-        source_route.as_ref(),
-        head,
-        req,
-        &grant,
-        body,
-        payload,
-    )
-    .instrument(stage_span!(ex, "forward"))
-    .await?;
+    let response = staged!(
+        ex,
+        "forward",
+        forward::send(
+            &route,
+            source_route.as_ref(),
+            head,
+            req,
+            &grant,
+            body,
+            payload,
+        )
+    )?;
     drop(buffered);
     forward::downstream(cx, response, &route, head, req, ex).await
 }

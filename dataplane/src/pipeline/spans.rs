@@ -1,5 +1,5 @@
 //! The request's trace span: made in [`handle`](super::handle) once the
-//! request's origin is known, a parent of the stage spans (`stage_span!`)
+//! request's origin is known, a parent of the stage spans (`staged!`)
 //! and, through them, of the control-plane calls (`control.rs`); it ends
 //! when the response body has been sent.
 //!

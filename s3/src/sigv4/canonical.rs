@@ -32,7 +32,13 @@ pub(super) fn canonical_uri(out: &mut String, path: &str) {
         out.push('/');
         return;
     }
-    push_encoded(out, &percent_decode(path), true);
+    if path.contains('%') {
+        push_encoded(out, &percent_decode(path), true);
+    } else {
+        // Nothing to decode (most paths): encoded as it is, without
+        // collecting a decoded copy first.
+        push_encoded(out, path.as_bytes(), true);
+    }
 }
 
 pub(super) fn canonical_query(out: &mut String, query: &str, presigned: bool) {

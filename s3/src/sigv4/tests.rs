@@ -910,6 +910,16 @@ proptest! {
     }
 
     #[test]
+    fn canonical_uri_decodes_then_encodes(path in "/[a-zA-Z0-9%/+ ._~!*'()=-]{0,40}") {
+        // The fast path (no `%`) agrees with decoding first.
+        let mut got = String::new();
+        canonical_uri(&mut got, &path);
+        let mut want = String::new();
+        push_encoded(&mut want, &percent_decode(&path), true);
+        prop_assert_eq!(got, want);
+    }
+
+    #[test]
     fn sign_then_verify_round_trips(
         method in prop::sample::select(vec!["GET", "PUT", "POST", "DELETE", "HEAD"]),
         path in path_strategy(),
