@@ -1,10 +1,14 @@
 //! Local caches of what the control plane said, each entry living for the TTL
 //! the control plane attached to it. `try_get_with` coalesces concurrent
 //! misses for one key into a single control-plane call. [`PrefixCache`] holds
-//! answers that cover every key starting with a prefix.
+//! answers that cover every key starting with a prefix. A [`Front`] keeps
+//! per-thread copies of the hottest entries in front of a shared cache.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::borrow::Borrow;
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use moka::future::Cache;
@@ -21,6 +25,13 @@ pub(crate) fn seen<V>(cache: CacheKind, found: Option<V>) -> Option<V> {
         None => metrics.cache_miss(cache),
     }
     found
+}
+
+/// A lookup a [`Front`] answered: a hit of the shared cache behind it.
+#[inline]
+pub(crate) fn front_hit<V>(cache: CacheKind, value: V) -> V {
+    s3gate_observe::metrics().cache_hit(cache);
+    value
 }
 
 /// A membership test of a negative cache: present is a hit.
@@ -85,6 +96,141 @@ pub(crate) struct ByValueTtl;
 impl<K, V: Ttl> Expiry<K, V> for ByValueTtl {
     fn expire_after_create(&self, _key: &K, value: &V, _created_at: Instant) -> Option<Duration> {
         Some(value.ttl())
+    }
+}
+
+/// A cached value with the instant its entry ends, fixed once when the
+/// value is cached (its [`Ttl`] from then). A [`Front`] copy of it ends
+/// exactly when the shared entry does, however late it was copied.
+#[derive(Clone)]
+pub struct Stamped<V> {
+    pub value: V,
+    pub expires: Instant,
+}
+
+impl<V: Ttl> Stamped<V> {
+    pub fn new(value: V) -> Self {
+        let now = Instant::now();
+        Self {
+            expires: now.checked_add(value.ttl().min(FOREVER)).unwrap_or(now),
+            value,
+        }
+    }
+}
+
+/// Longer than any TTL means anything (keeps `Instant` arithmetic in range).
+const FOREVER: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+/// A shared-cache entry of a [`Stamped`] value ends at its stamp.
+pub(crate) struct ByStamp;
+
+impl<K, V> Expiry<K, Stamped<V>> for ByStamp {
+    fn expire_after_create(
+        &self,
+        _key: &K,
+        value: &Stamped<V>,
+        created_at: Instant,
+    ) -> Option<Duration> {
+        Some(value.expires.saturating_duration_since(created_at))
+    }
+}
+
+/// Counts the data plane's invalidations. Each one (any kind: they are
+/// rare) makes every [`Front`] entry copied before it unusable.
+#[derive(Default)]
+pub struct Generation(AtomicU64);
+
+impl Generation {
+    /// Read before the shared cache is, so that a copy of what it answers
+    /// is stamped no later than the answer.
+    pub fn current(&self) -> u64 {
+        self.0.load(Ordering::Acquire)
+    }
+
+    /// Called once the shared caches have forgotten what an invalidation
+    /// names.
+    pub fn advance(&self) {
+        self.0.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
+/// Shards of a [`Front`]: a thread keeps to one, so that workers (fewer
+/// than this) never share one.
+const FRONT_SHARDS: usize = 16;
+
+/// Entries a [`Front`] shard holds before it starts again empty.
+const FRONT_SHARD_ENTRIES: usize = 2048;
+
+/// Per-thread copies of hot entries of a shared (moka) cache, in front of
+/// it. A shared-cache read writes state every worker shares (the entry's
+/// access time, the read log of its eviction policy); a front read locks a
+/// mutex no other worker takes, and is a plain hash-map lookup.
+///
+/// A copy is only as good as the shared entry it came from:
+/// - it ends when that entry does ([`Stamped::expires`]);
+/// - it is stamped with the [`Generation`] read before the shared cache was,
+///   and used only while no invalidation has happened since;
+/// - a shard is bounded, and emptied when full.
+///
+/// The shared cache stays the one that is filled, coalesced and counted;
+/// a front only remembers what it answered.
+pub struct Front<K, V> {
+    shards: Box<[Mutex<FrontShard<K, V>>]>,
+}
+
+/// One thread's copies, each with the generation it was read at.
+type FrontShard<K, V> = HashMap<K, (Stamped<V>, u64)>;
+
+thread_local! {
+    /// This thread's shard, the same in every front.
+    static FRONT_SHARD: usize = {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        NEXT.fetch_add(1, Ordering::Relaxed) % FRONT_SHARDS
+    };
+}
+
+impl<K: Hash + Eq, V: Clone> Default for Front<K, V> {
+    fn default() -> Self {
+        Self {
+            shards: (0..FRONT_SHARDS)
+                .map(|_| Mutex::new(HashMap::new()))
+                .collect(),
+        }
+    }
+}
+
+impl<K: Hash + Eq, V: Clone> Front<K, V> {
+    fn shard(&self) -> Option<MutexGuard<'_, FrontShard<K, V>>> {
+        let i = FRONT_SHARD.try_with(|i| *i).ok()?;
+        // A poisoned shard is skipped: the shared cache still answers.
+        self.shards.get(i)?.lock().ok()
+    }
+
+    /// This thread's copy of `key`'s value, if it is still good at
+    /// generation `now`.
+    pub fn get<Q>(&self, key: &Q, now: u64) -> Option<V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let shard = self.shard()?;
+        let (value, generation) = shard.get(key)?;
+        (*generation == now && value.expires > Instant::now()).then(|| value.value.clone())
+    }
+
+    /// Copies `value`, read from the shared cache at generation
+    /// `generation` (read before the shared cache was).
+    pub fn insert(&self, key: K, value: Stamped<V>, generation: u64) {
+        if value.expires <= Instant::now() {
+            return;
+        }
+        let Some(mut shard) = self.shard() else {
+            return;
+        };
+        if shard.len() >= FRONT_SHARD_ENTRIES {
+            shard.clear();
+        }
+        shard.insert(key, (value, generation));
     }
 }
 
@@ -236,6 +382,7 @@ impl<K, V> Expiry<K, PrefixGroup<V>> for GroupExpiry {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -320,6 +467,64 @@ mod tests {
         // A TTL beyond what an Instant can hold is capped, not a panic.
         c.insert("w", "max/", 4, Duration::MAX).await;
         assert_eq!(c.get(&"w", "max/k").await, Some(4));
+    }
+
+    fn stamped(value: u32, ttl: Duration) -> Stamped<u32> {
+        Stamped {
+            value,
+            expires: Instant::now() + ttl,
+        }
+    }
+
+    #[test]
+    fn a_front_copy_is_good_until_the_next_invalidation() {
+        let front: Front<String, u32> = Front::default();
+        let generation = Generation::default();
+        let g = generation.current();
+        front.insert("k".into(), stamped(1, MINUTE), g);
+        assert_eq!(front.get("k", generation.current()), Some(1));
+        assert_eq!(front.get("other", generation.current()), None);
+        generation.advance();
+        assert_eq!(front.get("k", generation.current()), None);
+        // A copy of what was read before an invalidation, stored after it,
+        // is never used.
+        front.insert("k".into(), stamped(2, MINUTE), g);
+        assert_eq!(front.get("k", generation.current()), None);
+        front.insert("k".into(), stamped(3, MINUTE), generation.current());
+        assert_eq!(front.get("k", generation.current()), Some(3));
+    }
+
+    #[test]
+    fn a_front_copy_ends_when_the_shared_entry_does() {
+        let front: Front<String, u32> = Front::default();
+        let g = 0;
+        front.insert("gone".into(), stamped(1, Duration::ZERO), g);
+        assert_eq!(front.get("gone", g), None);
+        front.insert("short".into(), stamped(2, Duration::from_millis(30)), g);
+        assert_eq!(front.get("short", g), Some(2));
+        std::thread::sleep(Duration::from_millis(60));
+        assert_eq!(front.get("short", g), None);
+    }
+
+    #[test]
+    fn a_front_shard_is_bounded_and_each_thread_has_its_own() {
+        let front: Arc<Front<String, u32>> = Arc::new(Front::default());
+        for i in 0..(FRONT_SHARD_ENTRIES as u32 * 2 + 7) {
+            front.insert(format!("k{i}"), stamped(i, MINUTE), 0);
+        }
+        let held: usize = front
+            .shards
+            .iter()
+            .map(|s| s.lock().map(|m| m.len()).unwrap_or(0))
+            .sum();
+        assert!(held <= FRONT_SHARD_ENTRIES, "{held} entries held");
+        front.insert("mine".into(), stamped(1, MINUTE), 0);
+        let other = front.clone();
+        let seen = std::thread::spawn(move || other.get("mine", 0))
+            .join()
+            .unwrap();
+        assert_eq!(seen, None, "another thread has its own copies");
+        assert_eq!(front.get("mine", 0), Some(1));
     }
 
     #[tokio::test]

@@ -638,6 +638,51 @@ async fn a_key_change_drops_only_that_keys_signing_keys() {
     );
 }
 
+/// A cached route (and policy decision) is used until a change names it:
+/// `Invalidation::Bucket` makes the next request ask for the route again,
+/// `Invalidation::Policy` for the decision, however many requests the
+/// caches (shared or per worker) answered before.
+#[tokio::test]
+async fn a_bucket_or_policy_change_reaches_every_cache() {
+    let (upstream, _seen) = start_upstream().await;
+    let endpoint = format!("http://127.0.0.1:{}", upstream.port());
+    let (gateway, _stop, calls, invalidations) =
+        start_gateway_counting(AddressingStyle::Path, endpoint).await;
+    let get = || send_signed(gateway, Method::GET, "/data/a", b"");
+    let routes: fn(&Calls) -> usize = |c| c.route.load(Ordering::SeqCst);
+    let decisions: fn(&Calls) -> usize = |c| c.authorize.load(Ordering::SeqCst);
+    for _ in 0..5 {
+        assert_eq!(get().await.0, StatusCode::OK);
+    }
+    assert_eq!(routes(&calls), 1, "one route lookup for 5 requests");
+    assert_eq!(decisions(&calls), 1, "one decision for 5 requests");
+    for (change, asked) in [
+        (Invalidation::Bucket("data".into()), routes),
+        (Invalidation::Policy, decisions),
+    ] {
+        let before = asked(&calls);
+        invalidations.send(change.clone()).await.unwrap();
+        // Applied in the data plane's own task: poll until it asks again.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while asked(&calls) == before {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{change:?} did not make the data plane ask again"
+            );
+            assert_eq!(get().await.0, StatusCode::OK);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        for _ in 0..5 {
+            assert_eq!(get().await.0, StatusCode::OK);
+        }
+        assert_eq!(
+            asked(&calls),
+            before + 1,
+            "{change:?}: asked once, then cached again"
+        );
+    }
+}
+
 /// A storm of requests for a bucket nothing serves costs one control-plane
 /// lookup (the name is remembered as unknown), and a bucket change names it
 /// (exactly, or by a glob such as a new pattern's) makes the next request

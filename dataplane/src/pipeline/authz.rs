@@ -18,23 +18,23 @@ use s3gate_s3::request::S3Request;
 use super::authn::Authenticated;
 use super::Ctx;
 use crate::body::{self, Body};
-use crate::cache::PrefixCache;
+use crate::cache::{PrefixCache, Stamped};
 use crate::error::Error;
 use crate::limits::Reservation;
 
-pub type DecisionCache = Cache<DecisionKey, Decision>;
+pub type DecisionCache = Cache<DecisionKey, Stamped<Decision>>;
 
 /// A decision cache holding at most about `max_bytes` of entries.
 pub fn decision_cache(max_bytes: u64) -> DecisionCache {
     Cache::builder()
         .max_capacity(max_bytes)
-        .weigher(|k: &DecisionKey, v: &Decision| -> u32 {
+        .weigher(|k: &DecisionKey, v: &Stamped<Decision>| -> u32 {
             // Heap bytes of the key and value plus moka's per-entry overhead
             // (measured: ~700 B for a typical exact-scope entry).
-            let heap = k.bucket.len() + k.key.as_deref().map_or(0, str::len) + v.reason.len();
+            let heap = k.bucket.len() + k.key.as_deref().map_or(0, str::len) + v.value.reason.len();
             u32::try_from(heap + 512).unwrap_or(u32::MAX)
         })
-        .expire_after(crate::cache::ByValueTtl)
+        .expire_after(crate::cache::ByStamp)
         .support_invalidation_closures()
         .eviction_listener(crate::cache::count_evictions(
             s3gate_observe::CacheKind::Decisions,
@@ -202,11 +202,16 @@ pub(crate) async fn decide(
         kind: resource.kind(),
         key: None,
     };
-    let decision = if let Some(d) = crate::cache::seen(
+    let generation = cx.generation.current();
+    let decision = if let Some(d) = cx.front_decisions.get(&wide, generation) {
+        crate::cache::front_hit(s3gate_observe::CacheKind::Decisions, d)
+    } else if let Some(d) = crate::cache::seen(
         s3gate_observe::CacheKind::Decisions,
         cx.decisions.get(&wide).await,
     ) {
-        d
+        let decision = d.value.clone();
+        cx.front_decisions.insert(wide, d, generation);
+        decision
     } else if let Some(d) = crate::cache::seen(
         s3gate_observe::CacheKind::Prefixes,
         prefixed(cx, &wide, &resource).await,
@@ -254,13 +259,17 @@ async fn ask(
         resource,
         context: asker.context(),
     };
-    let decision = cx
+    let stamped = cx
         .decisions
-        .try_get_with(exact, cx.control_plane.authorize(ask))
+        .try_get_with(exact, async {
+            cx.control_plane.authorize(ask).await.map(Stamped::new)
+        })
         .await
         .map_err(|e| Error::from(&*e))?;
+    let decision = stamped.value.clone();
     match &decision.scope {
-        Scope::Bucket => cx.decisions.insert(wide, decision.clone()).await,
+        // Under the bucket-wide key too, ending when the exact entry does.
+        Scope::Bucket => cx.decisions.insert(wide, stamped).await,
         // A prefix that does not cover the key breaks the contract: keep
         // the answer for the exact key only.
         Scope::Prefix(p) if key.is_some_and(|k| k.starts_with(p.as_str())) => {
@@ -466,6 +475,52 @@ mod tests {
         h.cx.invalidate(&Invalidation::Bucket("data".into())).await;
         assert!(h.get("home/alice/d").await);
         assert_eq!(h.calls(), 3);
+    }
+
+    fn everywhere(_key: &str) -> (bool, Scope) {
+        (true, Scope::Bucket)
+    }
+
+    #[tokio::test]
+    async fn a_bucket_decision_is_answered_by_the_front_until_invalidated() {
+        let h = Harness::new(everywhere, Duration::from_secs(60));
+        assert!(h.get("a").await);
+        assert!(h.get("b").await, "the shared cache answers and is copied");
+        assert!(h.get("c").await, "the front answers");
+        assert_eq!(h.calls(), 1);
+        let wide = DecisionKey {
+            principal: h.alice.principal.clone(),
+            action: "s3:GetObject",
+            bucket: "data".into(),
+            kind: s3gate_proto::ResourceKind::Object,
+            key: None,
+        };
+        let now = h.cx.generation.current();
+        assert!(h.cx.front_decisions.get(&wide, now).is_some());
+        // A policy change reaches the front at once.
+        h.cx.invalidate(&Invalidation::Policy).await;
+        assert!(h
+            .cx
+            .front_decisions
+            .get(&wide, h.cx.generation.current())
+            .is_none());
+        assert!(h.get("d").await);
+        assert_eq!(h.calls(), 2);
+        assert!(h.get("e").await);
+        assert!(h.get("f").await);
+        assert_eq!(h.calls(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_bucket_decision_in_the_front_expires_with_its_ttl() {
+        let h = Harness::new(everywhere, Duration::from_millis(50));
+        for key in ["a", "b", "c"] {
+            assert!(h.get(key).await);
+        }
+        assert_eq!(h.calls(), 1);
+        tokio::time::sleep(Duration::from_millis(120)).await;
+        assert!(h.get("d").await);
+        assert_eq!(h.calls(), 2, "the front copy ended with the shared entry");
     }
 
     #[tokio::test]

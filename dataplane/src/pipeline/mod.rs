@@ -63,6 +63,7 @@ use s3gate_s3::request::{Op, S3Request};
 use tracing::Instrument as _;
 
 use crate::body::{self, Body, FailureSlot};
+use crate::cache::{Front, Generation};
 use crate::error::Error;
 use crate::limits::Budget;
 use crate::listen::ConnInfo;
@@ -95,6 +96,14 @@ pub struct Ctx {
     /// CORS rules of buckets whose shared route is not cached; forgotten
     /// with the routes.
     pub(crate) cors: route::CorsCache,
+    /// Per-worker copies of the hottest entries of `keys`, `decisions`
+    /// and `routes` (see `cache::Front`), good until the next invalidation
+    /// of any kind.
+    pub(crate) front_keys: Front<String, s3gate_proto::SigningKeyGrant>,
+    pub(crate) front_decisions: Front<authz::DecisionKey, s3gate_proto::Decision>,
+    pub(crate) front_routes: Front<String, Arc<route::RouteEntry>>,
+    /// Advanced after every invalidation, once the shared caches forgot.
+    pub(crate) generation: Generation,
     pub(crate) upstreams: Upstreams,
     /// Bytes buffered on requests' behalf, for all of them together.
     pub(crate) budget: Arc<Budget>,
@@ -118,6 +127,10 @@ impl Ctx {
             principal_routes: route::principal_cache(cfg.route_cache_capacity),
             unknown_buckets: route::unknown_buckets(cfg.route_cache_capacity),
             cors: route::cors_cache(cfg.route_cache_capacity),
+            front_keys: Front::default(),
+            front_decisions: Front::default(),
+            front_routes: Front::default(),
+            generation: Generation::default(),
             upstreams: Upstreams::new(cfg.upstream_connect_timeout, cfg.proxy_env.clone()),
             budget: Budget::new(cfg.limits.buffer_budget),
             request_ids: RequestIds::new(),
@@ -184,6 +197,10 @@ impl Ctx {
                 self.cors.invalidate_all();
             }
         }
+        // Last: a front copy stamped before this reads as stale from now
+        // on, and one stamped after it was read from the shared caches as
+        // they are now.
+        self.generation.advance();
     }
 }
 

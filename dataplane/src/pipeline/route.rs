@@ -63,6 +63,18 @@ pub struct RouteEntry {
     /// The bucket's CORS rules, compiled; cached and invalidated with the
     /// route.
     pub cors: Arc<super::cors::Rules>,
+    /// When the cache entry ends ([`effective_ttl`] from the fill).
+    pub expires: Instant,
+}
+
+impl RouteEntry {
+    /// The entry as a per-worker front copies it.
+    pub fn stamped(self: &Arc<Self>) -> crate::cache::Stamped<Arc<Self>> {
+        crate::cache::Stamped {
+            value: self.clone(),
+            expires: self.expires,
+        }
+    }
 }
 
 /// The backend credentials in the form a request takes them.
@@ -84,9 +96,9 @@ impl<K> Expiry<K, Arc<RouteEntry>> for RouteTtl {
         &self,
         _key: &K,
         value: &Arc<RouteEntry>,
-        _at: Instant,
+        at: Instant,
     ) -> Option<Duration> {
-        Some(effective_ttl(&value.route, crate::unix_now()))
+        Some(value.expires.saturating_duration_since(at))
     }
 }
 
@@ -186,10 +198,19 @@ pub async fn lookup_for(
     bucket: &str,
     principal: &Principal,
 ) -> Result<Arc<RouteEntry>, Error> {
+    let generation = cx.generation.current();
+    if let Some(entry) = cx.front_routes.get(bucket, generation) {
+        return Ok(crate::cache::front_hit(
+            s3gate_observe::CacheKind::Routes,
+            entry,
+        ));
+    }
     if let Some(entry) = crate::cache::seen(
         s3gate_observe::CacheKind::Routes,
         cx.routes.get(bucket).await,
     ) {
+        cx.front_routes
+            .insert(bucket.to_owned(), entry.stamped(), generation);
         return Ok(entry);
     }
     let key = (bucket.to_owned(), principal.name.clone());
@@ -254,8 +275,11 @@ async fn fill(
         .map_err(|m| Error::Config(format!("backend {}: {m}", route.backend.name)))?;
     let auth =
         upstream_auth(&route.credentials.auth, &route.backend).map_err(Error::ControlPlane)?;
+    let now = Instant::now();
+    let ttl = effective_ttl(&route, crate::unix_now());
     Ok(Arc::new(RouteEntry {
         cors: Arc::new(super::cors::Rules::compile(&route.cors)),
+        expires: now.checked_add(ttl).unwrap_or(now),
         route,
         upstream,
         auth,

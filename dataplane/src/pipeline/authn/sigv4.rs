@@ -16,15 +16,16 @@ use moka::future::Cache;
 use s3gate_proto::{SessionGrant, SigningKeyGrant, SigningKeyRequest};
 use s3gate_s3::chunked::ChunkSigning;
 use s3gate_s3::sigv4::{self, AuthKind, AuthRequest, PayloadMode};
-use s3gate_s3::{S3Error, S3ErrorCode};
+use s3gate_s3::{names, S3Error, S3ErrorCode};
 
 use super::Authenticated;
+use crate::cache::Stamped;
 use crate::error::Error;
 use crate::pipeline::Ctx;
 
 /// Signing keys by `access-key/date/region/service` (access keys never
 /// contain '/').
-pub type KeyCache = Cache<String, SigningKeyGrant>;
+pub type KeyCache = Cache<String, Stamped<SigningKeyGrant>>;
 
 /// A signing-key cache of at most `capacity` entries, each living for the
 /// TTL the control plane gave it. Invalidation closures are on so that a
@@ -33,7 +34,7 @@ pub type KeyCache = Cache<String, SigningKeyGrant>;
 pub fn key_cache(capacity: u64) -> KeyCache {
     Cache::builder()
         .max_capacity(capacity)
-        .expire_after(crate::cache::ByValueTtl)
+        .expire_after(crate::cache::ByStamp)
         .support_invalidation_closures()
         .eviction_listener(crate::cache::count_evictions(
             s3gate_observe::CacheKind::Keys,
@@ -91,30 +92,21 @@ pub(super) async fn verify(
         &scope.region,
         &scope.service,
     );
-    let grant = match crate::cache::seen(
-        s3gate_observe::CacheKind::Keys,
-        cx.keys.get(&cache_key).await,
-    ) {
-        Some(grant) => grant,
-        None => {
-            let ask = SigningKeyRequest {
-                access_key: scope.access_key.clone(),
-                date: scope.date.clone(),
-                region: scope.region.clone(),
-                service: scope.service.clone(),
-                security_token_sha256: security_token(head, &auth)?
-                    .map(|t| s3gate_s3::sts::token_sha256(&t)),
-            };
-            // Boxed: a miss's future is large and rare (see
-            // `pipeline::handle`).
-            Box::pin(super::known_key(
-                cx,
-                &scope.access_key,
-                cx.keys
-                    .try_get_with(cache_key, cx.control_plane.signing_key(ask)),
-            ))
-            .await?
-        }
+    let generation = cx.generation.current();
+    let front = cx.front_keys.get(cache_key.as_str(), generation);
+    let grant = match front {
+        Some(grant) => crate::cache::front_hit(s3gate_observe::CacheKind::Keys, grant),
+        None => match crate::cache::seen(
+            s3gate_observe::CacheKind::Keys,
+            cx.keys.get(&cache_key).await,
+        ) {
+            Some(stamped) => {
+                let grant = stamped.value.clone();
+                cx.front_keys.insert(cache_key, stamped, generation);
+                grant
+            }
+            None => Box::pin(fetch_key(cx, head, &auth, cache_key, generation)).await?,
+        },
     };
     // The signature first: until it matches, the caller has not shown it
     // holds the key's secret, and must not learn anything about the key
@@ -155,7 +147,39 @@ pub(super) async fn verify(
     })
 }
 
-const SECURITY_TOKEN_HEADER: &str = "x-amz-security-token";
+/// A signing key the caches do not hold: asked of the control plane (once
+/// for concurrent askers), cached, and copied to this worker's front.
+/// Boxed where it is awaited: a miss's future is large and rare (see
+/// `pipeline::handle`).
+async fn fetch_key(
+    cx: &Ctx,
+    head: &Parts,
+    auth: &AuthRequest,
+    cache_key: String,
+    generation: u64,
+) -> Result<SigningKeyGrant, Error> {
+    let scope = &auth.scope;
+    let ask = SigningKeyRequest {
+        access_key: scope.access_key.clone(),
+        date: scope.date.clone(),
+        region: scope.region.clone(),
+        service: scope.service.clone(),
+        security_token_sha256: security_token(head, auth)?
+            .map(|t| s3gate_s3::sts::token_sha256(&t)),
+    };
+    let stamped = super::known_key(
+        cx,
+        &scope.access_key,
+        cx.keys.try_get_with(cache_key.clone(), async {
+            cx.control_plane.signing_key(ask).await.map(Stamped::new)
+        }),
+    )
+    .await?;
+    let grant = stamped.value.clone();
+    cx.front_keys.insert(cache_key, stamped, generation);
+    Ok(grant)
+}
+
 const SECURITY_TOKEN_QUERY: &str = "X-Amz-Security-Token";
 
 /// A session key's request: not past the session's expiry, and carrying
@@ -181,7 +205,7 @@ fn check_session(head: &Parts, auth: &AuthRequest, session: &SessionGrant) -> Re
 /// runs for every request signed with a long-term key).
 fn has_security_token(head: &Parts, auth: &AuthRequest) -> bool {
     match auth.kind {
-        AuthKind::Header => head.headers.contains_key(SECURITY_TOKEN_HEADER),
+        AuthKind::Header => head.headers.contains_key(names::X_AMZ_SECURITY_TOKEN),
         AuthKind::Presigned { .. } => head.uri.query().is_some_and(|q| {
             q.split('&')
                 .any(|p| p.split('=').next() == Some(SECURITY_TOKEN_QUERY))
@@ -195,7 +219,7 @@ fn security_token<'a>(head: &'a Parts, auth: &AuthRequest) -> Result<Option<Cow<
     let twice = || invalid_token("the security token is given more than once");
     match auth.kind {
         AuthKind::Header => {
-            let mut values = head.headers.get_all(SECURITY_TOKEN_HEADER).iter();
+            let mut values = head.headers.get_all(names::X_AMZ_SECURITY_TOKEN).iter();
             let Some(value) = values.next() else {
                 return Ok(None);
             };
