@@ -26,6 +26,7 @@ pub mod delete;
 pub mod error;
 pub mod names;
 pub mod request;
+mod scan;
 pub mod sigv2;
 pub mod sigv4;
 pub mod sts;

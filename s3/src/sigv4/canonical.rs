@@ -104,7 +104,7 @@ pub(super) fn canonical_header_value(
 
 /// Trims the value and collapses inner runs of blanks to one space.
 pub(super) fn push_trimmed(out: &mut String, value: &str) {
-    if !value.bytes().any(|b| b == b' ' || b == b'\t') {
+    if !crate::scan::has_blank(value.as_bytes()) {
         out.push_str(value);
         return;
     }

@@ -224,7 +224,7 @@ impl CredentialScope {
     /// Parses `AK/YYYYMMDD/region/service/aws4_request`.
     fn parse(credential: &str, presigned: bool) -> Result<Self, VerifyError> {
         let bad = |reason| VerifyError::Malformed { presigned, reason };
-        let mut parts = credential.split('/');
+        let mut parts = crate::scan::split(credential, b'/');
         let (Some(access_key), Some(date), Some(region), Some(service), Some(term), None) = (
             parts.next(),
             parts.next(),

@@ -65,9 +65,9 @@ pub(super) fn parse_header(value: &str, headers: &HeaderMap) -> Result<AuthReque
     let mut credential = None;
     let mut signed_headers = None;
     let mut signature = None;
-    for component in rest.split(',') {
+    for component in crate::scan::split(rest, b',') {
         let component = component.trim_matches([' ', '\t']);
-        let Some((name, value)) = component.split_once('=') else {
+        let Some((name, value)) = crate::scan::split_once(component, b'=') else {
             return Err(VerifyError::header(
                 "each Authorization component must have the form name=value",
             ));
@@ -161,7 +161,7 @@ pub(super) fn parse_signed_headers(
 ) -> Result<Vec<String>, VerifyError> {
     let bad = |reason| VerifyError::Malformed { presigned, reason };
     let mut out = Vec::new();
-    for name in list.split(';') {
+    for name in crate::scan::split(list, b';') {
         let valid = !name.is_empty()
             && name
                 .bytes()
