@@ -235,14 +235,14 @@ fn verify_backend_signature(method: &Method, uri: &Uri, headers: &HeaderMap) -> 
     let auth = s3gate_s3::sigv4::parse(method, uri, headers)
         .map_err(|e| e.to_string())?
         .ok_or("upstream request carries no signature")?;
-    if auth.scope.access_key != BACKEND_AK {
-        return Err(format!("signed with {}", auth.scope.access_key));
+    if auth.scope.access_key() != BACKEND_AK {
+        return Err(format!("signed with {}", auth.scope.access_key()));
     }
     let key = SigningKey::derive(
         BACKEND_SK,
-        &auth.scope.date,
-        &auth.scope.region,
-        &auth.scope.service,
+        auth.scope.date(),
+        auth.scope.region(),
+        auth.scope.service(),
     );
     s3gate_s3::sigv4::verify(&auth, method, uri, headers, &key).map_err(|e| e.to_string())
 }

@@ -10,7 +10,7 @@ use super::*;
 /// before `timestamp - MAX_CLOCK_SKEW_SECS`, not after `timestamp + expires`.
 /// Both: the credential date must be the signing day.
 pub fn check_time(auth: &AuthRequest, now: i64) -> Result<(), VerifyError> {
-    if auth.amz_date.get(..8) != Some(auth.scope.date.as_str()) {
+    if auth.amz_date.get(..8) != Some(auth.scope.date()) {
         return Err(VerifyError::Malformed {
             presigned: auth.is_presigned(),
             reason: "the credential date does not match the request date",

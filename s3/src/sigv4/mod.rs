@@ -71,14 +71,26 @@ const TERMINATOR: &str = "aws4_request";
 pub struct SigningKey([u8; 32]);
 
 /// The scope a client claims in its credential: `AK/date/region/service/aws4_request`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// Held as the one string the client sent, with the ends of its parts: the
+/// scope line of the string to sign and the signing-key cache's key are
+/// slices of it, so a verified request allocates once here, not five times.
+#[derive(Clone, PartialEq, Eq)]
 pub struct CredentialScope {
-    pub access_key: String,
-    /// `YYYYMMDD`
-    pub date: String,
-    pub region: String,
-    pub service: String,
+    /// `AK/YYYYMMDD/region/service/aws4_request`
+    credential: String,
+    /// Where the date starts: one past the access key's `/`.
+    date_at: usize,
+    /// Where the region starts and ends (its `/` follows).
+    region_at: usize,
+    region_end: usize,
 }
+
+/// The signed header names, lowercase, as the client listed them
+/// (`host;x-amz-content-sha256;x-amz-date`): kept as that one string,
+/// which is also the canonical request's signed-headers line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignedHeaders(String);
 
 /// How the body is covered by the signature, from `x-amz-content-sha256`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,7 +122,7 @@ pub struct AuthRequest {
     pub kind: AuthKind,
     pub scope: CredentialScope,
     /// Lowercase, in the order the client listed them.
-    pub signed_headers: Vec<String>,
+    pub signed_headers: SignedHeaders,
     /// Never printed by `Debug`.
     pub signature: [u8; 32],
     /// The raw `YYYYMMDDTHHMMSSZ` timestamp that was signed.
@@ -202,23 +214,75 @@ impl fmt::Debug for SigningKey {
 // === impl CredentialScope ===
 
 impl CredentialScope {
-    /// `date/region/service/aws4_request`, the third line of the string to sign.
-    pub fn to_scope_string(&self) -> String {
-        // Pushed, not `format!`ed: this runs for every verified request.
-        let parts = [
-            &self.date,
-            "/",
-            &self.region,
-            "/",
-            &self.service,
-            "/",
-            TERMINATOR,
-        ];
-        let mut out = String::with_capacity(parts.iter().map(|p| p.len()).sum());
-        for part in parts {
-            out.push_str(part);
+    /// The scope of `access_key` for one day (`YYYYMMDD`), region and
+    /// service. The parts are taken as given: [`parse`] is what checks a
+    /// client's.
+    pub fn new(access_key: &str, date: &str, region: &str, service: &str) -> Self {
+        let mut credential = String::with_capacity(
+            access_key.len() + date.len() + region.len() + service.len() + TERMINATOR.len() + 4,
+        );
+        for (i, part) in [access_key, date, region, service, TERMINATOR]
+            .into_iter()
+            .enumerate()
+        {
+            if i > 0 {
+                credential.push('/');
+            }
+            credential.push_str(part);
         }
-        out
+        let date_at = access_key.len() + 1;
+        let region_at = date_at + date.len() + 1;
+        Self {
+            credential,
+            date_at,
+            region_at,
+            region_end: region_at + region.len(),
+        }
+    }
+
+    pub fn access_key(&self) -> &str {
+        self.credential.get(..self.date_at - 1).unwrap_or_default()
+    }
+
+    /// `YYYYMMDD`
+    pub fn date(&self) -> &str {
+        self.credential
+            .get(self.date_at..self.region_at - 1)
+            .unwrap_or_default()
+    }
+
+    pub fn region(&self) -> &str {
+        self.credential
+            .get(self.region_at..self.region_end)
+            .unwrap_or_default()
+    }
+
+    pub fn service(&self) -> &str {
+        self.credential
+            .get(self.region_end + 1..self.service_end())
+            .unwrap_or_default()
+    }
+
+    /// `date/region/service/aws4_request`, the third line of the string to sign.
+    pub fn scope(&self) -> &str {
+        self.credential.get(self.date_at..).unwrap_or_default()
+    }
+
+    /// `AK/date/region/service`: what a signing key is derived for, and the
+    /// key it is cached under (access keys never contain `/`).
+    pub fn key_id(&self) -> &str {
+        self.credential
+            .get(..self.service_end())
+            .unwrap_or_default()
+    }
+
+    /// [`scope`](Self::scope), owned.
+    pub fn to_scope_string(&self) -> String {
+        self.scope().to_owned()
+    }
+
+    fn service_end(&self) -> usize {
+        self.credential.len() - TERMINATOR.len() - 1
     }
 
     /// Parses `AK/YYYYMMDD/region/service/aws4_request`.
@@ -248,12 +312,74 @@ impl CredentialScope {
         if term != TERMINATOR {
             return Err(bad("the credential must end with aws4_request"));
         }
+        let date_at = access_key.len() + 1;
+        let region_at = date_at + date.len() + 1;
         Ok(Self {
-            access_key: access_key.to_owned(),
-            date: date.to_owned(),
-            region: region.to_owned(),
-            service: service.to_owned(),
+            credential: credential.to_owned(),
+            date_at,
+            region_at,
+            region_end: region_at + region.len(),
         })
+    }
+}
+
+impl fmt::Debug for CredentialScope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CredentialScope")
+            .field("access_key", &self.access_key())
+            .field("date", &self.date())
+            .field("region", &self.region())
+            .field("service", &self.service())
+            .finish()
+    }
+}
+
+// === impl SignedHeaders ===
+
+impl SignedHeaders {
+    /// Checks a `;`-separated list of lowercase header names that includes
+    /// `host`.
+    pub fn parse(list: &str, presigned: bool) -> Result<Self, VerifyError> {
+        let bad = |reason| VerifyError::Malformed { presigned, reason };
+        // One pass: every byte a `;` or a visible lowercase character, and
+        // no name empty (no `;` first, last or after another).
+        let mut previous = b';';
+        let valid = list.bytes().all(|b| {
+            let ok = if b == b';' {
+                previous != b';'
+            } else {
+                b.is_ascii_graphic() && !b.is_ascii_uppercase()
+            };
+            previous = b;
+            ok
+        });
+        if !valid || previous == b';' {
+            return Err(bad(
+                "SignedHeaders must be a ;-separated list of lowercase header names",
+            ));
+        }
+        let has_host = list == "host"
+            || list.starts_with("host;")
+            || list.ends_with(";host")
+            || list.contains(";host;");
+        if !has_host {
+            return Err(bad("the host header must be signed"));
+        }
+        Ok(Self(list.to_owned()))
+    }
+
+    /// The names, in the client's order.
+    pub fn iter(&self) -> impl Iterator<Item = &str> {
+        crate::scan::split(&self.0, b';')
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.iter().any(|h| h == name)
+    }
+
+    /// The list as sent: `host;x-amz-date`.
+    pub fn as_str(&self) -> &str {
+        &self.0
     }
 }
 

@@ -97,7 +97,7 @@ pub(super) fn parse_header(value: &str, headers: &HeaderMap) -> Result<AuthReque
     };
 
     let scope = CredentialScope::parse(credential, false)?;
-    let signed_headers = parse_signed_headers(signed_headers, false)?;
+    let signed_headers = SignedHeaders::parse(signed_headers, false)?;
     let signature = decode_hex32(signature)
         .ok_or_else(|| VerifyError::header("the signature must be 64 hex characters"))?;
 
@@ -135,7 +135,7 @@ pub(super) fn parse_presigned(query: &QueryParams) -> Result<AuthRequest, Verify
         .ok_or(VerifyError::query(
             "X-Amz-Expires must be a number of seconds between 1 and 604800",
         ))?;
-    let signed_headers = parse_signed_headers(&query.required("X-Amz-SignedHeaders")?, true)?;
+    let signed_headers = SignedHeaders::parse(&query.required("X-Amz-SignedHeaders")?, true)?;
     let signature = decode_hex32(&query.required("X-Amz-Signature")?).ok_or(VerifyError::query(
         "the signature must be 64 hex characters",
     ))?;
@@ -153,30 +153,6 @@ pub(super) fn parse_presigned(query: &QueryParams) -> Result<AuthRequest, Verify
         timestamp,
         payload: PayloadMode::Unsigned,
     })
-}
-
-pub(super) fn parse_signed_headers(
-    list: &str,
-    presigned: bool,
-) -> Result<Vec<String>, VerifyError> {
-    let bad = |reason| VerifyError::Malformed { presigned, reason };
-    let mut out = Vec::new();
-    for name in crate::scan::split(list, b';') {
-        let valid = !name.is_empty()
-            && name
-                .bytes()
-                .all(|b| b.is_ascii_graphic() && !b.is_ascii_uppercase() && b != b';');
-        if !valid {
-            return Err(bad(
-                "SignedHeaders must be a ;-separated list of lowercase header names",
-            ));
-        }
-        out.push(name.to_owned());
-    }
-    if !out.iter().any(|name| name == "host") {
-        return Err(bad("the host header must be signed"));
-    }
-    Ok(out)
 }
 
 /// The value of a header that must not repeat, if present.

@@ -30,9 +30,9 @@ fn check(parts: &Parts, secret: &str) -> Result<AuthRequest, VerifyError> {
     let auth = parse(method, uri, headers)?.expect("request carries auth");
     let key = SigningKey::derive(
         secret,
-        &auth.scope.date,
-        &auth.scope.region,
-        &auth.scope.service,
+        auth.scope.date(),
+        auth.scope.region(),
+        auth.scope.service(),
     );
     check_time(&auth, auth.timestamp)?;
     verify(&auth, method, uri, headers, &key)?;
@@ -179,11 +179,11 @@ fn doc_get_object_with_range() {
     let auth = parse(method, uri, headers).unwrap().unwrap();
     let canonical = canonical_request(&auth, method, uri, headers).unwrap();
     assert_eq!(
-        string_to_sign(&auth.amz_date, &auth.scope.to_scope_string(), &canonical),
+        string_to_sign(&auth.amz_date, auth.scope.scope(), &canonical),
         "AWS4-HMAC-SHA256\n20130524T000000Z\n20130524/us-east-1/s3/aws4_request\n7344ae5b7ee6c3e7e6b0fe0640412a37625d1fbfff95c48bbb2dc43964946972"
     );
     let auth = check(&parts, DOC_SECRET).unwrap();
-    assert_eq!(auth.scope.access_key, "AKIAIOSFODNN7EXAMPLE");
+    assert_eq!(auth.scope.access_key(), "AKIAIOSFODNN7EXAMPLE");
     assert_eq!(
         auth.payload,
         PayloadMode::Sha256(decode_hex32(EMPTY_SHA256_HEX).unwrap())
@@ -304,7 +304,7 @@ fn botocore_header_signed_put_with_odd_key() {
         ],
     );
     let auth = check(&parts, BOTO_SECRET).unwrap();
-    assert_eq!(auth.scope.region, "us-west-2");
+    assert_eq!(auth.scope.region(), "us-west-2");
     assert_eq!(
         auth.payload.to_header_value(),
         "16cacfab791192d9232885fb8dc5896f64d17f97e969e446c36b4717543b985b"
@@ -379,7 +379,11 @@ fn header_form_is_flexible_about_whitespace() {
     ] {
         let (method, uri, headers) = request("GET", "/", &with_auth(&value));
         let auth = parse(&method, &uri, &headers).unwrap().unwrap();
-        assert_eq!(auth.signed_headers, ["host", "x-amz-date"]);
+        assert_eq!(
+            auth.signed_headers.iter().collect::<Vec<_>>(),
+            ["host", "x-amz-date"]
+        );
+        assert_eq!(auth.signed_headers.as_str(), "host;x-amz-date");
         assert_eq!(auth.timestamp, 1_369_353_600);
     }
 }
@@ -628,13 +632,8 @@ fn amz_dates() {
 fn time_boundaries() {
     let header = |ts: i64| AuthRequest {
         kind: AuthKind::Header,
-        scope: CredentialScope {
-            access_key: "AK".into(),
-            date: "20130524".into(),
-            region: "us-east-1".into(),
-            service: "s3".into(),
-        },
-        signed_headers: vec!["host".into()],
+        scope: CredentialScope::new("AK", "20130524", "us-east-1", "s3"),
+        signed_headers: SignedHeaders::parse("host", false).unwrap(),
         signature: [0; 32],
         amz_date: "20130524T000000Z".into(),
         timestamp: ts,
@@ -678,7 +677,7 @@ fn time_boundaries() {
     assert_eq!(VerifyError::NotYetValid.code(), S3ErrorCode::AccessDenied);
 
     let mut other_day = header(t);
-    other_day.scope.date = "20130523".into();
+    other_day.scope = CredentialScope::new("AK", "20130523", "us-east-1", "s3");
     assert_eq!(
         check_time(&other_day, t).unwrap_err().code(),
         S3ErrorCode::AuthorizationHeaderMalformed
@@ -843,13 +842,8 @@ fn sign_request(
     let (m, u, h) = request(method, &uri, &refs);
     let mut auth = AuthRequest {
         kind: AuthKind::Header,
-        scope: CredentialScope {
-            access_key: "AKTEST".into(),
-            date: "20240301".into(),
-            region: "eu-west-1".into(),
-            service: "s3".into(),
-        },
-        signed_headers: signed,
+        scope: CredentialScope::new("AKTEST", "20240301", "eu-west-1", "s3"),
+        signed_headers: SignedHeaders::parse(&signed.join(";"), false).unwrap(),
         signature: [0; 32],
         amz_date: "20240301T120000Z".into(),
         timestamp: 0,
@@ -857,12 +851,12 @@ fn sign_request(
     };
     let canonical = canonical_request(&auth, &m, &u, &h).unwrap();
     let key = SigningKey::derive(secret, "20240301", "eu-west-1", "s3");
-    auth.signature = key
-        .sign(string_to_sign(&auth.amz_date, &auth.scope.to_scope_string(), &canonical).as_bytes());
+    auth.signature =
+        key.sign(string_to_sign(&auth.amz_date, auth.scope.scope(), &canonical).as_bytes());
     let value = format!(
         "AWS4-HMAC-SHA256 Credential=AKTEST/{}, SignedHeaders={}, Signature={}",
-        auth.scope.to_scope_string(),
-        auth.signed_headers.join(";"),
+        auth.scope.scope(),
+        auth.signed_headers.as_str(),
         hex::encode(auth.signature)
     );
     let mut h = h;
@@ -907,6 +901,28 @@ proptest! {
         let mut want = [0u8; 32];
         let want = hex::decode_to_slice(&s, &mut want).ok().map(|()| want);
         prop_assert_eq!(decode_hex32(&s), want);
+    }
+
+    #[test]
+    fn signed_headers_are_checked_as_a_name_by_name_check_does(
+        list in "(host|[a-cAXé \t-]{0,5})(;{1,2}(host|[a-cAXé \t-]{0,5})){0,4};?",
+    ) {
+        let names: Vec<&str> = list.split(';').collect();
+        let want = names.contains(&"host")
+            && names.iter().all(|n| {
+                !n.is_empty() && n.bytes().all(|b| b.is_ascii_graphic() && !b.is_ascii_uppercase())
+            });
+        let got = SignedHeaders::parse(&list, false);
+        prop_assert_eq!(got.is_ok(), want, "{:?}", list);
+        if let Ok(headers) = got {
+            prop_assert_eq!(headers.iter().collect::<Vec<_>>(), names);
+            prop_assert_eq!(headers.as_str(), list.as_str());
+        }
+    }
+
+    #[test]
+    fn hex_string_agrees_with_the_hex_crate(bytes in proptest::array::uniform32(any::<u8>())) {
+        prop_assert_eq!(hex_string(&bytes), hex::encode(bytes));
     }
 
     #[test]

@@ -11,7 +11,7 @@ use subtle::ConstantTimeEq as _;
 /// `key` and compares in constant time.
 ///
 /// `key` must have been derived for `auth.scope` with the secret of
-/// `auth.scope.access_key`; that is the caller's job.
+/// `auth.scope.access_key()`; that is the caller's job.
 pub fn verify(
     auth: &AuthRequest,
     method: &Method,
@@ -20,7 +20,7 @@ pub fn verify(
     key: &SigningKey,
 ) -> Result<(), VerifyError> {
     let canonical = canonical_request(auth, method, uri, headers)?;
-    let sts = string_to_sign(&auth.amz_date, &auth.scope.to_scope_string(), &canonical);
+    let sts = string_to_sign(&auth.amz_date, auth.scope.scope(), &canonical);
     let expected = key.sign(sts.as_bytes());
     if !bool::from(expected.ct_eq(&auth.signature)) {
         return Err(VerifyError::SignatureMismatch);
@@ -43,7 +43,7 @@ pub(super) fn check_amz_headers_signed(
         if name == "x-amz-content-sha256" && !auth.is_presigned() {
             continue;
         }
-        if !auth.signed_headers.iter().any(|h| h == name) {
+        if !auth.signed_headers.contains(name) {
             return Err(VerifyError::UnsignedAmzHeader);
         }
     }
@@ -65,19 +65,14 @@ pub fn canonical_request(
     out.push('\n');
     canonical_query(&mut out, uri.query().unwrap_or(""), auth.is_presigned());
     out.push('\n');
-    for name in &auth.signed_headers {
+    for name in auth.signed_headers.iter() {
         out.push_str(name);
         out.push(':');
         canonical_header_value(&mut out, name, uri, headers)?;
         out.push('\n');
     }
     out.push('\n');
-    for (i, name) in auth.signed_headers.iter().enumerate() {
-        if i > 0 {
-            out.push(';');
-        }
-        out.push_str(name);
-    }
+    out.push_str(auth.signed_headers.as_str());
     out.push('\n');
     match auth.kind {
         AuthKind::Presigned { .. } => out.push_str(UNSIGNED_PAYLOAD),

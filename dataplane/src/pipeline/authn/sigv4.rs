@@ -24,7 +24,7 @@ use crate::error::Error;
 use crate::pipeline::Ctx;
 
 /// Signing keys by `access-key/date/region/service` (access keys never
-/// contain '/').
+/// contain '/'): the credential scope's [`key_id`](sigv4::CredentialScope::key_id).
 pub type KeyCache = Cache<String, Stamped<SigningKeyGrant>>;
 
 /// A signing-key cache of at most `capacity` entries, each living for the
@@ -42,18 +42,6 @@ pub fn key_cache(capacity: u64) -> KeyCache {
         .build()
 }
 
-fn key_cache_key(access_key: &str, date: &str, region: &str, service: &str) -> String {
-    let mut k =
-        String::with_capacity(access_key.len() + date.len() + region.len() + service.len() + 3);
-    for (i, part) in [access_key, date, region, service].into_iter().enumerate() {
-        if i > 0 {
-            k.push('/');
-        }
-        k.push_str(part);
-    }
-    k
-}
-
 /// Whether a key-cache entry belongs to `access_key`.
 pub(crate) fn key_cache_entry_of(entry: &str, access_key: &str) -> bool {
     entry.split('/').next() == Some(access_key)
@@ -65,48 +53,42 @@ pub(super) async fn verify(
     auth: AuthRequest,
 ) -> Result<Authenticated, Error> {
     sigv4::check_time(&auth, crate::unix_now())?;
-    if auth.scope.service != "s3" {
+    if auth.scope.service() != "s3" {
         return Err(S3Error::new(
             S3ErrorCode::AuthorizationHeaderMalformed,
             "the credential scope must name the service 's3'",
         )
         .into());
     }
-    if auth.scope.region != cx.cfg.region {
+    if auth.scope.region() != cx.cfg.region {
         return Err(S3Error::new(
             S3ErrorCode::AuthorizationHeaderMalformed,
             format!(
                 "the region '{}' is wrong; expecting '{}'",
-                truncate(&auth.scope.region),
+                truncate(auth.scope.region()),
                 cx.cfg.region
             ),
         )
         .into());
     }
-    // One allocation for the cache key; the control-plane request is only
-    // built on a miss.
-    let scope = &auth.scope;
-    let cache_key = key_cache_key(
-        &scope.access_key,
-        &scope.date,
-        &scope.region,
-        &scope.service,
-    );
+    // The cache key is a slice of the credential: no allocation unless
+    // the front misses; the control-plane request is only built on a miss
+    // of both.
+    let key_id = auth.scope.key_id();
     let generation = cx.generation.current();
-    let front = cx.front_keys.get(cache_key.as_str(), generation);
+    let front = cx.front_keys.get(key_id, generation);
     let grant = match front {
         Some(grant) => crate::cache::front_hit(s3gate_observe::CacheKind::Keys, grant),
-        None => match crate::cache::seen(
-            s3gate_observe::CacheKind::Keys,
-            cx.keys.get(&cache_key).await,
-        ) {
-            Some(stamped) => {
-                let grant = stamped.value.clone();
-                cx.front_keys.insert(cache_key, stamped, generation);
-                grant
+        None => {
+            match crate::cache::seen(s3gate_observe::CacheKind::Keys, cx.keys.get(key_id).await) {
+                Some(stamped) => {
+                    let grant = stamped.value.clone();
+                    cx.front_keys.insert(key_id.to_owned(), stamped, generation);
+                    grant
+                }
+                None => Box::pin(fetch_key(cx, head, &auth, generation)).await?,
             }
-            None => Box::pin(fetch_key(cx, head, &auth, cache_key, generation)).await?,
-        },
+        }
     };
     // The signature first: until it matches, the caller has not shown it
     // holds the key's secret, and must not learn anything about the key
@@ -155,21 +137,21 @@ async fn fetch_key(
     cx: &Ctx,
     head: &Parts,
     auth: &AuthRequest,
-    cache_key: String,
     generation: u64,
 ) -> Result<SigningKeyGrant, Error> {
     let scope = &auth.scope;
+    let cache_key = scope.key_id().to_owned();
     let ask = SigningKeyRequest {
-        access_key: scope.access_key.clone(),
-        date: scope.date.clone(),
-        region: scope.region.clone(),
-        service: scope.service.clone(),
+        access_key: scope.access_key().to_owned(),
+        date: scope.date().to_owned(),
+        region: scope.region().to_owned(),
+        service: scope.service().to_owned(),
         security_token_sha256: security_token(head, auth)?
             .map(|t| s3gate_s3::sts::token_sha256(&t)),
     };
     let stamped = super::known_key(
         cx,
-        &scope.access_key,
+        scope.access_key(),
         cx.keys.try_get_with(cache_key.clone(), async {
             cx.control_plane.signing_key(ask).await.map(Stamped::new)
         }),
