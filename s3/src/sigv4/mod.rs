@@ -230,6 +230,12 @@ impl CredentialScope {
             }
             credential.push_str(part);
         }
+        Self::with_parts(credential, access_key, date, region)
+    }
+
+    /// `credential` (`AK/date/region/service/aws4_request`) with the ends
+    /// of its parts, from the lengths of the first three.
+    fn with_parts(credential: String, access_key: &str, date: &str, region: &str) -> Self {
         let date_at = access_key.len() + 1;
         let region_at = date_at + date.len() + 1;
         Self {
@@ -312,14 +318,12 @@ impl CredentialScope {
         if term != TERMINATOR {
             return Err(bad("the credential must end with aws4_request"));
         }
-        let date_at = access_key.len() + 1;
-        let region_at = date_at + date.len() + 1;
-        Ok(Self {
-            credential: credential.to_owned(),
-            date_at,
-            region_at,
-            region_end: region_at + region.len(),
-        })
+        Ok(Self::with_parts(
+            credential.to_owned(),
+            access_key,
+            date,
+            region,
+        ))
     }
 }
 
