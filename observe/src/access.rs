@@ -256,27 +256,50 @@ fn timestamp(out: &mut Vec<u8>, at: SystemTime) {
     let since = at
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap_or_default();
-    let secs = i64::try_from(since.as_secs()).unwrap_or(i64::MAX);
-    let Ok(t) = time::OffsetDateTime::from_unix_timestamp(secs) else {
+    let secs = since.as_secs();
+    // The date and time down to the second change once a second: kept per
+    // thread and only the microseconds written per line.
+    let cached = SECOND.with(|c| c.get()).filter(|(at, _)| *at == secs);
+    let Some((_, prefix)) = cached.or_else(|| {
+        let prefix = second_prefix(secs)?;
+        SECOND.with(|c| c.set(Some((secs, prefix))));
+        Some((secs, prefix))
+    }) else {
         out.extend_from_slice(b"0000-00-00T00:00:00.000000Z");
         return;
     };
-    let mut s = *b"0000-00-00T00:00:00.000000Z";
-    let mut put = |at: usize, width: usize, mut value: u32| {
-        for slot in s[at..at + width].iter_mut().rev() {
-            // `value % 10` is one digit.
-            *slot = b'0' + (value % 10) as u8;
-            value /= 10;
-        }
-    };
-    put(0, 4, u32::try_from(t.year()).unwrap_or(0));
-    put(5, 2, u32::from(u8::from(t.month())));
-    put(8, 2, u32::from(t.day()));
-    put(11, 2, u32::from(t.hour()));
-    put(14, 2, u32::from(t.minute()));
-    put(17, 2, u32::from(t.second()));
-    put(20, 6, since.subsec_micros());
-    out.extend_from_slice(&s);
+    out.extend_from_slice(&prefix);
+    let mut micros = *b"000000Z";
+    put_digits(&mut micros[..6], since.subsec_micros());
+    out.extend_from_slice(&micros);
+}
+
+thread_local! {
+    /// The last second [`timestamp`] wrote, and its `YYYY-MM-DDTHH:MM:SS.`.
+    static SECOND: std::cell::Cell<Option<(u64, [u8; 20])>> = const { std::cell::Cell::new(None) };
+}
+
+/// `YYYY-MM-DDTHH:MM:SS.` of a unix second; `None` past what the calendar
+/// holds.
+fn second_prefix(secs: u64) -> Option<[u8; 20]> {
+    let t = time::OffsetDateTime::from_unix_timestamp(i64::try_from(secs).ok()?).ok()?;
+    let mut s = *b"0000-00-00T00:00:00.";
+    put_digits(&mut s[0..4], u32::try_from(t.year()).unwrap_or(0));
+    put_digits(&mut s[5..7], u32::from(u8::from(t.month())));
+    put_digits(&mut s[8..10], u32::from(t.day()));
+    put_digits(&mut s[11..13], u32::from(t.hour()));
+    put_digits(&mut s[14..16], u32::from(t.minute()));
+    put_digits(&mut s[17..19], u32::from(t.second()));
+    Some(s)
+}
+
+/// `value`'s last `slots.len()` decimal digits, zero-padded.
+fn put_digits(slots: &mut [u8], mut value: u32) {
+    for slot in slots.iter_mut().rev() {
+        // `value % 10` is one digit.
+        *slot = b'0' + (value % 10) as u8;
+        value /= 10;
+    }
 }
 
 #[cfg(test)]
@@ -403,6 +426,34 @@ mod tests {
         let at = SystemTime::UNIX_EPOCH + Duration::new(1_796_528_322, 458_503_999);
         timestamp(&mut out, at);
         assert_eq!(out, b"2026-12-06T03:38:42.458503Z");
+    }
+
+    #[test]
+    fn a_cached_second_writes_what_a_fresh_one_does() {
+        let base = SystemTime::UNIX_EPOCH + Duration::new(1_796_528_322, 0);
+        let instants = [
+            base,
+            base + Duration::from_micros(999_999),
+            base + Duration::from_secs(1),
+            base - Duration::from_secs(86_400),
+            base + Duration::from_micros(1),
+            base + Duration::from_secs(59 * 60 + 18),
+        ];
+        for at in instants {
+            let mut cached = Vec::new();
+            timestamp(&mut cached, at);
+            SECOND.with(|c| c.set(None));
+            let mut fresh = Vec::new();
+            timestamp(&mut fresh, at);
+            assert_eq!(cached, fresh, "{at:?}");
+            // Twice in a row: the second from the cache.
+            let mut again = Vec::new();
+            timestamp(&mut again, at);
+            assert_eq!(again, fresh);
+        }
+        let mut out = Vec::new();
+        timestamp(&mut out, base + Duration::from_secs(59 * 60 + 18));
+        assert_eq!(&out[..], b"2026-12-06T04:38:00.000000Z");
     }
 
     #[test]

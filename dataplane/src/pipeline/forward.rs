@@ -7,7 +7,8 @@ use http::header::{
     LOCATION,
 };
 use http::request::Parts;
-use http::{HeaderMap, Request, Response, StatusCode};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{HeaderMap, Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
 use s3gate_proto::AddressingStyle;
 use s3gate_s3::request::{decode, encode_component, encode_key, Addressing, Op, Query, S3Request};
@@ -27,54 +28,58 @@ use s3gate_s3::xml::escape;
 /// authentication (the backend request is signed anew), and what proxies
 /// in front of the gateway said (the backend's client is the gateway; a
 /// backend that believed them could check a signature against a host the
-/// gateway did not sign for).
-const DROP_REQUEST: &[&str] = &[
-    "authorization",
-    "connection",
-    "expect",
-    "forwarded",
-    "host",
-    // The gateway says which IBM service instance (from the backend's
-    // credentials); a client never does.
-    "ibm-service-instance-id",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "proxy-connection",
-    "te",
-    // A client's trace context: the gateway's own span is the backend
-    // request's parent (a trusted proxy's context is its parent's).
-    "traceparent",
-    "tracestate",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "x-amz-content-sha256",
-    "x-amz-date",
-    "x-amz-security-token",
-    "x-forwarded-for",
-    "x-forwarded-host",
-    "x-forwarded-port",
-    "x-forwarded-proto",
-    "x-real-ip",
-];
+/// gateway did not sign for). A `match` rather than a list searched name
+/// by name: every header of every request goes through it.
+fn drops_request_header(name: &str) -> bool {
+    matches!(
+        name,
+        "authorization"
+            | "connection"
+            | "expect"
+            | "forwarded"
+            | "host"
+            // The gateway says which IBM service instance (from the
+            // backend's credentials); a client never does.
+            | "ibm-service-instance-id"
+            | "keep-alive"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "proxy-connection"
+            | "te"
+            // A client's trace context: the gateway's own span is the
+            // backend request's parent (a trusted proxy's context is its
+            // parent's).
+            | "traceparent"
+            | "tracestate"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+            | "x-amz-content-sha256"
+            | "x-amz-date"
+            | "x-amz-security-token"
+            | "x-forwarded-for"
+            | "x-forwarded-host"
+            | "x-forwarded-port"
+            | "x-forwarded-proto"
+            | "x-real-ip"
+    )
+}
 
 /// Extra request headers dropped when an aws-chunked body is forwarded decoded.
-const DROP_DECODED: &[&str] = &[
-    "x-amz-decoded-content-length",
-    "x-amz-trailer",
-    "x-amz-sdk-checksum-algorithm",
-];
+fn drops_decoded_header(name: &str) -> bool {
+    matches!(
+        name,
+        "x-amz-decoded-content-length" | "x-amz-trailer" | "x-amz-sdk-checksum-algorithm"
+    )
+}
 
 /// Headers that describe the client's body, dropped when the gateway sends a
-/// document of its own instead.
-const DROP_REPLACED: &[&str] = &[
-    "content-encoding",
-    "content-md5",
-    "x-amz-decoded-content-length",
-    "x-amz-trailer",
-    "x-amz-sdk-checksum-algorithm",
-];
+/// document of its own instead (its checksums too).
+fn drops_replaced_header(name: &str) -> bool {
+    matches!(name, "content-encoding" | "content-md5")
+        || drops_decoded_header(name)
+        || name.starts_with("x-amz-checksum-")
+}
 
 /// Copy-source headers: meaningful only to CopyObject and UploadPartCopy,
 /// whose source was authorized; dropped from every other request.
@@ -82,28 +87,25 @@ fn is_copy_source_header(name: &str) -> bool {
     name.starts_with("x-amz-copy-source")
 }
 
-/// Response headers never passed back: names built at compile time (see
-/// `s3gate_s3::names`).
-const DROP_RESPONSE: [HeaderName; 8] = [
-    CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    http::header::PROXY_AUTHENTICATE,
-    HeaderName::from_static("proxy-connection"),
-    http::header::TE,
-    http::header::TRAILER,
-    http::header::TRANSFER_ENCODING,
-    http::header::UPGRADE,
-];
-
 /// Whether a backend response header stays behind: hop-by-hop headers,
 /// the backend's request ids and software, and its CORS answer (the
-/// gateway answers CORS itself).
+/// gateway answers CORS itself). A `match` on the name: every header of
+/// every response goes through it.
 fn is_backend_only(name: &HeaderName) -> bool {
-    DROP_RESPONSE.contains(name)
-        || *name == names::X_AMZ_REQUEST_ID
-        || *name == names::X_AMZ_ID_2
-        || *name == http::header::SERVER
-        || super::cors::is_cors_header(name)
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-authenticate"
+            | "proxy-connection"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+            | "x-amz-request-id"
+            | "x-amz-id-2"
+            | "server"
+    ) || super::cors::is_cors_header(name)
 }
 
 /// Drops what [`is_backend_only`] names from a backend response head, and
@@ -163,21 +165,14 @@ pub async fn send(
     body: Body,
     plan: PayloadPlan,
 ) -> Result<(Response<Incoming>, Slot), Error> {
-    let backend = &route.route.backend;
     let object_key = if req.is_list() {
         None
     } else {
         req.key.as_deref()
     };
-    let (target, host) = upstream_target(
-        &backend.endpoint,
-        backend.addressing_style,
-        &route.route.backend_bucket,
-        object_key,
-        head.uri.query().unwrap_or(""),
-    )?;
-
-    let headers = upstream_headers(head, &host, &plan, req, source)?;
+    let target = route.target.as_ref().map_err(TargetError::to_error)?;
+    let uri = target.uri(object_key, head.uri.query().unwrap_or(""))?;
+    let headers = upstream_headers(head, target.host(), &plan, req, source)?;
 
     let signer = match &route.auth {
         UpstreamAuth::SigV4(signer) => signer,
@@ -190,7 +185,7 @@ pub async fn send(
             return Box::pin(send_bearer(
                 route,
                 head,
-                target,
+                uri,
                 headers,
                 &plan,
                 body,
@@ -201,16 +196,9 @@ pub async fn send(
         }
     };
 
-    let mut upstream = Request::builder()
-        .method(head.method.clone())
-        .uri(target)
-        .body(body)
-        .map_err(|e| {
-            Error::S3(S3Error::new(
-                S3ErrorCode::InvalidURI,
-                format!("invalid upstream request: {e}"),
-            ))
-        })?;
+    let mut upstream = Request::new(body);
+    *upstream.method_mut() = head.method.clone();
+    *upstream.uri_mut() = uri;
     *upstream.headers_mut() = headers;
     let payload = match &plan.upstream {
         UpstreamPayload::Sha256(hex) => hex.as_str(),
@@ -258,7 +246,7 @@ fn trace_context(headers: &mut HeaderMap) {
 async fn send_bearer(
     route: &RouteEntry,
     head: &Parts,
-    target: String,
+    uri: Uri,
     mut headers: HeaderMap,
     plan: &PayloadPlan,
     body: Body,
@@ -279,16 +267,9 @@ async fn send_bearer(
     if let Some(id) = service_instance_id {
         headers.insert(names::IBM_SERVICE_INSTANCE_ID, id.clone());
     }
-    let mut upstream = Request::builder()
-        .method(head.method.clone())
-        .uri(target)
-        .body(body)
-        .map_err(|e| {
-            Error::S3(S3Error::new(
-                S3ErrorCode::InvalidURI,
-                format!("invalid upstream request: {e}"),
-            ))
-        })?;
+    let mut upstream = Request::new(body);
+    *upstream.method_mut() = head.method.clone();
+    *upstream.uri_mut() = uri;
     *upstream.headers_mut() = headers;
     trace_context(upstream.headers_mut());
     Ok(route.upstream.send(upstream).await?)
@@ -419,45 +400,100 @@ async fn rewrite_bucket(
     Ok(Response::from_parts(parts, crate::body::full(doc)))
 }
 
-/// The backend URL of a request and the Host it must carry: path style
-/// `scheme://authority/bucket/key`, or virtual style
-/// `scheme://bucket.authority/key`. Keys and query parameters are re-encoded
-/// strictly, so the URL is exactly what aws-sigv4 signs; presign parameters
-/// are dropped.
-fn upstream_target(
-    endpoint: &str,
+/// Where a route's backend requests go: the backend URL's scheme and
+/// authority and the `Host` they carry, parsed once when the route is
+/// filled. Path style sends `scheme://authority/bucket/key`, virtual style
+/// `scheme://bucket.authority/key`.
+pub struct Target {
+    scheme: Scheme,
+    authority: Authority,
+    host: HeaderValue,
     style: AddressingStyle,
-    bucket: &str,
-    object_key: Option<&str>,
-    query: &str,
-) -> Result<(String, String), Error> {
-    let (scheme, authority) = endpoint
-        .split_once("://")
-        .ok_or_else(|| Error::Config("backend endpoint has no scheme".to_owned()))?;
-    let mut target =
-        String::with_capacity(64 + object_key.map_or(0, |k| k.len() * 3) + query.len());
-    let host = match style {
-        AddressingStyle::Path => {
-            for part in [scheme, "://", authority, "/", bucket] {
-                target.push_str(part);
+    /// `/bucket` in path style; empty in virtual style.
+    prefix: String,
+}
+
+/// Why a route has no [`Target`]: reported when a request would use it, as
+/// the request's error.
+pub enum TargetError {
+    /// The backend endpoint names no scheme (a configuration error).
+    NoScheme,
+    /// The endpoint and bucket make no valid URL authority.
+    InvalidUri(String),
+}
+
+impl Target {
+    pub fn new(endpoint: &str, style: AddressingStyle, bucket: &str) -> Result<Self, TargetError> {
+        let (scheme, authority) = endpoint.split_once("://").ok_or(TargetError::NoScheme)?;
+        let invalid = |e: &dyn std::fmt::Display| TargetError::InvalidUri(e.to_string());
+        let scheme = Scheme::try_from(scheme).map_err(|e| invalid(&e))?;
+        let (authority, prefix) = match style {
+            AddressingStyle::Path => (authority.to_owned(), format!("/{bucket}")),
+            AddressingStyle::Virtual => (format!("{bucket}.{authority}"), String::new()),
+        };
+        let host = HeaderValue::from_str(&authority).map_err(|e| invalid(&e))?;
+        let authority = Authority::try_from(authority).map_err(|e| invalid(&e))?;
+        Ok(Self {
+            scheme,
+            authority,
+            host,
+            style,
+            prefix,
+        })
+    }
+
+    /// The `Host` backend requests carry.
+    pub fn host(&self) -> &HeaderValue {
+        &self.host
+    }
+
+    /// The backend URL of a request. Keys and query parameters are
+    /// re-encoded strictly, so the URL is exactly what the signer signs;
+    /// presign parameters are dropped.
+    fn uri(&self, object_key: Option<&str>, query: &str) -> Result<Uri, Error> {
+        let mut path = String::with_capacity(
+            self.prefix.len() + 2 + object_key.map_or(0, |k| k.len() * 3) + query.len(),
+        );
+        path.push_str(&self.prefix);
+        match (self.style, object_key) {
+            (_, Some(k)) => {
+                path.push('/');
+                path.extend(encode_key(k));
             }
-            if let Some(k) = object_key {
-                target.push('/');
-                target.extend(encode_key(k));
-            }
-            authority.to_owned()
+            (AddressingStyle::Virtual, None) => path.push('/'),
+            (AddressingStyle::Path, None) => {}
         }
-        AddressingStyle::Virtual => {
-            let host = format!("{bucket}.{authority}");
-            let _ = write!(target, "{scheme}://{host}/");
-            if let Some(k) = object_key {
-                let _ = write!(target, "{}", encode_key(k));
-            }
-            host
+        append_query(&mut path, query)?;
+        let path = PathAndQuery::try_from(path).map_err(|e| {
+            Error::S3(S3Error::new(
+                S3ErrorCode::InvalidURI,
+                format!("invalid upstream request: {e}"),
+            ))
+        })?;
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(self.scheme.clone());
+        parts.authority = Some(self.authority.clone());
+        parts.path_and_query = Some(path);
+        Uri::from_parts(parts).map_err(|e| {
+            Error::S3(S3Error::new(
+                S3ErrorCode::InvalidURI,
+                format!("invalid upstream request: {e}"),
+            ))
+        })
+    }
+}
+
+impl TargetError {
+    /// The error a request routed here gets.
+    fn to_error(&self) -> Error {
+        match self {
+            Self::NoScheme => Error::Config("backend endpoint has no scheme".to_owned()),
+            Self::InvalidUri(e) => Error::S3(S3Error::new(
+                S3ErrorCode::InvalidURI,
+                format!("invalid upstream request: {e}"),
+            )),
         }
-    };
-    append_query(&mut target, query)?;
-    Ok((target, host))
+    }
 }
 
 fn append_query(target: &mut String, raw: &str) -> Result<(), Error> {
@@ -504,7 +540,7 @@ fn normalize_whitespace(value: &HeaderValue) -> HeaderValue {
 
 fn upstream_headers(
     head: &Parts,
-    host: &str,
+    host: &HeaderValue,
     plan: &PayloadPlan,
     req: &S3Request,
     source: Option<&std::sync::Arc<RouteEntry>>,
@@ -529,9 +565,9 @@ fn upstream_headers(
     let mut out = HeaderMap::with_capacity(head.headers.len() + 4);
     for (name, value) in &head.headers {
         let n = name.as_str();
-        if DROP_REQUEST.contains(&n)
-            || (decoded && DROP_DECODED.contains(&n))
-            || (replaced && (DROP_REPLACED.contains(&n) || n.starts_with("x-amz-checksum-")))
+        if drops_request_header(n)
+            || (decoded && drops_decoded_header(n))
+            || (replaced && drops_replaced_header(n))
             || (!copies && is_copy_source_header(n))
             || super::cors::is_request_header(n)
             || connection_listed.iter().any(|c| c.eq_ignore_ascii_case(n))
@@ -549,9 +585,7 @@ fn upstream_headers(
             out.insert(names::CONTENT_MD5, v);
         }
     }
-    let host = HeaderValue::from_str(host)
-        .map_err(|_| Error::Config("invalid backend host".to_owned()))?;
-    out.insert(HOST, host);
+    out.insert(HOST, host.clone());
     if let Some(len) = reframed_len {
         out.insert(CONTENT_LENGTH, HeaderValue::from(len));
     } else if let (true, Some(len)) = (decoded, plan.decoded_length) {
@@ -771,9 +805,14 @@ mod tests {
     use super::*;
 
     fn check(style: AddressingStyle, key: Option<&str>, query: &str, want: (&str, &str)) {
-        let (target, host) =
-            upstream_target("http://localhost:9000", style, "data-prod", key, query).unwrap();
-        assert_eq!((target.as_str(), host.as_str()), want);
+        let Ok(target) = Target::new("http://localhost:9000", style, "data-prod") else {
+            panic!("no target");
+        };
+        let uri = target.uri(key, query).unwrap();
+        assert_eq!(
+            (uri.to_string().as_str(), target.host().to_str().unwrap()),
+            want
+        );
     }
 
     #[test]
@@ -793,7 +832,17 @@ mod tests {
                 HeaderValue::from_static(value),
             );
         }
-        for name in &DROP_RESPONSE {
+        for name in [
+            "connection",
+            "keep-alive",
+            "proxy-authenticate",
+            "proxy-connection",
+            "te",
+            "trailer",
+            "transfer-encoding",
+            "upgrade",
+        ] {
+            let name = HeaderName::from_static(name);
             h.append(name.clone(), HeaderValue::from_static("a"));
             h.append(name.clone(), HeaderValue::from_static("b"));
         }
@@ -814,6 +863,74 @@ mod tests {
         // Nothing to drop: nothing changes, and no id.
         assert_eq!(strip_backend_headers(&mut h), None);
         assert_eq!(h.len(), 3);
+    }
+
+    #[test]
+    fn dropped_request_headers_are_the_listed_ones() {
+        for name in [
+            "authorization",
+            "connection",
+            "expect",
+            "forwarded",
+            "host",
+            "ibm-service-instance-id",
+            "keep-alive",
+            "proxy-authenticate",
+            "proxy-authorization",
+            "proxy-connection",
+            "te",
+            "traceparent",
+            "tracestate",
+            "trailer",
+            "transfer-encoding",
+            "upgrade",
+            "x-amz-content-sha256",
+            "x-amz-date",
+            "x-amz-security-token",
+            "x-forwarded-for",
+            "x-forwarded-host",
+            "x-forwarded-port",
+            "x-forwarded-proto",
+            "x-real-ip",
+        ] {
+            assert!(drops_request_header(name), "{name} must not be forwarded");
+        }
+        for name in [
+            "range",
+            "if-match",
+            "content-type",
+            "content-length",
+            "x-amz-meta-a",
+            "x-amz-server-side-encryption",
+            "x-amz-dat",
+            "hos",
+            "authorizations",
+        ] {
+            assert!(!drops_request_header(name), "{name} is forwarded");
+        }
+        for name in [
+            "x-amz-decoded-content-length",
+            "x-amz-trailer",
+            "x-amz-sdk-checksum-algorithm",
+        ] {
+            assert!(drops_decoded_header(name) && drops_replaced_header(name));
+        }
+        for name in ["content-encoding", "content-md5", "x-amz-checksum-crc32"] {
+            assert!(drops_replaced_header(name) && !drops_decoded_header(name));
+        }
+        assert!(!drops_replaced_header("content-type"));
+    }
+
+    #[test]
+    fn a_target_without_scheme_or_with_a_bad_authority_fails_its_requests() {
+        assert!(matches!(
+            Target::new("localhost:9000", AddressingStyle::Path, "b"),
+            Err(TargetError::NoScheme)
+        ));
+        assert!(matches!(
+            Target::new("http://localhost:9000", AddressingStyle::Virtual, "b c"),
+            Err(TargetError::InvalidUri(_))
+        ));
     }
 
     #[test]

@@ -60,6 +60,9 @@ pub struct RouteEntry {
     pub upstream: Arc<Upstream>,
     /// How backend requests are authenticated, built once per fill.
     pub auth: UpstreamAuth,
+    /// Where backend requests go (URL scheme, authority, `Host`), parsed
+    /// once per fill; a bad endpoint fails each request routed here.
+    pub target: Result<super::forward::Target, super::forward::TargetError>,
     /// The bucket's CORS rules, compiled; cached and invalidated with the
     /// route.
     pub cors: Arc<super::cors::Rules>,
@@ -277,7 +280,13 @@ async fn fill(
         upstream_auth(&route.credentials.auth, &route.backend).map_err(Error::ControlPlane)?;
     let now = Instant::now();
     let ttl = effective_ttl(&route, crate::unix_now());
+    let target = super::forward::Target::new(
+        &route.backend.endpoint,
+        route.backend.addressing_style,
+        &route.backend_bucket,
+    );
     Ok(Arc::new(RouteEntry {
+        target,
         cors: Arc::new(super::cors::Rules::compile(&route.cors)),
         expires: now.checked_add(ttl).unwrap_or(now),
         route,
