@@ -131,6 +131,11 @@ pub struct AuthRequest {
     pub timestamp: i64,
     /// Always [`PayloadMode::Unsigned`] for presigned requests.
     pub payload: PayloadMode,
+    /// Header auth: the `x-amz-content-sha256` header as sent, which is
+    /// the canonical request's payload line (and, when signed, a header
+    /// line), kept so `verify` does not look it up again. `None` for
+    /// presigned requests.
+    pub content_sha256: Option<http::HeaderValue>,
 }
 
 /// Why a request's authentication was rejected.
@@ -449,6 +454,7 @@ impl fmt::Debug for AuthRequest {
             .field("amz_date", &self.amz_date)
             .field("timestamp", &self.timestamp)
             .field("payload", &self.payload)
+            .field("content_sha256", &self.content_sha256)
             .finish()
     }
 }

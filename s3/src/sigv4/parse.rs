@@ -2,6 +2,7 @@
 
 use super::canonical::QueryParams;
 use super::*;
+use http::HeaderValue;
 
 // === parse ===
 
@@ -104,9 +105,9 @@ pub(super) fn parse_header(value: &str, headers: &HeaderMap) -> Result<AuthReque
     let amz_date = single_header(headers, &X_AMZ_DATE)?.ok_or(VerifyError::MissingDate)?;
     let timestamp = parse_amz_date(amz_date).ok_or(VerifyError::MissingDate)?;
 
-    let payload =
-        single_header(headers, &X_AMZ_CONTENT_SHA256)?.ok_or(VerifyError::MissingContentSha256)?;
-    let payload = PayloadMode::parse(payload)?;
+    let content_sha256 =
+        single_value(headers, &X_AMZ_CONTENT_SHA256)?.ok_or(VerifyError::MissingContentSha256)?;
+    let payload = PayloadMode::parse(header_str(content_sha256)?)?;
 
     Ok(AuthRequest {
         kind: AuthKind::Header,
@@ -116,6 +117,7 @@ pub(super) fn parse_header(value: &str, headers: &HeaderMap) -> Result<AuthReque
         amz_date: amz_date.to_owned(),
         timestamp,
         payload,
+        content_sha256: Some(content_sha256.clone()),
     })
 }
 
@@ -152,14 +154,23 @@ pub(super) fn parse_presigned(query: &QueryParams) -> Result<AuthRequest, Verify
         amz_date,
         timestamp,
         payload: PayloadMode::Unsigned,
+        content_sha256: None,
     })
 }
 
-/// The value of a header that must not repeat, if present.
+/// The value of a header that must not repeat, if present, trimmed.
 pub(super) fn single_header<'a>(
     headers: &'a HeaderMap,
     name: &http::HeaderName,
 ) -> Result<Option<&'a str>, VerifyError> {
+    single_value(headers, name)?.map(header_str).transpose()
+}
+
+/// The header that must not repeat, if present.
+pub(super) fn single_value<'a>(
+    headers: &'a HeaderMap,
+    name: &http::HeaderName,
+) -> Result<Option<&'a HeaderValue>, VerifyError> {
     let mut values = headers.get_all(name).iter();
     let Some(value) = values.next() else {
         return Ok(None);
@@ -169,8 +180,13 @@ pub(super) fn single_header<'a>(
             "a signing header appears more than once",
         ));
     }
+    Ok(Some(value))
+}
+
+/// A signing header's value, trimmed.
+pub(super) fn header_str(value: &HeaderValue) -> Result<&str, VerifyError> {
     value
         .to_str()
-        .map(|v| Some(v.trim()))
+        .map(str::trim)
         .map_err(|_| VerifyError::header("a signing header is not ASCII"))
 }

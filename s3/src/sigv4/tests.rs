@@ -638,6 +638,7 @@ fn time_boundaries() {
         amz_date: "20130524T000000Z".into(),
         timestamp: ts,
         payload: PayloadMode::Unsigned,
+        content_sha256: None,
     };
     let t = 1_369_353_600;
     let auth = header(t);
@@ -848,6 +849,7 @@ fn sign_request(
         amz_date: "20240301T120000Z".into(),
         timestamp: 0,
         payload: PayloadMode::Unsigned,
+        content_sha256: None,
     };
     let canonical = canonical_request(&auth, &m, &u, &h).unwrap();
     let key = SigningKey::derive(secret, "20240301", "eu-west-1", "s3");

@@ -1,7 +1,7 @@
 //! Rebuilding the canonical request and comparing signatures.
 
 use super::canonical::*;
-use super::parse::single_header;
+use super::parse::{header_str, single_header};
 use super::*;
 use subtle::ConstantTimeEq as _;
 
@@ -68,7 +68,16 @@ pub fn canonical_request(
     for name in auth.signed_headers.iter() {
         out.push_str(name);
         out.push(':');
-        canonical_header_value(&mut out, name, uri, headers)?;
+        match (name, &auth.kind, &auth.content_sha256) {
+            // Header auth: `parse` read both from the headers, each present
+            // once, and neither can hold a blank (a date and a payload mode
+            // have none), so they are their own canonical form.
+            ("x-amz-date", AuthKind::Header, _) => out.push_str(&auth.amz_date),
+            ("x-amz-content-sha256", AuthKind::Header, Some(value)) => {
+                out.push_str(header_str(value)?);
+            }
+            _ => canonical_header_value(&mut out, name, uri, headers)?,
+        }
         out.push('\n');
     }
     out.push('\n');
@@ -77,9 +86,12 @@ pub fn canonical_request(
     match auth.kind {
         AuthKind::Presigned { .. } => out.push_str(UNSIGNED_PAYLOAD),
         // The client signed the header as sent; `parse` made sure it is there.
-        AuthKind::Header => match single_header(headers, &X_AMZ_CONTENT_SHA256)? {
-            Some(value) => out.push_str(value),
-            None => out.push_str(&auth.payload.to_header_value()),
+        AuthKind::Header => match &auth.content_sha256 {
+            Some(value) => out.push_str(header_str(value)?),
+            None => match single_header(headers, &X_AMZ_CONTENT_SHA256)? {
+                Some(value) => out.push_str(value),
+                None => out.push_str(&auth.payload.to_header_value()),
+            },
         },
     }
     Ok(out)
