@@ -5,6 +5,7 @@
 //! 503, never an allow.
 
 use std::borrow::Cow;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use http::request::Parts;
@@ -103,12 +104,23 @@ impl Asker<'_> {
     }
 }
 
-/// Proof that the request was authorized.
+/// Proof that the request was authorized: the allowing decision, shared
+/// with the cache it came from (a front hit copies no reason text).
 #[derive(Debug)]
 pub struct Granted {
-    pub reason: String,
+    decision: Arc<Decision>,
+}
+
+impl Granted {
+    /// Why it was allowed (for the audit log).
+    pub fn reason(&self) -> &str {
+        &self.decision.reason
+    }
+
     /// What decided (`Decision::decided_by`), for the audit log.
-    pub decided_by: Option<std::sync::Arc<str>>,
+    pub fn decided_by(&self) -> Option<&Arc<str>> {
+        self.decision.decided_by.as_ref()
+    }
 }
 
 /// Largest DeleteObjects document accepted (1000 keys of 1 KiB, plus XML).
@@ -209,27 +221,28 @@ pub(crate) async fn decide(
         s3gate_observe::CacheKind::Decisions,
         cx.decisions.get(&wide).await,
     ) {
-        let decision = d.value.clone();
-        cx.front_decisions.insert(wide, d, generation);
+        let decision = Arc::new(d.value);
+        let copy = Stamped {
+            value: decision.clone(),
+            expires: d.expires,
+        };
+        cx.front_decisions.insert(wide, copy, generation);
         decision
     } else if let Some(d) = crate::cache::seen(
         s3gate_observe::CacheKind::Prefixes,
         prefixed(cx, &wide, &resource).await,
     ) {
-        d
+        Arc::new(d)
     } else {
         // Boxed: a miss's future is large and rare (see `pipeline::handle`).
-        Box::pin(ask(cx, asker, wide, resource)).await?
+        Arc::new(Box::pin(ask(cx, asker, wide, resource)).await?)
     };
     if decision.allow {
-        Ok(Granted {
-            reason: decision.reason,
-            decided_by: decision.decided_by,
-        })
+        Ok(Granted { decision })
     } else {
         Err(Error::Denied {
-            reason: decision.reason,
-            decided_by: decision.decided_by,
+            reason: decision.reason.clone(),
+            decided_by: decision.decided_by.clone(),
         })
     }
 }

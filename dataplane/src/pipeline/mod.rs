@@ -100,7 +100,7 @@ pub struct Ctx {
     /// and `routes` (see `cache::Front`), good until the next invalidation
     /// of any kind.
     pub(crate) front_keys: Front<String, s3gate_proto::SigningKeyGrant>,
-    pub(crate) front_decisions: Front<authz::DecisionKey, s3gate_proto::Decision>,
+    pub(crate) front_decisions: Front<authz::DecisionKey, Arc<s3gate_proto::Decision>>,
     pub(crate) front_routes: Front<String, Arc<route::RouteEntry>>,
     /// Advanced after every invalidation, once the shared caches forgot.
     pub(crate) generation: Generation,
@@ -440,9 +440,9 @@ async fn run(
     let grant = staged!(ex, "authz", authz::check(cx, &asker, req));
     trace.decision = Some(if grant.is_ok() { "allow" } else { "deny" });
     let grant = grant?;
-    trace.decided_by = grant.decided_by.clone();
+    trace.decided_by = grant.decided_by().cloned();
     if ex_audited {
-        trace.reason = Some(grant.reason.clone());
+        trace.reason = Some(grant.reason().to_owned());
     }
     let route = match staged!(ex, "route", route::lookup_for(cx, bucket, &who.principal)) {
         Err(Error::NoSuchBucket) if req.op == Op::CreateBucket => {
