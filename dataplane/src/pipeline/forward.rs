@@ -464,22 +464,12 @@ impl Target {
             (AddressingStyle::Path, None) => {}
         }
         append_query(&mut path, query)?;
-        let path = PathAndQuery::try_from(path).map_err(|e| {
-            Error::S3(S3Error::new(
-                S3ErrorCode::InvalidURI,
-                format!("invalid upstream request: {e}"),
-            ))
-        })?;
+        let path = PathAndQuery::try_from(path).map_err(|e| invalid_upstream_uri(&e))?;
         let mut parts = http::uri::Parts::default();
         parts.scheme = Some(self.scheme.clone());
         parts.authority = Some(self.authority.clone());
         parts.path_and_query = Some(path);
-        Uri::from_parts(parts).map_err(|e| {
-            Error::S3(S3Error::new(
-                S3ErrorCode::InvalidURI,
-                format!("invalid upstream request: {e}"),
-            ))
-        })
+        Uri::from_parts(parts).map_err(|e| invalid_upstream_uri(&e))
     }
 }
 
@@ -488,12 +478,17 @@ impl TargetError {
     fn to_error(&self) -> Error {
         match self {
             Self::NoScheme => Error::Config("backend endpoint has no scheme".to_owned()),
-            Self::InvalidUri(e) => Error::S3(S3Error::new(
-                S3ErrorCode::InvalidURI,
-                format!("invalid upstream request: {e}"),
-            )),
+            Self::InvalidUri(e) => invalid_upstream_uri(e),
         }
     }
+}
+
+/// The error of a request whose backend URL cannot be made.
+fn invalid_upstream_uri(e: &dyn std::fmt::Display) -> Error {
+    Error::S3(S3Error::new(
+        S3ErrorCode::InvalidURI,
+        format!("invalid upstream request: {e}"),
+    ))
 }
 
 fn append_query(target: &mut String, raw: &str) -> Result<(), Error> {
