@@ -27,6 +27,7 @@ use tokio::time::{Instant, Sleep};
 
 use crate::error::BoxError;
 use crate::limits::Reservation;
+use crate::pool::ResponseBody;
 
 pub type Body = UnsyncBoxBody<Bytes, BoxError>;
 
@@ -42,9 +43,9 @@ pub fn full(bytes: impl Into<Bytes>) -> Body {
 
 /// A backend response body that holds `guard` (its slot in the backend's
 /// pool) until it is done or dropped: one box, as [`incoming`].
-pub fn incoming_holding<G: Send + Unpin + 'static>(body: Incoming, guard: G) -> Body {
+pub fn incoming_holding<G: Send + Unpin + 'static>(body: ResponseBody, guard: G) -> Body {
     Holding {
-        inner: body.map_err(BoxError::from),
+        inner: body,
         _guard: guard,
     }
     .boxed_unsync()

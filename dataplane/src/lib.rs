@@ -15,6 +15,7 @@
 
 mod body;
 mod cache;
+mod client;
 pub mod control;
 mod error;
 mod h2;

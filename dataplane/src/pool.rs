@@ -15,14 +15,28 @@
 //! turned out closed before anything was sent goes again on a new one;
 //! idle connections close after the idle timeout; a connection to an http
 //! proxy gets requests in absolute form, any other in origin form.
+//!
+//! Bodyless `GET` and `HEAD` requests on direct plain-http connections go
+//! through the lean client ([`crate::client`]) on connections of their own
+//! kind, kept in a second idle list: no task per connection, so the pool
+//! looks after them itself. Taking one checks, without a system call
+//! unless the socket became readable, that the backend has not closed it;
+//! one found closed after the request was written is retried on another
+//! (both methods are idempotent); a sweep every few seconds closes those
+//! idle too long or closed by the backend.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderValue, Request, Response, Uri};
+use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::http1;
 use hyper_util::client::legacy::connect::Connection as _;
@@ -30,8 +44,9 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use crate::body::Body;
+use crate::client;
 use crate::error::BoxError;
-use crate::upstream::Connector;
+use crate::upstream::{Connector, ConnectorIo};
 
 /// A connection's state: idle since (milliseconds after the pool's epoch),
 /// or one of these.
@@ -49,6 +64,44 @@ pub enum SendError {
     /// The connection failed while the request was sent or the response
     /// read.
     Http(hyper::Error),
+    /// The same, on a lean connection.
+    Io(io::Error),
+}
+
+/// A backend response's body: from a hyper connection, or read by the lean
+/// client.
+pub enum ResponseBody {
+    Hyper(Incoming),
+    Lean(client::Body<Home>),
+}
+
+impl HttpBody for ResponseBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            Self::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            Self::Lean(b) => Pin::new(b).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Self::Hyper(b) => b.is_end_stream(),
+            Self::Lean(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Self::Hyper(b) => b.size_hint(),
+            Self::Lean(b) => b.size_hint(),
+        }
+    }
 }
 
 /// One backend's connections.
@@ -60,6 +113,10 @@ struct Shared {
     /// One idle list per worker and a last one for every other thread, by
     /// authority (a virtual-host backend has one per bucket).
     idle: Box<[Mutex<IdleList>]>,
+    /// The lean client's idle connections, the same way.
+    lean: Box<[Mutex<LeanList>]>,
+    /// Whether the sweep of idle lean connections runs.
+    sweeping: AtomicBool,
     /// One permit per open connection, `max` in all.
     open: Arc<Semaphore>,
     max: usize,
@@ -88,6 +145,48 @@ type IdleList = HashMap<Arc<str>, Vec<Idle>>;
 struct Idle {
     sender: http1::SendRequest<Body>,
     conn: Arc<ConnState>,
+}
+
+/// By authority; each entry keeps its key, which a connection taken from
+/// it parks under again (one allocation less per request).
+type LeanList = HashMap<Arc<str>, LeanEntries>;
+
+struct LeanEntries {
+    key: Arc<str>,
+    conns: Vec<LeanIdle>,
+}
+
+struct LeanIdle {
+    conn: client::Conn,
+    /// Idle since (ms after the pool's epoch).
+    since: u64,
+}
+
+/// Where a lean connection goes back to when its response is done: the
+/// idle list of the worker whose request used it.
+pub struct Home {
+    shared: Arc<Shared>,
+    home: usize,
+    key: Arc<str>,
+}
+
+impl client::Park for Home {
+    fn park(self, conn: client::Conn) {
+        let since = self.shared.now_ms();
+        if let Ok(mut idle) = self.shared.lean[self.home].lock() {
+            let entry = LeanIdle { conn, since };
+            match idle.get_mut(&*self.key) {
+                Some(list) => list.conns.push(entry),
+                None => {
+                    let entries = LeanEntries {
+                        key: self.key.clone(),
+                        conns: vec![entry],
+                    };
+                    idle.insert(self.key, entries);
+                }
+            }
+        }
+    }
 }
 
 /// A connection in use by one request. Given back when dropped after its
@@ -141,6 +240,10 @@ impl Pool {
                 idle: (0..lists.max(1))
                     .map(|_| Mutex::new(HashMap::new()))
                     .collect(),
+                lean: (0..lists.max(1))
+                    .map(|_| Mutex::new(HashMap::new()))
+                    .collect(),
+                sweeping: AtomicBool::new(false),
                 open: Arc::new(Semaphore::new(max.max(1))),
                 max: max.max(1),
                 connector,
@@ -153,12 +256,15 @@ impl Pool {
 
     /// Sends `req` (absolute URI) on a connection of list `home`: an idle
     /// one, else a new one. `wait` bounds the wait for a free connection.
+    /// `lean`: the request is a bodyless `GET` or `HEAD` to a direct
+    /// plain-http backend, for the lean client.
     pub async fn send(
         &self,
         home: usize,
         mut req: Request<Body>,
         wait: Duration,
-    ) -> Result<(Response<Incoming>, Checkout), SendError> {
+        lean: bool,
+    ) -> Result<(Response<ResponseBody>, Checkout), SendError> {
         let home = home.min(self.shared.idle.len() - 1);
         let (scheme, authority) = match (req.uri().scheme(), req.uri().authority()) {
             (Some(s), Some(a)) => (s.clone(), a.clone()),
@@ -168,6 +274,9 @@ impl Pool {
             if let Ok(v) = HeaderValue::from_str(host_header(&scheme, &authority)) {
                 req.headers_mut().insert(http::header::HOST, v);
             }
+        }
+        if lean {
+            return self.send_lean(home, req, &scheme, &authority, wait).await;
         }
         let path = req
             .uri()
@@ -193,7 +302,7 @@ impl Pool {
             match live.sender.try_send_request(req).await {
                 Ok(response) => {
                     checkout.answered = true;
-                    return Ok((response, checkout));
+                    return Ok((response.map(ResponseBody::Hyper), checkout));
                 }
                 // The checkout is dropped unanswered: the connection is
                 // done.
@@ -208,13 +317,63 @@ impl Pool {
         ))
     }
 
-    async fn connect(
+    /// [`Self::send`] through the lean client. A reused connection that
+    /// turns out closed before anything came back is given up and the
+    /// request goes again (it is a `GET` or `HEAD`: idempotent); a new
+    /// connection is the last try.
+    async fn send_lean(
         &self,
         home: usize,
+        req: Request<Body>,
         scheme: &Scheme,
         authority: &Authority,
         wait: Duration,
-    ) -> Result<Checkout, SendError> {
+    ) -> Result<(Response<ResponseBody>, Checkout), SendError> {
+        let (parts, _) = req.into_parts();
+        let target = parts.uri.path_and_query().map_or("/", PathAndQuery::as_str);
+        for _ in 0..4 {
+            let (conn, key, reused) = match self.shared.take_lean(home, authority) {
+                Some((c, key)) => (c, key, true),
+                None => (
+                    Box::pin(self.connect_lean(scheme, authority, wait)).await?,
+                    authority.as_str().into(),
+                    false,
+                ),
+            };
+            let park = Home {
+                shared: self.shared.clone(),
+                home,
+                key,
+            };
+            match client::send(conn, &parts.method, target, &parts.headers, park).await {
+                Ok(response) => {
+                    let checkout = Checkout {
+                        live: None,
+                        answered: true,
+                        home,
+                        shared: self.shared.clone(),
+                    };
+                    return Ok((response.map(ResponseBody::Lean), checkout));
+                }
+                Err(failed) if reused && failed.closed_early => {
+                    tracing::debug!(error = %failed.error, "reused backend connection was closed; sending again");
+                }
+                Err(failed) => return Err(SendError::Io(failed.error)),
+            }
+        }
+        Err(SendError::Connect(
+            "reused connections kept closing before the request was sent".into(),
+        ))
+    }
+
+    /// A permit and an open connection (TCP, proxy, TLS), within `wait`
+    /// for the permit.
+    async fn open_conn(
+        &self,
+        scheme: &Scheme,
+        authority: &Authority,
+        wait: Duration,
+    ) -> Result<(ConnectorIo, OwnedSemaphorePermit), SendError> {
         let shared = &self.shared;
         let permit = match shared.open.clone().try_acquire_owned() {
             Ok(p) => p,
@@ -241,6 +400,34 @@ impl Pool {
         let io = tower_service::Service::call(&mut connector, dst)
             .await
             .map_err(SendError::Connect)?;
+        Ok((io, permit))
+    }
+
+    async fn connect_lean(
+        &self,
+        scheme: &Scheme,
+        authority: &Authority,
+        wait: Duration,
+    ) -> Result<client::Conn, SendError> {
+        let (io, permit) = self.open_conn(scheme, authority, wait).await?;
+        let tcp = crate::upstream::into_direct(io).ok_or_else(|| {
+            SendError::Connect("a lean request got a proxied or TLS connection".into())
+        })?;
+        if !self.shared.sweeping.swap(true, Ordering::AcqRel) {
+            tokio::spawn(sweep(Arc::downgrade(&self.shared)));
+        }
+        Ok(client::Conn::new(tcp, permit, self.shared.max_buf))
+    }
+
+    async fn connect(
+        &self,
+        home: usize,
+        scheme: &Scheme,
+        authority: &Authority,
+        wait: Duration,
+    ) -> Result<Checkout, SendError> {
+        let shared = &self.shared;
+        let (io, permit) = self.open_conn(scheme, authority, wait).await?;
         let proxied = io.connected().is_proxied();
         let (sender, connection) = http1::Builder::new()
             .max_buf_size(shared.max_buf)
@@ -315,8 +502,47 @@ impl Shared {
         None
     }
 
+    /// The newest usable idle lean connection to `key` in list `home`;
+    /// closed ones are dropped on the way.
+    /// The list's key comes along: the connection parks under it again.
+    fn take_lean(&self, home: usize, key: &Authority) -> Option<(client::Conn, Arc<str>)> {
+        let mut idle = self.lean[home].lock().ok()?;
+        let list = idle.get_mut(key.as_str())?;
+        while let Some(entry) = list.conns.pop() {
+            if entry.conn.is_usable() {
+                return Some((entry.conn, list.key.clone()));
+            }
+        }
+        None
+    }
+
+    /// Closes the idle lean connections that were idle for the idle timeout
+    /// or were closed by the backend.
+    fn sweep_lean(&self) {
+        let now = self.now_ms();
+        let timeout = u64::try_from(self.idle_timeout.as_millis()).unwrap_or(u64::MAX);
+        for list in self.lean.iter() {
+            let Ok(mut idle) = list.lock() else { continue };
+            idle.retain(|_, entries| {
+                entries
+                    .conns
+                    .retain(|e| now.saturating_sub(e.since) < timeout && e.conn.is_usable());
+                !entries.conns.is_empty()
+            });
+        }
+    }
+
     /// Closes one idle connection of any list, if there is one.
     fn evict_one(&self) {
+        for list in self.lean.iter() {
+            let Ok(mut idle) = list.lock() else { continue };
+            for entries in idle.values_mut() {
+                if entries.conns.pop().is_some() {
+                    // Dropping it closes it and gives its permit back.
+                    return;
+                }
+            }
+        }
         for list in self.idle.iter() {
             let Ok(mut idle) = list.lock() else { continue };
             for entries in idle.values_mut() {
@@ -335,6 +561,22 @@ impl Shared {
                     }
                 }
             }
+        }
+    }
+}
+
+/// Sweeps the pool's idle lean connections a few times per idle timeout,
+/// until the pool is gone.
+async fn sweep(shared: Weak<Shared>) {
+    let every = match shared.upgrade() {
+        Some(s) => (s.idle_timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(5)),
+        None => return,
+    };
+    loop {
+        tokio::time::sleep(every).await;
+        match shared.upgrade() {
+            Some(s) => s.sweep_lean(),
+            None => return,
         }
     }
 }

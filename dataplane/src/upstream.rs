@@ -26,9 +26,8 @@ use base64::Engine as _;
 use bytes::Bytes;
 use http::header::PROXY_AUTHORIZATION;
 use http::uri::Scheme;
-use http::{HeaderValue, Request, Response, Uri};
+use http::{HeaderValue, Method, Request, Response, Uri};
 use http_body::{Body as HttpBody, Frame, SizeHint};
-use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::dns::{GaiResolver, Name};
 use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
@@ -46,7 +45,7 @@ use tokio::time::Instant;
 
 use crate::body::Body;
 use crate::error::BoxError;
-use crate::pool::{Checkout, Pool, SendError};
+use crate::pool::{Checkout, Pool, ResponseBody, SendError};
 
 /// Opens a backend connection: TCP, through the proxy if any, TLS for
 /// https, all within the connect timeout.
@@ -306,7 +305,7 @@ impl Upstream {
     pub async fn send(
         &self,
         mut req: Request<Body>,
-    ) -> Result<(Response<Incoming>, Slot), BackendFailure> {
+    ) -> Result<(Response<ResponseBody>, Slot), BackendFailure> {
         let slot = match self.slots.clone().try_acquire_owned() {
             Ok(slot) => slot,
             Err(_) => {
@@ -331,10 +330,16 @@ impl Upstream {
         if let Some(auth) = proxied.and_then(|p| p.auth.as_ref()) {
             req.headers_mut().insert(PROXY_AUTHORIZATION, auth.clone());
         }
+        // Bodyless GET and HEAD on a direct plain-http connection: the
+        // lean client.
+        let lean = proxied.is_none()
+            && !self.settings.https
+            && matches!(*req.method(), Method::GET | Method::HEAD)
+            && req.body().is_end_stream();
         let proxied = proxied.map(|p| p.display.as_str());
         let timeout = self.response_timeout;
         let response = if req.body().is_end_stream() {
-            tokio::time::timeout(timeout, self.pool.send(Self::home(), req, POOL_WAIT))
+            tokio::time::timeout(timeout, self.pool.send(Self::home(), req, POOL_WAIT, lean))
                 .await
                 .map_err(|_| self.timed_out())?
         } else {
@@ -350,7 +355,7 @@ impl Upstream {
                     last_ms: progress.clone(),
                 })
             });
-            let request = self.pool.send(Self::home(), req, POOL_WAIT);
+            let request = self.pool.send(Self::home(), req, POOL_WAIT, false);
             tokio::pin!(request);
             let sleep = tokio::time::sleep(timeout);
             tokio::pin!(sleep);
@@ -392,6 +397,7 @@ impl Upstream {
                 Err(self.failure(classify(&e), chain(&e)))
             }
             Err(SendError::Http(e)) => Err(self.failure(classify(&e), chain(&e))),
+            Err(SendError::Io(e)) => Err(self.failure(classify(&e), chain(&e))),
         }
     }
 
@@ -415,7 +421,7 @@ impl Upstream {
 /// Through a proxy, the proxy's refusal of its credentials, not the
 /// backend's answer: 407, or 401 (tinyproxy's way; an S3 backend answers
 /// 403, never 401).
-fn is_proxy_auth_failure(r: &Response<Incoming>) -> bool {
+fn is_proxy_auth_failure<B>(r: &Response<B>) -> bool {
     matches!(
         r.status(),
         http::StatusCode::PROXY_AUTHENTICATION_REQUIRED | http::StatusCode::UNAUTHORIZED
@@ -893,6 +899,17 @@ async fn tunnel(
         None => Err(EgressError::ProxyProtocol {
             proxy: proxy.display.clone(),
         }),
+    }
+}
+
+/// The TCP connection of a direct plain-http connection (for the lean
+/// client); `None` for anything else.
+pub fn into_direct(io: ConnectorIo) -> Option<TcpStream> {
+    match io {
+        hyper_rustls::MaybeHttpsStream::Http(EgressStream { io, proxied: false }) => {
+            Some(io.into_inner())
+        }
+        _ => None,
     }
 }
 
@@ -1397,6 +1414,50 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn lean_and_hyper_connections_share_max_connections() {
+        let backend = counted_backend(Duration::ZERO).await;
+        let ups = Upstreams::new(Duration::from_secs(2), ProxyEnv::default());
+        let u = ups
+            .for_backend(&plain_backend("mixed", backend.addr, 1))
+            .unwrap();
+        let addr = backend.addr;
+        let send = |method: Method, body: Body| {
+            let u = u.clone();
+            async move {
+                let req = Request::builder()
+                    .method(method)
+                    .uri(format!("http://{addr}/b/k"))
+                    .header(http::header::HOST, addr.to_string())
+                    .body(body)
+                    .unwrap();
+                let (response, slot) = u.send(req).await.map_err(|e| e.to_string())?;
+                let status = response.status().as_u16();
+                let body = crate::body::incoming_holding(response.into_body(), slot);
+                http_body_util::BodyExt::collect(body)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok::<_, String>(status)
+            }
+        };
+        // GET and HEAD: lean; PUT with a body: hyper. One connection at a
+        // time: each kind closes the other's idle one to get its permit.
+        for (method, body) in [
+            (Method::GET, crate::body::empty()),
+            (Method::HEAD, crate::body::empty()),
+            (Method::PUT, crate::body::full("data")),
+            (Method::GET, crate::body::empty()),
+            (Method::PUT, crate::body::full("more")),
+        ] {
+            assert_eq!(send(method.clone(), body).await, Ok(200), "{method}");
+            assert!(u.open_connections() <= 1, "{}", u.open_connections());
+        }
+        // GET, HEAD on one lean connection, then one per change of kind.
+        assert_eq!(backend.accepted.load(Ordering::SeqCst), 4);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(backend.open.load(Ordering::SeqCst) <= 1);
+    }
+
+    #[tokio::test]
     async fn idle_connections_close_and_closed_ones_are_not_used() {
         let backend = counted_backend(Duration::ZERO).await;
         let mut ups = Upstreams::new(Duration::from_secs(2), ProxyEnv::default());
@@ -1437,13 +1498,19 @@ mod tests {
                 });
             }
         });
-        let ups = Upstreams::new(Duration::from_secs(2), ProxyEnv::default());
+        let mut ups = Upstreams::new(Duration::from_secs(2), ProxyEnv::default());
+        ups.idle_timeout = Duration::from_secs(2);
         let u = ups.for_backend(&plain_backend("closer", addr, 4)).unwrap();
         for _ in 0..5 {
             assert_eq!(burst(u.clone(), addr, 1).await, vec![Ok(200)]);
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        // A lean connection has no task: the next request or the sweep
+        // (a quarter of the idle timeout) finds it closed.
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while u.open_connections() != 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         assert_eq!(u.open_connections(), 0);
     }
 

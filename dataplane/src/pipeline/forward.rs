@@ -9,7 +9,6 @@ use http::header::{
 use http::request::Parts;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderMap, Request, Response, StatusCode, Uri};
-use hyper::body::Incoming;
 use s3gate_proto::AddressingStyle;
 use s3gate_s3::request::{decode, encode_component, encode_key, Addressing, Op, Query, S3Request};
 use s3gate_s3::{names, sigv4, S3Error, S3ErrorCode};
@@ -21,6 +20,7 @@ use super::route::{RouteEntry, UpstreamAuth};
 use super::Ctx;
 use crate::body::{Body, CollectError};
 use crate::error::Error;
+use crate::pool::ResponseBody;
 use crate::upstream::Slot;
 use s3gate_s3::xml::escape;
 
@@ -164,7 +164,7 @@ pub async fn send(
     _grant: &Granted,
     body: Body,
     plan: PayloadPlan,
-) -> Result<(Response<Incoming>, Slot), Error> {
+) -> Result<(Response<ResponseBody>, Slot), Error> {
     let object_key = if req.is_list() {
         None
     } else {
@@ -252,7 +252,7 @@ async fn send_bearer(
     body: Body,
     authorization: &HeaderValue,
     service_instance_id: Option<&HeaderValue>,
-) -> Result<(Response<Incoming>, Slot), Error> {
+) -> Result<(Response<ResponseBody>, Slot), Error> {
     let content_sha256 = match &plan.upstream {
         UpstreamPayload::Sha256(hex) => HeaderValue::from_str(hex),
         UpstreamPayload::Replaced { sha256_hex, .. } => HeaderValue::from_str(sha256_hex),
@@ -282,7 +282,7 @@ async fn send_bearer(
 /// few fields that are safe to pass on.
 pub async fn downstream(
     cx: &Ctx,
-    (response, slot): (Response<Incoming>, Slot),
+    (response, slot): (Response<ResponseBody>, Slot),
     route: &RouteEntry,
     head: &Parts,
     req: &S3Request,
