@@ -1414,6 +1414,48 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_kept_connection_closed_after_the_request_left_is_retried() {
+        // Answers the first request on each connection; reads the second
+        // and closes without an answer (a keep-alive timeout that struck
+        // just as the request arrived).
+        use std::sync::atomic::AtomicUsize;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counted = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((mut tcp, _)) = listener.accept().await {
+                counted.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 4096];
+                    for answer in [true, false] {
+                        let mut got = Vec::new();
+                        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                            match tcp.read(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => got.extend_from_slice(&buf[..n]),
+                            }
+                        }
+                        if answer {
+                            let _ = tcp
+                                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                                .await;
+                        }
+                    }
+                });
+            }
+        });
+        let ups = Upstreams::new(Duration::from_secs(2), ProxyEnv::default());
+        let u = ups.for_backend(&plain_backend("racer", addr, 4)).unwrap();
+        for round in 1..=3 {
+            assert_eq!(burst(u.clone(), addr, 1).await, vec![Ok(200)], "{round}");
+        }
+        // The second and third requests each found their kept connection
+        // closed after writing, and went again on a new one.
+        assert_eq!(accepted.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
     async fn lean_and_hyper_connections_share_max_connections() {
         let backend = counted_backend(Duration::ZERO).await;
         let ups = Upstreams::new(Duration::from_secs(2), ProxyEnv::default());
