@@ -799,50 +799,39 @@ mod tests {
 
     #[tokio::test]
     async fn close_delimited_and_connection_close_are_not_reused() {
-        let (addr, _) = backend(
-            vec![b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok"],
-            usize::MAX,
-        )
-        .await;
-        let (_, _, body, parked) = exchange(connect(addr).await, Method::GET).await.unwrap();
-        assert_eq!(body.unwrap(), b"ok");
-        assert!(parked.is_none());
-
-        // No framing: the body ends with the connection.
-        let (addr, _) = backend(vec![b"HTTP/1.1 200 OK\r\n\r\nall of it"], usize::MAX).await;
-        let (_, _, body, parked) = exchange(connect(addr).await, Method::GET).await.unwrap();
-        assert_eq!(body.unwrap(), b"all of it");
-        assert!(parked.is_none());
-
-        // HTTP/1.0 without keep-alive.
-        let (addr, _) = backend(
-            vec![b"HTTP/1.0 200 OK\r\ncontent-length: 2\r\n\r\nok"],
-            usize::MAX,
-        )
-        .await;
-        let (_, _, body, parked) = exchange(connect(addr).await, Method::GET).await.unwrap();
-        assert_eq!(body.unwrap(), b"ok");
-        assert!(parked.is_none());
-
-        // Both framings: chunked wins, and the connection is not reused.
-        let (addr, _) = backend(
-            vec![b"HTTP/1.1 200 OK\r\ncontent-length: 99\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"],
-            usize::MAX,
-        )
-        .await;
-        let (_, _, body, parked) = exchange(connect(addr).await, Method::GET).await.unwrap();
-        assert_eq!(body.unwrap(), b"ok");
-        assert!(parked.is_none());
-
-        // More than the answer: not reused.
-        let (addr, _) = backend(
-            vec![b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nokEXTRA"],
-            usize::MAX,
-        )
-        .await;
-        let (_, _, body, parked) = exchange(connect(addr).await, Method::GET).await.unwrap();
-        assert_eq!(body.unwrap(), b"ok");
-        assert!(parked.is_none());
+        let cases: [(&str, &'static [u8], &[u8]); 5] = [
+            (
+                "connection: close",
+                b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok",
+                b"ok",
+            ),
+            (
+                "no framing: the body ends with the connection",
+                b"HTTP/1.1 200 OK\r\n\r\nall of it",
+                b"all of it",
+            ),
+            (
+                "HTTP/1.0 without keep-alive",
+                b"HTTP/1.0 200 OK\r\ncontent-length: 2\r\n\r\nok",
+                b"ok",
+            ),
+            (
+                "both framings: chunked wins",
+                b"HTTP/1.1 200 OK\r\ncontent-length: 99\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+                b"ok",
+            ),
+            (
+                "more than the answer",
+                b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nokEXTRA",
+                b"ok",
+            ),
+        ];
+        for (case, answer, want) in cases {
+            let (addr, _) = backend(vec![answer], usize::MAX).await;
+            let (_, _, body, parked) = exchange(connect(addr).await, Method::GET).await.unwrap();
+            assert_eq!(body.unwrap(), want, "{case}");
+            assert!(parked.is_none(), "{case}: not reused");
+        }
     }
 
     #[tokio::test]

@@ -1353,23 +1353,43 @@ mod tests {
         }
     }
 
+    /// Sends one request to `addr` and reads its whole body; the status.
+    async fn send_one(
+        u: &Upstream,
+        addr: SocketAddr,
+        method: Method,
+        path: &str,
+        body: Body,
+    ) -> Result<u16, String> {
+        let req = Request::builder()
+            .method(method)
+            .uri(format!("http://{addr}{path}"))
+            .header(http::header::HOST, addr.to_string())
+            .body(body)
+            .map_err(|e| e.to_string())?;
+        let (response, slot) = u.send(req).await.map_err(|e| e.to_string())?;
+        let status = response.status().as_u16();
+        let body = crate::body::incoming_holding(response.into_body(), slot);
+        http_body_util::BodyExt::collect(body)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(status)
+    }
+
     /// Sends `n` GETs at once and reads every body; the statuses.
     async fn burst(u: Arc<Upstream>, addr: SocketAddr, n: usize) -> Vec<Result<u16, String>> {
         let mut sends = tokio::task::JoinSet::new();
         for i in 0..n {
             let u = u.clone();
             sends.spawn(async move {
-                let req = Request::get(format!("http://{addr}/b/k{i}"))
-                    .header(http::header::HOST, addr.to_string())
-                    .body(crate::body::empty())
-                    .map_err(|e| e.to_string())?;
-                let (response, slot) = u.send(req).await.map_err(|e| e.to_string())?;
-                let status = response.status().as_u16();
-                let body = crate::body::incoming_holding(response.into_body(), slot);
-                http_body_util::BodyExt::collect(body)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                Ok(status)
+                send_one(
+                    &u,
+                    addr,
+                    Method::GET,
+                    &format!("/b/k{i}"),
+                    crate::body::empty(),
+                )
+                .await
             });
         }
         let mut out = Vec::new();
@@ -1463,24 +1483,6 @@ mod tests {
             .for_backend(&plain_backend("mixed", backend.addr, 1))
             .unwrap();
         let addr = backend.addr;
-        let send = |method: Method, body: Body| {
-            let u = u.clone();
-            async move {
-                let req = Request::builder()
-                    .method(method)
-                    .uri(format!("http://{addr}/b/k"))
-                    .header(http::header::HOST, addr.to_string())
-                    .body(body)
-                    .unwrap();
-                let (response, slot) = u.send(req).await.map_err(|e| e.to_string())?;
-                let status = response.status().as_u16();
-                let body = crate::body::incoming_holding(response.into_body(), slot);
-                http_body_util::BodyExt::collect(body)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                Ok::<_, String>(status)
-            }
-        };
         // GET and HEAD: lean; PUT with a body: hyper. One connection at a
         // time: each kind closes the other's idle one to get its permit.
         for (method, body) in [
@@ -1490,7 +1492,11 @@ mod tests {
             (Method::GET, crate::body::empty()),
             (Method::PUT, crate::body::full("more")),
         ] {
-            assert_eq!(send(method.clone(), body).await, Ok(200), "{method}");
+            assert_eq!(
+                send_one(&u, addr, method.clone(), "/b/k", body).await,
+                Ok(200),
+                "{method}"
+            );
             assert!(u.open_connections() <= 1, "{}", u.open_connections());
         }
         // GET, HEAD on one lean connection, then one per change of kind.
