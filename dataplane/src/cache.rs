@@ -178,8 +178,13 @@ pub struct Front<K, V> {
     shards: Box<[Mutex<FrontShard<K, V>>]>,
 }
 
-/// One thread's copies, each with the generation it was read at.
-type FrontShard<K, V> = HashMap<K, (Stamped<V>, u64)>;
+/// One thread's copies, each with the generation it was read at. Hashed
+/// with foldhash, seeded per process: the keys are partly the client's
+/// (bucket, key prefix, access key id), which std's SipHash defends
+/// against at several times the cost per lookup; foldhash's seed keeps
+/// colliding keys from being computed ahead, and a shard holds at most
+/// [`FRONT_SHARD_ENTRIES`] whatever happens.
+type FrontShard<K, V> = HashMap<K, (Stamped<V>, u64), foldhash::quality::RandomState>;
 
 thread_local! {
     /// This thread's shard, the same in every front.
@@ -193,7 +198,7 @@ impl<K: Hash + Eq, V: Clone> Default for Front<K, V> {
     fn default() -> Self {
         Self {
             shards: (0..FRONT_SHARDS)
-                .map(|_| Mutex::new(HashMap::new()))
+                .map(|_| Mutex::new(HashMap::default()))
                 .collect(),
         }
     }

@@ -24,6 +24,7 @@
 //! Everything else (bodies, TLS, proxies) stays on hyper's client: see
 //! [`crate::pool`].
 
+use std::future::Future as _;
 use std::io;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
@@ -91,6 +92,16 @@ impl Conn {
     }
 }
 
+/// Response header fields the caller would drop anyway, left out of the
+/// map (after their framing is read): no value check, hash or insert for
+/// them.
+pub type Skip = fn(&HeaderName) -> bool;
+
+/// Keeps every field.
+pub fn keep_all(_: &HeaderName) -> bool {
+    false
+}
+
 /// Where a connection goes when its response is done and it can be used
 /// again (its pool's idle list).
 pub trait Park: Send + Unpin + 'static {
@@ -133,6 +144,7 @@ pub async fn send<P: Park>(
     method: &Method,
     target: &str,
     headers: &HeaderMap,
+    skip: Skip,
     park: P,
 ) -> Result<Response<Body<P>>, Failed> {
     debug_assert!(conn.buf.is_empty());
@@ -143,7 +155,7 @@ pub async fn send<P: Park>(
     conn.buf.clear();
     let head_request = *method == Method::HEAD;
     let head = loop {
-        match parse_head(&mut conn.buf, head_request) {
+        match parse_head(&mut conn.buf, head_request, skip) {
             Ok(Some(head)) => break head,
             Ok(None) => {}
             Err(e) => return Err(Failed::new(e, true)),
@@ -227,7 +239,7 @@ const SPANS: usize = 32;
 
 /// The response head at the start of `buf`, taken out of it; `None` while
 /// it is incomplete. Interim (1xx) answers before it are dropped.
-fn parse_head(buf: &mut BytesMut, head_request: bool) -> io::Result<Option<Head>> {
+fn parse_head(buf: &mut BytesMut, head_request: bool, skip: Skip) -> io::Result<Option<Head>> {
     loop {
         if buf.is_empty() {
             return Ok(None);
@@ -284,6 +296,7 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> io::Result<Option<Head>
         let head = buf.split_to(len).freeze();
         let mut fields = Fields {
             headers: HeaderMap::with_capacity(count),
+            skip,
             length: None,
             chunked: None,
             close: minor == 0,
@@ -345,6 +358,7 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> io::Result<Option<Head>
 /// the body and the connection.
 struct Fields {
     headers: HeaderMap,
+    skip: Skip,
     length: Option<u64>,
     /// Whether the last transfer coding is chunked, if there is one.
     chunked: Option<bool>,
@@ -380,6 +394,9 @@ impl Fields {
                 }
             }
             // The same: about this connection only.
+            return Ok(());
+        }
+        if (self.skip)(&name) {
             return Ok(());
         }
         let value = HeaderValue::from_maybe_shared(value)
@@ -550,19 +567,17 @@ impl<P: Park> Body<P> {
         // `reserve` may give more (a reclaimed buffer): a read takes no
         // more than asked, so frames stay within the limit.
         let room = want.min(conn.buf.capacity() - conn.buf.len());
-        loop {
-            ready!(conn.io.poll_read_ready(cx))?;
-            match conn.io.try_read_buf(&mut (&mut conn.buf).limit(room)) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Poll::Ready(Err(e)),
-                Ok(n) => {
-                    if n == room && self.read_size < conn.max_buf {
-                        self.read_size = (self.read_size * 2).min(conn.max_buf);
-                    }
-                    return Poll::Ready(Ok(n));
-                }
-            }
+        // Through `AsyncRead` rather than `try_read_buf`: a read that
+        // fills less than asked clears the socket's readiness, so the idle
+        // probe (`Conn::is_usable`) costs no system call afterwards. The
+        // future is dropped at once; `read_buf` is cancel-safe.
+        let mut limited = (&mut conn.buf).limit(room);
+        let read = std::pin::pin!(conn.io.read_buf(&mut limited));
+        let n = ready!(read.poll(cx))?;
+        if n == room && self.read_size < conn.max_buf {
+            self.read_size = (self.read_size * 2).min(conn.max_buf);
         }
+        Poll::Ready(Ok(n))
     }
 }
 
@@ -700,7 +715,15 @@ mod tests {
         method: Method,
     ) -> Result<(StatusCode, HeaderMap, Result<Vec<u8>, String>, Option<Conn>), Failed> {
         let (tx, rx) = mpsc::channel();
-        let response = send(conn, &method, "/b/k?x=1", &get_headers(), ToChannel(tx)).await?;
+        let response = send(
+            conn,
+            &method,
+            "/b/k?x=1",
+            &get_headers(),
+            keep_all,
+            ToChannel(tx),
+        )
+        .await?;
         let (parts, body) = response.into_parts();
         let body = body
             .collect()
@@ -759,6 +782,37 @@ mod tests {
             parked.is_some(),
             "a complete chunked answer keeps the connection"
         );
+    }
+
+    #[tokio::test]
+    async fn skipped_fields_are_left_out_and_still_frame() {
+        fn skip(name: &HeaderName) -> bool {
+            matches!(name.as_str(), "server" | "content-length" | "connection")
+        }
+        let (addr, _) = backend(
+            vec![b"HTTP/1.1 200 OK\r\nServer: nginx\r\nContent-Length: 5\r\nX-Keep: y\r\nConnection: close\r\n\r\nhello"],
+            usize::MAX,
+        )
+        .await;
+        let (tx, rx) = mpsc::channel();
+        let response = send(
+            connect(addr).await,
+            &Method::GET,
+            "/",
+            &get_headers(),
+            skip,
+            ToChannel(tx),
+        )
+        .await
+        .unwrap();
+        let (parts, body) = response.into_parts();
+        assert!(!parts.headers.contains_key("server"));
+        assert!(!parts.headers.contains_key("content-length"));
+        assert_eq!(parts.headers["x-keep"], "y");
+        assert_eq!(body.size_hint().exact(), Some(5), "the length still frames");
+        let body = body.collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], b"hello");
+        assert!(rx.try_recv().is_err(), "`Connection: close` is still seen");
     }
 
     #[tokio::test]
@@ -1010,6 +1064,7 @@ mod tests {
             &Method::GET,
             "/",
             &get_headers(),
+            keep_all,
             ToChannel(tx),
         )
         .await

@@ -123,6 +123,8 @@ struct Shared {
     connector: Connector,
     idle_timeout: Duration,
     max_buf: usize,
+    /// Response fields the lean client leaves out of the map.
+    skip: client::Skip,
     epoch: Instant,
 }
 
@@ -137,10 +139,14 @@ struct ConnState {
     key: Arc<str>,
 }
 
+/// The idle lists' hash: their keys are backend authorities from the
+/// configuration, looked up twice per request.
+type Hasher = foldhash::fast::RandomState;
+
 /// One worker's idle connections, by authority as the request spelled it
 /// (hashed as a plain string: `Authority`'s own hash folds case byte by
 /// byte).
-type IdleList = HashMap<Arc<str>, Vec<Idle>>;
+type IdleList = HashMap<Arc<str>, Vec<Idle>, Hasher>;
 
 struct Idle {
     sender: http1::SendRequest<Body>,
@@ -149,7 +155,7 @@ struct Idle {
 
 /// By authority; each entry keeps its key, which a connection taken from
 /// it parks under again (one allocation less per request).
-type LeanList = HashMap<Arc<str>, LeanEntries>;
+type LeanList = HashMap<Arc<str>, LeanEntries, Hasher>;
 
 struct LeanEntries {
     key: Arc<str>,
@@ -234,14 +240,15 @@ impl Pool {
         lists: usize,
         idle_timeout: Duration,
         max_buf: usize,
+        skip: client::Skip,
     ) -> Self {
         Self {
             shared: Arc::new(Shared {
                 idle: (0..lists.max(1))
-                    .map(|_| Mutex::new(HashMap::new()))
+                    .map(|_| Mutex::new(HashMap::default()))
                     .collect(),
                 lean: (0..lists.max(1))
-                    .map(|_| Mutex::new(HashMap::new()))
+                    .map(|_| Mutex::new(HashMap::default()))
                     .collect(),
                 sweeping: AtomicBool::new(false),
                 open: Arc::new(Semaphore::new(max.max(1))),
@@ -249,6 +256,7 @@ impl Pool {
                 connector,
                 idle_timeout,
                 max_buf,
+                skip,
                 epoch: Instant::now(),
             }),
         }
@@ -345,7 +353,16 @@ impl Pool {
                 home,
                 key,
             };
-            match client::send(conn, &parts.method, target, &parts.headers, park).await {
+            match client::send(
+                conn,
+                &parts.method,
+                target,
+                &parts.headers,
+                self.shared.skip,
+                park,
+            )
+            .await
+            {
                 Ok(response) => {
                     let checkout = Checkout {
                         live: None,

@@ -524,6 +524,9 @@ pub struct Upstreams {
     connect_timeout: Duration,
     idle_timeout: Duration,
     env: ProxyEnv,
+    /// Response fields never passed on, which the lean client need not
+    /// keep.
+    skip: crate::client::Skip,
     /// By backend name. Only touched on route-cache misses, never per
     /// request.
     backends: Mutex<HashMap<String, Arc<Upstream>>>,
@@ -545,8 +548,17 @@ impl Upstreams {
             connect_timeout,
             idle_timeout: IDLE_TIMEOUT,
             env,
+            skip: crate::client::keep_all,
             backends: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Response header fields the caller drops from every response: the
+    /// lean client leaves them out of the map it fills (framing fields
+    /// are still read).
+    pub fn skipping(mut self, skip: crate::client::Skip) -> Self {
+        self.skip = skip;
+        self
     }
 
     /// The backend's client, built on first use and rebuilt when its
@@ -597,6 +609,7 @@ impl Upstreams {
             crate::workers::Workers::count() + 1,
             self.idle_timeout,
             crate::CONNECTION_BUFFER,
+            self.skip,
         );
         let http_proxy = proxy.filter(|_| !settings.https);
         Ok(Upstream {

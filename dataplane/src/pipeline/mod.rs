@@ -131,7 +131,8 @@ impl Ctx {
             front_decisions: Front::default(),
             front_routes: Front::default(),
             generation: Generation::default(),
-            upstreams: Upstreams::new(cfg.upstream_connect_timeout, cfg.proxy_env.clone()),
+            upstreams: Upstreams::new(cfg.upstream_connect_timeout, cfg.proxy_env.clone())
+                .skipping(forward::skipped_at_parse),
             budget: Budget::new(cfg.limits.buffer_budget),
             request_ids: RequestIds::new(),
             control_plane,
