@@ -567,13 +567,28 @@ impl<P: Park> Body<P> {
         // `reserve` may give more (a reclaimed buffer): a read takes no
         // more than asked, so frames stay within the limit.
         let room = want.min(conn.buf.capacity() - conn.buf.len());
-        // Through `AsyncRead` rather than `try_read_buf`: a read that
-        // fills less than asked clears the socket's readiness, so the idle
-        // probe (`Conn::is_usable`) costs no system call afterwards. The
-        // future is dropped at once; `read_buf` is cancel-safe.
-        let mut limited = (&mut conn.buf).limit(room);
-        let read = std::pin::pin!(conn.io.read_buf(&mut limited));
-        let n = ready!(read.poll(cx))?;
+        let finishing = matches!(self.reading, Reading::Length(left) if usize::try_from(left).is_ok_and(|l| l < room));
+        let n = if finishing {
+            // The body ends within this read: through `AsyncRead`, whose
+            // short read clears the socket's readiness, so the idle probe
+            // (`Conn::is_usable`) afterwards makes no system call. The
+            // future is dropped at once; `read_buf` is cancel-safe.
+            let mut limited = (&mut conn.buf).limit(room);
+            ready!(std::pin::pin!(conn.io.read_buf(&mut limited)).poll(cx))?
+        } else {
+            // Mid-body: `try_read_buf` leaves the readiness set after a
+            // short read, so the next read goes straight to the socket,
+            // where a streaming backend has usually put more by then,
+            // instead of waiting for the next readiness event.
+            loop {
+                ready!(conn.io.poll_read_ready(cx))?;
+                match conn.io.try_read_buf(&mut (&mut conn.buf).limit(room)) {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    Err(e) => return Poll::Ready(Err(e)),
+                    Ok(n) => break n,
+                }
+            }
+        };
         if n == room && self.read_size < conn.max_buf {
             self.read_size = (self.read_size * 2).min(conn.max_buf);
         }
