@@ -748,6 +748,26 @@ mod tests {
         Ok((parts.status, parts.headers, body, rx.try_recv().ok()))
     }
 
+    /// `GET /` on a new connection to `addr`, fields left out by `skip`:
+    /// the response, and where its connection is parked if it is.
+    async fn get_root(
+        addr: std::net::SocketAddr,
+        skip: Skip,
+    ) -> (Response<Body<ToChannel>>, mpsc::Receiver<Conn>) {
+        let (tx, rx) = mpsc::channel();
+        let response = send(
+            connect(addr).await,
+            &Method::GET,
+            "/",
+            &get_headers(),
+            skip,
+            ToChannel(tx),
+        )
+        .await
+        .unwrap();
+        (response, rx)
+    }
+
     #[tokio::test]
     async fn writes_the_head_and_reuses_the_connection() {
         let (addr, heads) = backend(
@@ -809,17 +829,7 @@ mod tests {
             usize::MAX,
         )
         .await;
-        let (tx, rx) = mpsc::channel();
-        let response = send(
-            connect(addr).await,
-            &Method::GET,
-            "/",
-            &get_headers(),
-            skip,
-            ToChannel(tx),
-        )
-        .await
-        .unwrap();
+        let (response, rx) = get_root(addr, skip).await;
         let (parts, body) = response.into_parts();
         assert!(!parts.headers.contains_key("server"));
         assert!(!parts.headers.contains_key("content-length"));
@@ -1073,17 +1083,7 @@ mod tests {
             tcp.write_all(&body).await.unwrap();
             let _ = tcp.read(&mut buf).await;
         });
-        let (tx, rx) = mpsc::channel();
-        let response = send(
-            connect(addr).await,
-            &Method::GET,
-            "/",
-            &get_headers(),
-            keep_all,
-            ToChannel(tx),
-        )
-        .await
-        .unwrap();
+        let (response, rx) = get_root(addr, keep_all).await;
         let mut body = response.into_body();
         assert_eq!(body.size_hint().exact(), Some(len as u64));
         let (mut seen, mut frames, mut largest) = (0usize, 0usize, 0usize);
