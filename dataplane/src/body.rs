@@ -114,6 +114,45 @@ impl FailureSlot {
     }
 }
 
+// === ClientBody ===
+
+/// A client's request body: hyper's, or none at all for a request the lean
+/// HTTP/1.1 server took (see `crate::server`), which only takes requests
+/// without one.
+pub enum ClientBody {
+    Hyper(Incoming),
+    Empty,
+}
+
+impl HttpBody for ClientBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            Self::Hyper(inner) => Pin::new(inner).poll_frame(cx),
+            Self::Empty => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Self::Hyper(inner) => inner.is_end_stream(),
+            Self::Empty => true,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Self::Hyper(inner) => inner.size_hint(),
+            Self::Empty => SizeHint::with_exact(0),
+        }
+    }
+}
+
 // === TimedBody ===
 
 /// A client's request body that fails with `RequestTimeout` when it sends
@@ -124,7 +163,7 @@ impl FailureSlot {
 /// The timer is created on the first wait and re-armed lazily: a frame only
 /// records when it arrived, and a timer that fires early is pushed back.
 pub struct TimedBody {
-    inner: Incoming,
+    inner: ClientBody,
     idle: Duration,
     last_frame: Instant,
     timer: Option<Pin<Box<Sleep>>>,
@@ -133,7 +172,7 @@ pub struct TimedBody {
 }
 
 impl TimedBody {
-    pub fn new(inner: Incoming, idle: Duration, slot: FailureSlot) -> Self {
+    pub fn new(inner: ClientBody, idle: Duration, slot: FailureSlot) -> Self {
         Self {
             inner,
             idle,

@@ -368,7 +368,7 @@ struct Fields {
 
 impl Fields {
     fn add(&mut self, name: &[u8], value: Bytes) -> io::Result<()> {
-        let name = HeaderName::from_bytes(name)
+        let name = s3gate_s3::names::from_bytes(name)
             .map_err(|_| invalid("backend response header name invalid"))?;
         if name == CONTENT_LENGTH {
             let n = parse_length(&value)?;

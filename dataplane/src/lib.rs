@@ -23,6 +23,7 @@ pub mod limits;
 pub mod listen;
 pub mod pipeline;
 mod pool;
+mod server;
 mod stall;
 pub mod tls;
 mod upstream;
@@ -431,10 +432,10 @@ async fn serve_conn<A: Acceptor>(
                     // The permit is held until the response has
                     // streamed: a download holds a backend
                     // connection as long as an upload does.
-                    Ok(permit) => pipeline::handle(cx, conn, req)
+                    Ok(permit) => pipeline::handle(cx, conn, req.map(body::ClientBody::Hyper))
                         .await
                         .map(|b| body::holding(b, permit)),
-                    Err(_) => pipeline::shed(&cx, conn, req),
+                    Err(_) => pipeline::shed(&cx, conn, req.map(body::ClientBody::Hyper)),
                 };
                 let response = match stream {
                     Some(stream) => response.map(|b| h2::send_deadline(b, send_timeout, stream)),
@@ -444,7 +445,22 @@ async fn serve_conn<A: Acceptor>(
             }
         })
     };
-    let io = stall::SendTimeout::new(io, send_timeout);
+    let mut io = stall::SendTimeout::new(io, send_timeout);
+    // HTTP/1.1 starts on the lean server, which hands the connection to
+    // hyper at the first request it does not serve itself.
+    let mut buf = bytes::BytesMut::new();
+    let mut handed_over_draining = false;
+    if activity.is_none() {
+        match server::serve(&mut io, &mut buf, &shared, &conn, &mut drain).await {
+            Ok(server::Next::Closed) => return,
+            Ok(server::Next::HandOver { draining }) => handed_over_draining = draining,
+            Err(error) => {
+                debug!(%error, %peer, "connection ended with error");
+                return;
+            }
+        }
+    }
+    let io = server::Rewind::new(io, buf.freeze());
     let served = shared
         .http
         .for_conn(&conn)
@@ -461,7 +477,10 @@ async fn serve_conn<A: Acceptor>(
     // Once the connection was asked to finish (shutdown, or HTTP/2 idle),
     // it is not asked again; after an idle GOAWAY its streams get `idle` to
     // finish (on shutdown, the server's drain timeout bounds them).
-    let mut finishing = false;
+    let mut finishing = handed_over_draining;
+    if finishing {
+        served.as_mut().graceful_shutdown();
+    }
     let mut deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
     let result = loop {
         tokio::select! {

@@ -192,6 +192,11 @@ def target_for(path: str, query: Sequence[tuple[str, str]] = ()) -> str:
     return t
 
 
+def head_bytes(method: str, target: str, headers: dict[str, str], version: str = "HTTP/1.1") -> bytes:
+    """A request head as bytes, fields in the order given."""
+    return (f"{method} {target} {version}\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n").encode()
+
+
 class Raw:
     """A signed request maker bound to one endpoint and one key."""
 

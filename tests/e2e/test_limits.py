@@ -23,7 +23,7 @@ from botocore.config import Config
 
 from conftest import REGION, gateway_bin, peak_rss_kib, stop_gateway
 from recorder import launch_gateway
-from s3util import parse_error, sha256_hex, sign, target_for
+from s3util import head_bytes, parse_error, sha256_hex, sign, target_for
 
 MiB = 1 << 20
 FAKE_SIG = "0" * 64
@@ -31,10 +31,6 @@ EIGHT_MIB = memoryview(b"c" * (8 * MiB))
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def head_bytes(method: str, target: str, headers: dict[str, str]) -> bytes:
-    return (f"{method} {target} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n").encode()
 
 
 def signed_head(gw, method: str, path: str, query, headers: dict[str, str], payload_hash: str) -> bytes:

@@ -56,13 +56,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use hyper::body::Incoming;
 use hyper::{Method, Request, Response};
 use s3gate_proto::{ControlPlane, Invalidation};
 use s3gate_s3::request::{Op, S3Request};
 use tracing::Instrument as _;
 
-use crate::body::{self, Body, FailureSlot};
+use crate::body::{self, Body, ClientBody, FailureSlot};
 use crate::cache::{Front, Generation};
 use crate::error::Error;
 use crate::limits::Budget;
@@ -281,7 +280,7 @@ impl Exchange {
 /// backend connections) are boxed where they are awaited: they cost an
 /// allocation when taken instead of bytes copied on every request.
 /// `tests::a_request_future_stays_small` bounds the size.
-pub async fn handle(cx: Arc<Ctx>, conn: Arc<ConnInfo>, req: Request<Incoming>) -> Response<Body> {
+pub async fn handle(cx: Arc<Ctx>, conn: Arc<ConnInfo>, req: Request<ClientBody>) -> Response<Body> {
     let mut ex = Exchange::new(&cx, conn);
     let (mut head, body) = req.into_parts();
     host_from_authority(&mut head);
@@ -310,7 +309,7 @@ pub async fn handle(cx: Arc<Ctx>, conn: Arc<ConnInfo>, req: Request<Incoming>) -
 async fn stages(
     cx: &Arc<Ctx>,
     mut head: http::request::Parts,
-    body: Incoming,
+    body: ClientBody,
     ex: &mut Exchange,
 ) -> Response<Body> {
     if head.method == Method::OPTIONS {
@@ -405,7 +404,7 @@ fn host_from_authority(head: &mut http::request::Parts) {
 }
 
 /// A request refused before it was looked at, because too many are in flight.
-pub fn shed(cx: &Ctx, conn: Arc<ConnInfo>, req: Request<Incoming>) -> Response<Body> {
+pub fn shed(cx: &Ctx, conn: Arc<ConnInfo>, req: Request<ClientBody>) -> Response<Body> {
     let mut ex = Exchange::new(cx, conn);
     let (head, _body) = req.into_parts();
     respond::finish(&head, Err(Error::slow_down()), &mut ex, None)
@@ -416,7 +415,7 @@ async fn run(
     head: &http::request::Parts,
     req: &S3Request,
     who: authn::Authenticated,
-    body: Incoming,
+    body: ClientBody,
     ex: &mut Exchange,
 ) -> Result<Response<Body>, Error> {
     let slot = &ex.slot;

@@ -4,7 +4,6 @@
 use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::request::Parts;
 use http::Method;
-use hyper::body::Incoming;
 use s3gate_s3::checksum::ChecksumAlgorithm;
 use s3gate_s3::chunked::{ChunkedDecoder, DecoderConfig};
 use s3gate_s3::chunked_encoder::TrailerEncoder;
@@ -13,7 +12,7 @@ use s3gate_s3::{S3Error, S3ErrorCode};
 
 use super::authn::Authenticated;
 use super::Ctx;
-use crate::body::{self, Body, ChunkedBody, FailureSlot, Sha256Body, TimedBody};
+use crate::body::{self, Body, ChunkedBody, ClientBody, FailureSlot, Sha256Body, TimedBody};
 use crate::error::Error;
 
 /// What the forward stage must tell the backend about the body it sends.
@@ -56,7 +55,7 @@ pub enum Trailer {
 pub fn verify(
     cx: &Ctx,
     head: &Parts,
-    body: Incoming,
+    body: ClientBody,
     who: &Authenticated,
     slot: &FailureSlot,
     trailer_mode: Trailer,

@@ -12,19 +12,18 @@
 use http::header::{CONNECTION, CONTENT_LENGTH, CONTENT_TYPE};
 use http::request::Parts;
 use http::{HeaderValue, Response, StatusCode};
-use hyper::body::Incoming;
 use s3gate_proto::{Redacted, StsError, StsErrorCode, WebIdentityRequest};
 use s3gate_s3::sts::{self, StsCall, StsFault};
 use tracing::{debug, warn};
 
 use super::{Ctx, Exchange};
-use crate::body::{self, Body, CollectError, TimedBody};
+use crate::body::{self, Body, ClientBody, CollectError, TimedBody};
 
 /// Answers one STS call.
 pub async fn answer(
     cx: &Ctx,
     head: &Parts,
-    body: Incoming,
+    body: ClientBody,
     call: StsCall,
     ex: &mut Exchange,
 ) -> Response<Body> {
@@ -61,7 +60,7 @@ pub async fn answer(
 async fn assume(
     cx: &Ctx,
     head: &Parts,
-    body: Incoming,
+    body: ClientBody,
     call: StsCall,
     ex: &mut Exchange,
 ) -> Result<String, (StsFault, bool)> {
@@ -112,7 +111,7 @@ async fn assume(
 /// buffer budget while it is held.
 async fn read_form(
     cx: &Ctx,
-    body: Incoming,
+    body: ClientBody,
     ex: &Exchange,
 ) -> Result<bytes::Bytes, (StsFault, bool)> {
     let limits = &cx.cfg.limits;
