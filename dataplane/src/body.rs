@@ -114,6 +114,31 @@ impl FailureSlot {
     }
 }
 
+/// `n` frames of `piece`, of unknown size, then an error if `fail`: a
+/// response body for tests.
+#[cfg(test)]
+pub(crate) fn frames(piece: &'static [u8], n: usize, fail: bool) -> Body {
+    struct Frames(&'static [u8], usize, bool);
+    impl HttpBody for Frames {
+        type Data = Bytes;
+        type Error = BoxError;
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+            if self.1 == 0 {
+                return Poll::Ready(std::mem::take(&mut self.2).then(|| Err("broken".into())));
+            }
+            self.1 -= 1;
+            Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(self.0)))))
+        }
+        fn size_hint(&self) -> SizeHint {
+            SizeHint::default()
+        }
+    }
+    Frames(piece, n, fail).boxed_unsync()
+}
+
 // === ClientBody ===
 
 /// A client's request body: hyper's, or none at all for a request the lean

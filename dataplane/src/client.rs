@@ -39,11 +39,8 @@ use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 
 use crate::error::BoxError;
+use crate::head::{self, MAX_HEADERS, READ_MIN, SPANS};
 
-/// Most header fields a response head may have (hyper's limit too).
-const MAX_HEADERS: usize = 100;
-/// The first read of a response, and the least room a read gets.
-const READ_MIN: usize = 8 << 10;
 /// Longest chunk-size line, and most trailer bytes, read.
 const MAX_CHUNK_LINE: usize = 4 << 10;
 const MAX_TRAILERS: usize = 16 << 10;
@@ -233,10 +230,6 @@ struct Head {
     reusable: bool,
 }
 
-/// Header fields whose place in the buffer one parse records; a head with
-/// more is parsed a second time from the frozen buffer.
-const SPANS: usize = 32;
-
 /// The response head at the start of `buf`, taken out of it; `None` while
 /// it is incomplete. Interim (1xx) answers before it are dropped.
 fn parse_head(buf: &mut BytesMut, head_request: bool, skip: Skip) -> io::Result<Option<Head>> {
@@ -246,8 +239,7 @@ fn parse_head(buf: &mut BytesMut, head_request: bool, skip: Skip) -> io::Result<
         }
         // Where each field's name and value sit in `buf`: the parse borrows
         // it, and the values are then cut from it without a copy.
-        let mut spans = [[0u32; 4]; SPANS];
-        let (len, code, minor, count) = {
+        let (len, code, minor, count, spans) = {
             let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
             let mut res = httparse::Response::new(&mut []);
             let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
@@ -263,22 +255,12 @@ fn parse_head(buf: &mut BytesMut, head_request: bool, skip: Skip) -> io::Result<
                 }
                 Err(_) => return Err(invalid("malformed backend response head")),
             };
-            let base = buf.as_ptr() as usize;
-            let at = |s: &[u8]| u32::try_from(s.as_ptr() as usize - base).unwrap_or(u32::MAX);
-            for (span, field) in spans.iter_mut().zip(res.headers.iter()) {
-                let (name, value) = (at(field.name.as_bytes()), at(field.value));
-                *span = [
-                    name,
-                    name.saturating_add(field.name.len() as u32),
-                    value,
-                    value.saturating_add(field.value.len() as u32),
-                ];
-            }
             (
                 len,
                 res.code.unwrap_or(0),
                 res.version.unwrap_or(0),
                 res.headers.len(),
+                head::spans(buf, res.headers),
             )
         };
         if (100..200).contains(&code) {
@@ -371,7 +353,8 @@ impl Fields {
         let name = s3gate_s3::names::from_bytes(name)
             .map_err(|_| invalid("backend response header name invalid"))?;
         if name == CONTENT_LENGTH {
-            let n = parse_length(&value)?;
+            let n = head::parse_length(&value)
+                .ok_or_else(|| invalid("backend response content-length invalid"))?;
             if self.length.is_some_and(|l| l != n) {
                 return Err(invalid("backend response has conflicting content-length"));
             }
@@ -404,15 +387,6 @@ impl Fields {
         self.headers.append(name, value);
         Ok(())
     }
-}
-
-/// A `Content-Length` value: digits only, as RFC 9110 has it (a list of
-/// equal values is refused too: no backend sends one).
-fn parse_length(value: &[u8]) -> io::Result<u64> {
-    if value.is_empty() || value.len() > 19 || !value.iter().all(u8::is_ascii_digit) {
-        return Err(invalid("backend response content-length invalid"));
-    }
-    Ok(value.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -255,7 +255,7 @@ mod tests {
             }
         }
         let dropped = Arc::new(AtomicBool::new(false));
-        let frames = futures_stream(3);
+        let frames = crate::body::frames(b"x", 3, false);
         let inner = crate::body::holding(frames, Held(dropped.clone()));
         let activity = Activity::new();
         let mut body = send_deadline(inner, Duration::from_secs(60), activity.open());
@@ -283,28 +283,12 @@ mod tests {
     #[tokio::test]
     async fn a_body_read_to_the_end_ends() {
         let activity = Activity::new();
-        let body = send_deadline(futures_stream(5), Duration::from_secs(60), activity.open());
+        let body = send_deadline(
+            crate::body::frames(b"x", 5, false),
+            Duration::from_secs(60),
+            activity.open(),
+        );
         let bytes = body.collect().await.unwrap().to_bytes();
         assert_eq!(&bytes[..], b"xxxxx");
-    }
-
-    /// `n` one-byte frames.
-    fn futures_stream(n: usize) -> Body {
-        struct Frames(usize);
-        impl HttpBody for Frames {
-            type Data = Bytes;
-            type Error = BoxError;
-            fn poll_frame(
-                mut self: Pin<&mut Self>,
-                _: &mut Context<'_>,
-            ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-                if self.0 == 0 {
-                    return Poll::Ready(None);
-                }
-                self.0 -= 1;
-                Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(b"x")))))
-            }
-        }
-        Frames(n).boxed_unsync()
     }
 }

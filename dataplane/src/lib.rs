@@ -19,6 +19,7 @@ mod client;
 pub mod control;
 mod error;
 mod h2;
+mod head;
 pub mod limits;
 pub mod listen;
 pub mod pipeline;

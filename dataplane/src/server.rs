@@ -45,19 +45,13 @@ use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
 
 use crate::body::{Body, ClientBody};
+use crate::head::{self, Spans, MAX_HEADERS, READ_MIN, SPANS};
 use crate::listen::ConnInfo;
 use crate::{pipeline, Shared, CONNECTION_BUFFER};
 
-/// Most header fields a request head may have (hyper's limit too).
-const MAX_HEADERS: usize = 100;
-/// The least room a read gets.
-const READ_MIN: usize = 8 << 10;
 /// Body frames up to this size are copied behind the response head and
 /// go out with it; larger ones are written as they are.
 const COALESCE: usize = 16 << 10;
-/// Header fields whose place in the buffer one parse records; a head with
-/// more is parsed a second time from the frozen buffer.
-const SPANS: usize = 32;
 
 /// Why [`serve`] returned.
 #[derive(Debug, PartialEq, Eq)]
@@ -250,8 +244,7 @@ fn parse_head(buf: &mut BytesMut) -> Parsed {
     if buf.is_empty() {
         return Parsed::Partial;
     }
-    let mut spans = [[0u32; 4]; SPANS];
-    let (len, method, target, count, close) = {
+    let (len, method, target, count, close, spans) = {
         let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
         let mut req = httparse::Request::new(&mut []);
         let len = match httparse::ParserConfig::default().parse_request_with_uninit_headers(
@@ -277,22 +270,18 @@ fn parse_head(buf: &mut BytesMut) -> Parsed {
                 Field::Refused => return Parsed::HandOver,
             }
         }
-        let base = buf.as_ptr() as usize;
-        let at = |s: &[u8]| u32::try_from(s.as_ptr() as usize - base).unwrap_or(u32::MAX);
-        for (span, field) in spans.iter_mut().zip(req.headers.iter()) {
-            let (name, value) = (at(field.name.as_bytes()), at(field.value));
-            *span = [
-                name,
-                name.saturating_add(field.name.len() as u32),
-                value,
-                value.saturating_add(field.value.len() as u32),
-            ];
-        }
         let Ok(method) = Method::from_bytes(method.as_bytes()) else {
             return Parsed::HandOver;
         };
-        let target = at(target.as_bytes()) as usize..at(target.as_bytes()) as usize + target.len();
-        (len, method, target, req.headers.len(), close)
+        let start = head::offset(buf, target.as_bytes()) as usize;
+        (
+            len,
+            method,
+            start..start + target.len(),
+            req.headers.len(),
+            close,
+            head::spans(buf, req.headers),
+        )
     };
     // Only the origin form (`/path?query`) and the absolute form; hyper
     // judges the rest (`*`, authority form).
@@ -325,7 +314,7 @@ fn build(
     frozen: &Bytes,
     method: Method,
     target: std::ops::Range<usize>,
-    spans: &[[u32; 4]; SPANS],
+    spans: &Spans,
     count: usize,
     close: bool,
 ) -> Option<Head> {
@@ -574,7 +563,7 @@ fn encode_head(
                 // Said once; an empty body's is written below.
                 continue;
             }
-            let Some(n) = parse_length(value.as_bytes()) else {
+            let Some(n) = head::parse_length(value.as_bytes()) else {
                 continue;
             };
             length = Some(n);
@@ -627,14 +616,6 @@ fn encode_head(
         Framing::Length(0) => Framing::None,
         other => other,
     }
-}
-
-/// A `Content-Length` value: digits only.
-fn parse_length(value: &[u8]) -> Option<u64> {
-    if value.is_empty() || value.len() > 19 || !value.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    Some(value.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')))
 }
 
 thread_local! {
@@ -725,10 +706,8 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Rewind<I> {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
-    use crate::error::BoxError;
+    use crate::body::frames;
     use http::HeaderName;
-    use http_body::{Frame, SizeHint};
-    use http_body_util::BodyExt as _;
 
     fn lean(buf: &mut BytesMut) -> Head {
         match parse_head(buf) {
@@ -827,29 +806,6 @@ mod tests {
             assert_eq!(*value, &format!("v{i}"));
         }
         assert!(buf.is_empty());
-    }
-
-    /// `n` frames of `piece`, of unknown size.
-    fn frames(piece: &'static [u8], n: usize, fail: bool) -> Body {
-        struct Frames(&'static [u8], usize, bool);
-        impl HttpBody for Frames {
-            type Data = Bytes;
-            type Error = BoxError;
-            fn poll_frame(
-                mut self: Pin<&mut Self>,
-                _: &mut Context<'_>,
-            ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-                if self.1 == 0 {
-                    return Poll::Ready(std::mem::take(&mut self.2).then(|| Err("broken".into())));
-                }
-                self.1 -= 1;
-                Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(self.0)))))
-            }
-            fn size_hint(&self) -> SizeHint {
-                SizeHint::default()
-            }
-        }
-        Frames(piece, n, fail).boxed_unsync()
     }
 
     async fn written(
