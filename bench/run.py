@@ -260,7 +260,7 @@ NGINX_PROXY_CONF = """
 daemon off;
 master_process on;
 user root;
-worker_processes 1;
+worker_processes {workers};
 pid {work}/nginx-proxy.pid;
 error_log {work}/nginx-proxy-error.log warn;
 events {{ worker_connections 4096; }}
@@ -299,16 +299,18 @@ class NginxProxy:
     what any user-space proxy hop costs on this machine (S1, S2 rows labelled
     `nginx-proxy`); its CPU is reported in the s3gate columns."""
 
-    def __init__(self, work: Path, upstream: Upstream):
-        self.proc, port = start_nginx(work, "nginx-proxy", lambda port: NGINX_PROXY_CONF.format(work=work, port=port, upstream=upstream.addr))
+    def __init__(self, work: Path, upstream: Upstream, workers: int = 1):
+        self.proc, port = start_nginx(work, "nginx-proxy", lambda port: NGINX_PROXY_CONF.format(work=work, port=port, upstream=upstream.addr, workers=workers))
         self.addr = f"127.0.0.1:{port}"
-        self.pid = wait_for(lambda: (children(self.proc.pid) or [None])[0], "nginx proxy worker", self.proc)
+        self.pids = wait_for(lambda: children(self.proc.pid) if len(children(self.proc.pid)) >= workers else None, "nginx proxy workers", self.proc)
+        self.pid = self.pids[0]  # peak RSS: the first worker's, as with one
 
     def stop(self) -> None:
         self.proc.stop()
 
     def watch(self) -> list[str]:
-        return ["--watch", f"s3gate={self.pid}"]
+        # Every worker under one name: the load generator sums them.
+        return [arg for pid in self.pids for arg in ("--watch", f"s3gate={pid}")]
 
 
 # --------------------------------------------------------------------------- gateway
@@ -963,7 +965,7 @@ class Bench:
             gw.stop()
 
     def reference_proxy(self, up: Upstream) -> "NginxProxy | None":
-        return NginxProxy(self.work, up) if (self.args.reference_proxy and up.name == "nginx") else None
+        return NginxProxy(self.work, up, self.args.nginx_proxy_workers) if (self.args.reference_proxy and up.name == "nginx") else None
 
     # S2: one large GET.
     def s2(self, up: Upstream) -> None:
@@ -1227,13 +1229,7 @@ def profile_s1(args, cfg: dict, work: Path, root: Path, runner: Runner) -> int:
         return 2
     up = Nginx(work, root, args.nginx_workers)
     bench = Bench(args, cfg, work, args.gateway_bin, runner)
-    rx = None
-    extra_args = []
-    if args.profile_trace_ratio is not None:
-        from harness.otlp_receiver import OtlpReceiver
-
-        rx = OtlpReceiver(keep=False)
-        extra_args = ["--otlp-endpoint", rx.endpoint, "--trace-sample-ratio", str(args.profile_trace_ratio)]
+    rx, extra_args = trace_receiver(args)
     gw = bench.gateway(up, log_level=args.profile_log, extra_args=extra_args)
     secs = args.profile_seconds
     data = args.out / "perf-s1.data"
@@ -1270,6 +1266,17 @@ def profile_s1(args, cfg: dict, work: Path, root: Path, runner: Runner) -> int:
     return 0
 
 
+def trace_receiver(args) -> tuple:
+    """With --profile-trace-ratio: a real OTLP receiver and the gateway
+    arguments that export traces to it at that ratio; else nothing."""
+    if args.profile_trace_ratio is None:
+        return None, []
+    from harness.otlp_receiver import OtlpReceiver
+
+    rx = OtlpReceiver(keep=False)
+    return rx, ["--otlp-endpoint", rx.endpoint, "--trace-sample-ratio", str(args.profile_trace_ratio)]
+
+
 def callgrind_s1(args, cfg: dict, work: Path, root: Path, runner: Runner) -> int:
     """s3gate's user-space instructions per S1 request, counted by callgrind:
     the same for the same binary and requests whatever else the machine
@@ -1287,7 +1294,8 @@ def callgrind_s1(args, cfg: dict, work: Path, root: Path, runner: Runner) -> int
     wrapper = [valgrind, "--tool=callgrind", "--instr-atstart=no", "--separate-threads=no", f"--callgrind-out-file={out}"] + [
         f"--toggle-collect={fn}" for fn in args.callgrind_toggle
     ]
-    gw = bench.gateway(up, log_level=args.profile_log, wrapper=wrapper, start_timeout=300)
+    rx, extra_args = trace_receiver(args)
+    gw = bench.gateway(up, log_level=args.profile_log, wrapper=wrapper, start_timeout=300, extra_args=extra_args)
     n = args.callgrind
 
     def load(requests: int) -> dict:
@@ -1303,6 +1311,8 @@ def callgrind_s1(args, cfg: dict, work: Path, root: Path, runner: Runner) -> int
     finally:
         gw.stop()
         up.proc.stop()
+        if rx is not None:
+            rx.close()
     dumps = sorted((p for p in args.out.glob("callgrind-s1.out*") if p.stat().st_size > 0), key=lambda p: p.stat().st_mtime)
     total = None
     for dump in dumps:
@@ -1324,6 +1334,15 @@ def callgrind_s1(args, cfg: dict, work: Path, root: Path, runner: Runner) -> int
 # --------------------------------------------------------------------------- main
 
 
+def default_gateway_bin() -> Path:
+    """$S3GATE_BIN; else the `dist` build (what ships, what bench/run.sh
+    builds); else the `release` build the tests use."""
+    if os.environ.get("S3GATE_BIN"):
+        return Path(os.environ["S3GATE_BIN"])
+    dist = REPO / "target/dist/s3gate"
+    return dist if dist.exists() else REPO / "target/release/s3gate"
+
+
 def main() -> int:
     global POLICY_TABLES
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -1342,12 +1361,15 @@ def main() -> int:
     ap.add_argument("--redis-bin", default=shutil.which("redis-server") or "/usr/bin/redis-server", help="redis-server for S1g/S4g (a private one on a free 127.0.0.1 port, no persistence)")
     ap.add_argument("--upstreams", default="nginx,s3s-fs", help="comma-separated subset of nginx,s3s-fs")
     ap.add_argument("--nginx-workers", type=int, default=1, help="nginx worker processes (default 1)")
+    ap.add_argument("--nginx-proxy-workers", type=int, default=1,
+                    help="worker processes of the nginx reference proxy (default 1; s3gate's own count is S3GATE_WORKER_THREADS, one per core unless set)")
     ap.add_argument("--no-s1-quiet", dest="s1_quiet", action="store_false", help="skip the S1 run with the access log off")
     ap.add_argument("--no-reference-proxy", dest="reference_proxy", action="store_false",
                     help="skip the nginx reverse-proxy reference rows (S1, S2 on the nginx upstream)")
     ap.add_argument("--quiet-wait", type=float, default=120, help="seconds to wait for an idle machine before each measurement")
     ap.add_argument("--gateway-env", action="append", default=[], metavar="KEY=VALUE", help="extra environment for s3gate (serve, and in S1g/S4g also controlplane and dataplane), e.g. S3GATE_WORKER_THREADS=1 (repeatable)")
-    ap.add_argument("--gateway-bin", type=Path, default=Path(os.environ.get("S3GATE_BIN", REPO / "target/release/s3gate")))
+    ap.add_argument("--gateway-bin", type=Path, default=default_gateway_bin(),
+                    help="the s3gate binary (default: $S3GATE_BIN, else target/dist/s3gate as it ships, else target/release/s3gate)")
     ap.add_argument("--loadgen-bin", type=Path, default=REPO / "target/release/s3gate-loadgen")
     ap.add_argument("--work", type=Path, help="work directory (default: a new one under /tmp, removed afterwards)")
     ap.add_argument("--profile", action="store_true", help="perf-record s3gate under the S1 load (nginx upstream) instead of benchmarking")
@@ -1361,7 +1383,7 @@ def main() -> int:
     ap.add_argument("--profile-freq", type=int, default=999, help="perf sampling frequency (Hz)")
     ap.add_argument("--profile-log", default="info", help="S3GATE_LOG for the profiled gateway")
     ap.add_argument("--profile-trace-ratio", type=float, default=None,
-                    help="profile with traces exported to a real OTLP receiver at this sampling ratio (as S1obs's trace rows)")
+                    help="--profile or --callgrind with traces exported to a real OTLP receiver at this sampling ratio (as S1obs's trace rows)")
     ap.add_argument("--policy", default="none", help="the decision chain of every gateway: none (no [[policy]]), builtin, rego "
                     "(bench/policy/bench.rego in-process), opa (the same file behind tests/harness/opa_server.py, OPA's "
                     "REST API over a Python Rego engine) or plugin (bench/policy/bench_plugin.py, the same decisions as an "

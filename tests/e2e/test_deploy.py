@@ -104,7 +104,8 @@ def test_dockerfile_properties():
     build, runtime = parts[0], parts[-1]
     assert build[0]["value"].split()[-1] == "build" and build[0]["value"].startswith("rust:")
     runs = " ".join(i["value"] for i in build if i["instruction"] == "RUN")
-    assert "cargo build --locked --release --bin s3gate" in runs
+    # the shipped profile: release with fat LTO (Cargo.toml [profile.dist])
+    assert "cargo build --locked --profile dist --bin s3gate" in runs
     # the runtime stage: small base, non-root user, one file copied in, the binary
     assert runtime[0]["value"].startswith(("debian:bookworm-slim", "gcr.io/distroless/cc"))
     users = [i["value"] for i in runtime if i["instruction"] == "USER"]
@@ -113,7 +114,7 @@ def test_dockerfile_properties():
     assert user not in ("root", "0"), f"USER {users[-1]} is root"
     copies = [i["value"] for i in runtime if i["instruction"] in ("COPY", "ADD")]
     assert copies == ["--from=build /usr/local/bin/s3gate /usr/local/bin/s3gate"], copies
-    assert "install -m 0755 target/release/s3gate /usr/local/bin/s3gate" in runs
+    assert "install -m 0755 target/dist/s3gate /usr/local/bin/s3gate" in runs
     entry = [i["value"] for i in runtime if i["instruction"] == "ENTRYPOINT"]
     assert entry == ['["/usr/local/bin/s3gate"]'], entry
     exposed = {p for i in runtime if i["instruction"] == "EXPOSE" for p in i["value"].split()}

@@ -308,12 +308,28 @@ fn sample(watched: &[(String, u32)]) -> CpuSample {
 /// `"cpu_s": {"name": seconds, ..., "loadgen": seconds}` between two samples.
 fn cpu_json(a: &CpuSample, b: &CpuSample) -> String {
     let mut s = String::from("{");
+    // Processes watched under one name (the workers of a multi-process
+    // proxy) are summed; any one of them gone makes the sum unknown.
+    let mut sums: Vec<(&str, Option<f64>)> = Vec::new();
     for ((name, x), (_, y)) in a.procs.iter().zip(&b.procs) {
         let d = match (x, y) {
-            (Some(x), Some(y)) => format!("{:.3}", y - x),
-            _ => "null".to_owned(),
+            (Some(x), Some(y)) => Some(y - x),
+            _ => None,
         };
-        let _ = write!(s, "\"{name}\": {d}, ");
+        match sums.iter_mut().find(|(n, _)| *n == name.as_str()) {
+            Some((_, sum)) => *sum = sum.zip(d).map(|(s, d)| s + d),
+            None => sums.push((name, d)),
+        }
+    }
+    for (name, d) in sums {
+        match d {
+            Some(d) => {
+                let _ = write!(s, "\"{name}\": {d:.3}, ");
+            }
+            None => {
+                let _ = write!(s, "\"{name}\": null, ");
+            }
+        }
     }
     let own = match (a.own, b.own) {
         (Some(x), Some(y)) => format!("{:.3}", y - x),
@@ -947,4 +963,45 @@ async fn put(a: PutArgs) -> Result<String> {
         &s1,
         r.error_body,
     )
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn at(procs: &[(&str, Option<f64>)]) -> CpuSample {
+        CpuSample {
+            at: Instant::now(),
+            procs: procs.iter().map(|(n, c)| (n.to_string(), *c)).collect(),
+            own: Some(1.0),
+            machine: None,
+        }
+    }
+
+    #[test]
+    fn processes_under_one_name_are_summed() {
+        let a = at(&[
+            ("s3gate", Some(1.0)),
+            ("s3gate", Some(2.0)),
+            ("upstream0", Some(5.0)),
+        ]);
+        let b = at(&[
+            ("s3gate", Some(1.5)),
+            ("s3gate", Some(2.25)),
+            ("upstream0", Some(6.0)),
+        ]);
+        let json = cpu_json(&a, &b);
+        assert!(
+            json.starts_with(r#"{"s3gate": 0.750, "upstream0": 1.000, "loadgen": 0.000, "#),
+            "{json}"
+        );
+        // One of them gone: the sum is unknown, not the other's share.
+        let b = at(&[
+            ("s3gate", Some(1.5)),
+            ("s3gate", None),
+            ("upstream0", Some(6.0)),
+        ]);
+        assert!(cpu_json(&a, &b).starts_with(r#"{"s3gate": null, "upstream0": 1.000, "#));
+    }
 }

@@ -82,8 +82,9 @@ impl RouteEntry {
 
 /// The backend credentials in the form a request takes them.
 pub enum UpstreamAuth {
-    /// Signed with SigV4 (the signer keeps the day's signing key).
-    SigV4(Signer),
+    /// Signed with SigV4 (the signer keeps the day's signing key, its
+    /// HMAC already keyed: a few hundred bytes, boxed).
+    SigV4(Box<Signer>),
     /// `Authorization: Bearer …` (marked sensitive, so no HTTP layer logs
     /// it) and, when set, `ibm-service-instance-id`.
     Bearer {
@@ -303,7 +304,7 @@ pub fn upstream_auth(auth: &BackendAuth, backend: &Backend) -> Result<UpstreamAu
             access_key,
             secret_key,
             session_token,
-        } => UpstreamAuth::SigV4(
+        } => UpstreamAuth::SigV4(Box::new(
             Signer::new(
                 access_key.clone(),
                 secret_key.expose().clone(),
@@ -312,7 +313,7 @@ pub fn upstream_auth(auth: &BackendAuth, backend: &Backend) -> Result<UpstreamAu
                 "s3",
             )
             .map_err(|e| format!("backend {}: {e}", backend.name))?,
-        ),
+        )),
         BackendAuth::Bearer {
             token,
             service_instance_id,

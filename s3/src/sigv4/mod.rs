@@ -19,7 +19,7 @@
 use std::fmt;
 
 use hmac::digest::KeyInit;
-use hmac::{Hmac, Mac as _};
+use hmac::{Hmac, HmacCore, Mac as _};
 use http::header::{HeaderMap, AUTHORIZATION};
 use http::{Method, Uri};
 use sha2::{Digest as _, Sha256};
@@ -67,8 +67,18 @@ const TERMINATOR: &str = "aws4_request";
 ///
 /// It is valid for one day, region and service only, which is what makes it
 /// safe to cache and to hand to the data plane instead of the secret.
+///
+/// It also keeps the HMAC already keyed with it: the two pad blocks are
+/// compressed once per key, not once per signature, which saves two of the
+/// five SHA-256 blocks each request's HMAC would otherwise cost.
 #[derive(Clone)]
-pub struct SigningKey([u8; 32]);
+pub struct SigningKey {
+    bytes: [u8; 32],
+    /// The two SHA-256 states after the pad blocks (80 bytes; without the
+    /// 64-byte buffer a whole `Hmac` carries, as a grant is copied per
+    /// request out of a cache front).
+    mac: HmacCore<Sha256>,
+}
 
 /// The scope a client claims in its credential: `AK/date/region/service/aws4_request`.
 ///
@@ -193,20 +203,25 @@ impl SigningKey {
         let k_date = hmac_sha256(&first, date.as_bytes());
         let k_region = hmac_sha256(&k_date, region.as_bytes());
         let k_service = hmac_sha256(&k_region, service.as_bytes());
-        Self(hmac_sha256(&k_service, TERMINATOR.as_bytes()))
+        Self::from_bytes(hmac_sha256(&k_service, TERMINATOR.as_bytes()))
     }
 
-    pub fn from_bytes(b: [u8; 32]) -> Self {
-        Self(b)
+    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+        Self {
+            bytes,
+            mac: keyed(&bytes),
+        }
     }
 
     pub fn as_bytes(&self) -> &[u8; 32] {
-        &self.0
+        &self.bytes
     }
 
     /// `HMAC-SHA256(key, string_to_sign)`.
     pub fn sign(&self, string_to_sign: &[u8]) -> [u8; 32] {
-        hmac_sha256(&self.0, string_to_sign)
+        let mut mac = Hmac::<Sha256>::from_core(self.mac.clone());
+        mac.update(string_to_sign);
+        mac.finalize().into_bytes().into()
     }
 }
 
@@ -513,6 +528,13 @@ impl VerifyError {
 /// (or, when longer than a block, hashed first, as RFC 2104 says) to exactly
 /// one block, the key length `Hmac::new` takes without a `Result`.
 pub(crate) fn hmac_sha256(key: &[u8], data: &[u8]) -> [u8; 32] {
+    let mut mac = Hmac::<Sha256>::from_core(keyed(key));
+    mac.update(data);
+    mac.finalize().into_bytes().into()
+}
+
+/// An HMAC-SHA256 keyed with `key`, its pad blocks compressed.
+fn keyed(key: &[u8]) -> HmacCore<Sha256> {
     let mut block = [0u8; 64];
     if key.len() > block.len() {
         let digest: [u8; 32] = Sha256::digest(key).into();
@@ -520,9 +542,7 @@ pub(crate) fn hmac_sha256(key: &[u8], data: &[u8]) -> [u8; 32] {
     } else {
         block[..key.len()].copy_from_slice(key);
     }
-    let mut mac = <Hmac<Sha256> as KeyInit>::new(&block.into());
-    mac.update(data);
-    mac.finalize().into_bytes().into()
+    <HmacCore<Sha256> as KeyInit>::new(&block.into())
 }
 
 /// Exactly 64 hex digits (either case) into 32 bytes.
