@@ -1160,6 +1160,7 @@ fn init_tracing(
             .with(fmt.with_filter(filter))
             .with(exporter.layer())
             .init();
+        s3gate_proto::trace::set_exporting(true);
         return flush;
     }
     let builder = tracing_subscriber::fmt()

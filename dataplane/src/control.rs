@@ -56,7 +56,7 @@ impl Interceptor for ClusterToken {
         // Called as the call is polled, inside `GrpcControlPlane::call`'s
         // span: the control plane's span becomes its child.
         // An unrecorded request has no span, only ids to pass on.
-        if tracing::enabled!(target: s3gate_proto::trace::TARGET, tracing::Level::INFO) {
+        if s3gate_proto::trace::exporting() {
             match crate::pipeline::spans::unsampled() {
                 Some(ids) => ids.inject_metadata(req.metadata_mut()),
                 None => s3gate_proto::trace::inject_metadata(

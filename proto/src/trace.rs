@@ -10,9 +10,9 @@
 //! bridge is `tracing-opentelemetry`; this module only moves contexts in
 //! and out of headers.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use http::{HeaderMap, HeaderValue};
+use http::{HeaderMap, HeaderName, HeaderValue};
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
 use opentelemetry::trace::{Link, SpanKind, TraceContextExt, TraceId};
 use opentelemetry::KeyValue;
@@ -30,6 +30,29 @@ pub const TARGET: &str = "s3gate::otel";
 /// The name of a data plane's request span: the root of a request's trace
 /// unless a trusted proxy sent a trace context.
 pub const REQUEST_SPAN: &str = "s3 request";
+
+const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+
+/// Whether this process exports traces: set once by whoever installs the
+/// layer that records the spans at [`TARGET`] (the CLI, with an OTLP
+/// endpoint). The request path asks this rather than `tracing::enabled!`:
+/// the log and trace layers filter differently, which makes every such
+/// check a walk of the layered subscriber (about 0.7 k instructions per
+/// request each), for an answer that never changes while the process runs.
+static EXPORTING: AtomicBool = AtomicBool::new(false);
+
+/// Says whether spans at [`TARGET`] are recorded (see [`exporting`]).
+pub fn set_exporting(on: bool) {
+    EXPORTING.store(on, Ordering::Relaxed);
+}
+
+/// Whether spans at [`TARGET`] are recorded: the same answer as
+/// `tracing::enabled!(target: TARGET, Level::INFO)` in a process whose
+/// subscriber was set up with [`set_exporting`], at the cost of one load.
+#[inline]
+pub fn exporting() -> bool {
+    EXPORTING.load(Ordering::Relaxed)
+}
 
 /// Makes `span` a child of the context in `headers`, when they carry a
 /// valid `traceparent`. Call it only for headers from a party allowed to
@@ -144,20 +167,20 @@ impl Unsampled {
     pub fn traceparent(&self) -> HeaderValue {
         const DIGITS: &[u8; 16] = b"0123456789abcdef";
         let mut out = *b"00-00000000000000000000000000000000-0000000000000000-00";
-        let mut put = |at: usize, digits: usize, value: u128| {
-            for i in 0..digits {
-                // A nibble: `& 0xf` keeps it below 16.
-                out[at + i] = DIGITS[((value >> (4 * (digits - 1 - i))) & 0xf) as usize];
-            }
-        };
-        put(3, 32, self.trace_id);
-        put(36, 16, u128::from(self.span_id));
+        let trace_id = self.trace_id.to_be_bytes();
+        let span_id = self.span_id.to_be_bytes();
+        let ids = trace_id.iter().map(|b| (3, b));
+        for (i, (at, b)) in ids.chain(span_id.iter().map(|b| (4, b))).enumerate() {
+            // Two digits a byte; the span id starts after one more `-`.
+            out[at + 2 * i] = DIGITS[usize::from(b >> 4)];
+            out[at + 2 * i + 1] = DIGITS[usize::from(b & 0xf)];
+        }
         HeaderValue::from_bytes(&out).unwrap_or_else(|_| HeaderValue::from_static(""))
     }
 
     /// Writes `traceparent` into `headers`, replacing any there.
     pub fn inject(&self, headers: &mut HeaderMap) {
-        headers.insert("traceparent", self.traceparent());
+        headers.insert(TRACEPARENT, self.traceparent());
     }
 
     /// [`inject`](Self::inject) into gRPC request metadata.

@@ -62,7 +62,7 @@ pub fn unsampled() -> Option<trace::Unsampled> {
 /// current span's, or an unrecorded request's ids. Nothing when traces are
 /// not exported.
 pub fn inject(headers: &mut http::HeaderMap) {
-    if !tracing::enabled!(target: TARGET, tracing::Level::INFO) {
+    if !trace::exporting() {
         return;
     }
     match unsampled() {
@@ -76,7 +76,7 @@ pub fn inject(headers: &mut http::HeaderMap) {
 /// (`trusted_proxies`): from anyone else the request starts a trace of its
 /// own, as its forwarding headers change nothing either.
 pub(super) fn request(cx: &Ctx, ex: &Exchange, head: &Parts) -> Traced {
-    if !tracing::enabled!(target: TARGET, tracing::Level::INFO) {
+    if !trace::exporting() {
         return Traced::Off;
     }
     let parent = if cx.cfg.trusted_proxies.contains(ex.conn.peer.ip()) {
