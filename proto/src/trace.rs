@@ -165,17 +165,16 @@ impl Unsampled {
 
     /// `00-<trace id>-<span id>-00`.
     pub fn traceparent(&self) -> HeaderValue {
-        const DIGITS: &[u8; 16] = b"0123456789abcdef";
         let mut out = *b"00-00000000000000000000000000000000-0000000000000000-00";
-        let trace_id = self.trace_id.to_be_bytes();
-        let span_id = self.span_id.to_be_bytes();
-        let ids = trace_id.iter().map(|b| (3, b));
-        for (i, (at, b)) in ids.chain(span_id.iter().map(|b| (4, b))).enumerate() {
-            // Two digits a byte; the span id starts after one more `-`.
-            out[at + 2 * i] = DIGITS[usize::from(b >> 4)];
-            out[at + 2 * i + 1] = DIGITS[usize::from(b & 0xf)];
+        // The slices are exactly twice the ids' lengths, so neither fails.
+        let written = hex::encode_to_slice(self.trace_id.to_be_bytes(), &mut out[3..35])
+            .and_then(|()| hex::encode_to_slice(self.span_id.to_be_bytes(), &mut out[36..52]));
+        match written {
+            Ok(()) => {
+                HeaderValue::from_bytes(&out).unwrap_or_else(|_| HeaderValue::from_static(""))
+            }
+            Err(_) => HeaderValue::from_static(""),
         }
-        HeaderValue::from_bytes(&out).unwrap_or_else(|_| HeaderValue::from_static(""))
     }
 
     /// Writes `traceparent` into `headers`, replacing any there.
